@@ -1,0 +1,606 @@
+//! From the spanned YAML tree to a typed [`Pipeline`], collecting every
+//! problem on the way instead of stopping at the first.
+
+use crate::expr::{Expr, Segment, template};
+use crate::pipeline::{Limits, ParamSpec, ParamType, ParamValue, Pipeline, Retries, Source, Step, StepSpans};
+use crate::yaml::{self, Kind, Node};
+use crate::{Dag, Diagnostic, Lookup, Span, find_cycle, parse_duration, parse_size};
+use indexmap::IndexMap;
+use std::path::{Component, Path};
+
+const TOP_KEYS: &[&str] = &["name", "description", "params", "sources", "steps"];
+const STEP_KEYS: &[&str] = &[
+    "uses", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits",
+];
+const PARAM_KEYS: &[&str] = &["type", "default", "description"];
+const RETRY_KEYS: &[&str] = &["count", "backoff"];
+const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel"];
+
+/// The closest of `candidates` to `word`, if it is close enough to be what
+/// the author meant.
+pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, code: &'static str, path: &str, span: Span, message: String, hint: Option<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.to_owned(),
+            code,
+            message,
+            path: path.to_owned(),
+            span: Some(span),
+            hint,
+        });
+    }
+
+    /// The entries of a mapping, reporting keys not in `allowed`.
+    fn map<'n>(&mut self, node: &'n Node, path: &str, allowed: Option<&[&str]>) -> &'n [(Node, Node)] {
+        let Kind::Map(entries) = &node.kind else {
+            if !node.is_null() {
+                self.error("wrong-type", path, node.span, format!("`{path}` must be a mapping, found {}", node.describe()), None);
+            }
+            return &[];
+        };
+        for (key, _) in entries {
+            let Some(name) = key.as_scalar() else {
+                self.error("wrong-type", path, key.span, "keys must be plain names".into(), None);
+                continue;
+            };
+            if let Some(allowed) = allowed {
+                if !allowed.contains(&name) {
+                    let hint = match closest(name, allowed) {
+                        Some(k) => format!("did you mean `{k}`?"),
+                        None => format!("expected one of: {}", allowed.join(", ")),
+                    };
+                    self.error("unknown-key", &join(path, name), key.span, format!("unknown key `{name}`"), Some(hint));
+                }
+            }
+        }
+        entries
+    }
+
+    /// A scalar's text, or an error naming the field.
+    fn scalar<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n str> {
+        match node.as_scalar() {
+            Some(s) if !node.is_null() => Some(s),
+            _ => {
+                self.error("wrong-type", path, node.span, format!("`{path}` must be a single value, found {}", node.describe()), None);
+                None
+            }
+        }
+    }
+
+    /// A list of scalars; a single scalar counts as a list of one.
+    fn list<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(&'n str, Span, String)> {
+        match &node.kind {
+            Kind::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    let p = format!("{path}[{i}]");
+                    self.scalar(item, &p).map(|s| (s, item.span, p))
+                })
+                .collect(),
+            Kind::Scalar { .. } if node.is_null() => Vec::new(),
+            Kind::Scalar { text, .. } => vec![(text.as_str(), node.span, path.to_owned())],
+            Kind::Map(_) => {
+                self.error("wrong-type", path, node.span, format!("`{path}` must be a list, found a mapping"), None);
+                Vec::new()
+            }
+        }
+    }
+
+    fn name(&mut self, name: &str, what: &str, path: &str, span: Span) {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
+            self.error(
+                "bad-name",
+                path,
+                span,
+                format!("{what} `{name}` is not a valid name"),
+                Some("use 1 to 64 letters, digits, `-` and `_`".into()),
+            );
+        }
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+fn get<'n>(entries: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
+    entries.iter().find(|(k, _)| k.as_scalar() == Some(key)).map(|(_, v)| v)
+}
+
+/// A string value found in a step, kept for the checks that need the whole
+/// pipeline (expressions need params and inputs).
+struct TemplateUse {
+    text: String,
+    span: Span,
+    path: String,
+}
+
+struct PendingStep {
+    name: String,
+    templates: Vec<TemplateUse>,
+    needs: Vec<(String, Span, String)>,
+    inputs: Vec<(String, Span, String)>,
+}
+
+pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let mut c = Checker { file, diags: Vec::new() };
+    let (root, tree_errors) = yaml::parse(src);
+    for e in tree_errors {
+        let code = if e.message.starts_with("duplicate key") { "duplicate-key" } else { "yaml" };
+        c.error(code, "", e.span, e.message, e.hint);
+    }
+    let Some(root) = root else {
+        if c.diags.is_empty() {
+            c.error("empty", "", Span::default(), "the file is empty".into(), Some("a pipeline needs `name:` and `steps:`".into()));
+        }
+        return (None, c.diags);
+    };
+    if !matches!(root.kind, Kind::Map(_)) {
+        c.error("wrong-type", "", root.span, format!("a pipeline must be a mapping, found {}", root.describe()), Some("a pipeline needs `name:` and `steps:`".into()));
+        return (None, c.diags);
+    }
+    let top = c.map(&root, "", Some(TOP_KEYS));
+
+    let name = match get(top, "name") {
+        Some(node) => c.scalar(node, "name").map(|n| {
+            c.name(n, "pipeline name", "name", node.span);
+            n.to_owned()
+        }),
+        None => {
+            c.error("missing-key", "name", root.span, "missing key `name`".into(), Some("add `name: my-pipeline` at the top".into()));
+            None
+        }
+    };
+    let description = get(top, "description").and_then(|n| c.scalar(n, "description")).map(str::to_owned);
+    let params = get(top, "params").map(|n| parse_params(&mut c, n)).unwrap_or_default();
+    let sources = get(top, "sources").map(|n| parse_sources(&mut c, n, lookup)).unwrap_or_default();
+
+    let mut steps = IndexMap::new();
+    let mut pending = Vec::new();
+    match get(top, "steps") {
+        None => c.error("missing-key", "steps", root.span, "missing key `steps`".into(), Some("a pipeline has at least one step".into())),
+        Some(node) => {
+            let entries = c.map(node, "steps", None);
+            if entries.is_empty() && matches!(node.kind, Kind::Map(_) | Kind::Scalar { .. }) {
+                c.error("no-steps", "steps", node.span, "`steps` is empty".into(), Some("a pipeline has at least one step".into()));
+            }
+            for (key, value) in entries {
+                let Some(step_name) = key.as_scalar() else { continue };
+                let path = format!("steps.{step_name}");
+                c.name(step_name, "step name", &path, key.span);
+                if sources.contains_key(step_name) {
+                    c.error("name-clash", &path, key.span, format!("step `{step_name}` has the name of a source"), Some("inputs name steps and sources alike; rename one".into()));
+                }
+                if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup) {
+                    steps.insert(step_name.to_owned(), step);
+                    pending.push(p);
+                }
+            }
+        }
+    }
+
+    // Checks across steps: needs, cycles, inputs, expressions.
+    let names: Vec<&str> = steps.keys().map(String::as_str).collect();
+    let mut edges = Vec::new();
+    for p in &pending {
+        for (need, span, path) in &p.needs {
+            if names.contains(&need.as_str()) {
+                edges.push((need.as_str(), p.name.as_str()));
+            } else {
+                let hint = match closest(need, &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("the steps are: {}", names.join(", ")),
+                };
+                c.error("unknown-step", path, *span, format!("step `{}` needs `{need}`, which is not a step", p.name), Some(hint));
+            }
+        }
+    }
+    let cycle = find_cycle(&names, &edges);
+    if let Some(cycle) = &cycle {
+        let first = cycle[0];
+        let span = steps.get(first).map(|s| s.spans.name).unwrap_or_default();
+        c.error(
+            "cycle",
+            &format!("steps.{first}.needs"),
+            span,
+            format!("steps form a cycle: {}", cycle.join(" -> ")),
+            Some("remove one of these `needs` so the steps can run in an order".into()),
+        );
+    }
+
+    let param_names: Vec<&str> = params.keys().map(String::as_str).collect();
+    let dummy = Pipeline {
+        name: String::new(),
+        description: None,
+        params: IndexMap::new(),
+        sources: IndexMap::new(),
+        steps: steps.clone(),
+    };
+    let dag = Dag::new(&dummy);
+    for p in &pending {
+        let index = dag.index(&p.name);
+        let upstream: Vec<&str> = index.map(|i| dag.upstream(i)).unwrap_or_default().into_iter().map(|i| dag.name(i)).collect();
+        for (input, span, path) in &p.inputs {
+            if sources.contains_key(input) || upstream.contains(&input.as_str()) {
+                continue;
+            }
+            if names.contains(&input.as_str()) {
+                if cycle.is_none() {
+                    c.error(
+                        "input-not-upstream",
+                        path,
+                        *span,
+                        format!("step `{}` reads the outputs of `{input}`, which does not run before it", p.name),
+                        Some(format!("add `{input}` to `steps.{}.needs`", p.name)),
+                    );
+                }
+            } else {
+                let mut known: Vec<&str> = sources.keys().map(String::as_str).collect();
+                known.extend(upstream.iter().copied());
+                let hint = match closest(input, &known).or_else(|| closest(input, &names)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "inputs name an upstream step or an entry of `sources`".into(),
+                };
+                c.error("unknown-input", path, *span, format!("input `{input}` is neither a step nor a source"), Some(hint));
+            }
+        }
+        let inputs: Vec<&str> = p.inputs.iter().map(|(n, _, _)| n.as_str()).collect();
+        for t in &p.templates {
+            check_template(&mut c, t, &param_names, &inputs);
+        }
+    }
+
+    let pipeline = match name {
+        Some(name) if c.diags.is_empty() => Some(Pipeline { name, description, params, sources, steps }),
+        _ => None,
+    };
+    (pipeline, c.diags)
+}
+
+fn check_template(c: &mut Checker<'_>, t: &TemplateUse, params: &[&str], inputs: &[&str]) {
+    let at = |offset: usize| Span { start: t.span.start + offset, end: t.span.end, ..t.span };
+    match template(&t.text) {
+        Err((offset, message)) => c.error("bad-expression", &t.path, at(offset), message, None),
+        Ok(segments) => {
+            for segment in segments {
+                match segment {
+                    Segment::Expr(Expr::Param(name), offset) if !params.contains(&name.as_str()) => {
+                        let hint = match closest(&name, params) {
+                            Some(p) => format!("did you mean `params.{p}`?"),
+                            None => format!("declare it under `params:`, e.g. `params: {{ {name}: {{ default: ... }} }}`"),
+                        };
+                        c.error("undefined-param", &t.path, at(offset), format!("parameter `{name}` is not defined"), Some(hint));
+                    }
+                    Segment::Expr(Expr::Input(name), offset) if !inputs.contains(&name.as_str()) => {
+                        c.error(
+                            "undeclared-input",
+                            &t.path,
+                            at(offset),
+                            format!("`inputs.{name}` is not among this step's inputs"),
+                            Some(format!("add `{name}` to the step's `inputs:`")),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn parse_params(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, ParamSpec> {
+    let mut out = IndexMap::new();
+    for (key, value) in c.map(node, "params", None) {
+        let Some(name) = key.as_scalar() else { continue };
+        let path = format!("params.{name}");
+        c.name(name, "parameter name", &path, key.span);
+        let spec = match &value.kind {
+            Kind::Scalar { text, .. } if !value.is_null() => {
+                ParamSpec { ty: ParamType::String, default: Some(ParamValue::String(text.clone())), description: None }
+            }
+            _ => {
+                let entries = c.map(value, &path, Some(PARAM_KEYS));
+                let ty = match get(entries, "type") {
+                    None => ParamType::String,
+                    Some(t) => match c.scalar(t, &join(&path, "type")) {
+                        Some("string") | None => ParamType::String,
+                        Some("int") => ParamType::Int,
+                        Some("bool") => ParamType::Bool,
+                        Some(other) => {
+                            let hint = closest(other, &["string", "int", "bool"])
+                                .map_or("the types are `string`, `int` and `bool`".into(), |k| format!("did you mean `{k}`?"));
+                            c.error("bad-type", &join(&path, "type"), t.span, format!("unknown parameter type `{other}`"), Some(hint));
+                            ParamType::String
+                        }
+                    },
+                };
+                let default = get(entries, "default").and_then(|d| {
+                    let dpath = join(&path, "default");
+                    let text = c.scalar(d, &dpath)?;
+                    match ParamValue::parse(ty, text) {
+                        Ok(v) => Some(v),
+                        Err(e) => {
+                            c.error("bad-default", &dpath, d.span, format!("default of `{name}`: {e}"), None);
+                            None
+                        }
+                    }
+                });
+                let description = get(entries, "description").and_then(|d| c.scalar(d, &join(&path, "description"))).map(str::to_owned);
+                ParamSpec { ty, default, description }
+            }
+        };
+        out.insert(name.to_owned(), spec);
+    }
+    out
+}
+
+/// Whether `path` is relative and stays below its base directory.
+fn stays_inside(path: &str) -> bool {
+    let p = Path::new(path);
+    !path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+fn parse_sources(c: &mut Checker<'_>, node: &Node, lookup: &dyn Lookup) -> IndexMap<String, Source> {
+    let mut out = IndexMap::new();
+    for (key, value) in c.map(node, "sources", None) {
+        let Some(name) = key.as_scalar() else { continue };
+        let path = format!("sources.{name}");
+        c.name(name, "source name", &path, key.span);
+        let Some(dir) = c.scalar(value, &path) else { continue };
+        if !stays_inside(dir) {
+            c.error(
+                "source-outside",
+                &path,
+                value.span,
+                format!("source `{dir}` is outside the pipeline's directory"),
+                Some("sources are directories below the pipeline file, written without `..` or a leading `/`".into()),
+            );
+        } else if !lookup.dir_exists(dir) {
+            c.error("missing-source", &path, value.span, format!("source directory `{dir}` does not exist"), Some("paths are relative to the pipeline file".into()));
+        }
+        out.insert(name.to_owned(), Source { path: dir.to_owned() });
+    }
+    out
+}
+
+fn parse_step(
+    c: &mut Checker<'_>,
+    name: &str,
+    name_span: Span,
+    node: &Node,
+    path: &str,
+    lookup: &dyn Lookup,
+) -> Option<(Step, PendingStep)> {
+    if !matches!(node.kind, Kind::Map(_)) {
+        c.error("wrong-type", path, node.span, format!("step `{name}` must be a mapping, found {}", node.describe()), Some("a step needs at least `uses: plugin.wasm`".into()));
+        return None;
+    }
+    let entries = c.map(node, path, Some(STEP_KEYS));
+    let mut pending = PendingStep { name: name.to_owned(), templates: Vec::new(), needs: Vec::new(), inputs: Vec::new() };
+    let field = |key: &str| join(path, key);
+
+    let (uses, uses_span) = match get(entries, "uses") {
+        None => {
+            c.error("missing-key", &field("uses"), name_span, format!("step `{name}` has no `uses`"), Some("set `uses:` to the plugin's `.wasm` file, relative to the pipeline".into()));
+            (String::new(), name_span)
+        }
+        Some(u) => match c.scalar(u, &field("uses")) {
+            Some(plugin) => {
+                if !lookup.plugin_exists(plugin) {
+                    c.error(
+                        "missing-plugin",
+                        &field("uses"),
+                        u.span,
+                        format!("plugin file `{plugin}` not found"),
+                        Some("paths are relative to the pipeline file; build the plugins with `cargo build --release --manifest-path plugins/Cargo.toml`".into()),
+                    );
+                }
+                (plugin.to_owned(), u.span)
+            }
+            None => (String::new(), u.span),
+        },
+    };
+
+    let mut with = IndexMap::new();
+    if let Some(w) = get(entries, "with") {
+        for (k, v) in c.map(w, &field("with"), None) {
+            let Some(key) = k.as_scalar() else { continue };
+            let p = format!("{}.{key}", field("with"));
+            let text = match &v.kind {
+                Kind::Scalar { text, .. } => text.clone(),
+                _ => to_json(v).to_string(),
+            };
+            pending.templates.push(TemplateUse { text: text.clone(), span: v.span, path: p });
+            with.insert(key.to_owned(), text);
+        }
+    }
+    let args = get(entries, "args").map(|a| {
+        c.list(a, &field("args"))
+            .into_iter()
+            .map(|(text, span, path)| {
+                pending.templates.push(TemplateUse { text: text.to_owned(), span, path });
+                text.to_owned()
+            })
+            .collect::<Vec<_>>()
+    });
+    if args.is_some() && !with.is_empty() {
+        let span = get(entries, "args").map(|a| a.span).unwrap_or(name_span);
+        c.error(
+            "with-and-args",
+            &field("args"),
+            span,
+            format!("step `{name}` has both `with:` and `args:`"),
+            Some("`with:` configures an `airlock:step` plugin, `args:` a WASI command program; keep the one that fits the plugin".into()),
+        );
+    }
+
+    let mut seen = Vec::new();
+    for (need, span, p) in get(entries, "needs").map(|n| c.list(n, &field("needs"))).unwrap_or_default() {
+        if seen.contains(&need) {
+            c.error("duplicate-entry", &p, span, format!("`{need}` is listed twice"), None);
+        }
+        seen.push(need);
+        pending.needs.push((need.to_owned(), span, p));
+    }
+    let mut seen = Vec::new();
+    for (input, span, p) in get(entries, "inputs").map(|n| c.list(n, &field("inputs"))).unwrap_or_default() {
+        if seen.contains(&input) {
+            c.error("duplicate-entry", &p, span, format!("`{input}` is listed twice"), None);
+        }
+        seen.push(input);
+        pending.inputs.push((input.to_owned(), span, p));
+    }
+
+    let mut outputs = Vec::new();
+    for (pattern, span, p) in get(entries, "outputs").map(|n| c.list(n, &field("outputs"))).unwrap_or_default() {
+        if !stays_inside(pattern.trim_start_matches("./")) {
+            c.error("output-outside", &p, span, format!("output `{pattern}` is not inside the workspace"), Some("outputs are relative to the workspace, without `..` or a leading `/`".into()));
+        } else if let Err(e) = globset::Glob::new(pattern) {
+            c.error("bad-glob", &p, span, format!("`{pattern}` is not a valid glob: {}", e.kind()), None);
+        }
+        outputs.push(pattern.to_owned());
+    }
+
+    let mut env = IndexMap::new();
+    if let Some(e) = get(entries, "env") {
+        for (k, v) in c.map(e, &field("env"), None) {
+            let Some(key) = k.as_scalar() else { continue };
+            let p = format!("{}.{key}", field("env"));
+            let valid = key.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+                && key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !valid {
+                c.error("bad-name", &p, k.span, format!("`{key}` is not a valid environment variable name"), Some("use letters, digits and `_`, not starting with a digit".into()));
+            }
+            if let Some(text) = c.scalar(v, &p).or_else(|| v.is_null().then_some("")) {
+                pending.templates.push(TemplateUse { text: text.to_owned(), span: v.span, path: p });
+                env.insert(key.to_owned(), text.to_owned());
+            }
+        }
+    }
+
+    let timeout = get(entries, "timeout")
+        .and_then(|t| duration(c, t, &field("timeout")))
+        .unwrap_or(crate::DEFAULT_TIMEOUT);
+    let retries = get(entries, "retries").map(|r| parse_retries(c, r, &field("retries"))).unwrap_or_default();
+    let limits = get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
+
+    let step = Step {
+        uses,
+        with,
+        args,
+        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
+        inputs: pending.inputs.iter().map(|(n, _, _)| n.clone()).collect(),
+        outputs,
+        env,
+        timeout,
+        retries,
+        limits,
+        spans: StepSpans { name: name_span, uses: uses_span },
+    };
+    Some((step, pending))
+}
+
+fn duration(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<std::time::Duration> {
+    let text = c.scalar(node, path)?;
+    parse_duration(text).map_err(|e| c.error("bad-duration", path, node.span, e, None)).ok()
+}
+
+fn size(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<u64> {
+    let text = c.scalar(node, path)?;
+    parse_size(text).map_err(|e| c.error("bad-size", path, node.span, e, None)).ok()
+}
+
+fn count(c: &mut Checker<'_>, node: &Node, path: &str, max: u64) -> Option<u64> {
+    let text = c.scalar(node, path)?;
+    match text.trim().parse::<u64>() {
+        Ok(n) if n <= max => Some(n),
+        _ => {
+            c.error("bad-number", path, node.span, format!("`{text}` is not a whole number from 0 to {max}"), None);
+            None
+        }
+    }
+}
+
+/// Retries beyond this are a mistake, not a policy.
+const MAX_RETRIES: u64 = 100;
+
+fn parse_retries(c: &mut Checker<'_>, node: &Node, path: &str) -> Retries {
+    let mut retries = Retries::default();
+    if let Kind::Scalar { .. } = node.kind {
+        if let Some(n) = count(c, node, path, MAX_RETRIES) {
+            retries.count = n as u32;
+        }
+        return retries;
+    }
+    let entries = c.map(node, path, Some(RETRY_KEYS));
+    if let Some(n) = get(entries, "count").and_then(|n| count(c, n, &join(path, "count"), MAX_RETRIES)) {
+        retries.count = n as u32;
+    }
+    if let Some(d) = get(entries, "backoff").and_then(|b| duration(c, b, &join(path, "backoff"))) {
+        retries.backoff = d;
+    }
+    retries
+}
+
+fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
+    let mut limits = Limits::default();
+    let entries = c.map(node, path, Some(LIMIT_KEYS));
+    if let Some(m) = get(entries, "memory").and_then(|m| size(c, m, &join(path, "memory"))) {
+        limits.memory = m;
+    }
+    if let Some(l) = get(entries, "log").and_then(|l| size(c, l, &join(path, "log"))) {
+        limits.log = l;
+    }
+    if let Some(f) = get(entries, "fuel") {
+        limits.fuel = count(c, f, &join(path, "fuel"), u64::MAX);
+    }
+    limits
+}
+
+/// A YAML subtree as JSON, for `with:` values that are lists or maps.
+fn to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value;
+    match &node.kind {
+        Kind::Scalar { text, quoted } => {
+            if *quoted {
+                return Value::String(text.clone());
+            }
+            if node.is_null() {
+                return Value::Null;
+            }
+            match text.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => text
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .or_else(|_| text.parse::<f64>().map(Value::from))
+                    .unwrap_or_else(|_| Value::String(text.clone())),
+            }
+        }
+        Kind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
+        Kind::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_scalar().unwrap_or_default().to_owned(), to_json(v)))
+                .collect(),
+        ),
+    }
+}

@@ -1,0 +1,283 @@
+//! The typed pipeline, as it is after parsing and validation.
+//!
+//! These types are also the source of the JSON Schema of the file format
+//! (see [`crate::schema`]): their doc comments become the descriptions
+//! editors show, and the serde attributes give the shape of the YAML.
+
+use crate::Span;
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Where a step's workspace is mounted inside the guest.
+pub const GUEST_WORKSPACE: &str = "/workspace";
+/// Under which guest directory declared inputs are mounted, one directory each.
+pub const GUEST_INPUTS: &str = "/inputs";
+/// A step's wall-clock limit when the pipeline sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// A step's linear-memory limit when the pipeline sets none.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
+/// How much of a step's stdout and stderr is kept when the pipeline sets no limit.
+pub const DEFAULT_LOG_LIMIT: u64 = 4 << 20;
+
+/// A pipeline: a DAG of steps, each a WebAssembly program run in a sandbox.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "airlock pipeline", extend("$id" = "https://airlock.invalid/schema/pipeline-v1.json"))]
+pub struct Pipeline {
+    /// The pipeline's name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// What the pipeline is for, shown by `airlock show`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Parameters a run can set with `--param NAME=VALUE`, used in steps as
+    /// `${{ params.NAME }}`. A bare value is a string parameter with that
+    /// default.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::params")]
+    pub params: IndexMap<String, ParamSpec>,
+    /// Directories beside the pipeline file that steps may read: each is
+    /// mounted read-only at `/inputs/NAME` for the steps that list it in
+    /// `inputs:`.
+    #[serde(default)]
+    pub sources: IndexMap<String, Source>,
+    /// The steps, by name. A step runs when every step it `needs` succeeded.
+    pub steps: IndexMap<String, Step>,
+}
+
+/// A typed pipeline parameter.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    /// `string` (the default), `int` or `bool`.
+    #[serde(rename = "type", default)]
+    pub ty: ParamType,
+    /// The value when a run does not set one. Without a default, every run
+    /// must set the parameter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<ParamValue>,
+    /// What the parameter means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// The type of a parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// Any text.
+    #[default]
+    String,
+    /// A whole number.
+    Int,
+    /// `true` or `false`.
+    Bool,
+}
+
+/// A parameter's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ParamValue {
+    /// A string parameter's value.
+    String(String),
+    /// An int parameter's value.
+    Int(i64),
+    /// A bool parameter's value.
+    Bool(bool),
+}
+
+impl ParamValue {
+    /// Reads `text` as a value of type `ty`.
+    pub fn parse(ty: ParamType, text: &str) -> Result<Self, String> {
+        match ty {
+            ParamType::String => Ok(Self::String(text.to_owned())),
+            ParamType::Int => text
+                .trim()
+                .parse()
+                .map(Self::Int)
+                .map_err(|_| format!("`{text}` is not a whole number")),
+            ParamType::Bool => match text.trim() {
+                "true" => Ok(Self::Bool(true)),
+                "false" => Ok(Self::Bool(false)),
+                _ => Err(format!("`{text}` is not `true` or `false`")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::String(s) => f.write_str(s),
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// A directory beside the pipeline file, readable by the steps that list it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Source {
+    /// The directory, relative to the pipeline file; it may not leave the
+    /// pipeline file's directory.
+    pub path: String,
+}
+
+/// One step: a WebAssembly plugin run in its own sandbox.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// The plugin: a `.wasm` file, relative to the pipeline file. Either a
+    /// component implementing `airlock:step` (configured with `with:`), or
+    /// a plain WASI command program (given `args:`).
+    pub uses: String,
+    /// Parameters for an `airlock:step` plugin. Values may use `${{ ... }}`;
+    /// lists and maps reach the plugin as JSON text.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub with: IndexMap<String, String>,
+    /// Command-line arguments for a WASI command program (`argv[1..]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Steps that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Upstream steps (or `sources`) whose outputs this step reads, mounted
+    /// read-only at `/inputs/NAME`. A step named here must be upstream
+    /// through `needs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// Glob patterns, relative to the workspace, of the files the host
+    /// takes out of the workspace as artifacts after the step succeeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    /// Environment variables for the guest: explicit, non-secret values.
+    /// Nothing of the engine's own environment is passed on.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: IndexMap<String, String>,
+    /// Wall-clock limit of one attempt, e.g. `30s` or `5m` (default `10m`).
+    #[serde(with = "duration_text", default = "default_timeout")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// How often to retry a failed attempt: a count, or `{count, backoff}`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::retries")]
+    pub retries: Retries,
+    /// Resource limits of the sandbox.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where things were written, for messages about this step.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub spans: StepSpans,
+}
+
+/// Positions of a step's fields, for diagnostics found after parsing.
+#[derive(Debug, Clone, Default)]
+pub struct StepSpans {
+    /// The step's name (its key under `steps:`).
+    pub name: Span,
+    /// The `uses:` value.
+    pub uses: Span,
+}
+
+/// Retry policy of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retries {
+    /// Attempts after the first one (default 0).
+    pub count: u32,
+    /// Wait before the first retry, doubled before each later one (default `1s`).
+    #[serde(with = "duration_text")]
+    #[schemars(with = "String")]
+    pub backoff: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self { count: 0, backoff: Duration::from_secs(1) }
+    }
+}
+
+/// Resource limits of a step's sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory the guest may use, e.g. `256MiB` (the default).
+    #[serde(with = "size_text")]
+    #[schemars(with = "String")]
+    pub memory: u64,
+    /// How much of stdout and stderr is kept in the log, e.g. `4MiB` (the
+    /// default); the rest is dropped and the log says so.
+    #[serde(with = "size_text")]
+    #[schemars(with = "String")]
+    pub log: u64,
+    /// Optional instruction budget: the step fails when it is used up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory: DEFAULT_MEMORY_LIMIT, log: DEFAULT_LOG_LIMIT, fuel: None }
+    }
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+}
+
+mod size_text {
+    pub fn serialize<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&bytesize::ByteSize(*n).display().iec_short())
+    }
+}
+
+impl Pipeline {
+    /// The value of every parameter for a run: `overrides` as given on the
+    /// command line, typed, then defaults. Every error is reported.
+    pub fn resolve_params(
+        &self,
+        overrides: &[(String, String)],
+    ) -> Result<IndexMap<String, ParamValue>, Vec<String>> {
+        let mut values = IndexMap::new();
+        let mut errors = Vec::new();
+        for (name, _) in overrides {
+            if !self.params.contains_key(name) {
+                let known: Vec<&str> = self.params.keys().map(String::as_str).collect();
+                errors.push(match crate::parse::closest(name, &known) {
+                    Some(k) => format!("unknown parameter `{name}`; did you mean `{k}`?"),
+                    None if known.is_empty() => format!("unknown parameter `{name}`: this pipeline has no parameters"),
+                    None => format!("unknown parameter `{name}`; this pipeline has: {}", known.join(", ")),
+                });
+            }
+        }
+        for (name, spec) in &self.params {
+            let given = overrides.iter().rev().find(|(n, _)| n == name);
+            match (given, &spec.default) {
+                (Some((_, text)), _) => match ParamValue::parse(spec.ty, text) {
+                    Ok(v) => {
+                        values.insert(name.clone(), v);
+                    }
+                    Err(e) => errors.push(format!("parameter `{name}`: {e}")),
+                },
+                (None, Some(default)) => {
+                    values.insert(name.clone(), default.clone());
+                }
+                (None, None) => errors.push(format!(
+                    "parameter `{name}` has no default; set it with `--param {name}=VALUE`"
+                )),
+            }
+        }
+        if errors.is_empty() { Ok(values) } else { Err(errors) }
+    }
+}

@@ -1,0 +1,722 @@
+//! wasmtime, narrowed to what an airlock build step may use.
+//!
+//! This is the only crate that runs guest code. It compiles plugins (with
+//! an on-disk cache), checks what they import against what the step is
+//! granted, and runs one step at a time in a fresh [`wasmtime::Store`] with
+//! a memory limit, a deadline (epoch interruption), optional fuel, captured
+//! output, and a WASI context that holds exactly the step's workspace, its
+//! inputs (read-only), its arguments and its declared environment.
+//!
+//! It must never hand a guest anything the caller did not pass in: no
+//! host environment variable, no inherited stdio, no socket, no directory
+//! other than those in the [`Invocation`]. Interfaces that are not granted
+//! are not linked at all, so a plugin importing one is refused before it
+//! runs, with a message naming the interface.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), airlock_sandbox::SandboxError> {
+//! use airlock_sandbox::{Invocation, Sandbox};
+//! let sandbox = Sandbox::new(Some("/tmp/airlock-cache".into()))?;
+//! let plugin = sandbox.load("plugins/noop.wasm".as_ref())?;
+//! let outcome = sandbox.run(&plugin, Invocation::new("/tmp/ws".into())).await;
+//! assert!(outcome.result.is_ok());
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod limits;
+mod log;
+
+pub use cache::CompileCache;
+pub use limits::{Limiter, MAX_TABLE_ELEMENTS};
+pub use log::LogSink;
+
+use airlock_model::{GUEST_INPUTS, GUEST_WORKSPACE};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasData, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "step",
+        exports: { default: async },
+    });
+}
+
+use bindings::airlock::step::types as wit;
+
+/// Largest plugin file accepted: bigger than any real step, small enough
+/// that compiling a hostile one cannot exhaust the host.
+pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+
+/// How often the engine's epoch advances: the granularity of deadlines and
+/// of the points where a running guest yields to other steps.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// After a deadline, how long a guest blocked in a host call (sleeping,
+/// polling) gets before its call is dropped outright.
+const BLOCKED_GRACE: Duration = Duration::from_millis(200);
+
+/// The WASI interfaces a step is granted: files under its preopens,
+/// clocks, randomness, stdio, its arguments and environment. Sockets, name
+/// lookup and HTTP are absent on purpose.
+pub const GRANTED_INTERFACES: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/types",
+    "wasi:filesystem/preopens",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/random",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+];
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The plugin file could not be read.
+    #[error("cannot read plugin `{path}`: {source}")]
+    Read {
+        /// The plugin's path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The plugin file is larger than [`MAX_PLUGIN_BYTES`].
+    #[error("plugin `{path}` is {size} bytes, over the {MAX_PLUGIN_BYTES}-byte limit for plugins")]
+    TooLarge {
+        /// The plugin's path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// Not a WebAssembly module or component.
+    #[error("plugin `{path}` is not a WebAssembly module or component")]
+    NotWasm {
+        /// The plugin's path.
+        path: PathBuf,
+    },
+    /// wasmtime refused to compile it.
+    #[error("plugin `{path}` does not compile: {message}")]
+    Compile {
+        /// The plugin's path.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// It imports something the step is not granted.
+    #[error("plugin `{path}` imports `{import}`, which this step is not granted")]
+    NotGranted {
+        /// The plugin's path.
+        path: PathBuf,
+        /// The import, as the plugin names it.
+        import: String,
+    },
+    /// It exports nothing airlock knows how to run.
+    #[error("plugin `{path}` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`")]
+    NothingToRun {
+        /// The plugin's path.
+        path: PathBuf,
+    },
+    /// The engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// What kind of program a plugin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// A component exporting `airlock:step/run`: configured with `with:`.
+    Step,
+    /// A `wasi:cli/command` component: configured with `args:`.
+    Command,
+    /// A core module with `_start` (wasip1): configured with `args:`.
+    Module,
+}
+
+enum Compiled {
+    Step(bindings::StepPre<ComponentState>),
+    Command(wasmtime_wasi::p2::bindings::CommandPre<ComponentState>),
+    Module(wasmtime::InstancePre<ModuleState>),
+}
+
+/// A plugin ready to instantiate: compiled, checked, linked.
+#[derive(Clone)]
+pub struct Plugin {
+    compiled: Arc<Compiled>,
+    /// sha256 of the plugin file, hex.
+    pub digest: String,
+    /// The plugin's file name, used as `argv[0]` and in messages.
+    pub name: String,
+    /// Whether the compiled form came from the cache.
+    pub from_cache: bool,
+    fuel: bool,
+}
+
+impl Plugin {
+    /// What kind of program this is.
+    pub fn kind(&self) -> PluginKind {
+        match &*self.compiled {
+            Compiled::Step(_) => PluginKind::Step,
+            Compiled::Command(_) => PluginKind::Command,
+            Compiled::Module(_) => PluginKind::Module,
+        }
+    }
+}
+
+/// Everything one step is given.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Host directory mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// `(name, host directory)`, each mounted read-only at `/inputs/NAME`.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// `with:` parameters, for step plugins.
+    pub params: Vec<(String, String)>,
+    /// Arguments after `argv[0]`, for command programs.
+    pub args: Vec<String>,
+    /// The guest's whole environment.
+    pub env: Vec<(String, String)>,
+    /// The run's id, passed to step plugins.
+    pub run_id: String,
+    /// The step's name, passed to step plugins.
+    pub step: String,
+    /// Linear memory limit in bytes.
+    pub memory: u64,
+    /// Bytes of stdout and stderr kept.
+    pub log_limit: u64,
+    /// Instruction budget; the plugin must have been loaded with fuel.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+}
+
+impl Invocation {
+    /// An invocation with the default limits and nothing but a workspace.
+    pub fn new(workspace: PathBuf) -> Self {
+        Self {
+            workspace,
+            inputs: Vec::new(),
+            params: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            run_id: String::new(),
+            step: String::new(),
+            memory: 256 << 20,
+            log_limit: 4 << 20,
+            fuel: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a step failed, in terms a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin returned an error message.
+    Error(String),
+    /// A command program exited with a non-zero status.
+    Exit(i32),
+    /// The guest asked for more memory than its limit.
+    MemoryLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The guest ran past its deadline.
+    Timeout(Duration),
+    /// The guest used up its fuel.
+    OutOfFuel(u64),
+    /// The guest's call stack grew past wasmtime's limit.
+    StackOverflow,
+    /// The guest trapped (or a host call failed).
+    Trap(String),
+    /// The WASI context could not be set up (e.g. an input directory is gone).
+    Setup(String),
+    /// The run was cancelled while the step ran.
+    Cancelled,
+}
+
+/// What running a step produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Success, or why not.
+    pub result: Result<(), Failure>,
+    /// The head of stdout and stderr, interleaved as written.
+    pub log: Vec<u8>,
+    /// Bytes the guest wrote in all; more than `log.len()` means the log
+    /// was truncated.
+    pub log_written: u64,
+    /// Wall time of instantiation and run.
+    pub duration: Duration,
+}
+
+/// State of a component step's store.
+pub(crate) struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    timed_out: bool,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// State of a core-module step's store.
+pub(crate) struct ModuleState {
+    ctx: WasiP1Ctx,
+    limiter: Limiter,
+    timed_out: bool,
+}
+
+struct HasIo;
+
+impl HasData for HasIo {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// One engine configuration with its linkers.
+struct Flavor {
+    engine: Engine,
+    components: wasmtime::component::Linker<ComponentState>,
+    modules: wasmtime::Linker<ModuleState>,
+}
+
+impl Flavor {
+    fn new(fuel: bool) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(fuel);
+        let engine = Engine::new(&config)?;
+        let mut components = wasmtime::component::Linker::new(&engine);
+        link_granted(&mut components)?;
+        let mut modules = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.ctx)?;
+        Ok(Self { engine, components, modules })
+    }
+}
+
+/// Links exactly [`GRANTED_INTERFACES`], nothing else.
+fn link_granted(l: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime::Result<()> {
+    use wasmtime_wasi::cli::WasiCli;
+    use wasmtime_wasi::clocks::WasiClocks;
+    use wasmtime_wasi::filesystem::WasiFilesystem;
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::random::WasiRandom;
+    type S = ComponentState;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
+    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
+    clocks::wall_clock::add_to_linker::<S, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
+    clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
+    filesystem::types::add_to_linker::<S, WasiFilesystem>(l, |s| wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s))?;
+    filesystem::preopens::add_to_linker::<S, WasiFilesystem>(l, |s| wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s))?;
+    random::random::add_to_linker::<S, WasiRandom>(l, |s| s.ctx.random())?;
+    random::insecure::add_to_linker::<S, WasiRandom>(l, |s| s.ctx.random())?;
+    random::insecure_seed::add_to_linker::<S, WasiRandom>(l, |s| s.ctx.random())?;
+    fn cli(s: &mut ComponentState) -> wasmtime_wasi::cli::WasiCliCtxView<'_> {
+        wasmtime_wasi::cli::WasiCliView::cli(s)
+    }
+    cli::exit::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::environment::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::stdin::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::stdout::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::stderr::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::terminal_input::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::terminal_output::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::terminal_stdin::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::terminal_stdout::add_to_linker::<S, WasiCli>(l, cli)?;
+    cli::terminal_stderr::add_to_linker::<S, WasiCli>(l, cli)?;
+    Ok(())
+}
+
+/// The engine: compiles, checks and runs plugins. Cheap to share.
+pub struct Sandbox {
+    plain: Flavor,
+    fueled: Flavor,
+    cache: Option<CompileCache>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    /// An engine that caches compiled plugins in `cache_dir`, if given.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, SandboxError> {
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
+        let plain = Flavor::new(false).map_err(engine_error)?;
+        let fueled = Flavor::new(true).map_err(engine_error)?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        // Epochs drive deadlines and yielding. One thread ticks both
+        // engines; it ends when the sandbox is dropped.
+        let (a, b, stop) = (plain.engine.weak(), fueled.engine.weak(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("airlock-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match (a.upgrade(), b.upgrade()) {
+                        (Some(a), Some(b)) => {
+                            a.increment_epoch();
+                            b.increment_epoch();
+                        }
+                        _ => break,
+                    }
+                }
+            })
+            .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self { plain, fueled, cache: cache_dir.map(CompileCache::new), stop_ticker })
+    }
+
+    /// Reads, compiles (or loads from the cache), checks and links a plugin.
+    /// `fuel` selects the engine that counts instructions.
+    pub fn load_with(&self, path: &Path, fuel: bool) -> Result<Plugin, SandboxError> {
+        let read_error = |source| SandboxError::Read { path: path.to_owned(), source };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > MAX_PLUGIN_BYTES {
+            return Err(SandboxError::TooLarge { path: path.to_owned(), size });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.load_bytes(&bytes, &name, fuel).map_err(|e| match e {
+            // Messages name the path as the pipeline wrote it.
+            SandboxError::NotWasm { .. } => SandboxError::NotWasm { path: path.to_owned() },
+            SandboxError::Compile { message, .. } => SandboxError::Compile { path: path.to_owned(), message },
+            SandboxError::NotGranted { import, .. } => SandboxError::NotGranted { path: path.to_owned(), import },
+            SandboxError::NothingToRun { .. } => SandboxError::NothingToRun { path: path.to_owned() },
+            other => other,
+        })
+    }
+
+    /// [`Sandbox::load_with`] without fuel.
+    pub fn load(&self, path: &Path) -> Result<Plugin, SandboxError> {
+        self.load_with(path, false)
+    }
+
+    /// Loads a plugin from its bytes; `name` appears in messages.
+    pub fn load_bytes(&self, bytes: &[u8], name: &str, fuel: bool) -> Result<Plugin, SandboxError> {
+        let path = PathBuf::from(name);
+        if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+            return Err(SandboxError::TooLarge { path, size: bytes.len() as u64 });
+        }
+        let is_component = match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => false,
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => true,
+            _ => return Err(SandboxError::NotWasm { path }),
+        };
+        let flavor = if fuel { &self.fueled } else { &self.plain };
+        let digest = hex::encode(Sha256::digest(bytes));
+        let compile_error = |e: wasmtime::Error| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") };
+        let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
+        let from_cache = cached.is_some();
+        let compiled = if is_component {
+            let component = match &cached {
+                // SAFETY (the one `unsafe` in airlock): wasmtime runs
+                // precompiled code as it finds it. These bytes were produced
+                // by `precompile_component` of an engine with this exact
+                // configuration (the cache key says so), written only by us
+                // under the state directory, and their sha256 was checked
+                // just now. wasmtime also checks its version and settings
+                // in the header before using them.
+                #[allow(unsafe_code)]
+                Some(c) => unsafe { wasmtime::component::Component::deserialize(&flavor.engine, c) },
+                None => wasmtime::component::Component::new(&flavor.engine, bytes),
+            }
+            .map_err(compile_error)?;
+            if !from_cache {
+                self.store_in_cache(&digest, &flavor.engine, component.serialize());
+            }
+            self.link_component(&flavor, &component, &path)?
+        } else {
+            let module = match &cached {
+                // SAFETY: as for components above.
+                #[allow(unsafe_code)]
+                Some(c) => unsafe { wasmtime::Module::deserialize(&flavor.engine, c) },
+                None => wasmtime::Module::new(&flavor.engine, bytes),
+            }
+            .map_err(compile_error)?;
+            if !from_cache {
+                self.store_in_cache(&digest, &flavor.engine, module.serialize());
+            }
+            Self::link_module(flavor, &module, &path)?
+        };
+        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, fuel })
+    }
+
+    fn store_in_cache(&self, digest: &str, engine: &Engine, serialized: wasmtime::Result<Vec<u8>>) {
+        let Some(cache) = &self.cache else { return };
+        let result = serialized.map_err(|e| std::io::Error::other(format!("{e:#}"))).and_then(|b| cache.put(digest, engine, &b));
+        if let Err(e) = result {
+            tracing::warn!(dir = %cache.dir().display(), "cannot cache a compiled plugin: {e}");
+        }
+    }
+
+    fn link_component(
+        &self,
+        flavor: &Flavor,
+        component: &wasmtime::component::Component,
+        path: &Path,
+    ) -> Result<Compiled, SandboxError> {
+        let ty = component.component_type();
+        for (import, _) in ty.imports(&flavor.engine) {
+            let interface = import.split('@').next().unwrap_or(import);
+            if !GRANTED_INTERFACES.contains(&interface) {
+                return Err(SandboxError::NotGranted { path: path.to_owned(), import: import.to_owned() });
+            }
+        }
+        let exports: Vec<String> = ty.exports(&flavor.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports_iface = |name: &str| exports.iter().any(|e| e.split('@').next() == Some(name));
+        let link_error = |e: wasmtime::Error| SandboxError::Compile { path: path.to_owned(), message: format!("{e:#}") };
+        let pre = flavor.components.instantiate_pre(component).map_err(link_error)?;
+        if exports_iface("airlock:step/run") {
+            Ok(Compiled::Step(bindings::StepPre::new(pre).map_err(link_error)?))
+        } else if exports_iface("wasi:cli/run") {
+            Ok(Compiled::Command(wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(link_error)?))
+        } else {
+            Err(SandboxError::NothingToRun { path: path.to_owned() })
+        }
+    }
+
+    fn link_module(flavor: &Flavor, module: &wasmtime::Module, path: &Path) -> Result<Compiled, SandboxError> {
+        for import in module.imports() {
+            if import.module() != "wasi_snapshot_preview1" {
+                return Err(SandboxError::NotGranted {
+                    path: path.to_owned(),
+                    import: format!("{}::{}", import.module(), import.name()),
+                });
+            }
+        }
+        if module.get_export("_start").is_none() {
+            return Err(SandboxError::NothingToRun { path: path.to_owned() });
+        }
+        let pre = flavor.modules.instantiate_pre(module).map_err(|e| SandboxError::Compile {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+        Ok(Compiled::Module(pre))
+    }
+
+    /// Runs a plugin once. Never panics on guest behaviour: every way a
+    /// guest can fail ends in [`Outcome::result`].
+    pub async fn run(&self, plugin: &Plugin, inv: Invocation) -> Outcome {
+        let started = Instant::now();
+        let log = LogSink::new(usize::try_from(inv.log_limit).unwrap_or(usize::MAX));
+        let result = match self.wasi(&inv, plugin, &log) {
+            Err(e) => Err(Failure::Setup(e)),
+            Ok(builder) => {
+                let call = self.call(plugin, builder, &inv);
+                // Epoch interruption stops guest code at its deadline; a
+                // guest blocked inside a host call (a long sleep) is
+                // stopped here instead.
+                match tokio::time::timeout(inv.timeout + BLOCKED_GRACE, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Failure::Timeout(inv.timeout)),
+                }
+            }
+        };
+        let (log, log_written) = log.take();
+        Outcome { result, log, log_written, duration: started.elapsed() }
+    }
+
+    fn wasi(&self, inv: &Invocation, plugin: &Plugin, log: &LogSink) -> Result<WasiCtxBuilder, String> {
+        let mut b = WasiCtxBuilder::new();
+        b.stdout(log.clone()).stderr(log.clone());
+        b.preopened_dir(&inv.workspace, GUEST_WORKSPACE, FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
+        for (name, dir) in &inv.inputs {
+            b.preopened_dir(dir, format!("{}/{name}", GUEST_INPUTS), FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open input `{name}` at {}: {e:#}", dir.display()))?;
+        }
+        b.envs(&inv.env);
+        b.env("PWD", GUEST_WORKSPACE);
+        b.initial_cwd(GUEST_WORKSPACE);
+        let mut argv = vec![plugin.name.clone()];
+        argv.extend(inv.args.iter().cloned());
+        b.args(&argv);
+        Ok(b)
+    }
+
+    async fn call(&self, plugin: &Plugin, mut builder: WasiCtxBuilder, inv: &Invocation) -> Result<(), Failure> {
+        let flavor = if plugin.fuel { &self.fueled } else { &self.plain };
+        let deadline = Instant::now() + inv.timeout;
+        let limiter = Limiter::new(inv.memory);
+        match &*plugin.compiled {
+            Compiled::Step(pre) => {
+                let state = ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
+                let mut store = Store::new(&flavor.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+                let ctx = wit::Context {
+                    run_id: inv.run_id.clone(),
+                    step: inv.step.clone(),
+                    workspace: GUEST_WORKSPACE.to_owned(),
+                    params: inv.params.iter().map(|(name, value)| wit::Param { name: name.clone(), value: value.clone() }).collect(),
+                    inputs: inv
+                        .inputs
+                        .iter()
+                        .map(|(name, _)| wit::Input { step: name.clone(), path: format!("{}/{name}", GUEST_INPUTS) })
+                        .collect(),
+                };
+                let result = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance.airlock_step_run().call_run(&mut store, &ctx).await
+                }
+                .await;
+                let s = store.data();
+                judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
+            }
+            Compiled::Command(pre) => {
+                let state = ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
+                let mut store = Store::new(&flavor.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+                let result = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                }
+                .await;
+                let s = store.data();
+                judge(result.map(|r| r.map_err(|()| Failure::Exit(1))), &s.limiter, s.timed_out, inv)
+            }
+            Compiled::Module(pre) => {
+                let state = ModuleState { ctx: builder.build_p1(), limiter, timed_out: false };
+                let mut store = Store::new(&flavor.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+                let result = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                }
+                .await;
+                let s = store.data();
+                judge(result.map(Ok), &s.limiter, s.timed_out, inv)
+            }
+        }
+    }
+}
+
+/// Sets the store's deadline and fuel. Every tick the guest yields to the
+/// executor, so steps share the worker threads and a cancelled run stops
+/// promptly; past the deadline the guest is interrupted.
+fn arm<T: 'static>(store: &mut Store<T>, deadline: Instant, fuel: Option<u64>, flag: fn(&mut T) -> &mut bool) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        if Instant::now() >= deadline {
+            *flag(ctx.data_mut()) = true;
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    // Without fuel the engine does not count it and this is a no-op error.
+    let _ = store.set_fuel(fuel.unwrap_or(u64::MAX));
+}
+
+/// Turns wasmtime's result into a [`Failure`] that says which limit, in words.
+fn judge(
+    result: wasmtime::Result<Result<(), Failure>>,
+    limiter: &Limiter,
+    timed_out: bool,
+    inv: &Invocation,
+) -> Result<(), Failure> {
+    let error = match result {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(failure)) => {
+            // A guest that fails after a refused `memory.grow` failed for
+            // want of memory, whatever message it managed to print.
+            if limiter.memory_refused.is_some() {
+                return Err(Failure::MemoryLimit { limit: inv.memory });
+            }
+            return Err(failure);
+        }
+        Err(e) => e,
+    };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return if exit.0 == 0 { Ok(()) } else if limiter.memory_refused.is_some() { Err(Failure::MemoryLimit { limit: inv.memory }) } else { Err(Failure::Exit(exit.0)) };
+    }
+    if timed_out {
+        return Err(Failure::Timeout(inv.timeout));
+    }
+    if limiter.memory_refused.is_some() {
+        return Err(Failure::MemoryLimit { limit: inv.memory });
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Err(Failure::OutOfFuel(inv.fuel.unwrap_or(0))),
+        Some(Trap::StackOverflow) => Err(Failure::StackOverflow),
+        Some(Trap::Interrupt) => Err(Failure::Timeout(inv.timeout)),
+        _ => Err(Failure::Trap(format!("{error:#}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_wasm() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let err = sandbox.load_bytes(b"#!/bin/sh\necho hi\n", "x.wasm", false).err().expect("refused");
+        assert!(matches!(err, SandboxError::NotWasm { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_modules_importing_anything_but_wasi() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module (import "env" "socket" (func)) (func (export "_start")))"#;
+        let bytes = wat::parse_str(wat).expect("wat");
+        let err = sandbox.load_bytes(&bytes, "net.wasm", false).err().expect("refused");
+        assert_eq!(err.to_string(), "plugin `net.wasm` imports `env::socket`, which this step is not granted");
+    }
+
+    #[tokio::test]
+    async fn a_busy_loop_stops_at_its_deadline() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let bytes = wat::parse_str(r#"(module (func (export "_start") (loop (br 0))))"#).expect("wat");
+        let plugin = sandbox.load_bytes(&bytes, "spin.wasm", false).expect("loads");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.timeout = Duration::from_millis(100);
+        let outcome = sandbox.run(&plugin, inv).await;
+        assert_eq!(outcome.result, Err(Failure::Timeout(Duration::from_millis(100))));
+    }
+
+    #[tokio::test]
+    async fn memory_growth_past_the_limit_is_named() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module (memory 1)
+            (func (export "_start")
+              (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "grow.wasm", false).expect("loads");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.memory = 1 << 20;
+        let outcome = sandbox.run(&plugin, inv).await;
+        assert_eq!(outcome.result, Err(Failure::MemoryLimit { limit: 1 << 20 }));
+    }
+}

@@ -1,0 +1,554 @@
+//! airlock's durable state: runs, their steps, every state transition with
+//! its time, step logs, and the index of artifacts by sha256.
+//!
+//! This is the only crate that touches sled. Records are JSON, so a state
+//! directory can be inspected and migrated with ordinary tools. A
+//! transition is written (step record and event together, atomically)
+//! before the engine acts on it; [`Store::flush`] makes everything written
+//! so far durable, and callers flush before any effect others can see.
+//!
+//! ```
+//! use airlock_store::{RunState, Store};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path()).unwrap();
+//! let run = store.create_run("site", "pipelines/site.yaml", Default::default(), &["build".into()]).unwrap();
+//! assert_eq!(store.run(&run.id).unwrap().unwrap().state, RunState::Running);
+//! ```
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption, or the directory is locked by another
+    /// airlock process).
+    #[error("state store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be read back.
+    #[error("state store record `{key}` is damaged: {source}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What was wrong with it.
+        source: serde_json::Error,
+    },
+    /// No run with that id (or prefix).
+    #[error("no run `{0}`")]
+    NoRun(String),
+    /// A prefix matched several runs.
+    #[error("`{prefix}` matches {count} runs; give more of the id")]
+    Ambiguous {
+        /// The prefix given.
+        prefix: String,
+        /// How many runs it matches.
+        count: usize,
+    },
+    /// No step with that name in the run.
+    #[error("run `{run}` has no step `{step}`")]
+    NoStep {
+        /// The run.
+        run: String,
+        /// The step asked for.
+        step: String,
+    },
+}
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Steps are being scheduled.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed; its dependants were skipped.
+    Failed,
+    /// The run was stopped by the user.
+    Cancelled,
+}
+
+impl RunState {
+    /// Whether the run has ended.
+    pub fn is_final(self) -> bool {
+        self != Self::Running
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Waiting for the steps it needs.
+    Pending,
+    /// In the sandbox (or its outputs being extracted).
+    Running,
+    /// Waiting before a retry.
+    Retrying,
+    /// Done, outputs stored.
+    Succeeded,
+    /// Failed after its last attempt.
+    Failed,
+    /// Not run because a step it needs did not succeed.
+    Skipped,
+    /// Stopped or never started because the run was cancelled.
+    Cancelled,
+}
+
+impl StepState {
+    /// Whether the step has reached an end state.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled)
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Time-ordered id, e.g. `20261122-150353-7f3a`.
+    pub id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The pipeline file as given.
+    pub file: String,
+    /// Parameter values of the run.
+    pub params: BTreeMap<String, String>,
+    /// Where it is.
+    pub state: RunState,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+    /// Why it failed or was cancelled.
+    pub reason: Option<String>,
+    /// Step names in pipeline order.
+    pub steps: Vec<String>,
+}
+
+/// One file a step produced, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// Path relative to the workspace, `/`-separated.
+    pub path: String,
+    /// sha256, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A step of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step's name.
+    pub name: String,
+    /// Where it is.
+    pub state: StepState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// When the first attempt started.
+    pub started_ms: Option<u64>,
+    /// When it reached an end state.
+    pub ended_ms: Option<u64>,
+    /// Why it failed, was skipped or cancelled; or why the last attempt failed.
+    pub reason: Option<String>,
+    /// sha256 of the plugin that ran.
+    pub plugin_sha256: Option<String>,
+    /// Its outputs, sorted by path.
+    pub outputs: Vec<OutputRecord>,
+}
+
+impl StepRecord {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            state: StepState::Pending,
+            attempts: 0,
+            started_ms: None,
+            ended_ms: None,
+            reason: None,
+            plugin_sha256: None,
+            outputs: Vec::new(),
+        }
+    }
+}
+
+/// One entry of a run's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// The step concerned, or none for the run itself.
+    pub step: Option<String>,
+    /// The state entered.
+    pub state: String,
+    /// Detail: a reason, an attempt number.
+    pub detail: Option<String>,
+}
+
+/// What the artifact index knows of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was first stored.
+    pub first_seen_ms: u64,
+}
+
+/// A step's log for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The kept bytes.
+    pub bytes: Vec<u8>,
+    /// Bytes the guest wrote in all.
+    pub written: u64,
+}
+
+/// The state store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    runs: sled::Tree,
+    steps: sled::Tree,
+    events: sled::Tree,
+    logs: sled::Tree,
+    artifacts: sled::Tree,
+}
+
+fn step_key(run: &str, step: &str) -> Vec<u8> {
+    [run.as_bytes(), b"\0", step.as_bytes()].concat()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain records cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), source })
+}
+
+fn abort(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new().path(dir.join("db")).open()?;
+        Ok(Self {
+            runs: db.open_tree("runs")?,
+            steps: db.open_tree("steps")?,
+            events: db.open_tree("events")?,
+            logs: db.open_tree("logs")?,
+            artifacts: db.open_tree("artifacts")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn new_run_id(&self) -> String {
+        let secs = now_ms() / 1000;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        let suffix: u16 = rand::random();
+        format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{suffix:04x}", rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+
+    /// Records a new run in state `running`, with its steps pending.
+    pub fn create_run(
+        &self,
+        pipeline: &str,
+        file: &str,
+        params: BTreeMap<String, String>,
+        steps: &[String],
+    ) -> Result<RunRecord> {
+        let run = RunRecord {
+            id: self.new_run_id(),
+            pipeline: pipeline.to_owned(),
+            file: file.to_owned(),
+            params,
+            state: RunState::Running,
+            created_ms: now_ms(),
+            ended_ms: None,
+            reason: None,
+            steps: steps.to_vec(),
+        };
+        let event_id = self.db.generate_id()?;
+        (&self.runs, &self.steps, &self.events)
+            .transaction(|(runs, step_tree, events)| {
+                if runs.get(run.id.as_bytes())?.is_some() {
+                    // Two runs in the same second with the same random
+                    // suffix: let the caller try again.
+                    return Err(ConflictableTransactionError::Abort(StoreError::Ambiguous { prefix: run.id.clone(), count: 2 }));
+                }
+                runs.insert(run.id.as_bytes(), encode(&run))?;
+                for step in steps {
+                    step_tree.insert(step_key(&run.id, step), encode(&StepRecord::new(step)))?;
+                }
+                let event = Event { at_ms: run.created_ms, step: None, state: "running".into(), detail: None };
+                events.insert(event_key(&run.id, event_id), encode(&event))?;
+                Ok(())
+            })
+            .map_err(abort)?;
+        Ok(run)
+    }
+
+    /// Moves a run to `state`, recording the event.
+    pub fn finish_run(&self, id: &str, state: RunState, reason: Option<String>) -> Result<RunRecord> {
+        let event_id = self.db.generate_id()?;
+        (&self.runs, &self.events)
+            .transaction(|(runs, events)| {
+                let Some(bytes) = runs.get(id.as_bytes())? else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::NoRun(id.to_owned())));
+                };
+                let mut run: RunRecord = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+                run.state = state;
+                run.reason = reason.clone();
+                run.ended_ms = Some(now_ms());
+                runs.insert(id.as_bytes(), encode(&run))?;
+                let event = Event { at_ms: now_ms(), step: None, state: state.as_str().into(), detail: reason.clone() };
+                events.insert(event_key(id, event_id), encode(&event))?;
+                Ok(run)
+            })
+            .map_err(abort)
+    }
+
+    /// Applies `change` to a step's record and records the transition, in
+    /// one atomic write. Returns the new record.
+    pub fn update_step(
+        &self,
+        run: &str,
+        step: &str,
+        detail: Option<String>,
+        change: impl Fn(&mut StepRecord),
+    ) -> Result<StepRecord> {
+        let key = step_key(run, step);
+        let event_id = self.db.generate_id()?;
+        (&self.steps, &self.events)
+            .transaction(|(steps, events)| {
+                let Some(bytes) = steps.get(&key)? else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::NoStep { run: run.into(), step: step.into() }));
+                };
+                let mut record: StepRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let before = record.state;
+                change(&mut record);
+                steps.insert(key.as_slice(), encode(&record))?;
+                if record.state != before || detail.is_some() {
+                    let event = Event { at_ms: now_ms(), step: Some(step.into()), state: record.state.as_str().into(), detail: detail.clone() };
+                    events.insert(event_key(run, event_id), encode(&event))?;
+                }
+                Ok(record)
+            })
+            .map_err(abort)
+    }
+
+    /// A run by id, or by a unique prefix of its id, or `last` for the newest.
+    pub fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
+        if id_or_prefix == "last" {
+            return match self.runs.last()? {
+                Some((k, v)) => decode(&k, &v),
+                None => Err(StoreError::NoRun("last".into())),
+            };
+        }
+        if let Some(run) = self.run(id_or_prefix)? {
+            return Ok(run);
+        }
+        let mut found = Vec::new();
+        for item in self.runs.scan_prefix(id_or_prefix.as_bytes()).take(2) {
+            let (k, v) = item?;
+            found.push(decode::<RunRecord>(&k, &v)?);
+        }
+        match found.len() {
+            0 => Err(StoreError::NoRun(id_or_prefix.into())),
+            1 => Ok(found.remove(0)),
+            _ => Err(StoreError::Ambiguous { prefix: id_or_prefix.into(), count: self.runs.scan_prefix(id_or_prefix.as_bytes()).count() }),
+        }
+    }
+
+    /// A run by exact id.
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        self.runs.get(id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
+    }
+
+    /// All runs, newest first.
+    pub fn runs(&self) -> Result<Vec<RunRecord>> {
+        self.runs.iter().rev().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v))).collect()
+    }
+
+    /// A run's steps, in pipeline order.
+    pub fn steps(&self, run: &RunRecord) -> Result<Vec<StepRecord>> {
+        run.steps
+            .iter()
+            .map(|s| {
+                let key = step_key(&run.id, s);
+                match self.steps.get(&key)? {
+                    Some(v) => decode(&key, &v),
+                    None => Err(StoreError::NoStep { run: run.id.clone(), step: s.clone() }),
+                }
+            })
+            .collect()
+    }
+
+    /// A run's history, oldest first.
+    pub fn events(&self, run: &str) -> Result<Vec<Event>> {
+        self.events
+            .scan_prefix([run.as_bytes(), b"\0"].concat())
+            .map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
+            .collect()
+    }
+
+    /// Stores the log of one attempt of a step.
+    pub fn put_log(&self, run: &str, step: &str, log: &LogRecord) -> Result<()> {
+        let key = log_key(run, step, log.attempt);
+        let mut value = log.written.to_be_bytes().to_vec();
+        value.extend_from_slice(&log.bytes);
+        self.logs.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Every attempt's log of a step, in order.
+    pub fn logs(&self, run: &str, step: &str) -> Result<Vec<LogRecord>> {
+        let prefix = [run.as_bytes(), b"\0", step.as_bytes(), b"\0"].concat();
+        self.logs
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (k, v) = item?;
+                let attempt = k.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+                let (written, bytes) = v.split_at(8.min(v.len()));
+                let written = written.try_into().map(u64::from_be_bytes).unwrap_or(0);
+                Ok(LogRecord { attempt, bytes: bytes.to_vec(), written })
+            })
+            .collect()
+    }
+
+    /// Records that a blob is in the artifact store. Returns whether it was new.
+    pub fn index_artifact(&self, sha256: &str, size: u64) -> Result<bool> {
+        let record = ArtifactRecord { size, first_seen_ms: now_ms() };
+        let previous = self.artifacts.compare_and_swap(sha256.as_bytes(), None as Option<&[u8]>, Some(encode(&record)))?;
+        Ok(previous.is_ok())
+    }
+
+    /// What the index knows of a blob.
+    pub fn artifact(&self, sha256: &str) -> Result<Option<ArtifactRecord>> {
+        self.artifacts.get(sha256.as_bytes())?.map(|v| decode(sha256.as_bytes(), &v)).transpose()
+    }
+
+    /// Every indexed blob: (sha256, record).
+    pub fn artifacts(&self) -> Result<Vec<(String, ArtifactRecord)>> {
+        self.artifacts
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
+            })
+            .collect()
+    }
+}
+
+fn event_key(run: &str, id: u64) -> Vec<u8> {
+    [run.as_bytes(), b"\0", &id.to_be_bytes()].concat()
+}
+
+fn log_key(run: &str, step: &str, attempt: u32) -> Vec<u8> {
+    [run.as_bytes(), b"\0", step.as_bytes(), b"\0", &attempt.to_be_bytes()].concat()
+}
+
+/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`), so run ids need no calendar crate.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_414), (2025, 11, 22));
+    }
+
+    #[test]
+    fn transitions_are_recorded_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into(), "b".into()]).expect("run");
+        store.update_step(&run.id, "a", None, |s| s.state = StepState::Running).expect("update");
+        store.update_step(&run.id, "a", Some("done".into()), |s| s.state = StepState::Succeeded).expect("update");
+        let states: Vec<_> = store.events(&run.id).expect("events").into_iter().map(|e| (e.step, e.state)).collect();
+        assert_eq!(
+            states,
+            vec![(None, "running".into()), (Some("a".into()), "running".into()), (Some("a".into()), "succeeded".into())]
+        );
+        assert!(matches!(store.update_step(&run.id, "zz", None, |_| {}), Err(StoreError::NoStep { .. })));
+    }
+
+    #[test]
+    fn state_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let store = Store::open(dir.path()).expect("open");
+            let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
+            store.put_log(&run.id, "a", &LogRecord { attempt: 1, bytes: b"hello".to_vec(), written: 9 }).expect("log");
+            store.flush().expect("flush");
+            run.id
+        };
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.find_run(&id[..8]).expect("by prefix").id, id);
+        assert_eq!(store.logs(&id, "a").expect("logs"), vec![LogRecord { attempt: 1, bytes: b"hello".to_vec(), written: 9 }]);
+    }
+}
