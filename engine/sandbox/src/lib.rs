@@ -68,6 +68,7 @@ const BLOCKED_GRACE: Duration = Duration::from_millis(200);
 /// clocks, randomness, stdio, its arguments and environment. Sockets, name
 /// lookup and HTTP are absent on purpose.
 pub const GRANTED_INTERFACES: &[&str] = &[
+    "airlock:step/types",
     "wasi:cli/environment",
     "wasi:cli/exit",
     "wasi:cli/stdin",
@@ -326,6 +327,8 @@ fn link_granted(l: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime
     use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
     use wasmtime_wasi::random::WasiRandom;
     type S = ComponentState;
+    // Types only: nothing to implement, but the instance must exist.
+    l.instance("airlock:step/types@0.1.0")?;
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;

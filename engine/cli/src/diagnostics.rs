@@ -1,0 +1,103 @@
+//! `airlock validate`, and rendering pipeline diagnostics.
+
+use crate::exit;
+use airlock_model::Diagnostic;
+use codespan_reporting::diagnostic::{Diagnostic as Report, Label};
+use codespan_reporting::files::SimpleFile;
+use codespan_reporting::term;
+use std::path::{Path, PathBuf};
+
+/// Loads and validates a pipeline file, rendering every diagnostic to
+/// stderr. `Ok(None)` means it was invalid (already reported).
+pub fn load(path: &Path) -> anyhow::Result<Option<airlock_model::Pipeline>> {
+    let (src, result) = check(path)?;
+    match result {
+        Ok(p) => Ok(Some(p)),
+        Err(diags) => {
+            eprint!("{}", render(path, &src, &diags));
+            Ok(None)
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<(String, Result<airlock_model::Pipeline, Vec<Diagnostic>>)> {
+    let src = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?;
+    let base = base_dir(path);
+    let lookup = airlock_runner::FsLookup::new(&base);
+    let result = airlock_model::load(&path.display().to_string(), &src, &lookup);
+    Ok((src, result))
+}
+
+/// The directory plugin and source paths are relative to.
+pub fn base_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Renders diagnostics like a compiler: the message, the place, the line
+/// with the spot underlined, the field path and a hint.
+pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
+    let file = SimpleFile::new(path.display().to_string(), src);
+    let config = term::Config::default();
+    let mut out = String::new();
+    for d in diags {
+        let mut report = Report::error().with_message(&d.message).with_code(d.code);
+        if let Some(span) = d.span {
+            let end = if span.end > span.start { span.end } else { (span.start + 1).min(src.len()) };
+            let label = Label::primary((), span.start.min(src.len())..end);
+            report = report.with_labels(vec![if d.path.is_empty() { label } else { label.with_message(format!("at `{}`", d.path)) }]);
+        }
+        if let Some(hint) = &d.hint {
+            report = report.with_notes(vec![format!("hint: {hint}")]);
+        }
+        if term::emit_to_string(&mut out, &config, &file, &report).is_err() {
+            out.push_str(&format!("{d}\n"));
+        }
+    }
+    let n = diags.len();
+    out.push_str(&format!("{}: {n} error{}\n", path.display(), if n == 1 { "" } else { "s" }));
+    out
+}
+
+/// `airlock validate FILE...`: every file, every error.
+pub fn validate(files: &[PathBuf], json: bool) -> anyhow::Result<u8> {
+    let mut all_valid = true;
+    let mut report = Vec::new();
+    for path in files {
+        let (src, result) = match check(path) {
+            Ok(r) => r,
+            Err(e) => {
+                all_valid = false;
+                if json {
+                    report.push(serde_json::json!({ "file": path.display().to_string(), "valid": false, "error": e.to_string() }));
+                } else {
+                    crate::output::error(&e);
+                }
+                continue;
+            }
+        };
+        match result {
+            Ok(pipeline) => {
+                if json {
+                    report.push(serde_json::json!({ "file": path.display().to_string(), "valid": true, "steps": pipeline.steps.len() }));
+                } else {
+                    eprintln!("{}: valid ({} step{})", path.display(), pipeline.steps.len(), if pipeline.steps.len() == 1 { "" } else { "s" });
+                }
+            }
+            Err(diags) => {
+                all_valid = false;
+                if json {
+                    report.push(serde_json::json!({ "file": path.display().to_string(), "valid": false, "diagnostics": diags }));
+                } else {
+                    eprint!("{}", render(path, &src, &diags));
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(if all_valid { exit::OK } else { exit::FAILED })
+}

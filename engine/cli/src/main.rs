@@ -1,0 +1,150 @@
+//! `airlock`: run YAML pipelines of sandboxed WebAssembly steps.
+//!
+//! The binary is thin: argument parsing, rendering and exit codes. The
+//! work happens in the library crates (model, runner, store).
+
+mod diagnostics;
+mod output;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit codes; documented in `airlock --help` and the book.
+mod exit {
+    /// Everything succeeded.
+    pub const OK: u8 = 0;
+    /// The run failed, or a pipeline is invalid.
+    pub const FAILED: u8 = 1;
+    /// Bad usage: an unknown flag, a missing argument, a bad `--param`.
+    pub const USAGE: u8 = 2;
+    /// airlock itself could not work: the state directory is unusable,
+    /// a file cannot be read.
+    pub const ERROR: u8 = 3;
+    /// The run was cancelled (Ctrl-C).
+    pub const CANCELLED: u8 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0    success
+  1    the run failed, or a pipeline is invalid
+  2    usage error (bad flag, bad --param)
+  3    airlock could not work (unreadable file, unusable state directory)
+  130  the run was cancelled (Ctrl-C)
+
+Environment:
+  AIRLOCK_STATE_DIR  where runs, logs and artifacts are kept (default .airlock)
+  NO_COLOR           disables colour
+  RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
+
+/// Run CI pipelines whose every step is a sandboxed WebAssembly program.
+#[derive(Parser)]
+#[command(name = "airlock", version, about, after_help = AFTER_HELP, propagate_version = true)]
+struct Cli {
+    /// Where runs, logs, artifacts and compiled plugins are kept.
+    #[arg(long, global = true, env = "AIRLOCK_STATE_DIR", default_value = ".airlock", value_name = "DIR")]
+    state_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline and wait for it to end.
+    Run(RunArgs),
+    /// Check pipeline files and report every problem found.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print diagnostics as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs, newest first.
+    Runs {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show a run: its steps, their state, reasons and outputs.
+    Show {
+        /// Run id, a unique prefix of one, or `last`.
+        run: String,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the logs of a run's steps.
+    Logs {
+        /// Run id, a unique prefix of one, or `last`.
+        run: String,
+        /// Only this step.
+        step: Option<String>,
+    },
+    /// Print the JSON Schema of the pipeline format.
+    Schema,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Set a pipeline parameter (repeatable).
+    #[arg(short, long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// Steps running at once, at most [default: number of cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// Print progress as JSON lines on stdout, one event per line.
+    #[arg(long)]
+    json: bool,
+    /// Keep step workspaces under the state directory after the run.
+    #[arg(long)]
+    keep_workspaces: bool,
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("`{text}` is not NAME=VALUE")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(output::color())
+        .init();
+    let code = match cli.command {
+        Command::Validate { files, json } => diagnostics::validate(&files, json),
+        Command::Run(args) => runtime().and_then(|rt| rt.block_on(progress::run(&cli.state_dir, args))),
+        Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),
+        Command::Show { run, json } => output::show(&cli.state_dir, &run, json),
+        Command::Logs { run, step } => output::logs(&cli.state_dir, &run, step.as_deref()),
+        Command::Schema => {
+            print!("{}", airlock_model::schema::pipeline_schema_json());
+            Ok(exit::OK)
+        }
+    };
+    match code {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            output::error(&e);
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,171 @@
+//! Showing what the store holds: `runs`, `show`, `logs`; and errors.
+
+use crate::exit;
+use airlock_store::{RunRecord, StepRecord, Store};
+use std::io::IsTerminal;
+use std::path::Path;
+
+/// Whether to colour stderr: a terminal, and `NO_COLOR` unset.
+pub fn color() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Prints an error and its cause chain, then a hint where one applies.
+pub fn error(e: &anyhow::Error) {
+    let (red, reset) = if color() { ("\x1b[31m", "\x1b[0m") } else { ("", "") };
+    eprintln!("{red}error{reset}: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    let text = format!("{e:#}");
+    if text.contains("could not acquire lock") || text.contains("WouldBlock") {
+        eprintln!("hint: another airlock process is using this state directory; wait for it or pass `--state-dir`");
+    }
+}
+
+fn open(state_dir: &Path) -> anyhow::Result<Store> {
+    if !state_dir.join("db").exists() {
+        anyhow::bail!("no airlock state in `{}`: run a pipeline first, or pass `--state-dir`", state_dir.display());
+    }
+    Store::open(state_dir).map_err(|e| anyhow::anyhow!("cannot open the state in `{}`: {e}", state_dir.display()))
+}
+
+/// `12:03:04 UTC` style times for people.
+pub fn time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").replace('Z', " UTC")
+}
+
+/// A duration for people: `1.23s`, `450ms`.
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 1000 { format!("{ms}ms") } else { format!("{:.2}s", ms as f64 / 1000.0) }
+}
+
+fn run_duration(run: &RunRecord) -> String {
+    run.ended_ms.map(|e| duration_ms(e.saturating_sub(run.created_ms))).unwrap_or_else(|| "-".into())
+}
+
+fn step_duration(s: &StepRecord) -> String {
+    match (s.started_ms, s.ended_ms) {
+        (Some(a), Some(b)) => duration_ms(b.saturating_sub(a)),
+        _ => "-".into(),
+    }
+}
+
+/// `airlock runs`
+pub fn runs(state_dir: &Path, json: bool, limit: usize) -> anyhow::Result<u8> {
+    let store = open(state_dir)?;
+    let runs: Vec<RunRecord> = store.runs()?.into_iter().take(limit).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(exit::OK);
+    }
+    if runs.is_empty() {
+        eprintln!("no runs yet");
+        return Ok(exit::OK);
+    }
+    println!("{:<22} {:<16} {:<10} {:>9}  CREATED", "RUN", "PIPELINE", "STATE", "DURATION");
+    for r in runs {
+        println!("{:<22} {:<16} {:<10} {:>9}  {}", r.id, r.pipeline, r.state.as_str(), run_duration(&r), time(r.created_ms));
+    }
+    Ok(exit::OK)
+}
+
+/// `airlock show RUN`
+pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
+    let store = open(state_dir)?;
+    let run = store.find_run(run)?;
+    let steps = store.steps(&run)?;
+    if json {
+        let events = store.events(&run.id)?;
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "steps": steps, "events": events }))?);
+        return Ok(exit::OK);
+    }
+    println!("run       {}", run.id);
+    println!("pipeline  {} ({})", run.pipeline, run.file);
+    println!("state     {}", run.state.as_str());
+    if let Some(reason) = &run.reason {
+        println!("reason    {reason}");
+    }
+    println!("created   {}", time(run.created_ms));
+    println!("duration  {}", run_duration(&run));
+    if !run.params.is_empty() {
+        let params: Vec<String> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("params    {}", params.join(" "));
+    }
+    println!();
+    let width = steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:<10} {:>9} {:>8}  REASON", "STEP", "STATE", "DURATION", "ATTEMPTS");
+    for s in &steps {
+        println!(
+            "{:<width$}  {:<10} {:>9} {:>8}  {}",
+            s.name,
+            s.state.as_str(),
+            step_duration(s),
+            s.attempts,
+            s.reason.as_deref().unwrap_or("")
+        );
+    }
+    let outputs: Vec<_> = steps.iter().flat_map(|s| s.outputs.iter().map(move |o| (&s.name, o))).collect();
+    if !outputs.is_empty() {
+        println!();
+        println!("{:<width$}  {:<64}  {:>10}  PATH", "STEP", "SHA256", "SIZE");
+        for (step, o) in outputs {
+            println!("{step:<width$}  {}  {:>10}  {}", o.sha256, bytesize::ByteSize(o.size).display().iec_short().to_string(), o.path);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Makes guest output safe to print: invalid UTF-8 is replaced, and
+/// control characters (terminal escape sequences among them) are shown
+/// as `\x1b` text instead of being interpreted by the terminal.
+pub fn neutralize(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `airlock logs RUN [STEP]`
+pub fn logs(state_dir: &Path, run: &str, step: Option<&str>) -> anyhow::Result<u8> {
+    let store = open(state_dir)?;
+    let run = store.find_run(run)?;
+    if let Some(step) = step {
+        if !run.steps.iter().any(|s| s == step) {
+            anyhow::bail!("run `{}` has no step `{step}`; its steps are: {}", run.id, run.steps.join(", "));
+        }
+    }
+    let names: Vec<&String> = run.steps.iter().filter(|s| step.is_none_or(|only| only == s.as_str())).collect();
+    for name in names {
+        let logs = store.logs(&run.id, name)?;
+        let headers = step.is_none() || logs.len() > 1;
+        for log in logs {
+            if headers {
+                println!("── {name} (attempt {}) ──", log.attempt);
+            }
+            let text = neutralize(&log.bytes);
+            print!("{text}");
+            if !text.ends_with('\n') && !text.is_empty() {
+                println!();
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_shown_not_interpreted() {
+        assert_eq!(neutralize(b"ok\x1b[2Jbad\xffend\n"), "ok\\x1b[2Jbad\u{fffd}end\n");
+    }
+}

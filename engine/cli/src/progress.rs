@@ -1,0 +1,180 @@
+//! `airlock run`: runs a pipeline and shows its progress.
+//!
+//! On a terminal, a live view: one spinner per running step under a bar
+//! counting finished steps, and a line per finished step above them.
+//! Otherwise one plain line per event on stderr; with `--json`, one JSON
+//! object per event on stdout.
+
+use crate::{RunArgs, diagnostics, exit, output};
+use airlock_runner::{CancellationToken, Engine, Progress, RunOptions, RunnerError};
+use airlock_store::{RunState, StepState};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
+    let Some(pipeline) = diagnostics::load(&args.file)? else {
+        return Ok(exit::FAILED);
+    };
+    let engine = Engine::open(state_dir)?;
+    let mut options = RunOptions { params: args.params.clone(), keep_workspaces: args.keep_workspaces, ..RunOptions::default() };
+    if let Some(jobs) = args.jobs {
+        options.jobs = usize::from(jobs);
+    }
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling: stopping running steps (Ctrl-C again to force)");
+            on_signal.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(i32::from(exit::CANCELLED));
+            }
+        }
+    });
+
+    let json = args.json;
+    let live = !json && std::io::stderr().is_terminal();
+    let view = Mutex::new(View::new(live, pipeline.steps.len()));
+    let observer = move |event: &Progress| {
+        if json {
+            if let Ok(line) = serde_json::to_string(event) {
+                println!("{line}");
+            }
+            return;
+        }
+        if let Ok(mut v) = view.lock() {
+            v.show(event);
+        }
+    };
+    let file = args.file.display().to_string();
+    let base = diagnostics::base_dir(&args.file);
+    let summary = match engine.run(&pipeline, &base, &file, options, observer, cancel).await {
+        Ok(s) => s,
+        Err(RunnerError::Params(errors)) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(exit::USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !json {
+        let outputs: usize = summary.steps.iter().map(|s| s.outputs.len()).sum();
+        eprintln!(
+            "run {} {} in {} ({} artifact{}); see `airlock show {}`",
+            summary.run.id,
+            summary.run.state.as_str(),
+            output::duration_ms(summary.run.ended_ms.unwrap_or(0).saturating_sub(summary.run.created_ms)),
+            outputs,
+            if outputs == 1 { "" } else { "s" },
+            summary.run.id
+        );
+    }
+    Ok(match summary.run.state {
+        RunState::Succeeded => exit::OK,
+        RunState::Cancelled => exit::CANCELLED,
+        RunState::Failed | RunState::Running => exit::FAILED,
+    })
+}
+
+/// The human view of a run's progress.
+struct View {
+    live: Option<(MultiProgress, ProgressBar)>,
+    spinners: HashMap<String, ProgressBar>,
+    color: bool,
+}
+
+impl View {
+    fn new(live: bool, steps: usize) -> Self {
+        let live = live.then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let total = multi.add(ProgressBar::new(steps as u64));
+            total.set_style(
+                ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} steps done").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+            );
+            total.enable_steady_tick(Duration::from_millis(200));
+            (multi, total)
+        });
+        Self { live, spinners: HashMap::new(), color: output::color() }
+    }
+
+    fn line(&self, text: String) {
+        match &self.live {
+            Some((multi, _)) => {
+                let _ = multi.println(text);
+            }
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
+    }
+
+    fn show(&mut self, event: &Progress) {
+        match event {
+            Progress::RunStarted { run, steps } => {
+                self.line(format!("run {run}: {} step{}", steps.len(), if steps.len() == 1 { "" } else { "s" }));
+            }
+            Progress::StepStarted { step, attempt } => match &self.live {
+                Some((multi, total)) => {
+                    let spinner = multi.insert_before(total, ProgressBar::new_spinner());
+                    spinner.set_style(ProgressStyle::with_template("  {spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    let suffix = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                    spinner.set_message(format!("{step}{suffix}"));
+                    spinner.enable_steady_tick(Duration::from_millis(100));
+                    self.spinners.insert(step.clone(), spinner);
+                }
+                None => self.line(format!("started   {step} (attempt {attempt})")),
+            },
+            Progress::StepRetrying { step, attempt, reason, backoff_ms } => {
+                if let Some(s) = self.spinners.remove(step) {
+                    s.finish_and_clear();
+                }
+                let mark = self.paint("33", "retry");
+                self.line(format!("{mark}     {step} attempt {attempt} failed: {reason}; retrying in {}", output::duration_ms(*backoff_ms)));
+            }
+            Progress::StepFinished { step, state, duration_ms, reason, outputs, log_truncated } => {
+                if let Some(s) = self.spinners.remove(step) {
+                    s.finish_and_clear();
+                }
+                if let Some((_, total)) = &self.live {
+                    total.inc(1);
+                }
+                let (code, word) = match state {
+                    StepState::Succeeded => ("32", "done"),
+                    StepState::Failed => ("31", "failed"),
+                    StepState::Skipped => ("2", "skipped"),
+                    _ => ("33", "cancelled"),
+                };
+                let mark = self.paint(code, &format!("{word:<9}"));
+                let mut text = format!("{mark} {step}");
+                if *state == StepState::Succeeded || *state == StepState::Failed {
+                    text.push_str(&format!(" ({})", output::duration_ms(*duration_ms)));
+                }
+                if !outputs.is_empty() {
+                    text.push_str(&format!(", {} output{}", outputs.len(), if outputs.len() == 1 { "" } else { "s" }));
+                }
+                if *log_truncated {
+                    text.push_str(", log truncated");
+                }
+                if let Some(reason) = reason {
+                    if *state != StepState::Succeeded {
+                        text.push_str(&format!(": {reason}"));
+                    }
+                }
+                self.line(text);
+            }
+            Progress::RunFinished { .. } => {
+                if let Some((multi, total)) = &self.live {
+                    total.finish_and_clear();
+                    let _ = multi.clear();
+                }
+            }
+        }
+    }
+}

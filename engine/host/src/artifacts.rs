@@ -1,0 +1,172 @@
+//! The content-addressed artifact store.
+
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Errors of the artifact store.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// Disk trouble.
+    #[error("artifact store at {}: {source}", dir.display())]
+    Io {
+        /// Where.
+        dir: PathBuf,
+        /// What.
+        source: std::io::Error,
+    },
+    /// The bytes on disk no longer hash to their name.
+    #[error("artifact sha256:{expected} is damaged on disk (its content hashes to sha256:{actual}); it was not used")]
+    Corrupt {
+        /// The digest it is stored under.
+        expected: String,
+        /// What its bytes hash to now.
+        actual: String,
+    },
+    /// No blob with this digest.
+    #[error("artifact sha256:{0} is not in the store")]
+    Missing(String),
+    /// A digest that is not 64 lowercase hex characters.
+    #[error("`{0}` is not a sha256 digest")]
+    BadDigest(String),
+}
+
+/// Blobs stored under `ROOT/sha256/ab/cdef…`, written once, never changed.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+/// Copy buffer size: large enough to stream at disk speed.
+const CHUNK: usize = 256 * 1024;
+
+fn valid_digest(d: &str) -> bool {
+    d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ArtifactStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn io(&self, source: std::io::Error) -> ArtifactError {
+        ArtifactError::Io { dir: self.root.clone(), source }
+    }
+
+    /// Where the blob with this digest lives.
+    pub fn path(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
+        if !valid_digest(sha256) {
+            return Err(ArtifactError::BadDigest(sha256.to_owned()));
+        }
+        Ok(self.root.join("sha256").join(&sha256[..2]).join(&sha256[2..]))
+    }
+
+    /// Whether a blob is present (not verified).
+    pub fn contains(&self, sha256: &str) -> bool {
+        self.path(sha256).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    /// Streams `reader` into the store and returns `(sha256, size, new)`.
+    /// `new` is false when the store already had these bytes: they are
+    /// then not written a second time.
+    pub fn put(&self, mut reader: impl Read) -> Result<(String, u64, bool), ArtifactError> {
+        let tmp_dir = self.root.join("tmp");
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| self.io(e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| self.io(e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| self.io(e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n]).map_err(|e| self.io(e))?;
+            size += n as u64;
+        }
+        let digest = hex::encode(hasher.finalize());
+        let dest = self.path(&digest)?;
+        if dest.is_file() {
+            return Ok((digest, size, false));
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| self.io(e))?;
+        }
+        // Stored blobs are never written again; readers get them read-only.
+        let perms = std::os::unix::fs::PermissionsExt::from_mode(0o444);
+        tmp.as_file().set_permissions(perms).map_err(|e| self.io(e))?;
+        tmp.persist(&dest).map_err(|e| self.io(e.error))?;
+        Ok((digest, size, true))
+    }
+
+    /// Copies a blob to `dest`, checking its digest on the way. On a
+    /// mismatch `dest` is removed and nothing damaged is left behind.
+    pub fn copy_verified(&self, sha256: &str, dest: &Path) -> Result<u64, ArtifactError> {
+        let src = self.path(sha256)?;
+        let mut file = match std::fs::File::open(&src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ArtifactError::Missing(sha256.to_owned())),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = std::fs::File::create(dest).map_err(|e| self.io(e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| self.io(e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| self.io(e))?;
+            size += n as u64;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            drop(out);
+            let _ = std::fs::remove_file(dest);
+            return Err(ArtifactError::Corrupt { expected: sha256.to_owned(), actual });
+        }
+        Ok(size)
+    }
+
+    /// Reads a whole blob, verified.
+    pub fn read_verified(&self, sha256: &str) -> Result<Vec<u8>, ArtifactError> {
+        let bytes = match std::fs::read(self.path(sha256)?) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ArtifactError::Missing(sha256.to_owned())),
+            Err(e) => return Err(self.io(e)),
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != sha256 {
+            return Err(ArtifactError::Corrupt { expected: sha256.to_owned(), actual });
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_once_and_verifies_on_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ArtifactStore::new(dir.path().join("a"));
+        let (d1, size, new1) = store.put(&b"hello"[..]).expect("put");
+        let (d2, _, new2) = store.put(&b"hello"[..]).expect("put again");
+        assert_eq!((d1.as_str(), size, new1, new2), (d2.as_str(), 5, true, false));
+        assert_eq!(d1, "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+
+        // Damage the blob behind the store's back: reading it is refused.
+        let path = store.path(&d1).expect("path");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        std::fs::write(&path, b"jello").expect("damage");
+        let out = dir.path().join("copy");
+        assert!(matches!(store.copy_verified(&d1, &out), Err(ArtifactError::Corrupt { .. })));
+        assert!(!out.exists(), "a damaged copy is not left behind");
+        assert!(matches!(store.read_verified(&d1), Err(ArtifactError::Corrupt { .. })));
+    }
+}

@@ -1,0 +1,26 @@
+//! Trusted host services that act on what a step left behind.
+//!
+//! - [`extract`] reads a finished step's declared outputs out of its
+//!   workspace through a capability handle: regular files only; symlinks,
+//!   hardlinks, devices and FIFOs are refused, as are names that are not
+//!   UTF-8 or hold control characters, and counts or sizes over the caps.
+//! - [`ArtifactStore`] keeps every output by its sha256, once, and checks
+//!   the digest again whenever a blob is read back.
+//!
+//! Nothing here runs guest code; this crate does not link wasmtime.
+//!
+//! ```no_run
+//! use airlock_host::{ArtifactStore, ExtractLimits, extract};
+//! let store = ArtifactStore::new("/var/lib/airlock/artifacts".into());
+//! let outputs = extract("/tmp/ws".as_ref(), &["dist/**".into()], &ExtractLimits::default(), &store)?;
+//! for o in &outputs {
+//!     println!("{} {}", o.sha256, o.path);
+//! }
+//! # Ok::<(), airlock_host::ExtractError>(())
+//! ```
+
+mod artifacts;
+mod extract;
+
+pub use artifacts::{ArtifactError, ArtifactStore};
+pub use extract::{ExtractError, ExtractLimits, Extracted, extract};

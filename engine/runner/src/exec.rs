@@ -1,0 +1,520 @@
+//! One run, from its record to its end.
+
+use crate::{Engine, RunOptions, RunnerError};
+use airlock_host::{ExtractLimits, extract};
+use airlock_model::{Dag, ExprContext, Lookup, ParamValue, Pipeline, Step, render};
+use airlock_sandbox::{Failure, Invocation, Plugin, PluginKind, Sandbox};
+use airlock_store::{LogRecord, OutputRecord, RunRecord, RunState, StepRecord, StepState, now_ms};
+use indexmap::IndexMap;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Answers validation's questions from the file system, relative to the
+/// pipeline file's directory.
+pub struct FsLookup {
+    base: PathBuf,
+}
+
+impl FsLookup {
+    /// Looks paths up relative to `base`.
+    pub fn new(base: &Path) -> Self {
+        Self { base: base.to_owned() }
+    }
+}
+
+impl Lookup for FsLookup {
+    fn plugin_exists(&self, path: &str) -> bool {
+        self.base.join(path).is_file()
+    }
+    fn dir_exists(&self, path: &str) -> bool {
+        self.base.join(path).is_dir()
+    }
+}
+
+/// What happened, as it happens: for progress displays and `--json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Progress {
+    /// The run was recorded and starts.
+    RunStarted {
+        /// Its id.
+        run: String,
+        /// Its steps, in pipeline order.
+        steps: Vec<String>,
+    },
+    /// An attempt of a step started.
+    StepStarted {
+        /// The step.
+        step: String,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// An attempt failed and will be retried.
+    StepRetrying {
+        /// The step.
+        step: String,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why.
+        reason: String,
+        /// Wait before the next attempt, in ms.
+        backoff_ms: u64,
+    },
+    /// A step reached its end state.
+    StepFinished {
+        /// The step.
+        step: String,
+        /// `succeeded`, `failed`, `skipped` or `cancelled`.
+        state: StepState,
+        /// Wall time of all its attempts, in ms.
+        duration_ms: u64,
+        /// Why it did not succeed.
+        reason: Option<String>,
+        /// Its outputs.
+        outputs: Vec<OutputRecord>,
+        /// Whether its log was cut at the limit.
+        log_truncated: bool,
+    },
+    /// The run ended.
+    RunFinished {
+        /// Its id.
+        run: String,
+        /// How it ended.
+        state: RunState,
+        /// Why it failed, if it did.
+        reason: Option<String>,
+    },
+}
+
+/// The end of a run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run as recorded.
+    pub run: RunRecord,
+    /// Its steps as recorded.
+    pub steps: Vec<StepRecord>,
+}
+
+/// Everything the step tasks share.
+struct Shared {
+    sandbox: Arc<Sandbox>,
+    store: airlock_store::Store,
+    artifacts: airlock_host::ArtifactStore,
+    run_dir: PathBuf,
+    base_dir: PathBuf,
+    run_id: String,
+    params: IndexMap<String, ParamValue>,
+    /// Host directories of the pipeline's `sources`.
+    sources: HashMap<String, PathBuf>,
+    /// Plugins loaded in this run, by (path, fuel); each loads once.
+    plugins: Mutex<HashMap<(PathBuf, bool), Arc<OnceCell<Result<Plugin, String>>>>>,
+    observer: Box<dyn Fn(&Progress) + Send + Sync>,
+}
+
+/// What a step task reports back to the scheduler.
+struct Finished {
+    index: usize,
+    record: StepRecord,
+    log_truncated: bool,
+}
+
+impl Engine {
+    /// Runs `pipeline` to its end. `base_dir` is the pipeline file's
+    /// directory (plugins and sources are relative to it); `file` is how
+    /// the run record names the pipeline. `observer` sees every
+    /// [`Progress`] event; `cancel` stops the run, recording it cancelled.
+    pub async fn run(
+        &self,
+        pipeline: &Pipeline,
+        base_dir: &Path,
+        file: &str,
+        options: RunOptions,
+        observer: impl Fn(&Progress) + Send + Sync + 'static,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, RunnerError> {
+        let params = pipeline.resolve_params(&options.params).map_err(RunnerError::Params)?;
+        let dag = Dag::new(pipeline);
+        let names: Vec<String> = pipeline.steps.keys().cloned().collect();
+        let shown_params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let run = self.store.create_run(&pipeline.name, file, shown_params, &names)?;
+        let run_dir = self.state_dir.join("work").join(&run.id);
+        std::fs::create_dir_all(&run_dir).map_err(|source| RunnerError::StateDir { path: run_dir.clone(), source })?;
+        observer(&Progress::RunStarted { run: run.id.clone(), steps: names.clone() });
+
+        let shared = Arc::new(Shared {
+            sandbox: self.sandbox.clone(),
+            store: self.store.clone(),
+            artifacts: self.artifacts.clone(),
+            run_dir: run_dir.clone(),
+            base_dir: base_dir.to_owned(),
+            run_id: run.id.clone(),
+            params,
+            sources: pipeline.sources.iter().map(|(k, v)| (k.clone(), base_dir.join(&v.path))).collect(),
+            plugins: Mutex::new(HashMap::new()),
+            observer: Box::new(observer),
+        });
+
+        let mut states = vec![StepState::Pending; dag.len()];
+        let mut waiting: Vec<usize> = (0..dag.len()).map(|i| dag.needs(i).count()).collect();
+        let mut ready: Vec<usize> = dag.roots();
+        let mut tasks: JoinSet<Finished> = JoinSet::new();
+        let mut first_failure: Option<String> = None;
+        let jobs = options.jobs.max(1);
+        let mut cancelled = false;
+
+        loop {
+            while !cancelled && tasks.len() < jobs && !ready.is_empty() {
+                let index = ready.remove(0);
+                states[index] = StepState::Running;
+                let name = dag.name(index).to_owned();
+                let step = pipeline.steps[&name].clone();
+                let shared = shared.clone();
+                let cancel = cancel.clone();
+                tasks.spawn(async move { run_step(shared, index, name, step, cancel).await });
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            let joined = tokio::select! {
+                joined = tasks.join_next() => joined,
+                () = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                    // Each step task notices the token, records itself
+                    // cancelled and returns; keep collecting them.
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let finished = match joined {
+                Ok(f) => f,
+                Err(e) => {
+                    // A step task panicked: a bug in airlock, not in the
+                    // guest. Keep the engine running; the step is lost, so
+                    // the run cannot succeed.
+                    tracing::error!("a step task ended abnormally: {e}");
+                    first_failure.get_or_insert_with(|| format!("internal error while running a step: {e}"));
+                    continue;
+                }
+            };
+            let index = finished.index;
+            states[index] = finished.record.state;
+            emit_finished(&shared, &finished.record, finished.log_truncated);
+            match finished.record.state {
+                StepState::Succeeded => {
+                    for d in dag.dependants(index).collect::<Vec<_>>() {
+                        waiting[d] -= 1;
+                        if waiting[d] == 0 && states[d] == StepState::Pending {
+                            ready.push(d);
+                        }
+                    }
+                }
+                StepState::Failed => {
+                    let name = dag.name(index);
+                    first_failure.get_or_insert_with(|| format!("step `{name}` failed"));
+                    for d in dag.downstream(index) {
+                        if states[d] == StepState::Pending {
+                            states[d] = StepState::Skipped;
+                            ready.retain(|r| *r != d);
+                            let reason = format!("`{name}`, which it needs, failed");
+                            let record = shared.store.update_step(&run.id, dag.name(d), Some(reason.clone()), |s| {
+                                s.state = StepState::Skipped;
+                                s.reason = Some(reason.clone());
+                                s.ended_ms = Some(now_ms());
+                            })?;
+                            emit_finished(&shared, &record, false);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        // Whatever never started (cancelled before its turn) is recorded so.
+        for (i, state) in states.iter().enumerate() {
+            if !state.is_final() {
+                let record = shared.store.update_step(&run.id, dag.name(i), Some("run cancelled".into()), |s| {
+                    s.state = StepState::Cancelled;
+                    s.reason = Some("cancelled before it started".into());
+                    s.ended_ms = Some(now_ms());
+                })?;
+                emit_finished(&shared, &record, false);
+            }
+        }
+        let (state, reason) = if cancelled {
+            (RunState::Cancelled, Some("cancelled by the user".to_owned()))
+        } else if let Some(reason) = first_failure {
+            (RunState::Failed, Some(reason))
+        } else {
+            (RunState::Succeeded, None)
+        };
+        let run = self.store.finish_run(&run.id, state, reason.clone())?;
+        self.store.flush()?;
+        if !options.keep_workspaces {
+            if let Err(e) = std::fs::remove_dir_all(&run_dir) {
+                tracing::warn!("cannot remove the run's workspaces at {}: {e}", run_dir.display());
+            }
+        }
+        (shared.observer)(&Progress::RunFinished { run: run.id.clone(), state, reason });
+        let steps = self.store.steps(&run)?;
+        Ok(RunSummary { run, steps })
+    }
+}
+
+fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated: bool) {
+    let duration_ms = match (record.started_ms, record.ended_ms) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => 0,
+    };
+    (shared.observer)(&Progress::StepFinished {
+        step: record.name.clone(),
+        state: record.state,
+        duration_ms,
+        reason: record.reason.clone(),
+        outputs: record.outputs.clone(),
+        log_truncated,
+    });
+}
+
+/// Runs every attempt of one step and records its end state.
+async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, cancel: CancellationToken) -> Finished {
+    let mut log_truncated = false;
+    let result = attempts(&shared, &name, &step, &cancel, &mut log_truncated).await;
+    let store = &shared.store;
+    let (state, reason, outputs) = match result {
+        Ok(outputs) => (StepState::Succeeded, None, outputs),
+        Err(StepError::Cancelled) => (StepState::Cancelled, Some("cancelled while running".to_owned()), Vec::new()),
+        Err(StepError::Failed(reason)) => (StepState::Failed, Some(reason), Vec::new()),
+    };
+    let record = store.update_step(&shared.run_id, &name, reason.clone(), |s| {
+        s.state = state;
+        s.reason = reason.clone();
+        s.outputs = outputs.clone();
+        s.ended_ms = Some(now_ms());
+    });
+    let record = record.unwrap_or_else(|e| {
+        // The store refusing a write leaves the run unrecordable; report the
+        // step failed with that reason rather than lose it.
+        tracing::error!("cannot record step `{name}`: {e}");
+        StepRecord {
+            name: name.clone(),
+            state: StepState::Failed,
+            attempts: 0,
+            started_ms: None,
+            ended_ms: Some(now_ms()),
+            reason: Some(format!("cannot record the step's end: {e}")),
+            plugin_sha256: None,
+            outputs: Vec::new(),
+        }
+    });
+    Finished { index, record, log_truncated }
+}
+
+enum StepError {
+    Failed(String),
+    Cancelled,
+}
+
+async fn attempts(
+    shared: &Shared,
+    name: &str,
+    step: &Step,
+    cancel: &CancellationToken,
+    log_truncated: &mut bool,
+) -> Result<Vec<OutputRecord>, StepError> {
+    let store = &shared.store;
+    let failed = |reason: String| StepError::Failed(reason);
+    let record_error = |e: airlock_store::StoreError| StepError::Failed(format!("cannot record the step: {e}"));
+    let plugin = load_plugin(shared, step).await.map_err(failed)?;
+    check_kind(name, step, &plugin).map_err(failed)?;
+    let invocation = invocation(shared, name, step).map_err(failed)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let digest = plugin.digest.clone();
+        store
+            .update_step(&shared.run_id, name, Some(format!("attempt {attempt}")), |s| {
+                s.state = StepState::Running;
+                s.attempts = attempt;
+                s.started_ms.get_or_insert_with(now_ms);
+                s.plugin_sha256 = Some(digest.clone());
+            })
+            .map_err(record_error)?;
+        (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt });
+
+        let workspace = shared.run_dir.join(name);
+        // A retry starts from a fresh workspace, like the first attempt.
+        if workspace.exists() {
+            std::fs::remove_dir_all(&workspace).map_err(|e| failed(format!("cannot clear the workspace: {e}")))?;
+        }
+        std::fs::create_dir_all(&workspace).map_err(|e| failed(format!("cannot create the workspace: {e}")))?;
+        let inv = Invocation { workspace: workspace.clone(), ..invocation.clone() };
+
+        let outcome = tokio::select! {
+            outcome = shared.sandbox.run(&plugin, inv) => outcome,
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+        };
+        let truncated = outcome.log_written > outcome.log.len() as u64;
+        *log_truncated |= truncated;
+        if outcome.log_written > 0 {
+            let mut bytes = outcome.log;
+            if truncated {
+                bytes.extend_from_slice(
+                    format!(
+                        "\n[airlock: log truncated: kept {} of {} written]\n",
+                        bytesize::ByteSize(bytes.len() as u64).display().iec_short(),
+                        bytesize::ByteSize(outcome.log_written).display().iec_short()
+                    )
+                    .as_bytes(),
+                );
+            }
+            store
+                .put_log(&shared.run_id, name, &LogRecord { attempt, bytes, written: outcome.log_written })
+                .map_err(record_error)?;
+        }
+        let result = match outcome.result {
+            Ok(()) => take_outputs(shared, name, step, &workspace).await,
+            Err(failure) => Err(describe(name, step, &failure)),
+        };
+        match result {
+            Ok(outputs) => return Ok(outputs),
+            Err(reason) if attempt <= step.retries.count => {
+                let backoff = step.retries.backoff.saturating_mul(1 << (attempt - 1).min(16));
+                store
+                    .update_step(&shared.run_id, name, Some(reason.clone()), |s| {
+                        s.state = StepState::Retrying;
+                        s.reason = Some(reason.clone());
+                    })
+                    .map_err(record_error)?;
+                (shared.observer)(&Progress::StepRetrying {
+                    step: name.to_owned(),
+                    attempt,
+                    reason,
+                    backoff_ms: backoff.as_millis() as u64,
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = cancel.cancelled() => return Err(StepError::Cancelled),
+                }
+            }
+            Err(reason) => return Err(StepError::Failed(reason)),
+        }
+    }
+}
+
+/// The failure of a step, in words.
+fn describe(name: &str, step: &Step, failure: &Failure) -> String {
+    match failure {
+        Failure::Error(msg) => format!("step `{name}` failed: {msg}"),
+        Failure::Exit(code) => format!("step `{name}` exited with status {code}"),
+        Failure::MemoryLimit { limit } => {
+            format!("step `{name}` exceeded its {} memory limit", bytesize::ByteSize(*limit).display().iec_short())
+        }
+        Failure::Timeout(_) => format!("step `{name}` ran past its {} timeout", humantime::format_duration(step.timeout)),
+        Failure::OutOfFuel(fuel) => format!("step `{name}` used up its fuel of {fuel} instructions"),
+        Failure::StackOverflow => format!("step `{name}` overflowed its call stack (deep or endless recursion)"),
+        Failure::Trap(msg) => format!("step `{name}` crashed: {msg}"),
+        Failure::Setup(msg) => format!("step `{name}` could not start: {msg}"),
+        Failure::Cancelled => format!("step `{name}` was cancelled"),
+    }
+}
+
+async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, String> {
+    let path = shared.base_dir.join(&step.uses);
+    let fuel = step.limits.fuel.is_some();
+    // Steps sharing a plugin compile it once; different plugins compile
+    // in parallel.
+    let cell = shared.plugins.lock().await.entry((path.clone(), fuel)).or_default().clone();
+    cell.get_or_init(|| async {
+        let sandbox = shared.sandbox.clone();
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || sandbox.load_with(&p, fuel))
+            .await
+            .map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses))
+            .and_then(|r| r.map_err(|e| e.to_string().replace(&path.display().to_string(), &step.uses)))
+    })
+    .await
+    .clone()
+}
+
+fn check_kind(name: &str, step: &Step, plugin: &Plugin) -> Result<(), String> {
+    match plugin.kind() {
+        PluginKind::Step if step.args.is_some() => Err(format!(
+            "step `{name}`: plugin `{}` is an `airlock:step` plugin; configure it with `with:`, not `args:`",
+            step.uses
+        )),
+        PluginKind::Command | PluginKind::Module if !step.with.is_empty() => Err(format!(
+            "step `{name}`: plugin `{}` is a WASI command program; pass it `args:`, not `with:`",
+            step.uses
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Everything but the workspace: inputs, rendered values, limits.
+fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Invocation, String> {
+    let ctx = ExprContext { params: &shared.params, run_id: &shared.run_id, step: name };
+    let expand = |text: &String| render(text, &ctx).map_err(|e| format!("step `{name}`: {e}"));
+    let mut inputs = Vec::new();
+    for input in &step.inputs {
+        // Validation guarantees an input is a source or an upstream step,
+        // and a step only starts once its upstream steps succeeded.
+        let dir = match shared.sources.get(input) {
+            Some(dir) => dir.clone(),
+            None => outputs_dir(shared, input),
+        };
+        inputs.push((input.clone(), dir));
+    }
+    let mut inv = Invocation::new(PathBuf::new());
+    inv.inputs = inputs;
+    inv.params = step.with.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;
+    inv.args = step.args.iter().flatten().map(expand).collect::<Result<_, _>>()?;
+    inv.env = step.env.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;
+    inv.run_id = shared.run_id.clone();
+    inv.step = name.to_owned();
+    inv.memory = step.limits.memory;
+    inv.log_limit = step.limits.log;
+    inv.fuel = step.limits.fuel;
+    inv.timeout = step.timeout;
+    Ok(inv)
+}
+
+/// Where a succeeded step's outputs are laid out for the steps downstream.
+fn outputs_dir(shared: &Shared, step: &str) -> PathBuf {
+    shared.run_dir.join(".outputs").join(step)
+}
+
+/// Extracts a succeeded step's outputs, indexes them, and lays them out
+/// read-only for downstream steps.
+async fn take_outputs(shared: &Shared, name: &str, step: &Step, workspace: &Path) -> Result<Vec<OutputRecord>, String> {
+    let artifacts = shared.artifacts.clone();
+    let (ws, patterns) = (workspace.to_owned(), step.outputs.clone());
+    let dest = outputs_dir(shared, name);
+    let extracted = tokio::task::spawn_blocking(move || {
+        let outputs = extract(&ws, &patterns, &ExtractLimits::default(), &artifacts).map_err(|e| e.to_string())?;
+        // Downstream steps see a copy checked against its digest, never
+        // the workspace the guest wrote.
+        for o in &outputs {
+            let to = dest.join(&o.path);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("cannot lay out outputs: {e}"))?;
+            }
+            artifacts.copy_verified(&o.sha256, &to).map_err(|e| e.to_string())?;
+        }
+        std::fs::create_dir_all(&dest).map_err(|e| format!("cannot lay out outputs: {e}"))?;
+        Ok::<_, String>(outputs)
+    })
+    .await
+    .map_err(|e| format!("step `{name}`: output extraction stopped: {e}"))?
+    .map_err(|e| format!("step `{name}`: {e}"))?;
+    let mut records = Vec::with_capacity(extracted.len());
+    for o in extracted {
+        shared.store.index_artifact(&o.sha256, o.size).map_err(|e| format!("cannot index outputs: {e}"))?;
+        records.push(OutputRecord { path: o.path, sha256: o.sha256, size: o.size });
+    }
+    Ok(records)
+}

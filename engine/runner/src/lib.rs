@@ -1,0 +1,120 @@
+//! The scheduler: runs a validated pipeline to its end.
+//!
+//! It records the run and each step's transitions in the store before
+//! acting on them, starts every step whose `needs` succeeded (at most
+//! `jobs` at a time), runs each in the sandbox with exactly its workspace,
+//! inputs, parameters and environment, takes its outputs into the artifact
+//! store, hands them read-only to the steps downstream, retries what the
+//! pipeline says to retry, and skips the dependants of a step that failed
+//! while independent branches finish.
+//!
+//! It never passes a guest anything the pipeline did not declare, and it
+//! never lets one step's failure stop the engine.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use airlock_runner::{Engine, RunOptions};
+//! let engine = Engine::open(".airlock".as_ref())?;
+//! let src = std::fs::read_to_string("pipelines/site.yaml")?;
+//! let lookup = airlock_runner::FsLookup::new("pipelines".as_ref());
+//! let pipeline = airlock_model::load("pipelines/site.yaml", &src, &lookup).map_err(|_| "invalid")?;
+//! let summary = engine
+//!     .run(&pipeline, "pipelines".as_ref(), "pipelines/site.yaml", RunOptions::default(), |_| {}, Default::default())
+//!     .await?;
+//! println!("{} {}", summary.run.id, summary.run.state.as_str());
+//! # Ok(()) }
+//! ```
+
+mod exec;
+
+pub use exec::{FsLookup, Progress, RunSummary};
+
+use airlock_host::ArtifactStore;
+use airlock_sandbox::Sandbox;
+use airlock_store::Store;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+pub use tokio_util::sync::CancellationToken;
+
+/// Why a run could not be started or finished (a step failing is not
+/// one of these: it is a run that ends `failed`).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] airlock_store::StoreError),
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] airlock_sandbox::SandboxError),
+    /// Bad `--param` values.
+    #[error("{}", .0.join("\n"))]
+    Params(Vec<String>),
+    /// The state directory is unusable.
+    #[error("state directory `{}`: {source}", path.display())]
+    StateDir {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        source: std::io::Error,
+    },
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Steps running at once, at most.
+    pub jobs: usize,
+    /// `--param NAME=VALUE`, in the order given.
+    pub params: Vec<(String, String)>,
+    /// Keep step workspaces after the run (for debugging).
+    pub keep_workspaces: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            params: Vec::new(),
+            keep_workspaces: false,
+        }
+    }
+}
+
+/// The engine: a state directory with its store, artifacts, compile cache
+/// and the sandbox.
+pub struct Engine {
+    pub(crate) state_dir: PathBuf,
+    pub(crate) store: Store,
+    pub(crate) artifacts: ArtifactStore,
+    pub(crate) sandbox: Arc<Sandbox>,
+}
+
+impl Engine {
+    /// Opens the engine on a state directory, creating it if needed.
+    pub fn open(state_dir: &Path) -> Result<Self, RunnerError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| RunnerError::StateDir { path: state_dir.to_owned(), source })?;
+        let store = Store::open(state_dir)?;
+        let sandbox = Sandbox::new(Some(state_dir.join("cache")))?;
+        Ok(Self {
+            state_dir: state_dir.to_owned(),
+            store,
+            artifacts: ArtifactStore::new(state_dir.join("artifacts")),
+            sandbox: Arc::new(sandbox),
+        })
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The artifact store.
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.artifacts
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+}
