@@ -111,7 +111,7 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
         println!();
         println!("{:<width$}  {:<64}  {:>10}  PATH", "STEP", "SHA256", "SIZE");
         for (step, o) in outputs {
-            println!("{step:<width$}  {}  {:>10}  {}", o.sha256, bytesize::ByteSize(o.size).display().iec_short().to_string(), o.path);
+            println!("{step:<width$}  {}  {:>10}  {}", o.sha256, airlock_model::format_size(o.size), o.path);
         }
     }
     Ok(exit::OK)

@@ -33,7 +33,7 @@ pub use pipeline::{
     Limits, ParamSpec, ParamType, ParamValue, Pipeline, Retries, Source, Step, StepSpans,
     DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, GUEST_INPUTS, GUEST_WORKSPACE,
 };
-pub use units::{parse_duration, parse_size};
+pub use units::{format_size, parse_duration, parse_size};
 
 /// What validation asks about the world outside the file.
 ///

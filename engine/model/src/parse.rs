@@ -409,7 +409,7 @@ fn parse_step(
                         &field("uses"),
                         u.span,
                         format!("plugin file `{plugin}` not found"),
-                        Some("paths are relative to the pipeline file; build the plugins with `cargo build --release --manifest-path plugins/Cargo.toml`".into()),
+                        Some("paths are relative to the pipeline file; build the example plugins with `plugins/build`".into()),
                     );
                 }
                 (plugin.to_owned(), u.span)

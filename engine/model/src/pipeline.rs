@@ -238,7 +238,7 @@ mod duration_text {
 
 mod size_text {
     pub fn serialize<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&bytesize::ByteSize(*n).display().iec_short())
+        s.collect_str(&crate::format_size(*n))
     }
 }
 

@@ -366,8 +366,8 @@ async fn attempts(
                 bytes.extend_from_slice(
                     format!(
                         "\n[airlock: log truncated: kept {} of {} written]\n",
-                        bytesize::ByteSize(bytes.len() as u64).display().iec_short(),
-                        bytesize::ByteSize(outcome.log_written).display().iec_short()
+                        airlock_model::format_size(bytes.len() as u64),
+                        airlock_model::format_size(outcome.log_written)
                     )
                     .as_bytes(),
                 );
@@ -412,7 +412,7 @@ fn describe(name: &str, step: &Step, failure: &Failure) -> String {
         Failure::Error(msg) => format!("step `{name}` failed: {msg}"),
         Failure::Exit(code) => format!("step `{name}` exited with status {code}"),
         Failure::MemoryLimit { limit } => {
-            format!("step `{name}` exceeded its {} memory limit", bytesize::ByteSize(*limit).display().iec_short())
+            format!("step `{name}` exceeded its {} memory limit", airlock_model::format_size(*limit))
         }
         Failure::Timeout(_) => format!("step `{name}` ran past its {} timeout", humantime::format_duration(step.timeout)),
         Failure::OutOfFuel(fuel) => format!("step `{name}` used up its fuel of {fuel} instructions"),

@@ -552,6 +552,10 @@ impl Sandbox {
         b.stdout(log.clone()).stderr(log.clone());
         b.preopened_dir(&inv.workspace, GUEST_WORKSPACE, FsPerms::ReadWrite)
             .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
+        // Also as `.`: wasi-libc resolves relative paths against a `.`
+        // preopen, so `open("out.txt")` lands in the workspace.
+        b.preopened_dir(&inv.workspace, ".", FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
         for (name, dir) in &inv.inputs {
             b.preopened_dir(dir, format!("{}/{name}", GUEST_INPUTS), FsPerms::ReadOnly)
                 .map_err(|e| format!("cannot open input `{name}` at {}: {e:#}", dir.display()))?;

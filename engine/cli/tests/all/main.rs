@@ -1,0 +1,9 @@
+//! End-to-end tests of the `airlock` binary: real plugins compiled from
+//! `plugins/`, a real sled store in a temporary state directory, real
+//! processes and signals.
+
+mod failures;
+mod run;
+mod secrets;
+mod support;
+mod ui;
