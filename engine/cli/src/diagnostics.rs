@@ -47,7 +47,11 @@ pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
         if let Some(span) = d.span {
             let end = if span.end > span.start { span.end } else { (span.start + 1).min(src.len()) };
             let label = Label::primary((), span.start.min(src.len())..end);
-            report = report.with_labels(vec![if d.path.is_empty() { label } else { label.with_message(format!("at `{}`", d.path)) }]);
+            report = report.with_labels(vec![if d.path.is_empty() {
+                label
+            } else {
+                label.with_message(format!("at `{}`", d.path))
+            }]);
         }
         if let Some(hint) = &d.hint {
             report = report.with_notes(vec![format!("hint: {hint}")]);
@@ -83,13 +87,20 @@ pub fn validate(files: &[PathBuf], json: bool) -> anyhow::Result<u8> {
                 if json {
                     report.push(serde_json::json!({ "file": path.display().to_string(), "valid": true, "steps": pipeline.steps.len() }));
                 } else {
-                    eprintln!("{}: valid ({} step{})", path.display(), pipeline.steps.len(), if pipeline.steps.len() == 1 { "" } else { "s" });
+                    eprintln!(
+                        "{}: valid ({} step{})",
+                        path.display(),
+                        pipeline.steps.len(),
+                        if pipeline.steps.len() == 1 { "" } else { "s" }
+                    );
                 }
             }
             Err(diags) => {
                 all_valid = false;
                 if json {
-                    report.push(serde_json::json!({ "file": path.display().to_string(), "valid": false, "diagnostics": diags }));
+                    report.push(
+                        serde_json::json!({ "file": path.display().to_string(), "valid": false, "diagnostics": diags }),
+                    );
                 } else {
                     eprint!("{}", render(path, &src, &diags));
                 }

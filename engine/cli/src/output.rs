@@ -66,7 +66,14 @@ pub fn runs(state_dir: &Path, json: bool, limit: usize) -> anyhow::Result<u8> {
     }
     println!("{:<22} {:<16} {:<10} {:>9}  CREATED", "RUN", "PIPELINE", "STATE", "DURATION");
     for r in runs {
-        println!("{:<22} {:<16} {:<10} {:>9}  {}", r.id, r.pipeline, r.state.as_str(), run_duration(&r), time(r.created_ms));
+        println!(
+            "{:<22} {:<16} {:<10} {:>9}  {}",
+            r.id,
+            r.pipeline,
+            r.state.as_str(),
+            run_duration(&r),
+            time(r.created_ms)
+        );
     }
     Ok(exit::OK)
 }
@@ -78,7 +85,10 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
     let steps = store.steps(&run)?;
     if json {
         let events = store.events(&run.id)?;
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "steps": steps, "events": events }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "run": run, "steps": steps, "events": events }))?
+        );
         return Ok(exit::OK);
     }
     println!("run       {}", run.id);
@@ -137,10 +147,10 @@ pub fn neutralize(bytes: &[u8]) -> String {
 pub fn logs(state_dir: &Path, run: &str, step: Option<&str>) -> anyhow::Result<u8> {
     let store = open(state_dir)?;
     let run = store.find_run(run)?;
-    if let Some(step) = step {
-        if !run.steps.iter().any(|s| s == step) {
-            anyhow::bail!("run `{}` has no step `{step}`; its steps are: {}", run.id, run.steps.join(", "));
-        }
+    if let Some(step) = step
+        && !run.steps.iter().any(|s| s == step)
+    {
+        anyhow::bail!("run `{}` has no step `{step}`; its steps are: {}", run.id, run.steps.join(", "));
     }
     let names: Vec<&String> = run.steps.iter().filter(|s| step.is_none_or(|only| only == s.as_str())).collect();
     for name in names {

@@ -20,7 +20,8 @@ pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
         return Ok(exit::FAILED);
     };
     let engine = Engine::open(state_dir)?;
-    let mut options = RunOptions { params: args.params.clone(), keep_workspaces: args.keep_workspaces, ..RunOptions::default() };
+    let mut options =
+        RunOptions { params: args.params.clone(), keep_workspaces: args.keep_workspaces, ..RunOptions::default() };
     if let Some(jobs) = args.jobs {
         options.jobs = usize::from(jobs);
     }
@@ -94,7 +95,9 @@ impl View {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let total = multi.add(ProgressBar::new(steps as u64));
             total.set_style(
-                ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} steps done").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+                ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} steps done")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             total.enable_steady_tick(Duration::from_millis(200));
             (multi, total)
@@ -123,7 +126,10 @@ impl View {
             Progress::StepStarted { step, attempt } => match &self.live {
                 Some((multi, total)) => {
                     let spinner = multi.insert_before(total, ProgressBar::new_spinner());
-                    spinner.set_style(ProgressStyle::with_template("  {spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    spinner.set_style(
+                        ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
                     let suffix = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
                     spinner.set_message(format!("{step}{suffix}"));
                     spinner.enable_steady_tick(Duration::from_millis(100));
@@ -136,7 +142,10 @@ impl View {
                     s.finish_and_clear();
                 }
                 let mark = self.paint("33", "retry");
-                self.line(format!("{mark}     {step} attempt {attempt} failed: {reason}; retrying in {}", output::duration_ms(*backoff_ms)));
+                self.line(format!(
+                    "{mark}     {step} attempt {attempt} failed: {reason}; retrying in {}",
+                    output::duration_ms(*backoff_ms)
+                ));
             }
             Progress::StepFinished { step, state, duration_ms, reason, outputs, log_truncated } => {
                 if let Some(s) = self.spinners.remove(step) {
@@ -162,10 +171,10 @@ impl View {
                 if *log_truncated {
                     text.push_str(", log truncated");
                 }
-                if let Some(reason) = reason {
-                    if *state != StepState::Succeeded {
-                        text.push_str(&format!(": {reason}"));
-                    }
+                if let Some(reason) = reason
+                    && *state != StepState::Succeeded
+                {
+                    text.push_str(&format!(": {reason}"));
                 }
                 self.line(text);
             }

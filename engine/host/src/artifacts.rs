@@ -107,7 +107,9 @@ impl ArtifactStore {
         let src = self.path(sha256)?;
         let mut file = match std::fs::File::open(&src) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ArtifactError::Missing(sha256.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArtifactError::Missing(sha256.to_owned()));
+            }
             Err(e) => return Err(self.io(e)),
         };
         let mut out = std::fs::File::create(dest).map_err(|e| self.io(e))?;
@@ -136,7 +138,9 @@ impl ArtifactStore {
     pub fn read_verified(&self, sha256: &str) -> Result<Vec<u8>, ArtifactError> {
         let bytes = match std::fs::read(self.path(sha256)?) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ArtifactError::Missing(sha256.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArtifactError::Missing(sha256.to_owned()));
+            }
             Err(e) => return Err(self.io(e)),
         };
         let actual = hex::encode(Sha256::digest(&bytes));

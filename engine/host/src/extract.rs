@@ -263,9 +263,13 @@ mod tests {
         let ws = dir.path().join("ws");
         let all = extract(&ws, &["site".into()], &ExtractLimits::default(), &store).expect("extract");
         assert_eq!(paths(&all), vec!["site/css/a.css", "site/index.html"]);
-        let top = extract(&ws, &["site/*.html".into(), "*.txt".into()], &ExtractLimits::default(), &store).expect("extract");
+        let top =
+            extract(&ws, &["site/*.html".into(), "*.txt".into()], &ExtractLimits::default(), &store).expect("extract");
         assert_eq!(paths(&top), vec!["notes.txt", "site/index.html"]);
-        assert!(matches!(extract(&ws, &["*.pdf".into()], &ExtractLimits::default(), &store), Err(ExtractError::NoMatch(_))));
+        assert!(matches!(
+            extract(&ws, &["*.pdf".into()], &ExtractLimits::default(), &store),
+            Err(ExtractError::NoMatch(_))
+        ));
     }
 
     #[test]

@@ -17,9 +17,13 @@ impl Dag {
     /// validation reports them.
     pub fn new(pipeline: &Pipeline) -> Self {
         let names: Vec<&str> = pipeline.steps.keys().map(String::as_str).collect();
-        Self::from_edges(&names, pipeline.steps.iter().flat_map(|(name, step)| {
-            step.needs.iter().map(move |need| (need.as_str(), name.as_str()))
-        }))
+        Self::from_edges(
+            &names,
+            pipeline
+                .steps
+                .iter()
+                .flat_map(|(name, step)| step.needs.iter().map(move |need| (need.as_str(), name.as_str()))),
+        )
     }
 
     fn from_edges<'a>(names: &[&str], edges: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
@@ -116,10 +120,8 @@ pub fn find_cycle<'a>(names: &[&'a str], edges: &[(&'a str, &'a str)]) -> Option
         let mut path = vec![start];
         let mut current = start;
         loop {
-            let next = graph
-                .neighbors_directed(current, Direction::Outgoing)
-                .filter(|n| scc.contains(n))
-                .min_by_key(|n| {
+            let next =
+                graph.neighbors_directed(current, Direction::Outgoing).filter(|n| scc.contains(n)).min_by_key(|n| {
                     // Prefer closing the cycle, then nodes not yet visited.
                     (*n != start, path.contains(n), n.index())
                 })?;

@@ -9,9 +9,8 @@ use indexmap::IndexMap;
 use std::path::{Component, Path};
 
 const TOP_KEYS: &[&str] = &["name", "description", "params", "sources", "steps"];
-const STEP_KEYS: &[&str] = &[
-    "uses", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits",
-];
+const STEP_KEYS: &[&str] =
+    &["uses", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RETRY_KEYS: &[&str] = &["count", "backoff"];
 const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel"];
@@ -48,7 +47,13 @@ impl Checker<'_> {
     fn map<'n>(&mut self, node: &'n Node, path: &str, allowed: Option<&[&str]>) -> &'n [(Node, Node)] {
         let Kind::Map(entries) = &node.kind else {
             if !node.is_null() {
-                self.error("wrong-type", path, node.span, format!("`{path}` must be a mapping, found {}", node.describe()), None);
+                self.error(
+                    "wrong-type",
+                    path,
+                    node.span,
+                    format!("`{path}` must be a mapping, found {}", node.describe()),
+                    None,
+                );
             }
             return &[];
         };
@@ -57,14 +62,14 @@ impl Checker<'_> {
                 self.error("wrong-type", path, key.span, "keys must be plain names".into(), None);
                 continue;
             };
-            if let Some(allowed) = allowed {
-                if !allowed.contains(&name) {
-                    let hint = match closest(name, allowed) {
-                        Some(k) => format!("did you mean `{k}`?"),
-                        None => format!("expected one of: {}", allowed.join(", ")),
-                    };
-                    self.error("unknown-key", &join(path, name), key.span, format!("unknown key `{name}`"), Some(hint));
-                }
+            if let Some(allowed) = allowed
+                && !allowed.contains(&name)
+            {
+                let hint = match closest(name, allowed) {
+                    Some(k) => format!("did you mean `{k}`?"),
+                    None => format!("expected one of: {}", allowed.join(", ")),
+                };
+                self.error("unknown-key", &join(path, name), key.span, format!("unknown key `{name}`"), Some(hint));
             }
         }
         entries
@@ -75,7 +80,13 @@ impl Checker<'_> {
         match node.as_scalar() {
             Some(s) if !node.is_null() => Some(s),
             _ => {
-                self.error("wrong-type", path, node.span, format!("`{path}` must be a single value, found {}", node.describe()), None);
+                self.error(
+                    "wrong-type",
+                    path,
+                    node.span,
+                    format!("`{path}` must be a single value, found {}", node.describe()),
+                    None,
+                );
                 None
             }
         }
@@ -149,12 +160,24 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     }
     let Some(root) = root else {
         if c.diags.is_empty() {
-            c.error("empty", "", Span::default(), "the file is empty".into(), Some("a pipeline needs `name:` and `steps:`".into()));
+            c.error(
+                "empty",
+                "",
+                Span::default(),
+                "the file is empty".into(),
+                Some("a pipeline needs `name:` and `steps:`".into()),
+            );
         }
         return (None, c.diags);
     };
     if !matches!(root.kind, Kind::Map(_)) {
-        c.error("wrong-type", "", root.span, format!("a pipeline must be a mapping, found {}", root.describe()), Some("a pipeline needs `name:` and `steps:`".into()));
+        c.error(
+            "wrong-type",
+            "",
+            root.span,
+            format!("a pipeline must be a mapping, found {}", root.describe()),
+            Some("a pipeline needs `name:` and `steps:`".into()),
+        );
         return (None, c.diags);
     }
     let top = c.map(&root, "", Some(TOP_KEYS));
@@ -165,7 +188,13 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
             n.to_owned()
         }),
         None => {
-            c.error("missing-key", "name", root.span, "missing key `name`".into(), Some("add `name: my-pipeline` at the top".into()));
+            c.error(
+                "missing-key",
+                "name",
+                root.span,
+                "missing key `name`".into(),
+                Some("add `name: my-pipeline` at the top".into()),
+            );
             None
         }
     };
@@ -176,18 +205,36 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     let mut steps = IndexMap::new();
     let mut pending = Vec::new();
     match get(top, "steps") {
-        None => c.error("missing-key", "steps", root.span, "missing key `steps`".into(), Some("a pipeline has at least one step".into())),
+        None => c.error(
+            "missing-key",
+            "steps",
+            root.span,
+            "missing key `steps`".into(),
+            Some("a pipeline has at least one step".into()),
+        ),
         Some(node) => {
             let entries = c.map(node, "steps", None);
             if entries.is_empty() && matches!(node.kind, Kind::Map(_) | Kind::Scalar { .. }) {
-                c.error("no-steps", "steps", node.span, "`steps` is empty".into(), Some("a pipeline has at least one step".into()));
+                c.error(
+                    "no-steps",
+                    "steps",
+                    node.span,
+                    "`steps` is empty".into(),
+                    Some("a pipeline has at least one step".into()),
+                );
             }
             for (key, value) in entries {
                 let Some(step_name) = key.as_scalar() else { continue };
                 let path = format!("steps.{step_name}");
                 c.name(step_name, "step name", &path, key.span);
                 if sources.contains_key(step_name) {
-                    c.error("name-clash", &path, key.span, format!("step `{step_name}` has the name of a source"), Some("inputs name steps and sources alike; rename one".into()));
+                    c.error(
+                        "name-clash",
+                        &path,
+                        key.span,
+                        format!("step `{step_name}` has the name of a source"),
+                        Some("inputs name steps and sources alike; rename one".into()),
+                    );
                 }
                 if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup) {
                     steps.insert(step_name.to_owned(), step);
@@ -209,7 +256,13 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("the steps are: {}", names.join(", ")),
                 };
-                c.error("unknown-step", path, *span, format!("step `{}` needs `{need}`, which is not a step", p.name), Some(hint));
+                c.error(
+                    "unknown-step",
+                    path,
+                    *span,
+                    format!("step `{}` needs `{need}`, which is not a step", p.name),
+                    Some(hint),
+                );
             }
         }
     }
@@ -237,7 +290,8 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     let dag = Dag::new(&dummy);
     for p in &pending {
         let index = dag.index(&p.name);
-        let upstream: Vec<&str> = index.map(|i| dag.upstream(i)).unwrap_or_default().into_iter().map(|i| dag.name(i)).collect();
+        let upstream: Vec<&str> =
+            index.map(|i| dag.upstream(i)).unwrap_or_default().into_iter().map(|i| dag.name(i)).collect();
         for (input, span, path) in &p.inputs {
             if sources.contains_key(input) || upstream.contains(&input.as_str()) {
                 continue;
@@ -259,7 +313,13 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                     Some(s) => format!("did you mean `{s}`?"),
                     None => "inputs name an upstream step or an entry of `sources`".into(),
                 };
-                c.error("unknown-input", path, *span, format!("input `{input}` is neither a step nor a source"), Some(hint));
+                c.error(
+                    "unknown-input",
+                    path,
+                    *span,
+                    format!("input `{input}` is neither a step nor a source"),
+                    Some(hint),
+                );
             }
         }
         let inputs: Vec<&str> = p.inputs.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -285,9 +345,17 @@ fn check_template(c: &mut Checker<'_>, t: &TemplateUse, params: &[&str], inputs:
                     Segment::Expr(Expr::Param(name), offset) if !params.contains(&name.as_str()) => {
                         let hint = match closest(&name, params) {
                             Some(p) => format!("did you mean `params.{p}`?"),
-                            None => format!("declare it under `params:`, e.g. `params: {{ {name}: {{ default: ... }} }}`"),
+                            None => {
+                                format!("declare it under `params:`, e.g. `params: {{ {name}: {{ default: ... }} }}`")
+                            }
                         };
-                        c.error("undefined-param", &t.path, at(offset), format!("parameter `{name}` is not defined"), Some(hint));
+                        c.error(
+                            "undefined-param",
+                            &t.path,
+                            at(offset),
+                            format!("parameter `{name}` is not defined"),
+                            Some(hint),
+                        );
                     }
                     Segment::Expr(Expr::Input(name), offset) if !inputs.contains(&name.as_str()) => {
                         c.error(
@@ -325,8 +393,16 @@ fn parse_params(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, ParamSpec>
                         Some("bool") => ParamType::Bool,
                         Some(other) => {
                             let hint = closest(other, &["string", "int", "bool"])
-                                .map_or("the types are `string`, `int` and `bool`".into(), |k| format!("did you mean `{k}`?"));
-                            c.error("bad-type", &join(&path, "type"), t.span, format!("unknown parameter type `{other}`"), Some(hint));
+                                .map_or("the types are `string`, `int` and `bool`".into(), |k| {
+                                    format!("did you mean `{k}`?")
+                                });
+                            c.error(
+                                "bad-type",
+                                &join(&path, "type"),
+                                t.span,
+                                format!("unknown parameter type `{other}`"),
+                                Some(hint),
+                            );
                             ParamType::String
                         }
                     },
@@ -342,7 +418,9 @@ fn parse_params(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, ParamSpec>
                         }
                     }
                 });
-                let description = get(entries, "description").and_then(|d| c.scalar(d, &join(&path, "description"))).map(str::to_owned);
+                let description = get(entries, "description")
+                    .and_then(|d| c.scalar(d, &join(&path, "description")))
+                    .map(str::to_owned);
                 ParamSpec { ty, default, description }
             }
         };
@@ -373,7 +451,13 @@ fn parse_sources(c: &mut Checker<'_>, node: &Node, lookup: &dyn Lookup) -> Index
                 Some("sources are directories below the pipeline file, written without `..` or a leading `/`".into()),
             );
         } else if !lookup.dir_exists(dir) {
-            c.error("missing-source", &path, value.span, format!("source directory `{dir}` does not exist"), Some("paths are relative to the pipeline file".into()));
+            c.error(
+                "missing-source",
+                &path,
+                value.span,
+                format!("source directory `{dir}` does not exist"),
+                Some("paths are relative to the pipeline file".into()),
+            );
         }
         out.insert(name.to_owned(), Source { path: dir.to_owned() });
     }
@@ -389,33 +473,48 @@ fn parse_step(
     lookup: &dyn Lookup,
 ) -> Option<(Step, PendingStep)> {
     if !matches!(node.kind, Kind::Map(_)) {
-        c.error("wrong-type", path, node.span, format!("step `{name}` must be a mapping, found {}", node.describe()), Some("a step needs at least `uses: plugin.wasm`".into()));
+        c.error(
+            "wrong-type",
+            path,
+            node.span,
+            format!("step `{name}` must be a mapping, found {}", node.describe()),
+            Some("a step needs at least `uses: plugin.wasm`".into()),
+        );
         return None;
     }
     let entries = c.map(node, path, Some(STEP_KEYS));
-    let mut pending = PendingStep { name: name.to_owned(), templates: Vec::new(), needs: Vec::new(), inputs: Vec::new() };
+    let mut pending =
+        PendingStep { name: name.to_owned(), templates: Vec::new(), needs: Vec::new(), inputs: Vec::new() };
     let field = |key: &str| join(path, key);
 
     let (uses, uses_span) = match get(entries, "uses") {
         None => {
-            c.error("missing-key", &field("uses"), name_span, format!("step `{name}` has no `uses`"), Some("set `uses:` to the plugin's `.wasm` file, relative to the pipeline".into()));
+            c.error(
+                "missing-key",
+                &field("uses"),
+                name_span,
+                format!("step `{name}` has no `uses`"),
+                Some("set `uses:` to the plugin's `.wasm` file, relative to the pipeline".into()),
+            );
             (String::new(), name_span)
         }
-        Some(u) => match c.scalar(u, &field("uses")) {
-            Some(plugin) => {
-                if !lookup.plugin_exists(plugin) {
-                    c.error(
+        Some(u) => {
+            match c.scalar(u, &field("uses")) {
+                Some(plugin) => {
+                    if !lookup.plugin_exists(plugin) {
+                        c.error(
                         "missing-plugin",
                         &field("uses"),
                         u.span,
                         format!("plugin file `{plugin}` not found"),
                         Some("paths are relative to the pipeline file; build the example plugins with `plugins/build`".into()),
                     );
+                    }
+                    (plugin.to_owned(), u.span)
                 }
-                (plugin.to_owned(), u.span)
+                None => (String::new(), u.span),
             }
-            None => (String::new(), u.span),
-        },
+        }
     };
 
     let mut with = IndexMap::new();
@@ -471,7 +570,13 @@ fn parse_step(
     let mut outputs = Vec::new();
     for (pattern, span, p) in get(entries, "outputs").map(|n| c.list(n, &field("outputs"))).unwrap_or_default() {
         if !stays_inside(pattern.trim_start_matches("./")) {
-            c.error("output-outside", &p, span, format!("output `{pattern}` is not inside the workspace"), Some("outputs are relative to the workspace, without `..` or a leading `/`".into()));
+            c.error(
+                "output-outside",
+                &p,
+                span,
+                format!("output `{pattern}` is not inside the workspace"),
+                Some("outputs are relative to the workspace, without `..` or a leading `/`".into()),
+            );
         } else if let Err(e) = globset::Glob::new(pattern) {
             c.error("bad-glob", &p, span, format!("`{pattern}` is not a valid glob: {}", e.kind()), None);
         }
@@ -486,7 +591,13 @@ fn parse_step(
             let valid = key.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
                 && key.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
             if !valid {
-                c.error("bad-name", &p, k.span, format!("`{key}` is not a valid environment variable name"), Some("use letters, digits and `_`, not starting with a digit".into()));
+                c.error(
+                    "bad-name",
+                    &p,
+                    k.span,
+                    format!("`{key}` is not a valid environment variable name"),
+                    Some("use letters, digits and `_`, not starting with a digit".into()),
+                );
             }
             if let Some(text) = c.scalar(v, &p).or_else(|| v.is_null().then_some("")) {
                 pending.templates.push(TemplateUse { text: text.to_owned(), span: v.span, path: p });
@@ -495,9 +606,8 @@ fn parse_step(
         }
     }
 
-    let timeout = get(entries, "timeout")
-        .and_then(|t| duration(c, t, &field("timeout")))
-        .unwrap_or(crate::DEFAULT_TIMEOUT);
+    let timeout =
+        get(entries, "timeout").and_then(|t| duration(c, t, &field("timeout"))).unwrap_or(crate::DEFAULT_TIMEOUT);
     let retries = get(entries, "retries").map(|r| parse_retries(c, r, &field("retries"))).unwrap_or_default();
     let limits = get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
 
@@ -597,10 +707,7 @@ fn to_json(node: &Node) -> serde_json::Value {
         }
         Kind::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
         Kind::Map(entries) => Value::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.as_scalar().unwrap_or_default().to_owned(), to_json(v)))
-                .collect(),
+            entries.iter().map(|(k, v)| (k.as_scalar().unwrap_or_default().to_owned(), to_json(v))).collect(),
         ),
     }
 }

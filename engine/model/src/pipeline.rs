@@ -92,11 +92,7 @@ impl ParamValue {
     pub fn parse(ty: ParamType, text: &str) -> Result<Self, String> {
         match ty {
             ParamType::String => Ok(Self::String(text.to_owned())),
-            ParamType::Int => text
-                .trim()
-                .parse()
-                .map(Self::Int)
-                .map_err(|_| format!("`{text}` is not a whole number")),
+            ParamType::Int => text.trim().parse().map(Self::Int).map_err(|_| format!("`{text}` is not a whole number")),
             ParamType::Bool => match text.trim() {
                 "true" => Ok(Self::Bool(true)),
                 "false" => Ok(Self::Bool(false)),
@@ -245,10 +241,7 @@ mod size_text {
 impl Pipeline {
     /// The value of every parameter for a run: `overrides` as given on the
     /// command line, typed, then defaults. Every error is reported.
-    pub fn resolve_params(
-        &self,
-        overrides: &[(String, String)],
-    ) -> Result<IndexMap<String, ParamValue>, Vec<String>> {
+    pub fn resolve_params(&self, overrides: &[(String, String)]) -> Result<IndexMap<String, ParamValue>, Vec<String>> {
         let mut values = IndexMap::new();
         let mut errors = Vec::new();
         for (name, _) in overrides {
@@ -273,9 +266,9 @@ impl Pipeline {
                 (None, Some(default)) => {
                     values.insert(name.clone(), default.clone());
                 }
-                (None, None) => errors.push(format!(
-                    "parameter `{name}` has no default; set it with `--param {name}=VALUE`"
-                )),
+                (None, None) => {
+                    errors.push(format!("parameter `{name}` has no default; set it with `--param {name}=VALUE`"))
+                }
             }
         }
         if errors.is_empty() { Ok(values) } else { Err(errors) }

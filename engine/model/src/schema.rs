@@ -32,3 +32,23 @@ pub(crate) fn params(generator: &mut SchemaGenerator) -> Schema {
         "additionalProperties": { "anyOf": [ { "type": ["string", "number", "boolean"] }, spec ] }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// The committed copy in the book is what editors load; it must be
+    /// what the types say. `AIRLOCK_BLESS=1` rewrites it.
+    #[test]
+    fn committed_schema_matches_the_types() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/src/reference/pipeline.schema.json");
+        let generated = super::pipeline_schema_json();
+        if std::env::var_os("AIRLOCK_BLESS").is_some() {
+            std::fs::write(&path, &generated).expect("write schema");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{} is out of date; run `AIRLOCK_BLESS=1 cargo test -p airlock-model schema` and commit it",
+            path.display()
+        );
+    }
+}

@@ -14,10 +14,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parses a size such as `256MiB`, `1 GB` or `4096` (bytes).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let size: bytesize::ByteSize = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write it like `256MiB`, `1GiB` or `4096`"))?;
+    let size: bytesize::ByteSize =
+        text.trim().parse().map_err(|_| format!("`{text}` is not a size; write it like `256MiB`, `1GiB` or `4096`"))?;
     if size.as_u64() == 0 {
         return Err(format!("`{text}` is zero; a size must be positive"));
     }
@@ -29,7 +27,7 @@ pub fn format_size(bytes: u64) -> String {
     const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {
-            return if bytes % size == 0 {
+            return if bytes.is_multiple_of(size) {
                 format!("{} {unit}", bytes / size)
             } else {
                 format!("{:.1} {unit}", bytes as f64 / size as f64)

@@ -100,6 +100,9 @@ pub struct RunSummary {
     pub steps: Vec<StepRecord>,
 }
 
+/// A plugin loaded once per run, or why it could not be.
+type PluginCell = OnceCell<Result<Plugin, String>>;
+
 /// Everything the step tasks share.
 struct Shared {
     sandbox: Arc<Sandbox>,
@@ -112,7 +115,7 @@ struct Shared {
     /// Host directories of the pipeline's `sources`.
     sources: HashMap<String, PathBuf>,
     /// Plugins loaded in this run, by (path, fuel); each loads once.
-    plugins: Mutex<HashMap<(PathBuf, bool), Arc<OnceCell<Result<Plugin, String>>>>>,
+    plugins: Mutex<HashMap<(PathBuf, bool), Arc<PluginCell>>>,
     observer: Box<dyn Fn(&Progress) + Send + Sync>,
 }
 
@@ -254,10 +257,10 @@ impl Engine {
         };
         let run = self.store.finish_run(&run.id, state, reason.clone())?;
         self.store.flush()?;
-        if !options.keep_workspaces {
-            if let Err(e) = std::fs::remove_dir_all(&run_dir) {
-                tracing::warn!("cannot remove the run's workspaces at {}: {e}", run_dir.display());
-            }
+        if !options.keep_workspaces
+            && let Err(e) = std::fs::remove_dir_all(&run_dir)
+        {
+            tracing::warn!("cannot remove the run's workspaces at {}: {e}", run_dir.display());
         }
         (shared.observer)(&Progress::RunFinished { run: run.id.clone(), state, reason });
         let steps = self.store.steps(&run)?;
@@ -414,7 +417,9 @@ fn describe(name: &str, step: &Step, failure: &Failure) -> String {
         Failure::MemoryLimit { limit } => {
             format!("step `{name}` exceeded its {} memory limit", airlock_model::format_size(*limit))
         }
-        Failure::Timeout(_) => format!("step `{name}` ran past its {} timeout", humantime::format_duration(step.timeout)),
+        Failure::Timeout(_) => {
+            format!("step `{name}` ran past its {} timeout", humantime::format_duration(step.timeout))
+        }
         Failure::OutOfFuel(fuel) => format!("step `{name}` used up its fuel of {fuel} instructions"),
         Failure::StackOverflow => format!("step `{name}` overflowed its call stack (deep or endless recursion)"),
         Failure::Trap(msg) => format!("step `{name}` crashed: {msg}"),

@@ -92,7 +92,8 @@ pub struct Engine {
 impl Engine {
     /// Opens the engine on a state directory, creating it if needed.
     pub fn open(state_dir: &Path) -> Result<Self, RunnerError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| RunnerError::StateDir { path: state_dir.to_owned(), source })?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|source| RunnerError::StateDir { path: state_dir.to_owned(), source })?;
         let store = Store::open(state_dir)?;
         let sandbox = Sandbox::new(Some(state_dir.join("cache")))?;
         Ok(Self {

@@ -133,7 +133,9 @@ pub enum SandboxError {
         import: String,
     },
     /// It exports nothing airlock knows how to run.
-    #[error("plugin `{path}` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`")]
+    #[error(
+        "plugin `{path}` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`"
+    )]
     NothingToRun {
         /// The plugin's path.
         path: PathBuf,
@@ -332,10 +334,14 @@ fn link_granted(l: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
-    clocks::wall_clock::add_to_linker::<S, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
-    clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(l, |s| wasmtime_wasi::clocks::WasiClocksView::clocks(s))?;
-    filesystem::types::add_to_linker::<S, WasiFilesystem>(l, |s| wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s))?;
-    filesystem::preopens::add_to_linker::<S, WasiFilesystem>(l, |s| wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s))?;
+    clocks::wall_clock::add_to_linker::<S, WasiClocks>(l, wasmtime_wasi::clocks::WasiClocksView::clocks)?;
+    clocks::monotonic_clock::add_to_linker::<S, WasiClocks>(l, wasmtime_wasi::clocks::WasiClocksView::clocks)?;
+    filesystem::types::add_to_linker::<S, WasiFilesystem>(l, |s| {
+        wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s)
+    })?;
+    filesystem::preopens::add_to_linker::<S, WasiFilesystem>(l, |s| {
+        wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(s)
+    })?;
     random::random::add_to_linker::<S, WasiRandom>(l, |s| s.ctx.random())?;
     random::insecure::add_to_linker::<S, WasiRandom>(l, |s| s.ctx.random())?;
     random::insecure_seed::add_to_linker::<S, WasiRandom>(l, |s| s.ctx.random())?;
@@ -435,7 +441,8 @@ impl Sandbox {
         };
         let flavor = if fuel { &self.fueled } else { &self.plain };
         let digest = hex::encode(Sha256::digest(bytes));
-        let compile_error = |e: wasmtime::Error| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") };
+        let compile_error =
+            |e: wasmtime::Error| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") };
         let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
         let from_cache = cached.is_some();
         let compiled = if is_component {
@@ -455,7 +462,7 @@ impl Sandbox {
             if !from_cache {
                 self.store_in_cache(&digest, &flavor.engine, component.serialize());
             }
-            self.link_component(&flavor, &component, &path)?
+            self.link_component(flavor, &component, &path)?
         } else {
             let module = match &cached {
                 // SAFETY: as for components above.
@@ -474,7 +481,8 @@ impl Sandbox {
 
     fn store_in_cache(&self, digest: &str, engine: &Engine, serialized: wasmtime::Result<Vec<u8>>) {
         let Some(cache) = &self.cache else { return };
-        let result = serialized.map_err(|e| std::io::Error::other(format!("{e:#}"))).and_then(|b| cache.put(digest, engine, &b));
+        let result =
+            serialized.map_err(|e| std::io::Error::other(format!("{e:#}"))).and_then(|b| cache.put(digest, engine, &b));
         if let Err(e) = result {
             tracing::warn!(dir = %cache.dir().display(), "cannot cache a compiled plugin: {e}");
         }
@@ -495,7 +503,8 @@ impl Sandbox {
         }
         let exports: Vec<String> = ty.exports(&flavor.engine).map(|(n, _)| n.to_owned()).collect();
         let exports_iface = |name: &str| exports.iter().any(|e| e.split('@').next() == Some(name));
-        let link_error = |e: wasmtime::Error| SandboxError::Compile { path: path.to_owned(), message: format!("{e:#}") };
+        let link_error =
+            |e: wasmtime::Error| SandboxError::Compile { path: path.to_owned(), message: format!("{e:#}") };
         let pre = flavor.components.instantiate_pre(component).map_err(link_error)?;
         if exports_iface("airlock:step/run") {
             Ok(Compiled::Step(bindings::StepPre::new(pre).map_err(link_error)?))
@@ -518,10 +527,10 @@ impl Sandbox {
         if module.get_export("_start").is_none() {
             return Err(SandboxError::NothingToRun { path: path.to_owned() });
         }
-        let pre = flavor.modules.instantiate_pre(module).map_err(|e| SandboxError::Compile {
-            path: path.to_owned(),
-            message: format!("{e:#}"),
-        })?;
+        let pre = flavor
+            .modules
+            .instantiate_pre(module)
+            .map_err(|e| SandboxError::Compile { path: path.to_owned(), message: format!("{e:#}") })?;
         Ok(Compiled::Module(pre))
     }
 
@@ -575,7 +584,8 @@ impl Sandbox {
         let limiter = Limiter::new(inv.memory);
         match &*plugin.compiled {
             Compiled::Step(pre) => {
-                let state = ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
+                let state =
+                    ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
                 let mut store = Store::new(&flavor.engine, state);
                 store.limiter(|s| &mut s.limiter);
                 arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
@@ -583,7 +593,11 @@ impl Sandbox {
                     run_id: inv.run_id.clone(),
                     step: inv.step.clone(),
                     workspace: GUEST_WORKSPACE.to_owned(),
-                    params: inv.params.iter().map(|(name, value)| wit::Param { name: name.clone(), value: value.clone() }).collect(),
+                    params: inv
+                        .params
+                        .iter()
+                        .map(|(name, value)| wit::Param { name: name.clone(), value: value.clone() })
+                        .collect(),
                     inputs: inv
                         .inputs
                         .iter()
@@ -599,7 +613,8 @@ impl Sandbox {
                 judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
             }
             Compiled::Command(pre) => {
-                let state = ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
+                let state =
+                    ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
                 let mut store = Store::new(&flavor.engine, state);
                 store.limiter(|s| &mut s.limiter);
                 arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
@@ -665,7 +680,13 @@ fn judge(
         Err(e) => e,
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        return if exit.0 == 0 { Ok(()) } else if limiter.memory_refused.is_some() { Err(Failure::MemoryLimit { limit: inv.memory }) } else { Err(Failure::Exit(exit.0)) };
+        return if exit.0 == 0 {
+            Ok(())
+        } else if limiter.memory_refused.is_some() {
+            Err(Failure::MemoryLimit { limit: inv.memory })
+        } else {
+            Err(Failure::Exit(exit.0))
+        };
     }
     if timed_out {
         return Err(Failure::Timeout(inv.timeout));

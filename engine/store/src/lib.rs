@@ -261,7 +261,8 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), source })
+    serde_json::from_slice(bytes)
+        .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), source })
 }
 
 fn abort(e: TransactionError<StoreError>) -> StoreError {
@@ -324,7 +325,10 @@ impl Store {
                 if runs.get(run.id.as_bytes())?.is_some() {
                     // Two runs in the same second with the same random
                     // suffix: let the caller try again.
-                    return Err(ConflictableTransactionError::Abort(StoreError::Ambiguous { prefix: run.id.clone(), count: 2 }));
+                    return Err(ConflictableTransactionError::Abort(StoreError::Ambiguous {
+                        prefix: run.id.clone(),
+                        count: 2,
+                    }));
                 }
                 runs.insert(run.id.as_bytes(), encode(&run))?;
                 for step in steps {
@@ -372,14 +376,22 @@ impl Store {
         (&self.steps, &self.events)
             .transaction(|(steps, events)| {
                 let Some(bytes) = steps.get(&key)? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::NoStep { run: run.into(), step: step.into() }));
+                    return Err(ConflictableTransactionError::Abort(StoreError::NoStep {
+                        run: run.into(),
+                        step: step.into(),
+                    }));
                 };
                 let mut record: StepRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
                 let before = record.state;
                 change(&mut record);
                 steps.insert(key.as_slice(), encode(&record))?;
                 if record.state != before || detail.is_some() {
-                    let event = Event { at_ms: now_ms(), step: Some(step.into()), state: record.state.as_str().into(), detail: detail.clone() };
+                    let event = Event {
+                        at_ms: now_ms(),
+                        step: Some(step.into()),
+                        state: record.state.as_str().into(),
+                        detail: detail.clone(),
+                    };
                     events.insert(event_key(run, event_id), encode(&event))?;
                 }
                 Ok(record)
@@ -406,7 +418,10 @@ impl Store {
         match found.len() {
             0 => Err(StoreError::NoRun(id_or_prefix.into())),
             1 => Ok(found.remove(0)),
-            _ => Err(StoreError::Ambiguous { prefix: id_or_prefix.into(), count: self.runs.scan_prefix(id_or_prefix.as_bytes()).count() }),
+            _ => Err(StoreError::Ambiguous {
+                prefix: id_or_prefix.into(),
+                count: self.runs.scan_prefix(id_or_prefix.as_bytes()).count(),
+            }),
         }
     }
 
@@ -458,7 +473,8 @@ impl Store {
             .scan_prefix(&prefix)
             .map(|item| {
                 let (k, v) = item?;
-                let attempt = k.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+                let attempt =
+                    k.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
                 let (written, bytes) = v.split_at(8.min(v.len()));
                 let written = written.try_into().map(u64::from_be_bytes).unwrap_or(0);
                 Ok(LogRecord { attempt, bytes: bytes.to_vec(), written })
@@ -469,7 +485,8 @@ impl Store {
     /// Records that a blob is in the artifact store. Returns whether it was new.
     pub fn index_artifact(&self, sha256: &str, size: u64) -> Result<bool> {
         let record = ArtifactRecord { size, first_seen_ms: now_ms() };
-        let previous = self.artifacts.compare_and_swap(sha256.as_bytes(), None as Option<&[u8]>, Some(encode(&record)))?;
+        let previous =
+            self.artifacts.compare_and_swap(sha256.as_bytes(), None as Option<&[u8]>, Some(encode(&record)))?;
         Ok(previous.is_ok())
     }
 
@@ -532,7 +549,11 @@ mod tests {
         let states: Vec<_> = store.events(&run.id).expect("events").into_iter().map(|e| (e.step, e.state)).collect();
         assert_eq!(
             states,
-            vec![(None, "running".into()), (Some("a".into()), "running".into()), (Some("a".into()), "succeeded".into())]
+            vec![
+                (None, "running".into()),
+                (Some("a".into()), "running".into()),
+                (Some("a".into()), "succeeded".into())
+            ]
         );
         assert!(matches!(store.update_step(&run.id, "zz", None, |_| {}), Err(StoreError::NoStep { .. })));
     }
@@ -549,6 +570,9 @@ mod tests {
         };
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.find_run(&id[..8]).expect("by prefix").id, id);
-        assert_eq!(store.logs(&id, "a").expect("logs"), vec![LogRecord { attempt: 1, bytes: b"hello".to_vec(), written: 9 }]);
+        assert_eq!(
+            store.logs(&id, "a").expect("logs"),
+            vec![LogRecord { attempt: 1, bytes: b"hello".to_vec(), written: 9 }]
+        );
     }
 }

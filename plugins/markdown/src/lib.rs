@@ -82,9 +82,7 @@ fn rewrite_link(dest: CowStr<'_>) -> CowStr<'_> {
     let is_relative = !dest.contains("://") && !dest.starts_with('/') && !dest.starts_with('#');
     match dest.split_once('#') {
         _ if !is_relative => dest,
-        Some((path, frag)) if path.ends_with(".md") => {
-            format!("{}.html#{frag}", &path[..path.len() - 3]).into()
-        }
+        Some((path, frag)) if path.ends_with(".md") => format!("{}.html#{frag}", &path[..path.len() - 3]).into(),
         None if dest.ends_with(".md") => format!("{}.html", &dest[..dest.len() - 3]).into(),
         _ => dest,
     }

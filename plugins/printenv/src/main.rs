@@ -19,7 +19,8 @@ fn main() {
     for dir in ["/", "/workspace", "/inputs"] {
         match std::fs::read_dir(dir) {
             Ok(entries) => {
-                let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                let mut names: Vec<String> =
+                    entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
                 names.sort();
                 let _ = writeln!(report, "dir {dir}: {names:?}");
             }
@@ -29,10 +30,10 @@ fn main() {
         }
     }
     print!("{report}");
-    if let Some(out) = args.get(1) {
-        if let Err(e) = std::fs::write(out, &report) {
-            eprintln!("printenv: {out}: {e}");
-            std::process::exit(1);
-        }
+    if let Some(out) = args.get(1)
+        && let Err(e) = std::fs::write(out, &report)
+    {
+        eprintln!("printenv: {out}: {e}");
+        std::process::exit(1);
     }
 }

@@ -53,16 +53,12 @@ macro_rules! export {
 impl Context {
     /// The value of the `with:` parameter `name`, if the pipeline set it.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.value.as_str())
+        self.params.iter().find(|p| p.name == name).map(|p| p.value.as_str())
     }
 
     /// The value of a parameter the step cannot work without.
     pub fn require(&self, name: &str) -> Result<&str, String> {
-        self.param(name)
-            .ok_or_else(|| format!("missing parameter `{name}`: set it under `with:` in the pipeline"))
+        self.param(name).ok_or_else(|| format!("missing parameter `{name}`: set it under `with:` in the pipeline"))
     }
 
     /// The step's workspace directory.
@@ -113,9 +109,7 @@ pub fn files_below(root: &Path) -> Result<Vec<PathBuf>, String> {
         let entries = std::fs::read_dir(&dir).describe(|| format!("cannot list {}", dir.display()))?;
         for entry in entries {
             let entry = entry.describe(|| format!("cannot list {}", dir.display()))?;
-            let kind = entry
-                .file_type()
-                .describe(|| format!("cannot stat {}", entry.path().display()))?;
+            let kind = entry.file_type().describe(|| format!("cannot stat {}", entry.path().display()))?;
             let child = rel.join(entry.file_name());
             if kind.is_dir() {
                 stack.push(child);

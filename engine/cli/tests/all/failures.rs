@@ -94,7 +94,13 @@ fn retries_are_honoured_and_recorded() {
     assert_eq!(step["attempts"], 3);
     assert!(step["reason"].as_str().is_some_and(|r| r.starts_with("step `flaky` crashed")), "{step}");
     let events = s.show()["events"].clone();
-    let states: Vec<&str> = events.as_array().expect("events").iter().filter(|e| e["step"] == "flaky").filter_map(|e| e["state"].as_str()).collect();
+    let states: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["step"] == "flaky")
+        .filter_map(|e| e["state"].as_str())
+        .collect();
     assert_eq!(states, ["running", "retrying", "running", "retrying", "running", "failed"]);
 }
 
@@ -102,7 +108,9 @@ fn retries_are_honoured_and_recorded() {
 fn a_plugin_importing_sockets_is_refused_before_it_runs() {
     let s = Scratch::new();
     wasm(&s, "net.wasm", r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#);
-    s.pipeline("name: t\nsteps:\n  net:\n    uses: net.wasm\n  fine:\n    uses: {plugins}/wasm32-wasip2/release/noop.wasm\n");
+    s.pipeline(
+        "name: t\nsteps:\n  net:\n    uses: net.wasm\n  fine:\n    uses: {plugins}/wasm32-wasip2/release/noop.wasm\n",
+    );
     let (code, _, _) = s.run(&[]);
     assert_eq!(code, 1);
     let step = s.step("net");

@@ -31,7 +31,11 @@ fn site_pipeline_produces_the_archive_and_its_checksums() {
     let sums = output_of("checksum", "SHA256SUMS");
     let digest = archive["sha256"].as_str().expect("digest");
     // The checksum step saw exactly the archive the store holds.
-    let sums_blob = state.path().join("artifacts/sha256").join(&sums["sha256"].as_str().expect("d")[..2]).join(&sums["sha256"].as_str().expect("d")[2..]);
+    let sums_blob = state
+        .path()
+        .join("artifacts/sha256")
+        .join(&sums["sha256"].as_str().expect("d")[..2])
+        .join(&sums["sha256"].as_str().expect("d")[2..]);
     let sums_text = std::fs::read_to_string(sums_blob).expect("sums blob");
     assert_eq!(sums_text, format!("{digest}  site.tar.gz\n"));
     // And the archive holds the rendered pages.
@@ -73,11 +77,13 @@ fn params_are_substituted_and_json_progress_is_one_event_per_line() {
     );
     let (code, stdout, stderr) = s.run(&["--json", "--param", "title=From the CLI"]);
     assert_eq!(code, 0, "{stderr}");
-    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let events: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
     let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
     assert_eq!(kinds, ["run-started", "step-started", "step-finished", "run-finished"]);
     let digest = events[2]["outputs"][0]["sha256"].as_str().expect("digest").to_owned();
-    let page = std::fs::read_to_string(s.state().join("artifacts/sha256").join(&digest[..2]).join(&digest[2..])).expect("page");
+    let page = std::fs::read_to_string(s.state().join("artifacts/sha256").join(&digest[..2]).join(&digest[2..]))
+        .expect("page");
     assert!(page.contains("<title>A page — From the CLI</title>"), "{page}");
 
     let (code, _, stderr) = s.run(&["--param", "titel=x"]);

@@ -44,9 +44,9 @@ fn five_mistakes_are_all_reported_with_line_numbers() {
     let (code, _, stderr) = output(airlock(state.path()).current_dir(&dir).args(["validate", "five-mistakes.yaml"]));
     assert_eq!(code, 1);
     for needle in [
-        "five-mistakes.yaml:6:11",  // missing plugin file
-        "five-mistakes.yaml:8:14",  // undefined param, with a suggestion
-        "five-mistakes.yaml:11:5",  // `need:`
+        "five-mistakes.yaml:6:11", // missing plugin file
+        "five-mistakes.yaml:8:14", // undefined param, with a suggestion
+        "five-mistakes.yaml:11:5", // `need:`
         "did you mean `needs`?",
         "five-mistakes.yaml:12:14", // input not upstream
         "five-mistakes.yaml:13:14", // bad duration
