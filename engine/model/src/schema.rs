@@ -39,7 +39,8 @@ mod tests {
     /// what the types say. `AIRLOCK_BLESS=1` rewrites it.
     #[test]
     fn committed_schema_matches_the_types() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/src/reference/pipeline.schema.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/src/reference/pipeline.schema.json");
         let generated = super::pipeline_schema_json();
         if std::env::var_os("AIRLOCK_BLESS").is_some() {
             std::fs::write(&path, &generated).expect("write schema");

@@ -1,0 +1,168 @@
+//! The engine benchmark. Build in release mode (debug is ten times slower):
+//!
+//! ```text
+//! bash .ci/setup && cargo run --release -p airlock-bench
+//! ```
+//!
+//! For a no-op step plugin it prints: cold compile time, cached load
+//! time, per-step engine overhead p50/p99 (everything the engine does for
+//! a step: scheduling, state writes, workspace, WASI context, instantiate,
+//! run, recording the end), and the wall time of a 1,000-step chain and a
+//! 1,000-step fan-out; beside each, the cost of spawning a native process
+//! (`/bin/true`) measured in the same run.
+
+use airlock_runner::{CancellationToken, Engine, FsLookup, Progress, RunOptions};
+use airlock_sandbox::Sandbox;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const STEPS: usize = 1000;
+
+fn main() -> anyhow::Result<()> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let noop = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("plugins/target/wasm32-wasip2/release/noop.wasm"));
+    anyhow::ensure!(noop.is_file(), "{} not found: build the plugins with `plugins/build`", noop.display());
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; figures are 10x slower than release. Use `cargo run --release`.");
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "airlock engine benchmark: no-op plugin `{}` ({} bytes), {cores} cores",
+        noop.display(),
+        std::fs::metadata(&noop)?.len()
+    );
+    println!();
+
+    // Compile and load.
+    let scratch = tempfile::tempdir()?;
+    let uncached = Sandbox::new(None)?;
+    let compile = sample(10, || uncached.load(&noop).map(drop).map_err(anyhow::Error::from))?;
+    let cache_dir = scratch.path().join("cache");
+    Sandbox::new(Some(cache_dir.clone()))?.load(&noop)?;
+    let cached = Sandbox::new(Some(cache_dir))?;
+    let load = sample(200, || {
+        let p = cached.load(&noop)?;
+        anyhow::ensure!(p.from_cache, "the compile cache was not used");
+        Ok(())
+    })?;
+    row("cold compile", &compile, "");
+    row("cached load (verify + deserialize)", &load, "");
+
+    // Native baseline, same machine, same moment.
+    let spawn = sample(STEPS, || {
+        let status = std::process::Command::new("/bin/true").status()?;
+        anyhow::ensure!(status.success(), "/bin/true failed");
+        Ok(())
+    })?;
+    row("native spawn of /bin/true", &spawn, "the cost a process-per-step engine pays");
+    println!();
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let chain = rt.block_on(pipeline_run(scratch.path(), &noop, Shape::Chain))?;
+    let per_step = Stats::of(chain.gaps.clone());
+    row("per-step engine overhead (chain)", &per_step, "target p50 <= 250 µs");
+    let fan = rt.block_on(pipeline_run(scratch.path(), &noop, Shape::FanOut))?;
+    println!();
+    println!("{:<38} {:>10}   target < 2 s", "1,000-step chain, wall", fmt(chain.wall));
+    println!("{:<38} {:>10}   jobs = {cores}", "1,000-step fan-out, wall", fmt(fan.wall));
+    println!(
+        "{:<38} {:>10}   {STEPS} x native spawn p50",
+        "same chain as native processes",
+        fmt(spawn.p50 * STEPS as u32)
+    );
+    Ok(())
+}
+
+fn fmt(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else if us < 1e6 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1e6)
+    }
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        samples.sort();
+        let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
+        Self { p50: at(0.5), p99: at(0.99) }
+    }
+}
+
+fn sample(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        samples.push(t.elapsed());
+    }
+    Ok(Stats::of(samples))
+}
+
+fn row(name: &str, s: &Stats, note: &str) {
+    println!("{name:<38} p50 {:>10}   p99 {:>10}   {note}", fmt(s.p50), fmt(s.p99));
+}
+
+#[derive(Clone, Copy)]
+enum Shape {
+    Chain,
+    FanOut,
+}
+
+struct Measured {
+    wall: Duration,
+    /// Time between consecutive step ends: in a chain, what one step costs
+    /// from the end of the previous one to its own recorded end.
+    gaps: Vec<Duration>,
+}
+
+async fn pipeline_run(dir: &Path, plugin: &Path, shape: Shape) -> anyhow::Result<Measured> {
+    let mut yaml = String::from("name: bench\nsteps:\n");
+    for i in 0..STEPS {
+        yaml.push_str(&format!("  s{i:04}:\n    uses: {}\n", plugin.display()));
+        match shape {
+            Shape::Chain if i > 0 => yaml.push_str(&format!("    needs: [s{:04}]\n", i - 1)),
+            Shape::FanOut if i > 0 => yaml.push_str("    needs: [s0000]\n"),
+            _ => {}
+        }
+    }
+    let pipeline = airlock_model::load("bench.yaml", &yaml, &FsLookup::new(dir))
+        .map_err(|d| anyhow::anyhow!("generated pipeline is invalid: {}", d[0]))?;
+    let state = tempfile::tempdir_in(dir)?;
+    let engine = Engine::open(state.path())?;
+    // Warm the compile cache so the run measures the engine, not cranelift.
+    engine.sandbox().load(plugin)?;
+    let ends = Arc::new(Mutex::new(Vec::with_capacity(STEPS)));
+    let seen = ends.clone();
+    let observer = move |e: &Progress| {
+        if let Progress::StepFinished { .. } = e
+            && let Ok(mut v) = seen.lock()
+        {
+            v.push(Instant::now());
+        }
+    };
+    let start = Instant::now();
+    let summary =
+        engine.run(&pipeline, dir, "bench.yaml", RunOptions::default(), observer, CancellationToken::new()).await?;
+    let wall = start.elapsed();
+    anyhow::ensure!(
+        summary.run.state == airlock_store::RunState::Succeeded,
+        "the benchmark run did not succeed: {:?}",
+        summary.run.reason
+    );
+    let ends = ends.lock().map_err(|_| anyhow::anyhow!("observer panicked"))?.clone();
+    let gaps = ends.windows(2).map(|w| w[1] - w[0]).collect();
+    Ok(Measured { wall, gaps })
+}
