@@ -41,10 +41,17 @@ Environment:
 
 /// Run CI pipelines whose every step is a sandboxed WebAssembly program.
 #[derive(Parser)]
-#[command(name = "airlock", version, about, after_help = AFTER_HELP, propagate_version = true)]
+#[command(name = "airlock", version, after_help = AFTER_HELP, propagate_version = true)]
 struct Cli {
     /// Where runs, logs, artifacts and compiled plugins are kept.
-    #[arg(long, global = true, env = "AIRLOCK_STATE_DIR", default_value = ".airlock", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "AIRLOCK_STATE_DIR",
+        hide_env_values = true,
+        default_value = ".airlock",
+        value_name = "DIR"
+    )]
     state_dir: PathBuf,
 
     #[command(subcommand)]
@@ -100,8 +107,8 @@ struct RunArgs {
     /// Set a pipeline parameter (repeatable).
     #[arg(short, long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     params: Vec<(String, String)>,
-    /// Steps running at once, at most [default: number of cores].
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    /// Steps running at once, from 1 to 256 [default: number of cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
     /// Print progress as JSON lines on stdout, one event per line.
     #[arg(long)]
@@ -127,7 +134,12 @@ fn main() -> ExitCode {
         .init();
     let code = match cli.command {
         Command::Validate { files, json } => diagnostics::validate(&files, json),
-        Command::Run(args) => runtime().and_then(|rt| rt.block_on(progress::run(&cli.state_dir, args))),
+        Command::Run(args) => runtime().and_then(|rt| {
+            // The scheduler runs as a task on a worker, beside the steps it
+            // starts, so handing over to the next step stays on one thread.
+            let state_dir = cli.state_dir.clone();
+            rt.block_on(async move { tokio::spawn(async move { progress::run(&state_dir, args).await }).await? })
+        }),
         Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),
         Command::Show { run, json } => output::show(&cli.state_dir, &run, json),
         Command::Logs { run, step } => output::logs(&cli.state_dir, &run, step.as_deref()),

@@ -117,6 +117,9 @@ struct Shared {
     /// Plugins loaded in this run, by (path, fuel); each loads once.
     plugins: Mutex<HashMap<(PathBuf, bool), Arc<PluginCell>>>,
     observer: Box<dyn Fn(&Progress) + Send + Sync>,
+    /// Empty workspaces of finished steps, ready for the next step; `None`
+    /// when workspaces are kept for inspection, so each keeps its name.
+    spare_workspaces: Option<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 /// What a step task reports back to the scheduler.
@@ -160,6 +163,7 @@ impl Engine {
             sources: pipeline.sources.iter().map(|(k, v)| (k.clone(), base_dir.join(&v.path))).collect(),
             plugins: Mutex::new(HashMap::new()),
             observer: Box::new(observer),
+            spare_workspaces: (!options.keep_workspaces).then(Default::default),
         });
 
         let mut states = vec![StepState::Pending; dag.len()];
@@ -167,7 +171,7 @@ impl Engine {
         let mut ready: Vec<usize> = dag.roots();
         let mut tasks: JoinSet<Finished> = JoinSet::new();
         let mut first_failure: Option<String> = None;
-        let jobs = options.jobs.max(1);
+        let jobs = options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS);
         let mut cancelled = false;
 
         loop {
@@ -349,12 +353,7 @@ async fn attempts(
             .map_err(record_error)?;
         (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt });
 
-        let workspace = shared.run_dir.join(name);
-        // A retry starts from a fresh workspace, like the first attempt.
-        if workspace.exists() {
-            std::fs::remove_dir_all(&workspace).map_err(|e| failed(format!("cannot clear the workspace: {e}")))?;
-        }
-        std::fs::create_dir_all(&workspace).map_err(|e| failed(format!("cannot create the workspace: {e}")))?;
+        let workspace = fresh_workspace(shared, name, attempt).map_err(failed)?;
         let inv = Invocation { workspace: workspace.clone(), ..invocation.clone() };
 
         let outcome = tokio::select! {
@@ -383,6 +382,9 @@ async fn attempts(
             Ok(()) => take_outputs(shared, name, step, &workspace).await,
             Err(failure) => Err(describe(name, step, &failure)),
         };
+        if result.is_ok() {
+            recycle_workspace(shared, workspace);
+        }
         match result {
             Ok(outputs) => return Ok(outputs),
             Err(reason) if attempt <= step.retries.count => {
@@ -406,6 +408,41 @@ async fn attempts(
             }
             Err(reason) => return Err(StepError::Failed(reason)),
         }
+    }
+}
+
+/// An empty directory for one attempt of a step: a spare one left empty
+/// by a step that finished, or a new one.
+///
+/// Creating directories is most of what a step costs on ext4 once many
+/// have been deleted (the inode allocator skips recently freed inodes), so
+/// empty workspaces are reused within a run.
+fn fresh_workspace(shared: &Shared, name: &str, attempt: u32) -> Result<PathBuf, String> {
+    if let Some(spare) = &shared.spare_workspaces
+        && let Some(dir) = spare.lock().ok().and_then(|mut s| s.pop())
+    {
+        return Ok(dir);
+    }
+    // A retry starts from a new workspace, like the first attempt; the
+    // failed attempt's files stay where they are until the run ends.
+    let dir = match attempt {
+        1 => shared.run_dir.join(name),
+        n => shared.run_dir.join(format!("{name}.attempt-{n}")),
+    };
+    std::fs::create_dir(&dir).map_err(|e| format!("cannot create the workspace {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Offers the workspace of a succeeded attempt for reuse if it is empty.
+///
+/// Only succeeded attempts qualify: when an attempt fails or times out,
+/// wasmtime may still be finishing a blocking file operation the guest
+/// started, so its directory is never handed to another step.
+fn recycle_workspace(shared: &Shared, workspace: PathBuf) {
+    let Some(spare) = &shared.spare_workspaces else { return };
+    let empty = std::fs::read_dir(&workspace).is_ok_and(|mut entries| entries.next().is_none());
+    if empty && let Ok(mut spare) = spare.lock() {
+        spare.push(workspace);
     }
 }
 
@@ -470,7 +507,12 @@ fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Invocation, St
         // and a step only starts once its upstream steps succeeded.
         let dir = match shared.sources.get(input) {
             Some(dir) => dir.clone(),
-            None => outputs_dir(shared, input),
+            None => {
+                // An upstream step without outputs leaves no directory.
+                let dir = outputs_dir(shared, input);
+                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot lay out the input `{input}`: {e}"))?;
+                dir
+            }
         };
         inputs.push((input.clone(), dir));
     }
@@ -496,9 +538,14 @@ fn outputs_dir(shared: &Shared, step: &str) -> PathBuf {
 /// Extracts a succeeded step's outputs, indexes them, and lays them out
 /// read-only for downstream steps.
 async fn take_outputs(shared: &Shared, name: &str, step: &Step, workspace: &Path) -> Result<Vec<OutputRecord>, String> {
+    let dest = outputs_dir(shared, name);
+    if step.outputs.is_empty() {
+        // Nothing to extract; a downstream step naming this one as an
+        // input gets an empty directory (see `invocation`).
+        return Ok(Vec::new());
+    }
     let artifacts = shared.artifacts.clone();
     let (ws, patterns) = (workspace.to_owned(), step.outputs.clone());
-    let dest = outputs_dir(shared, name);
     let extracted = tokio::task::spawn_blocking(move || {
         let outputs = extract(&ws, &patterns, &ExtractLimits::default(), &artifacts).map_err(|e| e.to_string())?;
         // Downstream steps see a copy checked against its digest, never

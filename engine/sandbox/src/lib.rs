@@ -312,13 +312,50 @@ impl Flavor {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(fuel);
-        let engine = Engine::new(&config)?;
+        // The plain engine runs almost every step: it takes instances,
+        // memories and stacks from a pool instead of mapping and unmapping
+        // them per step, which halves what a short step costs. The pool
+        // only reserves address space. Where even that is refused (a
+        // tight `ulimit -v`), steps are allocated one by one instead.
+        let engine = if fuel {
+            Engine::new(&config)?
+        } else {
+            let mut pooled = config.clone();
+            pooled.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool()));
+            Engine::new(&pooled).or_else(|e| {
+                tracing::warn!("cannot reserve the instance pool ({e:#}); allocating per step");
+                Engine::new(&config)
+            })?
+        };
         let mut components = wasmtime::component::Linker::new(&engine);
         link_granted(&mut components)?;
         let mut modules = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.ctx)?;
         Ok(Self { engine, components, modules })
     }
+}
+
+/// Steps that can run at once on one [`Sandbox`] without fuel: the size of
+/// its instance pool. The scheduler never runs more.
+pub const MAX_CONCURRENT_STEPS: usize = 256;
+
+/// The instance pool of the plain engine. Per step it allows what real
+/// plugins use many times over (a Rust component has a handful of core
+/// instances and one memory), and it caps what a hostile component can
+/// take from the steps beside it.
+fn pool() -> wasmtime::PoolingAllocationConfig {
+    let steps = MAX_CONCURRENT_STEPS as u32;
+    let mut pool = wasmtime::PoolingAllocationConfig::new();
+    pool.total_component_instances(steps)
+        .total_stacks(steps)
+        .max_core_instances_per_component(16)
+        .total_core_instances(steps * 16)
+        .max_memories_per_component(2)
+        .total_memories(steps * 2)
+        .max_tables_per_component(16)
+        .total_tables(steps * 16)
+        .table_elements(MAX_TABLE_ELEMENTS);
+    pool
 }
 
 /// Links exactly [`GRANTED_INTERFACES`], nothing else.

@@ -2,10 +2,15 @@
 //! its time, step logs, and the index of artifacts by sha256.
 //!
 //! This is the only crate that touches sled. Records are JSON, so a state
-//! directory can be inspected and migrated with ordinary tools. A
-//! transition is written (step record and event together, atomically)
-//! before the engine acts on it; [`Store::flush`] makes everything written
-//! so far durable, and callers flush before any effect others can see.
+//! directory can be inspected and migrated with ordinary tools.
+//!
+//! A transition is written before the engine acts on it. A step's record
+//! and its history are one sled value, so a write changes both or neither
+//! and the two never disagree. sled makes writes durable in batches
+//! (within half a second); [`Store::flush`] makes everything written so far
+//! durable at once, and callers flush before any effect others can see.
+//! (A sled transaction per transition would sync the log each time: on
+//! this project's reference machine that doubled what a step costs.)
 //!
 //! ```
 //! use airlock_store::{RunState, Store};
@@ -210,6 +215,8 @@ impl StepRecord {
 /// One entry of a run's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// Position in the store's history: later events have larger numbers.
+    pub seq: u64,
     /// When (ms since the epoch).
     pub at_ms: u64,
     /// The step concerned, or none for the run itself.
@@ -218,6 +225,13 @@ pub struct Event {
     pub state: String,
     /// Detail: a reason, an attempt number.
     pub detail: Option<String>,
+}
+
+/// A step as stored: its record and every transition it went through.
+#[derive(Serialize, Deserialize)]
+struct StoredStep {
+    record: StepRecord,
+    history: Vec<Event>,
 }
 
 /// What the artifact index knows of a blob.
@@ -332,9 +346,11 @@ impl Store {
                 }
                 runs.insert(run.id.as_bytes(), encode(&run))?;
                 for step in steps {
-                    step_tree.insert(step_key(&run.id, step), encode(&StepRecord::new(step)))?;
+                    let stored = StoredStep { record: StepRecord::new(step), history: Vec::new() };
+                    step_tree.insert(step_key(&run.id, step), encode(&stored))?;
                 }
-                let event = Event { at_ms: run.created_ms, step: None, state: "running".into(), detail: None };
+                let event =
+                    Event { seq: event_id, at_ms: run.created_ms, step: None, state: "running".into(), detail: None };
                 events.insert(event_key(&run.id, event_id), encode(&event))?;
                 Ok(())
             })
@@ -355,7 +371,13 @@ impl Store {
                 run.reason = reason.clone();
                 run.ended_ms = Some(now_ms());
                 runs.insert(id.as_bytes(), encode(&run))?;
-                let event = Event { at_ms: now_ms(), step: None, state: state.as_str().into(), detail: reason.clone() };
+                let event = Event {
+                    seq: event_id,
+                    at_ms: now_ms(),
+                    step: None,
+                    state: state.as_str().into(),
+                    detail: reason.clone(),
+                };
                 events.insert(event_key(id, event_id), encode(&event))?;
                 Ok(run)
             })
@@ -372,31 +394,29 @@ impl Store {
         change: impl Fn(&mut StepRecord),
     ) -> Result<StepRecord> {
         let key = step_key(run, step);
-        let event_id = self.db.generate_id()?;
-        (&self.steps, &self.events)
-            .transaction(|(steps, events)| {
-                let Some(bytes) = steps.get(&key)? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::NoStep {
-                        run: run.into(),
-                        step: step.into(),
-                    }));
-                };
-                let mut record: StepRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                let before = record.state;
-                change(&mut record);
-                steps.insert(key.as_slice(), encode(&record))?;
-                if record.state != before || detail.is_some() {
-                    let event = Event {
-                        at_ms: now_ms(),
-                        step: Some(step.into()),
-                        state: record.state.as_str().into(),
-                        detail: detail.clone(),
-                    };
-                    events.insert(event_key(run, event_id), encode(&event))?;
-                }
-                Ok(record)
-            })
-            .map_err(abort)
+        loop {
+            let Some(old) = self.steps.get(&key)? else {
+                return Err(StoreError::NoStep { run: run.into(), step: step.into() });
+            };
+            let mut stored: StoredStep = decode(&key, &old)?;
+            let before = stored.record.state;
+            change(&mut stored.record);
+            if stored.record.state != before || detail.is_some() {
+                stored.history.push(Event {
+                    seq: self.db.generate_id()?,
+                    at_ms: now_ms(),
+                    step: Some(step.into()),
+                    state: stored.record.state.as_str().into(),
+                    detail: detail.clone(),
+                });
+            }
+            // Only the step's own task writes its record, so the swap fails
+            // only if that rule is broken; applying the change again to
+            // what is there now is still right.
+            if self.steps.compare_and_swap(&key, Some(old), Some(encode(&stored)))?.is_ok() {
+                return Ok(stored.record);
+            }
+        }
     }
 
     /// A run by id, or by a unique prefix of its id, or `last` for the newest.
@@ -442,19 +462,28 @@ impl Store {
             .map(|s| {
                 let key = step_key(&run.id, s);
                 match self.steps.get(&key)? {
-                    Some(v) => decode(&key, &v),
+                    Some(v) => decode::<StoredStep>(&key, &v).map(|s| s.record),
                     None => Err(StoreError::NoStep { run: run.id.clone(), step: s.clone() }),
                 }
             })
             .collect()
     }
 
-    /// A run's history, oldest first.
+    /// A run's history, oldest first: the run's own transitions and every
+    /// step's.
     pub fn events(&self, run: &str) -> Result<Vec<Event>> {
-        self.events
-            .scan_prefix([run.as_bytes(), b"\0"].concat())
+        let prefix = [run.as_bytes(), b"\0"].concat();
+        let mut events = self
+            .events
+            .scan_prefix(&prefix)
             .map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
-            .collect()
+            .collect::<Result<Vec<Event>>>()?;
+        for item in self.steps.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            events.extend(decode::<StoredStep>(&k, &v)?.history);
+        }
+        events.sort_by_key(|e| e.seq);
+        Ok(events)
     }
 
     /// Stores the log of one attempt of a step.
