@@ -44,6 +44,24 @@ fn valid_digest(d: &str) -> bool {
     d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Copies `from` into `to` in chunks and returns the sha256 (hex) and
+/// size of what was copied.
+fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
 impl ArtifactStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: PathBuf) -> Self {
@@ -74,19 +92,7 @@ impl ArtifactStore {
         let tmp_dir = self.root.join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|e| self.io(e))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| self.io(e))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader.read(&mut buf).map_err(|e| self.io(e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(|e| self.io(e))?;
-            size += n as u64;
-        }
-        let digest = hex::encode(hasher.finalize());
+        let (digest, size) = copy_hashing(&mut reader, &mut tmp).map_err(|e| self.io(e))?;
         let dest = self.path(&digest)?;
         if dest.is_file() {
             return Ok((digest, size, false));
@@ -113,19 +119,7 @@ impl ArtifactStore {
             Err(e) => return Err(self.io(e)),
         };
         let mut out = std::fs::File::create(dest).map_err(|e| self.io(e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(|e| self.io(e))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| self.io(e))?;
-            size += n as u64;
-        }
-        let actual = hex::encode(hasher.finalize());
+        let (actual, size) = copy_hashing(&mut file, &mut out).map_err(|e| self.io(e))?;
         if actual != sha256 {
             drop(out);
             let _ = std::fs::remove_file(dest);
