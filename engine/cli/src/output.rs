@@ -127,22 +127,6 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-/// Makes guest output safe to print: invalid UTF-8 is replaced, and
-/// control characters (terminal escape sequences among them) are shown
-/// as `\x1b` text instead of being interpreted by the terminal.
-pub fn neutralize(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// `airlock logs RUN [STEP]`
 pub fn logs(state_dir: &Path, run: &str, step: Option<&str>) -> anyhow::Result<u8> {
     let store = open(state_dir)?;
@@ -160,7 +144,7 @@ pub fn logs(state_dir: &Path, run: &str, step: Option<&str>) -> anyhow::Result<u
             if headers {
                 println!("── {name} (attempt {}) ──", log.attempt);
             }
-            let text = neutralize(&log.bytes);
+            let text = airlock_model::text::neutralize(&log.bytes);
             print!("{text}");
             if !text.ends_with('\n') && !text.is_empty() {
                 println!();
@@ -168,14 +152,4 @@ pub fn logs(state_dir: &Path, run: &str, step: Option<&str>) -> anyhow::Result<u
         }
     }
     Ok(exit::OK)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_are_shown_not_interpreted() {
-        assert_eq!(neutralize(b"ok\x1b[2Jbad\xffend\n"), "ok\\x1b[2Jbad\u{fffd}end\n");
-    }
 }

@@ -178,6 +178,9 @@ impl Walk<'_> {
             }
             names.push(entry);
         }
+        // In name order, so a workspace with several bad outputs always
+        // fails on the same one.
+        names.sort_by_key(|e| e.file_name());
         for entry in names {
             let raw = entry.file_name();
             let Some(name) = raw.to_str() else {

@@ -23,6 +23,7 @@ mod expr;
 mod parse;
 mod pipeline;
 pub mod schema;
+pub mod text;
 mod units;
 mod yaml;
 
@@ -30,8 +31,8 @@ pub use dag::{Dag, find_cycle};
 pub use diagnostic::{Diagnostic, Span};
 pub use expr::{Expr, ExprContext, Segment, render, template};
 pub use pipeline::{
-    DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, GUEST_INPUTS, GUEST_WORKSPACE, Limits, ParamSpec,
-    ParamType, ParamValue, Pipeline, Retries, Source, Step, StepSpans,
+    DEFAULT_DISK_LIMIT, DEFAULT_FILES_LIMIT, DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, GUEST_INPUTS,
+    GUEST_WORKSPACE, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Retries, Source, Step, StepSpans,
 };
 pub use units::{format_size, parse_duration, parse_size};
 

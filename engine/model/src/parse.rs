@@ -13,7 +13,7 @@ const STEP_KEYS: &[&str] =
     &["uses", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RETRY_KEYS: &[&str] = &["count", "backoff"];
-const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel"];
+const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel", "disk", "files"];
 
 /// The closest of `candidates` to `word`, if it is close enough to be what
 /// the author meant.
@@ -680,6 +680,12 @@ fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
     }
     if let Some(f) = get(entries, "fuel") {
         limits.fuel = count(c, f, &join(path, "fuel"), u64::MAX);
+    }
+    if let Some(d) = get(entries, "disk").and_then(|d| size(c, d, &join(path, "disk"))) {
+        limits.disk = d;
+    }
+    if let Some(n) = get(entries, "files").and_then(|f| count(c, f, &join(path, "files"), u64::MAX)) {
+        limits.files = n;
     }
     limits
 }

@@ -20,6 +20,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
 /// How much of a step's stdout and stderr is kept when the pipeline sets no limit.
 pub const DEFAULT_LOG_LIMIT: u64 = 4 << 20;
+/// Bytes a step may have in its workspace when the pipeline sets no limit.
+pub const DEFAULT_DISK_LIMIT: u64 = 1 << 30;
+/// Files and directories a step may have in its workspace when the
+/// pipeline sets no limit.
+pub const DEFAULT_FILES_LIMIT: u64 = 100_000;
 
 /// A pipeline: a DAG of steps, each a WebAssembly program run in a sandbox.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -212,11 +217,25 @@ pub struct Limits {
     /// Optional instruction budget: the step fails when it is used up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    /// Bytes the step may have in its workspace, e.g. `1GiB` (the
+    /// default); the step is stopped while it writes past them.
+    #[serde(with = "size_text")]
+    #[schemars(with = "String")]
+    pub disk: u64,
+    /// Files and directories the step may have in its workspace, `100000`
+    /// by default; the step is stopped when it makes more.
+    pub files: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory: DEFAULT_MEMORY_LIMIT, log: DEFAULT_LOG_LIMIT, fuel: None }
+        Self {
+            memory: DEFAULT_MEMORY_LIMIT,
+            log: DEFAULT_LOG_LIMIT,
+            fuel: None,
+            disk: DEFAULT_DISK_LIMIT,
+            files: DEFAULT_FILES_LIMIT,
+        }
     }
 }
 

@@ -2,8 +2,9 @@
 
 use crate::{Engine, RunOptions, RunnerError};
 use airlock_host::{ExtractLimits, extract};
+use airlock_model::text::one_line;
 use airlock_model::{Dag, ExprContext, Lookup, ParamValue, Pipeline, Step, render};
-use airlock_sandbox::{Failure, Invocation, Plugin, PluginKind, Sandbox};
+use airlock_sandbox::{Failure, Invocation, OverQuota, Plugin, PluginKind, Quota, Sandbox};
 use airlock_store::{LogRecord, OutputRecord, RunRecord, RunState, StepRecord, StepState, now_ms};
 use indexmap::IndexMap;
 use serde::Serialize;
@@ -99,6 +100,11 @@ pub struct RunSummary {
     /// Its steps as recorded.
     pub steps: Vec<StepRecord>,
 }
+
+/// Longest reason recorded for a step. Reasons quote what guests wrote
+/// (their error messages, their file names), so they are also kept to one
+/// line with every control character escaped.
+const MAX_REASON_BYTES: usize = 4096;
 
 /// A plugin loaded once per run, or why it could not be.
 type PluginCell = OnceCell<Result<Plugin, String>>;
@@ -297,6 +303,7 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
         Err(StepError::Cancelled) => (StepState::Cancelled, Some("cancelled while running".to_owned()), Vec::new()),
         Err(StepError::Failed(reason)) => (StepState::Failed, Some(reason), Vec::new()),
     };
+    let reason = reason.map(|r| one_line(&r, MAX_REASON_BYTES));
     let record = store.update_step(&shared.run_id, &name, reason.clone(), |s| {
         s.state = state;
         s.reason = reason.clone();
@@ -388,6 +395,7 @@ async fn attempts(
         match result {
             Ok(outputs) => return Ok(outputs),
             Err(reason) if attempt <= step.retries.count => {
+                let reason = one_line(&reason, MAX_REASON_BYTES);
                 let backoff = step.retries.backoff.saturating_mul(1 << (attempt - 1).min(16));
                 store
                     .update_step(&shared.run_id, name, Some(reason.clone()), |s| {
@@ -459,6 +467,20 @@ fn describe(name: &str, step: &Step, failure: &Failure) -> String {
         }
         Failure::OutOfFuel(fuel) => format!("step `{name}` used up its fuel of {fuel} instructions"),
         Failure::StackOverflow => format!("step `{name}` overflowed its call stack (deep or endless recursion)"),
+        Failure::TableLimit => format!(
+            "step `{name}` tried to grow a table past {} elements, the limit",
+            airlock_sandbox::MAX_TABLE_ELEMENTS
+        ),
+        Failure::Quota(OverQuota::Bytes(limit)) => format!(
+            "step `{name}` wrote more than its disk quota of {} to its workspace",
+            airlock_model::format_size(*limit)
+        ),
+        Failure::Quota(OverQuota::Entries(limit)) => {
+            format!("step `{name}` made more than {limit} files and directories in its workspace, its limit")
+        }
+        Failure::Quota(OverQuota::Depth(limit)) => {
+            format!("step `{name}` nested directories more than {limit} deep in its workspace")
+        }
         Failure::Trap(msg) => format!("step `{name}` crashed: {msg}"),
         Failure::Setup(msg) => format!("step `{name}` could not start: {msg}"),
         Failure::Cancelled => format!("step `{name}` was cancelled"),
@@ -527,6 +549,7 @@ fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Invocation, St
     inv.log_limit = step.limits.log;
     inv.fuel = step.limits.fuel;
     inv.timeout = step.timeout;
+    inv.quota = Quota { bytes: step.limits.disk, entries: step.limits.files };
     Ok(inv)
 }
 

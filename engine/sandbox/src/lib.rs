@@ -26,10 +26,12 @@
 mod cache;
 mod limits;
 mod log;
+mod quota;
 
 pub use cache::CompileCache;
 pub use limits::{Limiter, MAX_TABLE_ELEMENTS};
 pub use log::LogSink;
+pub use quota::{MAX_DEPTH, OverQuota, QUOTA_TICK, Quota, Usage, measure};
 
 use airlock_model::{GUEST_INPUTS, GUEST_WORKSPACE};
 use sha2::{Digest, Sha256};
@@ -103,7 +105,11 @@ pub enum SandboxError {
         source: std::io::Error,
     },
     /// The plugin file is larger than [`MAX_PLUGIN_BYTES`].
-    #[error("plugin `{path}` is {size} bytes, over the {MAX_PLUGIN_BYTES}-byte limit for plugins")]
+    #[error(
+        "plugin `{path}` is {}, over the {} limit for plugins",
+        airlock_model::format_size(*size),
+        airlock_model::format_size(MAX_PLUGIN_BYTES)
+    )]
     TooLarge {
         /// The plugin's path.
         path: PathBuf,
@@ -125,12 +131,31 @@ pub enum SandboxError {
         message: String,
     },
     /// It imports something the step is not granted.
-    #[error("plugin `{path}` imports `{import}`, which this step is not granted")]
+    #[error(
+        "plugin `{path}` imports {}, which this step is not granted",
+        imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    )]
     NotGranted {
         /// The plugin's path.
         path: PathBuf,
-        /// The import, as the plugin names it.
-        import: String,
+        /// Every import not granted, as the plugin names it.
+        imports: Vec<String>,
+    },
+    /// It asks for more memories or tables than a step may have.
+    #[error("plugin `{path}` needs more than a step may have: {detail}")]
+    TooMuch {
+        /// The plugin's path.
+        path: PathBuf,
+        /// What it asks for, and the limit.
+        detail: String,
+    },
+    /// A granted interface is imported with other types than airlock's.
+    #[error("plugin `{path}` cannot be linked: {message}")]
+    Link {
+        /// The plugin's path.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
     },
     /// It exports nothing airlock knows how to run.
     #[error(
@@ -143,6 +168,24 @@ pub enum SandboxError {
     /// The engine could not be set up.
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
+}
+
+impl SandboxError {
+    /// The same error about the plugin at `path`.
+    fn with_path(mut self, to: &Path) -> Self {
+        match &mut self {
+            Self::Read { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::NotWasm { path }
+            | Self::Compile { path, .. }
+            | Self::NotGranted { path, .. }
+            | Self::TooMuch { path, .. }
+            | Self::Link { path, .. }
+            | Self::NothingToRun { path } => *path = to.to_owned(),
+            Self::Engine(_) => {}
+        }
+        self
+    }
 }
 
 /// What kind of program a plugin is.
@@ -211,6 +254,8 @@ pub struct Invocation {
     pub fuel: Option<u64>,
     /// Wall-clock limit.
     pub timeout: Duration,
+    /// What the workspace may hold.
+    pub quota: Quota,
 }
 
 impl Invocation {
@@ -228,6 +273,7 @@ impl Invocation {
             log_limit: 4 << 20,
             fuel: None,
             timeout: Duration::from_secs(600),
+            quota: Quota { bytes: 1 << 30, entries: 100_000 },
         }
     }
 }
@@ -250,6 +296,10 @@ pub enum Failure {
     OutOfFuel(u64),
     /// The guest's call stack grew past wasmtime's limit.
     StackOverflow,
+    /// The guest tried to grow a table past [`MAX_TABLE_ELEMENTS`].
+    TableLimit,
+    /// The workspace went past its quota while the guest ran.
+    Quota(OverQuota),
     /// The guest trapped (or a host call failed).
     Trap(String),
     /// The WASI context could not be set up (e.g. an input directory is gone).
@@ -339,6 +389,16 @@ impl Flavor {
 /// its instance pool. The scheduler never runs more.
 pub const MAX_CONCURRENT_STEPS: usize = 256;
 
+/// Linear memories one core module may define. Real programs have one.
+pub const MAX_MEMORIES_PER_MODULE: u32 = 1;
+/// Linear memories one plugin may define in all: a component's program
+/// and its adapter's.
+pub const MAX_MEMORIES: u32 = 2;
+/// Tables one core module may define.
+pub const MAX_TABLES_PER_MODULE: u32 = 2;
+/// Tables one plugin may define in all.
+pub const MAX_TABLES: u32 = 16;
+
 /// The instance pool of the plain engine. Per step it allows what real
 /// plugins use many times over (a Rust component has a handful of core
 /// instances and one memory), and it caps what a hostile component can
@@ -350,10 +410,12 @@ fn pool() -> wasmtime::PoolingAllocationConfig {
         .total_stacks(steps)
         .max_core_instances_per_component(16)
         .total_core_instances(steps * 16)
-        .max_memories_per_component(2)
-        .total_memories(steps * 2)
-        .max_tables_per_component(16)
-        .total_tables(steps * 16)
+        .max_memories_per_module(MAX_MEMORIES_PER_MODULE)
+        .max_memories_per_component(MAX_MEMORIES)
+        .total_memories(steps * MAX_MEMORIES)
+        .max_tables_per_module(MAX_TABLES_PER_MODULE)
+        .max_tables_per_component(MAX_TABLES)
+        .total_tables(steps * MAX_TABLES)
         .table_elements(MAX_TABLE_ELEMENTS);
     pool
 }
@@ -450,14 +512,8 @@ impl Sandbox {
         }
         let bytes = std::fs::read(path).map_err(read_error)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        self.load_bytes(&bytes, &name, fuel).map_err(|e| match e {
-            // Messages name the path as the pipeline wrote it.
-            SandboxError::NotWasm { .. } => SandboxError::NotWasm { path: path.to_owned() },
-            SandboxError::Compile { message, .. } => SandboxError::Compile { path: path.to_owned(), message },
-            SandboxError::NotGranted { import, .. } => SandboxError::NotGranted { path: path.to_owned(), import },
-            SandboxError::NothingToRun { .. } => SandboxError::NothingToRun { path: path.to_owned() },
-            other => other,
-        })
+        // Messages name the path as the caller gave it.
+        self.load_bytes(&bytes, &name, fuel).map_err(|e| e.with_path(path))
     }
 
     /// [`Sandbox::load_with`] without fuel.
@@ -478,8 +534,15 @@ impl Sandbox {
         };
         let flavor = if fuel { &self.fueled } else { &self.plain };
         let digest = hex::encode(Sha256::digest(bytes));
-        let compile_error =
-            |e: wasmtime::Error| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") };
+        let compile_error = |e: wasmtime::Error| {
+            let message = format!("{e:#}");
+            // The pooled engine checks a module's memories and tables
+            // against the pool when compiling; say so in airlock's words.
+            match message.split_once("pooling allocator requirements: ") {
+                Some((_, detail)) => SandboxError::TooMuch { path: path.clone(), detail: detail.to_owned() },
+                None => SandboxError::Compile { path: path.clone(), message },
+            }
+        };
         let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
         let from_cache = cached.is_some();
         let compiled = if is_component {
@@ -532,16 +595,21 @@ impl Sandbox {
         path: &Path,
     ) -> Result<Compiled, SandboxError> {
         let ty = component.component_type();
-        for (import, _) in ty.imports(&flavor.engine) {
-            let interface = import.split('@').next().unwrap_or(import);
-            if !GRANTED_INTERFACES.contains(&interface) {
-                return Err(SandboxError::NotGranted { path: path.to_owned(), import: import.to_owned() });
-            }
+        let refused: Vec<String> = ty
+            .imports(&flavor.engine)
+            .map(|(import, _)| import)
+            .filter(|import| !GRANTED_INTERFACES.contains(&import.split('@').next().unwrap_or(import)))
+            .map(str::to_owned)
+            .collect();
+        if !refused.is_empty() {
+            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused });
         }
         let exports: Vec<String> = ty.exports(&flavor.engine).map(|(n, _)| n.to_owned()).collect();
         let exports_iface = |name: &str| exports.iter().any(|e| e.split('@').next() == Some(name));
-        let link_error =
-            |e: wasmtime::Error| SandboxError::Compile { path: path.to_owned(), message: format!("{e:#}") };
+        if let Some(needs) = component.resources_required() {
+            check_resources(path, &needs, MAX_MEMORIES, MAX_TABLES)?;
+        }
+        let link_error = |e: wasmtime::Error| SandboxError::Link { path: path.to_owned(), message: format!("{e:#}") };
         let pre = flavor.components.instantiate_pre(component).map_err(link_error)?;
         if exports_iface("airlock:step/run") {
             Ok(Compiled::Step(bindings::StepPre::new(pre).map_err(link_error)?))
@@ -553,21 +621,22 @@ impl Sandbox {
     }
 
     fn link_module(flavor: &Flavor, module: &wasmtime::Module, path: &Path) -> Result<Compiled, SandboxError> {
-        for import in module.imports() {
-            if import.module() != "wasi_snapshot_preview1" {
-                return Err(SandboxError::NotGranted {
-                    path: path.to_owned(),
-                    import: format!("{}::{}", import.module(), import.name()),
-                });
-            }
+        let refused: Vec<String> = module
+            .imports()
+            .filter(|import| import.module() != "wasi_snapshot_preview1")
+            .map(|import| format!("{}::{}", import.module(), import.name()))
+            .collect();
+        if !refused.is_empty() {
+            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused });
         }
         if module.get_export("_start").is_none() {
             return Err(SandboxError::NothingToRun { path: path.to_owned() });
         }
+        check_resources(path, &module.resources_required(), MAX_MEMORIES_PER_MODULE, MAX_TABLES_PER_MODULE)?;
         let pre = flavor
             .modules
             .instantiate_pre(module)
-            .map_err(|e| SandboxError::Compile { path: path.to_owned(), message: format!("{e:#}") })?;
+            .map_err(|e| SandboxError::Link { path: path.to_owned(), message: format!("{e:#}") })?;
         Ok(Compiled::Module(pre))
     }
 
@@ -582,12 +651,28 @@ impl Sandbox {
                 let call = self.call(plugin, builder, &inv);
                 // Epoch interruption stops guest code at its deadline; a
                 // guest blocked inside a host call (a long sleep) is
-                // stopped here instead.
-                match tokio::time::timeout(inv.timeout + BLOCKED_GRACE, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Failure::Timeout(inv.timeout)),
+                // stopped here instead. Going over the disk quota stops
+                // it wherever it is. Either way the store is dropped with
+                // the call, which ends the guest.
+                tokio::select! {
+                    r = tokio::time::timeout(inv.timeout + BLOCKED_GRACE, call) => match r {
+                        Ok(r) => r,
+                        Err(_) => Err(Failure::Timeout(inv.timeout)),
+                    },
+                    over = quota::watch(&inv.workspace, inv.quota) => Err(Failure::Quota(over)),
                 }
             }
+        };
+        // What was written since the last look still counts.
+        let result = match result {
+            Ok(()) => {
+                let (ws, q) = (inv.workspace.clone(), inv.quota);
+                match tokio::task::spawn_blocking(move || measure(&ws, &q)).await {
+                    Ok(Err(over)) => Err(Failure::Quota(over)),
+                    _ => Ok(()),
+                }
+            }
+            failed => failed,
         };
         let (log, log_written) = log.take();
         Outcome { result, log, log_written, duration: started.elapsed() }
@@ -681,6 +766,25 @@ impl Sandbox {
     }
 }
 
+/// Refuses a plugin defining more memories or tables than allowed. The
+/// pooled engine refuses such modules when compiling them; this holds the
+/// engine with fuel, which allocates on demand, to the same limits.
+fn check_resources(
+    path: &Path,
+    needs: &wasmtime::ResourcesRequired,
+    memories: u32,
+    tables: u32,
+) -> Result<(), SandboxError> {
+    let detail = if needs.num_memories > memories {
+        format!("it defines {} linear memories, and the limit is {memories}", needs.num_memories)
+    } else if needs.num_tables > tables {
+        format!("it defines {} tables, and the limit is {tables}", needs.num_tables)
+    } else {
+        return Ok(());
+    };
+    Err(SandboxError::TooMuch { path: path.to_owned(), detail })
+}
+
 /// Sets the store's deadline and fuel. Every tick the guest yields to the
 /// executor, so steps share the worker threads and a cancelled run stops
 /// promptly; past the deadline the guest is interrupted.
@@ -704,32 +808,33 @@ fn judge(
     timed_out: bool,
     inv: &Invocation,
 ) -> Result<(), Failure> {
+    // A guest that fails after a refused `memory.grow` or `table.grow`
+    // failed for want of memory, whatever message it managed to print.
+    let refused = || {
+        if limiter.memory_refused.is_some() {
+            Some(Failure::MemoryLimit { limit: inv.memory })
+        } else if limiter.table_refused.is_some() {
+            Some(Failure::TableLimit)
+        } else {
+            None
+        }
+    };
     let error = match result {
         Ok(Ok(())) => return Ok(()),
-        Ok(Err(failure)) => {
-            // A guest that fails after a refused `memory.grow` failed for
-            // want of memory, whatever message it managed to print.
-            if limiter.memory_refused.is_some() {
-                return Err(Failure::MemoryLimit { limit: inv.memory });
-            }
-            return Err(failure);
-        }
+        Ok(Err(failure)) => return Err(refused().unwrap_or(failure)),
         Err(e) => e,
     };
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
-        return if exit.0 == 0 {
-            Ok(())
-        } else if limiter.memory_refused.is_some() {
-            Err(Failure::MemoryLimit { limit: inv.memory })
-        } else {
-            Err(Failure::Exit(exit.0))
+        return match exit.0 {
+            0 => Ok(()),
+            code => Err(refused().unwrap_or(Failure::Exit(code))),
         };
     }
     if timed_out {
         return Err(Failure::Timeout(inv.timeout));
     }
-    if limiter.memory_refused.is_some() {
-        return Err(Failure::MemoryLimit { limit: inv.memory });
+    if let Some(failure) = refused() {
+        return Err(failure);
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => Err(Failure::OutOfFuel(inv.fuel.unwrap_or(0))),

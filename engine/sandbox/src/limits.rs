@@ -13,6 +13,8 @@ pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
 #[derive(Debug)]
 pub struct Limiter {
     memory: usize,
+    /// Bytes of linear memory of all the guest's memories together.
+    used: usize,
     /// The size a refused `memory.grow` asked for, if any.
     pub memory_refused: Option<usize>,
     /// The size a refused `table.grow` asked for, if any.
@@ -22,16 +24,25 @@ pub struct Limiter {
 impl Limiter {
     /// A limiter allowing `memory` bytes of linear memory in all.
     pub fn new(memory: u64) -> Self {
-        Self { memory: usize::try_from(memory).unwrap_or(usize::MAX), memory_refused: None, table_refused: None }
+        Self {
+            memory: usize::try_from(memory).unwrap_or(usize::MAX),
+            used: 0,
+            memory_refused: None,
+            table_refused: None,
+        }
     }
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory {
+    /// The limit is for all of a guest's memories together: a component
+    /// with two memories does not get twice the limit.
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.memory {
             self.memory_refused = Some(desired);
             return Ok(false);
         }
+        self.used = total;
         Ok(true)
     }
 

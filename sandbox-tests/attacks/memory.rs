@@ -1,0 +1,36 @@
+//! Attacks on memory: linear memory, tables, the stack.
+
+use crate::lab::Lab;
+
+#[test]
+fn attack_allocate_without_end() {
+    let lab = Lab::new();
+    let r = lab.attack(&format!("uses: {}\nlimits: {{ memory: 64MiB }}", lab.guest("grow-memory")), &[]);
+    r.assert_contained("step `attack` exceeded its 64 MiB memory limit");
+    assert!(r.log().contains("holding 48 MiB"), "{}", r.log());
+    assert!(!r.log().contains("holding 80 MiB"), "{}", r.log());
+}
+
+#[test]
+fn attack_grow_a_table_without_end() {
+    let lab = Lab::new();
+    let r = lab.attack(&format!("uses: {}", lab.wat("grow-table")), &[]);
+    r.assert_contained("step `attack` tried to grow a table past 1000000 elements, the limit");
+}
+
+#[test]
+fn attack_endless_recursion() {
+    let lab = Lab::new();
+    let r = lab.attack(&format!("uses: {}", lab.guest("recurse")), &[]);
+    r.assert_contained("step `attack` overflowed its call stack (deep or endless recursion)");
+}
+
+#[test]
+fn attack_more_linear_memories_than_allowed() {
+    let lab = Lab::new();
+    let r = lab.attack(&format!("uses: {}", lab.wat("two-memories")), &[]);
+    r.assert_contained(
+        "plugin `two-memories.wasm` needs more than a step may have: defined memories count of 3 exceeds the per-instance limit of 1",
+    );
+    assert_eq!(r.step("attack")["attempts"], 0, "refused before it started");
+}

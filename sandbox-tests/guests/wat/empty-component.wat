@@ -1,0 +1,2 @@
+;; A component that exports nothing: no step, no command.
+(component)
