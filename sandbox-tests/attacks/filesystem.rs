@@ -145,3 +145,43 @@ fn attack_one_endless_file() {
     let size = std::fs::metadata(r.workspace().join("endless.bin")).expect("workspace kept").len();
     assert!(size > 64 << 20 && size < 512 << 20, "stopped while it wrote, at {size} bytes");
 }
+
+#[test]
+fn attack_leave_files_for_the_next_step_or_the_next_attempt() {
+    let lab = Lab::new();
+    let leave = lab.guest("leave-behind");
+    let look = crate::lab::plugin("printenv");
+    // One step at a time, so the next step would get the directory the
+    // last one left, if airlock reused a workspace that is not empty.
+    lab.file(
+        "pipeline.yaml",
+        format!(
+            "name: t
+steps:
+  leave:
+    uses: {leave}
+    args: [succeed]
+  next:
+    uses: {look}
+    needs: [leave]
+  retried:
+    uses: {leave}
+    args: [fail]
+    needs: [next]
+    retries: {{ count: 1, backoff: 1ms }}
+"
+        ),
+    );
+    let (code, _, stderr) =
+        lab.output(&["run", &lab.path().join("pipeline.yaml").display().to_string(), "--jobs", "1"]);
+    assert_eq!(code, 1, "{stderr}");
+    let (_, next, _) = lab.output(&["logs", "last", "next"]);
+    assert!(next.contains("dir /workspace: []"), "the next step starts in an empty workspace: {next}");
+    let (_, logs, _) = lab.output(&["logs", "last", "retried"]);
+    // Both attempts start empty: each lists only what it made itself.
+    let listings: Vec<&str> = logs.lines().filter(|l| l.starts_with("workspace holds")).collect();
+    assert_eq!(listings.len(), 2, "{logs}");
+    for l in listings {
+        assert_eq!(l.matches("planted.txt").count(), 1, "{l}");
+    }
+}

@@ -391,6 +391,8 @@ async fn attempts(
         };
         if result.is_ok() {
             recycle_workspace(shared, workspace);
+        } else if attempt <= step.retries.count {
+            discard_workspace(shared, workspace).await;
         }
         match result {
             Ok(outputs) => return Ok(outputs),
@@ -451,6 +453,19 @@ fn recycle_workspace(shared: &Shared, workspace: PathBuf) {
     let empty = std::fs::read_dir(&workspace).is_ok_and(|mut entries| entries.next().is_none());
     if empty && let Ok(mut spare) = spare.lock() {
         spare.push(workspace);
+    }
+}
+
+/// Deletes the workspace of a failed attempt before the next one starts,
+/// so a step that fails on purpose cannot keep a disk quota's worth of
+/// files per retry. Kept with `--keep-workspaces`.
+async fn discard_workspace(shared: &Shared, workspace: PathBuf) {
+    if shared.spare_workspaces.is_none() {
+        return;
+    }
+    let removed = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&workspace).map_err(|e| (workspace, e)));
+    if let Ok(Err((dir, e))) = removed.await {
+        tracing::warn!("cannot remove the workspace of a failed attempt at {}: {e}", dir.display());
     }
 }
 
