@@ -44,7 +44,14 @@ pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
     let mut out = String::new();
     for d in diags {
         let mut report = Report::error().with_message(&d.message).with_code(d.code);
-        if let Some(span) = d.span {
+        let mut notes = Vec::new();
+        if let Some(span) = d.span
+            && line_around(src, span.start).len() > MAX_SHOWN_LINE
+        {
+            // A line this long would flood the terminal: name the place.
+            let at = if d.path.is_empty() { String::new() } else { format!(" (`{}`)", d.path) };
+            notes.push(format!("at {}:{}:{}{at}, on a line too long to show", path.display(), span.line, span.col));
+        } else if let Some(span) = d.span {
             let end = if span.end > span.start { span.end } else { (span.start + 1).min(src.len()) };
             let label = Label::primary((), span.start.min(src.len())..end);
             report = report.with_labels(vec![if d.path.is_empty() {
@@ -54,8 +61,9 @@ pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
             }]);
         }
         if let Some(hint) = &d.hint {
-            report = report.with_notes(vec![format!("hint: {hint}")]);
+            notes.push(format!("hint: {hint}"));
         }
+        report = report.with_notes(notes);
         if term::emit_to_string(&mut out, &config, &file, &report).is_err() {
             out.push_str(&format!("{d}\n"));
         }
@@ -63,6 +71,18 @@ pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
     let n = diags.len();
     out.push_str(&format!("{}: {n} error{}\n", path.display(), if n == 1 { "" } else { "s" }));
     out
+}
+
+/// Longest source line shown under a diagnostic, in bytes.
+const MAX_SHOWN_LINE: usize = 400;
+
+/// The line of `src` holding byte `at`.
+fn line_around(src: &str, at: usize) -> &str {
+    let bytes = src.as_bytes();
+    let at = at.min(bytes.len());
+    let start = bytes[..at].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let end = bytes[at..].iter().position(|b| *b == b'\n').map_or(bytes.len(), |i| at + i);
+    src.get(start..end).unwrap_or("")
 }
 
 /// `airlock validate FILE...`: every file, every error.

@@ -80,3 +80,14 @@ fn valid_pipelines_exit_zero_and_json_lists_diagnostics() {
     assert_eq!(report[1]["diagnostics"][0]["code"], "cycle");
     assert_eq!(report[1]["diagnostics"][0]["span"]["line"], 3);
 }
+
+#[test]
+fn a_line_too_long_to_show_is_named_not_printed() {
+    let s = crate::support::Scratch::new();
+    let path = s.file("deep.yaml", format!("name: x\nsteps: {}\n", "[".repeat(100_000)));
+    let (code, _, stderr) = crate::support::output(crate::support::airlock(&s.state()).arg("validate").arg(&path));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("invalid YAML: recursion limit exceeded"), "{stderr}");
+    assert!(stderr.contains("deep.yaml:2:"), "{stderr}");
+    assert!(stderr.len() < 2000, "the line is not echoed: {} bytes", stderr.len());
+}
