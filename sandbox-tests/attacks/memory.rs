@@ -34,3 +34,15 @@ fn attack_more_linear_memories_than_allowed() {
     );
     assert_eq!(r.step("attack")["attempts"], 0, "refused before it started");
 }
+
+#[test]
+fn attack_more_linear_memories_than_allowed_with_fuel_metering() {
+    // The engine with fuel allocates memories one by one instead of from
+    // a pool; it holds plugins to the same limits.
+    let lab = Lab::new();
+    let r = lab.attack(&format!("uses: {}\nlimits: {{ fuel: 1000000 }}", lab.wat("two-memories")), &[]);
+    r.assert_contained(
+        "plugin `two-memories.wasm` needs more than a step may have: it defines 3 linear memories, and the limit is 1",
+    );
+    assert_eq!(r.step("attack")["attempts"], 0, "refused before it started");
+}

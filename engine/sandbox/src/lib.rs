@@ -4,8 +4,9 @@
 //! an on-disk cache), checks what they import against what the step is
 //! granted, and runs one step at a time in a fresh [`wasmtime::Store`] with
 //! a memory limit, a deadline (epoch interruption), optional fuel, captured
-//! output, and a WASI context that holds exactly the step's workspace, its
-//! inputs (read-only), its arguments and its declared environment.
+//! output, a quota on what its workspace may hold, and a WASI context that
+//! holds exactly the step's workspace, its inputs (read-only), its
+//! arguments and its declared environment.
 //!
 //! It must never hand a guest anything the caller did not pass in: no
 //! host environment variable, no inherited stdio, no socket, no directory
@@ -269,11 +270,11 @@ impl Invocation {
             env: Vec::new(),
             run_id: String::new(),
             step: String::new(),
-            memory: 256 << 20,
-            log_limit: 4 << 20,
+            memory: airlock_model::DEFAULT_MEMORY_LIMIT,
+            log_limit: airlock_model::DEFAULT_LOG_LIMIT,
             fuel: None,
-            timeout: Duration::from_secs(600),
-            quota: Quota { bytes: 1 << 30, entries: 100_000 },
+            timeout: airlock_model::DEFAULT_TIMEOUT,
+            quota: Quota { bytes: airlock_model::DEFAULT_DISK_LIMIT, entries: airlock_model::DEFAULT_FILES_LIMIT },
         }
     }
 }
