@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     row("  new workspace (when none is spare)", &workspace, "");
     let sandbox = sample(STEPS, || {
-        let outcome = rt.block_on(cached.run(&plugin, Invocation::new(workspaces.clone())));
+        let outcome = rt.block_on(cached.run(&plugin, Invocation::new(workspaces.join("s1"))));
         outcome.result.map_err(|f| anyhow::anyhow!("the no-op plugin failed: {f:?}"))
     })?;
     row("  WASI context, instantiate, run", &sandbox, "");

@@ -67,6 +67,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// polling) gets before its call is dropped outright.
 const BLOCKED_GRACE: Duration = Duration::from_millis(200);
 
+/// Entries of a finished step's workspace counted on the async thread
+/// before the rest of the walk moves to a blocking one.
+const INLINE_MEASURE_ENTRIES: u64 = 64;
+
 /// The WASI interfaces a step is granted: files under its preopens,
 /// clocks, randomness, stdio, its arguments and environment. Sockets, name
 /// lookup and HTTP are absent on purpose.
@@ -664,15 +668,21 @@ impl Sandbox {
                 }
             }
         };
-        // What was written since the last look still counts.
+        // What was written since the last look still counts. Most steps
+        // leave a few files: those are counted right here; a big
+        // workspace is walked on a blocking thread.
         let result = match result {
-            Ok(()) => {
-                let (ws, q) = (inv.workspace.clone(), inv.quota);
-                match tokio::task::spawn_blocking(move || measure(&ws, &q)).await {
-                    Ok(Err(over)) => Err(Failure::Quota(over)),
-                    _ => Ok(()),
+            Ok(()) => match quota::measure_some(&inv.workspace, &inv.quota, INLINE_MEASURE_ENTRIES) {
+                Ok(Some(_)) => Ok(()),
+                Err(over) => Err(Failure::Quota(over)),
+                Ok(None) => {
+                    let (ws, q) = (inv.workspace.clone(), inv.quota);
+                    match tokio::task::spawn_blocking(move || measure(&ws, &q)).await {
+                        Ok(Err(over)) => Err(Failure::Quota(over)),
+                        _ => Ok(()),
+                    }
                 }
-            }
+            },
             failed => failed,
         };
         let (log, log_written) = log.take();

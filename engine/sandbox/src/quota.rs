@@ -59,14 +59,21 @@ pub struct Usage {
 /// are skipped; a workspace that cannot be opened at all counts as empty,
 /// since then the guest cannot write to it either.
 pub fn measure(workspace: &Path, quota: &Quota) -> Result<Usage, OverQuota> {
+    measure_some(workspace, quota, u64::MAX).map(|usage| usage.unwrap_or_default())
+}
+
+/// [`measure`], giving up (`Ok(None)`) after looking at `budget` entries:
+/// a small workspace is measured where it is cheaper than handing the
+/// walk to another thread, a big one is left to [`measure`] there.
+pub fn measure_some(workspace: &Path, quota: &Quota, budget: u64) -> Result<Option<Usage>, OverQuota> {
     let mut usage = Usage::default();
-    let Ok(root) = Dir::open_ambient_dir(workspace, ambient_authority()) else { return Ok(usage) };
+    let Ok(root) = Dir::open_ambient_dir(workspace, ambient_authority()) else { return Ok(Some(usage)) };
     // Depth-first with an explicit stack: one open handle per level.
     let mut stack: Vec<cap_std::fs::ReadDir> = Vec::new();
     let mut dirs: Vec<Dir> = Vec::new();
     match root.entries() {
         Ok(entries) => stack.push(entries),
-        Err(_) => return Ok(usage),
+        Err(_) => return Ok(Some(usage)),
     }
     dirs.push(root);
     while let Some(entries) = stack.last_mut() {
@@ -76,6 +83,9 @@ pub fn measure(workspace: &Path, quota: &Quota) -> Result<Usage, OverQuota> {
             continue;
         };
         let Ok(entry) = entry else { continue };
+        if usage.entries >= budget {
+            return Ok(None);
+        }
         usage.entries += 1;
         if usage.entries > quota.entries {
             return Err(OverQuota::Entries(quota.entries));
@@ -97,7 +107,7 @@ pub fn measure(workspace: &Path, quota: &Quota) -> Result<Usage, OverQuota> {
             dirs.push(sub);
         }
     }
-    Ok(usage)
+    Ok(Some(usage))
 }
 
 /// Measures `workspace` again and again until it is over `quota`, then
@@ -139,6 +149,16 @@ mod tests {
         let usage = measure(ws.path(), &ROOMY).expect("within quota");
         assert_eq!(usage.entries, 4);
         assert!(usage.bytes >= 10_002, "{usage:?}");
+    }
+
+    #[test]
+    fn a_partial_measurement_says_so() {
+        let ws = tempfile::tempdir().expect("tempdir");
+        for i in 0..5 {
+            std::fs::write(ws.path().join(i.to_string()), "").expect("write");
+        }
+        assert_eq!(measure_some(ws.path(), &ROOMY, 4), Ok(None));
+        assert_eq!(measure_some(ws.path(), &ROOMY, 5).map(|u| u.map(|u| u.entries)), Ok(Some(5)));
     }
 
     #[test]
