@@ -85,7 +85,16 @@ fn attack_output_names_with_terminal_escapes_and_newlines() {
     let lab = Lab::new();
     let r = lab.attack(&format!("uses: {}\nargs: [control]\noutputs: [out]", lab.guest("odd-names")), &[]);
     r.assert_contained(
-        r#"step `attack`: output name "out/evil\u{1b}[2J\u{1b}]0;pwned\u{7}.txt" contains control characters"#,
+        r#"step `attack`: output name "out/evil\u{1b}[2J\u{1b}]0;pwned\u{7}.txt" contains control or bidirectional-formatting characters"#,
+    );
+}
+
+#[test]
+fn attack_output_name_that_reads_backwards() {
+    let lab = Lab::new();
+    let r = lab.attack(&format!("uses: {}\nargs: [bidi]\noutputs: [out]", lab.guest("odd-names")), &[]);
+    r.assert_contained(
+        r#"step `attack`: output name "out/invoice\u{202e}fdp.exe" contains control or bidirectional-formatting characters"#,
     );
 }
 

@@ -58,8 +58,8 @@ pub enum ExtractError {
     /// A name that is not UTF-8.
     #[error("output name `{0}` is not valid UTF-8")]
     NotUtf8(String),
-    /// A name with control characters.
-    #[error("output name {0:?} contains control characters")]
+    /// A name with control or bidirectional-formatting characters.
+    #[error("output name {0:?} contains control or bidirectional-formatting characters")]
     ControlChars(String),
     /// A path over the length cap.
     #[error("output path `{prefix}…` is {len} bytes long, over the limit of {limit}")]
@@ -211,7 +211,9 @@ impl Walk<'_> {
             if hits.is_empty() {
                 continue;
             }
-            if name.chars().any(char::is_control) {
+            // Such names would act on a terminal, or read differently
+            // from what they are, wherever they are shown later.
+            if name.chars().any(airlock_model::text::is_hazard) {
                 return Err(ExtractError::ControlChars(path));
             }
             if ty.is_symlink() {

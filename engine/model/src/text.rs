@@ -9,7 +9,7 @@
 
 /// Whether `c` changes how a terminal shows what follows it: C0 and C1
 /// control characters, DEL, and the bidirectional formatting characters.
-fn is_hazard(c: char) -> bool {
+pub fn is_hazard(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -1,5 +1,6 @@
 //! Attack: leave outputs whose names confuse whoever reads them later.
 //! `odd-names control` makes names with terminal escapes and newlines,
+//! `odd-names bidi` one that reads `invoice.pdf` but is an `.exe`,
 //! `odd-names not-utf8` tries names that are not UTF-8, `odd-names long`
 //! nests directories until the path is over 4 KiB.
 
@@ -16,6 +17,14 @@ fn main() {
                     Ok(()) => println!("made: {name:?}"),
                     Err(e) => println!("refused: create {name:?}: {e}"),
                 }
+            }
+            std::process::exit(0);
+        }
+        Some("bidi") => {
+            let name = "out/invoice\u{202e}fdp.exe";
+            match std::fs::write(name, "x") {
+                Ok(()) => println!("made: {name:?}"),
+                Err(e) => println!("refused: create {name:?}: {e}"),
             }
             std::process::exit(0);
         }
@@ -48,7 +57,7 @@ fn main() {
             std::process::exit(0);
         }
         other => {
-            eprintln!("usage: odd-names control|not-utf8|long (got {other:?})");
+            eprintln!("usage: odd-names control|bidi|not-utf8|long (got {other:?})");
             std::process::exit(2);
         }
     }
