@@ -6,6 +6,7 @@
 mod diagnostics;
 mod output;
 mod progress;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -97,6 +98,28 @@ enum Command {
     },
     /// Print the JSON Schema of the pipeline format.
     Schema,
+    /// Create, list and revoke short-lived scoped tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it, once.
+    Create(tokens::CreateArgs),
+    /// List tokens: their ids, scopes, validity and use (never the tokens).
+    List {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id; it stops working at once.
+    Revoke {
+        /// The token's id, as `airlock token list` shows it (`tok-...`).
+        id: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -147,6 +170,9 @@ fn main() -> ExitCode {
             print!("{}", airlock_model::schema::pipeline_schema_json());
             Ok(exit::OK)
         }
+        Command::Token { command: TokenCommand::Create(args) } => tokens::create(&cli.state_dir, args),
+        Command::Token { command: TokenCommand::List { json } } => tokens::list(&cli.state_dir, json),
+        Command::Token { command: TokenCommand::Revoke { id } } => tokens::revoke(&cli.state_dir, &id),
     };
     match code {
         Ok(code) => ExitCode::from(code),

@@ -1,5 +1,6 @@
 //! airlock's durable state: runs, their steps, every state transition with
-//! its time, step logs, and the index of artifacts by sha256.
+//! its time, step logs, the index of artifacts by sha256, and the tokens
+//! the engine has issued (by digest; see [`Scope`]).
 //!
 //! This is the only crate that touches sled. Records are JSON, so a state
 //! directory can be inspected and migrated with ordinary tools.
@@ -19,6 +20,10 @@
 //! let run = store.create_run("site", "pipelines/site.yaml", Default::default(), &["build".into()]).unwrap();
 //! assert_eq!(store.run(&run.id).unwrap().unwrap().state, RunState::Running);
 //! ```
+
+mod tokens;
+
+pub use tokens::{ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;
@@ -53,6 +58,9 @@ pub enum StoreError {
         /// How many runs it matches.
         count: usize,
     },
+    /// No token with that id.
+    #[error("no token `{0}`; `airlock token list` shows them")]
+    NoToken(String),
     /// No step with that name in the run.
     #[error("run `{run}` has no step `{step}`")]
     NoStep {
@@ -263,6 +271,8 @@ pub struct Store {
     events: sled::Tree,
     logs: sled::Tree,
     artifacts: sled::Tree,
+    /// Tokens by the sha256 of their secret.
+    tokens: sled::Tree,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -296,6 +306,7 @@ impl Store {
             events: db.open_tree("events")?,
             logs: db.open_tree("logs")?,
             artifacts: db.open_tree("artifacts")?,
+            tokens: db.open_tree("tokens")?,
             db,
         })
     }

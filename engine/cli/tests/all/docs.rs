@@ -3,7 +3,8 @@
 
 use crate::support::{airlock, output, repo};
 
-const COMMANDS: &[&str] = &["run", "validate", "runs", "show", "logs", "schema"];
+const COMMANDS: &[&str] =
+    &["run", "validate", "runs", "show", "logs", "schema", "token create", "token list", "token revoke"];
 
 fn help(args: &[&str]) -> String {
     let state = tempfile::tempdir().expect("tempdir");
@@ -25,7 +26,8 @@ fn page() -> String {
     page.push_str(&help(&[]));
     page.push_str("```\n");
     for command in COMMANDS {
-        page.push_str(&format!("\n## airlock {command}\n\n```text\n{}```\n", help(&[command])));
+        let args: Vec<&str> = command.split(' ').collect();
+        page.push_str(&format!("\n## airlock {command}\n\n```text\n{}```\n", help(&args)));
     }
     page
 }

@@ -7,4 +7,5 @@ mod failures;
 mod run;
 mod secrets;
 mod support;
+mod tokens;
 mod ui;

@@ -1,0 +1,79 @@
+//! `airlock token`: created once, stored by digest, listed without the
+//! secret, revoked by id.
+
+use crate::support::{Scratch, airlock, output};
+
+fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() { files_below(&path, out) } else { out.push(path) }
+    }
+}
+
+#[test]
+fn a_token_is_shown_once_and_never_stored_or_listed() {
+    let s = Scratch::new();
+    let (code, token, stderr) = output(airlock(&s.state()).args([
+        "token",
+        "create",
+        "--scope",
+        "publish:snapshots/pr-481-",
+        "--ttl",
+        "30m",
+        "--max-files",
+        "100",
+        "--cidr",
+        "127.0.0.1/32",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let token = token.trim();
+    assert!(token.starts_with("alk_") && token.len() == 68, "stdout holds the token alone: {token:?}");
+    assert!(stderr.contains("publish:snapshots/pr-481-, valid until"), "{stderr}");
+    assert!(!stderr.contains(token));
+
+    let (code, list, _) = output(airlock(&s.state()).args(["token", "list"]));
+    assert_eq!(code, 0);
+    assert!(
+        list.contains("active") && list.contains("publish:snapshots/pr-481- (files 0/100, from 127.0.0.1/32)"),
+        "{list}"
+    );
+    assert!(!list.contains(token));
+    let (_, json, _) = output(airlock(&s.state()).args(["token", "list", "--json"]));
+    assert!(!json.contains(token));
+    let id = serde_json::from_str::<serde_json::Value>(&json).expect("json")[0]["id"].as_str().expect("id").to_owned();
+
+    let mut files = Vec::new();
+    files_below(&s.state(), &mut files);
+    for f in files {
+        let bytes = std::fs::read(&f).expect("read");
+        assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in {}", f.display());
+    }
+
+    let (code, _, stderr) = output(airlock(&s.state()).args(["token", "revoke", &id]));
+    assert_eq!(code, 0, "{stderr}");
+    let (_, list, _) = output(airlock(&s.state()).args(["token", "list"]));
+    assert!(list.contains("revoked"), "{list}");
+}
+
+#[test]
+fn bad_token_requests_say_what_is_wrong() {
+    let s = Scratch::new();
+    for (args, message) in [
+        (&["--scope", "publish"][..], "scope `publish` has no `:`"),
+        (&["--scope", "deploy:prod"], "the actions are: publish"),
+        (&["--scope", "publish:snap shots"], "needs a target of letters, digits"),
+        (&["--scope", "publish:s/..", "--ttl", "1h"], "build-id prefix starting with `.`"),
+        (&["--scope", "publish:s/a;b"], "build-id prefix with characters"),
+        (&["--scope", "publish:s", "--ttl", "31d"], "longer than 30 days"),
+        (&["--scope", "publish:s", "--not-before", "tomorrow"], "is not a time"),
+        (&["--scope", "publish:s", "--cidr", "localhost"], "invalid value 'localhost' for '--cidr <NET>'"),
+    ] {
+        let (code, stdout, stderr) = output(airlock(&s.state()).args(["token", "create"]).args(args));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "no token for a bad request");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+    let (code, _, stderr) = output(airlock(&s.state()).args(["token", "revoke", "tok-00000000"]));
+    assert_eq!(code, 3);
+    assert!(stderr.contains("no token `tok-00000000`"), "{stderr}");
+}
