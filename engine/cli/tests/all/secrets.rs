@@ -5,13 +5,6 @@ use crate::support::{Scratch, output};
 
 const CANARY: &str = "airlock-canary-7f3a9c1e5b";
 
-fn all_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() { all_files(&path, out) } else { out.push(path) }
-    }
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -50,8 +43,7 @@ steps:
 
     // Nothing anywhere in the state directory holds the canary: not the
     // sled files, not the artifacts, not the compile cache.
-    let mut files = Vec::new();
-    all_files(&s.state(), &mut files);
+    let files = crate::support::files_below(&s.state());
     assert!(files.len() > 3, "the state directory is unexpectedly empty");
     for file in files {
         let bytes = std::fs::read(&file).expect("read");

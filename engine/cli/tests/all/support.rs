@@ -96,3 +96,16 @@ impl Scratch {
         show["steps"].as_array().expect("steps").iter().find(|s| s["name"] == name).cloned().expect("step present")
     }
 }
+
+/// Every file below `dir`, at any depth.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() { dirs.push(path) } else { out.push(path) }
+        }
+    }
+    out
+}

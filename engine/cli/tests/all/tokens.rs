@@ -3,13 +3,6 @@
 
 use crate::support::{Scratch, airlock, output};
 
-fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
-        let path = entry.path();
-        if path.is_dir() { files_below(&path, out) } else { out.push(path) }
-    }
-}
-
 #[test]
 fn a_token_is_shown_once_and_never_stored_or_listed() {
     let s = Scratch::new();
@@ -42,9 +35,7 @@ fn a_token_is_shown_once_and_never_stored_or_listed() {
     assert!(!json.contains(token));
     let id = serde_json::from_str::<serde_json::Value>(&json).expect("json")[0]["id"].as_str().expect("id").to_owned();
 
-    let mut files = Vec::new();
-    files_below(&s.state(), &mut files);
-    for f in files {
+    for f in crate::support::files_below(&s.state()) {
         let bytes = std::fs::read(&f).expect("read");
         assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is in {}", f.display());
     }
