@@ -1,6 +1,6 @@
 //! Many hostile steps at once, beside honest ones.
 
-use crate::lab::{Lab, plugin};
+use crate::lab::Lab;
 use std::fmt::Write as _;
 
 /// The attackers, by guest and the YAML lines that configure them.
@@ -29,32 +29,7 @@ fn attack_fifty_hostile_steps_beside_an_honest_one() {
             let _ = writeln!(steps, "    {line}");
         }
     }
-    let wordcount = plugin("wordcount");
-    let noop = plugin("noop");
-    lab.file(
-        "pipeline.yaml",
-        format!(
-            "name: crowd
-sources: {{ src: src }}
-steps:
-{steps}  before:
-    uses: {wordcount}
-    inputs: [src]
-    args: [counts.txt, /inputs/src/a.txt, /inputs/src/b.txt]
-    outputs: [counts.txt]
-  beside:
-    uses: {wordcount}
-    inputs: [src]
-    args: [beside.txt, /inputs/src/a.txt]
-    outputs: [beside.txt]
-    timeout: 20s
-  after-beside:
-    uses: {noop}
-    needs: [beside, before]
-    timeout: 20s
-"
-        ),
-    );
+    lab.pipeline(&steps);
     // Every step at once: the honest ones share the two cores with fifty
     // attackers from the start.
     let r = lab.run_pipeline(&["--jobs", "64"]);

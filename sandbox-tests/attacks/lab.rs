@@ -121,32 +121,39 @@ impl Lab {
     /// it. Extra `airlock run` flags go in `flags`.
     pub fn attack(&self, step: &str, flags: &[&str]) -> Report<'_> {
         let indented: String = step.lines().map(|l| format!("    {l}\n")).collect();
+        self.pipeline(&format!("  attack:\n    needs: [before]\n    inputs: [src, before]\n{indented}"));
+        self.run_pipeline(flags)
+    }
+
+    /// Writes `pipeline.yaml`: the source `src`, the hostile `steps` (YAML
+    /// indented under `steps:`), and the honest steps every attack runs
+    /// beside: `before` (whose outputs an attack may read), `beside` and
+    /// `after-beside`, each of which must finish within 20 s.
+    pub fn pipeline(&self, steps: &str) {
         let wordcount = plugin("wordcount");
         let noop = plugin("noop");
         let pipeline = format!(
             "name: attack
 sources: {{ src: src }}
 steps:
-  before:
+{steps}  before:
     uses: {wordcount}
     inputs: [src]
     args: [counts.txt, /inputs/src/a.txt, /inputs/src/b.txt]
     outputs: [counts.txt]
-  attack:
-    needs: [before]
-    inputs: [src, before]
-{indented}  beside:
+  beside:
     uses: {wordcount}
     inputs: [src]
     args: [beside.txt, /inputs/src/a.txt]
     outputs: [beside.txt]
+    timeout: 20s
   after-beside:
     uses: {noop}
-    needs: [beside]
+    needs: [beside, before]
+    timeout: 20s
 "
         );
         self.file("pipeline.yaml", pipeline);
-        self.run_pipeline(flags)
     }
 
     /// Runs `pipeline.yaml` as it stands.

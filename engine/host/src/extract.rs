@@ -60,7 +60,7 @@ pub enum ExtractError {
     NotUtf8(String),
     /// A name with control or bidirectional-formatting characters.
     #[error("output name {0:?} contains control or bidirectional-formatting characters")]
-    ControlChars(String),
+    UnsafeName(String),
     /// A path over the length cap.
     #[error("output path `{prefix}…` is {len} bytes long, over the limit of {limit}")]
     PathTooLong {
@@ -214,7 +214,7 @@ impl Walk<'_> {
             // Such names would act on a terminal, or read differently
             // from what they are, wherever they are shown later.
             if name.chars().any(airlock_model::text::is_hazard) {
-                return Err(ExtractError::ControlChars(path));
+                return Err(ExtractError::UnsafeName(path));
             }
             if ty.is_symlink() {
                 return Err(ExtractError::Symlink(path));

@@ -433,8 +433,9 @@ fn fresh_workspace(shared: &Shared, name: &str, attempt: u32) -> Result<PathBuf,
     {
         return Ok(dir);
     }
-    // A retry starts from a new workspace, like the first attempt; the
-    // failed attempt's files stay where they are until the run ends.
+    // A retry starts from a new workspace, like the first attempt (the
+    // failed attempt's is deleted first, see `discard_workspace`, unless
+    // workspaces are kept).
     let dir = match attempt {
         1 => shared.run_dir.join(name),
         n => shared.run_dir.join(format!("{name}.attempt-{n}")),
@@ -576,12 +577,12 @@ fn outputs_dir(shared: &Shared, step: &str) -> PathBuf {
 /// Extracts a succeeded step's outputs, indexes them, and lays them out
 /// read-only for downstream steps.
 async fn take_outputs(shared: &Shared, name: &str, step: &Step, workspace: &Path) -> Result<Vec<OutputRecord>, String> {
-    let dest = outputs_dir(shared, name);
     if step.outputs.is_empty() {
         // Nothing to extract; a downstream step naming this one as an
         // input gets an empty directory (see `invocation`).
         return Ok(Vec::new());
     }
+    let dest = outputs_dir(shared, name);
     let artifacts = shared.artifacts.clone();
     let (ws, patterns) = (workspace.to_owned(), step.outputs.clone());
     let extracted = tokio::task::spawn_blocking(move || {

@@ -350,24 +350,28 @@ impl Store {
 
     /// Revokes the token with this id; revoking twice is not an error.
     pub fn revoke_token(&self, id: &str) -> Result<TokenRecord> {
+        let mut found = None;
         for item in self.tokens.iter() {
-            let (key, _) = item?;
-            let updated = self.tokens.update_and_fetch(&key, |old| {
-                let mut t: TokenRecord = serde_json::from_slice(old?).ok()?;
-                if t.id == id && t.revoked_ms.is_none() {
-                    t.revoked_ms = Some(now_ms());
-                }
-                serde_json::to_vec(&t).ok()
-            })?;
-            if let Some(value) = updated {
-                let t = crate::decode::<TokenRecord>(&key, &value)?;
-                if t.id == id {
-                    self.tokens.flush()?;
-                    return Ok(t);
-                }
+            let (key, value) = item?;
+            if crate::decode::<TokenRecord>(&key, &value)?.id == id {
+                found = Some(key);
+                break;
             }
         }
-        Err(StoreError::NoToken(id.to_owned()))
+        let key = found.ok_or_else(|| StoreError::NoToken(id.to_owned()))?;
+        // Only this record changes, and a use racing with the revocation
+        // either lands before it or sees it.
+        // A record that does not decode is left as it is (returning
+        // nothing here would delete it); reading it back reports it.
+        let updated = self.tokens.update_and_fetch(&key, |old| {
+            let old = old?;
+            let Ok(mut t) = serde_json::from_slice::<TokenRecord>(old) else { return Some(old.to_vec()) };
+            t.revoked_ms.get_or_insert_with(now_ms);
+            Some(serde_json::to_vec(&t).unwrap_or_else(|_| old.to_vec()))
+        })?;
+        self.tokens.flush()?;
+        let value = updated.ok_or_else(|| StoreError::NoToken(id.to_owned()))?;
+        crate::decode(&key, &value)
     }
 
     /// Checks `token` for one use and charges it, atomically: of two
