@@ -2,6 +2,7 @@
 
 use crate::exit;
 use airlock_model::Diagnostic;
+use airlock_model::policy::Policy;
 use codespan_reporting::diagnostic::{Diagnostic as Report, Label};
 use codespan_reporting::files::SimpleFile;
 use codespan_reporting::term;
@@ -9,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 /// Loads and validates a pipeline file, rendering every diagnostic to
 /// stderr. `Ok(None)` means it was invalid (already reported).
-pub fn load(path: &Path) -> anyhow::Result<Option<airlock_model::Pipeline>> {
-    let (src, result) = check(path)?;
+pub fn load(path: &Path, policy: Option<&Policy>) -> anyhow::Result<Option<airlock_model::Pipeline>> {
+    let (src, result) = check(path, policy)?;
     match result {
         Ok(p) => Ok(Some(p)),
         Err(diags) => {
@@ -20,10 +21,16 @@ pub fn load(path: &Path) -> anyhow::Result<Option<airlock_model::Pipeline>> {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<(String, Result<airlock_model::Pipeline, Vec<Diagnostic>>)> {
+fn check(
+    path: &Path,
+    policy: Option<&Policy>,
+) -> anyhow::Result<(String, Result<airlock_model::Pipeline, Vec<Diagnostic>>)> {
     let src = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", path.display()))?;
     let base = base_dir(path);
-    let lookup = airlock_runner::FsLookup::new(&base);
+    let mut lookup = airlock_runner::FsLookup::new(&base);
+    if let Some(policy) = policy {
+        lookup = lookup.with_policy(policy.clone());
+    }
     let result = airlock_model::load(&path.display().to_string(), &src, &lookup);
     Ok((src, result))
 }
@@ -86,11 +93,18 @@ fn line_around(src: &str, at: usize) -> &str {
 }
 
 /// `airlock validate FILE...`: every file, every error.
-pub fn validate(files: &[PathBuf], json: bool) -> anyhow::Result<u8> {
+pub fn validate(files: &[PathBuf], json: bool, policy: Option<&Path>) -> anyhow::Result<u8> {
+    let policy = match policy {
+        Some(path) => match crate::policy::load(path)? {
+            Some(p) => Some(p.policy),
+            None => return Ok(exit::FAILED),
+        },
+        None => None,
+    };
     let mut all_valid = true;
     let mut report = Vec::new();
     for path in files {
-        let (src, result) = match check(path) {
+        let (src, result) = match check(path, policy.as_ref()) {
             Ok(r) => r,
             Err(e) => {
                 all_valid = false;

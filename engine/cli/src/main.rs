@@ -5,7 +5,10 @@
 
 mod diagnostics;
 mod output;
+mod policy;
 mod progress;
+mod publish;
+mod serve;
 mod tokens;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +40,8 @@ Exit codes:
 
 Environment:
   AIRLOCK_STATE_DIR  where runs, logs and artifacts are kept (default .airlock)
+  AIRLOCK_POLICY     the admin policy file (publish targets)
+  AIRLOCK_TOKEN      the token `airlock publish` sends
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -54,6 +59,11 @@ struct Cli {
         value_name = "DIR"
     )]
     state_dir: PathBuf,
+
+    /// The admin policy file: publish targets. Needed by `serve` and by
+    /// pipelines with publish steps.
+    #[arg(long, global = true, env = "AIRLOCK_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -98,6 +108,10 @@ enum Command {
     },
     /// Print the JSON Schema of the pipeline format.
     Schema,
+    /// Serve published trees and the publish API over HTTP.
+    Serve(serve::ServeArgs),
+    /// Publish files to an `airlock serve`, uploading only what it lacks.
+    Publish(publish::PublishArgs),
     /// Create, list and revoke short-lived scoped tokens.
     Token {
         #[command(subcommand)]
@@ -156,13 +170,19 @@ fn main() -> ExitCode {
         .with_ansi(output::color())
         .init();
     let code = match cli.command {
-        Command::Validate { files, json } => diagnostics::validate(&files, json),
+        Command::Validate { files, json } => diagnostics::validate(&files, json, cli.policy.as_deref()),
         Command::Run(args) => runtime().and_then(|rt| {
             // The scheduler runs as a task on a worker, beside the steps it
             // starts, so handing over to the next step stays on one thread.
-            let state_dir = cli.state_dir.clone();
-            rt.block_on(async move { tokio::spawn(async move { progress::run(&state_dir, args).await }).await? })
+            let (state_dir, policy) = (cli.state_dir.clone(), cli.policy.clone());
+            rt.block_on(async move {
+                tokio::spawn(async move { progress::run(&state_dir, policy.as_deref(), args).await }).await?
+            })
         }),
+        Command::Serve(args) => {
+            runtime().and_then(|rt| rt.block_on(serve::serve(&cli.state_dir, cli.policy.as_deref(), args)))
+        }
+        Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish::publish(&cli.state_dir, args))),
         Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),
         Command::Show { run, json } => output::show(&cli.state_dir, &run, json),
         Command::Logs { run, step } => output::logs(&cli.state_dir, &run, step.as_deref()),
@@ -170,7 +190,9 @@ fn main() -> ExitCode {
             print!("{}", airlock_model::schema::pipeline_schema_json());
             Ok(exit::OK)
         }
-        Command::Token { command: TokenCommand::Create(args) } => tokens::create(&cli.state_dir, args),
+        Command::Token { command: TokenCommand::Create(args) } => {
+            tokens::create(&cli.state_dir, cli.policy.as_deref(), args)
+        }
         Command::Token { command: TokenCommand::List { json } } => tokens::list(&cli.state_dir, json),
         Command::Token { command: TokenCommand::Revoke { id } } => tokens::revoke(&cli.state_dir, &id),
     };

@@ -116,6 +116,21 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
             s.reason.as_deref().unwrap_or("")
         );
     }
+    for s in &steps {
+        if let Some(p) = &s.published {
+            println!();
+            println!(
+                "{} {} files ({}) to {}/{} ({} uploaded) with token {}, revoked when the step ended",
+                s.name,
+                p.files,
+                airlock_model::format_size(p.bytes),
+                p.target,
+                p.build,
+                p.uploaded,
+                p.token
+            );
+        }
+    }
     let outputs: Vec<_> = steps.iter().flat_map(|s| s.outputs.iter().map(move |o| (&s.name, o))).collect();
     if !outputs.is_empty() {
         println!();

@@ -15,11 +15,18 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub async fn run(state_dir: &Path, args: RunArgs) -> anyhow::Result<u8> {
-    let Some(pipeline) = diagnostics::load(&args.file)? else {
+pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyhow::Result<u8> {
+    let policy = match crate::policy::optional(policy)? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let Some(pipeline) = diagnostics::load(&args.file, policy.as_ref().map(|p| &p.policy))? else {
         return Ok(exit::FAILED);
     };
-    let engine = Engine::open(state_dir)?;
+    let mut engine = Engine::open(state_dir)?;
+    if let Some(policy) = policy {
+        engine = engine.with_targets(policy.targets);
+    }
     let mut options =
         RunOptions { params: args.params.clone(), keep_workspaces: args.keep_workspaces, ..RunOptions::default() };
     if let Some(jobs) = args.jobs {
@@ -147,7 +154,7 @@ impl View {
                     output::duration_ms(*backoff_ms)
                 ));
             }
-            Progress::StepFinished { step, state, duration_ms, reason, outputs, log_truncated } => {
+            Progress::StepFinished { step, state, duration_ms, reason, outputs, log_truncated, published } => {
                 if let Some(s) = self.spinners.remove(step) {
                     s.finish_and_clear();
                 }
@@ -170,6 +177,16 @@ impl View {
                 }
                 if *log_truncated {
                     text.push_str(", log truncated");
+                }
+                if let Some(p) = published {
+                    text.push_str(&format!(
+                        ", {} {} files ({}) to {}/{}",
+                        if p.created { "published" } else { "already published:" },
+                        p.files,
+                        airlock_model::format_size(p.bytes),
+                        p.target,
+                        p.build
+                    ));
                 }
                 if let Some(reason) = reason
                     && *state != StepState::Succeeded

@@ -51,13 +51,22 @@ fn parse_time(text: &str) -> Result<u64, String> {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).map_err(|e| e.to_string())
 }
 
-fn open(state_dir: &Path) -> anyhow::Result<Store> {
+pub fn open(state_dir: &Path) -> anyhow::Result<Store> {
     std::fs::create_dir_all(state_dir)?;
     Store::open(state_dir).map_err(|e| anyhow::anyhow!("cannot open the state in `{}`: {e}", state_dir.display()))
 }
 
 /// `airlock token create`: prints the token once, on stdout.
-pub fn create(state_dir: &Path, args: CreateArgs) -> anyhow::Result<u8> {
+pub fn create(state_dir: &Path, policy: Option<&Path>, args: CreateArgs) -> anyhow::Result<u8> {
+    // With the policy at hand, a token for a target it does not have is
+    // a mistake worth catching now rather than at the first upload.
+    if let Some(path) = policy {
+        let Some(loaded) = crate::policy::load(path)? else { return Ok(exit::FAILED) };
+        if let Err(e) = loaded.policy.target(&args.scope.target) {
+            eprintln!("error: {e}");
+            return Ok(exit::USAGE);
+        }
+    }
     let store = open(state_dir)?;
     let mut spec = TokenSpec::new(args.scope, args.ttl.as_millis() as u64);
     spec.not_before_ms = args.not_before;

@@ -88,11 +88,35 @@ impl ArtifactStore {
     /// Streams `reader` into the store and returns `(sha256, size, new)`.
     /// `new` is false when the store already had these bytes: they are
     /// then not written a second time.
-    pub fn put(&self, mut reader: impl Read) -> Result<(String, u64, bool), ArtifactError> {
+    pub fn put(&self, reader: impl Read) -> Result<(String, u64, bool), ArtifactError> {
+        self.put_inner(reader, None)
+    }
+
+    /// Like [`put`](Self::put), but keeps the bytes only if there are
+    /// `len` of them and they hash to `sha256`; returns what arrived
+    /// either way.
+    pub fn put_expecting(
+        &self,
+        reader: impl Read,
+        sha256: &str,
+        len: u64,
+    ) -> Result<(String, u64, bool), ArtifactError> {
+        self.put_inner(reader, Some((sha256, len)))
+    }
+
+    fn put_inner(
+        &self,
+        mut reader: impl Read,
+        expected: Option<(&str, u64)>,
+    ) -> Result<(String, u64, bool), ArtifactError> {
         let tmp_dir = self.root.join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|e| self.io(e))?;
         let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| self.io(e))?;
         let (digest, size) = copy_hashing(&mut reader, &mut tmp).map_err(|e| self.io(e))?;
+        if expected.is_some_and(|(d, len)| d != digest || len != size) {
+            // Dropping `tmp` deletes what arrived.
+            return Ok((digest, size, false));
+        }
         let dest = self.path(&digest)?;
         if dest.is_file() {
             return Ok((digest, size, false));

@@ -6,6 +6,9 @@
 //!   UTF-8 or hold control characters, and counts or sizes over the caps.
 //! - [`ArtifactStore`] keeps every output by its sha256, once, and checks
 //!   the digest again whenever a blob is read back.
+//! - [`publish`] keeps the trees published to each target of the admin
+//!   policy: blobs by content, and a manifest per build that appears all
+//!   at once or not at all.
 //!
 //! Nothing here runs guest code; this crate does not link wasmtime.
 //!
@@ -21,6 +24,7 @@
 
 mod artifacts;
 mod extract;
+pub mod publish;
 
 pub use artifacts::{ArtifactError, ArtifactStore};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};

@@ -22,6 +22,7 @@ mod diagnostic;
 mod expr;
 mod parse;
 mod pipeline;
+pub mod policy;
 pub mod schema;
 pub mod text;
 mod units;
@@ -31,8 +32,9 @@ pub use dag::{Dag, find_cycle};
 pub use diagnostic::{Diagnostic, Span};
 pub use expr::{Expr, ExprContext, Segment, render, template};
 pub use pipeline::{
-    DEFAULT_DISK_LIMIT, DEFAULT_FILES_LIMIT, DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, GUEST_INPUTS,
-    GUEST_WORKSPACE, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Retries, Source, Step, StepSpans,
+    DEFAULT_BUILD_ID, DEFAULT_DISK_LIMIT, DEFAULT_FILES_LIMIT, DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TIMEOUT, GUEST_INPUTS, GUEST_WORKSPACE, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Publish,
+    Retries, Source, Step, StepSpans,
 };
 pub use units::{format_size, parse_duration, parse_size};
 
@@ -45,6 +47,12 @@ pub trait Lookup {
     fn plugin_exists(&self, path: &str) -> bool;
     /// Whether a source directory exists at `path`.
     fn dir_exists(&self, path: &str) -> bool;
+    /// Whether the admin policy has a publish target `name`: `Ok`, or an
+    /// error saying why not (no policy, or which targets there are).
+    fn publish_target(&self, name: &str) -> Result<(), String> {
+        let _ = name;
+        Ok(())
+    }
 }
 
 /// A [`Lookup`] that answers yes to everything: for checks that only look

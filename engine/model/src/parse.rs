@@ -2,7 +2,9 @@
 //! problem on the way instead of stopping at the first.
 
 use crate::expr::{Expr, Segment, template};
-use crate::pipeline::{Limits, ParamSpec, ParamType, ParamValue, Pipeline, Retries, Source, Step, StepSpans};
+use crate::pipeline::{
+    DEFAULT_BUILD_ID, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Publish, Retries, Source, Step, StepSpans,
+};
 use crate::yaml::{self, Kind, Node};
 use crate::{Dag, Diagnostic, Lookup, Span, find_cycle, parse_duration, parse_size};
 use indexmap::IndexMap;
@@ -10,7 +12,10 @@ use std::path::{Component, Path};
 
 const TOP_KEYS: &[&str] = &["name", "description", "params", "sources", "steps"];
 const STEP_KEYS: &[&str] =
-    &["uses", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits"];
+    &["uses", "publish", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits"];
+/// What a publish step may have besides `publish:`.
+const PUBLISH_STEP_KEYS: &[&str] = &["publish", "needs", "timeout"];
+const PUBLISH_KEYS: &[&str] = &["target", "build", "from"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RETRY_KEYS: &[&str] = &["count", "backoff"];
 const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel", "disk", "files"];
@@ -26,13 +31,13 @@ pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
         .map(|(_, c)| c)
 }
 
-struct Checker<'a> {
-    file: &'a str,
-    diags: Vec<Diagnostic>,
+pub(crate) struct Checker<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) diags: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, code: &'static str, path: &str, span: Span, message: String, hint: Option<String>) {
+    pub(crate) fn error(&mut self, code: &'static str, path: &str, span: Span, message: String, hint: Option<String>) {
         self.diags.push(Diagnostic {
             file: self.file.to_owned(),
             code,
@@ -44,7 +49,7 @@ impl Checker<'_> {
     }
 
     /// The entries of a mapping, reporting keys not in `allowed`.
-    fn map<'n>(&mut self, node: &'n Node, path: &str, allowed: Option<&[&str]>) -> &'n [(Node, Node)] {
+    pub(crate) fn map<'n>(&mut self, node: &'n Node, path: &str, allowed: Option<&[&str]>) -> &'n [(Node, Node)] {
         let Kind::Map(entries) = &node.kind else {
             if !node.is_null() {
                 self.error(
@@ -76,7 +81,7 @@ impl Checker<'_> {
     }
 
     /// A scalar's text, or an error naming the field.
-    fn scalar<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n str> {
+    pub(crate) fn scalar<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n str> {
         match node.as_scalar() {
             Some(s) if !node.is_null() => Some(s),
             _ => {
@@ -93,7 +98,7 @@ impl Checker<'_> {
     }
 
     /// A list of scalars; a single scalar counts as a list of one.
-    fn list<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(&'n str, Span, String)> {
+    pub(crate) fn list<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(&'n str, Span, String)> {
         match &node.kind {
             Kind::Seq(items) => items
                 .iter()
@@ -112,7 +117,7 @@ impl Checker<'_> {
         }
     }
 
-    fn name(&mut self, name: &str, what: &str, path: &str, span: Span) {
+    pub(crate) fn name(&mut self, name: &str, what: &str, path: &str, span: Span) {
         let ok = !name.is_empty()
             && name.len() <= 64
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -128,11 +133,11 @@ impl Checker<'_> {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+pub(crate) fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
-fn get<'n>(entries: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
+pub(crate) fn get<'n>(entries: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
     entries.iter().find(|(k, _)| k.as_scalar() == Some(key)).map(|(_, v)| v)
 }
 
@@ -149,10 +154,14 @@ struct PendingStep {
     templates: Vec<TemplateUse>,
     needs: Vec<(String, Span, String)>,
     inputs: Vec<(String, Span, String)>,
+    /// A publish step's `from:` entries.
+    from: Vec<(String, Span, String)>,
 }
 
-pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipeline>, Vec<Diagnostic>) {
-    let mut c = Checker { file, diags: Vec::new() };
+/// Reads `src` into a spanned tree whose root is a mapping, reporting
+/// syntax errors, an empty file or another kind of root. `what` names the
+/// document ("a pipeline") and `needs` says what it needs at the top.
+pub(crate) fn document(c: &mut Checker<'_>, src: &str, what: &str, needs: &str) -> Option<Node> {
     let (root, tree_errors) = yaml::parse(src);
     for e in tree_errors {
         let code = if e.message.starts_with("duplicate key") { "duplicate-key" } else { "yaml" };
@@ -160,26 +169,28 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     }
     let Some(root) = root else {
         if c.diags.is_empty() {
-            c.error(
-                "empty",
-                "",
-                Span::default(),
-                "the file is empty".into(),
-                Some("a pipeline needs `name:` and `steps:`".into()),
-            );
+            c.error("empty", "", Span::default(), "the file is empty".into(), Some(needs.to_owned()));
         }
-        return (None, c.diags);
+        return None;
     };
     if !matches!(root.kind, Kind::Map(_)) {
         c.error(
             "wrong-type",
             "",
             root.span,
-            format!("a pipeline must be a mapping, found {}", root.describe()),
-            Some("a pipeline needs `name:` and `steps:`".into()),
+            format!("{what} must be a mapping, found {}", root.describe()),
+            Some(needs.to_owned()),
         );
-        return (None, c.diags);
+        return None;
     }
+    Some(root)
+}
+
+pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipeline>, Vec<Diagnostic>) {
+    let mut c = Checker { file, diags: Vec::new() };
+    let Some(root) = document(&mut c, src, "a pipeline", "a pipeline needs `name:` and `steps:`") else {
+        return (None, c.diags);
+    };
     let top = c.map(&root, "", Some(TOP_KEYS));
 
     let name = match get(top, "name") {
@@ -320,6 +331,28 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                     format!("input `{input}` is neither a step nor a source"),
                     Some(hint),
                 );
+            }
+        }
+        for (from, span, path) in &p.from {
+            if upstream.contains(&from.as_str()) {
+                continue;
+            }
+            if names.contains(&from.as_str()) {
+                if cycle.is_none() {
+                    c.error(
+                        "input-not-upstream",
+                        path,
+                        *span,
+                        format!("step `{}` publishes the outputs of `{from}`, which does not run before it", p.name),
+                        Some(format!("add `{from}` to `steps.{}.needs`", p.name)),
+                    );
+                }
+            } else {
+                let hint = match closest(from, &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "`from:` names upstream steps whose outputs are published".into(),
+                };
+                c.error("unknown-step", path, *span, format!("`{from}` is not a step"), Some(hint));
             }
         }
         let inputs: Vec<&str> = p.inputs.iter().map(|(n, _, _)| n.as_str()).collect();
@@ -483,8 +516,16 @@ fn parse_step(
         return None;
     }
     let entries = c.map(node, path, Some(STEP_KEYS));
-    let mut pending =
-        PendingStep { name: name.to_owned(), templates: Vec::new(), needs: Vec::new(), inputs: Vec::new() };
+    let mut pending = PendingStep {
+        name: name.to_owned(),
+        templates: Vec::new(),
+        needs: Vec::new(),
+        inputs: Vec::new(),
+        from: Vec::new(),
+    };
+    if let Some(publish) = get(entries, "publish") {
+        return parse_publish_step(c, name, name_span, entries, publish, path, lookup, pending);
+    }
     let field = |key: &str| join(path, key);
 
     let (uses, uses_span) = match get(entries, "uses") {
@@ -550,14 +591,7 @@ fn parse_step(
         );
     }
 
-    let mut seen = Vec::new();
-    for (need, span, p) in get(entries, "needs").map(|n| c.list(n, &field("needs"))).unwrap_or_default() {
-        if seen.contains(&need) {
-            c.error("duplicate-entry", &p, span, format!("`{need}` is listed twice"), None);
-        }
-        seen.push(need);
-        pending.needs.push((need.to_owned(), span, p));
-    }
+    parse_needs(c, entries, path, &mut pending);
     let mut seen = Vec::new();
     for (input, span, p) in get(entries, "inputs").map(|n| c.list(n, &field("inputs"))).unwrap_or_default() {
         if seen.contains(&input) {
@@ -613,6 +647,7 @@ fn parse_step(
 
     let step = Step {
         uses,
+        publish: None,
         with,
         args,
         needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
@@ -627,17 +662,152 @@ fn parse_step(
     Some((step, pending))
 }
 
+fn parse_needs(c: &mut Checker<'_>, entries: &[(Node, Node)], path: &str, pending: &mut PendingStep) {
+    let mut seen = Vec::new();
+    for (need, span, p) in get(entries, "needs").map(|n| c.list(n, &join(path, "needs"))).unwrap_or_default() {
+        if seen.contains(&need) {
+            c.error("duplicate-entry", &p, span, format!("`{need}` is listed twice"), None);
+        }
+        seen.push(need);
+        pending.needs.push((need.to_owned(), span, p));
+    }
+}
+
+/// Whether `c` may appear in a build id.
+pub(crate) fn build_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// A step with `publish:`: it runs in the host, so the keys that
+/// configure a sandbox do not apply to it.
+#[allow(clippy::too_many_arguments)]
+fn parse_publish_step(
+    c: &mut Checker<'_>,
+    name: &str,
+    name_span: Span,
+    entries: &[(Node, Node)],
+    node: &Node,
+    path: &str,
+    lookup: &dyn Lookup,
+    mut pending: PendingStep,
+) -> Option<(Step, PendingStep)> {
+    for (key, _) in entries {
+        if let Some(k) = key.as_scalar().filter(|k| STEP_KEYS.contains(k) && !PUBLISH_STEP_KEYS.contains(k)) {
+            c.error(
+                "not-for-publish",
+                &join(path, k),
+                key.span,
+                format!("`{k}` does not apply to a publish step"),
+                Some(
+                    "a publish step runs in the host, not in a sandbox: it has `publish:`, `needs:` and `timeout:`"
+                        .into(),
+                ),
+            );
+        }
+    }
+    parse_needs(c, entries, path, &mut pending);
+    let ppath = join(path, "publish");
+    let p = c.map(node, &ppath, Some(PUBLISH_KEYS));
+    let target = match get(p, "target") {
+        Some(t) => c.scalar(t, &join(&ppath, "target")).map(|target| {
+            if let Err(e) = lookup.publish_target(target) {
+                c.error(
+                    "unknown-target",
+                    &join(&ppath, "target"),
+                    t.span,
+                    e,
+                    Some("publish targets are named in the admin policy (`--policy FILE`)".into()),
+                );
+            }
+            target.to_owned()
+        }),
+        None => {
+            c.error(
+                "missing-key",
+                &join(&ppath, "target"),
+                node.span,
+                format!("publish step `{name}` has no `target`"),
+                Some("set `target:` to a publish target of the admin policy, e.g. `snapshots`".into()),
+            );
+            None
+        }
+    };
+    let build = match get(p, "build") {
+        Some(b) => {
+            let bpath = join(&ppath, "build");
+            let text = c.scalar(b, &bpath)?;
+            if let Ok(segments) = template(text) {
+                let literal: String = segments
+                    .iter()
+                    .filter_map(|s| if let Segment::Text(t) = s { Some(t.as_str()) } else { None })
+                    .collect();
+                if literal.chars().any(|ch| !build_id_char(ch)) || text.starts_with('.') {
+                    c.error(
+                        "bad-build-id",
+                        &bpath,
+                        b.span,
+                        format!("build id `{text}` has characters a build id cannot have"),
+                        Some("a build id is letters, digits, `.`, `-` and `_`, not starting with `.`".into()),
+                    );
+                }
+            }
+            pending.templates.push(TemplateUse { text: text.to_owned(), span: b.span, path: bpath });
+            text.to_owned()
+        }
+        None => DEFAULT_BUILD_ID.to_owned(),
+    };
+    let from_node = get(p, "from");
+    let mut seen = Vec::new();
+    for (step, span, fpath) in from_node.map(|f| c.list(f, &join(&ppath, "from"))).unwrap_or_default() {
+        if seen.contains(&step) {
+            c.error("duplicate-entry", &fpath, span, format!("`{step}` is listed twice"), None);
+        }
+        seen.push(step);
+        pending.from.push((step.to_owned(), span, fpath));
+    }
+    if pending.from.is_empty() {
+        c.error(
+            "missing-key",
+            &join(&ppath, "from"),
+            from_node.map_or(node.span, |f| f.span),
+            format!("publish step `{name}` publishes nothing"),
+            Some("list the upstream steps whose outputs it publishes, e.g. `from: [build]`".into()),
+        );
+    }
+    let timeout =
+        get(entries, "timeout").and_then(|t| duration(c, t, &join(path, "timeout"))).unwrap_or(crate::DEFAULT_TIMEOUT);
+    let step = Step {
+        uses: String::new(),
+        publish: Some(Publish {
+            target: target?,
+            build,
+            from: pending.from.iter().map(|(n, _, _)| n.clone()).collect(),
+        }),
+        with: IndexMap::new(),
+        args: None,
+        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        env: IndexMap::new(),
+        timeout,
+        retries: Retries::default(),
+        limits: Limits::default(),
+        spans: StepSpans { name: name_span, uses: node.span },
+    };
+    Some((step, pending))
+}
+
 fn duration(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<std::time::Duration> {
     let text = c.scalar(node, path)?;
     parse_duration(text).map_err(|e| c.error("bad-duration", path, node.span, e, None)).ok()
 }
 
-fn size(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<u64> {
+pub(crate) fn size(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<u64> {
     let text = c.scalar(node, path)?;
     parse_size(text).map_err(|e| c.error("bad-size", path, node.span, e, None)).ok()
 }
 
-fn count(c: &mut Checker<'_>, node: &Node, path: &str, max: u64) -> Option<u64> {
+pub(crate) fn count(c: &mut Checker<'_>, node: &Node, path: &str, max: u64) -> Option<u64> {
     let text = c.scalar(node, path)?;
     match text.trim().parse::<u64>() {
         Ok(n) if n <= max => Some(n),
@@ -715,5 +885,57 @@ fn to_json(node: &Node) -> serde_json::Value {
         Kind::Map(entries) => Value::Object(
             entries.iter().map(|(k, v)| (k.as_scalar().unwrap_or_default().to_owned(), to_json(v))).collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Lookup, load};
+
+    /// A lookup whose policy has the one target `snapshots`.
+    struct Targets;
+
+    impl Lookup for Targets {
+        fn plugin_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn dir_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn publish_target(&self, name: &str) -> Result<(), String> {
+            if name == "snapshots" { Ok(()) } else { Err(format!("no publish target `{name}` in the policy")) }
+        }
+    }
+
+    #[test]
+    fn publish_steps_read_with_defaults() {
+        let src = "name: p\nsteps:\n  build:\n    uses: b.wasm\n    outputs: [dist/**]\n  ship:\n    needs: build\n    publish:\n      target: snapshots\n      from: build\n";
+        let p = load("p.yaml", src, &Targets).expect("valid");
+        let publish = p.steps["ship"].publish.as_ref().expect("a publish step");
+        assert_eq!((publish.target.as_str(), publish.build.as_str()), ("snapshots", "${{ run.id }}"));
+        assert_eq!(publish.from, ["build"]);
+        assert!(p.steps["build"].publish.is_none());
+    }
+
+    #[test]
+    fn publish_step_mistakes_are_all_reported() {
+        let src = "name: p\nsteps:\n  build:\n    uses: b.wasm\n  other:\n    uses: b.wasm\n  ship:\n    uses: x.wasm\n    needs: build\n    with: { a: b }\n    publish:\n      target: snapshot\n      build: 'v 1/${{ params.nope }}'\n      from: [build, other, ghost]\n";
+        let diags = load("p.yaml", src, &Targets).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {} {}", d.code, d.path, d.message)).collect();
+        assert_eq!(
+            shown,
+            [
+                "not-for-publish steps.ship.uses `uses` does not apply to a publish step",
+                "not-for-publish steps.ship.with `with` does not apply to a publish step",
+                "unknown-target steps.ship.publish.target no publish target `snapshot` in the policy",
+                "bad-build-id steps.ship.publish.build build id `v 1/${{ params.nope }}` has characters a build id cannot have",
+                "undefined-param steps.ship.publish.build parameter `nope` is not defined",
+                "input-not-upstream steps.ship.publish.from[1] step `ship` publishes the outputs of `other`, which does not run before it",
+                "unknown-step steps.ship.publish.from[2] `ghost` is not a step",
+            ]
+        );
+        let src = "name: p\nsteps:\n  ship:\n    publish: { target: snapshots }\n";
+        let diags = load("p.yaml", src, &Targets).expect_err("invalid");
+        assert_eq!(diags[0].message, "publish step `ship` publishes nothing");
     }
 }

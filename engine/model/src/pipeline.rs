@@ -132,8 +132,15 @@ pub struct Source {
 pub struct Step {
     /// The plugin: a `.wasm` file, relative to the pipeline file. Either a
     /// component implementing `airlock:step` (configured with `with:`), or
-    /// a plain WASI command program (given `args:`).
+    /// a plain WASI command program (given `args:`). A publish step has
+    /// `publish:` instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub uses: String,
+    /// Publish the outputs of upstream steps to a target of the admin
+    /// policy. Runs in the trusted host, never in the sandbox; instead of
+    /// `uses:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Publish>,
     /// Parameters for an `airlock:step` plugin. Values may use `${{ ... }}`;
     /// lists and maps reach the plugin as JSON text.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
@@ -172,6 +179,28 @@ pub struct Step {
     #[serde(skip)]
     #[schemars(skip)]
     pub spans: StepSpans,
+}
+
+/// What a publish step publishes, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// A publish target named in the admin policy, e.g. `snapshots`.
+    pub target: String,
+    /// The build id the files are published under (default
+    /// `${{ run.id }}`): letters, digits, `.`, `-` and `_`.
+    #[serde(default = "default_build_id")]
+    pub build: String,
+    /// Upstream steps whose outputs are published, each file at the path
+    /// it had in that step's workspace.
+    pub from: Vec<String>,
+}
+
+/// The build id of a publish step that names none.
+pub const DEFAULT_BUILD_ID: &str = "${{ run.id }}";
+
+fn default_build_id() -> String {
+    DEFAULT_BUILD_ID.to_owned()
 }
 
 /// Positions of a step's fields, for diagnostics found after parsing.

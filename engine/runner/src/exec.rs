@@ -5,7 +5,7 @@ use airlock_host::{ExtractLimits, extract};
 use airlock_model::text::one_line;
 use airlock_model::{Dag, ExprContext, Lookup, ParamValue, Pipeline, Step, render};
 use airlock_sandbox::{Failure, Invocation, OverQuota, Plugin, PluginKind, Quota, Sandbox};
-use airlock_store::{LogRecord, OutputRecord, RunRecord, RunState, StepRecord, StepState, now_ms};
+use airlock_store::{LogRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord, StepState, now_ms};
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -19,12 +19,19 @@ use tokio_util::sync::CancellationToken;
 /// pipeline file's directory.
 pub struct FsLookup {
     base: PathBuf,
+    policy: Option<airlock_model::policy::Policy>,
 }
 
 impl FsLookup {
     /// Looks paths up relative to `base`.
     pub fn new(base: &Path) -> Self {
-        Self { base: base.to_owned() }
+        Self { base: base.to_owned(), policy: None }
+    }
+
+    /// Checks publish targets against this admin policy.
+    pub fn with_policy(mut self, policy: airlock_model::policy::Policy) -> Self {
+        self.policy = Some(policy);
+        self
     }
 }
 
@@ -34,6 +41,14 @@ impl Lookup for FsLookup {
     }
     fn dir_exists(&self, path: &str) -> bool {
         self.base.join(path).is_dir()
+    }
+    fn publish_target(&self, name: &str) -> Result<(), String> {
+        match &self.policy {
+            Some(policy) => policy.target(name).map(drop),
+            None => Err(format!(
+                "this step publishes to `{name}`, but no admin policy was given; pass `--policy FILE` or set AIRLOCK_POLICY"
+            )),
+        }
     }
 }
 
@@ -80,6 +95,9 @@ pub enum Progress {
         outputs: Vec<OutputRecord>,
         /// Whether its log was cut at the limit.
         log_truncated: bool,
+        /// What a publish step published.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        published: Option<PublishedRecord>,
     },
     /// The run ended.
     RunFinished {
@@ -110,22 +128,27 @@ const MAX_REASON_BYTES: usize = 4096;
 type PluginCell = OnceCell<Result<Plugin, String>>;
 
 /// Everything the step tasks share.
-struct Shared {
-    sandbox: Arc<Sandbox>,
-    store: airlock_store::Store,
-    artifacts: airlock_host::ArtifactStore,
-    run_dir: PathBuf,
-    base_dir: PathBuf,
-    run_id: String,
-    params: IndexMap<String, ParamValue>,
+pub(crate) struct Shared {
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) store: airlock_store::Store,
+    pub(crate) artifacts: airlock_host::ArtifactStore,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) base_dir: PathBuf,
+    pub(crate) run_id: String,
+    pub(crate) params: IndexMap<String, ParamValue>,
     /// Host directories of the pipeline's `sources`.
-    sources: HashMap<String, PathBuf>,
+    pub(crate) sources: HashMap<String, PathBuf>,
     /// Plugins loaded in this run, by (path, fuel); each loads once.
-    plugins: Mutex<HashMap<(PathBuf, bool), Arc<PluginCell>>>,
-    observer: Box<dyn Fn(&Progress) + Send + Sync>,
+    pub(crate) plugins: Mutex<HashMap<(PathBuf, bool), Arc<PluginCell>>>,
+    pub(crate) observer: Box<dyn Fn(&Progress) + Send + Sync>,
     /// Empty workspaces of finished steps, ready for the next step; `None`
     /// when workspaces are kept for inspection, so each keeps its name.
-    spare_workspaces: Option<std::sync::Mutex<Vec<PathBuf>>>,
+    pub(crate) spare_workspaces: Option<std::sync::Mutex<Vec<PathBuf>>>,
+    /// Publish targets of the admin policy.
+    pub(crate) targets: Arc<std::collections::BTreeMap<String, airlock_host::publish::TargetStore>>,
+    /// Ids of the tokens minted for this run's publish steps: each is
+    /// revoked when its step ends, and all again when the run ends.
+    pub(crate) tokens: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a step task reports back to the scheduler.
@@ -170,6 +193,8 @@ impl Engine {
             plugins: Mutex::new(HashMap::new()),
             observer: Box::new(observer),
             spare_workspaces: (!options.keep_workspaces).then(Default::default),
+            targets: self.targets.clone(),
+            tokens: Default::default(),
         });
 
         let mut states = vec![StepState::Pending; dag.len()];
@@ -265,6 +290,13 @@ impl Engine {
         } else {
             (RunState::Succeeded, None)
         };
+        // However the run ended, no token minted for it outlives it.
+        let minted = shared.tokens.lock().map(|t| t.clone()).unwrap_or_default();
+        for id in minted {
+            if let Err(e) = self.store.revoke_token(&id) {
+                tracing::error!("cannot revoke token {id} of run {}: {e}", run.id);
+            }
+        }
         let run = self.store.finish_run(&run.id, state, reason.clone())?;
         self.store.flush()?;
         if !options.keep_workspaces
@@ -290,13 +322,21 @@ fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated: bool) {
         reason: record.reason.clone(),
         outputs: record.outputs.clone(),
         log_truncated,
+        published: record.published.clone(),
     });
 }
 
 /// Runs every attempt of one step and records its end state.
 async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, cancel: CancellationToken) -> Finished {
     let mut log_truncated = false;
-    let result = attempts(&shared, &name, &step, &cancel, &mut log_truncated).await;
+    let mut published = None;
+    let result = match &step.publish {
+        Some(publish) => crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
+            published = Some(p);
+            Vec::new()
+        }),
+        None => attempts(&shared, &name, &step, &cancel, &mut log_truncated).await,
+    };
     let store = &shared.store;
     let (state, reason, outputs) = match result {
         Ok(outputs) => (StepState::Succeeded, None, outputs),
@@ -308,6 +348,7 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
         s.state = state;
         s.reason = reason.clone();
         s.outputs = outputs.clone();
+        s.published = published.clone();
         s.ended_ms = Some(now_ms());
     });
     let record = record.unwrap_or_else(|e| {
@@ -323,13 +364,16 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
             reason: Some(format!("cannot record the step's end: {e}")),
             plugin_sha256: None,
             outputs: Vec::new(),
+            published: None,
         }
     });
     Finished { index, record, log_truncated }
 }
 
-enum StepError {
+pub(crate) enum StepError {
+    /// The step failed, with the reason.
     Failed(String),
+    /// The run was cancelled while the step ran.
     Cancelled,
 }
 

@@ -6,7 +6,9 @@
 //! inputs, parameters and environment, takes its outputs into the artifact
 //! store, hands them read-only to the steps downstream, retries what the
 //! pipeline says to retry, and skips the dependants of a step that failed
-//! while independent branches finish.
+//! while independent branches finish. Publish steps run here, in the
+//! host: they publish upstream artifacts with a token minted for the step
+//! and revoked when it ends, and no guest ever sees it.
 //!
 //! It never passes a guest anything the pipeline did not declare, and it
 //! never lets one step's failure stop the engine.
@@ -26,12 +28,15 @@
 //! ```
 
 mod exec;
+mod publish;
 
 pub use exec::{FsLookup, Progress, RunSummary};
 
 use airlock_host::ArtifactStore;
+use airlock_host::publish::TargetStore;
 use airlock_sandbox::Sandbox;
 use airlock_store::Store;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 pub use tokio_util::sync::CancellationToken;
@@ -87,6 +92,7 @@ pub struct Engine {
     pub(crate) store: Store,
     pub(crate) artifacts: ArtifactStore,
     pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) targets: Arc<BTreeMap<String, TargetStore>>,
 }
 
 impl Engine {
@@ -101,7 +107,14 @@ impl Engine {
             store,
             artifacts: ArtifactStore::new(state_dir.join("artifacts")),
             sandbox: Arc::new(sandbox),
+            targets: Arc::default(),
         })
+    }
+
+    /// Gives publish steps these targets (from the admin policy).
+    pub fn with_targets(mut self, targets: Vec<TargetStore>) -> Self {
+        self.targets = Arc::new(targets.into_iter().map(|t| (t.name().to_owned(), t)).collect());
+        self
     }
 
     /// The state store.

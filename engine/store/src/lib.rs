@@ -203,6 +203,28 @@ pub struct StepRecord {
     pub plugin_sha256: Option<String>,
     /// Its outputs, sorted by path.
     pub outputs: Vec<OutputRecord>,
+    /// What a publish step published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<PublishedRecord>,
+}
+
+/// What a publish step published, and with which token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedRecord {
+    /// The publish target.
+    pub target: String,
+    /// The build id.
+    pub build: String,
+    /// Files in the published tree.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Blobs the target did not have and got.
+    pub uploaded: u64,
+    /// False when the same tree was already published under the build id.
+    pub created: bool,
+    /// The id of the token the engine minted for it (revoked since).
+    pub token: String,
 }
 
 impl StepRecord {
@@ -216,6 +238,7 @@ impl StepRecord {
             reason: None,
             plugin_sha256: None,
             outputs: Vec::new(),
+            published: None,
         }
     }
 }
@@ -478,6 +501,15 @@ impl Store {
                 }
             })
             .collect()
+    }
+
+    /// One step of a run.
+    pub fn step(&self, run: &str, step: &str) -> Result<StepRecord> {
+        let key = step_key(run, step);
+        match self.steps.get(&key)? {
+            Some(v) => decode::<StoredStep>(&key, &v).map(|s| s.record),
+            None => Err(StoreError::NoStep { run: run.into(), step: step.into() }),
+        }
     }
 
     /// A run's history, oldest first: the run's own transitions and every

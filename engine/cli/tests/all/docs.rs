@@ -3,8 +3,19 @@
 
 use crate::support::{airlock, output, repo};
 
-const COMMANDS: &[&str] =
-    &["run", "validate", "runs", "show", "logs", "schema", "token create", "token list", "token revoke"];
+const COMMANDS: &[&str] = &[
+    "run",
+    "validate",
+    "runs",
+    "show",
+    "logs",
+    "schema",
+    "serve",
+    "publish",
+    "token create",
+    "token list",
+    "token revoke",
+];
 
 fn help(args: &[&str]) -> String {
     let state = tempfile::tempdir().expect("tempdir");

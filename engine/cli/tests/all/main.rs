@@ -4,6 +4,7 @@
 
 mod docs;
 mod failures;
+mod publish;
 mod run;
 mod secrets;
 mod support;

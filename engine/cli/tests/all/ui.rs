@@ -68,11 +68,18 @@ fn valid_pipelines_exit_zero_and_json_lists_diagnostics() {
         .collect();
     files.sort();
     assert!(files.len() >= 2);
-    let (code, _, stderr) = output(airlock(state.path()).arg("validate").args(&files));
+    let policy = repo().join("pipelines/admin/policy.yaml");
+    let (code, _, stderr) = output(airlock(state.path()).arg("--policy").arg(&policy).arg("validate").args(&files));
     assert_eq!(code, 0, "{stderr}");
+    // Without the policy, the publish step's target cannot be checked.
+    let (code, _, stderr) = output(airlock(state.path()).arg("validate").arg(pipelines.join("release.yaml")));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no admin policy was given; pass `--policy FILE`"), "{stderr}");
 
     let bad = repo().join("engine/cli/tests/all/ui/cycle.yaml");
-    let (code, stdout, _) = output(airlock(state.path()).args(["validate", "--json"]).arg(&files[0]).arg(&bad));
+    let (code, stdout, _) = output(
+        airlock(state.path()).arg("--policy").arg(&policy).args(["validate", "--json"]).arg(&files[0]).arg(&bad),
+    );
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(report[0]["valid"], true);

@@ -1,0 +1,710 @@
+//! `airlock publish`: the client build machines use to publish a tree to
+//! an `airlock serve`.
+//!
+//! 1. Find the files (globs, or directories taken whole) and hash them,
+//!    in parallel; a stat cache (size, mtime, ctime, inode -> sha256)
+//!    skips files that did not change since the last publish.
+//! 2. Ask the server, in one call, which digests it lacks.
+//! 3. Upload only those, in batches streamed over a few connections at
+//!    once; the server checks every digest before keeping a blob.
+//! 4. Commit the manifest: the tree appears whole, or not at all.
+//!
+//! An interrupted publish leaves nothing visible; running it again
+//! uploads only what did not arrive.
+
+use crate::exit;
+use airlock_host::publish::{ManifestEntry, check_build_id, check_path};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// What `airlock publish` asks for.
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// The server, e.g. `http://127.0.0.1:8480`.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The publish token. Prefer the environment variable: a flag shows
+    /// in process lists and shell history.
+    #[arg(long, env = "AIRLOCK_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: String,
+    /// The publish target, e.g. `snapshots`.
+    #[arg(long, value_name = "NAME")]
+    target: String,
+    /// Drop this many leading directories from every published path.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    strip: usize,
+    /// Uploads at once.
+    #[arg(short, long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// The stat cache [default: STATE_DIR/publish-cache.json].
+    #[arg(long, value_name = "FILE")]
+    cache: Option<PathBuf>,
+    /// Hash every file, ignoring and not writing the stat cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The build id to publish under: letters, digits, `.`, `-`, `_`.
+    #[arg(value_name = "BUILD_ID")]
+    build_id: String,
+    /// Files to publish: paths, globs (`dist/**/*.js`) or directories
+    /// (taken whole). Paths are published as given, without a leading
+    /// `./` or `/` and the first `--strip` directories.
+    #[arg(required = true, value_name = "GLOB")]
+    globs: Vec<String>,
+}
+
+/// Blobs per upload request, at most.
+const BATCH_FILES: usize = 2000;
+/// Bytes per upload request before a new one is started.
+const BATCH_BYTES: u64 = 16 << 20;
+/// Digests per `missing` call.
+const MISSING_CHUNK: usize = 100_000;
+/// Bytes read per chunk while uploading.
+const READ_CHUNK: usize = 256 << 10;
+/// Largest answer read from the server.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// A failure with the exit code it maps to.
+struct Fail {
+    code: u8,
+    message: String,
+    hint: Option<String>,
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Fail {
+    Fail { code, message: message.into(), hint: None }
+}
+
+impl Fail {
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// One file to publish.
+struct Local {
+    /// Where it is published.
+    path: String,
+    /// Where it is here.
+    file: PathBuf,
+    size: u64,
+    sha256: String,
+}
+
+/// `airlock publish`.
+pub async fn publish(state_dir: &Path, args: PublishArgs) -> anyhow::Result<u8> {
+    match run(state_dir, &args).await {
+        Ok(()) => Ok(exit::OK),
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            if let Some(hint) = f.hint {
+                eprintln!("hint: {hint}");
+            }
+            Ok(f.code)
+        }
+    }
+}
+
+async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
+    let started = Instant::now();
+    check_build_id(&args.build_id).map_err(|e| fail(exit::USAGE, e.to_string()))?;
+    let base: Uri = args.server.trim_end_matches('/').parse().map_err(|_| {
+        fail(exit::USAGE, format!("`{}` is not a URL", args.server)).hint("write it like http://127.0.0.1:8480")
+    })?;
+    if base.scheme_str() != Some("http") {
+        return Err(fail(exit::USAGE, format!("`{}` is not an http:// URL", args.server))
+            .hint("the client speaks plain HTTP; put TLS in a proxy in front of `airlock serve`"));
+    }
+    let files = find(&args.globs, args.strip)?;
+    let progress = Progress::new(args.json);
+
+    // Hash, with the stat cache.
+    let cache_path = args.cache.clone().unwrap_or_else(|| state_dir.join("publish-cache.json"));
+    let mut cache = if args.no_cache { StatCache::default() } else { StatCache::load(&cache_path) };
+    let total_bytes: u64 = files.iter().map(|(_, _, m)| m.len()).sum();
+    let (hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
+    if !args.no_cache
+        && let Err(e) = cache.save(&cache_path)
+    {
+        tracing::warn!("cannot save the stat cache at {}: {e}", cache_path.display());
+    }
+
+    let client = Api::new(&base, &args.token, &args.target, &args.build_id, args.jobs);
+    // Ask once which blobs the server lacks.
+    let mut unique: BTreeMap<&str, &Local> = BTreeMap::new();
+    for l in &hashed {
+        unique.entry(l.sha256.as_str()).or_insert(l);
+    }
+    let digests: Vec<String> = unique.keys().map(|d| (*d).to_owned()).collect();
+    let mut missing = Vec::new();
+    for chunk in digests.chunks(MISSING_CHUNK) {
+        let answer: MissingAnswer = client.call(Method::POST, "/missing", &MissingRequest { digests: chunk }).await?;
+        missing.extend(answer.missing);
+    }
+    let to_send: Vec<(String, PathBuf, u64)> = missing
+        .iter()
+        .filter_map(|d| unique.get(d.as_str()).map(|l| (l.sha256.clone(), l.file.clone(), l.size)))
+        .collect();
+    let upload_bytes: u64 = to_send.iter().map(|(_, _, s)| s).sum();
+    progress.uploading(to_send.len(), upload_bytes);
+    client.upload(to_send, &progress).await?;
+    progress.finish();
+
+    let manifest: Vec<ManifestEntry> =
+        hashed.iter().map(|l| ManifestEntry { path: l.path.clone(), sha256: l.sha256.clone(), size: l.size }).collect();
+    let committed: CommitAnswer = client.call(Method::PUT, "", &CommitRequest { files: &manifest }).await?;
+    let url = format!("{}{}", args.server.trim_end_matches('/'), committed.url);
+    let summary = serde_json::json!({
+        "target": committed.target,
+        "build": committed.build,
+        "url": url,
+        "files": committed.files,
+        "bytes": committed.bytes,
+        "hashed_files": hashed_now,
+        "uploaded_files": missing.len(),
+        "uploaded_bytes": upload_bytes,
+        "created": committed.created,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary).unwrap_or_default());
+    } else {
+        println!("{url}");
+        eprintln!(
+            "{} {} files ({}) to {}/{}: uploaded {} blobs ({}), {} already there; {:.2}s",
+            if committed.created { "published" } else { "already published:" },
+            committed.files,
+            airlock_model::format_size(total_bytes),
+            committed.target,
+            committed.build,
+            missing.len(),
+            airlock_model::format_size(upload_bytes),
+            unique.len() - missing.len(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// The published path of `file` as given: no `./`, no root, `strip`
+/// leading directories fewer.
+fn published_path(given: &Path, strip: usize) -> Result<String, Fail> {
+    let mut parts = Vec::new();
+    for c in given.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str().ok_or_else(|| {
+                fail(exit::FAILED, format!("`{}` is not UTF-8; published paths are", given.display()))
+            })?),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                return Err(fail(exit::USAGE, format!("`{}` goes up with `..`", given.display()))
+                    .hint("run airlock publish from a directory above the files, or use --strip"));
+            }
+        }
+    }
+    if parts.len() <= strip {
+        return Err(fail(exit::USAGE, format!("`--strip {strip}` leaves nothing of `{}`", given.display())));
+    }
+    let path = parts[strip..].join("/");
+    check_path(&path).map_err(|e| fail(exit::FAILED, e.to_string()))?;
+    Ok(path)
+}
+
+/// Every file the arguments name: (published path, file, metadata).
+fn find(globs: &[String], strip: usize) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>, Fail> {
+    let mut found: BTreeMap<String, (PathBuf, std::fs::Metadata)> = BTreeMap::new();
+    let mut add = |file: PathBuf, meta: std::fs::Metadata| -> Result<(), Fail> {
+        let path = published_path(&file, strip)?;
+        // The same file named twice (`a` and `./a`) is one file.
+        if let Some((other, m)) = found.get(&path)
+            && (m.dev(), m.ino()) != (meta.dev(), meta.ino())
+        {
+            return Err(fail(
+                exit::USAGE,
+                format!("`{}` and `{}` would both be published as `{path}`", other.display(), file.display()),
+            ));
+        }
+        found.insert(path, (file, meta));
+        Ok(())
+    };
+    for arg in globs {
+        let is_pattern = arg.contains(['*', '?', '[']);
+        let paths: Vec<PathBuf> = if is_pattern {
+            let entries =
+                glob::glob(arg).map_err(|e| fail(exit::USAGE, format!("`{arg}` is not a valid glob: {e}")))?;
+            entries.map(|e| e.map_err(|e| fail(exit::ERROR, e.to_string()))).collect::<Result<_, _>>()?
+        } else {
+            vec![PathBuf::from(arg)]
+        };
+        if paths.is_empty() {
+            return Err(fail(exit::USAGE, format!("`{arg}` matches no file")));
+        }
+        for p in paths {
+            let meta = std::fs::symlink_metadata(&p)
+                .map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", p.display())))?;
+            if meta.is_dir() {
+                walk(&p, &mut add)?;
+            } else if meta.is_file() {
+                add(p, meta)?;
+            } else if !is_pattern {
+                return Err(not_regular(&p, &meta));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Err(fail(exit::USAGE, "nothing to publish: the arguments name no regular file"));
+    }
+    Ok(found.into_iter().map(|(path, (file, meta))| (path, file, meta)).collect())
+}
+
+fn not_regular(p: &Path, meta: &std::fs::Metadata) -> Fail {
+    let what = if meta.file_type().is_symlink() { "a symbolic link" } else { "not a regular file" };
+    fail(exit::FAILED, format!("`{}` is {what}; airlock publishes regular files only", p.display()))
+        .hint("publish what the link points to, or leave it out of the globs")
+}
+
+fn walk(dir: &Path, add: &mut impl FnMut(PathBuf, std::fs::Metadata) -> Result<(), Fail>) -> Result<(), Fail> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| fail(exit::ERROR, format!("cannot list `{}`: {e}", d.display())))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| fail(exit::ERROR, format!("cannot list `{}`: {e}", d.display())))?;
+            let path = entry.path();
+            let meta =
+                entry.metadata().map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", path.display())))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                add(path, meta)?;
+            } else {
+                return Err(not_regular(&path, &meta));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the stat cache remembers of a file.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct Stat {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    inode: u64,
+    dev: u64,
+}
+
+impl Stat {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            size: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            inode: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+/// Digests of files by their absolute path, valid while the stat matches.
+#[derive(Default, Serialize, Deserialize)]
+struct StatCache {
+    version: u32,
+    files: HashMap<String, (Stat, String)>,
+}
+
+impl StatCache {
+    fn load(path: &Path) -> Self {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Self>(&b).ok())
+            .filter(|c| c.version == 1)
+            .unwrap_or_default()
+    }
+
+    fn save(&mut self, path: &Path) -> std::io::Result<()> {
+        self.version = 1;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+fn hash_all(
+    files: Vec<(String, PathBuf, std::fs::Metadata)>,
+    cache: &mut StatCache,
+    threads: usize,
+    progress: &Progress,
+) -> Result<(Vec<Local>, usize), Fail> {
+    let now_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+    let mut done: Vec<Option<Local>> = Vec::with_capacity(files.len());
+    let mut todo = Vec::new();
+    for (i, (path, file, meta)) in files.into_iter().enumerate() {
+        let stat = Stat::of(&meta);
+        let key = std::path::absolute(&file).unwrap_or_else(|_| file.clone()).display().to_string();
+        // A file changed within the last two seconds may change again
+        // within the same mtime tick: hash it, do not trust the cache.
+        let settled = now_ns - stat.mtime_ns.max(stat.ctime_ns) > 2_000_000_000;
+        match cache.files.get(&key) {
+            Some((s, sha)) if *s == stat && settled => {
+                done.push(Some(Local { path, file, size: stat.size, sha256: sha.clone() }));
+            }
+            _ => {
+                done.push(None);
+                todo.push((i, path, file, stat, key));
+            }
+        }
+    }
+    let todo_bytes: u64 = todo.iter().map(|t| t.3.size).sum();
+    progress.hashing(todo.len(), todo_bytes);
+    let next = AtomicUsize::new(0);
+    // (index in `done`, the file, its stat, its cache key)
+    type Hashed = (usize, Local, Stat, String);
+    let results: Vec<Result<Vec<Hashed>, Fail>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(todo.len()).max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let Some((i, path, file, stat, key)) = todo.get(n) else { return Ok(out) };
+                        let sha256 = hash_file(file, progress)?;
+                        out.push((
+                            *i,
+                            Local { path: path.clone(), file: file.clone(), size: stat.size, sha256 },
+                            stat.clone(),
+                            key.clone(),
+                        ));
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(fail(exit::ERROR, "a hashing thread stopped"))))
+            .collect()
+    });
+    for r in results {
+        for (i, local, stat, key) in r? {
+            cache.files.insert(key, (stat, local.sha256.clone()));
+            done[i] = Some(local);
+        }
+    }
+    Ok((done.into_iter().flatten().collect(), todo.len()))
+}
+
+fn hash_file(file: &Path, progress: &Progress) -> Result<String, Fail> {
+    let mut f =
+        std::fs::File::open(file).map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", file.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", file.display())))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        progress.add(n as u64);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Progress on a terminal: a bar for hashing, then one for uploading.
+struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    fn new(json: bool) -> Self {
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Self { bar }
+    }
+
+    fn hashing(&self, files: usize, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("hashing {files}"));
+            b.set_length(bytes);
+            b.set_position(0);
+        }
+    }
+
+    fn uploading(&self, files: usize, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("uploading {files}"));
+            b.set_length(bytes);
+            b.set_position(0);
+        }
+    }
+
+    fn add(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MissingRequest<'a> {
+    digests: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct MissingAnswer {
+    missing: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CommitRequest<'a> {
+    files: &'a [ManifestEntry],
+}
+
+#[derive(Deserialize)]
+struct CommitAnswer {
+    target: String,
+    build: String,
+    files: u64,
+    bytes: u64,
+    created: bool,
+    url: String,
+}
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The publish API of one server, for one target and build.
+struct Api {
+    client: Client<HttpConnector, Body>,
+    base: String,
+    auth: String,
+    jobs: usize,
+}
+
+impl Api {
+    fn new(server: &Uri, token: &str, target: &str, build: &str, jobs: u16) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(usize::from(jobs))
+            .build(connector);
+        Self {
+            client,
+            base: format!("{}/api/v1/targets/{target}/builds/{build}", server.to_string().trim_end_matches('/')),
+            auth: format!("Bearer {}", token.trim()),
+            jobs: usize::from(jobs),
+        }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<(StatusCode, Bytes), Fail> {
+        let resp = self.client.request(req).await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            fail(exit::ERROR, format!("cannot reach the server: {text}"))
+        })?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| fail(exit::ERROR, format!("the server's answer broke off: {e}")))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(server_error(status, &body));
+        }
+        Ok((status, body))
+    }
+
+    async fn call<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, Fail> {
+        let json = serde_json::to_vec(body).map_err(|e| fail(exit::ERROR, e.to_string()))?;
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, &self.auth)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(json)).map_err(|never| match never {}).boxed())
+            .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+        let (_, bytes) = self.send(req).await?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            fail(exit::ERROR, format!("the server answered something this client does not understand: {e}"))
+        })
+    }
+
+    /// Uploads blobs in batches, `jobs` at a time.
+    async fn upload(&self, blobs: Vec<(String, PathBuf, u64)>, progress: &Progress) -> Result<(), Fail> {
+        let mut batches: Vec<Vec<(String, PathBuf, u64)>> = Vec::new();
+        let mut bytes = 0;
+        for blob in blobs {
+            let start_new = match batches.last() {
+                None => true,
+                Some(b) => b.len() >= BATCH_FILES || bytes >= BATCH_BYTES,
+            };
+            if start_new {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += blob.2;
+            if let Some(b) = batches.last_mut() {
+                b.push(blob);
+            }
+        }
+        let batches = Arc::new(std::sync::Mutex::new(batches.into_iter()));
+        let workers = (0..self.jobs).map(|_| {
+            let batches = batches.clone();
+            async move {
+                loop {
+                    let next = batches.lock().ok().and_then(|mut b| b.next());
+                    let Some(batch) = next else { return Ok(()) };
+                    self.upload_batch(batch, progress).await?;
+                }
+            }
+        });
+        futures_util::future::try_join_all(workers).await.map(drop)
+    }
+
+    async fn upload_batch(&self, batch: Vec<(String, PathBuf, u64)>, progress: &Progress) -> Result<(), Fail> {
+        let length: u64 = batch.iter().map(|(_, _, size)| 40 + size).sum();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+        let bar = progress.bar.clone();
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            for (digest, file, size) in batch {
+                let mut head = hex::decode(&digest).map_err(|e| e.to_string())?;
+                head.extend_from_slice(&size.to_be_bytes());
+                if tx.blocking_send(Ok(Frame::data(Bytes::from(head)))).is_err() {
+                    return Ok(());
+                }
+                let mut f = std::fs::File::open(&file)
+                    .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?
+                    .take(size);
+                let mut left = size;
+                while left > 0 {
+                    let mut buf = vec![0u8; READ_CHUNK.min(left as usize)];
+                    let n = f.read(&mut buf).map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+                    if n == 0 {
+                        let msg = format!("`{}` shrank while it was being published", file.display());
+                        let _ = tx.blocking_send(Err(std::io::Error::other(msg.clone())));
+                        return Err(msg);
+                    }
+                    buf.truncate(n);
+                    left -= n as u64;
+                    if let Some(b) = &bar {
+                        b.inc(n as u64);
+                    }
+                    if tx.blocking_send(Ok(Frame::data(Bytes::from(buf)))).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        });
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/blobs", self.base))
+            .header(AUTHORIZATION, &self.auth)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, length)
+            .body(body)
+            .map_err(|e| fail(exit::USAGE, e.to_string()))?;
+        let result = self.send(req).await;
+        let read = reader.await.map_err(|e| fail(exit::ERROR, e.to_string()))?;
+        if let Err(msg) = read {
+            return Err(fail(exit::ERROR, msg).hint("publish again once the files are settled"));
+        }
+        result.map(drop)
+    }
+}
+
+/// The server's JSON error, with a hint where there is one to give.
+fn server_error(status: StatusCode, body: &[u8]) -> Fail {
+    #[derive(Deserialize)]
+    struct Answer {
+        error: ErrorBody,
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        code: String,
+        message: String,
+    }
+    let Ok(Answer { error }) = serde_json::from_slice::<Answer>(body) else {
+        let text = airlock_model::text::one_line(&String::from_utf8_lossy(body), 300);
+        return fail(exit::ERROR, format!("the server answered {status}: {text}"));
+    };
+    let message =
+        format!("the server refused ({}): {}", error.code, airlock_model::text::one_line(&error.message, 2000));
+    let hint = match error.code.as_str() {
+        "conflict" => Some("published trees never change: publish under a new build id"),
+        "token_expired" | "token_revoked" | "token_quota_used_up" => {
+            Some("nothing was published; ask for a new token and publish again (blobs already sent are kept)")
+        }
+        "token_out_of_scope" => Some("the token was made for another target or build-id prefix"),
+        "token_missing" | "token_malformed" | "token_unknown" => Some("pass the token with --token or AIRLOCK_TOKEN"),
+        "no_target" => Some("check --target against the server's policy"),
+        _ => None,
+    };
+    let code = if status.is_server_error() { exit::ERROR } else { exit::FAILED };
+    let f = fail(code, message);
+    match hint {
+        Some(h) => f.hint(h),
+        None => f,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_paths_drop_dots_roots_and_stripped_dirs() {
+        let p = |s: &str, n| published_path(Path::new(s), n).map_err(|f| f.message);
+        assert_eq!(p("./dist/app.js", 0).ok().as_deref(), Some("dist/app.js"));
+        assert_eq!(p("/tmp/tree/a/b", 2).ok().as_deref(), Some("a/b"));
+        assert!(p("dist/app.js", 2).expect_err("nothing left").contains("leaves nothing"));
+        assert!(p("../x", 0).expect_err("up").contains("goes up"));
+    }
+}

@@ -1,0 +1,653 @@
+//! Publish targets: where published trees live, and the checks that keep
+//! a publish all-or-nothing.
+//!
+//! A target is a directory:
+//!
+//! ```text
+//! DIR/blobs/sha256/ab/cdef…   every file ever uploaded, by content, read-only
+//! DIR/builds/BUILD-ID.json    one manifest per publish: path -> sha256, size
+//! ```
+//!
+//! Uploading a blob makes nothing visible: a tree exists only once its
+//! manifest does, and a manifest appears in one `link(2)`, which fails if
+//! the build id is taken. So readers see a whole tree or none, two
+//! publishers racing for one build id cannot both win, and an interrupted
+//! publish leaves only blobs that the next attempt finds already there.
+
+use crate::ArtifactError;
+use crate::artifacts::ArtifactStore;
+use airlock_model::policy::PublishTarget;
+use airlock_model::text::is_hazard;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Longest path in a manifest, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Longest build id.
+pub const MAX_BUILD_ID: usize = 128;
+
+/// One file of a published tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Where the file appears, `/`-separated, relative to the build.
+    pub path: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A published tree as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// The target it is in.
+    pub target: String,
+    /// Its build id.
+    pub build: String,
+    /// When it was committed (ms since the epoch).
+    pub created_ms: u64,
+    /// Its files, sorted by path.
+    pub files: Vec<ManifestEntry>,
+}
+
+impl Published {
+    /// Bytes of all its files together.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// The tree is now published.
+    Created,
+    /// The same tree was already published under this build id; nothing
+    /// changed. (A publisher retrying a commit it lost the answer to.)
+    AlreadyThere,
+}
+
+/// Why a publish was refused. Nothing is visible after any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A build id with characters a build id cannot have.
+    #[error(
+        "build id `{0}` is not valid: use 1 to {MAX_BUILD_ID} letters, digits, `.`, `-` and `_`, not starting with `.`"
+    )]
+    BadBuildId(String),
+    /// A manifest path that is not a plain relative path.
+    #[error("manifest path `{path}` is refused: {why}")]
+    BadPath {
+        /// The path, with hazardous characters escaped.
+        path: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A path listed twice.
+    #[error("manifest lists `{0}` twice")]
+    DuplicatePath(String),
+    /// A path that is both a file and a directory.
+    #[error("manifest has `{file}` as a file and as the directory of `{inside}`")]
+    PathClash {
+        /// The file.
+        file: String,
+        /// A path below it.
+        inside: String,
+    },
+    /// A digest that is not 64 lowercase hex characters.
+    #[error("`{0}` is not a sha256 digest (64 lowercase hex characters)")]
+    BadDigest(String),
+    /// A manifest entry whose blob was never uploaded.
+    #[error("`{path}` names blob sha256:{sha256}, which was not uploaded to this target")]
+    MissingBlob {
+        /// The entry's path.
+        path: String,
+        /// Its digest.
+        sha256: String,
+    },
+    /// A manifest entry whose size is not the blob's.
+    #[error("`{path}` is declared {declared} bytes but its blob has {actual}")]
+    SizeMismatch {
+        /// The entry's path.
+        path: String,
+        /// The size in the manifest.
+        declared: u64,
+        /// The blob's size.
+        actual: u64,
+    },
+    /// An empty manifest.
+    #[error("the manifest lists no files; a publish holds at least one")]
+    Empty,
+    /// Too many files.
+    #[error("the publish has {count} files; target `{target}` allows {max}")]
+    TooManyFiles {
+        /// The target.
+        target: String,
+        /// Files in the manifest.
+        count: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// One file over the target's limit.
+    #[error("{what} is {size} bytes; target `{target}` allows files of at most {max}")]
+    FileTooLarge {
+        /// The file (a path or a digest).
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The target.
+        target: String,
+        /// The limit.
+        max: u64,
+    },
+    /// All files together over the target's limit.
+    #[error("the publish holds {total} bytes; target `{target}` allows {max}")]
+    TotalTooLarge {
+        /// The target.
+        target: String,
+        /// Bytes in the manifest.
+        total: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Uploaded bytes that do not hash to the digest they were sent as.
+    #[error("upload of sha256:{expected} does not match: its bytes hash to sha256:{actual}; it was not stored")]
+    DigestMismatch {
+        /// The digest announced.
+        expected: String,
+        /// What the bytes hash to.
+        actual: String,
+    },
+    /// An upload that ended before its announced length.
+    #[error("upload of sha256:{sha256} ended after {got} of {expected} bytes; it was not stored")]
+    Truncated {
+        /// The digest announced.
+        sha256: String,
+        /// The length announced.
+        expected: u64,
+        /// The bytes that came.
+        got: u64,
+    },
+    /// The build id is taken by a different tree.
+    #[error("`{target}/{build}` is already published with different files; published trees never change")]
+    Conflict {
+        /// The target.
+        target: String,
+        /// The build id.
+        build: String,
+    },
+    /// Disk trouble.
+    #[error("publish target at {}: {source}", dir.display())]
+    Io {
+        /// Where.
+        dir: PathBuf,
+        /// What.
+        source: std::io::Error,
+    },
+    /// The blob store failed.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+}
+
+impl PublishError {
+    /// A short stable code, for the HTTP API and scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadBuildId(_) => "bad_build_id",
+            Self::BadPath { .. } => "bad_path",
+            Self::DuplicatePath(_) => "duplicate_path",
+            Self::PathClash { .. } => "path_clash",
+            Self::BadDigest(_) => "bad_digest",
+            Self::MissingBlob { .. } => "missing_blob",
+            Self::SizeMismatch { .. } => "size_mismatch",
+            Self::Empty => "empty_manifest",
+            Self::TooManyFiles { .. } => "too_many_files",
+            Self::FileTooLarge { .. } => "file_too_large",
+            Self::TotalTooLarge { .. } => "publish_too_large",
+            Self::DigestMismatch { .. } => "digest_mismatch",
+            Self::Truncated { .. } => "truncated_upload",
+            Self::Conflict { .. } => "conflict",
+            Self::Io { .. } | Self::Artifact(ArtifactError::Io { .. }) => "io",
+            Self::Artifact(ArtifactError::BadDigest(_)) => "bad_digest",
+            Self::Artifact(_) => "damaged_blob",
+        }
+    }
+}
+
+/// Checks a build id: 1 to 128 of letters, digits, `.`, `-`, `_`, not
+/// starting with `.` (so never `.` or `..`).
+pub fn check_build_id(id: &str) -> Result<(), PublishError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_BUILD_ID
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if ok { Ok(()) } else { Err(PublishError::BadBuildId(airlock_model::text::one_line(id, 200))) }
+}
+
+/// Checks one manifest path: relative, `/`-separated, no empty, `.` or
+/// `..` component, no backslash, no control or bidi character.
+pub fn check_path(path: &str) -> Result<(), PublishError> {
+    let bad = |why| Err(PublishError::BadPath { path: airlock_model::text::one_line(path, 300), why });
+    if path.is_empty() {
+        return bad("it is empty");
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return bad("it is longer than 1024 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("it is absolute; paths are relative to the build");
+    }
+    if path.contains('\\') {
+        return bad("it holds a backslash; separate directories with `/`");
+    }
+    if path.chars().any(is_hazard) {
+        return bad("it holds a control or bidirectional-formatting character");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return bad("it has an empty component (`//` or a trailing `/`)"),
+            "." | ".." => return bad("it has a `.` or `..` component"),
+            p if p.len() > 255 => return bad("a component is longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn valid_digest(d: &str) -> bool {
+    d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One publish target on disk.
+#[derive(Debug, Clone)]
+pub struct TargetStore {
+    name: String,
+    dir: PathBuf,
+    blobs: ArtifactStore,
+    limits: PublishTarget,
+}
+
+impl TargetStore {
+    /// The target `name` of the policy, with its directory resolved
+    /// (`dir` is absolute or relative to the working directory).
+    pub fn new(name: &str, dir: PathBuf, limits: PublishTarget) -> Self {
+        Self { name: name.to_owned(), blobs: ArtifactStore::new(dir.join("blobs")), dir, limits }
+    }
+
+    /// The target's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its policy entry.
+    pub fn limits(&self) -> &PublishTarget {
+        &self.limits
+    }
+
+    fn io(&self, source: std::io::Error) -> PublishError {
+        PublishError::Io { dir: self.dir.clone(), source }
+    }
+
+    fn builds_dir(&self) -> PathBuf {
+        self.dir.join("builds")
+    }
+
+    /// Which of `digests` the target does not have yet.
+    pub fn missing(&self, digests: &[String]) -> Result<Vec<String>, PublishError> {
+        let mut out = Vec::new();
+        for d in digests {
+            if !valid_digest(d) {
+                return Err(PublishError::BadDigest(airlock_model::text::one_line(d, 100)));
+            }
+            if !self.blobs.contains(d) {
+                out.push(d.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores one uploaded blob: exactly `len` bytes from `reader` that
+    /// must hash to `sha256`. Returns whether it was new. A blob over the
+    /// target's file limit is refused before a byte is read; one that is
+    /// short or does not match is not kept.
+    pub fn put_blob(&self, sha256: &str, len: u64, reader: impl Read) -> Result<bool, PublishError> {
+        if !valid_digest(sha256) {
+            return Err(PublishError::BadDigest(airlock_model::text::one_line(sha256, 100)));
+        }
+        if len > self.limits.max_file_size {
+            return Err(PublishError::FileTooLarge {
+                what: format!("blob sha256:{sha256}"),
+                size: len,
+                target: self.name.clone(),
+                max: self.limits.max_file_size,
+            });
+        }
+        let (actual, got, new) = self.blobs.put_expecting(reader.take(len), sha256, len)?;
+        if got != len {
+            return Err(PublishError::Truncated { sha256: sha256.to_owned(), expected: len, got });
+        }
+        if actual != sha256 {
+            return Err(PublishError::DigestMismatch { expected: sha256.to_owned(), actual });
+        }
+        Ok(new)
+    }
+
+    /// Stores a blob from a local file that is known to hash to `sha256`
+    /// (an artifact of this engine), hard-linking when the file system
+    /// allows and copying with verification otherwise.
+    pub fn put_local(&self, sha256: &str, file: &Path) -> Result<bool, PublishError> {
+        if self.blobs.contains(sha256) {
+            return Ok(false);
+        }
+        let len = std::fs::metadata(file).map_err(|e| self.io(e))?.len();
+        let reader = std::fs::File::open(file).map_err(|e| self.io(e))?;
+        self.put_blob(sha256, len, reader)
+    }
+
+    /// Checks a manifest against the rules and the target's limits, and
+    /// returns it sorted by path. Every blob must be present, with the
+    /// size the manifest says.
+    pub fn check(&self, files: Vec<ManifestEntry>) -> Result<Vec<ManifestEntry>, PublishError> {
+        let mut files = files;
+        if files.is_empty() {
+            return Err(PublishError::Empty);
+        }
+        if files.len() as u64 > self.limits.max_files {
+            return Err(PublishError::TooManyFiles {
+                target: self.name.clone(),
+                count: files.len() as u64,
+                max: self.limits.max_files,
+            });
+        }
+        let mut seen = HashSet::with_capacity(files.len());
+        for f in &files {
+            check_path(&f.path)?;
+            if !valid_digest(&f.sha256) {
+                return Err(PublishError::BadDigest(airlock_model::text::one_line(&f.sha256, 100)));
+            }
+            if !seen.insert(f.path.as_str()) {
+                return Err(PublishError::DuplicatePath(f.path.clone()));
+            }
+        }
+        for f in &files {
+            let mut end = 0;
+            while let Some(i) = f.path[end..].find('/') {
+                end += i;
+                if seen.contains(&f.path[..end]) {
+                    return Err(PublishError::PathClash { file: f.path[..end].to_owned(), inside: f.path.clone() });
+                }
+                end += 1;
+            }
+        }
+        let mut total: u64 = 0;
+        for f in &files {
+            if f.size > self.limits.max_file_size {
+                return Err(PublishError::FileTooLarge {
+                    what: format!("`{}`", f.path),
+                    size: f.size,
+                    target: self.name.clone(),
+                    max: self.limits.max_file_size,
+                });
+            }
+            total = total.saturating_add(f.size);
+        }
+        if total > self.limits.max_total {
+            return Err(PublishError::TotalTooLarge { target: self.name.clone(), total, max: self.limits.max_total });
+        }
+        for f in &files {
+            let path = self.blobs.path(&f.sha256)?;
+            let actual = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(PublishError::MissingBlob { path: f.path.clone(), sha256: f.sha256.clone() });
+                }
+                Err(e) => return Err(self.io(e)),
+            };
+            if actual != f.size {
+                return Err(PublishError::SizeMismatch { path: f.path.clone(), declared: f.size, actual });
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(files)
+    }
+
+    /// Publishes `files` under `build`, all at once or not at all.
+    ///
+    /// The manifest is written and synced under a temporary name, then
+    /// linked to its final name: the link either appears whole or, when
+    /// the build id is taken, fails. A taken build id holding the same
+    /// tree is [`Committed::AlreadyThere`]; a different one is a
+    /// [`PublishError::Conflict`].
+    pub fn commit(&self, build: &str, files: Vec<ManifestEntry>) -> Result<(Committed, Published), PublishError> {
+        check_build_id(build)?;
+        let files = self.check(files)?;
+        let published = Published { target: self.name.clone(), build: build.to_owned(), created_ms: now_ms(), files };
+        let dir = self.builds_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
+        let final_path = dir.join(format!("{build}.json"));
+        if let Some(existing) = self.published(build)? {
+            return self.same_or_conflict(existing, published);
+        }
+        let mut tmp = tempfile::Builder::new().prefix(".commit-").tempfile_in(&dir).map_err(|e| self.io(e))?;
+        let bytes = serde_json::to_vec(&published).map_err(|e| self.io(e.into()))?;
+        tmp.write_all(&bytes).map_err(|e| self.io(e))?;
+        tmp.as_file().sync_all().map_err(|e| self.io(e))?;
+        match std::fs::hard_link(tmp.path(), &final_path) {
+            Ok(()) => {
+                // The name must survive a power loss before anyone is told.
+                std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
+                Ok((Committed::Created, published))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Another publisher won the race.
+                let existing = self.published(build)?.ok_or_else(|| self.io(e))?;
+                self.same_or_conflict(existing, published)
+            }
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    fn same_or_conflict(
+        &self,
+        existing: Published,
+        attempted: Published,
+    ) -> Result<(Committed, Published), PublishError> {
+        if existing.files == attempted.files {
+            Ok((Committed::AlreadyThere, existing))
+        } else {
+            Err(PublishError::Conflict { target: self.name.clone(), build: attempted.build })
+        }
+    }
+
+    /// The tree published under `build`, if there is one.
+    pub fn published(&self, build: &str) -> Result<Option<Published>, PublishError> {
+        check_build_id(build)?;
+        match std::fs::read(self.builds_dir().join(format!("{build}.json"))) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| self.io(e.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Build ids published here, with when, newest first.
+    pub fn builds(&self) -> Result<Vec<(String, u64)>, PublishError> {
+        let entries = match std::fs::read_dir(self.builds_dir()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io(e))?;
+            let name = entry.file_name();
+            let Some(build) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            if check_build_id(build).is_err() {
+                continue;
+            }
+            let when = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push((build.to_owned(), when));
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Opens a blob for reading. Blobs are verified when they arrive;
+    /// whoever serves one hashes it again as it reads.
+    pub fn open_blob(&self, sha256: &str) -> Result<std::fs::File, PublishError> {
+        let path = self.blobs.path(sha256)?;
+        std::fs::File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => PublishError::Artifact(ArtifactError::Missing(sha256.to_owned())),
+            _ => self.io(e),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn target(dir: &Path) -> TargetStore {
+        let limits = PublishTarget {
+            dir: String::new(),
+            description: None,
+            max_file_size: 1000,
+            max_files: 5,
+            max_total: 1500,
+            span: Default::default(),
+        };
+        TargetStore::new("snapshots", dir.to_owned(), limits)
+    }
+
+    fn blob(t: &TargetStore, bytes: &[u8]) -> String {
+        let d = hex::encode(Sha256::digest(bytes));
+        t.put_blob(&d, bytes.len() as u64, bytes).expect("put");
+        d
+    }
+
+    fn entry(path: &str, sha256: &str, size: u64) -> ManifestEntry {
+        ManifestEntry { path: path.into(), sha256: sha256.into(), size }
+    }
+
+    #[test]
+    fn paths_and_build_ids_are_checked() {
+        for ok in ["a", "dist/app.js", "a/b/c.tar.gz", "..hidden", "x..y"] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("../x", "`..`"),
+            ("a/./b", "`.`"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("a\\b", "backslash"),
+            ("a\u{202e}txt.exe", "bidirectional"),
+            ("a\nb", "control"),
+        ] {
+            let e = check_path(bad).expect_err(bad).to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(check_path(&"a".repeat(1025)).is_err());
+        for ok in ["pr-481-7", "v1.2.3", "20261124-101010-ab12"] {
+            assert!(check_build_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_build_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uploads_are_verified_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = target(dir.path());
+        let d = hex::encode(Sha256::digest(b"hello"));
+        assert_eq!(t.missing(std::slice::from_ref(&d)).expect("missing"), vec![d.clone()]);
+        let other = hex::encode(Sha256::digest(b"other"));
+        assert!(matches!(t.put_blob(&other, 5, &b"hello"[..]), Err(PublishError::DigestMismatch { .. })));
+        assert!(matches!(t.put_blob(&d, 9, &b"hello"[..]), Err(PublishError::Truncated { got: 5, .. })));
+        assert!(matches!(t.put_blob(&d, 1001, &b"hello"[..]), Err(PublishError::FileTooLarge { .. })));
+        assert_eq!(t.missing(std::slice::from_ref(&d)).expect("missing"), vec![d.clone()], "nothing was kept");
+        assert!(t.put_blob(&d, 5, &b"hello"[..]).expect("put"));
+        assert!(!t.put_blob(&d, 5, &b"hello"[..]).expect("again"), "the second upload is not new");
+        assert!(t.missing(&[d]).expect("missing").is_empty());
+        assert!(matches!(t.missing(&["zz".into()]), Err(PublishError::BadDigest(_))));
+    }
+
+    #[test]
+    fn manifests_are_checked_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = target(dir.path());
+        let a = blob(&t, b"aaa");
+        let big = blob(&t, &[7u8; 900]);
+        let absent = hex::encode(Sha256::digest(b"never uploaded"));
+        let cases: Vec<(Vec<ManifestEntry>, &str)> = vec![
+            (vec![], "empty_manifest"),
+            (vec![entry("../x", &a, 3)], "bad_path"),
+            (vec![entry("x", &a, 3), entry("x", &a, 3)], "duplicate_path"),
+            (vec![entry("x", &a, 3), entry("x/y", &a, 3)], "path_clash"),
+            (vec![entry("x", "nothex", 3)], "bad_digest"),
+            (vec![entry("x", &absent, 3)], "missing_blob"),
+            (vec![entry("x", &a, 4)], "size_mismatch"),
+            (vec![entry("x", &a, 1001)], "file_too_large"),
+            (vec![entry("x", &big, 900), entry("y", &big, 900)], "publish_too_large"),
+            ((0..6).map(|i| entry(&format!("f{i}"), &a, 3)).collect(), "too_many_files"),
+        ];
+        for (files, code) in cases {
+            let e = t.commit("b1", files).expect_err(code);
+            assert_eq!(e.code(), code, "{e}");
+        }
+        assert!(t.published("b1").expect("read").is_none(), "no refused publish is visible");
+        assert!(t.builds().expect("builds").is_empty());
+    }
+
+    #[test]
+    fn a_commit_is_atomic_and_taken_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = target(dir.path());
+        let a = blob(&t, b"aaa");
+        let b = blob(&t, b"bbbb");
+        let files = vec![entry("z/b.txt", &b, 4), entry("a.txt", &a, 3)];
+        let (c, p) = t.commit("pr-1", files.clone()).expect("commit");
+        assert_eq!((c, p.files[0].path.as_str(), p.bytes()), (Committed::Created, "a.txt", 7));
+        assert_eq!(t.commit("pr-1", files).expect("retry").0, Committed::AlreadyThere);
+        let e = t.commit("pr-1", vec![entry("a.txt", &b, 4)]).expect_err("conflict");
+        assert_eq!(e.code(), "conflict");
+        assert_eq!(t.published("pr-1").expect("read").expect("there").files, p.files);
+
+        // Publishers racing for one build id with different trees: one wins.
+        let t = &t;
+        let outcomes: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (a, b) = (a.clone(), b.clone());
+                    s.spawn(move || {
+                        let files = if i % 2 == 0 { vec![entry("x", &a, 3)] } else { vec![entry("x", &b, 4)] };
+                        t.commit("race", files)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        let created = outcomes.iter().filter(|o| matches!(o, Ok((Committed::Created, _)))).count();
+        let conflicts = outcomes.iter().filter(|o| matches!(o, Err(PublishError::Conflict { .. }))).count();
+        assert_eq!(created, 1);
+        assert_eq!(
+            created + conflicts + outcomes.iter().filter(|o| matches!(o, Ok((Committed::AlreadyThere, _)))).count(),
+            8
+        );
+        assert!(conflicts >= 1);
+    }
+}

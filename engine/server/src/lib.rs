@@ -1,0 +1,474 @@
+//! `airlock serve`: the HTTP face of the publish targets.
+//!
+//! Anyone who can reach the server may browse and download published
+//! trees (index pages, and every file with its sha256 in the
+//! `x-airlock-sha256` header, checked again as it is sent). Publishing
+//! takes a token (see `airlock token create`): every API call is checked
+//! and charged against it, with the address the connection came from.
+//!
+//! The publish API, all under `/api/v1/targets/TARGET/builds/BUILD`:
+//!
+//! | call | body | does |
+//! |------|------|------|
+//! | `POST …/missing` | `{"digests": [...]}` | answers `{"missing": [...]}`: the blobs to upload |
+//! | `POST …/blobs` | frames: 32-byte sha256, 8-byte big-endian length, bytes | stores each blob after checking its digest |
+//! | `PUT …` | `{"files": [{"path", "sha256", "size"}]}` | publishes the tree, all at once |
+//!
+//! Errors are JSON, `{"error": {"code": "token_expired", "message": "..."}}`,
+//! with stable codes. This crate never runs guest code and never logs a
+//! token.
+//!
+//! ```no_run
+//! # async fn demo(store: airlock_store::Store, targets: Vec<airlock_host::publish::TargetStore>) -> std::io::Result<()> {
+//! let app = std::sync::Arc::new(airlock_server::App::new(store, targets));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8480").await?;
+//! airlock_server::serve(listener, app, Default::default()).await
+//! # }
+//! ```
+
+// Handlers return `Result<_, Response>` so an early answer (a refused
+// token, a bad build id) is one `?`; the response is built once per
+// request, so its size on the stack does not matter.
+#![allow(clippy::result_large_err)]
+
+mod pages;
+
+use airlock_host::publish::{Committed, ManifestEntry, PublishError, Published, TargetStore};
+use airlock_store::{Store, TokenError, TokenUse, now_ms};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// The body of every response.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Largest `missing` request: a million digests as JSON.
+const MAX_MISSING_BODY: usize = 80 << 20;
+/// Largest manifest: 100,000 files with long paths.
+const MAX_MANIFEST_BODY: usize = 128 << 20;
+/// Manifests kept parsed in memory; they never change once published.
+const MANIFEST_CACHE: usize = 256;
+/// Bytes per chunk when a file is sent.
+const SEND_CHUNK: usize = 256 << 10;
+
+/// What the server serves: the state store (for tokens) and the targets.
+pub struct App {
+    store: Store,
+    targets: BTreeMap<String, TargetStore>,
+    manifests: Mutex<HashMap<(String, String), Arc<Published>>>,
+}
+
+impl App {
+    /// A server over `store` and `targets`.
+    pub fn new(store: Store, targets: Vec<TargetStore>) -> Self {
+        Self {
+            store,
+            targets: targets.into_iter().map(|t| (t.name().to_owned(), t)).collect(),
+            manifests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn manifest(&self, target: &TargetStore, build: &str) -> Result<Option<Arc<Published>>, PublishError> {
+        let key = (target.name().to_owned(), build.to_owned());
+        if let Some(p) = self.manifests.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(Some(p));
+        }
+        let Some(published) = target.published(build)? else { return Ok(None) };
+        let published = Arc::new(published);
+        if let Ok(mut m) = self.manifests.lock() {
+            if m.len() >= MANIFEST_CACHE {
+                m.clear();
+            }
+            m.insert(key, published.clone());
+        }
+        Ok(Some(published))
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, not spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(&app, peer, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let response = route(app, peer, req).await;
+    tracing::info!(%peer, %method, path, status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64);
+    response
+}
+
+async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if let Some(api) = path.strip_prefix("/api/v1/") {
+        let parts: Vec<&str> = api.split('/').collect();
+        return match (req.method(), parts.as_slice()) {
+            (&Method::GET, ["targets"]) => list_targets(app),
+            (&Method::GET, ["targets", t, "builds"]) => with_target(app, t, list_builds),
+            (&Method::GET, ["targets", t, "builds", b]) => match target(app, t) {
+                Ok(t) => get_manifest(app, t, b),
+                Err(r) => r,
+            },
+            (&Method::POST, ["targets", t, "builds", b, "missing"]) => missing(app, peer, t, b, req).await,
+            (&Method::POST, ["targets", t, "builds", b, "blobs"]) => blobs(app, peer, t, b, req).await,
+            (&Method::PUT, ["targets", t, "builds", b]) => commit(app, peer, t, b, req).await,
+            _ => error(StatusCode::NOT_FOUND, "not_found", format!("no API call `{} {path}`", req.method())),
+        };
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "published trees are read-only".into());
+    }
+    let head = req.method() == Method::HEAD;
+    pages::browse(app, &path, head).await
+}
+
+fn with_target(app: &App, name: &str, f: impl FnOnce(&TargetStore) -> Response<Body>) -> Response<Body> {
+    match target(app, name) {
+        Ok(t) => f(t),
+        Err(r) => r,
+    }
+}
+
+fn target<'a>(app: &'a App, name: &str) -> Result<&'a TargetStore, Response<Body>> {
+    app.targets.get(name).ok_or_else(|| {
+        let names: Vec<&str> = app.targets.keys().map(String::as_str).collect();
+        error(
+            StatusCode::NOT_FOUND,
+            "no_target",
+            format!("no publish target `{}`; this server has: {}", short(name), names.join(", ")),
+        )
+    })
+}
+
+/// A value from a request, cut and escaped for an error message.
+fn short(text: &str) -> String {
+    airlock_model::text::one_line(text, 200)
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    bytes.push(b'\n');
+    respond(status, "application/json", bytes)
+}
+
+/// A JSON error with a stable code.
+fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": { "code": code, "message": message } }))
+}
+
+fn publish_error(e: &PublishError) -> Response<Body> {
+    let status = match e {
+        PublishError::Conflict { .. } => StatusCode::CONFLICT,
+        PublishError::TooManyFiles { .. } | PublishError::FileTooLarge { .. } | PublishError::TotalTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        PublishError::Io { .. } | PublishError::Artifact(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, e.code(), e.to_string())
+}
+
+fn token_error(e: &TokenError) -> Response<Body> {
+    let (status, code) = match e {
+        TokenError::Malformed => (StatusCode::UNAUTHORIZED, "token_malformed"),
+        TokenError::Unknown => (StatusCode::UNAUTHORIZED, "token_unknown"),
+        TokenError::Revoked { .. } => (StatusCode::UNAUTHORIZED, "token_revoked"),
+        TokenError::Expired { .. } => (StatusCode::UNAUTHORIZED, "token_expired"),
+        TokenError::NotYetValid { .. } => (StatusCode::UNAUTHORIZED, "token_not_yet_valid"),
+        TokenError::WrongSource { .. } => (StatusCode::FORBIDDEN, "token_wrong_source"),
+        TokenError::OutOfScope { .. } => (StatusCode::FORBIDDEN, "token_out_of_scope"),
+        TokenError::QuotaUsedUp { .. } => (StatusCode::FORBIDDEN, "token_quota_used_up"),
+        TokenError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+    };
+    error(status, code, e.to_string())
+}
+
+/// Checks and charges the request's token for one call.
+fn authorize(
+    app: &App,
+    peer: SocketAddr,
+    headers: &hyper::HeaderMap,
+    target: &str,
+    build: &str,
+    files: u64,
+    bytes: u64,
+) -> Result<(), Response<Body>> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            error(
+                StatusCode::UNAUTHORIZED,
+                "token_missing",
+                "publishing needs a token: send `Authorization: Bearer alk_...` (see `airlock token create`)".into(),
+            )
+        })?;
+    let source = peer.ip().to_canonical();
+    let use_ = TokenUse { action: "publish", target, build_id: build, source, files, bytes, now_ms: now_ms() };
+    app.store.use_token(token.trim(), &use_).map(drop).map_err(|e| token_error(&e))
+}
+
+/// Target and build id of an API call, checked.
+fn publish_place<'a>(app: &'a App, target_name: &str, build: &str) -> Result<&'a TargetStore, Response<Body>> {
+    let t = target(app, target_name)?;
+    airlock_host::publish::check_build_id(build).map_err(|e| publish_error(&e))?;
+    Ok(t)
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>, limit: usize) -> Result<T, Response<Body>> {
+    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {limit} bytes"))
+        } else {
+            error(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+        error(StatusCode::BAD_REQUEST, "bad_json", format!("the request body is not what this call takes: {e}"))
+    })
+}
+
+/// Runs blocking file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response<Body>> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the server could not finish the call: {e}"))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MissingRequest {
+    digests: Vec<String>,
+}
+
+async fn missing(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        let target = publish_place(app, t, b)?;
+        authorize(app, peer, req.headers(), t, b, 0, 0)?;
+        let body: MissingRequest = read_json(req, MAX_MISSING_BODY).await?;
+        let target = target.clone();
+        let missing = blocking(move || target.missing(&body.digests)).await?.map_err(|e| publish_error(&e))?;
+        Ok(json(StatusCode::OK, &serde_json::json!({ "missing": missing })))
+    };
+    result.await.unwrap_or_else(|r| r)
+}
+
+async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        let target = publish_place(app, t, b)?;
+        let length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                error(
+                    StatusCode::LENGTH_REQUIRED,
+                    "length_required",
+                    "a blob upload states its length (`Content-Length`) so the token can be charged first".into(),
+                )
+            })?;
+        authorize(app, peer, req.headers(), t, b, 0, length)?;
+        let stream = http_body_util::BodyDataStream::new(req.into_body()).map_err(std::io::Error::other);
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+        let target = target.clone();
+        let (stored, new) = blocking(move || read_frames(&target, reader)).await?.map_err(|e| publish_error(&e))?;
+        Ok(json(StatusCode::OK, &serde_json::json!({ "stored": stored, "new": new })))
+    };
+    result.await.unwrap_or_else(|r| r)
+}
+
+/// Reads `digest (32 bytes) | length (u64, big-endian) | bytes` frames
+/// until the body ends, storing each blob. Returns (blobs, new blobs).
+fn read_frames(target: &TargetStore, mut reader: impl Read) -> Result<(u64, u64), PublishError> {
+    let (mut stored, mut new) = (0, 0);
+    loop {
+        let mut head = [0u8; 40];
+        let mut filled = 0;
+        while filled < head.len() {
+            match reader.read(&mut head[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(PublishError::Io { dir: "upload".into(), source: e }),
+            }
+        }
+        match filled {
+            0 => return Ok((stored, new)),
+            40 => {}
+            n => {
+                return Err(PublishError::Truncated { sha256: "(frame header)".into(), expected: 40, got: n as u64 });
+            }
+        }
+        let digest = hex::encode(&head[..32]);
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&head[32..]);
+        if target.put_blob(&digest, u64::from_be_bytes(len), &mut reader)? {
+            new += 1;
+        }
+        stored += 1;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitRequest {
+    files: Vec<ManifestEntry>,
+}
+
+async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
+    let result = async {
+        let target = publish_place(app, t, b)?;
+        // The manifest is read before the token is charged: its file count
+        // is what the token's file quota counts.
+        let headers = req.headers().clone();
+        let body: CommitRequest = read_json(req, MAX_MANIFEST_BODY).await?;
+        authorize(app, peer, &headers, t, b, body.files.len() as u64, 0)?;
+        let (target, build) = (target.clone(), b.to_owned());
+        let (committed, published) =
+            blocking(move || target.commit(&build, body.files)).await?.map_err(|e| publish_error(&e))?;
+        let status = match committed {
+            Committed::Created => StatusCode::CREATED,
+            Committed::AlreadyThere => StatusCode::OK,
+        };
+        Ok(json(
+            status,
+            &serde_json::json!({
+                "target": published.target,
+                "build": published.build,
+                "files": published.files.len(),
+                "bytes": published.bytes(),
+                "created": committed == Committed::Created,
+                "url": format!("/{}/{}/", published.target, published.build),
+            }),
+        ))
+    };
+    result.await.unwrap_or_else(|r| r)
+}
+
+fn list_targets(app: &App) -> Response<Body> {
+    let targets: Vec<_> = app
+        .targets
+        .values()
+        .map(|t| serde_json::json!({ "name": t.name(), "description": t.limits().description }))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "targets": targets }))
+}
+
+fn list_builds(t: &TargetStore) -> Response<Body> {
+    match t.builds() {
+        Ok(builds) => {
+            let builds: Vec<_> =
+                builds.into_iter().map(|(b, ms)| serde_json::json!({ "build": b, "published_ms": ms })).collect();
+            json(StatusCode::OK, &serde_json::json!({ "builds": builds }))
+        }
+        Err(e) => publish_error(&e),
+    }
+}
+
+fn get_manifest(app: &App, t: &TargetStore, b: &str) -> Response<Body> {
+    match app.manifest(t, b) {
+        Ok(Some(p)) => json(StatusCode::OK, &*p),
+        Ok(None) => {
+            error(StatusCode::NOT_FOUND, "no_build", format!("nothing is published as `{}/{}`", t.name(), short(b)))
+        }
+        Err(e) => publish_error(&e),
+    }
+}
+
+/// Sends a blob, hashing it as it goes; if the bytes on disk no longer
+/// match, the connection is cut before the last chunk so the client sees
+/// a failed download, never a complete wrong file.
+fn send_blob(file: std::fs::File, sha256: String) -> Body {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut file = file;
+        let mut hasher = Sha256::new();
+        let mut pending: Option<Bytes> = None;
+        loop {
+            let mut buf = vec![0u8; SEND_CHUNK];
+            let n = match file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            hasher.update(&buf);
+            // Hold one chunk back until the next is read, so the last one
+            // goes out only after the whole file was checked.
+            if let Some(chunk) = pending.replace(Bytes::from(buf))
+                && tx.blocking_send(Ok(Frame::data(chunk))).is_err()
+            {
+                return;
+            }
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            tracing::error!("blob sha256:{sha256} is damaged on disk (hashes to sha256:{actual}); download cut");
+            let _ = tx.blocking_send(Err(std::io::Error::other("blob damaged on disk")));
+            return;
+        }
+        if let Some(chunk) = pending {
+            let _ = tx.blocking_send(Ok(Frame::data(chunk)));
+        }
+    });
+    StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed()
+}
