@@ -3,6 +3,8 @@
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Errors of the artifact store.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,10 @@ pub enum ArtifactError {
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,
+    /// Which of the 256 `sha256/xx/` directories (and, last, `tmp/`) are
+    /// known to exist, so storing a blob makes no `mkdir` or `stat` call
+    /// after the first in its directory.
+    made: Arc<[AtomicBool; 257]>,
 }
 
 /// Copy buffer size: large enough to stream at disk speed.
@@ -65,7 +71,9 @@ fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<(S
 impl ArtifactStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        // An absolute root spares a `getcwd` per temporary file.
+        let root = std::path::absolute(&root).unwrap_or(root);
+        Self { root, made: Arc::new(std::array::from_fn(|_| AtomicBool::new(false))) }
     }
 
     fn io(&self, source: std::io::Error) -> ArtifactError {
@@ -104,31 +112,59 @@ impl ArtifactStore {
         self.put_inner(reader, Some((sha256, len)))
     }
 
+    /// Creates `dir` (the `sha256/xx` directory of index `slot`, or
+    /// `tmp` at 256) unless this process already did.
+    fn make_dir(&self, slot: usize, dir: &Path) -> Result<(), ArtifactError> {
+        let made = &self.made[slot];
+        if !made.load(Ordering::Relaxed) {
+            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
+            made.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Where new bytes are written before they are kept: beside where
+    /// they will stay when their digest is known, so keeping them is a
+    /// rename within one directory.
+    fn staging_dir(&self, expected: Option<&str>) -> Result<PathBuf, ArtifactError> {
+        let (slot, dir) = match expected {
+            Some(digest) => {
+                let dir = self.path(digest)?.parent().map(Path::to_owned).unwrap_or_else(|| self.root.clone());
+                (usize::from(u8::from_str_radix(&digest[..2], 16).unwrap_or(0)), dir)
+            }
+            None => (256, self.root.join("tmp")),
+        };
+        self.make_dir(slot, &dir)?;
+        Ok(dir)
+    }
+
     fn put_inner(
         &self,
         mut reader: impl Read,
         expected: Option<(&str, u64)>,
     ) -> Result<(String, u64, bool), ArtifactError> {
-        let tmp_dir = self.root.join("tmp");
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| self.io(e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| self.io(e))?;
+        let tmp_dir = self.staging_dir(expected.map(|(d, _)| d))?;
+        // Stored blobs are never written again; readers get them read-only.
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            .tempfile_in(&tmp_dir)
+            .map_err(|e| self.io(e))?;
         let (digest, size) = copy_hashing(&mut reader, &mut tmp).map_err(|e| self.io(e))?;
         if expected.is_some_and(|(d, len)| d != digest || len != size) {
             // Dropping `tmp` deletes what arrived.
             return Ok((digest, size, false));
         }
         let dest = self.path(&digest)?;
-        if dest.is_file() {
-            return Ok((digest, size, false));
+        if expected.is_none() {
+            self.staging_dir(Some(&digest))?;
         }
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| self.io(e))?;
+        match tmp.persist_noclobber(&dest) {
+            Ok(_) => Ok((digest, size, true)),
+            // Someone stored the same bytes first.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok((digest, size, false)),
+            Err(e) => Err(self.io(e.error)),
         }
-        // Stored blobs are never written again; readers get them read-only.
-        let perms = std::os::unix::fs::PermissionsExt::from_mode(0o444);
-        tmp.as_file().set_permissions(perms).map_err(|e| self.io(e))?;
-        tmp.persist(&dest).map_err(|e| self.io(e.error))?;
-        Ok((digest, size, true))
     }
 
     /// Copies a blob to `dest`, checking its digest on the way. On a

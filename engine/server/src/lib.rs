@@ -321,6 +321,18 @@ async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incom
                     "a blob upload states its length (`Content-Length`) so the token can be charged first".into(),
                 )
             })?;
+        // One request never holds more than one publish may: the target's
+        // limits bound what a token holder can make the server write.
+        let most = target.limits().max_total.saturating_add(40 * target.limits().max_files);
+        if length > most {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "upload_too_large",
+                format!(
+                    "an upload of {length} bytes is more than one publish to `{t}` may hold ({most} bytes with framing)"
+                ),
+            ));
+        }
         authorize(app, peer, req.headers(), t, b, 0, length)?;
         let stream = http_body_util::BodyDataStream::new(req.into_body()).map_err(std::io::Error::other);
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));

@@ -4,7 +4,7 @@
 //! ```sh
 //! apt-get install rsync
 //! cargo build --release -p airlock-cli
-//! cargo run --release -p airlock-bench --bin publish-vs-rsync [-- FILES MIB]
+//! cargo run --release -p airlock-bench --bin publish-vs-rsync [-- FILES MIB ROUNDS]
 //! ```
 //!
 //! It builds a tree of mixed sizes (by default 10,008 files, ~614 MiB:
@@ -15,6 +15,11 @@
 //! normal use); airlock publishes each time under a new build id (its
 //! normal use), so "unchanged" means "a new build whose files the server
 //! already has". Every command runs as its own process, as in CI.
+//!
+//! Disk caches make single timings on a small VM swing by a factor of
+//! two, so it does ROUNDS rounds (default 3), each into fresh
+//! destinations, alternating which tool goes first, with the disk synced
+//! before every command, and prints the medians.
 
 use anyhow::{Context, bail};
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
@@ -77,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let files: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_008);
     let mib: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(614);
+    let rounds: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(3).max(1);
     let airlock = std::env::var_os("AIRLOCK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/airlock"));
@@ -117,13 +123,20 @@ fn main() -> anyhow::Result<()> {
     // airlock serve on loopback, with a token for the whole run.
     let state = work.path().join("state");
     let policy = work.path().join("policy.yaml");
-    std::fs::write(&policy, "targets:\n  bench:\n    dir: published\n    limits: { total: 100GiB }\n")?;
-    let token = Command::new(&airlock)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["token", "create", "--scope", "publish:bench/", "--ttl", "2h"])
-        .output()?;
-    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let mut targets = String::from("targets:\n");
+    for r in 0..rounds {
+        targets.push_str(&format!("  bench{r}:\n    dir: published-{r}\n    limits: {{ total: 100GiB }}\n"));
+    }
+    std::fs::write(&policy, targets)?;
+    let mut tokens = Vec::new();
+    for r in 0..rounds {
+        let t = Command::new(&airlock)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["token", "create", "--ttl", "2h", "--scope", &format!("publish:bench{r}/")])
+            .output()?;
+        tokens.push(String::from_utf8(t.stdout)?.trim().to_owned());
+    }
     let mut serve = Command::new(&airlock)
         .arg("--state-dir")
         .arg(&state)
@@ -148,37 +161,66 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let rsync = |_: &str| {
+    let rsync = |round: usize| {
         let mut c = Command::new("rsync");
-        c.arg("-a").arg(format!("{}/", tree.display())).arg(format!("rsync://127.0.0.1:{rsync_port}/bench/"));
+        c.arg("-a").arg(format!("{}/", tree.display())).arg(format!("rsync://127.0.0.1:{rsync_port}/bench/{round}/"));
         c
     };
     let client_state = work.path().join("client");
-    let publish = |build: &str| {
+    let publish = |round: usize, build: &str| {
         let mut c = Command::new(&airlock);
         c.arg("--state-dir")
             .arg(&client_state)
-            .env("AIRLOCK_TOKEN", &token)
-            .args(["publish", "--server", &server, "--target", "bench", "--strip", "1", build])
+            .env("AIRLOCK_TOKEN", &tokens[round])
+            .args(["publish", "--server", &server, "--target", &format!("bench{round}"), "--strip", "1", build])
             .arg(&tree)
             .current_dir(work.path());
         c
     };
+    let sync = || Command::new("sync").status().map(drop);
     // The stat cache trusts only files whose times are 2 s old.
+    sync()?;
     std::thread::sleep(Duration::from_millis(2100));
 
-    let mut rows = Vec::new();
-    rows.push(("initial publish", run(&mut rsync("1"))?, run(&mut publish("b1"))?));
-    rows.push(("unchanged re-publish", run(&mut rsync("2"))?, run(&mut publish("b2"))?));
-    for i in [7, 4242] {
-        let f = tree.join(format!("d{:02}/e{:02}/f{i:05}.bin", i % 40, i / 40 % 25));
-        let mut bytes = std::fs::read(&f)?;
-        bytes[0] ^= 0xff;
-        std::fs::write(&f, bytes)?;
+    const SCENARIOS: [&str; 3] = ["initial publish", "unchanged re-publish", "two files changed"];
+    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> = vec![Default::default(); SCENARIOS.len()];
+    for round in 0..rounds {
+        for (s, _) in SCENARIOS.iter().enumerate() {
+            if s == 2 {
+                for i in [7 + round, 4242 + round] {
+                    let f = tree.join(format!("d{:02}/e{:02}/f{i:05}.bin", i % 40, i / 40 % 25));
+                    let mut bytes = std::fs::read(&f)?;
+                    bytes[0] ^= 0xff;
+                    std::fs::write(&f, bytes)?;
+                }
+            }
+            let build = format!("r{round}s{s}");
+            let mut one = |rsync_turn: bool| -> anyhow::Result<()> {
+                sync()?;
+                if rsync_turn {
+                    times[s].0.push(run(&mut rsync(round))?);
+                } else {
+                    times[s].1.push(run(&mut publish(round, &build))?);
+                }
+                Ok(())
+            };
+            let rsync_first = round % 2 == 0;
+            one(rsync_first)?;
+            one(!rsync_first)?;
+        }
+        eprintln!("round {} of {rounds} done", round + 1);
     }
-    rows.push(("two files changed", run(&mut rsync("3"))?, run(&mut publish("b3"))?));
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let rows: Vec<(&str, Duration, Duration)> =
+        SCENARIOS.iter().zip(times.iter_mut()).map(|(what, (r, a))| (*what, median(r), median(a))).collect();
 
-    println!("{n} files, {:.0} MiB, loopback, each command a new process", bytes as f64 / (1 << 20) as f64);
+    println!(
+        "{n} files, {:.0} MiB, loopback, each command a new process; medians of {rounds} rounds",
+        bytes as f64 / (1 << 20) as f64
+    );
     println!("{:<22} {:>10} {:>10} {:>8}", "", "rsync", "airlock", "ratio");
     for (what, r, a) in rows {
         println!(

@@ -272,6 +272,20 @@ fn bad_manifests_and_uploads_are_refused_and_leave_nothing() {
     let big = vec![b'x'; 2048];
     let (status, code) = server.refused("POST", &format!("{api}/blobs"), Some(&t), &frame(&sha(&big), &big));
     assert_eq!((status, code.as_str()), (413, "file_too_large"));
+    // The scratch policy's `snapshots` allows 20 GiB per publish; a
+    // request claiming more is refused before anything is read.
+    let (status, code) = {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        let head = format!(
+            "POST {api}/blobs HTTP/1.1\r\nhost: x\r\nconnection: close\r\nauthorization: Bearer {t}\r\ncontent-length: {}\r\n\r\n",
+            30u64 << 30
+        );
+        stream.write_all(head.as_bytes()).expect("send");
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        (answer[9..12].to_owned(), answer.contains("\"upload_too_large\""))
+    };
+    assert_eq!((status.as_str(), code), ("413", true));
     let mut short = frame(&absent, b"never sent");
     short.truncate(45);
     let (status, code) = server.refused("POST", &format!("{api}/blobs"), Some(&t), &short);
