@@ -164,8 +164,10 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs each request (never a token) unless RUST_LOG says otherwise.
+    let quiet = if matches!(cli.command, Command::Serve(_)) { "warn,airlock_server=info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()))
         .with_writer(std::io::stderr)
         .with_ansi(output::color())
         .init();

@@ -188,19 +188,24 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     } else {
         println!("{url}");
         eprintln!(
-            "{} {} files ({}) to {}/{}: uploaded {} blobs ({}), {} already there; {:.2}s",
+            "{} {} ({}) to {}/{}: uploaded {} ({}), {} already there; {:.2}s",
             if committed.created { "published" } else { "already published:" },
-            committed.files,
+            count(committed.files as usize, "file"),
             airlock_model::format_size(total_bytes),
             committed.target,
             committed.build,
-            missing.len(),
+            count(missing.len(), "blob"),
             airlock_model::format_size(upload_bytes),
             unique.len() - missing.len(),
             started.elapsed().as_secs_f64()
         );
     }
     Ok(())
+}
+
+/// `1 file`, `2 files`.
+fn count(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
 fn cores() -> usize {
@@ -445,7 +450,7 @@ impl Progress {
         let bar = (!json && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
@@ -456,7 +461,7 @@ impl Progress {
 
     fn hashing(&self, files: usize, bytes: u64) {
         if let Some(b) = &self.bar {
-            b.set_message(format!("hashing {files}"));
+            b.set_message(format!("hashing {}", count(files, "file")));
             b.set_length(bytes);
             b.set_position(0);
         }
@@ -464,7 +469,7 @@ impl Progress {
 
     fn uploading(&self, files: usize, bytes: u64) {
         if let Some(b) = &self.bar {
-            b.set_message(format!("uploading {files}"));
+            b.set_message(format!("uploading {}", count(files, "file")));
             b.set_length(bytes);
             b.set_position(0);
         }

@@ -146,9 +146,6 @@ pub(crate) struct Shared {
     pub(crate) spare_workspaces: Option<std::sync::Mutex<Vec<PathBuf>>>,
     /// Publish targets of the admin policy.
     pub(crate) targets: Arc<std::collections::BTreeMap<String, airlock_host::publish::TargetStore>>,
-    /// Ids of the tokens minted for this run's publish steps: each is
-    /// revoked when its step ends, and all again when the run ends.
-    pub(crate) tokens: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a step task reports back to the scheduler.
@@ -194,7 +191,6 @@ impl Engine {
             observer: Box::new(observer),
             spare_workspaces: (!options.keep_workspaces).then(Default::default),
             targets: self.targets.clone(),
-            tokens: Default::default(),
         });
 
         let mut states = vec![StepState::Pending; dag.len()];
@@ -291,11 +287,8 @@ impl Engine {
             (RunState::Succeeded, None)
         };
         // However the run ended, no token minted for it outlives it.
-        let minted = shared.tokens.lock().map(|t| t.clone()).unwrap_or_default();
-        for id in minted {
-            if let Err(e) = self.store.revoke_token(&id) {
-                tracing::error!("cannot revoke token {id} of run {}: {e}", run.id);
-            }
+        if let Err(e) = self.store.revoke_run_tokens(Some(&run.id)) {
+            tracing::error!("cannot revoke the tokens of run {}: {e}", run.id);
         }
         let run = self.store.finish_run(&run.id, state, reason.clone())?;
         self.store.flush()?;

@@ -101,6 +101,11 @@ impl Engine {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| RunnerError::StateDir { path: state_dir.to_owned(), source })?;
         let store = Store::open(state_dir)?;
+        // A run-minted token still live now belongs to a run whose engine
+        // died (this process holds the store alone): it dies too.
+        for id in store.revoke_run_tokens(None)? {
+            tracing::warn!("revoked token {id}: its run ended with its engine");
+        }
         let sandbox = Sandbox::new(Some(state_dir.join("cache")))?;
         Ok(Self {
             state_dir: state_dir.to_owned(),
@@ -130,5 +135,32 @@ impl Engine {
     /// The sandbox.
     pub fn sandbox(&self) -> &Arc<Sandbox> {
         &self.sandbox
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use airlock_store::{Scope, TokenSpec};
+
+    /// An engine that died in a publish step leaves its token live; the
+    /// next engine on the state directory revokes it before anything.
+    #[test]
+    fn tokens_of_runs_that_died_with_their_engine_are_revoked_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scope = Scope::parse("publish:snapshots/b1").expect("scope");
+        let (orphan, person) = {
+            let store = Store::open(dir.path()).expect("store");
+            let minted =
+                TokenSpec { run: Some("20261124-000000-dead".into()), ..TokenSpec::new(scope.clone(), 60_000) };
+            let (_, orphan) = store.create_token(&minted).expect("token");
+            let (_, person) = store.create_token(&TokenSpec::new(scope, 60_000)).expect("token");
+            (orphan.id, person.id)
+        };
+        let engine = Engine::open(dir.path()).expect("engine");
+        let tokens = engine.store().tokens().expect("tokens");
+        let revoked = |id: &str| tokens.iter().find(|t| t.id == id).expect("listed").revoked_ms.is_some();
+        assert!(revoked(&orphan));
+        assert!(!revoked(&person));
     }
 }

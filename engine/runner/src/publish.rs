@@ -55,10 +55,8 @@ pub(crate) async fn run(
     );
     spec.max_files = Some(files.len() as u64);
     spec.note = Some(format!("run {} step {name}", shared.run_id));
+    spec.run = Some(shared.run_id.clone());
     let (token, record) = shared.store.create_token(&spec).map_err(|e| failed(format!("cannot mint a token: {e}")))?;
-    if let Ok(mut minted) = shared.tokens.lock() {
-        minted.push(record.id.clone());
-    }
 
     let work = {
         let (store, artifacts) = (shared.store.clone(), shared.artifacts.clone());

@@ -91,6 +91,8 @@ pub struct TokenSpec {
     pub cidr: Option<ipnet::IpNet>,
     /// Who asked for it, e.g. a run and step, for the record.
     pub note: Option<String>,
+    /// The run it was minted for, when the engine minted it for a step.
+    pub run: Option<String>,
 }
 
 impl TokenSpec {
@@ -105,6 +107,7 @@ impl TokenSpec {
             max_bytes: None,
             cidr: None,
             note: None,
+            run: None,
         }
     }
 }
@@ -147,6 +150,9 @@ pub struct TokenRecord {
     pub revoked_ms: Option<u64>,
     /// Who asked for it.
     pub note: Option<String>,
+    /// The run it was minted for, when the engine minted it for a step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl TokenRecord {
@@ -329,6 +335,7 @@ impl Store {
             used: TokenUsage::default(),
             revoked_ms: None,
             note: spec.note.clone(),
+            run: spec.run.clone(),
         };
         let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         self.tokens.insert(digest(&secret), value).map_err(|e| format!("state store: {e}"))?;
@@ -372,6 +379,29 @@ impl Store {
         self.tokens.flush()?;
         let value = updated.ok_or_else(|| StoreError::NoToken(id.to_owned()))?;
         crate::decode(&key, &value)
+    }
+
+    /// Revokes every token minted for a run that is still usable, and
+    /// returns their ids. With `run` set, only that run's.
+    ///
+    /// An engine that opens the store is the only process using it (sled
+    /// locks the directory), so any run-minted token it finds live at
+    /// start belongs to a run that died with its engine.
+    pub fn revoke_run_tokens(&self, run: Option<&str>) -> Result<Vec<String>> {
+        let now = now_ms();
+        let mut revoked = Vec::new();
+        for t in self.tokens()? {
+            let minted_for = match (&t.run, run) {
+                (Some(r), Some(wanted)) => r == wanted,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if minted_for && t.revoked_ms.is_none() && now < t.expires_ms {
+                self.revoke_token(&t.id)?;
+                revoked.push(t.id);
+            }
+        }
+        Ok(revoked)
     }
 
     /// Checks `token` for one use and charges it, atomically: of two
@@ -506,6 +536,19 @@ mod tests {
         store.revoke_token(&record.id).expect("revoke");
         assert_eq!(err(&t, publish("pr-1-a", now)), format!("token {} was revoked", record.id));
         assert!(matches!(store.revoke_token("tok-nope"), Err(StoreError::NoToken(_))));
+    }
+
+    #[test]
+    fn run_tokens_are_revoked_by_run() {
+        let (_dir, store) = store();
+        let (_, mine) = store.create_token(&TokenSpec { run: Some("r1".into()), ..spec() }).expect("create");
+        let (_, other) = store.create_token(&TokenSpec { run: Some("r2".into()), ..spec() }).expect("create");
+        let (_, admin) = store.create_token(&spec()).expect("create");
+        assert_eq!(store.revoke_run_tokens(Some("r1")).expect("revoke"), vec![mine.id.clone()]);
+        assert_eq!(store.revoke_run_tokens(None).expect("revoke"), vec![other.id.clone()]);
+        let live: Vec<String> =
+            store.tokens().expect("tokens").into_iter().filter(|t| t.revoked_ms.is_none()).map(|t| t.id).collect();
+        assert_eq!(live, vec![admin.id], "a token made by a person is left alone");
     }
 
     #[test]
