@@ -156,8 +156,12 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     let mut missing = Vec::new();
     for chunk in digests.chunks(MISSING_CHUNK) {
         let answer: MissingAnswer = client.call(Method::POST, "/missing", &MissingRequest { digests: chunk }).await?;
-        missing.extend(answer.missing);
+        // Only digests that were asked about count: a confused server
+        // cannot make the client send anything else.
+        missing.extend(answer.missing.into_iter().filter(|d| unique.contains_key(d.as_str())));
     }
+    missing.sort();
+    missing.dedup();
     let to_send: Vec<(String, PathBuf, u64)> = missing
         .iter()
         .filter_map(|d| unique.get(d.as_str()).map(|l| (l.sha256.clone(), l.file.clone(), l.size)))
@@ -196,7 +200,7 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
             committed.build,
             count(missing.len(), "blob"),
             airlock_model::format_size(upload_bytes),
-            unique.len() - missing.len(),
+            unique.len().saturating_sub(missing.len()),
             started.elapsed().as_secs_f64()
         );
     }

@@ -65,16 +65,27 @@ pub(crate) async fn run(
             publish_blocking(&store, &artifacts, &target, &token, &build, files, token_id)
         })
     };
-    let outcome = tokio::select! {
-        joined = work => joined.map_err(|e| failed(format!("publishing stopped: {e}"))).and_then(|r| r.map_err(&failed)),
-        // A commit already under way finishes or not on its own; either
-        // way it is all or nothing, and the token dies with the run.
-        () = cancel.cancelled() => Err(StepError::Cancelled),
+    let revoke = || {
+        if let Err(e) = shared.store.revoke_token(&record.id) {
+            tracing::error!("cannot revoke token {} of step `{name}`: {e}", record.id);
+        }
     };
-    if let Err(e) = shared.store.revoke_token(&record.id) {
-        tracing::error!("cannot revoke token {} of step `{name}`: {e}", record.id);
-    }
-    outcome
+    let mut work = work;
+    let joined = tokio::select! {
+        joined = &mut work => joined,
+        () = cancel.cancelled() => {
+            // Revoking the token stops the publish at its next call; a
+            // commit already under way is all or nothing. Wait to learn
+            // which, so the record says what happened.
+            revoke();
+            match work.await {
+                Ok(Ok(published)) => return Ok(published),
+                _ => return Err(StepError::Cancelled),
+            }
+        }
+    };
+    revoke();
+    joined.map_err(|e| failed(format!("publishing stopped: {e}"))).and_then(|r| r.map_err(&failed))
 }
 
 /// The files of the upstream steps named in `from`, by path. The same
