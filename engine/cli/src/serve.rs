@@ -12,6 +12,23 @@ pub struct ServeArgs {
     listen: SocketAddr,
 }
 
+/// Binds the admin socket, replacing one left by a server that died:
+/// this process holds the state directory's lock, so no other server is
+/// behind it.
+fn admin_listener(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    tokio::net::UnixListener::bind(socket)
+        .map_err(|e| anyhow::anyhow!("cannot create the admin socket `{}`: {e}", socket.display()))
+}
+
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> anyhow::Result<u8> {
     let Some(policy) = policy else {
@@ -27,6 +44,10 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Token management while the server holds the state: a socket in a
+    // directory only this user may enter (see airlock_server::admin).
+    let socket = airlock_server::admin::socket_path(state_dir);
+    let admin = admin_listener(&socket)?;
     eprintln!(
         "serving {} on http://{addr}/ (Ctrl-C stops)",
         if names.is_empty() { "no targets".into() } else { names.join(", ") }
@@ -49,7 +70,12 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         }
         stop.cancel();
     });
-    airlock_server::serve(listener, app, shutdown).await?;
+    let admin = tokio::spawn(airlock_server::serve_admin(admin, app.clone(), shutdown.clone()));
+    let served = airlock_server::serve(listener, app, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = admin.await;
+    let _ = std::fs::remove_file(&socket);
+    served?;
     eprintln!("stopped");
     Ok(exit::OK)
 }

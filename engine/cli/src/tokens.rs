@@ -1,4 +1,5 @@
-//! `airlock token create|list|revoke`: short-lived scoped tokens.
+//! `airlock token create|list|revoke`: short-lived scoped tokens, kept
+//! in the state store, or made by the `airlock serve` that holds it.
 
 use crate::exit;
 use crate::output::time;
@@ -51,6 +52,112 @@ fn parse_time(text: &str) -> Result<u64, String> {
     t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).map_err(|e| e.to_string())
 }
 
+/// Where tokens are managed: the state store itself, or, while an
+/// `airlock serve` holds it, that server's admin socket.
+enum Tokens {
+    Store(Store),
+    Server(std::path::PathBuf),
+}
+
+impl Tokens {
+    fn open(state_dir: &Path) -> anyhow::Result<Self> {
+        let socket = airlock_server::admin::socket_path(state_dir);
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(Self::Server(socket));
+        }
+        Ok(Self::Store(open(state_dir)?))
+    }
+
+    fn create(&self, spec: &TokenSpec) -> anyhow::Result<(String, TokenRecord)> {
+        match self {
+            Self::Store(store) => store.create_token(spec).map_err(anyhow::Error::msg),
+            Self::Server(socket) => {
+                let body = airlock_server::admin::CreateToken {
+                    scope: spec.scope.to_string(),
+                    ttl_ms: spec.ttl_ms,
+                    not_before_ms: spec.not_before_ms,
+                    max_calls: spec.max_calls,
+                    max_files: spec.max_files,
+                    max_bytes: spec.max_bytes,
+                    cidr: spec.cidr.map(|c| c.to_string()),
+                    note: spec.note.clone(),
+                };
+                #[derive(serde::Deserialize)]
+                struct Created {
+                    token: String,
+                    record: TokenRecord,
+                }
+                let created: Created = admin_call(socket, "POST", "/admin/v1/tokens", Some(&body))?;
+                Ok((created.token, created.record))
+            }
+        }
+    }
+
+    fn list(&self) -> anyhow::Result<Vec<TokenRecord>> {
+        match self {
+            Self::Store(store) => Ok(store.tokens()?),
+            Self::Server(socket) => {
+                #[derive(serde::Deserialize)]
+                struct Listed {
+                    tokens: Vec<TokenRecord>,
+                }
+                Ok(admin_call::<Listed>(socket, "GET", "/admin/v1/tokens", None::<&()>)?.tokens)
+            }
+        }
+    }
+
+    fn revoke(&self, id: &str) -> anyhow::Result<TokenRecord> {
+        match self {
+            Self::Store(store) => Ok(store.revoke_token(id)?),
+            Self::Server(socket) => {
+                #[derive(serde::Deserialize)]
+                struct Revoked {
+                    record: TokenRecord,
+                }
+                let path = format!("/admin/v1/tokens/{id}/revoke");
+                Ok(admin_call::<Revoked>(socket, "POST", &path, None::<&()>)?.record)
+            }
+        }
+    }
+}
+
+/// One call to a running server's admin socket.
+fn admin_call<T: serde::de::DeserializeOwned>(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> anyhow::Result<T> {
+    use http_body_util::BodyExt;
+    let body = match body {
+        Some(b) => serde_json::to_vec(b)?,
+        None => Vec::new(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, bytes) = rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(socket).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "airlock")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, bytes))
+    })?;
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = v["error"]["message"].as_str().unwrap_or("the server refused");
+        anyhow::bail!("{message}");
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Opens the state store of `state_dir`, creating the directory.
 pub fn open(state_dir: &Path) -> anyhow::Result<Store> {
     std::fs::create_dir_all(state_dir)?;
     Store::open(state_dir).map_err(|e| anyhow::anyhow!("cannot open the state in `{}`: {e}", state_dir.display()))
@@ -67,7 +174,7 @@ pub fn create(state_dir: &Path, policy: Option<&Path>, args: CreateArgs) -> anyh
             return Ok(exit::USAGE);
         }
     }
-    let store = open(state_dir)?;
+    let tokens = Tokens::open(state_dir)?;
     let mut spec = TokenSpec::new(args.scope, args.ttl.as_millis() as u64);
     spec.not_before_ms = args.not_before;
     spec.max_calls = args.max_calls;
@@ -75,7 +182,7 @@ pub fn create(state_dir: &Path, policy: Option<&Path>, args: CreateArgs) -> anyh
     spec.max_bytes = args.max_bytes;
     spec.cidr = args.cidr;
     spec.note = Some("airlock token create".into());
-    let (token, record) = store.create_token(&spec).map_err(anyhow::Error::msg)?;
+    let (token, record) = tokens.create(&spec)?;
     if args.json {
         let mut value = serde_json::to_value(&record)?;
         value["token"] = token.into();
@@ -110,8 +217,7 @@ fn limits(t: &TokenRecord) -> String {
 
 /// `airlock token list`: every token, never the tokens themselves.
 pub fn list(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
-    let store = open(state_dir)?;
-    let tokens = store.tokens()?;
+    let tokens = Tokens::open(state_dir)?.list()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&tokens)?);
         return Ok(exit::OK);
@@ -139,8 +245,7 @@ pub fn list(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
 
 /// `airlock token revoke ID`.
 pub fn revoke(state_dir: &Path, id: &str) -> anyhow::Result<u8> {
-    let store = open(state_dir)?;
-    let t = store.revoke_token(id)?;
+    let t = Tokens::open(state_dir)?.revoke(id)?;
     eprintln!("revoked {} ({})", t.id, t.scope);
     Ok(exit::OK)
 }

@@ -58,7 +58,7 @@ pub(crate) async fn run(
     spec.run = Some(shared.run_id.clone());
     let (token, record) = shared.store.create_token(&spec).map_err(|e| failed(format!("cannot mint a token: {e}")))?;
 
-    let work = {
+    let mut work = {
         let (store, artifacts) = (shared.store.clone(), shared.artifacts.clone());
         let (build, token_id) = (build.clone(), record.id.clone());
         tokio::task::spawn_blocking(move || {
@@ -70,7 +70,6 @@ pub(crate) async fn run(
             tracing::error!("cannot revoke token {} of step `{name}`: {e}", record.id);
         }
     };
-    let mut work = work;
     let joined = tokio::select! {
         joined = &mut work => joined,
         () = cancel.cancelled() => {

@@ -31,6 +31,7 @@
 // request, so its size on the stack does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 mod pages;
 
 use airlock_host::publish::{Committed, ManifestEntry, PublishError, Published, TargetStore};
@@ -116,26 +117,63 @@ pub async fn serve(
             () = shutdown.cancelled() => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, peer, req).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
+        tokio::spawn(connection(stream, app.clone(), Some(peer)));
     }
 }
 
-async fn handle(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Serves the [`admin`] API on a Unix socket until `shutdown` is
+/// cancelled. The socket's directory must be closed to other users.
+pub async fn serve_admin(
+    listener: tokio::net::UnixListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        tokio::spawn(connection(stream, app.clone(), None));
+    }
+}
+
+/// One connection: from the network with its peer's address, or from
+/// the admin socket with none.
+async fn connection<IO>(stream: IO, app: Arc<App>, peer: Option<SocketAddr>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(handle(&app, peer, req).await) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+        tracing::debug!(?peer, "connection ended: {e}");
+    }
+}
+
+async fn handle(app: &App, peer: Option<SocketAddr>, req: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let response = route(app, peer, req).await;
-    tracing::info!(%peer, %method, path, status = response.status().as_u16(), ms = started.elapsed().as_millis() as u64);
+    let response = match peer {
+        Some(peer) => route(app, peer, req).await,
+        None => admin::route(app, req).await,
+    };
+    let status = response.status().as_u16();
+    let ms = started.elapsed().as_millis() as u64;
+    match peer {
+        Some(peer) => tracing::info!(%peer, %method, path, status, ms),
+        None => tracing::info!(peer = "admin socket", %method, path, status, ms),
+    }
     response
 }
 

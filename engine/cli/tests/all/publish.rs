@@ -471,3 +471,37 @@ fn a_publish_step_that_cannot_publish_fails_and_its_token_is_revoked() {
     assert!(tokens[0]["revoked_ms"].is_u64(), "{tokens}");
     assert!(!Path::new(&s.path().join("published/snapshots/builds")).read_dir().is_ok_and(|mut d| d.next().is_some()));
 }
+
+#[test]
+fn tokens_are_managed_through_the_running_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    s.file("tree/a.txt", "a");
+    let server = Server::start(&s);
+    let run_dir = s.state().join("run");
+    assert_eq!(std::fs::metadata(&run_dir).expect("run dir").permissions().mode() & 0o777, 0o700);
+
+    // The server holds the state directory; token commands go through it.
+    let t = token(&s, &["--scope", "publish:snapshots/", "--ttl", "10m", "--max-calls", "50"]);
+    let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "b1", "tree"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json(&stdout)["files"], 1);
+    let (code, list, stderr) = output(airlock(&s.state()).args(["token", "list", "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let listed = json(&list);
+    assert_eq!(listed[0]["used"]["calls"], 3, "{listed}");
+    let id = listed[0]["id"].as_str().expect("id");
+    let (code, _, stderr) = output(airlock(&s.state()).args(["token", "revoke", id]));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = publish(&s, &server, &t, &["b2", "tree"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("(token_revoked)"), "{stderr}");
+
+    // The server checks scopes against its own targets.
+    let (code, _, stderr) = output(airlock(&s.state()).args(["token", "create", "--scope", "publish:nightly/"]));
+    assert_eq!(code, 3);
+    assert!(stderr.contains("no publish target `nightly` on this server"), "{stderr}");
+    let (code, _, stderr) = output(airlock(&s.state()).args(["token", "revoke", "tok-00000000"]));
+    assert_eq!(code, 3);
+    assert!(stderr.contains("no token `tok-00000000`"), "{stderr}");
+}
