@@ -276,7 +276,7 @@ fn find(globs: &[String], strip: usize) -> Result<Vec<(String, PathBuf, std::fs:
                 walk(&p, &mut add)?;
             } else if meta.is_file() {
                 add(p, meta)?;
-            } else if !is_pattern {
+            } else {
                 return Err(not_regular(&p, &meta));
             }
         }

@@ -60,6 +60,9 @@ const MAX_MISSING_BODY: usize = 80 << 20;
 const MAX_MANIFEST_BODY: usize = 128 << 20;
 /// Manifests kept parsed in memory; they never change once published.
 const MANIFEST_CACHE: usize = 256;
+/// How long a client may take to send a request's headers: a
+/// connection that trickles them in is closed rather than held open.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Bytes per chunk when a file is sent.
 const SEND_CHUNK: usize = 256 << 10;
 
@@ -155,7 +158,12 @@ where
         async move { Ok::<_, Infallible>(handle(&app, peer, req).await) }
     });
     let io = hyper_util::rt::TokioIo::new(stream);
-    if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = served {
         tracing::debug!(?peer, "connection ended: {e}");
     }
 }

@@ -381,6 +381,7 @@ fn the_client_refuses_what_it_cannot_publish_before_calling() {
     };
     for (args, code, message) in [
         (&["b1", "tree"][..], 1, "`tree/link` is a symbolic link"),
+        (&["b1", "tree/*"], 1, "`tree/link` is a symbolic link"),
         (&["b1", "tree/*.md"], 2, "`tree/*.md` matches no file"),
         (&["../b", "tree/a.txt"], 2, "build id `../b` is not valid"),
         (&["--strip", "2", "b1", "tree/a.txt"], 2, "`--strip 2` leaves nothing of `tree/a.txt`"),
