@@ -797,7 +797,7 @@ fn parse_publish_step(
     Some((step, pending))
 }
 
-fn duration(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<std::time::Duration> {
+pub(crate) fn duration(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<std::time::Duration> {
     let text = c.scalar(node, path)?;
     parse_duration(text).map_err(|e| c.error("bad-duration", path, node.span, e, None)).ok()
 }
@@ -839,7 +839,7 @@ fn parse_retries(c: &mut Checker<'_>, node: &Node, path: &str) -> Retries {
     retries
 }
 
-fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
+pub(crate) fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
     let mut limits = Limits::default();
     let entries = c.map(node, path, Some(LIMIT_KEYS));
     if let Some(m) = get(entries, "memory").and_then(|m| size(c, m, &join(path, "memory"))) {

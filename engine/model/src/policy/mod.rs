@@ -1,0 +1,300 @@
+//! The admin policy file: one file for the engine's own configuration,
+//! written by the platform admin, never by a pipeline author.
+//!
+//! It names the publish targets (where each keeps its published trees and
+//! how much one publish may hold), the users of airlock's API with their
+//! roles and the digests of their tokens, groups of users, and the
+//! environments deployments go to: each with its provider, its
+//! credentials by reference (an environment variable or a file of the
+//! engine, never the secret itself), the pipelines that may deploy there,
+//! the approvals it needs and what steps running for it may use. It is
+//! read with the same spanned parser as pipelines, so every mistake is
+//! reported at once with `line:col`, and unknown keys are errors: a
+//! misspelt limit must not silently become no limit.
+//!
+//! ```yaml
+//! targets:
+//!   snapshots:
+//!     dir: /srv/airlock/snapshots
+//!     limits: { file: 1GiB, files: 20000, total: 10GiB }
+//!   releases:
+//!     dir: releases          # relative to the policy file
+//! ```
+
+mod environments;
+mod people;
+
+pub use environments::{
+    Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
+    Environment, Grants, HttpAuth, HttpMethod, INTERFACES, Payload, Provider,
+};
+pub use people::{Role, User};
+
+use crate::parse::{Checker, closest, count, document, get, join, size};
+use crate::yaml::Node;
+use crate::{Diagnostic, Span};
+use indexmap::IndexMap;
+use serde::Serialize;
+
+const TOP_KEYS: &[&str] = &["targets", "users", "groups", "environments"];
+const TARGET_KEYS: &[&str] = &["dir", "description", "limits"];
+const TARGET_LIMIT_KEYS: &[&str] = &["file", "files", "total"];
+
+/// Names a target may not have: they are paths of the server's own.
+pub const RESERVED_TARGET_NAMES: &[&str] = &["api", "static"];
+
+/// Largest file one publish may hold when the policy sets no limit.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 2 << 30;
+/// Most files one publish may hold when the policy sets no limit.
+pub const DEFAULT_MAX_FILES: u64 = 100_000;
+/// Most bytes one publish may hold when the policy sets no limit.
+pub const DEFAULT_MAX_TOTAL: u64 = 20 << 30;
+
+/// The admin policy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Policy {
+    /// Publish targets by name.
+    pub targets: IndexMap<String, PublishTarget>,
+    /// Users of airlock's API by name.
+    pub users: IndexMap<String, User>,
+    /// Groups of users by name.
+    pub groups: IndexMap<String, Vec<String>>,
+    /// Deployment environments by name.
+    pub environments: IndexMap<String, Environment>,
+}
+
+/// A place published trees go: `DIR` holds every build published to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishTarget {
+    /// The directory, as written (relative paths are relative to the
+    /// policy file; the caller resolves them).
+    pub dir: String,
+    /// What the target is for.
+    pub description: Option<String>,
+    /// Largest single file of a publish.
+    pub max_file_size: u64,
+    /// Most files in one publish.
+    pub max_files: u64,
+    /// Most bytes in one publish, all files together.
+    pub max_total: u64,
+    /// Where the target's name was written.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// Parses and checks a policy file, reporting every error found.
+pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
+    let mut c = Checker { file, diags: Vec::new() };
+    let needs = "a policy has `targets:`, `users:`, `groups:` and `environments:`";
+    let policy = document(&mut c, src, "a policy", needs).map(|root| {
+        let top = c.map(&root, "", Some(TOP_KEYS));
+        let targets = get(top, "targets").map(|t| targets(&mut c, t)).unwrap_or_default();
+        let users = get(top, "users").map(|u| people::users(&mut c, u)).unwrap_or_default();
+        let groups = get(top, "groups").map(|g| people::groups(&mut c, g, &users)).unwrap_or_default();
+        let environments =
+            get(top, "environments").map(|e| environments::environments(&mut c, e, &groups)).unwrap_or_default();
+        Policy { targets, users, groups, environments }
+    });
+    let mut diags = c.diags;
+    diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)).unwrap_or((0, 0)));
+    match policy {
+        Some(p) if diags.is_empty() => Ok(p),
+        _ => Err(diags),
+    }
+}
+
+fn targets(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, PublishTarget> {
+    let mut out = IndexMap::new();
+    for (key, value) in c.map(node, "targets", None) {
+        let Some(name) = key.as_scalar() else { continue };
+        let path = format!("targets.{name}");
+        c.name(name, "target name", &path, key.span);
+        if RESERVED_TARGET_NAMES.contains(&name) {
+            c.error(
+                "reserved-name",
+                &path,
+                key.span,
+                format!("`{name}` cannot name a target: the server uses `/{name}/` itself"),
+                Some("choose another name, e.g. `snapshots`".into()),
+            );
+        }
+        let entries = c.map(value, &path, Some(TARGET_KEYS));
+        let dir = match get(entries, "dir") {
+            Some(d) => c.scalar(d, &join(&path, "dir")).map(str::to_owned),
+            None => {
+                c.error(
+                    "missing-key",
+                    &join(&path, "dir"),
+                    key.span,
+                    format!("target `{name}` has no `dir`"),
+                    Some("set `dir:` to the directory that keeps its published trees".into()),
+                );
+                None
+            }
+        };
+        let description = get(entries, "description").and_then(|d| c.scalar(d, &join(&path, "description")));
+        let mut target = PublishTarget {
+            dir: dir.unwrap_or_default(),
+            description: description.map(str::to_owned),
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            max_files: DEFAULT_MAX_FILES,
+            max_total: DEFAULT_MAX_TOTAL,
+            span: key.span,
+        };
+        if let Some(limits) = get(entries, "limits") {
+            let lpath = join(&path, "limits");
+            let l = c.map(limits, &lpath, Some(TARGET_LIMIT_KEYS));
+            if let Some(n) = get(l, "file").and_then(|n| size(c, n, &join(&lpath, "file"))) {
+                target.max_file_size = n;
+            }
+            if let Some(n) = get(l, "files").and_then(|n| count(c, n, &join(&lpath, "files"), 10_000_000)) {
+                target.max_files = n;
+            }
+            if let Some(n) = get(l, "total").and_then(|n| size(c, n, &join(&lpath, "total"))) {
+                target.max_total = n;
+            }
+        }
+        out.insert(name.to_owned(), target);
+    }
+    out
+}
+
+impl Policy {
+    /// The target called `name`, or an error naming the targets there are.
+    pub fn target(&self, name: &str) -> Result<&PublishTarget, String> {
+        self.targets.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+            match closest(name, &names) {
+                Some(k) => format!("no publish target `{name}` in the policy; did you mean `{k}`?"),
+                None if names.is_empty() => format!("no publish target `{name}`: the policy names none"),
+                None => format!("no publish target `{name}` in the policy; it has: {}", names.join(", ")),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_targets_with_defaults_and_limits() {
+        let src = "targets:\n  snapshots:\n    dir: snaps\n    limits: { file: 1MiB, files: 10 }\n  releases:\n    dir: /srv/rel\n";
+        let p = load_policy("policy.yaml", src).expect("valid");
+        let s = &p.targets["snapshots"];
+        assert_eq!(
+            (s.dir.as_str(), s.max_file_size, s.max_files, s.max_total),
+            ("snaps", 1 << 20, 10, DEFAULT_MAX_TOTAL)
+        );
+        assert_eq!(p.targets["releases"].dir, "/srv/rel");
+        assert!(p.target("snapshot").expect_err("unknown").contains("did you mean `snapshots`?"));
+    }
+
+    #[test]
+    fn reports_every_mistake_with_its_place() {
+        let src =
+            "targets:\n  api:\n    dir: x\n  snaps:\n    dri: y\n    limits: { files: lots, totl: 1GiB }\nuser: {}\n";
+        let diags = load_policy("policy.yaml", src).expect_err("invalid");
+        let shown: Vec<String> = diags
+            .iter()
+            .map(|d| format!("{} {} {} {}", d.span.map_or(0, |s| s.line), d.code, d.path, d.message))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "2 reserved-name targets.api `api` cannot name a target: the server uses `/api/` itself",
+                "4 missing-key targets.snaps.dir target `snaps` has no `dir`",
+                "5 unknown-key targets.snaps.dri unknown key `dri`",
+                "6 bad-number targets.snaps.limits.files `lots` is not a whole number from 0 to 10000000",
+                "6 unknown-key targets.snaps.limits.totl unknown key `totl`",
+                "7 unknown-key user unknown key `user`",
+            ]
+        );
+    }
+
+    const ALICE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const BOB: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    #[test]
+    fn reads_people_and_environments() {
+        let src = format!(
+            "users:\n  alice: {{ token_sha256: {ALICE}, roles: [approver, viewer] }}\n  bob: {{ token_sha256: {BOB}, roles: [runner] }}\n\
+             groups:\n  release-managers: [alice, bob]\n\
+             environments:\n\
+             \x20 staging:\n    provider: {{ type: http, url: 'http://127.0.0.1:9000/deploy', method: post, auth: bearer, credential: token, payload: manifest }}\n\
+             \x20   credentials:\n      token: {{ env: STAGING_TOKEN, expires: 2027-03-01 }}\n\
+             \x20   pipelines: [release]\n\
+             \x20   approvals: {{ required: 2, groups: [release-managers], timeout: 30m }}\n\
+             \x20   grants: {{ interfaces: [deploy], plugins: ['plugins/**/*.wasm'], limits: {{ memory: 64MiB }} }}\n\
+             \x20 www:\n    provider: {{ type: directory, path: /srv/www }}\n    pipelines: ['*']\n\
+             \x20 cdn:\n    provider: {{ type: command, argv: [/usr/local/bin/push, --fast], credentials: [key] }}\n\
+             \x20   credentials: {{ key: {{ file: /etc/airlock/cdn.key }} }}\n    pipelines: [site]\n"
+        );
+        let p = load_policy("policy.yaml", &src).unwrap_or_else(|d| panic!("{d:#?}"));
+        assert_eq!(p.users["alice"].roles, [Role::Approver, Role::Viewer]);
+        assert_eq!(p.groups["release-managers"], ["alice", "bob"]);
+        let staging = &p.environments["staging"];
+        assert_eq!(
+            staging.provider,
+            Provider::Http {
+                url: "http://127.0.0.1:9000/deploy".into(),
+                method: HttpMethod::Post,
+                auth: HttpAuth::Bearer,
+                credential: Some("token".into()),
+                payload: Payload::Manifest,
+            }
+        );
+        assert_eq!(staging.credentials["token"].source, CredentialSource::Env("STAGING_TOKEN".into()));
+        assert_eq!(staging.credentials["token"].expires_ms, Some(1_803_859_200_000));
+        let approvals = staging.approvals.as_ref().expect("approvals");
+        assert_eq!((approvals.required, approvals.requester_may_approve), (2, false));
+        assert_eq!(approvals.timeout, std::time::Duration::from_secs(1800));
+        assert_eq!(staging.grants.interfaces, ["deploy"]);
+        assert_eq!(staging.grants.limits.map(|l| l.memory), Some(64 << 20));
+        assert!(staging.allows_pipeline("release") && !staging.allows_pipeline("site"));
+        assert!(p.environments["www"].allows_pipeline("anything"));
+        assert_eq!(p.environments["www"].provider, Provider::Directory { path: "/srv/www".into(), keep: DEFAULT_KEEP });
+        assert!(
+            matches!(&p.environments["cdn"].provider, Provider::Command { credentials, .. } if credentials == &["key"])
+        );
+    }
+
+    #[test]
+    fn reports_every_people_and_environment_mistake() {
+        let src = format!(
+            "users:\n  alice: {{ token_sha256: {ALICE}, roles: [aprover] }}\n  bob: {{ token_sha256: {ALICE} }}\n  eve: {{ token_sha256: hunter2 }}\n\
+             groups:\n  ops: [alice, mallory]\n\
+             environments:\n\
+             \x20 prod:\n    provider: {{ type: http, url: 'ftp://x', auth: basic, credential: pasword }}\n\
+             \x20   credentials:\n      password: s3cret\n      both: {{ env: A, file: /b }}\n      when: {{ env: W, expires: soon }}\n\
+             \x20   approvals: {{ required: 3, groups: [ops, admins] }}\n\
+             \x20   grants: {{ interfaces: [network] }}\n\
+             \x20 nowhere:\n    provider: {{ type: ftp }}\n    pipelines: []\n\
+             \x20 run:\n    provider: {{ type: command, argv: [deploy.sh] }}\n    pipelines: ['*']\n"
+        );
+        let diags = load_policy("policy.yaml", &src).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {}", d.code, d.path)).collect();
+        assert_eq!(
+            shown,
+            [
+                "unknown-role users.alice.roles[0]",
+                "duplicate-token users.bob.token_sha256",
+                "bad-digest users.eve.token_sha256",
+                "unknown-user groups.ops[1]",
+                "missing-key environments.prod.pipelines",
+                "bad-url environments.prod.provider.url",
+                "unknown-credential environments.prod.provider.credential",
+                "inline-secret environments.prod.credentials.password",
+                "credential-source environments.prod.credentials.both",
+                "bad-date environments.prod.credentials.when.expires",
+                "impossible-approval environments.prod.approvals.required",
+                "unknown-group environments.prod.approvals.groups[1]",
+                "unknown-interface environments.prod.grants.interfaces[0]",
+                "bad-value environments.nowhere.provider.type",
+                "relative-program environments.run.provider.argv[0]",
+            ]
+        );
+        let secret = diags.iter().find(|d| d.code == "inline-secret").expect("inline secret");
+        assert!(!secret.message.contains("s3cret"), "a secret written inline is not echoed: {}", secret.message);
+    }
+}
