@@ -112,10 +112,26 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Publish files to an `airlock serve`, uploading only what it lacks.
     Publish(publish::PublishArgs),
+    /// Make API tokens for the users of the admin policy.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Create, list and revoke short-lived scoped tokens.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Print a new user API token on stdout, and on stderr the
+    /// `token_sha256:` line for the user's entry in the policy.
+    Token {
+        /// Print both as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -194,6 +210,19 @@ fn main() -> ExitCode {
         }
         Command::Token { command: TokenCommand::Create(args) } => {
             tokens::create(&cli.state_dir, cli.policy.as_deref(), args)
+        }
+        Command::User { command: UserCommand::Token { json } } => {
+            let (token, digest) = airlock_store::new_user_token();
+            if json {
+                println!("{}", serde_json::json!({ "token": token, "token_sha256": digest }));
+            } else {
+                println!("{token}");
+                eprintln!("token_sha256: {digest}");
+                eprintln!(
+                    "put that line in the user's entry of the policy; give the token to the user; it is shown only now"
+                );
+            }
+            Ok(exit::OK)
         }
         Command::Token { command: TokenCommand::List { json } } => tokens::list(&cli.state_dir, json),
         Command::Token { command: TokenCommand::Revoke { id } } => tokens::revoke(&cli.state_dir, &id),

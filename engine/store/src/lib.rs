@@ -23,7 +23,10 @@
 
 mod tokens;
 
-pub use tokens::{ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse};
+pub use tokens::{
+    ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse,
+    USER_TOKEN_PREFIX, new_user_token, user_token_digest,
+};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sled::Transactional;

@@ -16,6 +16,23 @@ use std::net::IpAddr;
 /// What tokens start with, so a leaked one is easy to recognise.
 pub const TOKEN_PREFIX: &str = "alk_";
 
+/// What user API tokens start with: unlike publish tokens they are not
+/// kept in the store but named, by digest, in the admin policy.
+pub const USER_TOKEN_PREFIX: &str = "alu_";
+
+/// A new user API token and its sha256 (hex), for the admin policy's
+/// `users.NAME.token_sha256`.
+pub fn new_user_token() -> (String, String) {
+    let token = format!("{USER_TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+    let digest = digest(&token);
+    (token, digest)
+}
+
+/// The sha256 (hex) of a user API token, as the policy names it.
+pub fn user_token_digest(token: &str) -> String {
+    digest(token)
+}
+
 /// The longest a token may live: tokens are for one job, not for keeps.
 pub const MAX_TTL_MS: u64 = 30 * 24 * 3600 * 1000;
 

@@ -68,3 +68,22 @@ fn bad_token_requests_say_what_is_wrong() {
     assert_eq!(code, 3);
     assert!(stderr.contains("no token `tok-00000000`"), "{stderr}");
 }
+
+#[test]
+fn a_user_token_comes_with_the_digest_the_policy_names() {
+    use sha2::Digest;
+    let s = Scratch::new();
+    let (code, stdout, stderr) = output(airlock(&s.state()).args(["user", "token"]));
+    assert_eq!(code, 0, "{stderr}");
+    let token = stdout.trim();
+    assert!(token.starts_with("alu_") && token.len() == 68, "{token}");
+    let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    assert!(stderr.contains(&format!("token_sha256: {digest}")), "{stderr}");
+    assert!(!s.state().exists(), "a user token is not stored anywhere by airlock");
+
+    let policy = s.file("policy.yaml", format!("users:\n  alice: {{ token_sha256: {digest}, roles: [approver] }}\n"));
+    let pipeline = s.file("p.yaml", "name: p\nsteps:\n  a:\n    uses: a.wasm\n");
+    std::fs::write(s.path().join("a.wasm"), b"").expect("plugin file");
+    let (code, _, stderr) = output(airlock(&s.state()).arg("--policy").arg(&policy).arg("validate").arg(&pipeline));
+    assert_eq!(code, 0, "{stderr}");
+}
