@@ -9,6 +9,8 @@
 //! - [`publish`] keeps the trees published to each target of the admin
 //!   policy: blobs by content, and a manifest per build that appears all
 //!   at once or not at all.
+//! - [`deploy`] holds the credentials and the providers that deploy
+//!   artifacts to an environment; credentials never leave it.
 //!
 //! Nothing here runs guest code; this crate does not link wasmtime.
 //!
@@ -23,6 +25,7 @@
 //! ```
 
 mod artifacts;
+pub mod deploy;
 mod extract;
 pub mod publish;
 
