@@ -4,6 +4,7 @@
 //! work happens in the library crates (model, runner, store).
 
 mod diagnostics;
+mod env;
 mod output;
 mod policy;
 mod progress;
@@ -112,6 +113,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Publish files to an `airlock serve`, uploading only what it lacks.
     Publish(publish::PublishArgs),
+    /// Check the environments of the admin policy.
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
     /// Make API tokens for the users of the admin policy.
     User {
         #[command(subcommand)]
@@ -122,6 +128,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// List every credential: missing, expired, or expiring within
+    /// `--days`; exits 1 if any is.
+    Check(env::CheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -211,6 +224,7 @@ fn main() -> ExitCode {
         Command::Token { command: TokenCommand::Create(args) } => {
             tokens::create(&cli.state_dir, cli.policy.as_deref(), args)
         }
+        Command::Env { command: EnvCommand::Check(args) } => env::check(cli.policy.as_deref(), args),
         Command::User { command: UserCommand::Token { json } } => {
             let (token, digest) = airlock_store::new_user_token();
             if json {

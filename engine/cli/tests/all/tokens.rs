@@ -87,3 +87,42 @@ fn a_user_token_comes_with_the_digest_the_policy_names() {
     let (code, _, stderr) = output(airlock(&s.state()).arg("--policy").arg(&policy).arg("validate").arg(&pipeline));
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn env_check_lists_credentials_that_need_attention_without_their_values() {
+    let s = Scratch::new();
+    let canary = "canary-deploy-secret-51f0";
+    s.file("keys/fresh", canary);
+    s.file("keys/soon", canary);
+    let in_days = |days: u64| {
+        let t = std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "environments:\n  prod:\n    provider: {{ type: directory, path: www }}\n    pipelines: ['*']\n    credentials:\n      fresh: {{ file: keys/fresh, expires: '{}' }}\n      soon: {{ file: keys/soon, expires: '{}' }}\n      old: {{ file: keys/fresh, expires: 2020-01-01 }}\n      absent: {{ env: AIRLOCK_TEST_SURELY_UNSET_VAR }}\n",
+            in_days(90),
+            in_days(3)
+        ),
+    );
+    let (code, stdout, stderr) =
+        output(airlock(&s.state()).arg("--policy").arg(&policy).args(["env", "check", "--days", "7"]));
+    assert_eq!(code, 1, "{stderr}");
+    let line =
+        |name: &str| stdout.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap_or_default().to_owned();
+    assert!(line("fresh").contains(" ok "), "{stdout}");
+    assert!(line("soon").contains("expiring"), "{stdout}");
+    assert!(line("old").contains("expired") && line("old").contains("expired on 2020-01-01T00:00:00Z"), "{stdout}");
+    assert!(line("absent").contains("missing") && line("absent").contains("AIRLOCK_TEST_SURELY_UNSET_VAR"), "{stdout}");
+    assert!(stderr.contains("3 of 4 credentials need attention"), "{stderr}");
+    assert!(!stdout.contains(canary) && !stderr.contains(canary));
+
+    let (code, json, _) =
+        output(airlock(&s.state()).arg("--policy").arg(&policy).args(["env", "check", "--days", "1", "--json"]));
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let soon = report.as_array().expect("list").iter().find(|r| r["name"] == "soon").expect("soon");
+    assert_eq!(soon["state"], "ok", "3 days away is fine when asking about 1");
+    assert!(!json.contains(canary));
+}

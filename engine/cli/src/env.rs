@@ -1,0 +1,59 @@
+//! `airlock env check`: which credentials are missing, expired, or expire soon.
+
+use crate::exit;
+use std::path::Path;
+
+/// What `airlock env check` asks for.
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Report credentials that expire within this many days.
+    #[arg(long, value_name = "N", default_value_t = 14)]
+    days: u64,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exits 0 when every credential is present and not expiring within
+/// `--days`, 1 otherwise.
+pub fn check(policy: Option<&Path>, args: CheckArgs) -> anyhow::Result<u8> {
+    let Some(path) = policy else {
+        eprintln!("error: `airlock env check` reads the environments of the admin policy");
+        eprintln!("hint: pass `--policy FILE` or set AIRLOCK_POLICY");
+        return Ok(exit::USAGE);
+    };
+    let Some(loaded) = crate::policy::load(path)? else { return Ok(exit::FAILED) };
+    let base = crate::diagnostics::base_dir(path);
+    let report =
+        airlock_host::deploy::check_all(&loaded.policy.environments, &base, airlock_store::now_ms(), args.days);
+    let bad = report.iter().filter(|r| r.state != "ok").count();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.is_empty() {
+        eprintln!("the policy's environments name no credentials");
+    } else {
+        println!("{:<16} {:<20} {:<9} {:<21}  PROBLEM", "ENVIRONMENT", "CREDENTIAL", "STATE", "EXPIRES");
+        for r in &report {
+            let expires = match (&r.expires, r.days_left) {
+                (Some(e), Some(d)) => format!("{} ({d}d)", &e[..10]),
+                _ => "-".into(),
+            };
+            println!(
+                "{:<16} {:<20} {:<9} {:<21}  {}",
+                r.environment,
+                r.name,
+                r.state,
+                expires,
+                r.problem.as_deref().unwrap_or("")
+            );
+        }
+        if bad > 0 {
+            eprintln!(
+                "{bad} of {} credentials need attention (missing, expired, or expiring within {} days)",
+                report.len(),
+                args.days
+            );
+        }
+    }
+    Ok(if bad > 0 { exit::FAILED } else { exit::OK })
+}
