@@ -1,6 +1,7 @@
 //! airlock's durable state: runs, their steps, every state transition with
 //! its time, step logs, the index of artifacts by sha256, and the tokens
-//! the engine has issued (by digest; see [`Scope`]).
+//! the engine has issued (by digest; see [`Scope`]), and approval
+//! requests with their decisions (see [`ApprovalRecord`]).
 //!
 //! This is the only crate that touches sled. Records are JSON, so a state
 //! directory can be inspected and migrated with ordinary tools.
@@ -21,7 +22,10 @@
 //! assert_eq!(store.run(&run.id).unwrap().unwrap().state, RunState::Running);
 //! ```
 
+mod approvals;
 mod tokens;
+
+pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, code_digest, new_code};
 
 pub use tokens::{
     ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse,
@@ -299,6 +303,8 @@ pub struct Store {
     artifacts: sled::Tree,
     /// Tokens by the sha256 of their secret.
     tokens: sled::Tree,
+    /// Approval requests by run and step.
+    approvals: sled::Tree,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -333,6 +339,7 @@ impl Store {
             logs: db.open_tree("logs")?,
             artifacts: db.open_tree("artifacts")?,
             tokens: db.open_tree("tokens")?,
+            approvals: db.open_tree("approvals")?,
             db,
         })
     }
