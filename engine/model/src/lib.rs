@@ -53,6 +53,12 @@ pub trait Lookup {
         let _ = name;
         Ok(())
     }
+    /// Whether the admin policy has an environment `name` that the
+    /// pipeline `pipeline` may use: `Ok`, or an error saying why not.
+    fn environment(&self, name: &str, pipeline: &str) -> Result<(), String> {
+        let _ = (name, pipeline);
+        Ok(())
+    }
 }
 
 /// A [`Lookup`] that answers yes to everything: for checks that only look

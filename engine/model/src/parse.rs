@@ -3,7 +3,8 @@
 
 use crate::expr::{Expr, Segment, template};
 use crate::pipeline::{
-    DEFAULT_BUILD_ID, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Publish, Retries, Source, Step, StepSpans,
+    DEFAULT_BUILD_ID, EnvironmentStep, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Publish, Retries, Source,
+    Step, StepSpans,
 };
 use crate::yaml::{self, Kind, Node};
 use crate::{Dag, Diagnostic, Lookup, Span, find_cycle, parse_duration, parse_size};
@@ -11,11 +12,13 @@ use indexmap::IndexMap;
 use std::path::{Component, Path};
 
 const TOP_KEYS: &[&str] = &["name", "description", "params", "sources", "steps"];
-const STEP_KEYS: &[&str] =
-    &["uses", "publish", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries", "limits"];
-/// What a publish step may have besides `publish:`.
-const PUBLISH_STEP_KEYS: &[&str] = &["publish", "needs", "timeout"];
+const STEP_KEYS: &[&str] = &[
+    "uses", "publish", "deploy", "approval", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries",
+    "limits",
+];
 const PUBLISH_KEYS: &[&str] = &["target", "build", "from"];
+/// The keys of `deploy:` and `approval:`.
+const ENVIRONMENT_STEP_KEYS: &[&str] = &["environment", "from"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RETRY_KEYS: &[&str] = &["count", "backoff"];
 const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel", "disk", "files"];
@@ -247,7 +250,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                         Some("inputs name steps and sources alike; rename one".into()),
                     );
                 }
-                if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup) {
+                if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup, name.as_deref()) {
                     steps.insert(step_name.to_owned(), step);
                     pending.push(p);
                 }
@@ -343,7 +346,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                         "input-not-upstream",
                         path,
                         *span,
-                        format!("step `{}` publishes the outputs of `{from}`, which does not run before it", p.name),
+                        format!("step `{}` takes the outputs of `{from}`, which does not run before it", p.name),
                         Some(format!("add `{from}` to `steps.{}.needs`", p.name)),
                     );
                 }
@@ -504,6 +507,7 @@ fn parse_step(
     node: &Node,
     path: &str,
     lookup: &dyn Lookup,
+    pipeline: Option<&str>,
 ) -> Option<(Step, PendingStep)> {
     if !matches!(node.kind, Kind::Map(_)) {
         c.error(
@@ -523,8 +527,10 @@ fn parse_step(
         inputs: Vec::new(),
         from: Vec::new(),
     };
-    if let Some(publish) = get(entries, "publish") {
-        return parse_publish_step(c, name, name_span, entries, publish, path, lookup, pending);
+    for kind in HOST_STEP_KINDS {
+        if let Some(node) = get(entries, kind) {
+            return parse_host_step(c, kind, name, name_span, entries, node, path, lookup, pipeline, pending);
+        }
     }
     let field = |key: &str| join(path, key);
 
@@ -648,6 +654,8 @@ fn parse_step(
     let step = Step {
         uses,
         publish: None,
+        deploy: None,
+        approval: None,
         with,
         args,
         needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
@@ -678,63 +686,126 @@ pub(crate) fn build_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-/// A step with `publish:`: it runs in the host, so the keys that
-/// configure a sandbox do not apply to it.
+/// The keys that make a step run in the host instead of a sandbox.
+const HOST_STEP_KINDS: &[&str] = &["publish", "deploy", "approval"];
+
+/// A step with `publish:`, `deploy:` or `approval:`: it runs in the host,
+/// so the keys that configure a sandbox do not apply to it.
 #[allow(clippy::too_many_arguments)]
-fn parse_publish_step(
+fn parse_host_step(
     c: &mut Checker<'_>,
+    kind: &str,
     name: &str,
     name_span: Span,
     entries: &[(Node, Node)],
     node: &Node,
     path: &str,
     lookup: &dyn Lookup,
+    pipeline: Option<&str>,
     mut pending: PendingStep,
 ) -> Option<(Step, PendingStep)> {
     for (key, _) in entries {
-        if let Some(k) = key.as_scalar().filter(|k| STEP_KEYS.contains(k) && !PUBLISH_STEP_KEYS.contains(k)) {
+        if let Some(k) = key.as_scalar().filter(|k| STEP_KEYS.contains(k) && !["needs", "timeout", kind].contains(k)) {
             c.error(
-                "not-for-publish",
+                "not-for-host-step",
                 &join(path, k),
                 key.span,
-                format!("`{k}` does not apply to a publish step"),
-                Some(
-                    "a publish step runs in the host, not in a sandbox: it has `publish:`, `needs:` and `timeout:`"
-                        .into(),
-                ),
+                format!("`{k}` does not apply to a {kind} step"),
+                Some(format!(
+                    "a {kind} step runs in the host, not in a sandbox: it has `{kind}:`, `needs:` and `timeout:`"
+                )),
             );
         }
     }
     parse_needs(c, entries, path, &mut pending);
-    let ppath = join(path, "publish");
-    let p = c.map(node, &ppath, Some(PUBLISH_KEYS));
-    let target = match get(p, "target") {
-        Some(t) => c.scalar(t, &join(&ppath, "target")).map(|target| {
-            if let Err(e) = lookup.publish_target(target) {
-                c.error(
-                    "unknown-target",
-                    &join(&ppath, "target"),
-                    t.span,
-                    e,
-                    Some("publish targets are named in the admin policy (`--policy FILE`)".into()),
-                );
-            }
-            target.to_owned()
-        }),
-        None => {
+    let kpath = join(path, kind);
+    let allowed: &[&str] = if kind == "publish" { PUBLISH_KEYS } else { ENVIRONMENT_STEP_KEYS };
+    let p = c.map(node, &kpath, Some(allowed));
+    let required = |c: &mut Checker<'_>, key: &str, hint: &str| {
+        let n = get(p, key);
+        if n.is_none() {
             c.error(
                 "missing-key",
-                &join(&ppath, "target"),
+                &join(&kpath, key),
                 node.span,
-                format!("publish step `{name}` has no `target`"),
-                Some("set `target:` to a publish target of the admin policy, e.g. `snapshots`".into()),
+                format!("{kind} step `{name}` has no `{key}`"),
+                Some(hint.to_owned()),
             );
-            None
         }
+        n.and_then(|n| c.scalar(n, &join(&kpath, key)).map(|v| (v.to_owned(), n.span)))
     };
+    let from_node = get(p, "from");
+    let mut seen = Vec::new();
+    for (step, span, fpath) in from_node.map(|f| c.list(f, &join(&kpath, "from"))).unwrap_or_default() {
+        if seen.contains(&step) {
+            c.error("duplicate-entry", &fpath, span, format!("`{step}` is listed twice"), None);
+        }
+        seen.push(step);
+        pending.from.push((step.to_owned(), span, fpath));
+    }
+    if pending.from.is_empty() {
+        c.error(
+            "missing-key",
+            &join(&kpath, "from"),
+            from_node.map_or(node.span, |f| f.span),
+            format!("{kind} step `{name}` names no artifacts"),
+            Some("list the upstream steps whose outputs it takes, e.g. `from: [build]`".into()),
+        );
+    }
+    let from: Vec<String> = pending.from.iter().map(|(n, _, _)| n.clone()).collect();
+    let mut step = Step {
+        uses: String::new(),
+        publish: None,
+        deploy: None,
+        approval: None,
+        with: IndexMap::new(),
+        args: None,
+        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        env: IndexMap::new(),
+        timeout: get(entries, "timeout")
+            .and_then(|t| duration(c, t, &join(path, "timeout")))
+            .unwrap_or(crate::DEFAULT_TIMEOUT),
+        retries: Retries::default(),
+        limits: Limits::default(),
+        spans: StepSpans { name: name_span, uses: node.span },
+    };
+    if kind != "publish" {
+        let (environment, span) =
+            required(c, "environment", "set `environment:` to an environment of the admin policy")?;
+        if let Err(e) = lookup.environment(&environment, pipeline.unwrap_or_default()) {
+            c.error(
+                "unknown-environment",
+                &join(&kpath, "environment"),
+                span,
+                e,
+                Some("environments, and the pipelines they accept, are in the admin policy (`--policy FILE`)".into()),
+            );
+        }
+        let target = Some(EnvironmentStep { environment, from });
+        if kind == "deploy" {
+            step.deploy = target;
+        } else {
+            step.approval = target;
+        }
+        return Some((step, pending));
+    }
+    let target = required(c, "target", "set `target:` to a publish target of the admin policy, e.g. `snapshots`");
+    if let Some((t, span)) = &target
+        && let Err(e) = lookup.publish_target(t)
+    {
+        c.error(
+            "unknown-target",
+            &join(&kpath, "target"),
+            *span,
+            e,
+            Some("publish targets are named in the admin policy (`--policy FILE`)".into()),
+        );
+    }
     let build = match get(p, "build") {
         Some(b) => {
-            let bpath = join(&ppath, "build");
+            let bpath = join(&kpath, "build");
             let text = c.scalar(b, &bpath)?;
             if let Ok(segments) = template(text) {
                 let literal: String = segments
@@ -756,44 +827,7 @@ fn parse_publish_step(
         }
         None => DEFAULT_BUILD_ID.to_owned(),
     };
-    let from_node = get(p, "from");
-    let mut seen = Vec::new();
-    for (step, span, fpath) in from_node.map(|f| c.list(f, &join(&ppath, "from"))).unwrap_or_default() {
-        if seen.contains(&step) {
-            c.error("duplicate-entry", &fpath, span, format!("`{step}` is listed twice"), None);
-        }
-        seen.push(step);
-        pending.from.push((step.to_owned(), span, fpath));
-    }
-    if pending.from.is_empty() {
-        c.error(
-            "missing-key",
-            &join(&ppath, "from"),
-            from_node.map_or(node.span, |f| f.span),
-            format!("publish step `{name}` publishes nothing"),
-            Some("list the upstream steps whose outputs it publishes, e.g. `from: [build]`".into()),
-        );
-    }
-    let timeout =
-        get(entries, "timeout").and_then(|t| duration(c, t, &join(path, "timeout"))).unwrap_or(crate::DEFAULT_TIMEOUT);
-    let step = Step {
-        uses: String::new(),
-        publish: Some(Publish {
-            target: target?,
-            build,
-            from: pending.from.iter().map(|(n, _, _)| n.clone()).collect(),
-        }),
-        with: IndexMap::new(),
-        args: None,
-        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        env: IndexMap::new(),
-        timeout,
-        retries: Retries::default(),
-        limits: Limits::default(),
-        spans: StepSpans { name: name_span, uses: node.span },
-    };
+    step.publish = Some(Publish { target: target?.0, build, from });
     Some((step, pending))
 }
 
@@ -905,6 +939,36 @@ mod tests {
         fn publish_target(&self, name: &str) -> Result<(), String> {
             if name == "snapshots" { Ok(()) } else { Err(format!("no publish target `{name}` in the policy")) }
         }
+        fn environment(&self, name: &str, pipeline: &str) -> Result<(), String> {
+            match (name, pipeline) {
+                ("staging", _) | ("prod", "release") => Ok(()),
+                ("prod", p) => Err(format!("pipeline `{p}` may not deploy to `prod`")),
+                (n, _) => Err(format!("no environment `{n}` in the policy")),
+            }
+        }
+    }
+
+    #[test]
+    fn deploy_and_approval_steps_name_an_environment_the_pipeline_may_use() {
+        let src = "name: release\nsteps:\n  build:\n    uses: b.wasm\n  gate:\n    needs: build\n    approval: { environment: prod, from: build }\n  ship:\n    needs: gate\n    deploy: { environment: prod, from: [build] }\n";
+        let p = load("p.yaml", src, &Targets).expect("valid");
+        assert_eq!(p.steps["gate"].approval.as_ref().map(|a| a.environment.as_str()), Some("prod"));
+        assert_eq!(p.steps["ship"].deploy.as_ref().map(|d| d.from.clone()), Some(vec!["build".to_owned()]));
+        assert!(p.steps["ship"].is_host_step() && !p.steps["build"].is_host_step());
+
+        let src = "name: site\nsteps:\n  build:\n    uses: b.wasm\n  ship:\n    deploy: { environment: prod, from: [build], target: x }\n    outputs: [x]\n  other:\n    needs: build\n    deploy: { environment: moon, from: build }\n";
+        let diags = load("p.yaml", src, &Targets).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {} {}", d.code, d.path, d.message)).collect();
+        assert_eq!(
+            shown,
+            [
+                "unknown-environment steps.ship.deploy.environment pipeline `site` may not deploy to `prod`",
+                "input-not-upstream steps.ship.deploy.from[0] step `ship` takes the outputs of `build`, which does not run before it",
+                "unknown-key steps.ship.deploy.target unknown key `target`",
+                "not-for-host-step steps.ship.outputs `outputs` does not apply to a deploy step",
+                "unknown-environment steps.other.deploy.environment no environment `moon` in the policy",
+            ]
+        );
     }
 
     #[test]
@@ -925,17 +989,17 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "not-for-publish steps.ship.uses `uses` does not apply to a publish step",
-                "not-for-publish steps.ship.with `with` does not apply to a publish step",
+                "not-for-host-step steps.ship.uses `uses` does not apply to a publish step",
+                "not-for-host-step steps.ship.with `with` does not apply to a publish step",
                 "unknown-target steps.ship.publish.target no publish target `snapshot` in the policy",
                 "bad-build-id steps.ship.publish.build build id `v 1/${{ params.nope }}` has characters a build id cannot have",
                 "undefined-param steps.ship.publish.build parameter `nope` is not defined",
-                "input-not-upstream steps.ship.publish.from[1] step `ship` publishes the outputs of `other`, which does not run before it",
+                "input-not-upstream steps.ship.publish.from[1] step `ship` takes the outputs of `other`, which does not run before it",
                 "unknown-step steps.ship.publish.from[2] `ghost` is not a step",
             ]
         );
         let src = "name: p\nsteps:\n  ship:\n    publish: { target: snapshots }\n";
         let diags = load("p.yaml", src, &Targets).expect_err("invalid");
-        assert_eq!(diags[0].message, "publish step `ship` publishes nothing");
+        assert_eq!(diags[0].message, "publish step `ship` names no artifacts");
     }
 }

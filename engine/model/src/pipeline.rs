@@ -141,6 +141,15 @@ pub struct Step {
     /// `uses:`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<Publish>,
+    /// Deploy the outputs of upstream steps to an environment of the
+    /// admin policy. Runs in the trusted host, with the environment's
+    /// credentials, after the approvals it requires; instead of `uses:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<EnvironmentStep>,
+    /// Wait until the approvers of an environment approve the outputs of
+    /// upstream steps. Runs in the trusted host; instead of `uses:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<EnvironmentStep>,
     /// Parameters for an `airlock:step` plugin. Values may use `${{ ... }}`;
     /// lists and maps reach the plugin as JSON text.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
@@ -194,6 +203,26 @@ pub struct Publish {
     /// Upstream steps whose outputs are published, each file at the path
     /// it had in that step's workspace.
     pub from: Vec<String>,
+}
+
+/// A deploy or approval step: an environment of the admin policy and
+/// the upstream steps whose outputs are at stake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentStep {
+    /// An environment named in the admin policy, e.g. `staging`.
+    pub environment: String,
+    /// Upstream steps whose outputs are deployed (or shown for approval),
+    /// each file at the path it had in that step's workspace.
+    pub from: Vec<String>,
+}
+
+impl Step {
+    /// Whether the step runs in the host (publish, deploy, approval)
+    /// rather than in a sandbox.
+    pub fn is_host_step(&self) -> bool {
+        self.publish.is_some() || self.deploy.is_some() || self.approval.is_some()
+    }
 }
 
 /// The build id of a publish step that names none.
