@@ -3,6 +3,7 @@
 //! The binary is thin: argument parsing, rendering and exit codes. The
 //! work happens in the library crates (model, runner, store).
 
+mod approve;
 mod diagnostics;
 mod env;
 mod output;
@@ -43,6 +44,7 @@ Environment:
   AIRLOCK_STATE_DIR  where runs, logs and artifacts are kept (default .airlock)
   AIRLOCK_POLICY     the admin policy file (publish targets)
   AIRLOCK_TOKEN      the token `airlock publish` sends
+  AIRLOCK_USER_TOKEN your user API token (`airlock run`, `airlock approve`)
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -113,6 +115,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Publish files to an `airlock serve`, uploading only what it lacks.
     Publish(publish::PublishArgs),
+    /// Approve (or deny) a deployment waiting for approval.
+    Approve(approve::ApproveArgs),
     /// Check the environments of the admin policy.
     Env {
         #[command(subcommand)]
@@ -224,6 +228,7 @@ fn main() -> ExitCode {
         Command::Token { command: TokenCommand::Create(args) } => {
             tokens::create(&cli.state_dir, cli.policy.as_deref(), args)
         }
+        Command::Approve(args) => approve::approve(&cli.state_dir, cli.policy.as_deref(), args),
         Command::Env { command: EnvCommand::Check(args) } => env::check(cli.policy.as_deref(), args),
         Command::User { command: UserCommand::Token { json } } => {
             let (token, digest) = airlock_store::new_user_token();

@@ -85,9 +85,12 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
     let steps = store.steps(&run)?;
     if json {
         let events = store.events(&run.id)?;
+        let approvals = store.approvals(&run.id)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "run": run, "steps": steps, "events": events }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "run": run, "steps": steps, "events": events, "approvals": approvals })
+            )?
         );
         return Ok(exit::OK);
     }
@@ -128,6 +131,43 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
                 p.build,
                 p.uploaded,
                 p.token
+            );
+        }
+    }
+    for s in &steps {
+        if let Some(d) = &s.deployed {
+            println!();
+            let to = d
+                .target
+                .as_deref()
+                .map(|t| format!(" ({} {t})", d.provider.as_deref().unwrap_or("")))
+                .unwrap_or_default();
+            println!("{} `{}`{to}: {}", s.name, d.environment, d.detail);
+        }
+    }
+    // The audit of every approval request: what was asked, who decided.
+    for a in store.approvals(&run.id)? {
+        println!();
+        println!(
+            "approval  {} -> `{}` ({} {}), asked by {} at {}: {}",
+            a.step,
+            a.environment,
+            a.provider,
+            a.target,
+            a.requester,
+            time(a.created_ms),
+            a.state.as_str()
+        );
+        for art in &a.artifacts {
+            println!("          sha256:{}  {}", art.sha256, art.path);
+        }
+        for d in &a.decisions {
+            println!(
+                "          {} by {} at {}{}",
+                if d.approve { "approved" } else { "denied" },
+                d.user,
+                time(d.at_ms),
+                d.reason.as_deref().map(|r| format!(": {}", airlock_model::text::one_line(r, 500))).unwrap_or_default()
             );
         }
     }

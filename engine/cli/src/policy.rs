@@ -9,6 +9,8 @@ use std::path::Path;
 pub struct Loaded {
     /// The policy as written.
     pub policy: Policy,
+    /// The directory its relative paths start from.
+    pub dir: std::path::PathBuf,
     /// Its targets, with directories relative to the policy file resolved.
     pub targets: Vec<TargetStore>,
 }
@@ -27,7 +29,18 @@ pub fn load(path: &Path) -> anyhow::Result<Option<Loaded>> {
     };
     let base = diagnostics::base_dir(path);
     let targets = policy.targets.iter().map(|(name, t)| TargetStore::new(name, base.join(&t.dir), t.clone())).collect();
-    Ok(Some(Loaded { policy, targets }))
+    Ok(Some(Loaded { policy, targets, dir: base }))
+}
+
+/// The users of a policy as the server takes them: (name, token digest).
+pub fn users(policy: &Policy) -> Vec<(String, String)> {
+    policy.users.iter().map(|(n, u)| (n.clone(), u.token_sha256.clone())).collect()
+}
+
+/// Who a user API token belongs to in `policy`.
+pub fn user_of(policy: &Policy, token: &str) -> Option<String> {
+    let digest = airlock_store::user_token_digest(token.trim());
+    policy.users.iter().find(|(_, u)| u.token_sha256 == digest).map(|(n, _)| n.clone())
 }
 
 /// The policy if `--policy` was given; `Err(code)` when it is invalid.

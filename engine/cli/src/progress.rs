@@ -23,12 +23,47 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
     let Some(pipeline) = diagnostics::load(&args.file, policy.as_ref().map(|p| &p.policy))? else {
         return Ok(exit::FAILED);
     };
+    // Who starts the run: the user whose API token is in AIRLOCK_USER_TOKEN,
+    // or the local account.
+    let requester = match (std::env::var("AIRLOCK_USER_TOKEN").ok().filter(|t| !t.is_empty()), &policy) {
+        (Some(token), Some(p)) => match crate::policy::user_of(&p.policy, &token) {
+            Some(user) => user,
+            None => {
+                eprintln!("error: AIRLOCK_USER_TOKEN is no user's token in the policy");
+                eprintln!("hint: unset it to run as the local account, or ask the admin for your token");
+                return Ok(exit::USAGE);
+            }
+        },
+        _ => format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
+    };
     let mut engine = Engine::open(state_dir)?;
+    let mut users = Vec::new();
+    let mut targets = Vec::new();
     if let Some(policy) = policy {
-        engine = engine.with_targets(policy.targets);
+        users = crate::policy::users(&policy.policy);
+        targets = policy.targets.clone();
+        engine = engine.with_targets(policy.targets).with_policy(policy.policy, policy.dir);
     }
-    let mut options =
-        RunOptions { params: args.params.clone(), keep_workspaces: args.keep_workspaces, ..RunOptions::default() };
+    // While the run holds the state directory, `airlock approve` and the
+    // token commands reach it through the admin socket.
+    let socket = airlock_server::admin::socket_path(state_dir);
+    let admin_stop = CancellationToken::new();
+    let admin = match crate::serve::admin_listener(&socket) {
+        Ok(listener) => {
+            let app = std::sync::Arc::new(airlock_server::App::new(engine.store().clone(), targets).with_users(users));
+            Some(tokio::spawn(airlock_server::serve_admin(listener, app, admin_stop.clone())))
+        }
+        Err(e) => {
+            tracing::warn!("no admin socket for this run ({e}); `airlock approve` cannot reach it");
+            None
+        }
+    };
+    let mut options = RunOptions {
+        params: args.params.clone(),
+        keep_workspaces: args.keep_workspaces,
+        requester,
+        ..RunOptions::default()
+    };
     if let Some(jobs) = args.jobs {
         options.jobs = usize::from(jobs);
     }
@@ -60,7 +95,13 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
     };
     let file = args.file.display().to_string();
     let base = diagnostics::base_dir(&args.file);
-    let summary = match engine.run(&pipeline, &base, &file, options, observer, cancel).await {
+    let result = engine.run(&pipeline, &base, &file, options, observer, cancel).await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = admin.await;
+        let _ = std::fs::remove_file(&socket);
+    }
+    let summary = match result {
         Ok(s) => s,
         Err(RunnerError::Params(errors)) => {
             for e in errors {
@@ -154,7 +195,16 @@ impl View {
                     output::duration_ms(*backoff_ms)
                 ));
             }
-            Progress::StepFinished { step, state, duration_ms, reason, outputs, log_truncated, published } => {
+            Progress::StepFinished {
+                step,
+                state,
+                duration_ms,
+                reason,
+                outputs,
+                log_truncated,
+                published,
+                deployed,
+            } => {
                 if let Some(s) = self.spinners.remove(step) {
                     s.finish_and_clear();
                 }
@@ -178,6 +228,9 @@ impl View {
                 if *log_truncated {
                     text.push_str(", log truncated");
                 }
+                if let Some(d) = deployed {
+                    text.push_str(&format!(", {}", d.detail));
+                }
                 if let Some(p) = published {
                     text.push_str(&format!(
                         ", {} {} files ({}) to {}/{}",
@@ -193,6 +246,41 @@ impl View {
                 {
                     text.push_str(&format!(": {reason}"));
                 }
+                self.line(text);
+            }
+            Progress::ApprovalRequested {
+                run,
+                step,
+                environment,
+                provider,
+                target,
+                artifacts,
+                requester,
+                required,
+                approvers,
+                deadline_ms,
+                code,
+            } => {
+                let mut text = format!(
+                    "{} {step}: deploy to `{environment}` ({provider} {target}) of {} artifact{}, asked by {requester}:",
+                    self.paint("33", &format!("{:<9}", "approval")),
+                    artifacts.len(),
+                    if artifacts.len() == 1 { "" } else { "s" }
+                );
+                for a in artifacts {
+                    text.push_str(&format!(
+                        "\n            sha256:{}  {:>10}  {}",
+                        a.sha256,
+                        airlock_model::format_size(a.size),
+                        a.path
+                    ));
+                }
+                text.push_str(&format!(
+                    "\n          needs {required} approval{} from {} by {}; one-time code {code}\n          airlock approve {run} {step} --code {code} [--deny]",
+                    if *required == 1 { "" } else { "s" },
+                    approvers.join(", "),
+                    output::time(*deadline_ms),
+                ));
                 self.line(text);
             }
             Progress::RunFinished { .. } => {

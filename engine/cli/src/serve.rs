@@ -12,10 +12,10 @@ pub struct ServeArgs {
     listen: SocketAddr,
 }
 
-/// Binds the admin socket, replacing one left by a server that died:
-/// this process holds the state directory's lock, so no other server is
+/// Binds the admin socket, replacing one left by a process that died:
+/// the caller holds the state directory's lock, so nothing else is
 /// behind it.
-fn admin_listener(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+pub(crate) fn admin_listener(socket: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = socket.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
@@ -39,7 +39,8 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let Some(loaded) = crate::policy::load(policy)? else { return Ok(exit::FAILED) };
     let store = crate::tokens::open(state_dir)?;
     let names: Vec<String> = loaded.targets.iter().map(|t| t.name().to_owned()).collect();
-    let app = std::sync::Arc::new(airlock_server::App::new(store, loaded.targets));
+    let users = crate::policy::users(&loaded.policy);
+    let app = std::sync::Arc::new(airlock_server::App::new(store, loaded.targets).with_users(users));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;

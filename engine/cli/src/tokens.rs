@@ -121,20 +121,38 @@ impl Tokens {
     }
 }
 
-/// One call to a running server's admin socket.
+/// One call to a running server's admin socket; a refusal becomes an
+/// error with the server's message.
 fn admin_call<T: serde::de::DeserializeOwned>(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&impl serde::Serialize>,
 ) -> anyhow::Result<T> {
+    let (status, bytes) = admin_request(socket, method, path, body)?;
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let message = v["error"]["message"].as_str().unwrap_or("the server refused");
+        anyhow::bail!("{message}");
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// One request to the admin socket of the process holding a state
+/// directory: (status, body).
+pub fn admin_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> anyhow::Result<(hyper::StatusCode, bytes::Bytes)> {
     use http_body_util::BodyExt;
     let body = match body {
         Some(b) => serde_json::to_vec(b)?,
         None => Vec::new(),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (status, bytes) = rt.block_on(async {
+    rt.block_on(async {
         let stream = tokio::net::UnixStream::connect(socket).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
@@ -148,13 +166,7 @@ fn admin_call<T: serde::de::DeserializeOwned>(
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok::<_, anyhow::Error>((status, bytes))
-    })?;
-    if !status.is_success() {
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        let message = v["error"]["message"].as_str().unwrap_or("the server refused");
-        anyhow::bail!("{message}");
-    }
-    Ok(serde_json::from_slice(&bytes)?)
+    })
 }
 
 /// Opens the state store of `state_dir`, creating the directory.

@@ -250,7 +250,8 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                         Some("inputs name steps and sources alike; rename one".into()),
                     );
                 }
-                if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup, name.as_deref()) {
+                if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup, name.as_deref())
+                {
                     steps.insert(step_name.to_owned(), step);
                     pending.push(p);
                 }

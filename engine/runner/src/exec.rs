@@ -5,7 +5,10 @@ use airlock_host::{ExtractLimits, extract};
 use airlock_model::text::one_line;
 use airlock_model::{Dag, ExprContext, Lookup, ParamValue, Pipeline, Step, render};
 use airlock_sandbox::{Failure, Invocation, OverQuota, Plugin, PluginKind, Quota, Sandbox};
-use airlock_store::{LogRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord, StepState, now_ms};
+use airlock_store::{
+    ApprovalArtifact, DeployedRecord, LogRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord,
+    StepState, now_ms,
+};
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +44,21 @@ impl Lookup for FsLookup {
     }
     fn dir_exists(&self, path: &str) -> bool {
         self.base.join(path).is_dir()
+    }
+    fn environment(&self, name: &str, pipeline: &str) -> Result<(), String> {
+        let Some(policy) = &self.policy else {
+            return Err(format!(
+                "this step deploys to `{name}`, but no admin policy was given; pass `--policy FILE` or set AIRLOCK_POLICY"
+            ));
+        };
+        match policy.environments.get(name) {
+            Some(env) if env.allows_pipeline(pipeline) => Ok(()),
+            Some(_) => Err(format!("pipeline `{pipeline}` may not deploy to `{name}`: the policy does not list it")),
+            None => {
+                let names: Vec<&str> = policy.environments.keys().map(String::as_str).collect();
+                Err(format!("no environment `{name}` in the policy; it has: {}", names.join(", ")))
+            }
+        }
     }
     fn publish_target(&self, name: &str) -> Result<(), String> {
         match &self.policy {
@@ -98,6 +116,35 @@ pub enum Progress {
         /// What a publish step published.
         #[serde(skip_serializing_if = "Option::is_none")]
         published: Option<PublishedRecord>,
+        /// What a deploy or approval step did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deployed: Option<DeployedRecord>,
+    },
+    /// A step asks people to approve a deployment. The one-time code is
+    /// shown here and nowhere else; the store keeps only its digest.
+    ApprovalRequested {
+        /// The run.
+        run: String,
+        /// The step that waits.
+        step: String,
+        /// The environment.
+        environment: String,
+        /// Its provider.
+        provider: String,
+        /// Where it would deploy.
+        target: String,
+        /// What, by digest.
+        artifacts: Vec<ApprovalArtifact>,
+        /// Who asked.
+        requester: String,
+        /// Approvals needed.
+        required: u64,
+        /// Who may decide.
+        approvers: Vec<String>,
+        /// Until when (ms since the epoch).
+        deadline_ms: u64,
+        /// The one-time code approvers give `airlock approve`.
+        code: String,
     },
     /// The run ended.
     RunFinished {
@@ -146,6 +193,12 @@ pub(crate) struct Shared {
     pub(crate) spare_workspaces: Option<std::sync::Mutex<Vec<PathBuf>>>,
     /// Publish targets of the admin policy.
     pub(crate) targets: Arc<std::collections::BTreeMap<String, airlock_host::publish::TargetStore>>,
+    /// The admin policy and the directory its relative paths start from.
+    pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
+    /// The pipeline's name.
+    pub(crate) pipeline: String,
+    /// Who started the run.
+    pub(crate) requester: String,
 }
 
 /// What a step task reports back to the scheduler.
@@ -191,6 +244,9 @@ impl Engine {
             observer: Box::new(observer),
             spare_workspaces: (!options.keep_workspaces).then(Default::default),
             targets: self.targets.clone(),
+            policy: self.policy.clone(),
+            pipeline: pipeline.name.clone(),
+            requester: options.requester.clone(),
         });
 
         let mut states = vec![StepState::Pending; dag.len()];
@@ -316,19 +372,31 @@ fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated: bool) {
         outputs: record.outputs.clone(),
         log_truncated,
         published: record.published.clone(),
+        deployed: record.deployed.clone(),
     });
 }
 
 /// Runs every attempt of one step and records its end state.
 async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, cancel: CancellationToken) -> Finished {
     let mut log_truncated = false;
-    let mut published = None;
-    let result = match &step.publish {
-        Some(publish) => crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
+    let (mut published, mut deployed) = (None, None);
+    let result = if let Some(publish) = &step.publish {
+        crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
             published = Some(p);
             Vec::new()
-        }),
-        None => attempts(&shared, &name, &step, &cancel, &mut log_truncated).await,
+        })
+    } else if let Some(spec) = &step.deploy {
+        crate::environments::deploy(&shared, &name, spec, &cancel).await.map(|d| {
+            deployed = Some(d);
+            Vec::new()
+        })
+    } else if let Some(spec) = &step.approval {
+        crate::environments::approval(&shared, &name, spec, &cancel).await.map(|d| {
+            deployed = Some(d);
+            Vec::new()
+        })
+    } else {
+        attempts(&shared, &name, &step, &cancel, &mut log_truncated).await
     };
     let store = &shared.store;
     let (state, reason, outputs) = match result {
@@ -342,6 +410,7 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
         s.reason = reason.clone();
         s.outputs = outputs.clone();
         s.published = published.clone();
+        s.deployed = deployed.clone();
         s.ended_ms = Some(now_ms());
     });
     let record = record.unwrap_or_else(|e| {
@@ -358,6 +427,7 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
             plugin_sha256: None,
             outputs: Vec::new(),
             published: None,
+            deployed: None,
         }
     });
     Finished { index, record, log_truncated }

@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod environments;
 mod exec;
 mod publish;
 
@@ -73,6 +74,8 @@ pub struct RunOptions {
     pub params: Vec<(String, String)>,
     /// Keep step workspaces after the run (for debugging).
     pub keep_workspaces: bool,
+    /// Who starts the run: a user of the policy, or `local:NAME`.
+    pub requester: String,
 }
 
 impl Default for RunOptions {
@@ -81,6 +84,7 @@ impl Default for RunOptions {
             jobs: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             params: Vec::new(),
             keep_workspaces: false,
+            requester: "local".into(),
         }
     }
 }
@@ -93,6 +97,7 @@ pub struct Engine {
     pub(crate) artifacts: ArtifactStore,
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) targets: Arc<BTreeMap<String, TargetStore>>,
+    pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
 }
 
 impl Engine {
@@ -113,7 +118,15 @@ impl Engine {
             artifacts: ArtifactStore::new(state_dir.join("artifacts")),
             sandbox: Arc::new(sandbox),
             targets: Arc::default(),
+            policy: None,
         })
+    }
+
+    /// Gives deploy and approval steps the admin policy's environments,
+    /// users and groups; `dir` is where its relative paths start.
+    pub fn with_policy(mut self, policy: airlock_model::policy::Policy, dir: PathBuf) -> Self {
+        self.policy = Some(Arc::new((policy, dir)));
+        self
     }
 
     /// Gives publish steps these targets (from the admin policy).

@@ -46,7 +46,7 @@ pub(crate) async fn run(
             publish.target
         ))
     })?;
-    let files = manifest(shared, publish).map_err(&failed)?;
+    let files = upstream_outputs(shared, &publish.from).map_err(&failed)?;
 
     let ttl_ms = (step.timeout.as_millis() as u64).clamp(1, MAX_TTL_MS);
     let mut spec = TokenSpec::new(
@@ -89,18 +89,18 @@ pub(crate) async fn run(
 
 /// The files of the upstream steps named in `from`, by path. The same
 /// path from two steps is an error, not a silent choice.
-fn manifest(shared: &Shared, publish: &Publish) -> Result<Vec<ManifestEntry>, String> {
+pub(crate) fn upstream_outputs(shared: &Shared, from_steps: &[String]) -> Result<Vec<ManifestEntry>, String> {
     let mut by_path: BTreeMap<String, (ManifestEntry, &str)> = BTreeMap::new();
-    for from in &publish.from {
+    for from in from_steps {
         let record = shared.store.step(&shared.run_id, from).map_err(|e| e.to_string())?;
         if record.state != StepState::Succeeded {
-            return Err(format!("`{from}` did not succeed, so there is nothing of it to publish"));
+            return Err(format!("`{from}` did not succeed, so there is nothing of it to take"));
         }
         for o in record.outputs {
             let entry = ManifestEntry { path: o.path.clone(), sha256: o.sha256, size: o.size };
             if let Some((_, other)) = by_path.get(&o.path) {
                 return Err(format!(
-                    "`{}` is an output of both `{other}` and `{from}`; a tree has one file per path",
+                    "`{}` is an output of both `{other}` and `{from}`; a release has one file per path",
                     o.path
                 ));
             }
@@ -108,8 +108,8 @@ fn manifest(shared: &Shared, publish: &Publish) -> Result<Vec<ManifestEntry>, St
         }
     }
     if by_path.is_empty() {
-        let from = publish.from.join("`, `");
-        return Err(format!("`{from}` produced no outputs, and a publish holds at least one file"));
+        let from = from_steps.join("`, `");
+        return Err(format!("`{from}` produced no outputs, and there must be at least one file"));
     }
     Ok(by_path.into_values().map(|(e, _)| e).collect())
 }

@@ -1,17 +1,24 @@
-//! The admin API: token management while the server holds the state.
+//! The admin API: what other commands need from the process that holds
+//! the state directory (an `airlock serve`, or an `airlock run` waiting
+//! for approvals): tokens, and decisions on approval requests.
 //!
 //! It is served only on a Unix socket in the state directory
-//! (`STATE_DIR/run/serve.sock`, in a directory only the server's user may
+//! (`STATE_DIR/run/admin.sock`, in a directory only the engine's user may
 //! enter), never on the network: whoever can open the socket could open
 //! the state directory itself, so the file system's permissions are its
-//! authentication. `airlock token create|list|revoke` use it when a server
-//! is running on their state directory.
+//! authentication. `airlock token create|list|revoke` and `airlock
+//! approve` use it when such a process is running.
 //!
 //! | call | body | answer |
 //! |------|------|--------|
 //! | `POST /admin/v1/tokens` | [`CreateToken`] | `201` `{"token": "alk_...", "record": {...}}` |
 //! | `GET /admin/v1/tokens` | | `{"tokens": [...]}` |
 //! | `POST /admin/v1/tokens/ID/revoke` | | `{"record": {...}}` |
+//! | `GET /admin/v1/approvals` | | `{"pending": [...]}`: requests waiting for decisions |
+//! | `POST /admin/v1/approvals/RUN/STEP` | [`Decide`] | `{"record": {...}}`: the request with the decision |
+//!
+//! A decision names its user by their API token, checked against the
+//! policy the engine holds, not by a name the caller could choose.
 
 use crate::{App, Body, error, json, read_json};
 use airlock_store::{Scope, StoreError, TokenSpec};
@@ -21,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where the admin socket of a state directory is.
 pub fn socket_path(state_dir: &std::path::Path) -> std::path::PathBuf {
-    state_dir.join("run").join("serve.sock")
+    state_dir.join("run").join("admin.sock")
 }
 
 /// A token to create, as the admin API takes it.
@@ -52,6 +59,21 @@ pub struct CreateToken {
     pub note: Option<String>,
 }
 
+/// A decision on an approval request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// The deciding user's API token (see `airlock user token`).
+    pub token: String,
+    /// The request's one-time code.
+    pub code: String,
+    /// Approve (or deny).
+    pub approve: bool,
+    /// Why, for the audit.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 const MAX_BODY: usize = 64 << 10;
 
 pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
@@ -68,7 +90,53 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             Err(e @ StoreError::NoToken(_)) => error(StatusCode::NOT_FOUND, "no_token", e.to_string()),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
         },
+        (Method::GET, ["approvals"]) => match app.store.pending_approvals() {
+            Ok(pending) => json(StatusCode::OK, &serde_json::json!({ "pending": pending })),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        },
+        (Method::POST, ["approvals", run, step]) => {
+            let (run, step) = (run.to_string(), step.to_string());
+            decide(app, &run, &step, req).await
+        }
         _ => error(StatusCode::NOT_FOUND, "not_found", format!("no admin call `{} {path}`", req.method())),
+    }
+}
+
+async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Response<Body> {
+    let body: Decide = match read_json(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // A run may be named by a prefix of its id, or `last`.
+    let run = match app.store.find_run(run) {
+        Ok(r) => r.id,
+        Err(e) => return error(StatusCode::NOT_FOUND, "no_run", e.to_string()),
+    };
+    let run = run.as_str();
+    let Some(user) = app.user_of(&body.token) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unknown_user",
+            "that token is no user's in the engine's policy; `airlock user token` makes one for the policy".into(),
+        );
+    };
+    let reason = body.reason.as_deref().map(|r| airlock_model::text::one_line(r, 1000));
+    match app.store.decide(run, step, &user, &body.code, body.approve, reason.as_deref()) {
+        Ok(record) => json(StatusCode::OK, &serde_json::json!({ "record": record })),
+        Err(e) => {
+            use airlock_store::ApprovalError as E;
+            let (status, code) = match &e {
+                E::NoRequest { .. } => (StatusCode::NOT_FOUND, "no_request"),
+                E::NotApprover { .. } => (StatusCode::FORBIDDEN, "not_approver"),
+                E::Requester { .. } => (StatusCode::FORBIDDEN, "requester_may_not_approve"),
+                E::WrongCode { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "wrong_code"),
+                E::AlreadyDecided { .. } => (StatusCode::CONFLICT, "already_decided"),
+                E::AlreadyVoted { .. } => (StatusCode::CONFLICT, "already_voted"),
+                E::TimedOut => (StatusCode::GONE, "timed_out"),
+                E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+            };
+            error(status, code, e.to_string())
+        }
     }
 }
 

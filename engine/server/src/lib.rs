@@ -71,6 +71,8 @@ pub struct App {
     store: Store,
     targets: BTreeMap<String, TargetStore>,
     manifests: Mutex<HashMap<(String, String), Arc<Published>>>,
+    /// Users of the policy: (name, sha256 of their API token).
+    users: Vec<(String, String)>,
 }
 
 impl App {
@@ -80,7 +82,21 @@ impl App {
             store,
             targets: targets.into_iter().map(|t| (t.name().to_owned(), t)).collect(),
             manifests: Mutex::new(HashMap::new()),
+            users: Vec::new(),
         }
+    }
+
+    /// Lets the users of the policy (name, sha256 of their API token)
+    /// decide approvals through the admin socket.
+    pub fn with_users(mut self, users: Vec<(String, String)>) -> Self {
+        self.users = users;
+        self
+    }
+
+    /// The user whose API token this is.
+    fn user_of(&self, token: &str) -> Option<String> {
+        let digest = airlock_store::user_token_digest(token.trim());
+        self.users.iter().find(|(_, d)| *d == digest).map(|(n, _)| n.clone())
     }
 
     fn manifest(&self, target: &TargetStore, build: &str) -> Result<Option<Arc<Published>>, PublishError> {

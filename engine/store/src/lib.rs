@@ -213,6 +213,27 @@ pub struct StepRecord {
     /// What a publish step published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub published: Option<PublishedRecord>,
+    /// What a deploy or approval step did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<DeployedRecord>,
+}
+
+/// What a deploy step deployed (or an approval step had approved). Never
+/// holds a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedRecord {
+    /// The environment.
+    pub environment: String,
+    /// The provider that deployed, for a deploy step.
+    pub provider: Option<String>,
+    /// Where it deployed.
+    pub target: Option<String>,
+    /// What happened, in a line (scrubbed of credentials).
+    pub detail: String,
+    /// Artifacts deployed or approved.
+    pub artifacts: u64,
+    /// How the approval ended, and by whom, when one was needed.
+    pub approval: Option<String>,
 }
 
 /// What a publish step published, and with which token.
@@ -246,6 +267,7 @@ impl StepRecord {
             plugin_sha256: None,
             outputs: Vec::new(),
             published: None,
+            deployed: None,
         }
     }
 }

@@ -1,0 +1,234 @@
+//! Deploy and approval steps: trusted host code, never a guest.
+//!
+//! A deploy step checks its request against the environment's policy
+//! (the pipeline may deploy there; the credentials are present and
+//! unexpired), waits for the approvals the environment requires, and
+//! then runs the environment's provider with exactly the artifacts that
+//! were approved, by digest. An approval step only waits. The request a
+//! person decides on shows what will happen: environment, provider,
+//! target, every artifact's digest, and who asked; it carries a random
+//! one-time code, shown in the run's output and stored only as its
+//! digest. Decisions arrive through the store (see `airlock approve`);
+//! a deadline passing denies.
+
+use crate::exec::{Shared, StepError};
+use crate::publish::upstream_outputs;
+use airlock_host::deploy::{DeployArtifact, Deployment, preflight};
+use airlock_model::EnvironmentStep;
+use airlock_model::policy::{Environment, Provider};
+use airlock_store::{
+    ApprovalArtifact, ApprovalRecord, ApprovalState, DeployedRecord, StepState, code_digest, new_code, now_ms,
+};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a waiting step looks for decisions.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Where a provider deploys, in words, for the request and the record.
+fn target_of(provider: &Provider) -> (&'static str, String) {
+    match provider {
+        Provider::Http { url, .. } => ("http", url.clone()),
+        Provider::Directory { path, .. } => ("directory", path.clone()),
+        Provider::Command { argv, .. } => ("command", argv.first().cloned().unwrap_or_default()),
+    }
+}
+
+fn environment<'a>(shared: &'a Shared, spec: &EnvironmentStep) -> Result<&'a Environment, String> {
+    let policy = shared.policy.as_ref().ok_or("no admin policy was given, so there are no environments")?;
+    let env = policy.0.environments.get(&spec.environment).ok_or_else(|| {
+        format!("the admin policy has no environment `{}` (was it removed since validation?)", spec.environment)
+    })?;
+    if !env.allows_pipeline(&shared.pipeline) {
+        return Err(format!("pipeline `{}` may not deploy to `{}`", shared.pipeline, spec.environment));
+    }
+    Ok(env)
+}
+
+fn started(shared: &Shared, name: &str, detail: &str) -> Result<(), StepError> {
+    shared
+        .store
+        .update_step(&shared.run_id, name, Some(detail.into()), |s| {
+            s.state = StepState::Running;
+            s.attempts = 1;
+            s.started_ms.get_or_insert_with(now_ms);
+        })
+        .map_err(|e| StepError::Failed(format!("step `{name}`: cannot record the step: {e}")))?;
+    (shared.observer)(&crate::Progress::StepStarted { step: name.to_owned(), attempt: 1 });
+    Ok(())
+}
+
+/// An approval step: waits for the environment's approvers.
+pub(crate) async fn approval(
+    shared: &Shared,
+    name: &str,
+    spec: &EnvironmentStep,
+    cancel: &CancellationToken,
+) -> Result<DeployedRecord, StepError> {
+    let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
+    started(shared, name, "waiting for approval")?;
+    let env = environment(shared, spec).map_err(&failed)?;
+    let files = upstream_outputs(shared, &spec.from).map_err(&failed)?;
+    let artifacts: Vec<DeployArtifact> =
+        files.into_iter().map(|f| DeployArtifact { path: f.path, sha256: f.sha256, size: f.size }).collect();
+    let record = wait_for_approval(shared, name, &spec.environment, env, &artifacts, cancel).await?;
+    Ok(DeployedRecord {
+        environment: spec.environment.clone(),
+        provider: None,
+        target: None,
+        detail: format!("approved by {}", approvers_of(&record)),
+        artifacts: artifacts.len() as u64,
+        approval: Some(record.state.as_str().to_owned()),
+    })
+}
+
+/// A deploy step: policy, credentials, approvals, then the provider.
+pub(crate) async fn deploy(
+    shared: &Shared,
+    name: &str,
+    spec: &EnvironmentStep,
+    cancel: &CancellationToken,
+) -> Result<DeployedRecord, StepError> {
+    let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
+    started(shared, name, "deploying")?;
+    let env = environment(shared, spec).map_err(&failed)?;
+    let policy_dir = shared.policy.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let files = upstream_outputs(shared, &spec.from).map_err(&failed)?;
+    let mut artifacts: Vec<DeployArtifact> =
+        files.into_iter().map(|f| DeployArtifact { path: f.path, sha256: f.sha256, size: f.size }).collect();
+    // A missing or expired credential fails the deploy before anyone is
+    // asked to approve it, and before anything happens.
+    preflight(&spec.environment, env, &policy_dir, now_ms()).map_err(|e| failed(e.to_string()))?;
+    let mut approval = None;
+    if env.approvals.is_some() {
+        let record = wait_for_approval(shared, name, &spec.environment, env, &artifacts, cancel).await?;
+        // What was approved is what is deployed: the digests of the request.
+        artifacts = record
+            .artifacts
+            .iter()
+            .map(|a| DeployArtifact { path: a.path.clone(), sha256: a.sha256.clone(), size: a.size })
+            .collect();
+        approval = Some(record);
+    }
+    let deployment = Deployment {
+        environment: spec.environment.clone(),
+        pipeline: shared.pipeline.clone(),
+        run: shared.run_id.clone(),
+        step: name.to_owned(),
+        requester: shared.requester.clone(),
+        artifacts,
+    };
+    let count = deployment.artifacts.len() as u64;
+    let (env_owned, store) = (env.clone(), shared.artifacts.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        airlock_host::deploy::deploy(&deployment, &env_owned, &policy_dir, &store, now_ms())
+    });
+    // A deployment under way is not abandoned half-done: cancelling waits
+    // for the provider, and the record says what happened.
+    let done =
+        work.await.map_err(|e| failed(format!("the deployment stopped: {e}")))?.map_err(|e| failed(e.to_string()))?;
+    if cancel.is_cancelled() {
+        tracing::warn!("step `{name}` finished its deployment after the run was cancelled");
+    }
+    Ok(DeployedRecord {
+        environment: spec.environment.clone(),
+        provider: Some(done.provider.to_owned()),
+        target: Some(done.target),
+        detail: done.detail,
+        artifacts: count,
+        approval: approval.map(|r| format!("{} by {}", r.state.as_str(), approvers_of(&r))),
+    })
+}
+
+fn approvers_of(r: &ApprovalRecord) -> String {
+    let names: Vec<&str> = r.decisions.iter().filter(|d| d.approve).map(|d| d.user.as_str()).collect();
+    if names.is_empty() { "nobody".into() } else { names.join(", ") }
+}
+
+/// Records a request, shows it with its code, and waits for its end.
+async fn wait_for_approval(
+    shared: &Shared,
+    name: &str,
+    env_name: &str,
+    env: &Environment,
+    artifacts: &[DeployArtifact],
+    cancel: &CancellationToken,
+) -> Result<ApprovalRecord, StepError> {
+    let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
+    let Some(rules) = &env.approvals else {
+        return Err(failed(format!("environment `{env_name}` names no approvers, so nobody could approve")));
+    };
+    let policy = shared.policy.as_ref().map(|p| &p.0);
+    let mut approvers: Vec<String> =
+        rules.groups.iter().filter_map(|g| policy.and_then(|p| p.groups.get(g))).flatten().cloned().collect();
+    approvers.sort();
+    approvers.dedup();
+    let (provider, target) = target_of(&env.provider);
+    let code = new_code();
+    let now = now_ms();
+    let request = ApprovalRecord {
+        run: shared.run_id.clone(),
+        step: name.to_owned(),
+        environment: env_name.to_owned(),
+        provider: provider.to_owned(),
+        target: target.clone(),
+        artifacts: artifacts
+            .iter()
+            .map(|a| ApprovalArtifact { path: a.path.clone(), sha256: a.sha256.clone(), size: a.size })
+            .collect(),
+        requester: shared.requester.clone(),
+        approvers: approvers.clone(),
+        required: rules.required,
+        requester_may_approve: rules.requester_may_approve,
+        code_sha256: code_digest(&code),
+        created_ms: now,
+        deadline_ms: now.saturating_add(rules.timeout.as_millis() as u64),
+        state: ApprovalState::Pending,
+        decisions: Vec::new(),
+        decided_ms: None,
+    };
+    let stored =
+        shared.store.request_approval(&request).map_err(|e| failed(format!("cannot record the request: {e}")))?;
+    if stored.code_sha256 == request.code_sha256 {
+        (shared.observer)(&crate::Progress::ApprovalRequested {
+            run: shared.run_id.clone(),
+            step: name.to_owned(),
+            environment: env_name.to_owned(),
+            provider: provider.to_owned(),
+            target,
+            artifacts: request.artifacts.clone(),
+            requester: shared.requester.clone(),
+            required: rules.required,
+            approvers,
+            deadline_ms: request.deadline_ms,
+            code,
+        });
+    }
+    loop {
+        let current = shared
+            .store
+            .expire_approval(&shared.run_id, name)
+            .map_err(|e| failed(format!("cannot read the request: {e}")))?
+            .ok_or_else(|| failed("the approval request disappeared".into()))?;
+        match current.state {
+            ApprovalState::Approved => return Ok(current),
+            ApprovalState::Denied => {
+                let by = current.decisions.iter().find(|d| !d.approve);
+                let who = by.map_or("someone".to_owned(), |d| format!("`{}`", d.user));
+                let why = by.and_then(|d| d.reason.as_deref()).map(|r| format!(": {r}")).unwrap_or_default();
+                return Err(failed(format!("{who} denied the deployment to `{env_name}`{why}")));
+            }
+            ApprovalState::TimedOut => {
+                return Err(failed(format!(
+                    "no decision on the deployment to `{env_name}` within {}, which denies it",
+                    humantime::format_duration(rules.timeout)
+                )));
+            }
+            ApprovalState::Pending => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+        }
+    }
+}
