@@ -1,4 +1,6 @@
-//! `airlock env check`: which credentials are missing, expired, or expire soon.
+//! `airlock env check`: which credentials are missing, expired, or expire
+//! soon; `airlock env rollback`: point a directory environment's
+//! `current` back at its previous release.
 
 use crate::exit;
 use std::path::Path;
@@ -56,4 +58,36 @@ pub fn check(policy: Option<&Path>, args: CheckArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if bad > 0 { exit::FAILED } else { exit::OK })
+}
+
+/// `airlock env rollback ENV`.
+pub fn rollback(policy: Option<&Path>, environment: &str) -> anyhow::Result<u8> {
+    let Some(path) = policy else {
+        eprintln!("error: `airlock env rollback` reads the environments of the admin policy");
+        eprintln!("hint: pass `--policy FILE` or set AIRLOCK_POLICY");
+        return Ok(exit::USAGE);
+    };
+    let Some(loaded) = crate::policy::load(path)? else { return Ok(exit::FAILED) };
+    let Some(env) = loaded.policy.environments.get(environment) else {
+        let names: Vec<&str> = loaded.policy.environments.keys().map(String::as_str).collect();
+        eprintln!("error: no environment `{environment}` in the policy; it has: {}", names.join(", "));
+        return Ok(exit::USAGE);
+    };
+    let airlock_model::policy::Provider::Directory { path: dir, .. } = &env.provider else {
+        eprintln!(
+            "error: `{environment}` does not deploy to a directory; only `directory` environments keep releases to roll back to"
+        );
+        return Ok(exit::USAGE);
+    };
+    let root = crate::diagnostics::base_dir(path).join(dir);
+    match airlock_host::deploy::directory::rollback(&root) {
+        Ok((from, to)) => {
+            eprintln!("rolled `{environment}` back: `current` now points at {to} (was {from})");
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(exit::FAILED)
+        }
+    }
 }

@@ -139,6 +139,12 @@ enum EnvCommand {
     /// List every credential: missing, expired, or expiring within
     /// `--days`; exits 1 if any is.
     Check(env::CheckArgs),
+    /// Point a `directory` environment's `current` back at the release
+    /// before it.
+    Rollback {
+        /// The environment.
+        environment: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,6 +236,9 @@ fn main() -> ExitCode {
         }
         Command::Approve(args) => approve::approve(&cli.state_dir, cli.policy.as_deref(), args),
         Command::Env { command: EnvCommand::Check(args) } => env::check(cli.policy.as_deref(), args),
+        Command::Env { command: EnvCommand::Rollback { environment } } => {
+            env::rollback(cli.policy.as_deref(), &environment)
+        }
         Command::User { command: UserCommand::Token { json } } => {
             let (token, digest) = airlock_store::new_user_token();
             if json {

@@ -296,3 +296,42 @@ fn an_artifact_changed_after_approval_is_not_deployed() {
     assert!(reason.contains("site.tar.gz") && reason.contains("is damaged on disk"), "{reason}");
     assert!(staging.all().is_empty(), "nothing reached staging");
 }
+
+#[test]
+fn a_directory_environment_rolls_back_to_its_previous_release() {
+    plugins();
+    let s = Scratch::new();
+    let policy = s.file(
+        "policy.yaml",
+        "environments:\n  www:\n    provider: { type: directory, path: www, keep: 2 }\n    pipelines: [site]\n  api:\n    provider: { type: command, argv: [/bin/true] }\n    pipelines: [site]\n",
+    );
+    s.file("src/index.md", "# First\n");
+    s.pipeline(
+        "name: site\nsources: { src: src }\nsteps:\n  render:\n    uses: {plugins}/wasm32-wasip2/release/markdown.wasm\n    inputs: [src]\n    with: { src: '${{ inputs.src }}' }\n    outputs: ['site/*.html']\n  ship:\n    needs: render\n    deploy: { environment: www, from: [render] }\n",
+    );
+    let run = || {
+        let mut cmd = airlock(&s.state());
+        cmd.arg("--policy").arg(&policy).arg("run").arg(s.path().join("pipeline.yaml"));
+        output(&mut cmd)
+    };
+    let page = || std::fs::read_to_string(s.path().join("www/current/site/index.html")).expect("deployed page");
+    let (code, _, stderr) = run();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(page().contains("First"));
+    s.file("src/index.md", "# Second\n");
+    let (code, _, stderr) = run();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(page().contains("Second"));
+
+    let rollback = |env: &str| output(airlock(&s.state()).arg("--policy").arg(&policy).args(["env", "rollback", env]));
+    let (code, _, stderr) = rollback("www");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("rolled `www` back"), "{stderr}");
+    assert!(page().contains("First"));
+    let (code, _, stderr) = rollback("www");
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nothing to roll back to"), "{stderr}");
+    let (code, _, stderr) = rollback("api");
+    assert_eq!(code, 2);
+    assert!(stderr.contains("only `directory` environments keep releases"), "{stderr}");
+}
