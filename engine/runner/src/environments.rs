@@ -224,11 +224,17 @@ async fn wait_for_approval(
                     humantime::format_duration(rules.timeout)
                 )));
             }
+            ApprovalState::Cancelled => return Err(StepError::Cancelled),
             ApprovalState::Pending => {}
         }
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
-            () = cancel.cancelled() => return Err(StepError::Cancelled),
+            () = cancel.cancelled() => {
+                if let Err(e) = shared.store.cancel_approval(&shared.run_id, name) {
+                    tracing::error!("cannot close the approval request of step `{name}`: {e}");
+                }
+                return Err(StepError::Cancelled);
+            }
         }
     }
 }

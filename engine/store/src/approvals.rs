@@ -25,6 +25,8 @@ pub enum ApprovalState {
     Denied,
     /// Not enough approvals before the deadline: denied.
     TimedOut,
+    /// The run was cancelled while the request waited.
+    Cancelled,
 }
 
 impl ApprovalState {
@@ -35,6 +37,7 @@ impl ApprovalState {
             Self::Approved => "approved",
             Self::Denied => "denied",
             Self::TimedOut => "timed out",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -282,6 +285,26 @@ impl Store {
             if self.approvals.compare_and_swap(&k, Some(old), Some(value)).map_err(StoreError::from)?.is_ok() {
                 self.approvals.flush().map_err(StoreError::from)?;
                 return Ok(new);
+            }
+        }
+    }
+
+    /// Ends a pending request because its run was cancelled: no decision
+    /// can change anything any more.
+    pub fn cancel_approval(&self, run: &str, step: &str) -> Result<()> {
+        let k = key(run, step);
+        loop {
+            let Some(old) = self.approvals.get(&k)? else { return Ok(()) };
+            let mut r: ApprovalRecord = crate::decode(&k, &old)?;
+            if r.state != ApprovalState::Pending {
+                return Ok(());
+            }
+            r.state = ApprovalState::Cancelled;
+            r.decided_ms = Some(now_ms());
+            let value = serde_json::to_vec(&r).unwrap_or_default();
+            if self.approvals.compare_and_swap(&k, Some(old), Some(value))?.is_ok() {
+                self.approvals.flush()?;
+                return Ok(());
             }
         }
     }

@@ -335,3 +335,23 @@ fn a_directory_environment_rolls_back_to_its_previous_release() {
     assert_eq!(code, 2);
     assert!(stderr.contains("only `directory` environments keep releases"), "{stderr}");
 }
+
+#[test]
+fn cancelling_a_run_closes_its_approval_request() {
+    plugins();
+    let s = Scratch::new();
+    let staging = Staging::start();
+    let (policy, people) = write_policy(&s, &staging.url, "5m", "2099-01-01");
+    let (child, lines) = start_run(&s, &policy, &people.alice);
+    let mut seen = Vec::new();
+    let code = code_of(&lines, &mut seen);
+    let kill = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
+    assert!(kill.success());
+    let (exit, _) = finish(child, lines, &mut seen);
+    assert_eq!(exit, 130, "{}", seen.join("\n"));
+    assert_eq!(s.show()["approvals"][0]["state"], "cancelled");
+    let (exit, stderr) = approve(&s, &people.bob, &code, &["--policy", policy.to_str().expect("utf-8")]);
+    assert_eq!(exit, 1);
+    assert!(stderr.contains("already cancelled; its code no longer works"), "{stderr}");
+    assert!(staging.all().is_empty());
+}
