@@ -16,9 +16,7 @@ use crate::publish::upstream_outputs;
 use airlock_host::deploy::{DeployArtifact, Deployment, preflight};
 use airlock_model::EnvironmentStep;
 use airlock_model::policy::{Environment, Provider};
-use airlock_store::{
-    ApprovalArtifact, ApprovalRecord, ApprovalState, DeployedRecord, StepState, code_digest, new_code, now_ms,
-};
+use airlock_store::{ApprovalArtifact, ApprovalRecord, ApprovalState, DeployedRecord, code_digest, new_code, now_ms};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -45,17 +43,20 @@ fn environment<'a>(shared: &'a Shared, spec: &EnvironmentStep) -> Result<&'a Env
     Ok(env)
 }
 
-fn started(shared: &Shared, name: &str, detail: &str) -> Result<(), StepError> {
-    shared
-        .store
-        .update_step(&shared.run_id, name, Some(detail.into()), |s| {
-            s.state = StepState::Running;
-            s.attempts = 1;
-            s.started_ms.get_or_insert_with(now_ms);
-        })
-        .map_err(|e| StepError::Failed(format!("step `{name}`: cannot record the step: {e}")))?;
-    (shared.observer)(&crate::Progress::StepStarted { step: name.to_owned(), attempt: 1 });
-    Ok(())
+/// Records the step started, and finds its environment and artifacts.
+fn prepare<'a>(
+    shared: &'a Shared,
+    name: &str,
+    spec: &EnvironmentStep,
+    detail: &str,
+) -> Result<(&'a Environment, Vec<DeployArtifact>), StepError> {
+    let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
+    crate::exec::host_step_started(shared, name, detail)?;
+    let env = environment(shared, spec).map_err(&failed)?;
+    let files = upstream_outputs(shared, &spec.from).map_err(&failed)?;
+    let artifacts =
+        files.into_iter().map(|f| DeployArtifact { path: f.path, sha256: f.sha256, size: f.size }).collect();
+    Ok((env, artifacts))
 }
 
 /// An approval step: waits for the environment's approvers.
@@ -65,12 +66,7 @@ pub(crate) async fn approval(
     spec: &EnvironmentStep,
     cancel: &CancellationToken,
 ) -> Result<DeployedRecord, StepError> {
-    let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
-    started(shared, name, "waiting for approval")?;
-    let env = environment(shared, spec).map_err(&failed)?;
-    let files = upstream_outputs(shared, &spec.from).map_err(&failed)?;
-    let artifacts: Vec<DeployArtifact> =
-        files.into_iter().map(|f| DeployArtifact { path: f.path, sha256: f.sha256, size: f.size }).collect();
+    let (env, artifacts) = prepare(shared, name, spec, "waiting for approval")?;
     let record = wait_for_approval(shared, name, &spec.environment, env, &artifacts, cancel).await?;
     Ok(DeployedRecord {
         environment: spec.environment.clone(),
@@ -90,12 +86,8 @@ pub(crate) async fn deploy(
     cancel: &CancellationToken,
 ) -> Result<DeployedRecord, StepError> {
     let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
-    started(shared, name, "deploying")?;
-    let env = environment(shared, spec).map_err(&failed)?;
+    let (env, mut artifacts) = prepare(shared, name, spec, "deploying")?;
     let policy_dir = shared.policy.as_ref().map(|p| p.1.clone()).unwrap_or_default();
-    let files = upstream_outputs(shared, &spec.from).map_err(&failed)?;
-    let mut artifacts: Vec<DeployArtifact> =
-        files.into_iter().map(|f| DeployArtifact { path: f.path, sha256: f.sha256, size: f.size }).collect();
     // A missing or expired credential fails the deploy before anyone is
     // asked to approve it, and before anything happens.
     preflight(&spec.environment, env, &policy_dir, now_ms()).map_err(|e| failed(e.to_string()))?;

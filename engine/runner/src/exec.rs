@@ -376,6 +376,21 @@ fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated: bool) {
     });
 }
 
+/// Records that a step running in the host (publish, deploy, approval)
+/// started: it has one attempt.
+pub(crate) fn host_step_started(shared: &Shared, name: &str, detail: &str) -> Result<(), StepError> {
+    shared
+        .store
+        .update_step(&shared.run_id, name, Some(detail.into()), |s| {
+            s.state = StepState::Running;
+            s.attempts = 1;
+            s.started_ms.get_or_insert_with(now_ms);
+        })
+        .map_err(|e| StepError::Failed(format!("step `{name}`: cannot record the step: {e}")))?;
+    (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt: 1 });
+    Ok(())
+}
+
 /// Runs every attempt of one step and records its end state.
 async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, cancel: CancellationToken) -> Finished {
     let mut log_truncated = false;

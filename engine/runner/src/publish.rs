@@ -27,15 +27,7 @@ pub(crate) async fn run(
     cancel: &CancellationToken,
 ) -> Result<PublishedRecord, StepError> {
     let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
-    shared
-        .store
-        .update_step(&shared.run_id, name, Some("publishing".into()), |s| {
-            s.state = StepState::Running;
-            s.attempts = 1;
-            s.started_ms.get_or_insert_with(now_ms);
-        })
-        .map_err(|e| failed(format!("cannot record the step: {e}")))?;
-    (shared.observer)(&crate::Progress::StepStarted { step: name.to_owned(), attempt: 1 });
+    crate::exec::host_step_started(shared, name, "publishing")?;
 
     let ctx = ExprContext { params: &shared.params, run_id: &shared.run_id, step: name };
     let build = render(&publish.build, &ctx).map_err(&failed)?;
