@@ -11,7 +11,7 @@ use crate::{Dag, Diagnostic, Lookup, Span, find_cycle, parse_duration, parse_siz
 use indexmap::IndexMap;
 use std::path::{Component, Path};
 
-const TOP_KEYS: &[&str] = &["name", "description", "params", "sources", "steps"];
+const TOP_KEYS: &[&str] = &["name", "description", "environment", "params", "sources", "steps"];
 const STEP_KEYS: &[&str] = &[
     "uses", "publish", "deploy", "approval", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries",
     "limits",
@@ -213,6 +213,19 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
         }
     };
     let description = get(top, "description").and_then(|n| c.scalar(n, "description")).map(str::to_owned);
+    let environment = get(top, "environment").and_then(|n| {
+        let env = c.scalar(n, "environment")?;
+        if let Err(e) = lookup.environment(env, name.as_deref().unwrap_or_default()) {
+            c.error(
+                "unknown-environment",
+                "environment",
+                n.span,
+                e,
+                Some("environments, and the pipelines they accept, are in the admin policy (`--policy FILE`)".into()),
+            );
+        }
+        Some(env.to_owned())
+    });
     let params = get(top, "params").map(|n| parse_params(&mut c, n)).unwrap_or_default();
     let sources = get(top, "sources").map(|n| parse_sources(&mut c, n, lookup)).unwrap_or_default();
 
@@ -298,6 +311,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     let dummy = Pipeline {
         name: String::new(),
         description: None,
+        environment: None,
         params: IndexMap::new(),
         sources: IndexMap::new(),
         steps: steps.clone(),
@@ -366,7 +380,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     }
 
     let pipeline = match name {
-        Some(name) if c.diags.is_empty() => Some(Pipeline { name, description, params, sources, steps }),
+        Some(name) if c.diags.is_empty() => Some(Pipeline { name, description, environment, params, sources, steps }),
         _ => None,
     };
     (pipeline, c.diags)
@@ -874,7 +888,7 @@ fn parse_retries(c: &mut Checker<'_>, node: &Node, path: &str) -> Retries {
     retries
 }
 
-pub(crate) fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
+fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
     let mut limits = Limits::default();
     let entries = c.map(node, path, Some(LIMIT_KEYS));
     if let Some(m) = get(entries, "memory").and_then(|m| size(c, m, &join(path, "memory"))) {

@@ -36,6 +36,10 @@ pub struct Pipeline {
     /// What the pipeline is for, shown by `airlock show`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The environment of the admin policy its steps run for: each plugin
+    /// step gets what that environment grants (allowed plugins, limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     /// Parameters a run can set with `--param NAME=VALUE`, used in steps as
     /// `${{ params.NAME }}`. A bare value is a string parameter with that
     /// default.

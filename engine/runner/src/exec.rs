@@ -199,6 +199,76 @@ pub(crate) struct Shared {
     pub(crate) pipeline: String,
     /// Who started the run.
     pub(crate) requester: String,
+    /// What the pipeline's environment grants its plugin steps.
+    pub(crate) grants: Option<EnvironmentGrants>,
+}
+
+/// The grants of the environment a pipeline runs for, ready to apply.
+pub(crate) struct EnvironmentGrants {
+    environment: String,
+    grants: airlock_model::policy::Grants,
+    /// The allowed plugin patterns, as absolute paths.
+    plugins: Option<globset::GlobSet>,
+}
+
+impl EnvironmentGrants {
+    fn new(environment: &str, grants: &airlock_model::policy::Grants, policy_dir: &Path) -> Result<Self, String> {
+        let plugins = if grants.plugins.is_empty() {
+            None
+        } else {
+            let base = std::fs::canonicalize(policy_dir).unwrap_or_else(|_| policy_dir.to_owned());
+            let mut set = globset::GlobSetBuilder::new();
+            for pattern in &grants.plugins {
+                let absolute = normalize(&base.join(pattern));
+                let glob = globset::GlobBuilder::new(&absolute.to_string_lossy())
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| format!("plugin pattern `{pattern}` of environment `{environment}`: {e}"))?;
+                set.add(glob);
+            }
+            Some(set.build().map_err(|e| e.to_string())?)
+        };
+        Ok(Self { environment: environment.to_owned(), grants: grants.clone(), plugins })
+    }
+
+    /// Whether the environment lets this plugin file run.
+    fn check_plugin(&self, file: &Path, as_written: &str) -> Result<(), String> {
+        let Some(allowed) = &self.plugins else { return Ok(()) };
+        let real = std::fs::canonicalize(file).unwrap_or_else(|_| normalize(file));
+        if allowed.is_match(&real) {
+            Ok(())
+        } else {
+            Err(format!(
+                "plugin `{as_written}` is not among the plugins environment `{}` allows ({})",
+                self.environment,
+                self.grants.plugins.join(", ")
+            ))
+        }
+    }
+}
+
+/// A step's limits: what the pipeline asked for, bounded by what the
+/// environment it runs for grants.
+fn effective_limits(shared: &Shared, step: &Step) -> airlock_model::Limits {
+    match &shared.grants {
+        Some(g) => g.grants.limits.apply(&step.limits),
+        None => step.limits,
+    }
+}
+
+/// `path` with `.` and `..` resolved by name, not by the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// What a step task reports back to the scheduler.
@@ -223,6 +293,20 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<RunSummary, RunnerError> {
         let params = pipeline.resolve_params(&options.params).map_err(RunnerError::Params)?;
+        // Checked before the run is recorded: a run that cannot start leaves no record.
+        let grants = match (&pipeline.environment, &self.policy) {
+            (None, _) => None,
+            (Some(env), Some(policy)) => match policy.0.environments.get(env) {
+                Some(e) => Some(EnvironmentGrants::new(env, &e.grants, &policy.1).map_err(RunnerError::Policy)?),
+                None => return Err(RunnerError::Policy(format!("the admin policy has no environment `{env}`"))),
+            },
+            (Some(env), None) => {
+                return Err(RunnerError::Policy(format!(
+                    "pipeline `{}` runs for environment `{env}`, but no admin policy was given",
+                    pipeline.name
+                )));
+            }
+        };
         let dag = Dag::new(pipeline);
         let names: Vec<String> = pipeline.steps.keys().cloned().collect();
         let shown_params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
@@ -247,6 +331,7 @@ impl Engine {
             policy: self.policy.clone(),
             pipeline: pipeline.name.clone(),
             requester: options.requester.clone(),
+            grants,
         });
 
         let mut states = vec![StepState::Pending; dag.len()];
@@ -465,6 +550,11 @@ async fn attempts(
     let store = &shared.store;
     let failed = |reason: String| StepError::Failed(reason);
     let record_error = |e: airlock_store::StoreError| StepError::Failed(format!("cannot record the step: {e}"));
+    if let Some(grants) = &shared.grants {
+        grants
+            .check_plugin(&shared.base_dir.join(&step.uses), &step.uses)
+            .map_err(|e| failed(format!("step `{name}`: {e}")))?;
+    }
     let plugin = load_plugin(shared, step).await.map_err(failed)?;
     check_kind(name, step, &plugin).map_err(failed)?;
     let invocation = invocation(shared, name, step).map_err(failed)?;
@@ -627,7 +717,7 @@ fn describe(name: &str, step: &Step, failure: &Failure) -> String {
 
 async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, String> {
     let path = shared.base_dir.join(&step.uses);
-    let fuel = step.limits.fuel.is_some();
+    let fuel = effective_limits(shared, step).fuel.is_some();
     // Steps sharing a plugin compile it once; different plugins compile
     // in parallel.
     let cell = shared.plugins.lock().await.entry((path.clone(), fuel)).or_default().clone();
@@ -683,11 +773,12 @@ fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Invocation, St
     inv.env = step.env.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;
     inv.run_id = shared.run_id.clone();
     inv.step = name.to_owned();
-    inv.memory = step.limits.memory;
-    inv.log_limit = step.limits.log;
-    inv.fuel = step.limits.fuel;
+    let limits = effective_limits(shared, step);
+    inv.memory = limits.memory;
+    inv.log_limit = limits.log;
+    inv.fuel = limits.fuel;
     inv.timeout = step.timeout;
-    inv.quota = Quota { bytes: step.limits.disk, entries: step.limits.files };
+    inv.quota = Quota { bytes: limits.disk, entries: limits.files };
     Ok(inv)
 }
 

@@ -55,6 +55,9 @@ pub enum RunnerError {
     /// Bad `--param` values.
     #[error("{}", .0.join("\n"))]
     Params(Vec<String>),
+    /// The pipeline needs something of the admin policy it does not have.
+    #[error("{0}")]
+    Policy(String),
     /// The state directory is unusable.
     #[error("state directory `{}`: {source}", path.display())]
     StateDir {

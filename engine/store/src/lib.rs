@@ -488,10 +488,19 @@ impl Store {
     /// A run by id, or by a unique prefix of its id, or `last` for the newest.
     pub fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord> {
         if id_or_prefix == "last" {
-            return match self.runs.last()? {
-                Some((k, v)) => decode(&k, &v),
-                None => Err(StoreError::NoRun("last".into())),
-            };
+            // Ids sort by their second, then by a random suffix: of the
+            // runs of the newest second, the last created is the newest.
+            let Some((k, _)) = self.runs.last()? else { return Err(StoreError::NoRun("last".into())) };
+            let second = &k[..k.len().min(15)];
+            let mut newest: Option<RunRecord> = None;
+            for item in self.runs.scan_prefix(second) {
+                let (k, v) = item?;
+                let run: RunRecord = decode(&k, &v)?;
+                if newest.as_ref().is_none_or(|n| run.created_ms >= n.created_ms) {
+                    newest = Some(run);
+                }
+            }
+            return newest.ok_or_else(|| StoreError::NoRun("last".into()));
         }
         if let Some(run) = self.run(id_or_prefix)? {
             return Ok(run);
@@ -518,7 +527,15 @@ impl Store {
 
     /// All runs, newest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        self.runs.iter().rev().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v))).collect()
+        let mut runs: Vec<RunRecord> = self
+            .runs
+            .iter()
+            .rev()
+            .map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
+            .collect::<Result<_>>()?;
+        // Within one second, ids are in random order; creation times are not.
+        runs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
+        Ok(runs)
     }
 
     /// A run's steps, in pipeline order.
@@ -660,6 +677,17 @@ mod tests {
             ]
         );
         assert!(matches!(store.update_step(&run.id, "zz", None, |_| {}), Err(StoreError::NoStep { .. })));
+    }
+
+    #[test]
+    fn last_is_the_newest_run_even_within_one_second() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        for _ in 0..20 {
+            let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
+            assert_eq!(store.find_run("last").expect("last").id, run.id);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     #[test]

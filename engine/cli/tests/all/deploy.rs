@@ -355,3 +355,43 @@ fn cancelling_a_run_closes_its_approval_request() {
     assert!(stderr.contains("already cancelled; its code no longer works"), "{stderr}");
     assert!(staging.all().is_empty());
 }
+
+#[test]
+fn a_pipeline_for_an_environment_gets_only_what_it_grants() {
+    plugins();
+    let s = Scratch::new();
+    let policy = s.file(
+        "policy.yaml",
+        "environments:\n  ci:\n    provider: { type: command, argv: [/bin/true] }\n    pipelines: [site]\n    grants:\n      plugins: ['{plugins}/wasm32-wasip2/release/markdown.wasm']\n      limits: { fuel: 1000 }\n"
+            .replace("{plugins}", &plugins().display().to_string()),
+    );
+    s.file("src/index.md", "# Page\n");
+    let pipeline = |uses: &str| {
+        s.pipeline(&format!(
+            "name: site\nenvironment: ci\nsources: {{ src: src }}\nsteps:\n  render:\n    uses: {{plugins}}/wasm32-wasip2/release/{uses}\n    inputs: [src]\n    with: {{ src: '${{{{ inputs.src }}}}' }}\n    limits: {{ memory: 64MiB }}\n"
+        ))
+    };
+    let run = |path: &Path| output(airlock(&s.state()).arg("--policy").arg(&policy).arg("run").arg(path));
+
+    // A plugin the environment does not list does not run.
+    let (code, _, stderr) = run(&pipeline("targz.wasm"));
+    assert_eq!(code, 1, "{stderr}");
+    let reason = s.step("render")["reason"].as_str().expect("reason").to_owned();
+    assert!(
+        reason.contains("plugin") && reason.contains("is not among the plugins environment `ci` allows"),
+        "{reason}"
+    );
+    assert!(s.step("render")["plugin_sha256"].is_null(), "it was not even loaded");
+
+    // One it lists runs, under the environment's fuel limit although the
+    // pipeline set none.
+    let (code, _, stderr) = run(&pipeline("markdown.wasm"));
+    assert_eq!(code, 1, "{stderr}");
+    let reason = s.step("render")["reason"].as_str().expect("reason").to_owned();
+    assert!(reason.contains("used up its fuel of 1000 instructions"), "{reason}");
+
+    // Without the policy the pipeline is not even valid.
+    let (code, _, stderr) = output(airlock(&s.state()).arg("run").arg(s.path().join("pipeline.yaml")));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no admin policy was given"), "{stderr}");
+}

@@ -1,7 +1,7 @@
 //! Environments: where deployments go, with which credentials, after
 //! whose approval, and what steps running for them may use.
 
-use crate::parse::{Checker, closest, count, duration, get, join, parse_limits};
+use crate::parse::{Checker, closest, count, duration, get, join, size};
 use crate::yaml::{Kind, Node};
 use crate::{Limits, Span};
 use indexmap::IndexMap;
@@ -164,10 +164,44 @@ pub struct Approvals {
 pub struct Grants {
     /// Host interfaces linked into their sandbox (see [`INTERFACES`]).
     pub interfaces: Vec<String>,
-    /// Glob patterns of the plugins that may run; empty allows any.
+    /// Glob patterns of the plugin files that may run (relative patterns
+    /// are relative to the policy file); empty allows any.
     pub plugins: Vec<String>,
-    /// Default limits, instead of airlock's own.
-    pub limits: Option<Limits>,
+    /// The most a step may use: a step's own limit above one of these is
+    /// lowered to it.
+    pub limits: LimitCaps,
+}
+
+/// Upper bounds on a step's limits; unset fields bound nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LimitCaps {
+    /// Linear memory.
+    pub memory: Option<u64>,
+    /// Log bytes kept.
+    pub log: Option<u64>,
+    /// Instructions (a step without a fuel limit gets this one).
+    pub fuel: Option<u64>,
+    /// Workspace bytes.
+    pub disk: Option<u64>,
+    /// Workspace entries.
+    pub files: Option<u64>,
+}
+
+impl LimitCaps {
+    /// `limits`, lowered to these caps.
+    pub fn apply(&self, limits: &Limits) -> Limits {
+        let cap = |value: u64, cap: Option<u64>| cap.map_or(value, |c| value.min(c));
+        Limits {
+            memory: cap(limits.memory, self.memory),
+            log: cap(limits.log, self.log),
+            fuel: match (limits.fuel, self.fuel) {
+                (Some(f), Some(c)) => Some(f.min(c)),
+                (f, c) => f.or(c),
+            },
+            disk: cap(limits.disk, self.disk),
+            files: cap(limits.files, self.files),
+        }
+    }
 }
 
 pub(crate) fn environments(
@@ -555,6 +589,16 @@ fn grants(c: &mut Checker<'_>, node: &Node, path: &str) -> Grants {
             Err(e) => c.error("bad-glob", &ppath, span, format!("`{pattern}` is not a valid glob: {}", e.kind()), None),
         }
     }
-    g.limits = get(entries, "limits").map(|l| parse_limits(c, l, &join(path, "limits")));
+    if let Some(l) = get(entries, "limits") {
+        let lpath = join(path, "limits");
+        let e = c.map(l, &lpath, Some(&["memory", "log", "fuel", "disk", "files"]));
+        g.limits = LimitCaps {
+            memory: get(e, "memory").and_then(|n| size(c, n, &join(&lpath, "memory"))),
+            log: get(e, "log").and_then(|n| size(c, n, &join(&lpath, "log"))),
+            fuel: get(e, "fuel").and_then(|n| count(c, n, &join(&lpath, "fuel"), u64::MAX)),
+            disk: get(e, "disk").and_then(|n| size(c, n, &join(&lpath, "disk"))),
+            files: get(e, "files").and_then(|n| count(c, n, &join(&lpath, "files"), u64::MAX)),
+        };
+    }
     g
 }

@@ -26,7 +26,7 @@ mod people;
 
 pub use environments::{
     Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
-    Environment, Grants, HttpAuth, HttpMethod, INTERFACES, Payload, Provider,
+    Environment, Grants, HttpAuth, HttpMethod, INTERFACES, LimitCaps, Payload, Provider,
 };
 pub use people::{Role, User};
 
@@ -250,7 +250,8 @@ mod tests {
         assert_eq!((approvals.required, approvals.requester_may_approve), (2, false));
         assert_eq!(approvals.timeout, std::time::Duration::from_secs(1800));
         assert_eq!(staging.grants.interfaces, ["deploy"]);
-        assert_eq!(staging.grants.limits.map(|l| l.memory), Some(64 << 20));
+        assert_eq!(staging.grants.limits.memory, Some(64 << 20));
+        assert_eq!(staging.grants.limits.disk, None);
         assert!(staging.allows_pipeline("release") && !staging.allows_pipeline("site"));
         assert!(p.environments["www"].allows_pipeline("anything"));
         assert_eq!(p.environments["www"].provider, Provider::Directory { path: "/srv/www".into(), keep: DEFAULT_KEEP });
