@@ -78,6 +78,32 @@ pub(crate) async fn approval(
     })
 }
 
+/// A deployment a plugin step asked for through `airlock:step/deploy`:
+/// the paths must be among the outputs the host just took out of its
+/// workspace; then the same checks as a deploy step.
+pub(crate) async fn requested(
+    shared: &Shared,
+    name: &str,
+    request: &airlock_sandbox::DeployRequest,
+    outputs: &[airlock_store::OutputRecord],
+    cancel: &CancellationToken,
+) -> Result<DeployedRecord, StepError> {
+    let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
+    let mut artifacts = Vec::new();
+    for path in &request.paths {
+        let Some(o) = outputs.iter().find(|o| o.path == *path) else {
+            return Err(failed(format!(
+                "asked to deploy `{}`, which is not among its outputs",
+                airlock_model::text::one_line(path, 200)
+            )));
+        };
+        artifacts.push(DeployArtifact { path: o.path.clone(), sha256: o.sha256.clone(), size: o.size });
+    }
+    let spec = EnvironmentStep { environment: request.environment.clone(), from: Vec::new() };
+    let env = environment(shared, &spec).map_err(&failed)?;
+    deliver(shared, name, &spec.environment, env, artifacts, cancel).await
+}
+
 /// A deploy step: policy, credentials, approvals, then the provider.
 pub(crate) async fn deploy(
     shared: &Shared,
@@ -85,15 +111,28 @@ pub(crate) async fn deploy(
     spec: &EnvironmentStep,
     cancel: &CancellationToken,
 ) -> Result<DeployedRecord, StepError> {
+    let (env, artifacts) = prepare(shared, name, spec, "deploying")?;
+    deliver(shared, name, &spec.environment, env, artifacts, cancel).await
+}
+
+/// Credentials, approvals, then the provider, with exactly the approved
+/// artifacts.
+async fn deliver(
+    shared: &Shared,
+    name: &str,
+    env_name: &str,
+    env: &Environment,
+    mut artifacts: Vec<DeployArtifact>,
+    cancel: &CancellationToken,
+) -> Result<DeployedRecord, StepError> {
     let failed = |reason: String| StepError::Failed(format!("step `{name}`: {reason}"));
-    let (env, mut artifacts) = prepare(shared, name, spec, "deploying")?;
     let policy_dir = shared.policy.as_ref().map(|p| p.1.clone()).unwrap_or_default();
     // A missing or expired credential fails the deploy before anyone is
     // asked to approve it, and before anything happens.
-    preflight(&spec.environment, env, &policy_dir, now_ms()).map_err(|e| failed(e.to_string()))?;
+    preflight(env_name, env, &policy_dir, now_ms()).map_err(|e| failed(e.to_string()))?;
     let mut approval = None;
     if env.approvals.is_some() {
-        let record = wait_for_approval(shared, name, &spec.environment, env, &artifacts, cancel).await?;
+        let record = wait_for_approval(shared, name, env_name, env, &artifacts, cancel).await?;
         // What was approved is what is deployed: the digests of the request.
         artifacts = record
             .artifacts
@@ -103,7 +142,7 @@ pub(crate) async fn deploy(
         approval = Some(record);
     }
     let deployment = Deployment {
-        environment: spec.environment.clone(),
+        environment: env_name.to_owned(),
         pipeline: shared.pipeline.clone(),
         run: shared.run_id.clone(),
         step: name.to_owned(),
@@ -123,7 +162,7 @@ pub(crate) async fn deploy(
         tracing::warn!("step `{name}` finished its deployment after the run was cancelled");
     }
     Ok(DeployedRecord {
-        environment: spec.environment.clone(),
+        environment: env_name.to_owned(),
         provider: Some(done.provider.to_owned()),
         target: Some(done.target),
         detail: done.detail,

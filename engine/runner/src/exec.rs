@@ -4,7 +4,7 @@ use crate::{Engine, RunOptions, RunnerError};
 use airlock_host::{ExtractLimits, extract};
 use airlock_model::text::one_line;
 use airlock_model::{Dag, ExprContext, Lookup, ParamValue, Pipeline, Step, render};
-use airlock_sandbox::{Failure, Invocation, OverQuota, Plugin, PluginKind, Quota, Sandbox};
+use airlock_sandbox::{DeployRequest, Failure, HostGrants, Invocation, OverQuota, Plugin, PluginKind, Quota, Sandbox};
 use airlock_store::{
     ApprovalArtifact, DeployedRecord, LogRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord,
     StepState, now_ms,
@@ -185,8 +185,8 @@ pub(crate) struct Shared {
     pub(crate) params: IndexMap<String, ParamValue>,
     /// Host directories of the pipeline's `sources`.
     pub(crate) sources: HashMap<String, PathBuf>,
-    /// Plugins loaded in this run, by (path, fuel); each loads once.
-    pub(crate) plugins: Mutex<HashMap<(PathBuf, bool), Arc<PluginCell>>>,
+    /// Plugins loaded in this run, by (path, fuel, grants); each loads once.
+    pub(crate) plugins: Mutex<HashMap<(PathBuf, bool, HostGrants), Arc<PluginCell>>>,
     pub(crate) observer: Box<dyn Fn(&Progress) + Send + Sync>,
     /// Empty workspaces of finished steps, ready for the next step; `None`
     /// when workspaces are kept for inspection, so each keeps its name.
@@ -496,7 +496,20 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
             Vec::new()
         })
     } else {
-        attempts(&shared, &name, &step, &cancel, &mut log_truncated).await
+        match attempts(&shared, &name, &step, &cancel, &mut log_truncated).await {
+            // The step asked for a deployment: the host does it now, with
+            // the outputs just taken out, if the policy allows.
+            Ok((outputs, requests)) => match requests.into_iter().next() {
+                None => Ok(outputs),
+                Some(request) => {
+                    crate::environments::requested(&shared, &name, &request, &outputs, &cancel).await.map(|d| {
+                        deployed = Some(d);
+                        outputs
+                    })
+                }
+            },
+            Err(e) => Err(e),
+        }
     };
     let store = &shared.store;
     let (state, reason, outputs) = match result {
@@ -546,7 +559,7 @@ async fn attempts(
     step: &Step,
     cancel: &CancellationToken,
     log_truncated: &mut bool,
-) -> Result<Vec<OutputRecord>, StepError> {
+) -> Result<(Vec<OutputRecord>, Vec<DeployRequest>), StepError> {
     let store = &shared.store;
     let failed = |reason: String| StepError::Failed(reason);
     let record_error = |e: airlock_store::StoreError| StepError::Failed(format!("cannot record the step: {e}"));
@@ -579,6 +592,7 @@ async fn attempts(
             outcome = shared.sandbox.run(&plugin, inv) => outcome,
             () = cancel.cancelled() => return Err(StepError::Cancelled),
         };
+        let requests = outcome.deploy_requests;
         let truncated = outcome.log_written > outcome.log.len() as u64;
         *log_truncated |= truncated;
         if outcome.log_written > 0 {
@@ -607,7 +621,7 @@ async fn attempts(
             discard_workspace(shared, workspace).await;
         }
         match result {
-            Ok(outputs) => return Ok(outputs),
+            Ok(outputs) => return Ok((outputs, requests)),
             Err(reason) if attempt <= step.retries.count => {
                 let reason = one_line(&reason, MAX_REASON_BYTES);
                 let backoff = step.retries.backoff.saturating_mul(1 << (attempt - 1).min(16));
@@ -718,16 +732,29 @@ fn describe(name: &str, step: &Step, failure: &Failure) -> String {
 async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, String> {
     let path = shared.base_dir.join(&step.uses);
     let fuel = effective_limits(shared, step).fuel.is_some();
+    let grants = HostGrants {
+        deploy: shared.grants.as_ref().is_some_and(|g| g.grants.interfaces.iter().any(|i| i == "deploy")),
+    };
     // Steps sharing a plugin compile it once; different plugins compile
     // in parallel.
-    let cell = shared.plugins.lock().await.entry((path.clone(), fuel)).or_default().clone();
+    let cell = shared.plugins.lock().await.entry((path.clone(), fuel, grants)).or_default().clone();
     cell.get_or_init(|| async {
         let sandbox = shared.sandbox.clone();
         let p = path.clone();
-        tokio::task::spawn_blocking(move || sandbox.load_with(&p, fuel))
+        tokio::task::spawn_blocking(move || sandbox.load_granted(&p, fuel, &grants))
             .await
             .map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses))
-            .and_then(|r| r.map_err(|e| e.to_string().replace(&path.display().to_string(), &step.uses)))
+            .and_then(|r| {
+                r.map_err(|e| {
+                    let mut message = e.to_string().replace(&path.display().to_string(), &step.uses);
+                    if message.contains(airlock_sandbox::DEPLOY_INTERFACE) {
+                        message.push_str(
+                            "; a step may ask for deployments only in a pipeline whose `environment:` grants `deploy`",
+                        );
+                    }
+                    message
+                })
+            })
     })
     .await
     .clone()

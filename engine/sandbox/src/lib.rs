@@ -98,6 +98,17 @@ pub const GRANTED_INTERFACES: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
+/// The host interface through which a step asks for a deployment.
+pub const DEPLOY_INTERFACE: &str = "airlock:step/deploy";
+
+/// Host interfaces beyond WASI that a step is granted (by the environment
+/// its pipeline runs for). Nothing is granted by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct HostGrants {
+    /// [`DEPLOY_INTERFACE`]: asking for deployments.
+    pub deploy: bool,
+}
+
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -325,6 +336,8 @@ pub struct Outcome {
     pub log_written: u64,
     /// Wall time of instantiation and run.
     pub duration: Duration,
+    /// Deployments the step asked for (a granted `airlock:step/deploy`).
+    pub deploy_requests: Vec<DeployRequest>,
 }
 
 /// State of a component step's store.
@@ -333,6 +346,63 @@ pub(crate) struct ComponentState {
     table: ResourceTable,
     limiter: Limiter,
     timed_out: bool,
+    requests: DeployRequests,
+}
+
+/// Deployments a step asked for, checked at the boundary.
+#[derive(Debug, Default)]
+pub(crate) struct DeployRequests(Vec<DeployRequest>);
+
+/// A deployment a step asked for: the host decides what becomes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRequest {
+    /// The environment named.
+    pub environment: String,
+    /// Workspace paths of the files to deploy.
+    pub paths: Vec<String>,
+}
+
+/// Requests one step may make: one deployment, recorded on the step.
+pub const MAX_DEPLOY_REQUESTS: usize = 1;
+/// Paths one request may name.
+pub const MAX_DEPLOY_PATHS: usize = 10_000;
+
+impl bindings::airlock::step::deploy::Host for DeployRequests {
+    fn request(&mut self, environment: String, paths: Vec<String>) -> Result<String, String> {
+        if self.0.len() >= MAX_DEPLOY_REQUESTS {
+            return Err(format!("a step may ask for {MAX_DEPLOY_REQUESTS} deployment; it asked already"));
+        }
+        let name_ok = !environment.is_empty()
+            && environment.len() <= 64
+            && environment.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err("an environment name is 1 to 64 letters, digits, `-` and `_`".into());
+        }
+        if paths.is_empty() || paths.len() > MAX_DEPLOY_PATHS {
+            return Err(format!("a request names 1 to {MAX_DEPLOY_PATHS} paths"));
+        }
+        for p in &paths {
+            let plain = !p.is_empty()
+                && p.len() <= 1024
+                && !p.starts_with('/')
+                && !p.chars().any(airlock_model::text::is_hazard)
+                && p.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+            if !plain {
+                return Err(format!(
+                    "`{}` is not a plain path relative to the workspace",
+                    airlock_model::text::one_line(p, 200)
+                ));
+            }
+        }
+        self.0.push(DeployRequest { environment, paths });
+        Ok(format!("deploy-request-{}", self.0.len()))
+    }
+}
+
+struct HasRequests;
+
+impl HasData for HasRequests {
+    type Data<'a> = &'a mut DeployRequests;
 }
 
 impl WasiView for ComponentState {
@@ -435,6 +505,9 @@ fn link_granted(l: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime
     type S = ComponentState;
     // Types only: nothing to implement, but the instance must exist.
     l.instance("airlock:step/types@0.1.0")?;
+    // Linked for every step, refused at load for a plugin that imports it
+    // without the grant (see `Sandbox::load_with`).
+    bindings::airlock::step::deploy::add_to_linker::<S, HasRequests>(l, |s| &mut s.requests)?;
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
@@ -510,6 +583,12 @@ impl Sandbox {
     /// Reads, compiles (or loads from the cache), checks and links a plugin.
     /// `fuel` selects the engine that counts instructions.
     pub fn load_with(&self, path: &Path, fuel: bool) -> Result<Plugin, SandboxError> {
+        self.load_granted(path, fuel, &HostGrants::default())
+    }
+
+    /// [`Sandbox::load_with`] for a step granted host interfaces beyond
+    /// WASI: a plugin importing one that `grants` does not name is refused.
+    pub fn load_granted(&self, path: &Path, fuel: bool, grants: &HostGrants) -> Result<Plugin, SandboxError> {
         let read_error = |source| SandboxError::Read { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(read_error)?.len();
         if size > MAX_PLUGIN_BYTES {
@@ -518,7 +597,7 @@ impl Sandbox {
         let bytes = std::fs::read(path).map_err(read_error)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // Messages name the path as the caller gave it.
-        self.load_bytes(&bytes, &name, fuel).map_err(|e| e.with_path(path))
+        self.load_bytes_granted(&bytes, &name, fuel, grants).map_err(|e| e.with_path(path))
     }
 
     /// [`Sandbox::load_with`] without fuel.
@@ -528,6 +607,17 @@ impl Sandbox {
 
     /// Loads a plugin from its bytes; `name` appears in messages.
     pub fn load_bytes(&self, bytes: &[u8], name: &str, fuel: bool) -> Result<Plugin, SandboxError> {
+        self.load_bytes_granted(bytes, name, fuel, &HostGrants::default())
+    }
+
+    /// [`Sandbox::load_bytes`] with host interfaces granted.
+    pub fn load_bytes_granted(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        fuel: bool,
+        grants: &HostGrants,
+    ) -> Result<Plugin, SandboxError> {
         let path = PathBuf::from(name);
         if bytes.len() as u64 > MAX_PLUGIN_BYTES {
             return Err(SandboxError::TooLarge { path, size: bytes.len() as u64 });
@@ -567,7 +657,7 @@ impl Sandbox {
             if !from_cache {
                 self.store_in_cache(&digest, &flavor.engine, component.serialize());
             }
-            self.link_component(flavor, &component, &path)?
+            self.link_component(flavor, &component, &path, grants)?
         } else {
             let module = match &cached {
                 // SAFETY: as for components above.
@@ -598,12 +688,14 @@ impl Sandbox {
         flavor: &Flavor,
         component: &wasmtime::component::Component,
         path: &Path,
+        grants: &HostGrants,
     ) -> Result<Compiled, SandboxError> {
         let ty = component.component_type();
+        let granted = |name: &str| GRANTED_INTERFACES.contains(&name) || (grants.deploy && name == DEPLOY_INTERFACE);
         let refused: Vec<String> = ty
             .imports(&flavor.engine)
             .map(|(import, _)| import)
-            .filter(|import| !GRANTED_INTERFACES.contains(&import.split('@').next().unwrap_or(import)))
+            .filter(|import| !granted(import.split('@').next().unwrap_or(import)))
             .map(str::to_owned)
             .collect();
         if !refused.is_empty() {
@@ -650,10 +742,11 @@ impl Sandbox {
     pub async fn run(&self, plugin: &Plugin, inv: Invocation) -> Outcome {
         let started = Instant::now();
         let log = LogSink::new(usize::try_from(inv.log_limit).unwrap_or(usize::MAX));
+        let mut deploy_requests = Vec::new();
         let result = match self.wasi(&inv, plugin, &log) {
             Err(e) => Err(Failure::Setup(e)),
             Ok(builder) => {
-                let call = self.call(plugin, builder, &inv);
+                let call = self.call(plugin, builder, &inv, &mut deploy_requests);
                 // Epoch interruption stops guest code at its deadline; a
                 // guest blocked inside a host call (a long sleep) is
                 // stopped here instead. Going over the disk quota stops
@@ -686,7 +779,12 @@ impl Sandbox {
             failed => failed,
         };
         let (log, log_written) = log.take();
-        Outcome { result, log, log_written, duration: started.elapsed() }
+        // A failed step's requests are void: only a step that succeeded
+        // has outputs to deploy.
+        if result.is_err() {
+            deploy_requests.clear();
+        }
+        Outcome { result, log, log_written, duration: started.elapsed(), deploy_requests }
     }
 
     fn wasi(&self, inv: &Invocation, plugin: &Plugin, log: &LogSink) -> Result<WasiCtxBuilder, String> {
@@ -711,14 +809,25 @@ impl Sandbox {
         Ok(b)
     }
 
-    async fn call(&self, plugin: &Plugin, mut builder: WasiCtxBuilder, inv: &Invocation) -> Result<(), Failure> {
+    async fn call(
+        &self,
+        plugin: &Plugin,
+        mut builder: WasiCtxBuilder,
+        inv: &Invocation,
+        requests: &mut Vec<DeployRequest>,
+    ) -> Result<(), Failure> {
         let flavor = if plugin.fuel { &self.fueled } else { &self.plain };
         let deadline = Instant::now() + inv.timeout;
         let limiter = Limiter::new(inv.memory);
         match &*plugin.compiled {
             Compiled::Step(pre) => {
-                let state =
-                    ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
+                let state = ComponentState {
+                    ctx: builder.build(),
+                    table: ResourceTable::new(),
+                    limiter,
+                    timed_out: false,
+                    requests: DeployRequests::default(),
+                };
                 let mut store = Store::new(&flavor.engine, state);
                 store.limiter(|s| &mut s.limiter);
                 arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
@@ -742,12 +851,18 @@ impl Sandbox {
                     instance.airlock_step_run().call_run(&mut store, &ctx).await
                 }
                 .await;
-                let s = store.data();
+                let s = store.data_mut();
+                *requests = std::mem::take(&mut s.requests.0);
                 judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
             }
             Compiled::Command(pre) => {
-                let state =
-                    ComponentState { ctx: builder.build(), table: ResourceTable::new(), limiter, timed_out: false };
+                let state = ComponentState {
+                    ctx: builder.build(),
+                    table: ResourceTable::new(),
+                    limiter,
+                    timed_out: false,
+                    requests: DeployRequests::default(),
+                };
                 let mut store = Store::new(&flavor.engine, state);
                 store.limiter(|s| &mut s.limiter);
                 arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
@@ -756,7 +871,8 @@ impl Sandbox {
                     command.wasi_cli_run().call_run(&mut store).await
                 }
                 .await;
-                let s = store.data();
+                let s = store.data_mut();
+                *requests = std::mem::take(&mut s.requests.0);
                 judge(result.map(|r| r.map_err(|()| Failure::Exit(1))), &s.limiter, s.timed_out, inv)
             }
             Compiled::Module(pre) => {

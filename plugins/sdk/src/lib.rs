@@ -85,6 +85,19 @@ impl Context {
     }
 }
 
+/// Asks the host to deploy files of the workspace to `environment` once
+/// the step has succeeded. The files must be among the step's declared
+/// outputs; the host checks the request against the admin policy, waits
+/// for the approvals the environment requires and deploys with
+/// credentials the step never sees. Returns the request's id.
+///
+/// Only steps of a pipeline whose environment grants `deploy` may call
+/// this: a plugin that uses it anywhere else is refused before it runs.
+pub fn request_deploy(environment: &str, paths: &[&str]) -> Result<String, String> {
+    let paths: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    bindings::airlock::step::deploy::request(environment, &paths)
+}
+
 /// Adds a description of what was being done to an error, so a failure
 /// reads `cannot read /inputs/x/a.md: No such file or directory`.
 pub trait Describe<T> {

@@ -395,3 +395,39 @@ fn a_pipeline_for_an_environment_gets_only_what_it_grants() {
     assert_eq!(code, 1);
     assert!(stderr.contains("no admin policy was given"), "{stderr}");
 }
+
+#[test]
+fn a_plugin_asks_for_a_deployment_only_where_it_is_granted() {
+    plugins();
+    let s = Scratch::new();
+    let grants = |interfaces: &str| {
+        s.file(
+            "policy.yaml",
+            format!(
+                "environments:\n  ci:\n    provider: {{ type: command, argv: [/bin/true] }}\n    pipelines: [notes]\n    grants: {{ interfaces: [{interfaces}] }}\n  www:\n    provider: {{ type: directory, path: www }}\n    pipelines: [notes]\n"
+            ),
+        )
+    };
+    s.pipeline(
+        "name: notes\nenvironment: ci\nsteps:\n  note:\n    uses: {plugins}/wasm32-wasip2/release/deploy_request.wasm\n    with: { environment: www, file: NOTES.txt, text: 'version 7' }\n    outputs: [NOTES.txt]\n",
+    );
+    let run = |policy: &Path| {
+        output(airlock(&s.state()).arg("--policy").arg(policy).arg("run").arg(s.path().join("pipeline.yaml")))
+    };
+
+    // Granted: the step asks, the host deploys its output after it succeeds.
+    let (code, _, stderr) = run(&grants("deploy"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read_to_string(s.path().join("www/current/NOTES.txt")).expect("deployed"), "version 7");
+    let step = s.step("note");
+    assert_eq!(step["deployed"]["environment"], "www");
+    assert_eq!(step["deployed"]["provider"], "directory");
+
+    // Not granted: the plugin is refused before it runs, naming the grant.
+    let (code, _, stderr) = run(&grants(""));
+    assert_eq!(code, 1, "{stderr}");
+    let reason = s.step("note")["reason"].as_str().expect("reason").to_owned();
+    assert!(reason.contains("imports `airlock:step/deploy@0.1.0`, which this step is not granted"), "{reason}");
+    assert!(reason.contains("whose `environment:` grants `deploy`"), "{reason}");
+    assert!(s.step("note")["plugin_sha256"].is_null(), "it never ran");
+}
