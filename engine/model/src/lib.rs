@@ -33,8 +33,8 @@ pub use diagnostic::{Diagnostic, Span};
 pub use expr::{Expr, ExprContext, Segment, render, template};
 pub use pipeline::{
     DEFAULT_BUILD_ID, DEFAULT_DISK_LIMIT, DEFAULT_FILES_LIMIT, DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT,
-    DEFAULT_TIMEOUT, EnvironmentStep, GUEST_INPUTS, GUEST_WORKSPACE, Limits, ParamSpec, ParamType, ParamValue,
-    Pipeline, Publish, Retries, Source, Step, StepSpans,
+    DEFAULT_TIMEOUT, EnvironmentStep, GUEST_INPUTS, GUEST_WORKSPACE, Limits, LimitsWritten, ParamSpec, ParamType,
+    ParamValue, Pipeline, Publish, Retries, Source, Step, StepSpans,
 };
 pub use units::{format_size, parse_duration, parse_size};
 

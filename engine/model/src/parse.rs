@@ -3,8 +3,8 @@
 
 use crate::expr::{Expr, Segment, template};
 use crate::pipeline::{
-    DEFAULT_BUILD_ID, EnvironmentStep, Limits, ParamSpec, ParamType, ParamValue, Pipeline, Publish, Retries, Source,
-    Step, StepSpans,
+    DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, ParamSpec, ParamType, ParamValue, Pipeline, Publish,
+    Retries, Source, Step, StepSpans,
 };
 use crate::yaml::{self, Kind, Node};
 use crate::{Dag, Diagnostic, Lookup, Span, find_cycle, parse_duration, parse_size};
@@ -664,7 +664,8 @@ fn parse_step(
     let timeout =
         get(entries, "timeout").and_then(|t| duration(c, t, &field("timeout"))).unwrap_or(crate::DEFAULT_TIMEOUT);
     let retries = get(entries, "retries").map(|r| parse_retries(c, r, &field("retries"))).unwrap_or_default();
-    let limits = get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
+    let (limits, limits_written) =
+        get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
 
     let step = Step {
         uses,
@@ -680,6 +681,7 @@ fn parse_step(
         timeout,
         retries,
         limits,
+        limits_written,
         spans: StepSpans { name: name_span, uses: uses_span },
     };
     Some((step, pending))
@@ -784,6 +786,7 @@ fn parse_host_step(
             .unwrap_or(crate::DEFAULT_TIMEOUT),
         retries: Retries::default(),
         limits: Limits::default(),
+        limits_written: LimitsWritten::default(),
         spans: StepSpans { name: name_span, uses: node.span },
     };
     if kind != "publish" {
@@ -888,25 +891,27 @@ fn parse_retries(c: &mut Checker<'_>, node: &Node, path: &str) -> Retries {
     retries
 }
 
-fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> Limits {
+fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> (Limits, LimitsWritten) {
     let mut limits = Limits::default();
+    let mut written = LimitsWritten::default();
     let entries = c.map(node, path, Some(LIMIT_KEYS));
     if let Some(m) = get(entries, "memory").and_then(|m| size(c, m, &join(path, "memory"))) {
-        limits.memory = m;
+        (limits.memory, written.memory) = (m, true);
     }
     if let Some(l) = get(entries, "log").and_then(|l| size(c, l, &join(path, "log"))) {
-        limits.log = l;
+        (limits.log, written.log) = (l, true);
     }
     if let Some(f) = get(entries, "fuel") {
         limits.fuel = count(c, f, &join(path, "fuel"), u64::MAX);
+        written.fuel = limits.fuel.is_some();
     }
     if let Some(d) = get(entries, "disk").and_then(|d| size(c, d, &join(path, "disk"))) {
-        limits.disk = d;
+        (limits.disk, written.disk) = (d, true);
     }
     if let Some(n) = get(entries, "files").and_then(|f| count(c, f, &join(path, "files"), u64::MAX)) {
-        limits.files = n;
+        (limits.files, written.files) = (n, true);
     }
-    limits
+    (limits, written)
 }
 
 /// A YAML subtree as JSON, for `with:` values that are lists or maps.

@@ -188,6 +188,11 @@ pub struct Step {
     /// Resource limits of the sandbox.
     #[serde(default)]
     pub limits: Limits,
+    /// Which limits the pipeline wrote (the rest are airlock's defaults,
+    /// which an environment's limits replace).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub limits_written: LimitsWritten,
     /// Where things were written, for messages about this step.
     #[serde(skip)]
     #[schemars(skip)]
@@ -234,6 +239,21 @@ pub const DEFAULT_BUILD_ID: &str = "${{ run.id }}";
 
 fn default_build_id() -> String {
     DEFAULT_BUILD_ID.to_owned()
+}
+
+/// Which of a step's limits the pipeline set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsWritten {
+    /// `memory`.
+    pub memory: bool,
+    /// `log`.
+    pub log: bool,
+    /// `fuel`.
+    pub fuel: bool,
+    /// `disk`.
+    pub disk: bool,
+    /// `files`.
+    pub files: bool,
 }
 
 /// Positions of a step's fields, for diagnostics found after parsing.

@@ -251,7 +251,7 @@ impl EnvironmentGrants {
 /// environment it runs for grants.
 fn effective_limits(shared: &Shared, step: &Step) -> airlock_model::Limits {
     match &shared.grants {
-        Some(g) => g.grants.limits.apply(&step.limits),
+        Some(g) => g.grants.limits.apply(&step.limits, &step.limits_written),
         None => step.limits,
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::parse::{Checker, closest, count, duration, get, join, size};
 use crate::yaml::{Kind, Node};
-use crate::{Limits, Span};
+use crate::{Limits, LimitsWritten, Span};
 use indexmap::IndexMap;
 use serde::Serialize;
 use std::time::Duration;
@@ -167,19 +167,19 @@ pub struct Grants {
     /// Glob patterns of the plugin files that may run (relative patterns
     /// are relative to the policy file); empty allows any.
     pub plugins: Vec<String>,
-    /// The most a step may use: a step's own limit above one of these is
-    /// lowered to it.
+    /// The limits of its steps: the default where a step sets none, and
+    /// the most a step may set.
     pub limits: LimitCaps,
 }
 
-/// Upper bounds on a step's limits; unset fields bound nothing.
+/// An environment's limits; unset fields leave airlock's own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LimitCaps {
     /// Linear memory.
     pub memory: Option<u64>,
     /// Log bytes kept.
     pub log: Option<u64>,
-    /// Instructions (a step without a fuel limit gets this one).
+    /// Instructions.
     pub fuel: Option<u64>,
     /// Workspace bytes.
     pub disk: Option<u64>,
@@ -188,18 +188,24 @@ pub struct LimitCaps {
 }
 
 impl LimitCaps {
-    /// `limits`, lowered to these caps.
-    pub fn apply(&self, limits: &Limits) -> Limits {
-        let cap = |value: u64, cap: Option<u64>| cap.map_or(value, |c| value.min(c));
+    /// The limits of a step running for this environment: where the
+    /// pipeline set a limit, the lower of it and the environment's; where
+    /// it did not, the environment's, or else airlock's default.
+    pub fn apply(&self, limits: &Limits, written: &LimitsWritten) -> Limits {
+        let one = |value: u64, written: bool, env: Option<u64>| match (written, env) {
+            (true, Some(e)) => value.min(e),
+            (false, Some(e)) => e,
+            (_, None) => value,
+        };
         Limits {
-            memory: cap(limits.memory, self.memory),
-            log: cap(limits.log, self.log),
+            memory: one(limits.memory, written.memory, self.memory),
+            log: one(limits.log, written.log, self.log),
             fuel: match (limits.fuel, self.fuel) {
-                (Some(f), Some(c)) => Some(f.min(c)),
-                (f, c) => f.or(c),
+                (Some(f), Some(e)) => Some(f.min(e)),
+                (f, e) => f.or(e),
             },
-            disk: cap(limits.disk, self.disk),
-            files: cap(limits.files, self.files),
+            disk: one(limits.disk, written.disk, self.disk),
+            files: one(limits.files, written.files, self.files),
         }
     }
 }

@@ -298,4 +298,19 @@ mod tests {
         let secret = diags.iter().find(|d| d.code == "inline-secret").expect("inline secret");
         assert!(!secret.message.contains("s3cret"), "a secret written inline is not echoed: {}", secret.message);
     }
+
+    #[test]
+    fn environment_limits_are_defaults_and_ceilings() {
+        use crate::{Limits, LimitsWritten};
+        let env = LimitCaps { memory: Some(64 << 20), disk: Some(8 << 30), fuel: Some(1000), ..LimitCaps::default() };
+        let step = Limits { memory: 512 << 20, disk: 1 << 30, ..Limits::default() };
+        let written = LimitsWritten { memory: true, ..LimitsWritten::default() };
+        let got = env.apply(&step, &written);
+        assert_eq!(got.memory, 64 << 20, "a limit written above the environment's is lowered to it");
+        assert_eq!(got.disk, 8 << 30, "a limit not written takes the environment's, even above airlock's default");
+        assert_eq!(got.log, Limits::default().log, "what neither sets stays airlock's");
+        assert_eq!(got.fuel, Some(1000));
+        let small = Limits { memory: 16 << 20, ..Limits::default() };
+        assert_eq!(env.apply(&small, &written).memory, 16 << 20, "a lower limit stands");
+    }
 }
