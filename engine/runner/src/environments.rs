@@ -15,22 +15,13 @@ use crate::exec::{Shared, StepError};
 use crate::publish::upstream_outputs;
 use airlock_host::deploy::{DeployArtifact, Deployment, preflight};
 use airlock_model::EnvironmentStep;
-use airlock_model::policy::{Environment, Provider};
+use airlock_model::policy::Environment;
 use airlock_store::{ApprovalArtifact, ApprovalRecord, ApprovalState, DeployedRecord, code_digest, new_code, now_ms};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How often a waiting step looks for decisions.
 const POLL: Duration = Duration::from_millis(200);
-
-/// Where a provider deploys, in words, for the request and the record.
-fn target_of(provider: &Provider) -> (&'static str, String) {
-    match provider {
-        Provider::Http { url, .. } => ("http", url.clone()),
-        Provider::Directory { path, .. } => ("directory", path.clone()),
-        Provider::Command { argv, .. } => ("command", argv.first().cloned().unwrap_or_default()),
-    }
-}
 
 fn environment<'a>(shared: &'a Shared, spec: &EnvironmentStep) -> Result<&'a Environment, String> {
     let policy = shared.policy.as_ref().ok_or("no admin policy was given, so there are no environments")?;
@@ -194,7 +185,9 @@ async fn wait_for_approval(
         rules.groups.iter().filter_map(|g| policy.and_then(|p| p.groups.get(g))).flatten().cloned().collect();
     approvers.sort();
     approvers.dedup();
-    let (provider, target) = target_of(&env.provider);
+    let policy_dir = shared.policy.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+    let chosen = airlock_host::deploy::provider(env, &policy_dir);
+    let (provider, target) = (chosen.kind(), chosen.target());
     let code = new_code();
     let now = now_ms();
     let request = ApprovalRecord {

@@ -17,13 +17,39 @@
 use super::{DeployError, Deployed, Deployment, Secret, copy_out};
 use crate::ArtifactStore;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Output of the program kept for the record.
 const MAX_OUTPUT: usize = 16 << 10;
 
-pub(super) fn deploy(
+/// The `command` provider.
+pub(super) struct Command {
+    pub(super) argv: Vec<String>,
+    pub(super) timeout: Duration,
+}
+
+impl super::DeployProvider for Command {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn target(&self) -> String {
+        self.argv.first().cloned().unwrap_or_default()
+    }
+
+    fn deploy(
+        &self,
+        d: &Deployment,
+        secrets: &[(String, Secret)],
+        artifacts: &ArtifactStore,
+        _now_ms: u64,
+    ) -> Result<Deployed, DeployError> {
+        deploy(d, &self.argv, self.timeout, secrets, artifacts)
+    }
+}
+
+fn deploy(
     d: &Deployment,
     argv: &[String],
     timeout: Duration,
@@ -43,7 +69,7 @@ pub(super) fn deploy(
     std::fs::write(&manifest, serde_json::to_vec_pretty(d).unwrap_or_default())
         .map_err(|e| fail(format!("cannot write the manifest: {e}")))?;
 
-    let mut cmd = Command::new(&program);
+    let mut cmd = std::process::Command::new(&program);
     cmd.args(&argv[1..])
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -55,7 +55,33 @@ fn switch(root: &Path, name: &str) -> std::io::Result<()> {
     std::fs::File::open(root)?.sync_all()
 }
 
-pub(super) fn deploy(
+/// The `directory` provider.
+pub(super) struct Directory {
+    pub(super) root: PathBuf,
+    pub(super) keep: usize,
+}
+
+impl super::DeployProvider for Directory {
+    fn kind(&self) -> &'static str {
+        "directory"
+    }
+
+    fn target(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn deploy(
+        &self,
+        d: &Deployment,
+        _secrets: &[(String, super::Secret)],
+        artifacts: &ArtifactStore,
+        now_ms: u64,
+    ) -> Result<Deployed, DeployError> {
+        deploy(d, &self.root, self.keep, artifacts, now_ms)
+    }
+}
+
+fn deploy(
     d: &Deployment,
     root: &Path,
     keep: usize,

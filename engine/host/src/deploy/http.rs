@@ -17,7 +17,36 @@ const MAX_ANSWER: u64 = 2048;
 /// What is encoded in a path segment.
 const SEGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'%').add(b'?').add(b'<').add(b'>').add(b'`');
 
-pub(super) fn deploy(
+/// The `http` provider.
+pub(super) struct Http {
+    pub(super) url: String,
+    pub(super) method: HttpMethod,
+    pub(super) auth: HttpAuth,
+    pub(super) payload: Payload,
+}
+
+impl super::DeployProvider for Http {
+    fn kind(&self) -> &'static str {
+        "http"
+    }
+
+    fn target(&self) -> String {
+        self.url.clone()
+    }
+
+    fn deploy(
+        &self,
+        d: &Deployment,
+        secrets: &[(String, Secret)],
+        artifacts: &ArtifactStore,
+        _now_ms: u64,
+    ) -> Result<Deployed, DeployError> {
+        let secret = secrets.first().map(|(_, s)| s);
+        deploy(d, &self.url, self.method, self.auth, secret, self.payload, artifacts)
+    }
+}
+
+fn deploy(
     d: &Deployment,
     url: &str,
     method: HttpMethod,

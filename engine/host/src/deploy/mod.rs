@@ -4,7 +4,8 @@
 //! deploy (by path and sha256, from the artifact store) and who asked.
 //! [`deploy`] reads the environment's credentials first and fails,
 //! naming the credential, before anything happens if one is missing or
-//! expired; then it runs the environment's provider:
+//! expired; then it runs the environment's provider, each one a
+//! [`DeployProvider`]:
 //!
 //! - `http` sends each artifact (or a JSON manifest of them) to a URL,
 //!   authenticated with a bearer or basic credential;
@@ -99,6 +100,37 @@ pub enum DeployError {
     },
 }
 
+/// What every provider does. The deploy service picks the environment's
+/// with [`provider`], checks credentials and artifacts, and calls it.
+pub trait DeployProvider: Send + Sync {
+    /// `http`, `directory` or `command`.
+    fn kind(&self) -> &'static str;
+    /// Where it deploys, as the approval request and the record show it.
+    fn target(&self) -> String;
+    /// Deploys `d` with `secrets`, the credentials the policy gives it
+    /// (already checked), copying artifacts out of `artifacts` verified.
+    fn deploy(
+        &self,
+        d: &Deployment,
+        secrets: &[(String, Secret)],
+        artifacts: &ArtifactStore,
+        now_ms: u64,
+    ) -> Result<Deployed, DeployError>;
+}
+
+/// The provider of an environment; relative paths start at `policy_dir`.
+pub fn provider(env: &Environment, policy_dir: &Path) -> Box<dyn DeployProvider> {
+    match &env.provider {
+        Provider::Http { url, method, auth, payload, .. } => {
+            Box::new(http::Http { url: url.clone(), method: *method, auth: *auth, payload: *payload })
+        }
+        Provider::Directory { path, keep } => {
+            Box::new(directory::Directory { root: policy_dir.join(path), keep: *keep as usize })
+        }
+        Provider::Command { argv, timeout, .. } => Box::new(command::Command { argv: argv.clone(), timeout: *timeout }),
+    }
+}
+
 /// Checks the credentials the environment's provider needs and returns
 /// them, or the first that cannot be used.
 pub fn preflight(
@@ -142,16 +174,7 @@ pub fn deploy(
         }
         other => other,
     };
-    let done = match &env.provider {
-        Provider::Http { url, method, auth, payload, .. } => {
-            let secret = secrets.first().map(|(_, s)| s);
-            http::deploy(d, url, *method, *auth, secret, *payload, artifacts)
-        }
-        Provider::Directory { path, keep } => {
-            directory::deploy(d, &policy_dir.join(path), *keep as usize, artifacts, now_ms)
-        }
-        Provider::Command { argv, timeout, .. } => command::deploy(d, argv, *timeout, &secrets, artifacts),
-    };
+    let done = provider(env, policy_dir).deploy(d, &secrets, artifacts, now_ms);
     done.map(|ok| Deployed { detail: redact(&ok.detail, &values), ..ok }).map_err(scrub)
 }
 
