@@ -180,6 +180,16 @@ async fn wait_for_approval(
     let Some(rules) = &env.approvals else {
         return Err(failed(format!("environment `{env_name}` names no approvers, so nobody could approve")));
     };
+    // "The requester may not approve" means nothing if nobody knows who
+    // the requester is.
+    let known = shared.policy.as_ref().is_some_and(|p| p.0.users.contains_key(&shared.requester));
+    if !rules.requester_may_approve && !known {
+        return Err(failed(format!(
+            "environment `{env_name}` does not let whoever asks for a deployment approve it, so the run must say who \
+             started it: set AIRLOCK_USER_TOKEN to your user token (it was started by `{}`)",
+            shared.requester
+        )));
+    }
     let policy = shared.policy.as_ref().map(|p| &p.0);
     let mut approvers: Vec<String> =
         rules.groups.iter().filter_map(|g| policy.and_then(|p| p.groups.get(g))).flatten().cloned().collect();

@@ -431,3 +431,24 @@ fn a_plugin_asks_for_a_deployment_only_where_it_is_granted() {
     assert!(reason.contains("whose `environment:` grants `deploy`"), "{reason}");
     assert!(s.step("note")["plugin_sha256"].is_null(), "it never ran");
 }
+
+#[test]
+fn an_anonymous_run_cannot_ask_for_an_approval_its_starter_might_give() {
+    plugins();
+    let s = Scratch::new();
+    let staging = Staging::start();
+    let (policy, _people) = write_policy(&s, &staging.url, "5m", "2099-01-01");
+    let (code, _, stderr) = output(
+        airlock(&s.state())
+            .arg("--policy")
+            .arg(&policy)
+            .arg("run")
+            .arg(repo().join("pipelines/deploy.yaml"))
+            .env("STAGING_DEPLOY_TOKEN", CANARY)
+            .env_remove("AIRLOCK_USER_TOKEN"),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    let reason = s.step("staging")["reason"].as_str().expect("reason").to_owned();
+    assert!(reason.contains("the run must say who started it: set AIRLOCK_USER_TOKEN"), "{reason}");
+    assert!(staging.all().is_empty());
+}
