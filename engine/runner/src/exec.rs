@@ -409,6 +409,9 @@ impl Engine {
             }
         }
 
+        // A step that saw the cancellation first may have ended before the
+        // loop did: the token, not the loop's flag, says whether it came.
+        let cancelled = cancelled || cancel.is_cancelled();
         // Whatever never started (cancelled before its turn) is recorded so.
         for (i, state) in states.iter().enumerate() {
             if !state.is_final() {
