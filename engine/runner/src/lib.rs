@@ -36,7 +36,7 @@ pub use exec::{FsLookup, Progress, RunSummary};
 use airlock_host::ArtifactStore;
 use airlock_host::publish::TargetStore;
 use airlock_sandbox::Sandbox;
-use airlock_store::Store;
+use airlock_store::{RunRecord, RunState, StepState, Store, now_ms};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +66,34 @@ pub enum RunnerError {
         /// What.
         source: std::io::Error,
     },
+}
+
+/// Ends a run whose engine stopped: every step that had not ended, and
+/// every approval request still waiting, with the run.
+fn end_orphan(store: &Store, run: &RunRecord) -> Result<(), RunnerError> {
+    for step in store.steps(run)? {
+        if step.state.is_final() {
+            continue;
+        }
+        let reason = if step.state == StepState::Pending {
+            "not started: the engine running it stopped"
+        } else {
+            "the engine running it stopped (killed or crashed) while it ran"
+        };
+        store.update_step(&run.id, &step.name, Some(reason.into()), |s| {
+            s.state = if s.state == StepState::Pending { StepState::Cancelled } else { StepState::Failed };
+            s.reason = Some(reason.into());
+            s.ended_ms = Some(now_ms());
+        })?;
+        store.cancel_approval(&run.id, &step.name)?;
+    }
+    store.finish_run(
+        &run.id,
+        RunState::Failed,
+        Some("the engine running it stopped (killed or crashed) before the run ended; start it again".into()),
+    )?;
+    store.flush()?;
+    Ok(())
 }
 
 /// How to run.
@@ -113,6 +141,13 @@ impl Engine {
         // died (this process holds the store alone): it dies too.
         for id in store.revoke_run_tokens(None)? {
             tracing::warn!("revoked token {id}: its run ended with its engine");
+        }
+        // Likewise a run still `running`: its engine was killed or crashed.
+        // It is ended now, failed, with a reason, rather than left running
+        // for ever; nothing of it runs again.
+        for run in store.runs()?.into_iter().filter(|r| r.state == RunState::Running) {
+            end_orphan(&store, &run)?;
+            tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
         }
         let sandbox = Sandbox::new(Some(state_dir.join("cache")))?;
         Ok(Self {

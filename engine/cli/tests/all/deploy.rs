@@ -452,3 +452,40 @@ fn an_anonymous_run_cannot_ask_for_an_approval_its_starter_might_give() {
     assert!(reason.contains("the run must say who started it: set AIRLOCK_USER_TOKEN"), "{reason}");
     assert!(staging.all().is_empty());
 }
+
+#[test]
+fn a_run_whose_engine_was_killed_is_ended_failed_by_the_next_engine() {
+    plugins();
+    let s = Scratch::new();
+    let staging = Staging::start();
+    let (policy, people) = write_policy(&s, &staging.url, "5m", "2099-01-01");
+    let (mut child, lines) = start_run(&s, &policy, &people.alice);
+    let mut seen = Vec::new();
+    let code = code_of(&lines, &mut seen);
+    // The state is the running engine's; its first line names the run.
+    let id = seen[0].strip_prefix("run ").and_then(|r| r.split(':').next()).expect("run id").to_owned();
+    let (exit, _, stderr) = output(airlock(&s.state()).args(["show", "last"]));
+    assert_eq!(exit, 3);
+    assert!(stderr.contains("hint: another airlock process is using this state directory"), "{stderr}");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    assert_eq!(s.show()["run"]["state"], "running", "nobody has looked yet");
+
+    // The next engine on the state directory ends it, with a reason.
+    s.pipeline("name: other\nsteps:\n  nothing:\n    uses: {plugins}/wasm32-wasip2/release/noop.wasm\n");
+    let (exit, _, stderr) = s.run(&[]);
+    assert_eq!(exit, 0, "{stderr}");
+    let (_, json, _) = output(airlock(&s.state()).args(["show", &id, "--json"]));
+    let old: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(old["run"]["state"], "failed");
+    assert!(old["run"]["reason"].as_str().expect("reason").contains("the engine running it stopped"), "{old}");
+    let staging_step =
+        old["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "staging").expect("staging");
+    assert_eq!(staging_step["state"], "failed");
+    let www = old["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "www").expect("www");
+    assert_eq!(www["state"], "cancelled");
+    assert_eq!(old["approvals"][0]["state"], "cancelled");
+    let (exit, stderr) = approve(&s, &people.bob, &code, &["--policy", policy.to_str().expect("utf-8")]);
+    assert_eq!(exit, 1, "the request is closed: {stderr}");
+    assert!(staging.all().is_empty());
+}
