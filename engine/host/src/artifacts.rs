@@ -188,6 +188,23 @@ impl ArtifactStore {
         Ok(size)
     }
 
+    /// Checks that a blob is present and still hashes to its digest,
+    /// reading it through once.
+    pub fn verify(&self, sha256: &str) -> Result<(), ArtifactError> {
+        let mut file = match std::fs::File::open(self.path(sha256)?) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ArtifactError::Missing(sha256.to_owned()));
+            }
+            Err(e) => return Err(self.io(e)),
+        };
+        let (actual, _) = copy_hashing(&mut file, &mut std::io::sink()).map_err(|e| self.io(e))?;
+        if actual != sha256 {
+            return Err(ArtifactError::Corrupt { expected: sha256.to_owned(), actual });
+        }
+        Ok(())
+    }
+
     /// Reads a whole blob, verified.
     pub fn read_verified(&self, sha256: &str) -> Result<Vec<u8>, ArtifactError> {
         let bytes = match std::fs::read(self.path(sha256)?) {
@@ -226,5 +243,6 @@ mod tests {
         assert!(matches!(store.copy_verified(&d1, &out), Err(ArtifactError::Corrupt { .. })));
         assert!(!out.exists(), "a damaged copy is not left behind");
         assert!(matches!(store.read_verified(&d1), Err(ArtifactError::Corrupt { .. })));
+        assert!(matches!(store.verify(&d1), Err(ArtifactError::Corrupt { .. })));
     }
 }

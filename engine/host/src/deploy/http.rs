@@ -6,8 +6,6 @@ use crate::ArtifactStore;
 use airlock_model::policy::{HttpAuth, HttpMethod, Payload};
 use base64::Engine as _;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::time::Duration;
 
 /// How long one request may take, sending and answering.
@@ -101,10 +99,10 @@ fn deploy(
             for a in &d.artifacts {
                 crate::publish::check_path(&a.path).map_err(|e| fail(url, e.to_string()))?;
                 let target = format!("{base}/{}", utf8_percent_encode(&a.path, SEGMENT));
-                let blob = artifacts
-                    .path(&a.sha256)
-                    .map_err(|source| DeployError::Artifact { path: a.path.clone(), source })?;
-                verify(&blob, &a.sha256).map_err(|source| DeployError::Artifact { path: a.path.clone(), source })?;
+                let artifact_error = |source| DeployError::Artifact { path: a.path.clone(), source };
+                let blob = artifacts.path(&a.sha256).map_err(artifact_error)?;
+                // The bytes sent are checked against the digest approved.
+                artifacts.verify(&a.sha256).map_err(artifact_error)?;
                 let file = std::fs::File::open(&blob).map_err(|e| fail(&target, e.to_string()))?;
                 check(
                     &target,
@@ -121,27 +119,4 @@ fn deploy(
             })
         }
     }
-}
-
-/// Checks that a blob still hashes to its digest before it is sent.
-fn verify(path: &std::path::Path, sha256: &str) -> Result<(), crate::ArtifactError> {
-    let io = |source| crate::ArtifactError::Io { dir: path.to_owned(), source };
-    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => crate::ArtifactError::Missing(sha256.to_owned()),
-        _ => io(e),
-    })?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = file.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let actual = hex::encode(hasher.finalize());
-    if actual != sha256 {
-        return Err(crate::ArtifactError::Corrupt { expected: sha256.to_owned(), actual });
-    }
-    Ok(())
 }
