@@ -821,16 +821,7 @@ impl Sandbox {
         let limiter = Limiter::new(inv.memory);
         match &*plugin.compiled {
             Compiled::Step(pre) => {
-                let state = ComponentState {
-                    ctx: builder.build(),
-                    table: ResourceTable::new(),
-                    limiter,
-                    timed_out: false,
-                    requests: DeployRequests::default(),
-                };
-                let mut store = Store::new(&flavor.engine, state);
-                store.limiter(|s| &mut s.limiter);
-                arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+                let mut store = component_store(flavor, builder, limiter, deadline, inv);
                 let ctx = wit::Context {
                     run_id: inv.run_id.clone(),
                     step: inv.step.clone(),
@@ -856,16 +847,7 @@ impl Sandbox {
                 judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
             }
             Compiled::Command(pre) => {
-                let state = ComponentState {
-                    ctx: builder.build(),
-                    table: ResourceTable::new(),
-                    limiter,
-                    timed_out: false,
-                    requests: DeployRequests::default(),
-                };
-                let mut store = Store::new(&flavor.engine, state);
-                store.limiter(|s| &mut s.limiter);
-                arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+                let mut store = component_store(flavor, builder, limiter, deadline, inv);
                 let result = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
@@ -891,6 +873,27 @@ impl Sandbox {
             }
         }
     }
+}
+
+/// A store for one run of a component, limited and armed.
+fn component_store(
+    flavor: &Flavor,
+    mut builder: WasiCtxBuilder,
+    limiter: Limiter,
+    deadline: Instant,
+    inv: &Invocation,
+) -> Store<ComponentState> {
+    let state = ComponentState {
+        ctx: builder.build(),
+        table: ResourceTable::new(),
+        limiter,
+        timed_out: false,
+        requests: DeployRequests::default(),
+    };
+    let mut store = Store::new(&flavor.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+    store
 }
 
 /// Refuses a plugin defining more memories or tables than allowed. The
