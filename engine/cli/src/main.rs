@@ -10,6 +10,7 @@ mod output;
 mod policy;
 mod progress;
 mod publish;
+mod remote;
 mod serve;
 mod tokens;
 
@@ -177,9 +178,14 @@ enum TokenCommand {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The pipeline file.
+    /// The pipeline file; with `--server`, its path within the server's
+    /// pipelines directory.
     #[arg(value_name = "FILE")]
     file: PathBuf,
+    /// Submit the run to this `airlock serve` (e.g. http://127.0.0.1:8480)
+    /// and follow it there, as the user of AIRLOCK_USER_TOKEN.
+    #[arg(long, value_name = "URL", env = "AIRLOCK_SERVER")]
+    server: Option<String>,
     /// Set a pipeline parameter (repeatable).
     #[arg(short, long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     params: Vec<(String, String)>,
@@ -204,7 +210,8 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server logs each request (never a token) unless RUST_LOG says otherwise.
-    let quiet = if matches!(cli.command, Command::Serve(_)) { "warn,airlock_server=info" } else { "warn" };
+    let quiet =
+        if matches!(cli.command, Command::Serve(_)) { "warn,airlock_server=info,airlock_runner=info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()))
         .with_writer(std::io::stderr)
@@ -212,6 +219,10 @@ fn main() -> ExitCode {
         .init();
     let code = match cli.command {
         Command::Validate { files, json } => diagnostics::validate(&files, json, cli.policy.as_deref()),
+        Command::Run(args) if args.server.is_some() => runtime().and_then(|rt| {
+            let server = args.server.clone().unwrap_or_default();
+            rt.block_on(remote::run(&server, &args.file.to_string_lossy(), &args.params, args.json))
+        }),
         Command::Run(args) => runtime().and_then(|rt| {
             // The scheduler runs as a task on a worker, beside the steps it
             // starts, so handing over to the next step stays on one thread.

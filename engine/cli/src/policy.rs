@@ -32,9 +32,17 @@ pub fn load(path: &Path) -> anyhow::Result<Option<Loaded>> {
     Ok(Some(Loaded { policy, targets, dir: base }))
 }
 
-/// The users of a policy as the server takes them: (name, token digest).
-pub fn users(policy: &Policy) -> Vec<(String, String)> {
-    policy.users.iter().map(|(n, u)| (n.clone(), u.token_sha256.clone())).collect()
+/// The users of a policy as the server takes them.
+pub fn users(policy: &Policy) -> Vec<airlock_server::api::ApiUser> {
+    policy
+        .users
+        .iter()
+        .map(|(n, u)| airlock_server::api::ApiUser {
+            name: n.clone(),
+            token_sha256: u.token_sha256.clone(),
+            roles: u.roles.clone(),
+        })
+        .collect()
 }
 
 /// Who a user API token belongs to in `policy`.

@@ -126,7 +126,7 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
     Ok(match summary.run.state {
         RunState::Succeeded => exit::OK,
         RunState::Cancelled => exit::CANCELLED,
-        RunState::Failed | RunState::Running => exit::FAILED,
+        RunState::Failed | RunState::Running | RunState::Queued => exit::FAILED,
     })
 }
 

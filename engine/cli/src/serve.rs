@@ -1,8 +1,9 @@
-//! `airlock serve`: published trees and the publish API over HTTP.
+//! `airlock serve`: the engine behind an HTTP API, web pages, published
+//! trees and the publish API.
 
 use crate::exit;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What `airlock serve` asks for.
 #[derive(clap::Args)]
@@ -10,6 +11,17 @@ pub struct ServeArgs {
     /// Address to listen on. Port 0 picks a free port (printed on stderr).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480")]
     listen: SocketAddr,
+    /// The pipeline files the server runs: submissions name a file in
+    /// this directory [default: `pipelines`, if there is one; without it
+    /// the server only serves publish targets].
+    #[arg(long, value_name = "DIR")]
+    pipelines: Option<PathBuf>,
+    /// Runs at once, at most; more wait in the queue.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_runs: u16,
+    /// Steps at once within each run [default: number of cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
 }
 
 /// Binds the admin socket, replacing one left by a process that died:
@@ -32,15 +44,42 @@ pub(crate) fn admin_listener(socket: &Path) -> anyhow::Result<tokio::net::UnixLi
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> anyhow::Result<u8> {
     let Some(policy) = policy else {
-        eprintln!("error: `airlock serve` needs the admin policy that names its publish targets");
-        eprintln!("hint: pass `--policy FILE` or set AIRLOCK_POLICY; see the book's publishing guide");
+        eprintln!("error: `airlock serve` needs the admin policy: its users, publish targets and environments");
+        eprintln!("hint: pass `--policy FILE` or set AIRLOCK_POLICY; see the book's server guide");
         return Ok(exit::USAGE);
     };
     let Some(loaded) = crate::policy::load(policy)? else { return Ok(exit::FAILED) };
-    let store = crate::tokens::open(state_dir)?;
+    let pipelines = match args.pipelines {
+        Some(dir) if !dir.is_dir() => {
+            eprintln!("error: the pipelines directory `{}` does not exist", dir.display());
+            eprintln!("hint: pass `--pipelines DIR`: the directory whose pipeline files the server runs");
+            return Ok(exit::USAGE);
+        }
+        Some(dir) => Some(dir),
+        None => Some(PathBuf::from("pipelines")).filter(|d| d.is_dir()),
+    };
     let names: Vec<String> = loaded.targets.iter().map(|t| t.name().to_owned()).collect();
     let users = crate::policy::users(&loaded.policy);
-    let app = std::sync::Arc::new(airlock_server::App::new(store, loaded.targets).with_users(users));
+    // Opening the engine resumes nothing yet; it revokes the tokens of
+    // runs that died with the last engine. The queue then picks up the
+    // submitted runs that had not ended.
+    let engine = airlock_runner::Engine::open(state_dir)?
+        .with_targets(loaded.targets.clone())
+        .with_policy(loaded.policy, loaded.dir);
+    let shutdown = airlock_runner::CancellationToken::new();
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
+    let mut app = airlock_server::App::new(engine.store().clone(), loaded.targets).with_users(users);
+    if let Some(dir) = &pipelines {
+        let queue = airlock_runner::queue::RunQueue::start(
+            std::sync::Arc::new(engine),
+            dir,
+            usize::from(args.max_runs),
+            jobs,
+            shutdown.clone(),
+        )?;
+        app = app.with_runs(queue);
+    }
+    let app = std::sync::Arc::new(app);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
@@ -50,10 +89,12 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let socket = airlock_server::admin::socket_path(state_dir);
     let admin = admin_listener(&socket)?;
     eprintln!(
-        "serving {} on http://{addr}/ (Ctrl-C stops)",
-        if names.is_empty() { "no targets".into() } else { names.join(", ") }
+        "serving on http://{addr}/ (runs at /ui; publish targets: {}) (Ctrl-C stops)",
+        if names.is_empty() { "none".into() } else { names.join(", ") }
     );
-    let shutdown = airlock_runner::CancellationToken::new();
+    if pipelines.is_none() {
+        eprintln!("no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -77,6 +118,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let _ = admin.await;
     let _ = std::fs::remove_file(&socket);
     served?;
+    // Runs under way stay `running` in the store; the next start resumes them.
     eprintln!("stopped");
     Ok(exit::OK)
 }

@@ -141,6 +141,16 @@ async fn deliver(
         artifacts,
     };
     let count = deployment.artifacts.len() as u64;
+    // The point of no return, on disk before the provider is called: an
+    // engine that dies from here on does not know whether the deployment
+    // happened, and a resumed run fails the step instead of repeating it.
+    shared
+        .store
+        .update_step(&shared.run_id, name, Some("handing the artifacts to the provider".into()), |s| {
+            s.effect_started_ms = Some(now_ms());
+        })
+        .and_then(|_| shared.store.flush())
+        .map_err(|e| failed(format!("cannot record the deployment before it starts: {e}")))?;
     let (env_owned, store) = (env.clone(), shared.artifacts.clone());
     let work = tokio::task::spawn_blocking(move || {
         airlock_host::deploy::deploy(&deployment, &env_owned, &policy_dir, &store, now_ms())

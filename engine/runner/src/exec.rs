@@ -201,6 +201,8 @@ pub(crate) struct Shared {
     pub(crate) requester: String,
     /// What the pipeline's environment grants its plugin steps.
     pub(crate) grants: Option<EnvironmentGrants>,
+    /// Logs of the steps running now, for readers who follow them.
+    pub(crate) live: crate::LiveLogs,
 }
 
 /// The grants of the environment a pipeline runs for, ready to apply.
@@ -292,25 +294,78 @@ impl Engine {
         observer: impl Fn(&Progress) + Send + Sync + 'static,
         cancel: CancellationToken,
     ) -> Result<RunSummary, RunnerError> {
-        let params = pipeline.resolve_params(&options.params).map_err(RunnerError::Params)?;
         // Checked before the run is recorded: a run that cannot start leaves no record.
-        let grants = match (&pipeline.environment, &self.policy) {
-            (None, _) => None,
-            (Some(env), Some(policy)) => match policy.0.environments.get(env) {
-                Some(e) => Some(EnvironmentGrants::new(env, &e.grants, &policy.1).map_err(RunnerError::Policy)?),
-                None => return Err(RunnerError::Policy(format!("the admin policy has no environment `{env}`"))),
-            },
-            (Some(env), None) => {
-                return Err(RunnerError::Policy(format!(
-                    "pipeline `{}` runs for environment `{env}`, but no admin policy was given",
-                    pipeline.name
-                )));
-            }
-        };
-        let dag = Dag::new(pipeline);
+        let params = pipeline.resolve_params(&options.params).map_err(RunnerError::Params)?;
+        let grants = self.grants_for(pipeline)?;
         let names: Vec<String> = pipeline.steps.keys().cloned().collect();
         let shown_params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         let run = self.store.create_run(&pipeline.name, file, shown_params, &names)?;
+        self.execute(run, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
+    }
+
+    /// Runs a run already in the store to its end: a `queued` run when
+    /// its turn comes, or a `running` one whose engine stopped, from
+    /// where it was. Steps that succeeded keep their outputs and do not
+    /// run again; steps that were running start again, except a deploy
+    /// that had reached its provider, which fails (it may have happened,
+    /// and a deployment happens at most once).
+    pub async fn run_recorded(
+        &self,
+        run: RunRecord,
+        pipeline: &Pipeline,
+        base_dir: &Path,
+        options: RunOptions,
+        observer: impl Fn(&Progress) + Send + Sync + 'static,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, RunnerError> {
+        let prepared = pipeline
+            .resolve_params(&options.params)
+            .map_err(RunnerError::Params)
+            .and_then(|p| Ok((p, self.grants_for(pipeline)?)));
+        let (params, grants) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // A recorded run that cannot start any more (the policy
+                // changed under it) ends, with the reason.
+                let run = self.store.finish_run(&run.id, RunState::Failed, Some(one_line(&e.to_string(), 1000)))?;
+                self.store.flush()?;
+                let steps = self.store.steps(&run)?;
+                return Ok(RunSummary { run, steps });
+            }
+        };
+        let detail = (run.state == RunState::Running).then(|| "resumed: the engine running it had stopped".to_owned());
+        let run = self.store.set_run_state(&run.id, RunState::Running, detail)?;
+        self.execute(run, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
+    }
+
+    fn grants_for(&self, pipeline: &Pipeline) -> Result<Option<EnvironmentGrants>, RunnerError> {
+        match (&pipeline.environment, &self.policy) {
+            (None, _) => Ok(None),
+            (Some(env), Some(policy)) => match policy.0.environments.get(env) {
+                Some(e) => Ok(Some(EnvironmentGrants::new(env, &e.grants, &policy.1).map_err(RunnerError::Policy)?)),
+                None => Err(RunnerError::Policy(format!("the admin policy has no environment `{env}`"))),
+            },
+            (Some(env), None) => Err(RunnerError::Policy(format!(
+                "pipeline `{}` runs for environment `{env}`, but no admin policy was given",
+                pipeline.name
+            ))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        run: RunRecord,
+        pipeline: &Pipeline,
+        base_dir: &Path,
+        params: IndexMap<String, ParamValue>,
+        grants: Option<EnvironmentGrants>,
+        options: RunOptions,
+        observer: Box<dyn Fn(&Progress) + Send + Sync>,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, RunnerError> {
+        let dag = Dag::new(pipeline);
+        let names: Vec<String> = pipeline.steps.keys().cloned().collect();
         let run_dir = self.state_dir.join("work").join(&run.id);
         std::fs::create_dir_all(&run_dir).map_err(|source| RunnerError::StateDir { path: run_dir.clone(), source })?;
         observer(&Progress::RunStarted { run: run.id.clone(), steps: names.clone() });
@@ -325,20 +380,51 @@ impl Engine {
             params,
             sources: pipeline.sources.iter().map(|(k, v)| (k.clone(), base_dir.join(&v.path))).collect(),
             plugins: Mutex::new(HashMap::new()),
-            observer: Box::new(observer),
+            observer,
             spare_workspaces: (!options.keep_workspaces).then(Default::default),
             targets: self.targets.clone(),
             policy: self.policy.clone(),
             pipeline: pipeline.name.clone(),
             requester: options.requester.clone(),
             grants,
+            live: self.live.clone(),
         });
 
-        let mut states = vec![StepState::Pending; dag.len()];
-        let mut waiting: Vec<usize> = (0..dag.len()).map(|i| dag.needs(i).count()).collect();
-        let mut ready: Vec<usize> = dag.roots();
-        let mut tasks: JoinSet<Finished> = JoinSet::new();
         let mut first_failure: Option<String> = None;
+        // Where each step is: all pending for a new run; for a resumed
+        // one, what the store says, with interrupted steps dealt with.
+        let mut states = Vec::with_capacity(dag.len());
+        for index in 0..dag.len() {
+            let name = dag.name(index);
+            let state = resume_step(&shared, name).await?;
+            if state == StepState::Failed {
+                first_failure.get_or_insert_with(|| format!("step `{name}` failed"));
+            }
+            states.push(state);
+        }
+        let mut waiting: Vec<usize> =
+            (0..dag.len()).map(|i| dag.needs(i).filter(|n| states[*n] != StepState::Succeeded).count()).collect();
+        // A pending step behind one that did not succeed will never run.
+        for index in 0..dag.len() {
+            if states[index] != StepState::Pending {
+                continue;
+            }
+            if let Some(blocker) =
+                dag.needs(index).find(|n| states[*n].is_final() && states[*n] != StepState::Succeeded)
+            {
+                let reason = format!("`{}`, which it needs, did not succeed", dag.name(blocker));
+                let record = shared.store.update_step(&run.id, dag.name(index), Some(reason.clone()), |s| {
+                    s.state = StepState::Skipped;
+                    s.reason = Some(reason.clone());
+                    s.ended_ms = Some(now_ms());
+                })?;
+                states[index] = StepState::Skipped;
+                emit_finished(&shared, &record, false);
+            }
+        }
+        let mut ready: Vec<usize> =
+            (0..dag.len()).filter(|i| states[*i] == StepState::Pending && waiting[*i] == 0).collect();
+        let mut tasks: JoinSet<Finished> = JoinSet::new();
         let jobs = options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS);
         let mut cancelled = false;
 
@@ -464,6 +550,83 @@ fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated: bool) {
     });
 }
 
+/// Where a step of a run being (re)started is, after dealing with an
+/// attempt its engine did not see to the end. A succeeded step keeps its
+/// outputs, laid out again for the steps downstream.
+async fn resume_step(shared: &Shared, name: &str) -> Result<StepState, RunnerError> {
+    let record = shared.store.step(&shared.run_id, name)?;
+    match record.state {
+        StepState::Succeeded => {
+            if !record.outputs.is_empty() {
+                let (dest, artifacts, outputs) =
+                    (outputs_dir(shared, name), shared.artifacts.clone(), record.outputs.clone());
+                let laid_out = tokio::task::spawn_blocking(move || lay_out(&artifacts, &dest, &outputs)).await;
+                if let Err(e) = laid_out.unwrap_or_else(|e| Err(e.to_string())) {
+                    // Its outputs are gone or damaged; running it again
+                    // would break "never twice", so the step fails.
+                    let reason = format!("step `{name}` succeeded, but its outputs cannot be laid out again: {e}");
+                    shared.store.update_step(&shared.run_id, name, Some(reason.clone()), |s| {
+                        s.state = StepState::Failed;
+                        s.reason = Some(reason.clone());
+                    })?;
+                    return Ok(StepState::Failed);
+                }
+            }
+            Ok(StepState::Succeeded)
+        }
+        StepState::Running | StepState::Retrying if record.effect_started_ms.is_some() => {
+            let reason = format!(
+                "step `{name}`: the engine stopped after the deployment was handed to the provider; it may have \
+                 happened, so it is not repeated; check the environment, then start a new run"
+            );
+            shared.store.update_step(&shared.run_id, name, Some(reason.clone()), |s| {
+                s.state = StepState::Failed;
+                s.reason = Some(reason.clone());
+                s.ended_ms = Some(now_ms());
+            })?;
+            Ok(StepState::Failed)
+        }
+        StepState::Running | StepState::Retrying => {
+            // A plugin step touched nothing but its workspace, and a
+            // publish commits the same tree or nothing: both start again.
+            // A wait for approval asks again, with a new code: the old
+            // one was shown to a process that is gone.
+            shared.store.discard_pending_approval(&shared.run_id, name)?;
+            for dir in [shared.run_dir.join(name), outputs_dir(shared, name)] {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(RunnerError::StateDir { path: dir, source }),
+                }
+            }
+            shared.store.update_step(&shared.run_id, name, Some("restarted: its engine had stopped".into()), |s| {
+                s.state = StepState::Pending;
+                s.reason = None;
+            })?;
+            Ok(StepState::Pending)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Copies a step's outputs from the artifact store, each checked against
+/// its digest, to where downstream steps read them.
+fn lay_out(artifacts: &airlock_host::ArtifactStore, dest: &Path, outputs: &[OutputRecord]) -> Result<(), String> {
+    match std::fs::remove_dir_all(dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot clear {}: {e}", dest.display())),
+    }
+    for o in outputs {
+        let to = dest.join(&o.path);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot lay out outputs: {e}"))?;
+        }
+        artifacts.copy_verified(&o.sha256, &to).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(dest).map_err(|e| format!("cannot lay out outputs: {e}"))
+}
+
 /// Records that a step running in the host (publish, deploy, approval)
 /// started: it has one attempt.
 pub(crate) fn host_step_started(shared: &Shared, name: &str, detail: &str) -> Result<(), StepError> {
@@ -544,6 +707,7 @@ async fn run_step(shared: Arc<Shared>, index: usize, name: String, step: Step, c
             outputs: Vec::new(),
             published: None,
             deployed: None,
+            effect_started_ms: None,
         }
     });
     Finished { index, record, log_truncated }
@@ -589,7 +753,10 @@ async fn attempts(
         (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt });
 
         let workspace = fresh_workspace(shared, name, attempt).map_err(failed)?;
-        let inv = Invocation { workspace: workspace.clone(), ..invocation.clone() };
+        let live = airlock_sandbox::LogSink::new(usize::try_from(invocation.log_limit).unwrap_or(usize::MAX));
+        let live_key = (shared.run_id.clone(), name.to_owned());
+        shared.live.insert(live_key.clone(), attempt, live.clone());
+        let inv = Invocation { workspace: workspace.clone(), live_log: Some(live), ..invocation.clone() };
 
         let outcome = tokio::select! {
             outcome = shared.sandbox.run(&plugin, inv) => outcome,
@@ -614,6 +781,8 @@ async fn attempts(
                 .put_log(&shared.run_id, name, &LogRecord { attempt, bytes, written: outcome.log_written })
                 .map_err(record_error)?;
         }
+        // From here on, readers find the attempt's log in the store.
+        shared.live.remove(&live_key);
         let result = match outcome.result {
             Ok(()) => take_outputs(shared, name, step, &workspace).await,
             Err(failure) => Err(describe(name, step, &failure)),
@@ -669,7 +838,15 @@ fn fresh_workspace(shared: &Shared, name: &str, attempt: u32) -> Result<PathBuf,
         1 => shared.run_dir.join(name),
         n => shared.run_dir.join(format!("{name}.attempt-{n}")),
     };
-    std::fs::create_dir(&dir).map_err(|e| format!("cannot create the workspace {}: {e}", dir.display()))?;
+    let created = std::fs::create_dir(&dir).or_else(|e| {
+        // Left by an attempt whose engine stopped: this step's alone.
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        std::fs::remove_dir_all(&dir)?;
+        std::fs::create_dir(&dir)
+    });
+    created.map_err(|e| format!("cannot create the workspace {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
@@ -832,23 +1009,16 @@ async fn take_outputs(shared: &Shared, name: &str, step: &Step, workspace: &Path
         let outputs = extract(&ws, &patterns, &ExtractLimits::default(), &artifacts).map_err(|e| e.to_string())?;
         // Downstream steps see a copy checked against its digest, never
         // the workspace the guest wrote.
-        for o in &outputs {
-            let to = dest.join(&o.path);
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("cannot lay out outputs: {e}"))?;
-            }
-            artifacts.copy_verified(&o.sha256, &to).map_err(|e| e.to_string())?;
-        }
-        std::fs::create_dir_all(&dest).map_err(|e| format!("cannot lay out outputs: {e}"))?;
-        Ok::<_, String>(outputs)
+        let records: Vec<OutputRecord> =
+            outputs.into_iter().map(|o| OutputRecord { path: o.path, sha256: o.sha256, size: o.size }).collect();
+        lay_out(&artifacts, &dest, &records)?;
+        Ok::<_, String>(records)
     })
     .await
     .map_err(|e| format!("step `{name}`: output extraction stopped: {e}"))?
     .map_err(|e| format!("step `{name}`: {e}"))?;
-    let mut records = Vec::with_capacity(extracted.len());
-    for o in extracted {
+    for o in &extracted {
         shared.store.index_artifact(&o.sha256, o.size).map_err(|e| format!("cannot index outputs: {e}"))?;
-        records.push(OutputRecord { path: o.path, sha256: o.sha256, size: o.size });
     }
-    Ok(records)
+    Ok(extracted)
 }

@@ -30,6 +30,7 @@
 mod environments;
 mod exec;
 mod publish;
+pub mod queue;
 
 pub use exec::{FsLookup, Progress, RunSummary};
 
@@ -129,6 +130,40 @@ pub struct Engine {
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) targets: Arc<BTreeMap<String, TargetStore>>,
     pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
+    pub(crate) live: LiveLogs,
+}
+
+/// Running attempts by (run, step): the attempt's number and its log.
+type LiveMap = std::collections::HashMap<(String, String), (u32, airlock_sandbox::LogSink)>;
+
+/// The logs of the step attempts running now, by run and step, so a
+/// server can show a step's output while it is being written. An attempt
+/// leaves this map once its log is in the store.
+
+#[derive(Clone, Default)]
+pub struct LiveLogs(Arc<std::sync::Mutex<LiveMap>>);
+
+impl LiveLogs {
+    fn insert(&self, key: (String, String), attempt: u32, sink: airlock_sandbox::LogSink) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(key, (attempt, sink));
+        }
+    }
+
+    fn remove(&self, key: &(String, String)) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(key);
+        }
+    }
+
+    /// The running attempt of a step and its log from `offset` on: the
+    /// bytes, and how many the guest has written in all.
+    pub fn read(&self, run: &str, step: &str, offset: usize) -> Option<(u32, Vec<u8>, u64)> {
+        let map = self.0.lock().ok()?;
+        let (attempt, sink) = map.get(&(run.to_owned(), step.to_owned()))?;
+        let (bytes, written) = sink.read_from(offset);
+        Some((*attempt, bytes, written))
+    }
 }
 
 impl Engine {
@@ -142,10 +177,12 @@ impl Engine {
         for id in store.revoke_run_tokens(None)? {
             tracing::warn!("revoked token {id}: its run ended with its engine");
         }
-        // Likewise a run still `running`: its engine was killed or crashed.
-        // It is ended now, failed, with a reason, rather than left running
-        // for ever; nothing of it runs again.
-        for run in store.runs()?.into_iter().filter(|r| r.state == RunState::Running) {
+        // Likewise a run of `airlock run` still `running`: its engine was
+        // killed or crashed, and nobody is there to follow it again. It is
+        // ended now, failed, with a reason, rather than left running for
+        // ever. Runs submitted to a server are the server's to resume.
+        let orphans = store.runs()?.into_iter().filter(|r| r.state == RunState::Running && r.submission.is_none());
+        for run in orphans {
             end_orphan(&store, &run)?;
             tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
         }
@@ -157,6 +194,7 @@ impl Engine {
             sandbox: Arc::new(sandbox),
             targets: Arc::default(),
             policy: None,
+            live: LiveLogs::default(),
         })
     }
 
@@ -181,6 +219,11 @@ impl Engine {
     /// The artifact store.
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.artifacts
+    }
+
+    /// The logs of the steps running now.
+    pub fn live_logs(&self) -> &LiveLogs {
+        &self.live
     }
 
     /// The sandbox.

@@ -272,6 +272,9 @@ pub struct Invocation {
     pub timeout: Duration,
     /// What the workspace may hold.
     pub quota: Quota,
+    /// Where the guest's output goes, when the caller wants to read it
+    /// while the step runs; otherwise a new log of `log_limit` bytes.
+    pub live_log: Option<LogSink>,
 }
 
 impl Invocation {
@@ -290,6 +293,7 @@ impl Invocation {
             fuel: None,
             timeout: airlock_model::DEFAULT_TIMEOUT,
             quota: Quota { bytes: airlock_model::DEFAULT_DISK_LIMIT, entries: airlock_model::DEFAULT_FILES_LIMIT },
+            live_log: None,
         }
     }
 }
@@ -741,7 +745,10 @@ impl Sandbox {
     /// guest can fail ends in [`Outcome::result`].
     pub async fn run(&self, plugin: &Plugin, inv: Invocation) -> Outcome {
         let started = Instant::now();
-        let log = LogSink::new(usize::try_from(inv.log_limit).unwrap_or(usize::MAX));
+        let log = match &inv.live_log {
+            Some(live) => live.clone(),
+            None => LogSink::new(usize::try_from(inv.log_limit).unwrap_or(usize::MAX)),
+        };
         let mut deploy_requests = Vec::new();
         let result = match self.wasi(&inv, plugin, &log) {
             Err(e) => Err(Failure::Setup(e)),

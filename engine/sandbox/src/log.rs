@@ -40,6 +40,13 @@ impl LogSink {
         b.kept.extend_from_slice(&bytes[..take]);
     }
 
+    /// A copy of the bytes kept from `offset` on, and the total written
+    /// so far: for following a step's log while it runs.
+    pub fn read_from(&self, offset: usize) -> (Vec<u8>, u64) {
+        let b = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        (b.kept.get(offset..).unwrap_or_default().to_vec(), b.written)
+    }
+
     /// The bytes kept and the total the guest wrote.
     pub fn take(&self) -> (Vec<u8>, u64) {
         let mut b = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -111,6 +118,8 @@ mod tests {
         let log = LogSink::new(4);
         log.append(b"abc");
         log.append(b"defgh");
+        assert_eq!(log.read_from(1), (b"bcd".to_vec(), 8));
+        assert_eq!(log.read_from(9), (Vec::new(), 8));
         assert_eq!(log.take(), (b"abcd".to_vec(), 8));
     }
 }

@@ -32,7 +32,7 @@ pub fn socket_path(state_dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// A token to create, as the admin API takes it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// `ACTION:TARGET/PREFIX`.
@@ -81,15 +81,8 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches("/admin/v1/").split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::POST, ["tokens"]) => create(app, req).await,
-        (Method::GET, ["tokens"]) => match app.store.tokens() {
-            Ok(tokens) => json(StatusCode::OK, &serde_json::json!({ "tokens": tokens })),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-        },
-        (Method::POST, ["tokens", id, "revoke"]) => match app.store.revoke_token(id) {
-            Ok(record) => json(StatusCode::OK, &serde_json::json!({ "record": record })),
-            Err(e @ StoreError::NoToken(_)) => error(StatusCode::NOT_FOUND, "no_token", e.to_string()),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-        },
+        (Method::GET, ["tokens"]) => list_tokens(app),
+        (Method::POST, ["tokens", id, "revoke"]) => revoke_token(app, id),
         (Method::GET, ["approvals"]) => match app.store.pending_approvals() {
             Ok(pending) => json(StatusCode::OK, &serde_json::json!({ "pending": pending })),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
@@ -112,7 +105,6 @@ async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Res
         Ok(r) => r.id,
         Err(e) => return error(StatusCode::NOT_FOUND, "no_run", e.to_string()),
     };
-    let run = run.as_str();
     let Some(user) = app.user_of(&body.token) else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -120,8 +112,21 @@ async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Res
             "that token is no user's in the engine's policy; `airlock user token` makes one for the policy".into(),
         );
     };
-    let reason = body.reason.as_deref().map(|r| airlock_model::text::one_line(r, 1000));
-    match app.store.decide(run, step, &user, &body.code, body.approve, reason.as_deref()) {
+    decision(app, &run, step, &user, &body.code, body.approve, body.reason.as_deref())
+}
+
+/// Records `user`'s decision on the request of `run`'s `step`.
+pub(crate) fn decision(
+    app: &App,
+    run: &str,
+    step: &str,
+    user: &str,
+    code: &str,
+    approve: bool,
+    reason: Option<&str>,
+) -> Response<Body> {
+    let reason = reason.map(|r| airlock_model::text::one_line(r, 1000));
+    match app.store.decide(run, step, user, code, approve, reason.as_deref()) {
         Ok(record) => json(StatusCode::OK, &serde_json::json!({ "record": record })),
         Err(e) => {
             use airlock_store::ApprovalError as E;
@@ -140,11 +145,32 @@ async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Res
     }
 }
 
+/// Every token.
+pub(crate) fn list_tokens(app: &App) -> Response<Body> {
+    match app.store.tokens() {
+        Ok(tokens) => json(StatusCode::OK, &serde_json::json!({ "tokens": tokens })),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+/// Revokes a token.
+pub(crate) fn revoke_token(app: &App, id: &str) -> Response<Body> {
+    match app.store.revoke_token(id) {
+        Ok(record) => json(StatusCode::OK, &serde_json::json!({ "record": record })),
+        Err(e @ StoreError::NoToken(_)) => error(StatusCode::NOT_FOUND, "no_token", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
 async fn create(app: &App, req: Request<Incoming>) -> Response<Body> {
-    let body: CreateToken = match read_json(req, MAX_BODY).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    match read_json(req, MAX_BODY).await {
+        Ok(body) => create_token(app, body),
+        Err(r) => r,
+    }
+}
+
+/// Makes a token as `body` says, checking its scope against the targets.
+pub(crate) fn create_token(app: &App, body: CreateToken) -> Response<Body> {
     let scope = match Scope::parse(&body.scope) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_scope", e),

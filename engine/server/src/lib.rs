@@ -32,7 +32,10 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod api;
+pub mod openapi;
 mod pages;
+mod ui;
 
 use airlock_host::publish::{Committed, ManifestEntry, PublishError, Published, TargetStore};
 use airlock_store::{Store, TokenError, TokenUse, now_ms};
@@ -66,13 +69,25 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Bytes per chunk when a file is sent.
 const SEND_CHUNK: usize = 256 << 10;
 
+/// How long a web sign-in lasts.
+const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
+/// Runs whose DAG edges are kept parsed.
+const NEEDS_CACHE: usize = 1024;
+
 /// What the server serves: the state store (for tokens) and the targets.
 pub struct App {
     store: Store,
     targets: BTreeMap<String, TargetStore>,
     manifests: Mutex<HashMap<(String, String), Arc<Published>>>,
-    /// Users of the policy: (name, sha256 of their API token).
-    users: Vec<(String, String)>,
+    /// Users of the policy.
+    users: Vec<api::ApiUser>,
+    /// The run queue, when the server runs pipelines.
+    runs: Option<Arc<airlock_runner::queue::RunQueue>>,
+    artifacts: Option<airlock_host::ArtifactStore>,
+    live: Option<airlock_runner::LiveLogs>,
+    /// Web sign-ins: sha256 of the cookie's value -> (user, expiry).
+    sessions: Mutex<HashMap<String, (String, u64)>>,
+    needs: Mutex<HashMap<String, BTreeMap<String, Vec<String>>>>,
 }
 
 impl App {
@@ -83,20 +98,86 @@ impl App {
             targets: targets.into_iter().map(|t| (t.name().to_owned(), t)).collect(),
             manifests: Mutex::new(HashMap::new()),
             users: Vec::new(),
+            runs: None,
+            artifacts: None,
+            live: None,
+            sessions: Mutex::new(HashMap::new()),
+            needs: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Lets the users of the policy (name, sha256 of their API token)
-    /// decide approvals through the admin socket.
-    pub fn with_users(mut self, users: Vec<(String, String)>) -> Self {
+    /// The users of the policy: they use the run API and the web pages
+    /// as their roles allow, and decide approvals.
+    pub fn with_users(mut self, users: Vec<api::ApiUser>) -> Self {
         self.users = users;
+        self
+    }
+
+    /// Serves the run API and pages over this queue and its engine.
+    pub fn with_runs(mut self, queue: Arc<airlock_runner::queue::RunQueue>) -> Self {
+        self.artifacts = Some(queue.engine().artifacts().clone());
+        self.live = Some(queue.engine().live_logs().clone());
+        self.runs = Some(queue);
         self
     }
 
     /// The user whose API token this is.
     fn user_of(&self, token: &str) -> Option<String> {
+        self.user_by_token(token).map(|u| u.name.clone())
+    }
+
+    fn user_by_token(&self, token: &str) -> Option<&api::ApiUser> {
         let digest = airlock_store::user_token_digest(token.trim());
-        self.users.iter().find(|(_, d)| *d == digest).map(|(n, _)| n.clone())
+        self.users.iter().find(|u| u.token_sha256 == digest)
+    }
+
+    /// The user a request comes from: its bearer token, or its session
+    /// cookie.
+    fn authenticate(&self, headers: &hyper::HeaderMap) -> Option<api::Caller> {
+        if let Some(token) =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+        {
+            let user = self.user_by_token(token)?;
+            return Some(api::Caller { name: user.name.clone(), roles: user.roles.clone(), by_cookie: false });
+        }
+        let session = ui::session_cookie(headers)?;
+        let digest = airlock_store::user_token_digest(session);
+        let now = now_ms();
+        let name = {
+            let mut sessions = self.sessions.lock().ok()?;
+            sessions.retain(|_, (_, expires)| *expires > now);
+            sessions.get(&digest)?.0.clone()
+        };
+        let user = self.users.iter().find(|u| u.name == name)?;
+        Some(api::Caller { name, roles: user.roles.clone(), by_cookie: true })
+    }
+
+    /// Starts a web session for the user of `token`; returns the cookie's value.
+    fn sign_in(&self, token: &str) -> Option<String> {
+        let user = self.user_by_token(token)?.name.clone();
+        let session = hex::encode(rand::random::<[u8; 32]>());
+        let digest = airlock_store::user_token_digest(&session);
+        self.sessions.lock().ok()?.insert(digest, (user, now_ms() + SESSION_TTL_MS));
+        Some(session)
+    }
+
+    /// The DAG edges of a run, parsed once.
+    fn needs(
+        &self,
+        run: &airlock_store::RunRecord,
+        parse: impl FnOnce(&airlock_store::RunRecord) -> BTreeMap<String, Vec<String>>,
+    ) -> BTreeMap<String, Vec<String>> {
+        if let Some(n) = self.needs.lock().ok().and_then(|m| m.get(&run.id).cloned()) {
+            return n;
+        }
+        let needs = parse(run);
+        if let Ok(mut m) = self.needs.lock() {
+            if m.len() >= NEEDS_CACHE {
+                m.clear();
+            }
+            m.insert(run.id.clone(), needs.clone());
+        }
+        needs
     }
 
     fn manifest(&self, target: &TargetStore, build: &str) -> Result<Option<Arc<Published>>, PublishError> {
@@ -203,6 +284,12 @@ async fn handle(app: &App, peer: Option<SocketAddr>, req: Request<Incoming>) -> 
 
 async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if api::is_run_api(&path) {
+        return api::route(app, req).await;
+    }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return ui::route(app, req).await;
+    }
     if let Some(api) = path.strip_prefix("/api/v1/") {
         let parts: Vec<&str> = api.split('/').collect();
         return match (req.method(), parts.as_slice()) {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Where a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalState {
     /// Waiting for decisions.
@@ -43,7 +43,7 @@ impl ApprovalState {
 }
 
 /// An artifact as the request shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalArtifact {
     /// Its path.
     pub path: String,
@@ -54,7 +54,7 @@ pub struct ApprovalArtifact {
 }
 
 /// One person's decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Decision {
     /// Who (a user of the policy).
     pub user: String,
@@ -67,7 +67,7 @@ pub struct Decision {
 }
 
 /// A request for approval, with its decisions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalRecord {
     /// The run.
     pub run: String,
@@ -229,6 +229,23 @@ impl Store {
                 Some(v) => crate::decode(&k, &v),
                 None => Err(StoreError::NoStep { run: record.run.clone(), step: record.step.clone() }),
             },
+        }
+    }
+
+    /// Forgets a request still waiting for decisions, so that the step
+    /// can ask again with a new code (its engine stopped, and the process
+    /// that showed the old code is gone). A request already decided stands.
+    pub fn discard_pending_approval(&self, run: &str, step: &str) -> Result<()> {
+        let k = key(run, step);
+        loop {
+            let Some(old) = self.approvals.get(&k)? else { return Ok(()) };
+            let r: ApprovalRecord = crate::decode(&k, &old)?;
+            if r.state != ApprovalState::Pending {
+                return Ok(());
+            }
+            if self.approvals.compare_and_swap(&k, Some(old), None as Option<&[u8]>)?.is_ok() {
+                return Ok(());
+            }
         }
     }
 

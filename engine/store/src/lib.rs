@@ -87,9 +87,11 @@ pub fn now_ms() -> u64 {
 }
 
 /// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
+    /// Submitted to a server, waiting for its turn.
+    Queued,
     /// Steps are being scheduled.
     Running,
     /// Every step succeeded.
@@ -103,12 +105,13 @@ pub enum RunState {
 impl RunState {
     /// Whether the run has ended.
     pub fn is_final(self) -> bool {
-        self != Self::Running
+        !matches!(self, Self::Queued | Self::Running)
     }
 
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
@@ -118,7 +121,7 @@ impl RunState {
 }
 
 /// Where a step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
     /// Waiting for the steps it needs.
@@ -158,7 +161,7 @@ impl StepState {
 }
 
 /// A run of a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunRecord {
     /// Time-ordered id, e.g. `20261122-150353-7f3a`.
     pub id: String,
@@ -178,10 +181,32 @@ pub struct RunRecord {
     pub reason: Option<String>,
     /// Step names in pipeline order.
     pub steps: Vec<String>,
+    /// How a server was asked for the run, so that a server that
+    /// restarts can run it again from where it was. None for `airlock run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<Submission>,
+}
+
+/// A run submitted to `airlock serve`: what it needs to start or resume
+/// the run without the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Submission {
+    /// The pipeline file, relative to the server's pipelines directory.
+    pub pipeline: String,
+    /// The pipeline file's text when the run was submitted: a resumed
+    /// run runs what was submitted, even if the file has changed since.
+    pub source: String,
+    /// Parameters as given, in order.
+    pub params: Vec<(String, String)>,
+    /// The user who submitted it.
+    pub requester: String,
+    /// The client's idempotency key, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// One file a step produced, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OutputRecord {
     /// Path relative to the workspace, `/`-separated.
     pub path: String,
@@ -192,7 +217,7 @@ pub struct OutputRecord {
 }
 
 /// A step of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepRecord {
     /// The step's name.
     pub name: String,
@@ -216,11 +241,16 @@ pub struct StepRecord {
     /// What a deploy or approval step did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<DeployedRecord>,
+    /// When a deploy step handed its artifacts to the provider. Written
+    /// and flushed before the provider is called: a step found with this
+    /// set and no end state may have deployed, so it is never repeated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect_started_ms: Option<u64>,
 }
 
 /// What a deploy step deployed (or an approval step had approved). Never
 /// holds a credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployedRecord {
     /// The environment.
     pub environment: String,
@@ -237,7 +267,7 @@ pub struct DeployedRecord {
 }
 
 /// What a publish step published, and with which token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PublishedRecord {
     /// The publish target.
     pub target: String,
@@ -268,12 +298,13 @@ impl StepRecord {
             outputs: Vec::new(),
             published: None,
             deployed: None,
+            effect_started_ms: None,
         }
     }
 }
 
 /// One entry of a run's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// Position in the store's history: later events have larger numbers.
     pub seq: u64,
@@ -327,6 +358,8 @@ pub struct Store {
     tokens: sled::Tree,
     /// Approval requests by run and step.
     approvals: sled::Tree,
+    /// Run ids by submitter and idempotency key.
+    keys: sled::Tree,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -362,6 +395,7 @@ impl Store {
             artifacts: db.open_tree("artifacts")?,
             tokens: db.open_tree("tokens")?,
             approvals: db.open_tree("approvals")?,
+            keys: db.open_tree("idempotency")?,
             db,
         })
     }
@@ -388,20 +422,54 @@ impl Store {
         params: BTreeMap<String, String>,
         steps: &[String],
     ) -> Result<RunRecord> {
+        self.insert_run(pipeline, file, params, steps, None).map(|(run, _)| run)
+    }
+
+    /// Records a run submitted to a server, `queued`, with its steps
+    /// pending. With an idempotency key the submitter used before, answers
+    /// the run that key made instead, and `false`.
+    pub fn submit_run(
+        &self,
+        pipeline: &str,
+        params: BTreeMap<String, String>,
+        steps: &[String],
+        submission: Submission,
+    ) -> Result<(RunRecord, bool)> {
+        let file = submission.pipeline.clone();
+        self.insert_run(pipeline, &file, params, steps, Some(submission))
+    }
+
+    fn insert_run(
+        &self,
+        pipeline: &str,
+        file: &str,
+        params: BTreeMap<String, String>,
+        steps: &[String],
+        submission: Option<Submission>,
+    ) -> Result<(RunRecord, bool)> {
+        let key = submission.as_ref().and_then(|s| Some(idempotency_key(&s.requester, s.key.as_deref()?)));
         let run = RunRecord {
             id: self.new_run_id(),
             pipeline: pipeline.to_owned(),
             file: file.to_owned(),
             params,
-            state: RunState::Running,
+            state: if submission.is_some() { RunState::Queued } else { RunState::Running },
             created_ms: now_ms(),
             ended_ms: None,
             reason: None,
             steps: steps.to_vec(),
+            submission,
         };
         let event_id = self.db.generate_id()?;
-        (&self.runs, &self.steps, &self.events)
-            .transaction(|(runs, step_tree, events)| {
+        (&self.runs, &self.steps, &self.events, &self.keys)
+            .transaction(|(runs, step_tree, events, keys)| {
+                if let Some(key) = &key
+                    && let Some(id) = keys.get(key)?
+                    && let Some(existing) = runs.get(&id)?
+                {
+                    let existing: RunRecord = decode(&id, &existing).map_err(ConflictableTransactionError::Abort)?;
+                    return Ok((existing, false));
+                }
                 if runs.get(run.id.as_bytes())?.is_some() {
                     // Two runs in the same second with the same random
                     // suffix: let the caller try again.
@@ -411,21 +479,38 @@ impl Store {
                     }));
                 }
                 runs.insert(run.id.as_bytes(), encode(&run))?;
+                if let Some(key) = &key {
+                    keys.insert(key.as_slice(), run.id.as_bytes())?;
+                }
                 for step in steps {
                     let stored = StoredStep { record: StepRecord::new(step), history: Vec::new() };
                     step_tree.insert(step_key(&run.id, step), encode(&stored))?;
                 }
-                let event =
-                    Event { seq: event_id, at_ms: run.created_ms, step: None, state: "running".into(), detail: None };
+                let event = Event {
+                    seq: event_id,
+                    at_ms: run.created_ms,
+                    step: None,
+                    state: run.state.as_str().into(),
+                    detail: None,
+                };
                 events.insert(event_key(&run.id, event_id), encode(&event))?;
-                Ok(())
+                Ok((run.clone(), true))
             })
-            .map_err(abort)?;
-        Ok(run)
+            .map_err(abort)
+    }
+
+    /// Moves a run that has not ended to `state` (`running` when its turn
+    /// comes, or when a restarted server resumes it), recording why.
+    pub fn set_run_state(&self, id: &str, state: RunState, detail: Option<String>) -> Result<RunRecord> {
+        self.transition(id, state, detail, false)
     }
 
     /// Moves a run to `state`, recording the event.
     pub fn finish_run(&self, id: &str, state: RunState, reason: Option<String>) -> Result<RunRecord> {
+        self.transition(id, state, reason, true)
+    }
+
+    fn transition(&self, id: &str, state: RunState, detail: Option<String>, end: bool) -> Result<RunRecord> {
         let event_id = self.db.generate_id()?;
         (&self.runs, &self.events)
             .transaction(|(runs, events)| {
@@ -434,15 +519,17 @@ impl Store {
                 };
                 let mut run: RunRecord = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
                 run.state = state;
-                run.reason = reason.clone();
-                run.ended_ms = Some(now_ms());
+                if end {
+                    run.reason = detail.clone();
+                    run.ended_ms = Some(now_ms());
+                }
                 runs.insert(id.as_bytes(), encode(&run))?;
                 let event = Event {
                     seq: event_id,
                     at_ms: now_ms(),
                     step: None,
                     state: state.as_str().into(),
-                    detail: reason.clone(),
+                    detail: detail.clone(),
                 };
                 events.insert(event_key(id, event_id), encode(&event))?;
                 Ok(run)
@@ -626,6 +713,11 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Keys are per submitter: one user's key never answers another's run.
+fn idempotency_key(requester: &str, key: &str) -> Vec<u8> {
+    [requester.as_bytes(), b"\0", key.as_bytes()].concat()
 }
 
 fn event_key(run: &str, id: u64) -> Vec<u8> {

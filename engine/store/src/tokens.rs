@@ -42,7 +42,7 @@ pub const ACTIONS: &[&str] = &["publish"];
 /// What a token allows: `ACTION:TARGET/PREFIX`, e.g.
 /// `publish:snapshots/pr-481-` allows publishing to the target
 /// `snapshots` any build id starting with `pr-481-`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Scope {
     /// The action, e.g. `publish`.
     pub action: String,
@@ -130,7 +130,7 @@ impl TokenSpec {
 }
 
 /// What a token has used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenUsage {
     /// Uses.
     pub calls: u64,
@@ -141,7 +141,7 @@ pub struct TokenUsage {
 }
 
 /// A token as stored: everything but the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenRecord {
     /// A name for the token that is not the token, e.g. `tok-3f9a61c2`.
     pub id: String,

@@ -8,6 +8,7 @@ mod failures;
 mod publish;
 mod run;
 mod secrets;
+mod server;
 mod support;
 mod tokens;
 mod ui;

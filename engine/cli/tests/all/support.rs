@@ -109,3 +109,116 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A user of a test policy: their API token and its digest.
+pub struct User {
+    pub token: String,
+    pub digest: String,
+}
+
+/// Makes a user API token with `airlock user token`.
+pub fn user_token(scratch: &Path) -> User {
+    let (code, json, stderr) = output(airlock(&scratch.join("user-tokens")).args(["user", "token", "--json"]));
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    User {
+        token: v["token"].as_str().expect("token").to_owned(),
+        digest: v["token_sha256"].as_str().expect("digest").to_owned(),
+    }
+}
+
+/// An `airlock serve` process on a free loopback port.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+    pub stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `airlock serve` on `state` with `policy` and `pipelines`,
+    /// and waits until it listens.
+    pub fn start(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = airlock(state);
+        cmd.arg("--policy")
+            .arg(policy)
+            .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
+            .arg(pipelines)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("airlock serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|e| panic!("airlock serve did not start: {e}"));
+            if let Some(rest) = line.strip_prefix("serving on ") {
+                let url = rest.split_whitespace().next().expect("url").trim_end_matches('/').to_owned();
+                return Self { child, url, stderr: rx };
+            }
+        }
+    }
+
+    /// Stops it with SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops it with SIGTERM and waits.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An HTTP client that hands back every status as it is.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// A call with a user's token: (status, body as JSON or as a string).
+pub fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, serde_json::Value), ureq::Error> {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let bytes = body.map(|b| serde_json::to_vec(&b).expect("json")).unwrap_or_default();
+    let req = req.header("content-type", "application/json").body(bytes).expect("request");
+    let resp = agent.run(req)?;
+    let status = resp.status().as_u16();
+    let text = resp.into_body().read_to_string()?;
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Ok((status, value))
+}

@@ -9,6 +9,7 @@
 //! | variable | value |
 //! |----------|-------|
 //! | `AIRLOCK_ENVIRONMENT`, `AIRLOCK_PIPELINE`, `AIRLOCK_RUN`, `AIRLOCK_STEP`, `AIRLOCK_REQUESTER` | who and what |
+//! | `AIRLOCK_IDEMPOTENCY_KEY` | `RUN/STEP`: the same for every try of one deployment |
 //! | `AIRLOCK_ARTIFACTS` | a directory holding the artifacts at their paths, checked against their digests |
 //! | `AIRLOCK_MANIFEST` | a JSON file: the deployment and each artifact's path, sha256 and size |
 //! | `AIRLOCK_CREDENTIAL_<NAME>` | each credential the policy passes it |
@@ -78,6 +79,7 @@ fn deploy(
         .env("AIRLOCK_RUN", &d.run)
         .env("AIRLOCK_STEP", &d.step)
         .env("AIRLOCK_REQUESTER", &d.requester)
+        .env("AIRLOCK_IDEMPOTENCY_KEY", d.idempotency_key())
         .env("AIRLOCK_ARTIFACTS", &dir)
         .env("AIRLOCK_MANIFEST", &manifest)
         .current_dir(work.path())

@@ -73,7 +73,11 @@ fn deploy(
         if let Some(a) = &authorization {
             r = r.header("authorization", a);
         }
-        r.header("x-airlock-environment", &d.environment).header("x-airlock-run", &d.run)
+        // One deployment, one key: a receiver that sees the same key twice
+        // is seeing a retry of the same deployment, never a new one.
+        r.header("x-airlock-environment", &d.environment)
+            .header("x-airlock-run", &d.run)
+            .header("idempotency-key", d.idempotency_key())
     };
     let check = |target: &str, answer: Result<ureq::http::Response<ureq::Body>, ureq::Error>| {
         let mut answer = answer.map_err(|e| fail(target, e.to_string()))?;

@@ -63,6 +63,14 @@ pub struct Deployment {
     pub artifacts: Vec<DeployArtifact>,
 }
 
+impl Deployment {
+    /// `RUN/STEP`: names this deployment to the receiver, the same on
+    /// every try, so a receiver can refuse to apply it twice.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.run, self.step)
+    }
+}
+
 /// What a provider did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Deployed {

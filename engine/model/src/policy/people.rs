@@ -26,6 +26,16 @@ impl Role {
     /// Every role, by name.
     pub const ALL: &[(&str, Role)] =
         &[("viewer", Role::Viewer), ("runner", Role::Runner), ("approver", Role::Approver), ("admin", Role::Admin)];
+
+    /// The role's name, as the policy writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Runner => "runner",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// A person (or a robot) who uses airlock's API.

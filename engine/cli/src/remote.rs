@@ -1,0 +1,209 @@
+//! `airlock run --server URL PIPELINE`: submits a run to an `airlock
+//! serve` and follows it until it ends.
+//!
+//! The submission carries an idempotency key made here, so a submission
+//! whose answer is lost (the connection broke, the server restarted) is
+//! sent again without making a second run. Following polls the run: each
+//! step's change of state is printed as it is seen, and the one-time code
+//! of an approval the run waits for is shown to its submitter. Ctrl-C
+//! stops following; the run goes on on the server.
+
+use crate::exit;
+use airlock_server::api::{RunDetail, Submitted};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How often a followed run is looked at.
+const POLL: Duration = Duration::from_millis(500);
+/// Tries of a submission whose answer did not arrive.
+const SUBMIT_TRIES: u32 = 5;
+/// Largest answer read.
+const MAX_ANSWER: usize = 64 << 20;
+
+struct Remote {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    auth: String,
+}
+
+impl Remote {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(hyper::header::AUTHORIZATION, &self.auth)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            anyhow::anyhow!("cannot reach the server: {text}")
+        })?;
+        let status = resp.status();
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("the server's answer broke off: {e}"))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+/// The message of an API error answer.
+fn api_error(status: StatusCode, body: &[u8]) -> String {
+    serde_json::from_slice::<airlock_server::api::ErrorBody>(body)
+        .map(|e| format!("{} ({})", e.error.message, e.error.code))
+        .unwrap_or_else(|_| format!("the server answered {status}"))
+}
+
+/// Submits and follows; the exit code follows the run's end.
+pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json: bool) -> anyhow::Result<u8> {
+    let base: Uri = match server.trim_end_matches('/').parse() {
+        Ok(u) => u,
+        Err(_) => {
+            eprintln!("error: `{server}` is not a URL");
+            eprintln!("hint: write it like http://127.0.0.1:8480");
+            return Ok(exit::USAGE);
+        }
+    };
+    if base.scheme_str() != Some("http") {
+        eprintln!("error: `{server}` is not an http:// URL");
+        eprintln!("hint: the client speaks plain HTTP; put TLS in a proxy in front of `airlock serve`");
+        return Ok(exit::USAGE);
+    }
+    let Some(token) = std::env::var("AIRLOCK_USER_TOKEN").ok().filter(|t| !t.trim().is_empty()) else {
+        eprintln!("error: submitting a run needs your API token in AIRLOCK_USER_TOKEN");
+        eprintln!("hint: the admin makes one with `airlock user token` and adds its digest to the policy");
+        return Ok(exit::USAGE);
+    };
+    let remote = Remote {
+        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new()),
+        base: base.to_string().trim_end_matches('/').to_owned(),
+        auth: format!("Bearer {}", token.trim()),
+    };
+    let body = serde_json::to_vec(&serde_json::json!({
+        "pipeline": pipeline,
+        "params": params.iter().cloned().collect::<BTreeMap<String, String>>(),
+    }))?;
+    let key = hex::encode(rand::random::<[u8; 16]>());
+    let mut tries = 0;
+    let submitted: Submitted = loop {
+        tries += 1;
+        match remote.call(Method::POST, "/api/v1/runs", Some(body.clone()), Some(&key)).await {
+            Ok((status, bytes)) if status.is_success() => break serde_json::from_slice(&bytes)?,
+            Ok((status, bytes)) => {
+                eprintln!("error: {}", api_error(status, &bytes));
+                return Ok(match status {
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => exit::USAGE,
+                    StatusCode::UNPROCESSABLE_ENTITY => exit::FAILED,
+                    _ => exit::ERROR,
+                });
+            }
+            // The same key again: a run the lost answer was about is
+            // answered, not made twice.
+            Err(e) if tries < SUBMIT_TRIES => {
+                eprintln!("warning: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::ERROR);
+            }
+        }
+    };
+    let id = submitted.run.id.clone();
+    if !json {
+        eprintln!("submitted run {id} ({}); following it (Ctrl-C stops following, the run goes on)", pipeline);
+        eprintln!("  {}/ui/runs/{id}", remote.base);
+    }
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut codes_shown: BTreeSet<String> = BTreeSet::new();
+    let mut failures = 0;
+    let run_path = format!("/api/v1/runs/{id}");
+    let detail = loop {
+        let polled = tokio::select! {
+            r = remote.call(Method::GET, &run_path, None, None) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("stopped following; run {id} goes on on the server");
+                return Ok(exit::CANCELLED);
+            }
+        };
+        let detail: RunDetail = match polled {
+            Ok((status, bytes)) if status.is_success() => {
+                failures = 0;
+                serde_json::from_slice(&bytes)?
+            }
+            Ok((status, bytes)) => {
+                eprintln!("error: {}", api_error(status, &bytes));
+                return Ok(exit::ERROR);
+            }
+            // A server restarting: it resumes the run; keep asking.
+            Err(e) if failures < 60 => {
+                failures += 1;
+                if failures == 1 {
+                    eprintln!("warning: {e}; waiting for the server");
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::ERROR);
+            }
+        };
+        if !json {
+            for step in &detail.steps {
+                let state = step.state.as_str();
+                if seen.get(&step.name).map(String::as_str) != Some(state) {
+                    seen.insert(step.name.clone(), state.to_owned());
+                    if state != "pending" {
+                        let reason = step.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                        eprintln!("  {:<10} {}{reason}", state, step.name);
+                    }
+                }
+            }
+        }
+        for (step, code) in &detail.codes {
+            if codes_shown.insert(step.clone()) {
+                eprintln!("step `{step}` waits for approval; one-time code: {code}");
+                eprintln!("  an approver decides at {}/ui/runs/{id}/approvals/{step}", remote.base);
+            }
+        }
+        if detail.run.state.is_final() {
+            break detail;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+    } else {
+        eprintln!(
+            "run {id} {}{}",
+            detail.run.state.as_str(),
+            detail.run.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(match detail.run.state {
+        airlock_store::RunState::Succeeded => exit::OK,
+        airlock_store::RunState::Cancelled => exit::CANCELLED,
+        _ => exit::FAILED,
+    })
+}

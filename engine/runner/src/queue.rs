@@ -1,0 +1,309 @@
+//! The run queue of `airlock serve`: submitted runs wait here for their
+//! turn and run on the same engine as `airlock run`.
+//!
+//! A submission is recorded `queued` and flushed before it is answered,
+//! so a run a client was told about survives the server. A server that
+//! starts again picks up every submitted run that had not ended, oldest
+//! first, from where it was (see [`Engine::run_recorded`]).
+
+use crate::{Engine, FsLookup, Progress, RunOptions, RunnerError};
+use airlock_store::{RunRecord, RunState, Submission};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Longest pipeline file a submission may name.
+const MAX_PIPELINE_BYTES: u64 = 1 << 20;
+
+/// What a client asks to run.
+#[derive(Debug, Clone)]
+pub struct Submit {
+    /// The pipeline file, relative to the server's pipelines directory.
+    pub pipeline: String,
+    /// `NAME=VALUE` parameters, in order.
+    pub params: Vec<(String, String)>,
+    /// The user submitting it.
+    pub requester: String,
+    /// The client's idempotency key: the same key from the same user
+    /// answers the same run, however often it is sent.
+    pub key: Option<String>,
+}
+
+/// Why a submission or a cancellation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The pipeline file is not one the server runs.
+    #[error("{0}")]
+    NoPipeline(String),
+    /// The pipeline file has mistakes; each diagnostic says where.
+    #[error("the pipeline is not valid:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    /// Bad parameters.
+    #[error("{}", .0.join("\n"))]
+    Params(Vec<String>),
+    /// The policy does not allow it.
+    #[error("{0}")]
+    Policy(String),
+    /// The run has ended already.
+    #[error("run `{0}` has already ended")]
+    Ended(String),
+    /// The server is stopping.
+    #[error("the server is stopping; submit again when it is back")]
+    Stopping,
+    /// The engine failed.
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+}
+
+impl From<airlock_store::StoreError> for QueueError {
+    fn from(e: airlock_store::StoreError) -> Self {
+        Self::Runner(e.into())
+    }
+}
+
+/// Submitted runs, and the workers that run them.
+pub struct RunQueue {
+    engine: Arc<Engine>,
+    pipelines: PathBuf,
+    jobs: usize,
+    sender: mpsc::UnboundedSender<String>,
+    cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// One-time approval codes of the waiting steps, by (run, step): shown
+    /// to the user who submitted the run and to no one else.
+    codes: Arc<Mutex<HashMap<(String, String), String>>>,
+    shutdown: CancellationToken,
+}
+
+impl RunQueue {
+    /// Starts the queue: at most `max_runs` runs at once, `jobs` steps at
+    /// once within each. Runs submitted before and not ended (the server
+    /// stopped) are queued again first, oldest first. Stops taking new
+    /// runs when `shutdown` is cancelled; runs under way are left to the
+    /// next start, which resumes them.
+    pub fn start(
+        engine: Arc<Engine>,
+        pipelines: &Path,
+        max_runs: usize,
+        jobs: usize,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, QueueError> {
+        let pipelines = std::fs::canonicalize(pipelines)
+            .map_err(|e| QueueError::NoPipeline(format!("the pipelines directory `{}`: {e}", pipelines.display())))?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queue = Arc::new(Self {
+            engine,
+            pipelines,
+            jobs: jobs.max(1),
+            sender,
+            cancels: Mutex::new(HashMap::new()),
+            codes: Arc::default(),
+            shutdown,
+        });
+        let mut unfinished: Vec<RunRecord> = queue
+            .engine
+            .store()
+            .runs()?
+            .into_iter()
+            .filter(|r| !r.state.is_final() && r.submission.is_some())
+            .collect();
+        unfinished.sort_by_key(|r| r.created_ms);
+        for run in unfinished {
+            tracing::info!("run {} was {} when the server stopped; it goes on", run.id, run.state.as_str());
+            queue.enqueue(&run.id);
+        }
+        tokio::spawn(queue.clone().work(receiver, max_runs.max(1)));
+        Ok(queue)
+    }
+
+    /// The engine the runs run on.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The pipelines directory.
+    pub fn pipelines_dir(&self) -> &Path {
+        &self.pipelines
+    }
+
+    fn enqueue(&self, id: &str) {
+        self.cancels.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), CancellationToken::new());
+        // The receiver lives as long as the worker; a send fails only when
+        // the server is stopping, and the run stays queued for the next start.
+        let _ = self.sender.send(id.to_owned());
+    }
+
+    /// Validates a submission against the pipelines directory and the
+    /// policy, records it `queued` (on disk before this returns) and
+    /// queues it. Returns the run and whether it is new (false when its
+    /// idempotency key had made it before).
+    pub fn submit(&self, submit: Submit) -> Result<(RunRecord, bool), QueueError> {
+        if self.shutdown.is_cancelled() {
+            return Err(QueueError::Stopping);
+        }
+        let (file, source) = self.read_pipeline(&submit.pipeline)?;
+        let pipeline = self.load(&submit.pipeline, &file, &source)?;
+        let params = pipeline.resolve_params(&submit.params).map_err(QueueError::Params)?;
+        if let Some(env) = &pipeline.environment
+            && self.engine.policy.as_ref().is_none_or(|p| !p.0.environments.contains_key(env))
+        {
+            return Err(QueueError::Policy(format!("the server's policy has no environment `{env}`")));
+        }
+        let shown: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let steps: Vec<String> = pipeline.steps.keys().cloned().collect();
+        let submission = Submission {
+            pipeline: submit.pipeline.clone(),
+            source,
+            params: submit.params,
+            requester: submit.requester,
+            key: submit.key,
+        };
+        let store = self.engine.store();
+        let (run, created) = store.submit_run(&pipeline.name, shown, &steps, submission)?;
+        // Acknowledged only once it is on disk.
+        store.flush()?;
+        if created {
+            self.enqueue(&run.id);
+        }
+        Ok((run, created))
+    }
+
+    /// Cancels a run: a queued one ends at once, a running one stops
+    /// its steps and ends `cancelled`.
+    pub fn cancel(&self, id: &str) -> Result<RunRecord, QueueError> {
+        let store = self.engine.store();
+        let run = store.find_run(id)?;
+        if run.state.is_final() {
+            return Err(QueueError::Ended(run.id));
+        }
+        if run.state == RunState::Queued {
+            let ended = store.finish_run(&run.id, RunState::Cancelled, Some("cancelled before it started".into()))?;
+            store.flush()?;
+            if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).remove(&run.id) {
+                token.cancel();
+            }
+            return Ok(ended);
+        }
+        if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).get(&run.id) {
+            token.cancel();
+        }
+        Ok(run)
+    }
+
+    /// The one-time code of a step waiting for approval, while it waits.
+    pub fn approval_code(&self, run: &str, step: &str) -> Option<String> {
+        self.codes.lock().unwrap_or_else(PoisonError::into_inner).get(&(run.to_owned(), step.to_owned())).cloned()
+    }
+
+    /// A pipeline file named by a client: inside the pipelines directory,
+    /// a `.yaml` or `.yml` file, not too big. Returns its path and text.
+    fn read_pipeline(&self, name: &str) -> Result<(PathBuf, String), QueueError> {
+        let refuse = |why: &str| QueueError::NoPipeline(format!("pipeline `{name}`: {why}"));
+        let relative = Path::new(name);
+        let plain = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+        if name.is_empty() || !plain {
+            return Err(refuse("name a file inside the server's pipelines directory, like `site.yaml`"));
+        }
+        if !matches!(relative.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            return Err(refuse("a pipeline is a `.yaml` or `.yml` file"));
+        }
+        let path = std::fs::canonicalize(self.pipelines.join(relative))
+            .map_err(|_| refuse("no such file in the server's pipelines directory"))?;
+        // A symbolic link may not lead out of the directory.
+        if !path.starts_with(&self.pipelines) {
+            return Err(refuse("it leads outside the server's pipelines directory"));
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| refuse(&e.to_string()))?;
+        if !meta.is_file() || meta.len() > MAX_PIPELINE_BYTES {
+            return Err(refuse("not a file of at most 1 MiB"));
+        }
+        let source = std::fs::read_to_string(&path).map_err(|e| refuse(&e.to_string()))?;
+        Ok((path, source))
+    }
+
+    fn load(&self, name: &str, file: &Path, source: &str) -> Result<airlock_model::Pipeline, QueueError> {
+        let base = file.parent().unwrap_or(&self.pipelines);
+        let mut lookup = FsLookup::new(base);
+        if let Some(policy) = &self.engine.policy {
+            lookup = lookup.with_policy(policy.0.clone());
+        }
+        airlock_model::load(name, source, &lookup)
+            .map_err(|diagnostics| QueueError::Invalid(diagnostics.iter().map(|d| d.to_string()).collect()))
+    }
+
+    async fn work(self: Arc<Self>, mut receiver: mpsc::UnboundedReceiver<String>, max_runs: usize) {
+        let slots = Arc::new(Semaphore::new(max_runs));
+        loop {
+            let id = tokio::select! {
+                id = receiver.recv() => match id {
+                    Some(id) => id,
+                    None => return,
+                },
+                () = self.shutdown.cancelled() => return,
+            };
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = self.shutdown.cancelled() => return,
+            };
+            let queue = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = queue.execute(&id).await {
+                    tracing::error!("run {id}: {e}");
+                }
+                queue.cancels.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                drop(permit);
+            });
+        }
+    }
+
+    /// Runs (or resumes) one recorded run to its end.
+    async fn execute(&self, id: &str) -> Result<(), QueueError> {
+        let store = self.engine.store();
+        let Some(run) = store.run(id)? else { return Ok(()) };
+        let Some(submission) = run.submission.clone() else { return Ok(()) };
+        if run.state.is_final() {
+            return Ok(());
+        }
+        // What was submitted runs, even if the file changed since; its
+        // plugins and sources are found where the file is now.
+        let file = self.pipelines.join(&submission.pipeline);
+        let base = file.parent().unwrap_or(&self.pipelines).to_owned();
+        let pipeline = match self.load(&submission.pipeline, &file, &submission.source) {
+            Ok(p) => p,
+            Err(e) => {
+                store.finish_run(id, RunState::Failed, Some(airlock_model::text::one_line(&e.to_string(), 2000)))?;
+                store.flush()?;
+                return Ok(());
+            }
+        };
+        let cancel =
+            self.cancels.lock().unwrap_or_else(PoisonError::into_inner).entry(id.to_owned()).or_default().clone();
+        let options = RunOptions {
+            jobs: self.jobs,
+            params: submission.params.clone(),
+            keep_workspaces: false,
+            requester: submission.requester.clone(),
+        };
+        let (codes, run_id) = (self.codes.clone(), id.to_owned());
+        let observer = move |p: &Progress| {
+            let mut codes = codes.lock().unwrap_or_else(PoisonError::into_inner);
+            match p {
+                Progress::ApprovalRequested { step, code, .. } => {
+                    codes.insert((run_id.clone(), step.clone()), code.clone());
+                }
+                Progress::StepFinished { step, .. } => {
+                    codes.remove(&(run_id.clone(), step.clone()));
+                }
+                _ => {}
+            }
+        };
+        let summary = self.engine.run_recorded(run, &pipeline, &base, options, observer, cancel).await?;
+        self.codes.lock().unwrap_or_else(PoisonError::into_inner).retain(|(r, _), _| *r != summary.run.id);
+        tracing::info!("run {} {}", summary.run.id, summary.run.state.as_str());
+        Ok(())
+    }
+}

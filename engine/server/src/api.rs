@@ -1,0 +1,859 @@
+//! The run API: submit, follow, cancel and inspect runs, decide
+//! approvals and manage tokens, for the users of the admin policy.
+//!
+//! Every call names its user with `Authorization: Bearer alu_...` (the
+//! API token `airlock user token` makes; the policy keeps its sha256), or
+//! with the session cookie the web pages' sign-in sets. What a user may
+//! call follows from their roles, in one table ([`ENDPOINTS`]): the
+//! router finds the endpoint there and checks the role before any
+//! handler runs, so an endpoint without a role cannot exist. The same
+//! table makes the OpenAPI document ([`crate::openapi`]).
+//!
+//! Errors are JSON with stable codes, as in the publish API.
+
+use crate::{App, Body, error, full, json};
+use airlock_model::policy::Role;
+use airlock_store::{ApprovalRecord, RunRecord, StepRecord, TokenRecord};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Who may call an endpoint. Every role may read; `admin` may do anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Any user of the policy.
+    Viewer,
+    /// Users with `runner` (or `admin`).
+    Runner,
+    /// Users with `approver` (or `admin`); the environment's approver
+    /// groups still decide whose decision counts.
+    Approver,
+    /// Users with `admin`.
+    Admin,
+}
+
+impl Need {
+    /// Whether a user with `roles` may call it.
+    pub fn allows(self, roles: &[Role]) -> bool {
+        let has = |r: Role| roles.contains(&r) || roles.contains(&Role::Admin);
+        match self {
+            Need::Viewer => !roles.is_empty(),
+            Need::Runner => has(Role::Runner),
+            Need::Approver => has(Role::Approver),
+            Need::Admin => has(Role::Admin),
+        }
+    }
+
+    /// The role's name, for errors and the API document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Need::Viewer => "viewer",
+            Need::Runner => "runner",
+            Need::Approver => "approver",
+            Need::Admin => "admin",
+        }
+    }
+}
+
+/// What an endpoint takes or gives, for the API document.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+/// One call of the API.
+pub struct Endpoint {
+    /// `GET`, `POST`…
+    pub method: &'static str,
+    /// The path, with `{name}` for each variable part.
+    pub path: &'static str,
+    /// A stable name (the OpenAPI `operationId`).
+    pub operation: &'static str,
+    /// Who may call it.
+    pub need: Need,
+    /// What it does, in a line.
+    pub summary: &'static str,
+    /// The JSON body it takes.
+    pub request: Option<SchemaFn>,
+    /// What it answers with on success: a JSON schema, or none for text
+    /// and bytes (`produces` says which).
+    pub response: Option<SchemaFn>,
+    /// The content type of a success.
+    pub produces: &'static str,
+}
+
+fn schema<T: JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
+/// Every call of the run API.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/whoami",
+        operation: "whoami",
+        need: Need::Viewer,
+        summary: "The user the request authenticates as, with their roles.",
+        request: None,
+        response: Some(schema::<WhoAmI>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/pipelines",
+        operation: "listPipelines",
+        need: Need::Viewer,
+        summary: "The pipeline files this server runs.",
+        request: None,
+        response: Some(schema::<PipelineList>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/runs",
+        operation: "listRuns",
+        need: Need::Viewer,
+        summary: "Runs, newest first (`?limit=N`, default 100).",
+        request: None,
+        response: Some(schema::<RunList>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/v1/runs",
+        operation: "submitRun",
+        need: Need::Runner,
+        summary: "Queues a run of a pipeline file of the server. With an `Idempotency-Key` header, sending the same \
+                  key again answers the same run (200) instead of making another (201).",
+        request: Some(schema::<SubmitBody>),
+        response: Some(schema::<Submitted>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/runs/{run}",
+        operation: "getRun",
+        need: Need::Viewer,
+        summary: "A run with each step's state, the DAG's edges and its approval requests. The one-time codes of \
+                  waiting approvals are shown to the user who submitted the run and to no one else.",
+        request: None,
+        response: Some(schema::<RunDetail>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/v1/runs/{run}/cancel",
+        operation: "cancelRun",
+        need: Need::Runner,
+        summary: "Cancels a run that has not ended.",
+        request: None,
+        response: Some(schema::<RunOnly>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/runs/{run}/steps/{step}/log",
+        operation: "getLog",
+        need: Need::Viewer,
+        summary: "A step's log, every attempt in order, from byte `?offset=N`. With `?follow=true` the answer goes \
+                  on while the step runs and ends with it.",
+        request: None,
+        response: None,
+        produces: "text/plain; charset=utf-8",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/runs/{run}/artifacts",
+        operation: "listArtifacts",
+        need: Need::Viewer,
+        summary: "The outputs of a run's steps, with their digests.",
+        request: None,
+        response: Some(schema::<ArtifactList>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/artifacts/{sha256}",
+        operation: "getArtifact",
+        need: Need::Viewer,
+        summary: "An artifact's bytes, checked against its digest before they are sent.",
+        request: None,
+        response: None,
+        produces: "application/octet-stream",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/approvals",
+        operation: "listApprovals",
+        need: Need::Viewer,
+        summary: "Approval requests waiting for decisions.",
+        request: None,
+        response: Some(schema::<PendingList>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/v1/runs/{run}/approvals/{step}",
+        operation: "decideApproval",
+        need: Need::Approver,
+        summary: "Approves or denies a waiting request with its one-time code, as the calling user.",
+        request: Some(schema::<DecideBody>),
+        response: Some(schema::<Decided>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/tokens",
+        operation: "listTokens",
+        need: Need::Admin,
+        summary: "Publish tokens (never their secrets).",
+        request: None,
+        response: Some(schema::<TokenList>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/v1/tokens",
+        operation: "createToken",
+        need: Need::Admin,
+        summary: "Makes a publish token; its secret is in this answer and nowhere else.",
+        request: Some(schema::<crate::admin::CreateToken>),
+        response: Some(schema::<TokenCreated>),
+        produces: "application/json",
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/v1/tokens/{id}/revoke",
+        operation: "revokeToken",
+        need: Need::Admin,
+        summary: "Revokes a publish token.",
+        request: None,
+        response: Some(schema::<TokenOnly>),
+        produces: "application/json",
+    },
+];
+
+/// `GET /api/v1/whoami`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct WhoAmI {
+    /// The user's name in the policy.
+    pub user: String,
+    /// Their roles.
+    pub roles: Vec<String>,
+}
+
+/// `GET /api/v1/pipelines`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PipelineList {
+    /// Paths relative to the server's pipelines directory.
+    pub pipelines: Vec<String>,
+}
+
+/// `GET /api/v1/runs`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunList {
+    /// Newest first.
+    pub runs: Vec<RunSummary>,
+}
+
+/// A run in a list: its record without the submitted source.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunSummary {
+    /// Its id.
+    pub id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The pipeline file.
+    pub file: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: airlock_store::RunState,
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+    /// Why it failed or was cancelled.
+    pub reason: Option<String>,
+    /// Who submitted it, for runs submitted to a server.
+    pub requester: Option<String>,
+}
+
+impl From<&RunRecord> for RunSummary {
+    fn from(r: &RunRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            pipeline: r.pipeline.clone(),
+            file: r.file.clone(),
+            state: r.state,
+            created_ms: r.created_ms,
+            ended_ms: r.ended_ms,
+            reason: r.reason.clone(),
+            requester: r.submission.as_ref().map(|s| s.requester.clone()),
+        }
+    }
+}
+
+/// `POST /api/v1/runs`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    /// The pipeline file, relative to the server's pipelines directory.
+    pub pipeline: String,
+    /// Parameters, `NAME: VALUE`.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Submitted {
+    /// The run.
+    pub run: RunSummary,
+    /// False when the idempotency key had made this run before.
+    pub created: bool,
+}
+
+/// `GET /api/v1/runs/{run}`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunDetail {
+    /// The run.
+    pub run: RunSummary,
+    /// Its parameters.
+    pub params: BTreeMap<String, String>,
+    /// Its steps in pipeline order.
+    pub steps: Vec<StepRecord>,
+    /// For each step, the steps it needs (empty for runs of `airlock run`).
+    pub needs: BTreeMap<String, Vec<String>>,
+    /// Its approval requests.
+    pub approvals: Vec<ApprovalRecord>,
+    /// One-time codes of waiting approvals, by step: only for the user
+    /// who submitted the run.
+    pub codes: BTreeMap<String, String>,
+}
+
+/// A run alone.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunOnly {
+    /// The run.
+    pub run: RunSummary,
+}
+
+/// `GET /api/v1/runs/{run}/artifacts`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ArtifactList {
+    /// Every output of every step that succeeded.
+    pub artifacts: Vec<RunArtifact>,
+}
+
+/// One output of a step.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct RunArtifact {
+    /// The step.
+    pub step: String,
+    /// Its path in the step's workspace.
+    pub path: String,
+    /// sha256, hex: `GET /api/v1/artifacts/{sha256}` downloads it.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `GET /api/v1/approvals`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PendingList {
+    /// Requests waiting for decisions.
+    pub pending: Vec<ApprovalRecord>,
+}
+
+/// `POST /api/v1/runs/{run}/approvals/{step}`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideBody {
+    /// The request's one-time code.
+    pub code: String,
+    /// Approve (or deny).
+    pub approve: bool,
+    /// Why, for the audit.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A request with a decision.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Decided {
+    /// The request as it is now.
+    pub record: ApprovalRecord,
+}
+
+/// `GET /api/v1/tokens`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TokenList {
+    /// Every token.
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// A new token.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TokenCreated {
+    /// The secret: shown once.
+    pub token: String,
+    /// Its record.
+    pub record: TokenRecord,
+}
+
+/// A token's record.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TokenOnly {
+    /// Its record.
+    pub record: TokenRecord,
+}
+
+/// Every error of the API.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An error: a stable code and a message for people.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorDetail {
+    /// e.g. `forbidden`, `no_run`, `invalid_pipeline`.
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+/// Largest JSON body the run API reads.
+const MAX_BODY: usize = 64 << 10;
+/// How often a followed log is looked at.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Runs listed at most.
+const MAX_LIST: usize = 1000;
+
+/// The endpoint a request is for, and the values of its path's variables.
+pub fn find<'a>(method: &Method, path: &'a str) -> Option<(&'static Endpoint, Vec<&'a str>)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    ENDPOINTS.iter().find_map(|e| {
+        if e.method != method.as_str() && !(method == Method::HEAD && e.method == "GET") {
+            return None;
+        }
+        let template: Vec<&str> = e.path.split('/').collect();
+        if template.len() != parts.len() {
+            return None;
+        }
+        let mut values = Vec::new();
+        for (t, p) in template.iter().zip(&parts) {
+            if t.starts_with('{') {
+                if p.is_empty() {
+                    return None;
+                }
+                values.push(*p);
+            } else if t != p {
+                return None;
+            }
+        }
+        Some((e, values))
+    })
+}
+
+/// A user of the policy, as the server knows them.
+#[derive(Debug, Clone)]
+pub struct ApiUser {
+    /// Their name.
+    pub name: String,
+    /// sha256 of their API token.
+    pub token_sha256: String,
+    /// What they may do.
+    pub roles: Vec<Role>,
+}
+
+/// Whether a path is the run API's (the publish API shares `/api/v1`).
+pub fn is_run_api(path: &str) -> bool {
+    ["/api/v1/whoami", "/api/v1/pipelines", "/api/v1/runs", "/api/v1/artifacts", "/api/v1/approvals", "/api/v1/tokens"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+}
+
+/// Answers a run API request: finds the endpoint, authenticates, checks
+/// the role, then calls the handler.
+pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let Some((endpoint, vars)) = find(req.method(), &path) else {
+        let allowed: Vec<&str> = ENDPOINTS
+            .iter()
+            .filter(|e| find(&e.method.parse().unwrap_or(Method::GET), &path).is_some())
+            .map(|e| e.method)
+            .collect();
+        return if allowed.is_empty() {
+            error(StatusCode::NOT_FOUND, "not_found", format!("no API call `{} {}`", req.method(), crate::short(&path)))
+        } else {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("`{}` answers {}", crate::short(&path), allowed.join(", ")),
+            )
+        };
+    };
+    let user = match app.authenticate(req.headers()) {
+        Some(u) => u,
+        None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "this call needs a user: send `Authorization: Bearer alu_...` (`airlock user token` makes one for \
+                 the policy)"
+                    .into(),
+            );
+        }
+    };
+    if !endpoint.need.allows(&user.roles) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "`{}` needs the `{}` role; user `{}` does not have it",
+                endpoint.operation,
+                endpoint.need.as_str(),
+                user.name
+            ),
+        );
+    }
+    // A call that changes something, made with the web pages' cookie, must
+    // carry a header no other site's page can send without our consent.
+    if endpoint.method != "GET" && user.by_cookie && !req.headers().contains_key("x-airlock-csrf") {
+        return error(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "a call made with the session cookie needs `x-airlock-csrf: 1`".into(),
+        );
+    }
+    let var = |i: usize| vars.get(i).copied().unwrap_or_default().to_owned();
+    match endpoint.operation {
+        "whoami" => json(
+            StatusCode::OK,
+            &WhoAmI { user: user.name.clone(), roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect() },
+        ),
+        "listPipelines" => {
+            with_runs(app, |q| json(StatusCode::OK, &PipelineList { pipelines: list_pipelines(q.pipelines_dir()) }))
+        }
+        "listRuns" => list_runs(app, req.uri().query()),
+        "submitRun" => submit(app, &user.name, req).await,
+        "getRun" => get_run(app, &var(0), &user.name),
+        "cancelRun" => with_runs(app, |q| match q.cancel(&var(0)) {
+            Ok(run) => json(StatusCode::OK, &RunOnly { run: (&run).into() }),
+            Err(e) => queue_error(&e),
+        }),
+        "getLog" => log(app, &var(0), &var(1), req.uri().query()).await,
+        "listArtifacts" => list_artifacts(app, &var(0)),
+        "getArtifact" => artifact(app, &var(0)).await,
+        "listApprovals" => match app.store.pending_approvals() {
+            Ok(pending) => json(StatusCode::OK, &PendingList { pending }),
+            Err(e) => store_error(&e),
+        },
+        "decideApproval" => decide(app, &var(0), &var(1), &user.name, req).await,
+        "listTokens" => crate::admin::list_tokens(app),
+        "createToken" => match crate::read_json(req, MAX_BODY).await {
+            Ok(body) => crate::admin::create_token(app, body),
+            Err(r) => r,
+        },
+        "revokeToken" => crate::admin::revoke_token(app, &var(0)),
+        other => error(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("`{other}` has no handler")),
+    }
+}
+
+/// Who made a request.
+pub(crate) struct Caller {
+    pub(crate) name: String,
+    pub(crate) roles: Vec<Role>,
+    pub(crate) by_cookie: bool,
+}
+
+fn with_runs(app: &App, f: impl FnOnce(&airlock_runner::queue::RunQueue) -> Response<Body>) -> Response<Body> {
+    match &app.runs {
+        Some(q) => f(q),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into()),
+    }
+}
+
+fn store_error(e: &airlock_store::StoreError) -> Response<Body> {
+    use airlock_store::StoreError as E;
+    match e {
+        E::NoRun(_) | E::Ambiguous { .. } => error(StatusCode::NOT_FOUND, "no_run", e.to_string()),
+        E::NoStep { .. } => error(StatusCode::NOT_FOUND, "no_step", e.to_string()),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+fn queue_error(e: &airlock_runner::queue::QueueError) -> Response<Body> {
+    use airlock_runner::queue::QueueError as E;
+    let (status, code) = match e {
+        E::NoPipeline(_) => (StatusCode::NOT_FOUND, "no_pipeline"),
+        E::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_pipeline"),
+        E::Params(_) => (StatusCode::UNPROCESSABLE_ENTITY, "bad_params"),
+        E::Policy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "policy"),
+        E::Ended(_) => (StatusCode::CONFLICT, "run_ended"),
+        E::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+        E::Runner(airlock_runner::RunnerError::Store(s)) => return store_error(s),
+        E::Runner(_) => (StatusCode::INTERNAL_SERVER_ERROR, "engine"),
+    };
+    error(status, code, e.to_string())
+}
+
+/// The `.yaml` files of the pipelines directory and its subdirectories
+/// (one level down; `admin/` holds policies, not pipelines).
+fn list_pipelines(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let yaml = |p: &std::path::Path| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_file() && yaml(&path) {
+            found.push(name);
+        }
+    }
+    found.sort();
+    found
+}
+
+fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn list_runs(app: &App, query: Option<&str>) -> Response<Body> {
+    let limit = query_value(query, "limit").and_then(|v| v.parse().ok()).unwrap_or(100).min(MAX_LIST);
+    match app.store.runs() {
+        Ok(runs) => json(StatusCode::OK, &RunList { runs: runs.iter().take(limit).map(RunSummary::from).collect() }),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn submit(app: &App, user: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(queue) = app.runs.clone() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
+    };
+    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_idempotency_key",
+                "`Idempotency-Key` must be 1 to 200 visible ASCII characters".into(),
+            );
+        }
+    };
+    let body: SubmitBody = match crate::read_json(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let submit = airlock_runner::queue::Submit {
+        pipeline: body.pipeline,
+        params: body.params.into_iter().collect(),
+        requester: user.to_owned(),
+        key,
+    };
+    // Validation reads the pipeline file and checks plugins on disk.
+    match tokio::task::spawn_blocking(move || queue.submit(submit)).await {
+        Ok(Ok((run, created))) => {
+            json(if created { StatusCode::CREATED } else { StatusCode::OK }, &Submitted { run: (&run).into(), created })
+        }
+        Ok(Err(e)) => queue_error(&e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "engine", e.to_string()),
+    }
+}
+
+/// Every step's `needs`, from the source the run was submitted with.
+fn needs_of(run: &RunRecord) -> BTreeMap<String, Vec<String>> {
+    struct Anything;
+    impl airlock_model::Lookup for Anything {
+        fn plugin_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn dir_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn environment(&self, _: &str, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+        fn publish_target(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let Some(submission) = &run.submission else { return BTreeMap::new() };
+    match airlock_model::load(&submission.pipeline, &submission.source, &Anything) {
+        Ok(p) => p.steps.iter().map(|(name, step)| (name.clone(), step.needs.clone())).collect(),
+        Err(_) => BTreeMap::new(),
+    }
+}
+
+pub(crate) fn run_detail(app: &App, id: &str, user: &str) -> Result<RunDetail, Response<Body>> {
+    let run = app.store.find_run(id).map_err(|e| store_error(&e))?;
+    let steps = app.store.steps(&run).map_err(|e| store_error(&e))?;
+    let approvals = app.store.approvals(&run.id).map_err(|e| store_error(&e))?;
+    let mut codes = BTreeMap::new();
+    if let (Some(queue), Some(s)) = (&app.runs, &run.submission)
+        && s.requester == user
+    {
+        for a in approvals.iter().filter(|a| a.state == airlock_store::ApprovalState::Pending) {
+            if let Some(code) = queue.approval_code(&run.id, &a.step) {
+                codes.insert(a.step.clone(), code);
+            }
+        }
+    }
+    Ok(RunDetail {
+        run: (&run).into(),
+        params: run.params.clone(),
+        needs: app.needs(&run, needs_of),
+        steps,
+        approvals,
+        codes,
+    })
+}
+
+fn get_run(app: &App, id: &str, user: &str) -> Response<Body> {
+    match run_detail(app, id, user) {
+        Ok(detail) => json(StatusCode::OK, &detail),
+        Err(r) => r,
+    }
+}
+
+fn list_artifacts(app: &App, id: &str) -> Response<Body> {
+    let run = match app.store.find_run(id) {
+        Ok(r) => r,
+        Err(e) => return store_error(&e),
+    };
+    match app.store.steps(&run) {
+        Ok(steps) => {
+            let artifacts = steps
+                .iter()
+                .flat_map(|s| {
+                    s.outputs.iter().map(|o| RunArtifact {
+                        step: s.name.clone(),
+                        path: o.path.clone(),
+                        sha256: o.sha256.clone(),
+                        size: o.size,
+                    })
+                })
+                .collect();
+            json(StatusCode::OK, &ArtifactList { artifacts })
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn artifact(app: &App, sha256: &str) -> Response<Body> {
+    let Some(artifacts) = app.artifacts.clone() else {
+        return error(StatusCode::NOT_FOUND, "no_artifact", "this server keeps no artifacts".into());
+    };
+    match app.store.artifact(sha256) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error(StatusCode::NOT_FOUND, "no_artifact", format!("no artifact `{}`", crate::short(sha256)));
+        }
+        Err(e) => return store_error(&e),
+    }
+    let digest = sha256.to_owned();
+    match tokio::task::spawn_blocking(move || artifacts.read_verified(&digest)).await {
+        Ok(Ok(bytes)) => {
+            let mut r = Response::new(full(bytes));
+            let headers = r.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            if let Ok(v) = HeaderValue::from_str(sha256) {
+                headers.insert("x-airlock-sha256", v);
+            }
+            r
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "artifact_damaged", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "engine", e.to_string()),
+    }
+}
+
+/// A step's log: the stored attempts, then the one running now.
+fn log_now(
+    store: &airlock_store::Store,
+    live: Option<&airlock_runner::LiveLogs>,
+    run: &str,
+    step: &str,
+) -> Result<(Vec<u8>, bool), Response<Body>> {
+    let record = store.step(run, step).map_err(|e| store_error(&e))?;
+    let mut text = Vec::new();
+    let stored = store.logs(run, step).map_err(|e| store_error(&e))?;
+    let last_stored = stored.last().map(|l| l.attempt).unwrap_or(0);
+    for l in stored {
+        text.extend_from_slice(&l.bytes);
+    }
+    if let Some((attempt, bytes, _)) = live.and_then(|live| live.read(run, step, 0))
+        && attempt > last_stored
+    {
+        text.extend_from_slice(&bytes);
+    }
+    Ok((text, record.state.is_final()))
+}
+
+async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<Body> {
+    let run = match app.store.find_run(id) {
+        Ok(r) => r.id,
+        Err(e) => return store_error(&e),
+    };
+    let offset: usize = query_value(query, "offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let follow = query_value(query, "follow") == Some("true");
+    let (text, ended) = match log_now(&app.store, app.live.as_ref(), &run, step) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let text_response = |body: Body| {
+        let mut r = Response::new(body);
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        r
+    };
+    let first = text.get(offset..).unwrap_or_default().to_vec();
+    if !follow || ended {
+        return text_response(full(first));
+    }
+    // Follow: send what there is, then what comes, until the step ends.
+    let (store, live) = (app.store.clone(), app.live.clone());
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
+    let step = step.to_owned();
+    tokio::spawn(async move {
+        let mut sent = offset + first.len();
+        if !first.is_empty() && sender.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            let Ok((text, ended)) = log_now(&store, live.as_ref(), &run, &step) else { return };
+            if text.len() > sent {
+                let chunk = Bytes::copy_from_slice(&text[sent..]);
+                sent = text.len();
+                if sender.send(Ok(Frame::data(chunk))).await.is_err() {
+                    return;
+                }
+            }
+            if ended {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream_body(receiver);
+    text_response(stream)
+}
+
+fn tokio_stream_body(receiver: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>) -> Body {
+    let stream = futures_util::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|item| (item, r)) });
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
+async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<Incoming>) -> Response<Body> {
+    let body: DecideBody = match crate::read_json(req, MAX_BODY).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let run = match app.store.find_run(run) {
+        Ok(r) => r.id,
+        Err(e) => return store_error(&e),
+    };
+    crate::admin::decision(app, &run, step, user, &body.code, body.approve, body.reason.as_deref())
+}

@@ -1,0 +1,112 @@
+//! The OpenAPI document of the run API, made from the table the router
+//! uses ([`crate::api::ENDPOINTS`]) and the types the handlers answer
+//! with, so that it cannot say something the server does not do. A
+//! committed copy (`book/src/reference/openapi.json`) is checked against
+//! it by a test.
+
+use crate::api::{ENDPOINTS, ErrorBody};
+use schemars::generate::SchemaSettings;
+use serde_json::{Map, Value, json};
+
+/// The document, as JSON.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let error = generator.subschema_for::<ErrorBody>();
+    let mut paths = Map::new();
+    for e in ENDPOINTS {
+        let mut op = Map::new();
+        op.insert("operationId".into(), json!(e.operation));
+        op.insert("summary".into(), json!(e.summary));
+        op.insert("x-airlock-role".into(), json!(e.need.as_str()));
+        let parameters: Vec<Value> = e
+            .path
+            .split('/')
+            .filter_map(|part| part.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !parameters.is_empty() {
+            op.insert("parameters".into(), Value::Array(parameters));
+        }
+        if let Some(request) = e.request {
+            let schema = request(&mut generator);
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+            );
+        }
+        let success = match e.response {
+            Some(response) => json!({"schema": response(&mut generator)}),
+            None => json!({"schema": {"type": "string", "format": "binary"}}),
+        };
+        let status = if e.operation == "submitRun" { "201" } else { "200" };
+        let mut responses = Map::new();
+        responses.insert(status.into(), json!({"description": "success", "content": {e.produces: success}}));
+        if e.operation == "submitRun" {
+            responses.insert(
+                "200".into(),
+                json!({"description": "the run this idempotency key made before", "content": {e.produces: success}}),
+            );
+        }
+        responses.insert(
+            "default".into(),
+            json!({"description": "an error, with a stable code", "content": {"application/json": {"schema": error}}}),
+        );
+        op.insert("responses".into(), Value::Object(responses));
+        let path = paths.entry(e.path).or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(methods) = path {
+            methods.insert(e.method.to_ascii_lowercase(), Value::Object(op));
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "airlock run API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Runs, logs, artifacts, approvals and tokens of an `airlock serve`. Every call \
+                            authenticates a user of the admin policy with `Authorization: Bearer alu_...`; \
+                            `x-airlock-role` names the role each call needs (`admin` may call anything)."
+        },
+        "paths": paths,
+        "components": {
+            "schemas": generator.take_definitions(true),
+            "securitySchemes": {"user": {"type": "http", "scheme": "bearer"}}
+        },
+        "security": [{"user": []}]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed copy is what the server describes; `AIRLOCK_BLESS=1
+    /// cargo test -p airlock-server openapi` writes it anew.
+    #[test]
+    fn the_committed_openapi_document_has_not_drifted() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/src/reference/openapi.json");
+        let mut made = serde_json::to_string_pretty(&super::document()).expect("json");
+        made.push('\n');
+        if std::env::var_os("AIRLOCK_BLESS").is_some() {
+            std::fs::write(&path, &made).expect("write openapi.json");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == made,
+            "book/src/reference/openapi.json differs from what the server describes; \
+             run `AIRLOCK_BLESS=1 cargo test -p airlock-server openapi` and commit it"
+        );
+    }
+
+    /// Every endpoint answers JSON errors with the shared error schema, and
+    /// every path variable is declared.
+    #[test]
+    fn every_operation_has_a_role_and_its_parameters() {
+        let doc = super::document();
+        for (path, methods) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in methods.as_object().expect("methods") {
+                assert!(op["x-airlock-role"].is_string(), "{method} {path}");
+                let vars = path.matches('{').count();
+                let declared = op["parameters"].as_array().map(Vec::len).unwrap_or(0);
+                assert_eq!(vars, declared, "{method} {path}");
+            }
+        }
+    }
+}
