@@ -396,7 +396,7 @@ impl Engine {
         let mut states = Vec::with_capacity(dag.len());
         for index in 0..dag.len() {
             let name = dag.name(index);
-            let state = resume_step(&shared, name).await?;
+            let state = resume_step(&shared, name, &pipeline.steps[name]).await?;
             if state == StepState::Failed {
                 first_failure.get_or_insert_with(|| format!("step `{name}` failed"));
             }
@@ -553,7 +553,7 @@ fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated: bool) {
 /// Where a step of a run being (re)started is, after dealing with an
 /// attempt its engine did not see to the end. A succeeded step keeps its
 /// outputs, laid out again for the steps downstream.
-async fn resume_step(shared: &Shared, name: &str) -> Result<StepState, RunnerError> {
+async fn resume_step(shared: &Shared, name: &str, step: &Step) -> Result<StepState, RunnerError> {
     let record = shared.store.step(&shared.run_id, name)?;
     match record.state {
         StepState::Succeeded => {
@@ -574,7 +574,7 @@ async fn resume_step(shared: &Shared, name: &str) -> Result<StepState, RunnerErr
             }
             Ok(StepState::Succeeded)
         }
-        StepState::Running | StepState::Retrying if record.effect_started_ms.is_some() => {
+        StepState::Running | StepState::Retrying if record.effect_started_ms.is_some() && !idempotent(shared, step) => {
             let reason = format!(
                 "step `{name}`: the engine stopped after the deployment was handed to the provider; it may have \
                  happened, so it is not repeated; check the environment, then start a new run"
@@ -587,8 +587,9 @@ async fn resume_step(shared: &Shared, name: &str) -> Result<StepState, RunnerErr
             Ok(StepState::Failed)
         }
         StepState::Running | StepState::Retrying => {
-            // A plugin step touched nothing but its workspace, and a
-            // publish commits the same tree or nothing: both start again.
+            // A plugin step touched nothing but its workspace, a publish
+            // commits the same tree or nothing, and an idempotent provider
+            // applies a deployment's key once: all start again.
             // A wait for approval asks again, with a new code: the old
             // one was shown to a process that is gone.
             shared.store.discard_pending_approval(&shared.run_id, name)?;
@@ -607,6 +608,15 @@ async fn resume_step(shared: &Shared, name: &str) -> Result<StepState, RunnerErr
         }
         other => Ok(other),
     }
+}
+
+/// Whether a deploy step's provider may be sent the same deployment
+/// again (it recognises the deployment's idempotency key, `RUN/STEP`).
+/// A plugin's deploy request names its environment only at run time, so
+/// it is never sent again.
+fn idempotent(shared: &Shared, step: &Step) -> bool {
+    let (Some(spec), Some(policy)) = (&step.deploy, &shared.policy) else { return false };
+    policy.0.environments.get(&spec.environment).is_some_and(|e| e.provider.idempotent())
 }
 
 /// Copies a step's outputs from the artifact store, each checked against

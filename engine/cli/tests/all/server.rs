@@ -98,7 +98,7 @@ fn every_endpoint_is_denied_unless_the_role_allows_it() {
     let mut checked = 0;
     for (path, methods) in paths {
         for (method, op) in methods.as_object().expect("methods") {
-            let url = format!("{}{}", server.url, path.replace('{', "").replace('}', ""));
+            let url = format!("{}{}", server.url, path.replace(['{', '}'], ""));
             let method = method.to_ascii_uppercase();
             let role = op["x-airlock-role"].as_str().expect("role");
             let (status, body) = call(&agent, &method, &url, None, Some(json!({})), &[]).expect("call");

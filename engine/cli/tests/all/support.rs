@@ -131,12 +131,17 @@ pub fn user_token(scratch: &Path) -> User {
 pub struct Server {
     pub child: std::process::Child,
     pub url: String,
+    /// What the server wrote on stderr before the line with its address.
+    pub before: Vec<String>,
+    /// The rest of its stderr, line by line.
     pub stderr: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
     /// Starts `airlock serve` on `state` with `policy` and `pipelines`,
     /// and waits until it listens.
+    // The child is waited for by `kill`, which `Drop` calls.
+    #[allow(clippy::zombie_processes)]
     pub fn start(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut cmd = airlock(state);
@@ -160,13 +165,15 @@ impl Server {
             }
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut before = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|e| panic!("airlock serve did not start: {e}"));
             if let Some(rest) = line.strip_prefix("serving on ") {
                 let url = rest.split_whitespace().next().expect("url").trim_end_matches('/').to_owned();
-                return Self { child, url, stderr: rx };
+                return Self { child, url, before, stderr: rx };
             }
+            before.push(line);
         }
     }
 

@@ -48,7 +48,10 @@ pub fn current(root: &Path) -> Option<String> {
 
 /// Points `current` at `releases/NAME` in one rename.
 fn switch(root: &Path, name: &str) -> std::io::Result<()> {
-    let tmp = root.join(format!(".current-{}", std::process::id()));
+    // Named after the release: two deployments switching at once (two runs
+    // of one engine) must not share the temporary link. The last rename
+    // wins, and `current` is whole either way.
+    let tmp = root.join(format!(".current-{name}"));
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(Path::new("releases").join(name), &tmp)?;
     std::fs::rename(&tmp, root.join("current"))?;
@@ -91,7 +94,26 @@ fn deploy(
     let releases_dir = root.join("releases");
     std::fs::create_dir_all(&releases_dir)
         .map_err(|e| fail(root, format!("cannot create {}: {e}", releases_dir.display())))?;
-    let name = format!("{now_ms:013}-{}-{}", d.run, d.step);
+    // The same deployment again (its engine stopped before it could
+    // record the end): the release it made is found by its name and
+    // finished, not made twice.
+    let suffix = format!("-{}-{}", d.run, d.step);
+    let all = releases(root).map_err(|e| fail(root, format!("cannot list the releases: {e}")))?;
+    if let Some(made) = all.iter().find(|n| n.ends_with(&suffix)) {
+        let newer = current(root).is_some_and(|c| c.as_str() > made.as_str());
+        if !newer {
+            switch(root, made).map_err(|e| fail(root, format!("cannot switch `current`: {e}")))?;
+        }
+        return Ok(Deployed {
+            provider: "directory",
+            target: releases_dir.join(made).display().to_string(),
+            detail: format!(
+                "release {made} was made by an earlier try of this deployment; {}",
+                if newer { "`current` has moved on to a newer release since" } else { "`current` is on it" }
+            ),
+        });
+    }
+    let name = format!("{now_ms:013}{suffix}");
     let staging = tempfile::Builder::new()
         .prefix(".staging-")
         .tempdir_in(&releases_dir)
@@ -209,5 +231,27 @@ mod tests {
         assert!(e.to_string().contains("damaged"), "{e}");
         assert_eq!(std::fs::read_to_string(root.join("current/index.html")).expect("current"), "good");
         assert_eq!(releases(&root).expect("releases"), ["0000000000001-r1-deploy"], "no half release");
+    }
+
+    /// The same deployment sent again (its engine died before recording
+    /// the end) finds its release: one release, `current` on it, and a
+    /// later release is not undone.
+    #[test]
+    fn the_same_deployment_again_makes_no_second_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ArtifactStore::new(dir.path().join("artifacts"));
+        let root = dir.path().join("www");
+        let d = deployment("r1", &store, &[("index.html", b"one")]);
+        deploy(&d, &root, 5, &store, 1).expect("deploy");
+        // Cut off between the release and the switch.
+        std::fs::remove_file(root.join("current")).expect("unlink");
+        let again = deploy(&d, &root, 5, &store, 2).expect("again");
+        assert!(again.detail.contains("earlier try"), "{}", again.detail);
+        assert_eq!(releases(&root).expect("releases"), ["0000000000001-r1-deploy"]);
+        assert_eq!(current(&root).as_deref(), Some("0000000000001-r1-deploy"));
+        let later = deployment("r2", &store, &[("index.html", b"two")]);
+        deploy(&later, &root, 5, &store, 3).expect("later");
+        deploy(&d, &root, 5, &store, 4).expect("once more");
+        assert_eq!(current(&root).as_deref(), Some("0000000000003-r2-deploy"));
     }
 }

@@ -226,7 +226,14 @@ mod tests {
     }
 
     fn http(url: &str, auth: HttpAuth, payload: Payload) -> Provider {
-        Provider::Http { url: url.into(), method: HttpMethod::Put, auth, credential: Some("key".into()), payload }
+        Provider::Http {
+            url: url.into(),
+            method: HttpMethod::Put,
+            auth,
+            credential: Some("key".into()),
+            payload,
+            idempotent: false,
+        }
     }
 
     fn deployment(store: &ArtifactStore) -> Deployment {

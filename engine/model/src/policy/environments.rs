@@ -13,7 +13,7 @@ const CREDENTIAL_KEYS: &[&str] = &["env", "file", "expires"];
 const APPROVAL_KEYS: &[&str] = &["required", "groups", "requester_may_approve", "timeout"];
 const GRANT_KEYS: &[&str] = &["interfaces", "plugins", "limits"];
 const PROVIDERS: &[&str] = &["http", "directory", "command"];
-const HTTP_KEYS: &[&str] = &["type", "url", "method", "auth", "credential", "payload"];
+const HTTP_KEYS: &[&str] = &["type", "url", "method", "auth", "credential", "payload", "idempotent"];
 const DIRECTORY_KEYS: &[&str] = &["type", "path", "keep"];
 const COMMAND_KEYS: &[&str] = &["type", "argv", "timeout", "credentials"];
 
@@ -71,6 +71,10 @@ pub enum Provider {
         credential: Option<String>,
         /// What is sent.
         payload: Payload,
+        /// The receiver applies a request whose `Idempotency-Key` it has
+        /// seen before at most once: a deployment cut off by an engine
+        /// that stopped may be sent again, with the same key.
+        idempotent: bool,
     },
     /// Copies the artifacts into a new release directory and switches a
     /// `current` link to it.
@@ -91,6 +95,19 @@ pub enum Provider {
         /// `AIRLOCK_CREDENTIAL_<NAME>`.
         credentials: Vec<String>,
     },
+}
+
+impl Provider {
+    /// Whether sending the same deployment again is safe: the `http`
+    /// receiver says it honours idempotency keys, or the `directory`
+    /// provider, which finds a release it made before by its name.
+    pub fn idempotent(&self) -> bool {
+        match self {
+            Provider::Http { idempotent, .. } => *idempotent,
+            Provider::Directory { .. } => true,
+            Provider::Command { .. } => false,
+        }
+    }
 }
 
 /// The method of an `http` provider.
@@ -468,7 +485,17 @@ fn provider(
                     )
                 })
                 .unwrap_or(Some(Payload::Artifacts));
-            Some(Provider::Http { url: url?, method: method?, auth: auth?, credential, payload: payload? })
+            let idempotent = get(entries, "idempotent")
+                .map(|i| choice(c, i, &join(path, "idempotent"), &[("true", true), ("false", false)]))
+                .unwrap_or(Some(false));
+            Some(Provider::Http {
+                url: url?,
+                method: method?,
+                auth: auth?,
+                credential,
+                payload: payload?,
+                idempotent: idempotent?,
+            })
         }
         1 => {
             let dir = required(c, "path").and_then(|p| c.scalar(p, &join(path, "path")).map(str::to_owned));

@@ -242,6 +242,7 @@ mod tests {
                 auth: HttpAuth::Bearer,
                 credential: Some("token".into()),
                 payload: Payload::Manifest,
+                idempotent: false,
             }
         );
         assert_eq!(staging.credentials["token"].source, CredentialSource::Env("STAGING_TOKEN".into()));

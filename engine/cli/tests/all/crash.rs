@@ -1,0 +1,318 @@
+//! The crash harness: `airlock serve` killed with SIGKILL at random points
+//! while runs go on, fifty times, and started again each time.
+//!
+//! The pipeline has four parallel steps, a join, a publish, a deploy to
+//! an HTTP receiver on loopback that honours idempotency keys, and a
+//! deploy to a directory. Runs are submitted with idempotency keys; a
+//! submission whose answer was lost to a kill is sent again to the next
+//! server. Afterwards:
+//! - every acknowledged submission is exactly one run, and every run ended:
+//!   succeeded, or failed with a reason;
+//! - no step recorded succeeded ran again (its history ends there);
+//! - each deployment was applied at most once (the receiver by its key,
+//!   the directory by its release), and every deploy step recorded
+//!   succeeded was applied;
+//! - every publish step recorded succeeded left its build in the target;
+//! - every digest in the artifact index is in the artifact store and
+//!   hashes to itself.
+//!
+//! `AIRLOCK_CRASH_SEED=N` repeats a sequence of kill times.
+
+use crate::server::tick;
+use crate::support::{Scratch, Server, airlock, call, http, output, user_token};
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KILLS: usize = 50;
+const CANARY: &str = "canary-crash-deploy-key-51c0";
+
+/// Requests a receiver got, by idempotency key: (requests, applied).
+type Seen = Arc<Mutex<HashMap<String, (u32, u32)>>>;
+
+/// An HTTP deploy target that applies each idempotency key once (a key
+/// seen before is answered, not applied again) and takes its time, so
+/// that kills land while it works.
+fn receiver() -> (String, Seen) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("receiver");
+    let url = format!("http://{}/deploy", server.server_addr().to_ip().expect("ip"));
+    let seen: Seen = Arc::default();
+    let counts = seen.clone();
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let counts = counts.clone();
+            // One thread a request: a request left over from a killed
+            // engine does not hold up the next engine's.
+            std::thread::spawn(move || {
+                let key = req.headers().iter().find(|h| h.field.equiv("idempotency-key")).map(|h| h.value.to_string());
+                let first = {
+                    let mut counts = counts.lock().expect("lock");
+                    let entry = counts.entry(key.unwrap_or_default()).or_default();
+                    entry.0 += 1;
+                    entry.1 = 1;
+                    entry.0 == 1
+                };
+                std::thread::sleep(Duration::from_millis(150));
+                let status = if first { 201 } else { 200 };
+                let _ = req.respond(tiny_http::Response::from_string("deployed").with_status_code(status));
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn runs_survive_fifty_sigkills_of_the_server() {
+    let seed = std::env::var("AIRLOCK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("crash harness seed: {seed} (AIRLOCK_CRASH_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let s = Scratch::new();
+    let user = user_token(s.path());
+    let (deploy_url, deployed) = receiver();
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "users:\n  rue: {{ token_sha256: {}, roles: [runner] }}\n\
+             targets:\n  snaps: {{ dir: published }}\n\
+             environments:\n  prod:\n    provider: {{ type: http, url: '{deploy_url}', auth: bearer, credential: key, idempotent: true }}\n    \
+             credentials: {{ key: {{ env: CRASH_DEPLOY_KEY, expires: '2099-01-01' }} }}\n    pipelines: [crash]\n  \
+             www:\n    provider: {{ type: directory, path: www, keep: 1000 }}\n    pipelines: [crash]\n",
+            user.digest
+        ),
+    );
+    let tick = tick();
+    let mut yaml = String::from("name: crash\nsteps:\n");
+    for i in 1..=4 {
+        yaml.push_str(&format!(
+            "  a{i}:\n    uses: {tick}\n    args: [\"3\", \"30\", out-{i}.txt]\n    outputs: [out-{i}.txt]\n"
+        ));
+    }
+    yaml.push_str(&format!(
+        "  join:\n    uses: {tick}\n    needs: [a1, a2, a3, a4]\n    inputs: [a1, a2, a3, a4]\n    \
+         args: [\"2\", \"30\", joined.txt]\n    outputs: [joined.txt]\n  \
+         publish:\n    needs: [join]\n    publish: {{ target: snaps, build: \"b-${{{{ run.id }}}}\", from: [join] }}\n  \
+         deploy:\n    needs: [publish]\n    deploy: {{ environment: prod, from: [join] }}\n  \
+         www:\n    needs: [deploy]\n    deploy: {{ environment: www, from: [join] }}\n"
+    ));
+    s.file("pipes/crash.yaml", yaml);
+    let (state, pipes) = (s.state(), s.path().join("pipes"));
+    let env = [("CRASH_DEPLOY_KEY", CANARY)];
+    let agent = http();
+    let submit = |url: &str, key: &str| -> Option<String> {
+        let answer = call(
+            &agent,
+            "POST",
+            &format!("{url}/api/v1/runs"),
+            Some(&user.token),
+            Some(json!({"pipeline": "crash.yaml"})),
+            &[("idempotency-key", key)],
+        );
+        match answer {
+            Ok((200 | 201, body)) => Some(body["run"]["id"].as_str().expect("id").to_owned()),
+            Ok((status, body)) => panic!("submission refused: {status} {body}"),
+            // The server died under the request: the key goes again later.
+            Err(_) => None,
+        }
+    };
+
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    let mut unanswered: Vec<String> = Vec::new();
+    for round in 0..KILLS {
+        let mut server = Server::start(&state, &policy, &pipes, &env);
+        unanswered.push(format!("key-{round}"));
+        let started = Instant::now();
+        let kill_after = Duration::from_millis(rng.random_range(0..700));
+        for key in std::mem::take(&mut unanswered) {
+            match submit(&server.url, &key) {
+                Some(id) => {
+                    if let Some(before) = acked.insert(key.clone(), id.clone()) {
+                        assert_eq!(before, id, "key {key} answered two different runs");
+                    }
+                }
+                None => unanswered.push(key),
+            }
+        }
+        std::thread::sleep(kill_after.saturating_sub(started.elapsed()));
+        server.kill();
+    }
+
+    // The last start: everything left goes on to its end.
+    let server = Server::start(&state, &policy, &pipes, &env);
+    for key in std::mem::take(&mut unanswered) {
+        let id = submit(&server.url, &key).expect("the last server answers");
+        acked.insert(key, id);
+    }
+    assert_eq!(acked.len(), KILLS);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let runs = loop {
+        let (status, list) =
+            call(&agent, "GET", &format!("{}/api/v1/runs?limit=1000", server.url), Some(&user.token), None, &[])
+                .expect("runs");
+        assert_eq!(status, 200);
+        let runs = list["runs"].as_array().expect("runs").clone();
+        if runs.iter().all(|r| !["queued", "running"].contains(&r["state"].as_str().expect("state"))) {
+            break runs;
+        }
+        assert!(Instant::now() < deadline, "runs did not end: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut server = server;
+    server.stop();
+
+    // One run per key, no more.
+    let mut ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().expect("id")).collect();
+    ids.sort();
+    let mut expected: Vec<&str> = acked.values().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "runs on the server are not the acknowledged submissions");
+
+    let deployed = deployed.lock().expect("lock").clone();
+    let (mut succeeded, mut resumed) = (0, 0);
+    let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+    let mut resent = 0;
+    for id in &ids {
+        let (code, shown, stderr) = output(airlock(&state).args(["show", id, "--json"]));
+        assert_eq!(code, 0, "{stderr}");
+        let shown: Value = serde_json::from_str(&shown).expect("json");
+        let run = &shown["run"];
+        match run["state"].as_str().expect("state") {
+            "succeeded" => succeeded += 1,
+            "failed" => {
+                let reason = run["reason"].as_str().unwrap_or_default();
+                assert!(!reason.is_empty(), "{shown}");
+                let failed = shown["steps"].as_array().expect("steps").iter().find(|s| s["state"] == "failed");
+                let why = failed.and_then(|s| s["reason"].as_str()).unwrap_or(reason);
+                *failures.entry(why.replace(id, "RUN")).or_default() += 1;
+            }
+            other => panic!("run {id} ended {other}: {shown}"),
+        }
+        let events = shown["events"].as_array().expect("events");
+        if events.iter().any(|e| e["step"].is_null() && e["detail"].as_str().is_some_and(|d| d.starts_with("resumed")))
+        {
+            resumed += 1;
+        }
+        // A step's history ends where it succeeded.
+        for step in shown["steps"].as_array().expect("steps") {
+            let name = step["name"].as_str().expect("name");
+            let history: Vec<&Value> = events.iter().filter(|e| e["step"] == name).collect();
+            if let Some(at) = history.iter().position(|e| e["state"] == "succeeded") {
+                assert_eq!(at + 1, history.len(), "step {name} of run {id} went on after it succeeded: {history:?}");
+                assert_eq!(step["state"], "succeeded");
+            }
+        }
+        let step = |name: &str| shown["steps"].as_array().expect("steps").iter().find(|s| s["name"] == name).cloned();
+        let (requests, applied) = deployed.get(&format!("{id}/deploy")).copied().unwrap_or((0, 0));
+        resent += requests.saturating_sub(1);
+        if step("deploy").expect("deploy")["state"] == "succeeded" {
+            assert_eq!(applied, 1, "run {id} recorded a deployment the receiver never got");
+        }
+        let releases: Vec<String> = std::fs::read_dir(s.path().join("www/releases"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let made = releases.iter().filter(|r| r.ends_with(&format!("-{id}-www"))).count();
+        assert!(made <= 1, "run {id} made {made} releases");
+        if step("www").expect("www")["state"] == "succeeded" {
+            assert_eq!(made, 1, "run {id} recorded a release that is not there");
+        }
+        if step("publish").expect("publish")["state"] == "succeeded" {
+            assert!(s.path().join(format!("published/builds/b-{id}.json")).is_file(), "run {id}: publish lost");
+        }
+    }
+    eprintln!(
+        "{KILLS} kills: {succeeded} runs succeeded, {resumed} were resumed after a kill, \
+         {resent} deployments were sent again with their key; failures: {failures:#?}"
+    );
+    // Every provider here may be sent a deployment again, so nothing a kill
+    // interrupts has to fail: a failed run is a bug.
+    assert!(failures.is_empty(), "{} of {KILLS} runs failed", KILLS - succeeded);
+    assert!(resumed >= 5, "only {resumed} runs were resumed: the kills did not land while runs ran");
+
+    // Every digest the index knows is in the artifact store, intact.
+    let store = airlock_store::Store::open(&state).expect("store");
+    let artifacts = airlock_host::ArtifactStore::new(state.join("artifacts"));
+    let indexed = store.artifacts().expect("index");
+    assert!(!indexed.is_empty());
+    for (sha, record) in indexed {
+        artifacts.verify(&sha).unwrap_or_else(|e| panic!("indexed artifact {sha} ({} bytes): {e}", record.size));
+    }
+    // And the credential went to the receiver only.
+    for file in crate::support::files_below(&state) {
+        if !file.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&file).expect("read");
+        assert!(memchr::memmem::find(&bytes, CANARY.as_bytes()).is_none(), "{} holds the credential", file.display());
+    }
+}
+
+/// A deployment to a provider that cannot tell a second try from a new
+/// deployment (a command) is never sent again: killed while the provider
+/// works, the run fails on restart, saying why, and the command ran once.
+#[test]
+fn a_deploy_cut_off_by_a_kill_is_not_sent_again_unless_its_provider_is_idempotent() {
+    let s = Scratch::new();
+    let user = user_token(s.path());
+    let log = s.path().join("deployed.log");
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "users:\n  rue: {{ token_sha256: {}, roles: [runner] }}\n\
+             environments:\n  ops:\n    provider: {{ type: command, argv: [/bin/sh, -c, 'echo \"$AIRLOCK_IDEMPOTENCY_KEY\" >> {}; /bin/sleep 3'], timeout: 30s }}\n    pipelines: [once]\n",
+            user.digest,
+            log.display()
+        ),
+    );
+    s.file(
+        "pipes/once.yaml",
+        format!(
+            "name: once\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", out.txt]\n    outputs: [out.txt]\n  \
+             ship:\n    needs: [a]\n    deploy: {{ environment: ops, from: [a] }}\n",
+            tick()
+        ),
+    );
+    let (state, pipes) = (s.state(), s.path().join("pipes"));
+    let agent = http();
+    let mut server = Server::start(&state, &policy, &pipes, &[]);
+    let (status, body) = call(
+        &agent,
+        "POST",
+        &format!("{}/api/v1/runs", server.url),
+        Some(&user.token),
+        Some(json!({"pipeline": "once.yaml"})),
+        &[],
+    )
+    .expect("submit");
+    assert_eq!(status, 201, "{body}");
+    let id = body["run"]["id"].as_str().expect("id").to_owned();
+    // Kill once the provider has the deployment.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, detail) =
+            call(&agent, "GET", &format!("{}/api/v1/runs/{id}", server.url), Some(&user.token), None, &[])
+                .expect("get");
+        let ship = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "ship").cloned();
+        if ship.is_some_and(|s| s["effect_started_ms"].is_u64()) && log.is_file() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deploy never started: {detail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.kill();
+
+    let server = Server::start(&state, &policy, &pipes, &[]);
+    let said =
+        server.before.iter().chain(server.stderr.try_iter().collect::<Vec<_>>().iter()).cloned().collect::<Vec<_>>();
+    assert!(
+        said.iter().any(|l| l.contains(&id) && l.contains("goes on")),
+        "the server did not say it resumed the run: {said:?}"
+    );
+    let detail = crate::server::wait_for_end(&agent, &server.url, &user.token, &id);
+    assert_eq!(detail["run"]["state"], "failed", "{detail}");
+    let ship = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "ship").cloned().expect("ship");
+    assert!(ship["reason"].as_str().expect("reason").contains("it may have happened, so it is not repeated"), "{ship}");
+    let a = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "a").cloned().expect("a");
+    assert_eq!(a["attempts"], 1, "a step that had succeeded ran again: {a}");
+    assert_eq!(std::fs::read_to_string(&log).expect("log"), format!("{id}/ship\n"), "the command ran again");
+}
