@@ -109,4 +109,17 @@ mod tests {
             }
         }
     }
+
+    /// The book's table of calls lists every endpoint with its role, so
+    /// the reference cannot leave one out.
+    #[test]
+    fn the_book_lists_every_call_with_its_role() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../book/src/reference/api.md");
+        let book = std::fs::read_to_string(path).expect("api.md");
+        for e in crate::api::ENDPOINTS {
+            let row = format!("| `{} {}` | {} |", e.method, e.path, e.need.as_str());
+            assert!(book.contains(&row), "book/src/reference/api.md has no row starting `{row}`");
+        }
+    }
 }
+
