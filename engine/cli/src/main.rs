@@ -184,7 +184,7 @@ struct RunArgs {
     file: PathBuf,
     /// Submit the run to this `airlock serve` (e.g. http://127.0.0.1:8480)
     /// and follow it there, as the user of AIRLOCK_USER_TOKEN.
-    #[arg(long, value_name = "URL", env = "AIRLOCK_SERVER")]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["jobs", "keep_workspaces"])]
     server: Option<String>,
     /// Set a pipeline parameter (repeatable).
     #[arg(short, long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
