@@ -33,6 +33,17 @@ mod exit {
     pub const CANCELLED: u8 = 130;
 }
 
+/// An error and every cause under it, on one line: `a: b: c`.
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 const AFTER_HELP: &str = "\
 Exit codes:
   0    success

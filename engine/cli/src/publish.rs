@@ -543,15 +543,11 @@ impl Api {
     }
 
     async fn send(&self, req: Request<Body>) -> Result<(StatusCode, Bytes), Fail> {
-        let resp = self.client.request(req).await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            fail(exit::ERROR, format!("cannot reach the server: {text}"))
-        })?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| fail(exit::ERROR, format!("cannot reach the server: {}", crate::cause_chain(&e))))?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()

@@ -48,15 +48,11 @@ impl Remote {
             req = req.header("idempotency-key", key);
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = self.client.request(req).await.map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                text.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            anyhow::anyhow!("cannot reach the server: {text}")
-        })?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the server: {}", crate::cause_chain(&e)))?;
         let status = resp.status();
         let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()

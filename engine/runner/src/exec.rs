@@ -397,8 +397,16 @@ impl Engine {
         for index in 0..dag.len() {
             let name = dag.name(index);
             let state = resume_step(&shared, name, &pipeline.steps[name]).await?;
-            if state == StepState::Failed {
-                first_failure.get_or_insert_with(|| format!("step `{name}` failed"));
+            match state {
+                StepState::Failed => {
+                    first_failure.get_or_insert_with(|| format!("step `{name}` failed"));
+                }
+                // Cancelled while its run was being cancelled, before the
+                // engine stopped: the run cannot succeed without it.
+                StepState::Cancelled => {
+                    first_failure.get_or_insert_with(|| format!("step `{name}` was cancelled"));
+                }
+                _ => {}
             }
             states.push(state);
         }

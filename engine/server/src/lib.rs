@@ -71,6 +71,8 @@ const SEND_CHUNK: usize = 256 << 10;
 
 /// How long a web sign-in lasts.
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
+/// Web sign-ins kept at most.
+const MAX_SESSIONS: usize = 10_000;
 /// Runs whose DAG edges are kept parsed.
 const NEEDS_CACHE: usize = 1024;
 
@@ -157,8 +159,26 @@ impl App {
         let user = self.user_by_token(token)?.name.clone();
         let session = hex::encode(rand::random::<[u8; 32]>());
         let digest = airlock_store::user_token_digest(&session);
-        self.sessions.lock().ok()?.insert(digest, (user, now_ms() + SESSION_TTL_MS));
+        let mut sessions = self.sessions.lock().ok()?;
+        let now = now_ms();
+        sessions.retain(|_, (_, expires)| *expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            // Signing in again and again cannot grow the server without
+            // bound; the oldest sign-ins go first.
+            let oldest = sessions.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(digest, (user, now + SESSION_TTL_MS));
         Some(session)
+    }
+
+    /// Ends the web session of this cookie value.
+    fn sign_out(&self, session: &str) {
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(&airlock_store::user_token_digest(session));
+        }
     }
 
     /// The DAG edges of a run, parsed once.

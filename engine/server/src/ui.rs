@@ -51,6 +51,9 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         (Method::GET, ["login"]) => login_page(None),
         (Method::POST, ["login"]) => sign_in(app, req).await,
         (Method::POST, ["logout"]) => {
+            if let Some(session) = session_cookie(req.headers()) {
+                app.sign_out(session);
+            }
             let mut r = see_other("/ui/login");
             r.headers_mut().insert(
                 header::SET_COOKIE,
@@ -96,7 +99,8 @@ fn page(title: &str, body: &str, refresh: bool) -> Response<Body> {
          pre{{background:#0f1419;color:#e6e1cf;padding:1rem;overflow:auto;min-height:8rem;white-space:pre-wrap}}\
          .box{{border:1px solid #ccd;padding:1rem;margin:1rem 0}}input{{font:inherit;padding:.3rem}}\
          button{{font:inherit;padding:.3rem 1rem;margin-right:.5rem}}#result{{font-weight:600}}\
-         </style></head><body><nav><a href=\"/ui\">runs</a></nav><h1>{t}</h1>\n{body}\
+         </style></head><body><nav><a href=\"/ui\">runs</a> · <form method=\"post\" action=\"/ui/logout\" \
+         style=\"display:inline\"><button type=\"submit\" id=\"sign-out\">sign out</button></form></nav><h1>{t}</h1>\n{body}\
          <script src=\"/ui/app.js\"></script></body></html>\n",
         t = escape(title)
     );

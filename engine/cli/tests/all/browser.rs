@@ -236,6 +236,10 @@ fn pages_show_runs_and_a_deploy_is_approved_from_the_browser() {
         let result = wait_text(&client, "#result", |t| t.contains("Approved")).await;
         assert!(result.contains("approved"), "{result}");
         shoot(&client, "approved.png").await;
+        // Signing out ends the session on the server too.
+        client.find(Locator::Id("sign-out")).await.expect("sign out").click().await.expect("click");
+        client.goto(&format!("{url}/ui/runs/{id}")).await.expect("goto");
+        assert!(client.current_url().await.expect("url").as_str().ends_with("/ui/login"));
         client.close().await.expect("close");
     });
 
