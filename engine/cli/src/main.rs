@@ -54,9 +54,9 @@ Exit codes:
 
 Environment:
   AIRLOCK_STATE_DIR  where runs, logs and artifacts are kept (default .airlock)
-  AIRLOCK_POLICY     the admin policy file (publish targets)
+  AIRLOCK_POLICY     the admin policy file (users, targets, environments)
   AIRLOCK_TOKEN      the token `airlock publish` sends
-  AIRLOCK_USER_TOKEN your user API token (`airlock run`, `airlock approve`)
+  AIRLOCK_USER_TOKEN your user API token (`airlock run [--server]`, `airlock approve`)
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -75,8 +75,8 @@ struct Cli {
     )]
     state_dir: PathBuf,
 
-    /// The admin policy file: publish targets. Needed by `serve` and by
-    /// pipelines with publish steps.
+    /// The admin policy file: users, publish targets, environments. Needed
+    /// by `serve` and by pipelines that publish or deploy.
     #[arg(long, global = true, env = "AIRLOCK_POLICY", value_name = "FILE")]
     policy: Option<PathBuf>,
 
@@ -86,7 +86,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline and wait for it to end.
+    /// Run a pipeline (here, or on a server with `--server`) and wait for it to end.
     Run(RunArgs),
     /// Check pipeline files and report every problem found.
     Validate {
@@ -123,7 +123,7 @@ enum Command {
     },
     /// Print the JSON Schema of the pipeline format.
     Schema,
-    /// Serve published trees and the publish API over HTTP.
+    /// Run pipelines for a team: the run API, web pages, publish targets.
     Serve(serve::ServeArgs),
     /// Publish files to an `airlock serve`, uploading only what it lacks.
     Publish(publish::PublishArgs),
