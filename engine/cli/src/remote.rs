@@ -22,6 +22,8 @@ use std::time::Duration;
 const POLL: Duration = Duration::from_millis(500);
 /// Tries of a submission whose answer did not arrive.
 const SUBMIT_TRIES: u32 = 5;
+/// Lines of a failed step's log shown at the end.
+const LOG_TAIL: usize = 20;
 /// Largest answer read.
 const MAX_ANSWER: usize = 64 << 20;
 
@@ -191,6 +193,21 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
     if json {
         println!("{}", serde_json::to_string_pretty(&detail)?);
     } else {
+        // What a failed step said last, so the reason is on screen.
+        for step in detail.steps.iter().filter(|s| s.state == airlock_store::StepState::Failed) {
+            let path = format!("/api/v1/runs/{id}/steps/{}/log", step.name);
+            if let Ok((status, bytes)) = remote.call(Method::GET, &path, None, None).await
+                && status.is_success()
+                && !bytes.is_empty()
+            {
+                let text = airlock_model::text::neutralize(&bytes);
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("── last lines of `{}`'s log ──", step.name);
+                for line in &lines[lines.len().saturating_sub(LOG_TAIL)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
         eprintln!(
             "run {id} {}{}",
             detail.run.state.as_str(),

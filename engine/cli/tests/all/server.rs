@@ -298,6 +298,7 @@ fn airlock_run_with_a_server_submits_and_follows() {
     let (code, _, stderr) = remote(&people.runner.token, "fail.yaml");
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("failed") && stderr.contains("oops"), "{stderr}");
+    assert!(stderr.contains("last lines of `oops`'s log") && stderr.contains("usage: tick"), "{stderr}");
     let (code, _, stderr) = remote(&people.viewer.token, "two.yaml");
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("needs the `runner` role"), "{stderr}");
