@@ -168,6 +168,13 @@ fn pages_show_runs_and_a_deploy_is_approved_from_the_browser() {
         assert!(Instant::now() < deadline, "no approval request: {detail}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    let (status, pending) =
+        call(&agent, "GET", &format!("{url}/api/v1/approvals"), Some(&bob.token), None, &[]).expect("list");
+    assert_eq!(
+        (status, &pending["pending"][0]["run"], &pending["pending"][0]["step"]),
+        (200, &json!(id), &json!("ship"))
+    );
+    assert!(pending["pending"][0].get("code").is_none(), "{pending}");
     let (_, as_bob) =
         call(&agent, "GET", &format!("{url}/api/v1/runs/{id}"), Some(&bob.token), None, &[]).expect("get");
     assert_eq!(as_bob["codes"], json!({}), "the code is shown to the requester only");

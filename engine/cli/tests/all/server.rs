@@ -313,3 +313,34 @@ fn airlock_run_with_a_server_submits_and_follows() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("AIRLOCK_USER_TOKEN"), "{stderr}");
 }
+
+/// Tokens through the API: an admin makes one, lists it, revokes it; the
+/// secret is in the answer that made it and nowhere after.
+#[test]
+fn an_admin_manages_publish_tokens_through_the_api() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file("policy.yaml", format!("{}targets:\n  snaps: {{ dir: published }}\n", people.yaml()));
+    let server = Server::start(&s.state(), &policy, &pipelines(&s), &[]);
+    let (agent, url, admin) = (http(), server.url.clone(), people.admin.token.as_str());
+    let tokens = format!("{url}/api/v1/tokens");
+    let spec = json!({"scope": "publish:snaps/b1", "ttl_ms": 60000});
+    let (status, made) = call(&agent, "POST", &tokens, Some(admin), Some(spec), &[]).expect("create");
+    assert_eq!(status, 201, "{made}");
+    let secret = made["token"].as_str().expect("token");
+    assert!(secret.starts_with("alk_"));
+    let id = made["record"]["id"].as_str().expect("id");
+    let (status, listed) = call(&agent, "GET", &tokens, Some(admin), None, &[]).expect("list");
+    assert_eq!((status, &listed["tokens"][0]["id"]), (200, &json!(id)));
+    assert!(!listed.to_string().contains(secret), "a listing shows the secret");
+    let revoke = format!("{tokens}/{id}/revoke");
+    let (status, revoked) = call(&agent, "POST", &revoke, Some(admin), None, &[]).expect("revoke");
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked["record"]["revoked_ms"].is_u64(), "{revoked}");
+    let spec = json!({"scope": "publish:nowhere/b1", "ttl_ms": 1000});
+    let (status, body) = call(&agent, "POST", &tokens, Some(admin), Some(spec), &[]).expect("create");
+    assert_eq!((status, &body["error"]["code"]), (422, &json!("no_target")));
+    let (status, body) =
+        call(&agent, "POST", &format!("{tokens}/nope/revoke"), Some(admin), None, &[]).expect("revoke");
+    assert_eq!((status, &body["error"]["code"]), (404, &json!("no_token")));
+}
