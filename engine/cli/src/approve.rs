@@ -26,6 +26,10 @@ pub struct ApproveArgs {
     /// Print the request, as decided, as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Decide through this `airlock serve`'s run API (e.g.
+    /// http://127.0.0.1:8480) instead of a state directory on this machine.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
 }
 
 /// Records a decision: through the admin socket of the `airlock run`
@@ -33,45 +37,52 @@ pub struct ApproveArgs {
 /// none does.
 pub fn approve(state_dir: &Path, policy: Option<&Path>, args: ApproveArgs) -> anyhow::Result<u8> {
     let socket = airlock_server::admin::socket_path(state_dir);
-    let decided: Result<airlock_store::ApprovalRecord, (u8, String)> =
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-            let body = airlock_server::admin::Decide {
-                token: args.token.clone(),
-                code: args.code.clone(),
-                approve: !args.deny,
-                reason: args.reason.clone(),
-            };
-            let path = format!("/admin/v1/approvals/{}/{}", args.run, args.step);
-            let (status, bytes) = crate::tokens::admin_request(&socket, "POST", &path, Some(&body))?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            if status.is_success() {
-                Ok(serde_json::from_value(v["record"].clone())?)
-            } else {
-                let code = if status.is_server_error() { exit::ERROR } else { exit::FAILED };
-                Err((code, v["error"]["message"].as_str().unwrap_or("refused").to_owned()))
-            }
-        } else {
-            // Nobody holds the state directory: decide in the store, with
-            // the user taken from the policy given here.
-            let Some(policy) = policy else {
-                eprintln!(
-                    "error: no run or server holds `{}`; deciding here needs the policy to know who you are",
-                    state_dir.display()
-                );
-                eprintln!("hint: pass `--policy FILE` or set AIRLOCK_POLICY");
-                return Ok(exit::USAGE);
-            };
-            let Some(loaded) = crate::policy::load(policy)? else { return Ok(exit::FAILED) };
-            let Some(user) = crate::policy::user_of(&loaded.policy, &args.token) else {
-                eprintln!("error: that token is no user's in the policy");
-                return Ok(exit::FAILED);
-            };
-            let store = crate::tokens::open(state_dir)?;
-            let run = store.find_run(&args.run)?;
-            store
-                .decide(&run.id, &args.step, &user, &args.code, !args.deny, args.reason.as_deref())
-                .map_err(|e| (exit::FAILED, e.to_string()))
+    let decided: Result<airlock_store::ApprovalRecord, (u8, String)> = if let Some(server) = &args.server {
+        let body = airlock_server::api::DecideBody {
+            code: args.code.clone(),
+            approve: !args.deny,
+            reason: args.reason.clone(),
         };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(crate::remote::decide(server, &args.token, &args.run, &args.step, &body))?
+    } else if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        let body = airlock_server::admin::Decide {
+            token: args.token.clone(),
+            code: args.code.clone(),
+            approve: !args.deny,
+            reason: args.reason.clone(),
+        };
+        let path = format!("/admin/v1/approvals/{}/{}", args.run, args.step);
+        let (status, bytes) = crate::tokens::admin_request(&socket, "POST", &path, Some(&body))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if status.is_success() {
+            Ok(serde_json::from_value(v["record"].clone())?)
+        } else {
+            let code = if status.is_server_error() { exit::ERROR } else { exit::FAILED };
+            Err((code, v["error"]["message"].as_str().unwrap_or("refused").to_owned()))
+        }
+    } else {
+        // Nobody holds the state directory: decide in the store, with
+        // the user taken from the policy given here.
+        let Some(policy) = policy else {
+            eprintln!(
+                "error: no run or server holds `{}`; deciding here needs the policy to know who you are",
+                state_dir.display()
+            );
+            eprintln!("hint: pass `--policy FILE` or set AIRLOCK_POLICY");
+            return Ok(exit::USAGE);
+        };
+        let Some(loaded) = crate::policy::load(policy)? else { return Ok(exit::FAILED) };
+        let Some(user) = crate::policy::user_of(&loaded.policy, &args.token) else {
+            eprintln!("error: that token is no user's in the policy");
+            return Ok(exit::FAILED);
+        };
+        let store = crate::tokens::open(state_dir)?;
+        let run = store.find_run(&args.run)?;
+        store
+            .decide(&run.id, &args.step, &user, &args.code, !args.deny, args.reason.as_deref())
+            .map_err(|e| (exit::FAILED, e.to_string()))
+    };
     match decided {
         Ok(record) => {
             if args.json {
@@ -90,7 +101,9 @@ pub fn approve(state_dir: &Path, policy: Option<&Path>, args: ApproveArgs) -> an
             Ok(exit::OK)
         }
         Err((code, message)) => {
-            eprintln!("error: {message}");
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
             Ok(code)
         }
     }

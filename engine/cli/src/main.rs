@@ -120,6 +120,14 @@ enum Command {
         run: String,
         /// Only this step.
         step: Option<String>,
+        /// Read them from this `airlock serve` (e.g. http://127.0.0.1:8480),
+        /// as the user of AIRLOCK_USER_TOKEN.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// With `--server` and a STEP: print what the step writes as it
+        /// writes it, until it ends.
+        #[arg(long, short, requires_all = ["server", "step"])]
+        follow: bool,
     },
     /// Print the JSON Schema of the pipeline format.
     Schema,
@@ -248,7 +256,10 @@ fn main() -> ExitCode {
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish::publish(&cli.state_dir, args))),
         Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),
         Command::Show { run, json } => output::show(&cli.state_dir, &run, json),
-        Command::Logs { run, step } => output::logs(&cli.state_dir, &run, step.as_deref()),
+        Command::Logs { run, step, server: Some(server), follow } => {
+            runtime().and_then(|rt| rt.block_on(remote::logs(&server, &run, step.as_deref(), follow)))
+        }
+        Command::Logs { run, step, server: None, .. } => output::logs(&cli.state_dir, &run, step.as_deref()),
         Command::Schema => {
             print!("{}", airlock_model::schema::pipeline_schema_json());
             Ok(exit::OK)

@@ -72,30 +72,51 @@ fn api_error(status: StatusCode, body: &[u8]) -> String {
         .unwrap_or_else(|_| format!("the server answered {status}"))
 }
 
+impl Remote {
+    /// A client for `server` as the user of `token`; or the exit code and
+    /// what to print when either is unusable.
+    fn new(server: &str, token: Option<&str>) -> Result<Self, u8> {
+        let base: Uri = match server.trim_end_matches('/').parse() {
+            Ok(u) => u,
+            Err(_) => {
+                eprintln!("error: `{server}` is not a URL");
+                eprintln!("hint: write it like http://127.0.0.1:8480");
+                return Err(exit::USAGE);
+            }
+        };
+        if base.scheme_str() != Some("http") {
+            eprintln!("error: `{server}` is not an http:// URL");
+            eprintln!("hint: the client speaks plain HTTP; put TLS in a proxy in front of `airlock serve`");
+            return Err(exit::USAGE);
+        }
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            eprintln!("error: the server needs your API token in AIRLOCK_USER_TOKEN");
+            eprintln!("hint: the admin makes one with `airlock user token` and adds its digest to the policy");
+            return Err(exit::USAGE);
+        };
+        Ok(Self {
+            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new()),
+            base: base.to_string().trim_end_matches('/').to_owned(),
+            auth: format!("Bearer {token}"),
+        })
+    }
+}
+
+/// The exit code for a refusal.
+fn refused(status: StatusCode) -> u8 {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => exit::USAGE,
+        s if s.is_server_error() => exit::ERROR,
+        _ => exit::FAILED,
+    }
+}
+
 /// Submits and follows; the exit code follows the run's end.
 pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json: bool) -> anyhow::Result<u8> {
-    let base: Uri = match server.trim_end_matches('/').parse() {
-        Ok(u) => u,
-        Err(_) => {
-            eprintln!("error: `{server}` is not a URL");
-            eprintln!("hint: write it like http://127.0.0.1:8480");
-            return Ok(exit::USAGE);
-        }
-    };
-    if base.scheme_str() != Some("http") {
-        eprintln!("error: `{server}` is not an http:// URL");
-        eprintln!("hint: the client speaks plain HTTP; put TLS in a proxy in front of `airlock serve`");
-        return Ok(exit::USAGE);
-    }
-    let Some(token) = std::env::var("AIRLOCK_USER_TOKEN").ok().filter(|t| !t.trim().is_empty()) else {
-        eprintln!("error: submitting a run needs your API token in AIRLOCK_USER_TOKEN");
-        eprintln!("hint: the admin makes one with `airlock user token` and adds its digest to the policy");
-        return Ok(exit::USAGE);
-    };
-    let remote = Remote {
-        client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new()),
-        base: base.to_string().trim_end_matches('/').to_owned(),
-        auth: format!("Bearer {}", token.trim()),
+    let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
+    let remote = match Remote::new(server, token.as_deref()) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
     };
     let body = serde_json::to_vec(&serde_json::json!({
         "pipeline": pipeline,
@@ -109,11 +130,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
             Ok((status, bytes)) if status.is_success() => break serde_json::from_slice(&bytes)?,
             Ok((status, bytes)) => {
                 eprintln!("error: {}", api_error(status, &bytes));
-                return Ok(match status {
-                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => exit::USAGE,
-                    StatusCode::UNPROCESSABLE_ENTITY => exit::FAILED,
-                    _ => exit::ERROR,
-                });
+                return Ok(refused(status));
             }
             // The same key again: a run the lost answer was about is
             // answered, not made twice.
@@ -219,4 +236,98 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
         airlock_store::RunState::Cancelled => exit::CANCELLED,
         _ => exit::FAILED,
     })
+}
+
+/// `airlock approve --server`: decides as the user of `token`; answers
+/// the request as decided, or the exit code and the server's reason.
+pub async fn decide(
+    server: &str,
+    token: &str,
+    run: &str,
+    step: &str,
+    body: &airlock_server::api::DecideBody,
+) -> anyhow::Result<Result<airlock_store::ApprovalRecord, (u8, String)>> {
+    let remote = match Remote::new(server, Some(token)) {
+        Ok(r) => r,
+        // Already said why.
+        Err(code) => return Ok(Err((code, String::new()))),
+    };
+    let path = format!("/api/v1/runs/{run}/approvals/{step}");
+    let (status, bytes) = remote.call(Method::POST, &path, Some(serde_json::to_vec(body)?), None).await?;
+    if status.is_success() {
+        let decided: airlock_server::api::Decided = serde_json::from_slice(&bytes)?;
+        Ok(Ok(decided.record))
+    } else {
+        Ok(Err((refused(status), api_error(status, &bytes))))
+    }
+}
+
+/// `airlock logs --server`: a run's logs from the server; with `follow`,
+/// one step's log as it is written, until the step ends.
+pub async fn logs(server: &str, run: &str, step: Option<&str>, follow: bool) -> anyhow::Result<u8> {
+    let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
+    let remote = match Remote::new(server, token.as_deref()) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let (status, bytes) = remote.call(Method::GET, &format!("/api/v1/runs/{run}"), None, None).await?;
+    if !status.is_success() {
+        eprintln!("error: {}", api_error(status, &bytes));
+        return Ok(refused(status));
+    }
+    let detail: RunDetail = serde_json::from_slice(&bytes)?;
+    let names: Vec<&str> = detail.steps.iter().map(|s| s.name.as_str()).collect();
+    if let Some(step) = step
+        && !names.contains(&step)
+    {
+        eprintln!("error: run `{}` has no step `{step}`; its steps are: {}", detail.run.id, names.join(", "));
+        return Ok(exit::USAGE);
+    }
+    let id = &detail.run.id;
+    for name in names.iter().filter(|n| step.is_none_or(|s| s == **n)) {
+        let path = format!("/api/v1/runs/{id}/steps/{name}/log{}", if follow { "?follow=true" } else { "" });
+        if step.is_none() {
+            println!("── {name} ──");
+        }
+        if !follow {
+            let (status, bytes) = remote.call(Method::GET, &path, None, None).await?;
+            if !status.is_success() {
+                eprintln!("error: {}", api_error(status, &bytes));
+                return Ok(refused(status));
+            }
+            print_log(&bytes);
+            continue;
+        }
+        let req = Request::builder()
+            .uri(format!("{}{path}", remote.base))
+            .header(hyper::header::AUTHORIZATION, &remote.auth)
+            .body(Full::new(Bytes::new()))?;
+        let resp = remote.client.request(req).await.map_err(|e| anyhow::anyhow!("cannot reach the server: {e}"))?;
+        let mut body = resp.into_body();
+        // Whole lines are printed as they come, so a character cut
+        // between two chunks is never shown broken.
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| anyhow::anyhow!("the log broke off: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                pending.extend_from_slice(data);
+                if let Some(end) = pending.iter().rposition(|b| *b == b'\n') {
+                    let rest = pending.split_off(end + 1);
+                    print_log(&pending);
+                    pending = rest;
+                }
+            }
+        }
+        print_log(&pending);
+    }
+    Ok(exit::OK)
+}
+
+/// A log on stdout, terminal control characters made visible.
+fn print_log(bytes: &[u8]) {
+    use std::io::Write;
+    let text = airlock_model::text::neutralize(bytes);
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

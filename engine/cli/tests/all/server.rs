@@ -260,6 +260,14 @@ fn a_log_is_followed_while_the_step_writes_it() {
     while step_state(&wait_running(&agent, &url, &token, &id), "t") != "running" {
         assert!(Instant::now() < deadline);
     }
+    // The command line follows it too.
+    let cli = airlock(&s.path().join("client"))
+        .args(["logs", "--server", &url, &id, "t", "--follow"])
+        .env("AIRLOCK_USER_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("airlock logs --follow");
     let resp = agent
         .get(format!("{url}/api/v1/runs/{id}/steps/t/log?follow=true"))
         .header("authorization", format!("Bearer {token}"))
@@ -275,6 +283,16 @@ fn a_log_is_followed_while_the_step_writes_it() {
     assert_eq!(rest.last().map(String::as_str), Some("tick 8"), "{rest:?}");
     let detail = wait_for_end(&agent, &url, &token, &id);
     assert_eq!(detail["run"]["state"], "succeeded");
+    let followed = cli.wait_with_output().expect("airlock logs");
+    let printed = String::from_utf8_lossy(&followed.stdout);
+    assert!(followed.status.success(), "{}", String::from_utf8_lossy(&followed.stderr));
+    assert_eq!(printed.lines().count(), 8, "{printed}");
+    assert!(printed.ends_with("tick 8\n"), "{printed}");
+    let (code, all, stderr) = output(
+        airlock(&s.path().join("client")).args(["logs", "--server", &url, &id]).env("AIRLOCK_USER_TOKEN", &token),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(all.starts_with("── t ──\ntick 1\n"), "{all}");
 }
 
 /// `airlock run --server` submits, follows and exits as the run ended.
@@ -343,4 +361,68 @@ fn an_admin_manages_publish_tokens_through_the_api() {
     let (status, body) =
         call(&agent, "POST", &format!("{tokens}/nope/revoke"), Some(admin), None, &[]).expect("revoke");
     assert_eq!((status, &body["error"]["code"]), (404, &json!("no_token")));
+}
+
+/// `airlock approve --server`: an approver decides through the API, as
+/// the user of their token; the wrong code and the requester are refused.
+#[test]
+fn airlock_approve_with_a_server_decides_through_the_api() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "{}groups:\n  approvers: [abe, rue]\nenvironments:\n  www:\n    provider: {{ type: directory, path: www }}\n    \
+             pipelines: [gate]\n    approvals: {{ groups: [approvers], timeout: 10m }}\n",
+            people.yaml()
+        ),
+    );
+    s.file(
+        "pipes/gate.yaml",
+        format!(
+            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", index.txt]\n    outputs: [index.txt]\n  \
+             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
+            tick()
+        ),
+    );
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let (agent, url) = (http(), server.url.clone());
+    let (status, body) = call(
+        &agent,
+        "POST",
+        &format!("{url}/api/v1/runs"),
+        Some(&people.runner.token),
+        Some(json!({"pipeline": "gate.yaml"})),
+        &[],
+    )
+    .expect("submit");
+    assert_eq!(status, 201, "{body}");
+    let id = body["run"]["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        let detail = wait_running(&agent, &url, &people.runner.token, &id);
+        if let Some(code) = detail["codes"]["ship"].as_str() {
+            break code.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no request: {detail}");
+    };
+    let approve = |token: &str, code: &str| {
+        output(
+            airlock(&s.path().join("client"))
+                .args(["approve", "--server", &url, &id, "ship", "--code", code, "--reason", "ok"])
+                .env("AIRLOCK_USER_TOKEN", token),
+        )
+    };
+    let (status, _, stderr) = approve(&people.approver.token, "WRONGCODE0");
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("wrong_code"), "{stderr}");
+    let (status, _, stderr) = approve(&people.runner.token, &code);
+    assert_eq!(status, 2, "a runner may not decide: {stderr}");
+    let (status, _, stderr) = approve(&people.approver.token, &code);
+    assert_eq!(status, 0, "{stderr}");
+    assert!(stderr.contains("approved the deployment"), "{stderr}");
+    let detail = wait_for_end(&agent, &url, &people.runner.token, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    assert_eq!(detail["approvals"][0]["decisions"][0]["user"], "abe");
+    assert_eq!(std::fs::read_to_string(s.path().join("www/current/index.txt")).expect("deployed"), "tick 1\n");
 }
