@@ -785,7 +785,9 @@ impl Sandbox {
             },
             failed => failed,
         };
-        let (log, log_written) = log.take();
+        // A live log stays whole for its readers until the caller has
+        // stored it; only a private one is taken without a copy.
+        let (log, log_written) = if inv.live_log.is_some() { log.read_from(0) } else { log.take() };
         // A failed step's requests are void: only a step that succeeded
         // has outputs to deploy.
         if result.is_err() {
