@@ -140,7 +140,7 @@ fn pages_show_runs_and_a_deploy_is_approved_from_the_browser() {
         "pipes/web.yaml",
         format!(
             "name: web\nsteps:\n  build:\n    uses: {tick}\n    args: [\"3\", \"10\", site.txt]\n    outputs: [site.txt]\n  \
-             slow:\n    uses: {tick}\n    args: [\"40\", \"100\"]\n  \
+             slow:\n    uses: {tick}\n    args: [\"120\", \"100\"]\n  \
              ship:\n    needs: [build]\n    deploy: {{ environment: staging, from: [build] }}\n"
         ),
     );

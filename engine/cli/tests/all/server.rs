@@ -246,7 +246,7 @@ fn a_log_is_followed_while_the_step_writes_it() {
     let policy = s.file("policy.yaml", people.yaml());
     s.file(
         "pipes/ticks.yaml",
-        format!("name: ticks\nsteps:\n  t:\n    uses: {}\n    args: [\"8\", \"150\"]\n", tick()),
+        format!("name: ticks\nsteps:\n  t:\n    uses: {}\n    args: [\"20\", \"150\"]\n", tick()),
     );
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (agent, url, token) = (http(), server.url.clone(), people.runner.token.clone());
@@ -280,14 +280,14 @@ fn a_log_is_followed_while_the_step_writes_it() {
     let (_, detail) = call(&agent, "GET", &format!("{url}/api/v1/runs/{id}"), Some(&token), None, &[]).expect("get");
     assert_eq!(step_state(&detail, "t"), "running", "{detail}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert_eq!(rest.last().map(String::as_str), Some("tick 8"), "{rest:?}");
+    assert_eq!(rest.last().map(String::as_str), Some("tick 20"), "{rest:?}");
     let detail = wait_for_end(&agent, &url, &token, &id);
     assert_eq!(detail["run"]["state"], "succeeded");
     let followed = cli.wait_with_output().expect("airlock logs");
     let printed = String::from_utf8_lossy(&followed.stdout);
     assert!(followed.status.success(), "{}", String::from_utf8_lossy(&followed.stderr));
-    assert_eq!(printed.lines().count(), 8, "{printed}");
-    assert!(printed.ends_with("tick 8\n"), "{printed}");
+    assert_eq!(printed.lines().count(), 20, "{printed}");
+    assert!(printed.ends_with("tick 20\n"), "{printed}");
     let (code, all, stderr) = output(
         airlock(&s.path().join("client")).args(["logs", "--server", &url, &id]).env("AIRLOCK_USER_TOKEN", &token),
     );
