@@ -10,6 +10,10 @@
 //! host: they publish upstream artifacts with a token minted for the step
 //! and revoked when it ends, and no guest ever sees it.
 //!
+//! Runs submitted to `airlock serve` wait in its [`queue`]; a run the
+//! store holds can be started, or resumed after its engine stopped, with
+//! [`Engine::run_recorded`], which never runs a succeeded step again.
+//!
 //! It never passes a guest anything the pipeline did not declare, and it
 //! never lets one step's failure stop the engine.
 //!

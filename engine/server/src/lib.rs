@@ -1,4 +1,10 @@
-//! `airlock serve`: the HTTP face of the publish targets.
+//! `airlock serve`: the HTTP face of the engine and of the publish
+//! targets.
+//!
+//! The run API ([`api`], described by [`openapi`]) and the web pages
+//! under `/ui` serve the users of the admin policy, as their roles allow:
+//! submitting runs to the engine's queue, following them, reading logs and
+//! artifacts, deciding approvals, managing tokens.
 //!
 //! Anyone who can reach the server may browse and download published
 //! trees (index pages, and every file with its sha256 in the
