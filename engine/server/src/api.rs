@@ -178,7 +178,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         path: "/api/v1/artifacts/{sha256}",
         operation: "getArtifact",
         need: Need::Viewer,
-        summary: "An artifact's bytes, checked against its digest before they are sent.",
+        summary: "An artifact's bytes, hashed as they are sent: a damaged artifact is cut off before its end.",
         request: None,
         response: None,
         produces: "application/octet-stream",
@@ -747,26 +747,30 @@ async fn artifact(app: &App, sha256: &str) -> Response<Body> {
     let Some(artifacts) = app.artifacts.clone() else {
         return error(StatusCode::NOT_FOUND, "no_artifact", "this server keeps no artifacts".into());
     };
-    match app.store.artifact(sha256) {
-        Ok(Some(_)) => {}
+    let record = match app.store.artifact(sha256) {
+        Ok(Some(r)) => r,
         Ok(None) => {
             return error(StatusCode::NOT_FOUND, "no_artifact", format!("no artifact `{}`", crate::short(sha256)));
         }
         Err(e) => return store_error(&e),
-    }
-    let digest = sha256.to_owned();
-    match tokio::task::spawn_blocking(move || artifacts.read_verified(&digest)).await {
-        Ok(Ok(bytes)) => {
-            let mut r = Response::new(full(bytes));
+    };
+    // Streamed, and hashed as it goes: an artifact of any size costs a
+    // chunk of memory, and a damaged one is cut before its last chunk.
+    let file = artifacts.path(sha256).map_err(|e| e.to_string()).and_then(|path| {
+        std::fs::File::open(&path).map_err(|e| format!("artifact `{sha256}` is indexed but cannot be read: {e}"))
+    });
+    match file {
+        Ok(file) => {
+            let mut r = Response::new(crate::send_blob(file, sha256.to_owned()));
             let headers = r.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(record.size));
             if let Ok(v) = HeaderValue::from_str(sha256) {
                 headers.insert("x-airlock-sha256", v);
             }
             r
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "artifact_damaged", e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "engine", e.to_string()),
+        Err(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "artifact_missing", message),
     }
 }
 

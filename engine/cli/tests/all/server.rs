@@ -188,6 +188,16 @@ fn runs_are_submitted_followed_cancelled_and_inspected_over_http() {
     assert_eq!(resp.headers().get("x-airlock-sha256").and_then(|v| v.to_str().ok()), Some(sha));
     let bytes = resp.into_body().read_to_vec().expect("bytes");
     assert_eq!(bytes, b"tick 1\ntick 2\ntick 3\ntick 4\n");
+    // Damaged on disk (same length, other bytes): the download is cut, never whole.
+    let blob = airlock_host::ArtifactStore::new(s.state().join("artifacts")).path(sha).expect("path");
+    std::fs::set_permissions(&blob, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    std::fs::write(&blob, b"tick 1\ntick 2\ntick 3\ntick 5\n").expect("tamper");
+    let got = agent
+        .get(format!("{url}/api/v1/artifacts/{sha}"))
+        .header("authorization", format!("Bearer {runner}"))
+        .call()
+        .and_then(|resp| resp.into_body().read_to_vec());
+    assert!(got.is_err(), "a damaged artifact arrived whole: {got:?}");
     let (status, missing) =
         call(&agent, "GET", &format!("{url}/api/v1/artifacts/{}", "0".repeat(64)), Some(runner), None, &[])
             .expect("missing");
