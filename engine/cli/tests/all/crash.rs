@@ -316,3 +316,80 @@ fn a_deploy_cut_off_by_a_kill_is_not_sent_again_unless_its_provider_is_idempoten
     assert_eq!(a["attempts"], 1, "a step that had succeeded ran again: {a}");
     assert_eq!(std::fs::read_to_string(&log).expect("log"), format!("{id}/ship\n"), "the command ran again");
 }
+
+/// A step waiting for approval when its server is killed asks again on
+/// the next start, with a new code: the old code (shown by a process that
+/// is gone) no longer decides anything, the new one does.
+#[test]
+fn an_approval_cut_off_by_a_kill_asks_again_with_a_new_code() {
+    let s = Scratch::new();
+    let (alice, bob) = (user_token(s.path()), user_token(s.path()));
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "users:\n  alice: {{ token_sha256: {}, roles: [runner] }}\n  bob: {{ token_sha256: {}, roles: [approver] }}\n\
+             groups:\n  approvers: [bob]\n\
+             environments:\n  www:\n    provider: {{ type: directory, path: www }}\n    pipelines: [gate]\n    \
+             approvals: {{ groups: [approvers], timeout: 10m }}\n",
+            alice.digest, bob.digest
+        ),
+    );
+    s.file(
+        "pipes/gate.yaml",
+        format!(
+            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", index.txt]\n    outputs: [index.txt]\n  \
+             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
+            tick()
+        ),
+    );
+    let (state, pipes) = (s.state(), s.path().join("pipes"));
+    let agent = http();
+    let code_of = |url: &str, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, detail) =
+                call(&agent, "GET", &format!("{url}/api/v1/runs/{id}"), Some(&alice.token), None, &[]).expect("get");
+            if let Some(code) = detail["codes"]["ship"].as_str() {
+                return code.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no approval request: {detail}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut server = Server::start(&state, &policy, &pipes, &[]);
+    let (_, body) = call(
+        &agent,
+        "POST",
+        &format!("{}/api/v1/runs", server.url),
+        Some(&alice.token),
+        Some(json!({"pipeline": "gate.yaml"})),
+        &[],
+    )
+    .expect("submit");
+    let id = body["run"]["id"].as_str().expect("id").to_owned();
+    let old = code_of(&server.url, &id);
+    server.kill();
+
+    let server = Server::start(&state, &policy, &pipes, &[]);
+    let new = code_of(&server.url, &id);
+    assert_ne!(old, new, "the resumed request kept the code of a process that is gone");
+    let decide = |code: &str| {
+        call(
+            &agent,
+            "POST",
+            &format!("{}/api/v1/runs/{id}/approvals/ship", server.url),
+            Some(&bob.token),
+            Some(json!({"code": code, "approve": true})),
+            &[],
+        )
+        .expect("decide")
+    };
+    let (status, body) = decide(&old);
+    assert_eq!((status, &body["error"]["code"]), (422, &json!("wrong_code")), "{body}");
+    let (status, body) = decide(&new);
+    assert_eq!(status, 200, "{body}");
+    let detail = crate::server::wait_for_end(&agent, &server.url, &bob.token, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    let a = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "a").cloned().expect("a");
+    assert_eq!(a["attempts"], 1, "a succeeded step ran again: {a}");
+}
