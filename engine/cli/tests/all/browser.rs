@@ -5,8 +5,8 @@
 //!
 //! Screenshots of each page are kept in `target/tmp/screenshots/`.
 
-use crate::server::{tick, wait_for_end};
-use crate::support::{Scratch, Server, call, http, user_token};
+use crate::server::tick;
+use crate::support::{Scratch, Server, approval_code, call, http, submit_run, user_token, wait_for_end};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -146,28 +146,9 @@ fn pages_show_runs_and_a_deploy_is_approved_from_the_browser() {
     );
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (agent, url) = (http(), server.url.clone());
-    let (status, submitted) = call(
-        &agent,
-        "POST",
-        &format!("{url}/api/v1/runs"),
-        Some(&alice.token),
-        Some(json!({"pipeline": "web.yaml"})),
-        &[],
-    )
-    .expect("submit");
-    assert_eq!(status, 201, "{submitted}");
-    let id = submitted["run"]["id"].as_str().expect("id").to_owned();
+    let id = submit_run(&agent, &url, &alice.token, "web.yaml");
     // alice, who started the run, is shown the one-time code.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        let (_, detail) =
-            call(&agent, "GET", &format!("{url}/api/v1/runs/{id}"), Some(&alice.token), None, &[]).expect("get");
-        if let Some(code) = detail["codes"]["ship"].as_str() {
-            break code.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no approval request: {detail}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let code = approval_code(&agent, &url, &alice.token, &id, "ship");
     let (status, pending) =
         call(&agent, "GET", &format!("{url}/api/v1/approvals"), Some(&bob.token), None, &[]).expect("list");
     assert_eq!(

@@ -18,8 +18,10 @@
 //!
 //! `AIRLOCK_CRASH_SEED=N` repeats a sequence of kill times.
 
-use crate::server::tick;
-use crate::support::{Scratch, Server, airlock, call, http, output, user_token};
+use crate::server::{gate_pipeline, tick};
+use crate::support::{
+    Scratch, Server, airlock, approval_code, call, http, output, submit_run, user_token, wait_for_end,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -275,17 +277,7 @@ fn a_deploy_cut_off_by_a_kill_is_not_sent_again_unless_its_provider_is_idempoten
     let (state, pipes) = (s.state(), s.path().join("pipes"));
     let agent = http();
     let mut server = Server::start(&state, &policy, &pipes, &[]);
-    let (status, body) = call(
-        &agent,
-        "POST",
-        &format!("{}/api/v1/runs", server.url),
-        Some(&user.token),
-        Some(json!({"pipeline": "once.yaml"})),
-        &[],
-    )
-    .expect("submit");
-    assert_eq!(status, 201, "{body}");
-    let id = body["run"]["id"].as_str().expect("id").to_owned();
+    let id = submit_run(&agent, &server.url, &user.token, "once.yaml");
     // Kill once the provider has the deployment.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -308,7 +300,7 @@ fn a_deploy_cut_off_by_a_kill_is_not_sent_again_unless_its_provider_is_idempoten
         said.iter().any(|l| l.contains(&id) && l.contains("goes on")),
         "the server did not say it resumed the run: {said:?}"
     );
-    let detail = crate::server::wait_for_end(&agent, &server.url, &user.token, &id);
+    let detail = wait_for_end(&agent, &server.url, &user.token, &id);
     assert_eq!(detail["run"]["state"], "failed", "{detail}");
     let ship = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "ship").cloned().expect("ship");
     assert!(ship["reason"].as_str().expect("reason").contains("it may have happened, so it is not repeated"), "{ship}");
@@ -334,44 +326,16 @@ fn an_approval_cut_off_by_a_kill_asks_again_with_a_new_code() {
             alice.digest, bob.digest
         ),
     );
-    s.file(
-        "pipes/gate.yaml",
-        format!(
-            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", index.txt]\n    outputs: [index.txt]\n  \
-             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
-            tick()
-        ),
-    );
+    gate_pipeline(&s);
     let (state, pipes) = (s.state(), s.path().join("pipes"));
     let agent = http();
-    let code_of = |url: &str, id: &str| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, detail) =
-                call(&agent, "GET", &format!("{url}/api/v1/runs/{id}"), Some(&alice.token), None, &[]).expect("get");
-            if let Some(code) = detail["codes"]["ship"].as_str() {
-                return code.to_owned();
-            }
-            assert!(Instant::now() < deadline, "no approval request: {detail}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
     let mut server = Server::start(&state, &policy, &pipes, &[]);
-    let (_, body) = call(
-        &agent,
-        "POST",
-        &format!("{}/api/v1/runs", server.url),
-        Some(&alice.token),
-        Some(json!({"pipeline": "gate.yaml"})),
-        &[],
-    )
-    .expect("submit");
-    let id = body["run"]["id"].as_str().expect("id").to_owned();
-    let old = code_of(&server.url, &id);
+    let id = submit_run(&agent, &server.url, &alice.token, "gate.yaml");
+    let old = approval_code(&agent, &server.url, &alice.token, &id, "ship");
     server.kill();
 
     let server = Server::start(&state, &policy, &pipes, &[]);
-    let new = code_of(&server.url, &id);
+    let new = approval_code(&agent, &server.url, &alice.token, &id, "ship");
     assert_ne!(old, new, "the resumed request kept the code of a process that is gone");
     let decide = |code: &str| {
         call(
@@ -388,7 +352,7 @@ fn an_approval_cut_off_by_a_kill_asks_again_with_a_new_code() {
     assert_eq!((status, &body["error"]["code"]), (422, &json!("wrong_code")), "{body}");
     let (status, body) = decide(&new);
     assert_eq!(status, 200, "{body}");
-    let detail = crate::server::wait_for_end(&agent, &server.url, &bob.token, &id);
+    let detail = wait_for_end(&agent, &server.url, &bob.token, &id);
     assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
     let a = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "a").cloned().expect("a");
     assert_eq!(a["attempts"], 1, "a succeeded step ran again: {a}");

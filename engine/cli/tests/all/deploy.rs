@@ -3,7 +3,7 @@
 //! canary credential that must show up nowhere but in the one request
 //! that carries it.
 
-use crate::support::{Scratch, airlock, files_below, output, plugins, repo};
+use crate::support::{Scratch, airlock, files_below, output, plugins, repo, user_token};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -52,20 +52,11 @@ struct People {
     mallory: String,
 }
 
-fn user_token(s: &Scratch) -> (String, String) {
-    let (code, json, stderr) = output(airlock(&s.path().join("tokens")).args(["user", "token", "--json"]));
-    assert_eq!(code, 0, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
-    (v["token"].as_str().expect("token").to_owned(), v["token_sha256"].as_str().expect("digest").to_owned())
-}
-
 /// A policy like the example's, with this test's server, directory,
 /// people, approval timeout and credential expiry.
 fn write_policy(s: &Scratch, staging: &str, timeout: &str, expires: &str) -> (std::path::PathBuf, People) {
-    let (alice, a) = user_token(s);
-    let (bob, b) = user_token(s);
-    let (carol, c) = user_token(s);
-    let (mallory, m) = user_token(s);
+    let [alice, bob, carol, mallory] = std::array::from_fn(|_| user_token(s.path()));
+    let (a, b, c, m) = (&alice.digest, &bob.digest, &carol.digest, &mallory.digest);
     let text = format!(
         "users:\n  alice: {{ token_sha256: {a} }}\n  bob: {{ token_sha256: {b} }}\n  carol: {{ token_sha256: {c} }}\n  mallory: {{ token_sha256: {m} }}\n\
          groups:\n  release-managers: [alice, bob, carol]\n\
@@ -76,7 +67,8 @@ fn write_policy(s: &Scratch, staging: &str, timeout: &str, expires: &str) -> (st
          \x20   approvals: {{ required: 1, groups: [release-managers], timeout: {timeout} }}\n\
          \x20 www:\n    provider: {{ type: directory, path: www, keep: 3 }}\n    pipelines: [deploy]\n"
     );
-    (s.file("policy.yaml", text), People { alice, bob, carol, mallory })
+    let people = People { alice: alice.token, bob: bob.token, carol: carol.token, mallory: mallory.token };
+    (s.file("policy.yaml", text), people)
 }
 
 /// `airlock run pipelines/deploy.yaml` as alice, with the canary in the

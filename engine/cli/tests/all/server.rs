@@ -2,7 +2,10 @@
 //! loopback, users of a policy with each role, runs submitted, followed,
 //! cancelled and inspected over HTTP, and `airlock run --server`.
 
-use crate::support::{Scratch, Server, User, airlock, call, http, output, plugins, repo, user_token};
+use crate::support::{
+    Scratch, Server, User, airlock, approval_code, call, http, output, plugins, repo, submit_run, user_token,
+    wait_for_end,
+};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -44,6 +47,19 @@ pub fn tick() -> String {
     plugins().join("wasm32-wasip2/release/tick.wasm").display().to_string()
 }
 
+/// Writes `pipes/gate.yaml`: step `a` makes `index.txt`, and `ship`
+/// deploys it to environment `www` (which the test's policy defines).
+pub fn gate_pipeline(s: &Scratch) {
+    s.file(
+        "pipes/gate.yaml",
+        format!(
+            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", index.txt]\n    outputs: [index.txt]\n  \
+             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
+            tick()
+        ),
+    );
+}
+
 /// Writes the test pipelines into `pipes/`.
 fn pipelines(s: &Scratch) -> PathBuf {
     let tick = tick();
@@ -58,22 +74,6 @@ fn pipelines(s: &Scratch) -> PathBuf {
     s.file("pipes/fail.yaml", format!("name: fail\nsteps:\n  oops:\n    uses: {tick}\n    args: [\"nonsense\"]\n"));
     s.file("pipes/bad.yaml", "name: bad\nsteps:\n  a:\n    usess: x.wasm\n");
     s.path().join("pipes")
-}
-
-/// Waits until a run has ended; answers its detail.
-pub fn wait_for_end(agent: &ureq::Agent, url: &str, token: &str, run: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, detail) =
-            call(agent, "GET", &format!("{url}/api/v1/runs/{run}"), Some(token), None, &[]).expect("get run");
-        assert_eq!(status, 200, "{detail}");
-        let state = detail["run"]["state"].as_str().expect("state");
-        if !["queued", "running"].contains(&state) {
-            return detail;
-        }
-        assert!(Instant::now() < deadline, "run {run} did not end: {detail}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn step_state(detail: &Value, step: &str) -> String {
@@ -260,11 +260,7 @@ fn a_log_is_followed_while_the_step_writes_it() {
     );
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (agent, url, token) = (http(), server.url.clone(), people.runner.token.clone());
-    let (status, run) =
-        call(&agent, "POST", &format!("{url}/api/v1/runs"), Some(&token), Some(json!({"pipeline": "ticks.yaml"})), &[])
-            .expect("submit");
-    assert_eq!(status, 201);
-    let id = run["run"]["id"].as_str().expect("id").to_owned();
+    let id = submit_run(&agent, &url, &token, "ticks.yaml");
     // Wait for the step to start, then follow.
     let deadline = Instant::now() + Duration::from_secs(30);
     while step_state(&wait_running(&agent, &url, &token, &id), "t") != "running" {
@@ -387,35 +383,11 @@ fn airlock_approve_with_a_server_decides_through_the_api() {
             people.yaml()
         ),
     );
-    s.file(
-        "pipes/gate.yaml",
-        format!(
-            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", index.txt]\n    outputs: [index.txt]\n  \
-             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
-            tick()
-        ),
-    );
+    gate_pipeline(&s);
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (agent, url) = (http(), server.url.clone());
-    let (status, body) = call(
-        &agent,
-        "POST",
-        &format!("{url}/api/v1/runs"),
-        Some(&people.runner.token),
-        Some(json!({"pipeline": "gate.yaml"})),
-        &[],
-    )
-    .expect("submit");
-    assert_eq!(status, 201, "{body}");
-    let id = body["run"]["id"].as_str().expect("id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        let detail = wait_running(&agent, &url, &people.runner.token, &id);
-        if let Some(code) = detail["codes"]["ship"].as_str() {
-            break code.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no request: {detail}");
-    };
+    let id = submit_run(&agent, &url, &people.runner.token, "gate.yaml");
+    let code = approval_code(&agent, &url, &people.runner.token, &id, "ship");
     let approve = |token: &str, code: &str| {
         output(
             airlock(&s.path().join("client"))

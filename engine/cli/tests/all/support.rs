@@ -229,3 +229,43 @@ pub fn call(
     let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     Ok((status, value))
 }
+
+/// Submits `pipeline` through the run API as the user of `token`, and
+/// answers the new run's id.
+pub fn submit_run(agent: &ureq::Agent, url: &str, token: &str, pipeline: &str) -> String {
+    let body = serde_json::json!({ "pipeline": pipeline });
+    let (status, answer) =
+        call(agent, "POST", &format!("{url}/api/v1/runs"), Some(token), Some(body), &[]).expect("submit");
+    assert_eq!(status, 201, "{answer}");
+    answer["run"]["id"].as_str().expect("id").to_owned()
+}
+
+/// Waits until `step` of `run` asks for approval, and answers its
+/// one-time code as the user of `token` (who submitted the run) sees it.
+pub fn approval_code(agent: &ureq::Agent, url: &str, token: &str, run: &str, step: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, detail) = call(agent, "GET", &format!("{url}/api/v1/runs/{run}"), Some(token), None, &[]).expect("get");
+        if let Some(code) = detail["codes"][step].as_str() {
+            return code.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no approval request: {detail}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits until a run has ended; answers its detail.
+pub fn wait_for_end(agent: &ureq::Agent, url: &str, token: &str, run: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (status, detail) =
+            call(agent, "GET", &format!("{url}/api/v1/runs/{run}"), Some(token), None, &[]).expect("get run");
+        assert_eq!(status, 200, "{detail}");
+        let state = detail["run"]["state"].as_str().expect("state");
+        if !["queued", "running"].contains(&state) {
+            return detail;
+        }
+        assert!(std::time::Instant::now() < deadline, "run {run} did not end: {detail}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
