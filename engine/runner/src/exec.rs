@@ -300,7 +300,7 @@ impl Engine {
         let names: Vec<String> = pipeline.steps.keys().cloned().collect();
         let shown_params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         let run = self.store.create_run(&pipeline.name, file, shown_params, &names)?;
-        self.execute(run, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
+        self.execute(run, false, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
     }
 
     /// Runs a run already in the store to its end: a `queued` run when
@@ -335,7 +335,7 @@ impl Engine {
         };
         let detail = (run.state == RunState::Running).then(|| "resumed: the engine running it had stopped".to_owned());
         let run = self.store.set_run_state(&run.id, RunState::Running, detail)?;
-        self.execute(run, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
+        self.execute(run, true, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
     }
 
     fn grants_for(&self, pipeline: &Pipeline) -> Result<Option<EnvironmentGrants>, RunnerError> {
@@ -353,9 +353,13 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Runs `run` to its end; `recorded` says it was in the store before
+    /// (queued, or left running by an engine that stopped), so its steps'
+    /// records say where each is.
     async fn execute(
         &self,
         run: RunRecord,
+        recorded: bool,
         pipeline: &Pipeline,
         base_dir: &Path,
         params: IndexMap<String, ParamValue>,
@@ -391,12 +395,14 @@ impl Engine {
         });
 
         let mut first_failure: Option<String> = None;
-        // Where each step is: all pending for a new run; for a resumed
-        // one, what the store says, with interrupted steps dealt with.
+        // Where each step is: all pending for a run made just now; for a
+        // recorded one, what the store says, with interrupted steps dealt
+        // with.
         let mut states = Vec::with_capacity(dag.len());
         for index in 0..dag.len() {
             let name = dag.name(index);
-            let state = resume_step(&shared, name, &pipeline.steps[name]).await?;
+            let state =
+                if recorded { resume_step(&shared, name, &pipeline.steps[name]).await? } else { StepState::Pending };
             match state {
                 StepState::Failed => {
                     first_failure.get_or_insert_with(|| format!("step `{name}` failed"));

@@ -143,7 +143,6 @@ type LiveMap = std::collections::HashMap<(String, String), (u32, airlock_sandbox
 /// The logs of the step attempts running now, by run and step, so a
 /// server can show a step's output while it is being written. An attempt
 /// leaves this map once its log is in the store.
-
 #[derive(Clone, Default)]
 pub struct LiveLogs(Arc<std::sync::Mutex<LiveMap>>);
 
