@@ -15,7 +15,6 @@ use crate::{App, Body, error, full, json};
 use airlock_model::policy::Role;
 use airlock_store::{ApprovalRecord, RunRecord, StepRecord, TokenRecord};
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -774,21 +773,27 @@ async fn artifact(app: &App, sha256: &str) -> Response<Body> {
     }
 }
 
-/// A step's log: the stored attempts, then the one running now.
-fn log_now(
+/// A step's log from byte `from` on: the stored attempts, then the one
+/// running now; and whether the step has ended. Only bytes from `from`
+/// on are copied, so following a long log costs what it grew by.
+fn log_from(
     store: &airlock_store::Store,
     live: Option<&airlock_runner::LiveLogs>,
     run: &str,
     step: &str,
+    from: usize,
 ) -> Result<(Vec<u8>, bool), Response<Body>> {
     let record = store.step(run, step).map_err(|e| store_error(&e))?;
-    let mut text = Vec::new();
     let stored = store.logs(run, step).map_err(|e| store_error(&e))?;
     let last_stored = stored.last().map(|l| l.attempt).unwrap_or(0);
+    let mut text = Vec::new();
+    // Where the log so far ends.
+    let mut at = 0;
     for l in stored {
-        text.extend_from_slice(&l.bytes);
+        text.extend_from_slice(l.bytes.get(from.saturating_sub(at)..).unwrap_or_default());
+        at += l.bytes.len();
     }
-    if let Some((attempt, bytes, _)) = live.and_then(|live| live.read(run, step, 0))
+    if let Some((attempt, bytes, _)) = live.and_then(|live| live.read(run, step, from.saturating_sub(at)))
         && attempt > last_stored
     {
         text.extend_from_slice(&bytes);
@@ -803,7 +808,7 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
     };
     let offset: usize = query_value(query, "offset").and_then(|v| v.parse().ok()).unwrap_or(0);
     let follow = query_value(query, "follow") == Some("true");
-    let (text, ended) = match log_now(&app.store, app.live.as_ref(), &run, step) {
+    let (first, ended) = match log_from(&app.store, app.live.as_ref(), &run, step, offset) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -813,7 +818,6 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
         r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         r
     };
-    let first = text.get(offset..).unwrap_or_default().to_vec();
     if !follow || ended {
         return text_response(full(first));
     }
@@ -828,11 +832,10 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
         }
         loop {
             tokio::time::sleep(FOLLOW_POLL).await;
-            let Ok((text, ended)) = log_now(&store, live.as_ref(), &run, &step) else { return };
-            if text.len() > sent {
-                let chunk = Bytes::copy_from_slice(&text[sent..]);
-                sent = text.len();
-                if sender.send(Ok(Frame::data(chunk))).await.is_err() {
+            let Ok((more, ended)) = log_from(&store, live.as_ref(), &run, &step, sent) else { return };
+            if !more.is_empty() {
+                sent += more.len();
+                if sender.send(Ok(Frame::data(Bytes::from(more)))).await.is_err() {
                     return;
                 }
             }
@@ -841,13 +844,7 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
             }
         }
     });
-    let stream = tokio_stream_body(receiver);
-    text_response(stream)
-}
-
-fn tokio_stream_body(receiver: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>) -> Body {
-    let stream = futures_util::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|item| (item, r)) });
-    http_body_util::StreamBody::new(stream).boxed()
+    text_response(crate::channel_body(receiver))
 }
 
 async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<Incoming>) -> Response<Body> {

@@ -620,7 +620,7 @@ fn get_manifest(app: &App, t: &TargetStore, b: &str) -> Response<Body> {
 /// match, the connection is cut before the last chunk so the client sees
 /// a failed download, never a complete wrong file.
 fn send_blob(file: std::fs::File, sha256: String) -> Body {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let mut file = file;
         let mut hasher = Sha256::new();
@@ -657,5 +657,11 @@ fn send_blob(file: std::fs::File, sha256: String) -> Body {
             let _ = tx.blocking_send(Ok(Frame::data(chunk)));
         }
     });
+    channel_body(rx)
+}
+
+/// A response body made of what arrives on a channel, until it closes;
+/// an error ends the response early, so the client sees it broken off.
+fn channel_body(mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>) -> Body {
     StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed()
 }
