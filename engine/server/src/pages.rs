@@ -35,15 +35,19 @@ fn href(path: &str) -> String {
     escape(&utf8_percent_encode(path, SEGMENT).to_string())
 }
 
+/// The look every page of the server shares: the published trees' and
+/// the run pages' (which add their own rules after it).
+pub(crate) const STYLE: &str = "\
+    body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#1d232a}\
+    table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25rem .75rem .25rem 0;vertical-align:top}\
+    th{border-bottom:1px solid #ccd}code{font-size:12px;color:#556}\
+    a{color:#0b57d0;text-decoration:none}a:hover{text-decoration:underline}nav{color:#667;margin-bottom:1rem}";
+
 fn page(title: &str, body: &str) -> Response<Body> {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t} · airlock</title><style>\
-         body{{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#1d232a}}\
-         table{{border-collapse:collapse;width:100%}}td,th{{text-align:left;padding:.25rem .75rem .25rem 0;vertical-align:top}}\
-         th{{border-bottom:1px solid #ccd}}td.n{{text-align:right;white-space:nowrap}}code{{font-size:12px;color:#556}}\
-         a{{color:#0b57d0;text-decoration:none}}a:hover{{text-decoration:underline}}nav{{color:#667;margin-bottom:1rem}}\
+         <title>{t} · airlock</title><style>{STYLE}td.n{{text-align:right;white-space:nowrap}}\
          </style></head><body><h1>{t}</h1>\n{body}</body></html>\n",
         t = escape(title)
     );

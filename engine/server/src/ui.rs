@@ -89,11 +89,7 @@ fn page(title: &str, body: &str, refresh: bool) -> Response<Body> {
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t} · airlock</title><style>\
-         body{{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;color:#1d232a}}\
-         table{{border-collapse:collapse;width:100%}}td,th{{text-align:left;padding:.25rem .75rem .25rem 0;vertical-align:top}}\
-         th{{border-bottom:1px solid #ccd}}code{{font-size:12px;color:#556}}\
-         a{{color:#0b57d0;text-decoration:none}}a:hover{{text-decoration:underline}}nav{{color:#667;margin-bottom:1rem}}\
+         <title>{t} · airlock</title><style>{style}\
          .state{{font-weight:600}}.succeeded{{color:#137333}}.failed{{color:#b3261e}}.running,.retrying{{color:#0b57d0}}\
          .queued,.pending{{color:#667}}.skipped,.cancelled{{color:#8a6d00}}\
          pre{{background:#0f1419;color:#e6e1cf;padding:1rem;overflow:auto;min-height:8rem;white-space:pre-wrap}}\
@@ -102,7 +98,8 @@ fn page(title: &str, body: &str, refresh: bool) -> Response<Body> {
          </style></head><body><nav><a href=\"/ui\">runs</a> · <form method=\"post\" action=\"/ui/logout\" \
          style=\"display:inline\"><button type=\"submit\" id=\"sign-out\">sign out</button></form></nav><h1>{t}</h1>\n{body}\
          <script src=\"/ui/app.js\"></script></body></html>\n",
-        t = escape(title)
+        t = escape(title),
+        style = crate::pages::STYLE,
     );
     let mut r = respond(StatusCode::OK, "text/html; charset=utf-8", html);
     let h = r.headers_mut();
