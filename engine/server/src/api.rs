@@ -665,23 +665,8 @@ async fn submit(app: &App, user: &str, req: Request<Incoming>) -> Response<Body>
 
 /// Every step's `needs`, from the source the run was submitted with.
 fn needs_of(run: &RunRecord) -> BTreeMap<String, Vec<String>> {
-    struct Anything;
-    impl airlock_model::Lookup for Anything {
-        fn plugin_exists(&self, _: &str) -> bool {
-            true
-        }
-        fn dir_exists(&self, _: &str) -> bool {
-            true
-        }
-        fn environment(&self, _: &str, _: &str) -> Result<(), String> {
-            Ok(())
-        }
-        fn publish_target(&self, _: &str) -> Result<(), String> {
-            Ok(())
-        }
-    }
     let Some(submission) = &run.submission else { return BTreeMap::new() };
-    match airlock_model::load(&submission.pipeline, &submission.source, &Anything) {
+    match airlock_model::load(&submission.pipeline, &submission.source, &airlock_model::NoLookup) {
         Ok(p) => p.steps.iter().map(|(name, step)| (name.clone(), step.needs.clone())).collect(),
         Err(_) => BTreeMap::new(),
     }
