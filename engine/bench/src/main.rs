@@ -11,6 +11,7 @@
 //! 1,000-step fan-out; beside each, the cost of spawning a native process
 //! (`/bin/true`) measured in the same run.
 
+use airlock_bench::{Stats, fmt};
 use airlock_runner::{CancellationToken, Engine, FsLookup, Progress, RunOptions};
 use airlock_sandbox::{Invocation, Sandbox};
 use airlock_store::{StepState, Store};
@@ -105,30 +106,6 @@ fn main() -> anyhow::Result<()> {
         fmt(spawn.p50 * STEPS as u32)
     );
     Ok(())
-}
-
-fn fmt(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
-        format!("{us:.0} µs")
-    } else if us < 1e6 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{:.2} s", us / 1e6)
-    }
-}
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Stats {
-    fn of(mut samples: Vec<Duration>) -> Self {
-        samples.sort();
-        let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
-        Self { p50: at(0.5), p99: at(0.99) }
-    }
 }
 
 fn sample(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Stats> {

@@ -12,6 +12,7 @@
 //! beside the idle one, throughput in runs and steps per second, and
 //! checks that nothing was lost: every run and every step succeeded.
 
+use airlock_bench::{Stats, fmt};
 use airlock_model::policy::Role;
 use airlock_runner::{CancellationToken, Engine, queue::RunQueue};
 use airlock_server::api::ApiUser;
@@ -59,20 +60,6 @@ impl Api {
         let (status, _, took) = self.call(Method::GET, &format!("/api/v1/runs/{run}"), None).await?;
         anyhow::ensure!(status == 200, "GET run answered {status}");
         Ok(took)
-    }
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or_default();
-    (at(0.5), at(0.99))
-}
-
-fn fmt(d: Duration) -> String {
-    if d < Duration::from_millis(1) {
-        format!("{} µs", d.as_micros())
-    } else {
-        format!("{:.1} ms", d.as_secs_f64() * 1e3)
     }
 }
 
@@ -141,7 +128,7 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..500 {
             idle.push(api.read(&warm).await?);
         }
-        let (idle50, idle99) = percentiles(idle);
+        let Stats { p50: idle50, p99: idle99 } = Stats::of(idle);
 
         // The load.
         let started = Instant::now();
@@ -183,8 +170,8 @@ fn main() -> anyhow::Result<()> {
             under_load.extend(done??);
         }
         let reads = under_load.len();
-        let (load50, load99) = percentiles(under_load);
-        let (sub50, sub99) = percentiles(submit_latency);
+        let Stats { p50: load50, p99: load99 } = Stats::of(under_load);
+        let Stats { p50: sub50, p99: sub99 } = Stats::of(submit_latency);
         let steps = RUNS * LAYERS * WIDTH;
         println!("{:<44} {}", "all submitted (acknowledged, on disk) in", fmt(submitted_in));
         println!("{:<44} p50 {:>9}   p99 {:>9}", "submit latency (100 at once)", fmt(sub50), fmt(sub99));
