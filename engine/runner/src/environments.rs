@@ -16,7 +16,7 @@ use crate::publish::upstream_outputs;
 use airlock_host::deploy::{DeployArtifact, Deployment, preflight};
 use airlock_model::EnvironmentStep;
 use airlock_model::policy::Environment;
-use airlock_store::{ApprovalArtifact, ApprovalRecord, ApprovalState, DeployedRecord, code_digest, new_code, now_ms};
+use airlock_store::{ApprovalArtifact, ApprovalRecord, ApprovalState, DeployedRecord, hash_code, new_code, now_ms};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -209,6 +209,7 @@ async fn wait_for_approval(
     let chosen = airlock_host::deploy::provider(env, &policy_dir);
     let (provider, target) = (chosen.kind(), chosen.target());
     let code = new_code();
+    let (code_salt, code_sha256) = hash_code(&code);
     let now = now_ms();
     let request = ApprovalRecord {
         run: shared.run_id.clone(),
@@ -224,7 +225,8 @@ async fn wait_for_approval(
         approvers: approvers.clone(),
         required: rules.required,
         requester_may_approve: rules.requester_may_approve,
-        code_sha256: code_digest(&code),
+        code_sha256,
+        code_salt,
         created_ms: now,
         deadline_ms: now.saturating_add(rules.timeout.as_millis() as u64),
         state: ApprovalState::Pending,

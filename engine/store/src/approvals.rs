@@ -3,8 +3,9 @@
 //!
 //! A request records exactly what would happen (environment, provider,
 //! target, the artifacts by digest, who asked), who may decide, how many
-//! must approve, until when, and the sha256 of a random one-time code
-//! shown in the run's output. Each decision is checked against the
+//! must approve, until when, and a salted sha256 of a random one-time
+//! code shown in the run's output (each request has its own salt, so no
+//! table of hashes computed in advance fits two requests). Each decision is checked against the
 //! request and appended in one compare-and-swap, then flushed to disk
 //! before anyone is told: of two decisions racing for the last approval,
 //! exactly one counts; once a request is decided, nothing changes it.
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Where a request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalState {
     /// Waiting for decisions.
@@ -43,7 +44,7 @@ impl ApprovalState {
 }
 
 /// An artifact as the request shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalArtifact {
     /// Its path.
     pub path: String,
@@ -54,7 +55,7 @@ pub struct ApprovalArtifact {
 }
 
 /// One person's decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// Who (a user of the policy).
     pub user: String,
@@ -67,7 +68,7 @@ pub struct Decision {
 }
 
 /// A request for approval, with its decisions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
     /// The run.
     pub run: String,
@@ -89,8 +90,11 @@ pub struct ApprovalRecord {
     pub required: u64,
     /// Whether the requester may be one of them.
     pub requester_may_approve: bool,
-    /// sha256 of the one-time code.
+    /// sha256 of the salt and the one-time code: never shown to anyone.
     pub code_sha256: String,
+    /// The salt, hex (empty in requests made before codes were salted).
+    #[serde(default)]
+    pub code_salt: String,
     /// When it was asked.
     pub created_ms: u64,
     /// When it times out.
@@ -158,9 +162,26 @@ pub enum ApprovalError {
     Store(#[from] StoreError),
 }
 
-/// sha256 of a one-time code, hex.
-pub fn code_digest(code: &str) -> String {
-    hex::encode(Sha256::digest(code.trim().as_bytes()))
+/// A new salt and the salted sha256 of a one-time code, both hex: what
+/// a request keeps in `code_salt` and `code_sha256`.
+pub fn hash_code(code: &str) -> (String, String) {
+    let salt = hex::encode(rand::random::<[u8; 16]>());
+    let digest = salted(&salt, code);
+    (salt, digest)
+}
+
+fn salted(salt: &str, code: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(salt.as_bytes());
+    h.update(code.trim().as_bytes());
+    hex::encode(h.finalize())
+}
+
+impl ApprovalRecord {
+    /// Whether `code` is this request's one-time code.
+    pub fn code_matches(&self, code: &str) -> bool {
+        salted(&self.code_salt, code) == self.code_sha256
+    }
 }
 
 /// A new one-time code: 10 characters from an alphabet without look-alikes.
@@ -189,11 +210,13 @@ fn apply(
     if now >= r.deadline_ms {
         return Err(ApprovalError::TimedOut);
     }
-    if code_digest(code) != r.code_sha256 {
-        return Err(ApprovalError::WrongCode { run: r.run, step: r.step });
-    }
+    // Whether the user may decide at all comes first: to someone who may
+    // not, a right code and a wrong one get the same answer.
     if !r.approvers.iter().any(|a| a == user) {
         return Err(ApprovalError::NotApprover { user: user.to_owned(), environment: r.environment });
+    }
+    if !r.code_matches(code) {
+        return Err(ApprovalError::WrongCode { run: r.run, step: r.step });
     }
     if approve && user == r.requester && !r.requester_may_approve {
         return Err(ApprovalError::Requester { user: user.to_owned(), environment: r.environment });
@@ -352,6 +375,25 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Issue 12: codes were hashed unsalted, so one table of the ~49-bit
+    /// code space fitted every request.
+    #[test]
+    fn codes_are_salted_per_request() {
+        let code = new_code();
+        let (salt1, digest1) = hash_code(&code);
+        let (salt2, digest2) = hash_code(&code);
+        assert_ne!(salt1, salt2);
+        assert_ne!(digest1, digest2, "the same code hashes differently in two requests");
+        assert_ne!(digest1, hex::encode(Sha256::digest(code.as_bytes())), "the digest is not the bare sha256");
+        let mut r = request(&code, 1, true, now_ms() + 60_000);
+        (r.code_salt, r.code_sha256) = (salt1, digest1);
+        assert!(r.code_matches(&code) && r.code_matches(&format!(" {code}\n")));
+        assert!(!r.code_matches("WRONGCODE1"));
+        // A request from before salts still takes its code.
+        (r.code_salt, r.code_sha256) = (String::new(), hex::encode(Sha256::digest(code.as_bytes())));
+        assert!(r.code_matches(&code));
+    }
+
     fn request(code: &str, required: u64, requester_may_approve: bool, deadline_ms: u64) -> ApprovalRecord {
         ApprovalRecord {
             run: "r1".into(),
@@ -364,7 +406,8 @@ mod tests {
             approvers: vec!["alice".into(), "bob".into(), "carol".into()],
             required,
             requester_may_approve,
-            code_sha256: code_digest(code),
+            code_sha256: salted("5a17", code),
+            code_salt: "5a17".into(),
             created_ms: now_ms(),
             deadline_ms,
             state: ApprovalState::Pending,
@@ -389,6 +432,11 @@ mod tests {
             store.decide("r1", "deploy", user, code, approve, None).expect_err("refused").to_string()
         };
         assert!(err("mallory", &code, true).contains("`mallory` may not decide for environment `prod`"));
+        assert_eq!(
+            err("mallory", "WRONGCODE1", true),
+            err("mallory", &code, true),
+            "a code tells a non-approver nothing"
+        );
         assert!(err("alice", &code, true).contains("`alice` asked for this deployment"));
         assert!(err("bob", "WRONGCODE1", true).contains("not the code of this request"));
         assert!(matches!(store.decide("r1", "nope", "bob", &code, true, None), Err(ApprovalError::NoRequest { .. })));

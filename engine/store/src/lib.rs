@@ -25,7 +25,7 @@
 mod approvals;
 mod tokens;
 
-pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, code_digest, new_code};
+pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
 
 pub use tokens::{
     ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse,
@@ -68,6 +68,17 @@ pub enum StoreError {
     /// No token with that id.
     #[error("no token `{0}`; `airlock token list` shows them")]
     NoToken(String),
+    /// Several tokens share an id (made by an older airlock, whose ids
+    /// were short): revoking by it could hit the wrong one.
+    #[error(
+        "{count} tokens have the id `{id}`; nothing was revoked (revoke them by letting them expire, or make new ones)"
+    )]
+    AmbiguousToken {
+        /// The id given.
+        id: String,
+        /// How many tokens have it.
+        count: usize,
+    },
     /// No step with that name in the run.
     #[error("run `{run}` has no step `{step}`")]
     NoStep {
@@ -87,7 +98,7 @@ pub fn now_ms() -> u64 {
 }
 
 /// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     /// Submitted to a server, waiting for its turn.
@@ -121,7 +132,7 @@ impl RunState {
 }
 
 /// Where a step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
     /// Waiting for the steps it needs.
@@ -161,7 +172,7 @@ impl StepState {
 }
 
 /// A run of a pipeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Time-ordered id, e.g. `20261122-150353-7f3a`.
     pub id: String,
@@ -189,7 +200,7 @@ pub struct RunRecord {
 
 /// A run submitted to `airlock serve`: what it needs to start or resume
 /// the run without the client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submission {
     /// The pipeline file, relative to the server's pipelines directory.
     pub pipeline: String,
@@ -206,7 +217,7 @@ pub struct Submission {
 }
 
 /// One file a step produced, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputRecord {
     /// Path relative to the workspace, `/`-separated.
     pub path: String,
@@ -217,7 +228,7 @@ pub struct OutputRecord {
 }
 
 /// A step of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// The step's name.
     pub name: String,
@@ -250,7 +261,7 @@ pub struct StepRecord {
 
 /// What a deploy step deployed (or an approval step had approved). Never
 /// holds a credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployedRecord {
     /// The environment.
     pub environment: String,
@@ -267,7 +278,7 @@ pub struct DeployedRecord {
 }
 
 /// What a publish step published, and with which token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedRecord {
     /// The publish target.
     pub target: String,
@@ -304,7 +315,7 @@ impl StepRecord {
 }
 
 /// One entry of a run's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Position in the store's history: later events have larger numbers.
     pub seq: u64,
@@ -356,6 +367,9 @@ pub struct Store {
     artifacts: sled::Tree,
     /// Tokens by the sha256 of their secret.
     tokens: sled::Tree,
+    /// The sha256 of each token's secret by the token's id: ids are
+    /// claimed here first, so no two tokens share one.
+    token_ids: sled::Tree,
     /// Approval requests by run and step.
     approvals: sled::Tree,
     /// Run ids by submitter and idempotency key.
@@ -394,6 +408,7 @@ impl Store {
             logs: db.open_tree("logs")?,
             artifacts: db.open_tree("artifacts")?,
             tokens: db.open_tree("tokens")?,
+            token_ids: db.open_tree("token_ids")?,
             approvals: db.open_tree("approvals")?,
             keys: db.open_tree("idempotency")?,
             db,

@@ -42,7 +42,7 @@ pub const ACTIONS: &[&str] = &["publish"];
 /// What a token allows: `ACTION:TARGET/PREFIX`, e.g.
 /// `publish:snapshots/pr-481-` allows publishing to the target
 /// `snapshots` any build id starting with `pr-481-`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scope {
     /// The action, e.g. `publish`.
     pub action: String,
@@ -130,7 +130,7 @@ impl TokenSpec {
 }
 
 /// What a token has used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenUsage {
     /// Uses.
     pub calls: u64,
@@ -141,7 +141,7 @@ pub struct TokenUsage {
 }
 
 /// A token as stored: everything but the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     /// A name for the token that is not the token, e.g. `tok-3f9a61c2`.
     pub id: String,
@@ -285,6 +285,14 @@ fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The store's key of a token, if it has a token's shape.
+fn token_key(token: &str) -> std::result::Result<String, TokenError> {
+    if !token.starts_with(TOKEN_PREFIX) || token.len() != TOKEN_PREFIX.len() + 64 {
+        return Err(TokenError::Malformed);
+    }
+    Ok(digest(token))
+}
+
 /// Checks `token` against one use; on success returns it charged.
 fn check(mut t: TokenRecord, u: &TokenUse<'_>) -> std::result::Result<TokenRecord, TokenError> {
     let id = t.id.clone();
@@ -339,8 +347,10 @@ impl Store {
         let now = now_ms();
         let start = spec.not_before_ms.unwrap_or(now);
         let secret = format!("{TOKEN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+        let key = digest(&secret);
+        let id = self.claim_token_id(&key).map_err(|e| e.to_string())?;
         let record = TokenRecord {
-            id: format!("tok-{}", hex::encode(rand::random::<[u8; 4]>())),
+            id,
             scope: spec.scope.clone(),
             created_ms: now,
             not_before_ms: start,
@@ -355,7 +365,7 @@ impl Store {
             run: spec.run.clone(),
         };
         let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        self.tokens.insert(digest(&secret), value).map_err(|e| format!("state store: {e}"))?;
+        self.tokens.insert(key, value).map_err(|e| format!("state store: {e}"))?;
         // A token must be on disk before anyone is handed it.
         self.tokens.flush().map_err(|e| format!("state store: {e}"))?;
         Ok((secret, record))
@@ -372,17 +382,42 @@ impl Store {
         Ok(all)
     }
 
-    /// Revokes the token with this id; revoking twice is not an error.
-    pub fn revoke_token(&self, id: &str) -> Result<TokenRecord> {
-        let mut found = None;
+    /// A new token id, claimed for the token whose secret has digest
+    /// `key`: 128 random bits, and checked against every id claimed
+    /// before, so an id names one token only.
+    fn claim_token_id(&self, key: &str) -> Result<String> {
+        loop {
+            let id = format!("tok-{}", hex::encode(rand::random::<[u8; 16]>()));
+            if self.token_ids.compare_and_swap(id.as_bytes(), None::<&[u8]>, Some(key.as_bytes()))?.is_ok() {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// The key of the token with this id: from the id index, or, for
+    /// tokens made before there was one, by looking at every token (and
+    /// refusing an id that several of those share).
+    fn token_key(&self, id: &str) -> Result<sled::IVec> {
+        if let Some(key) = self.token_ids.get(id.as_bytes())? {
+            return Ok(key);
+        }
+        let mut found = Vec::new();
         for item in self.tokens.iter() {
             let (key, value) = item?;
             if crate::decode::<TokenRecord>(&key, &value)?.id == id {
-                found = Some(key);
-                break;
+                found.push(key);
             }
         }
-        let key = found.ok_or_else(|| StoreError::NoToken(id.to_owned()))?;
+        match found.len() {
+            0 => Err(StoreError::NoToken(id.to_owned())),
+            1 => Ok(found.remove(0)),
+            count => Err(StoreError::AmbiguousToken { id: id.to_owned(), count }),
+        }
+    }
+
+    /// Revokes the token with this id; revoking twice is not an error.
+    pub fn revoke_token(&self, id: &str) -> Result<TokenRecord> {
+        let key = self.token_key(id)?;
         // Only this record changes, and a use racing with the revocation
         // either lands before it or sees it.
         // A record that does not decode is left as it is (returning
@@ -421,13 +456,23 @@ impl Store {
         Ok(revoked)
     }
 
+    /// Checks `token` for one use without charging it: what a server
+    /// asks before it reads a request's body, whose size the use is then
+    /// charged for with [`use_token`](Self::use_token).
+    pub fn peek_token(&self, token: &str, u: &TokenUse<'_>) -> std::result::Result<TokenRecord, TokenError> {
+        let key = token_key(token)?;
+        let Some(old) = self.tokens.get(&key).map_err(StoreError::from)? else {
+            return Err(TokenError::Unknown);
+        };
+        let record = crate::decode::<TokenRecord>(key.as_bytes(), &old)?;
+        check(record.clone(), u)?;
+        Ok(record)
+    }
+
     /// Checks `token` for one use and charges it, atomically: of two
     /// uses racing for a token's last call, one gets it.
     pub fn use_token(&self, token: &str, u: &TokenUse<'_>) -> std::result::Result<TokenRecord, TokenError> {
-        if !token.starts_with(TOKEN_PREFIX) || token.len() != TOKEN_PREFIX.len() + 64 {
-            return Err(TokenError::Malformed);
-        }
-        let key = digest(token);
+        let key = token_key(token)?;
         loop {
             let Some(old) = self.tokens.get(&key).map_err(StoreError::from)? else {
                 return Err(TokenError::Unknown);
@@ -506,6 +551,67 @@ mod tests {
             }
         }
         assert!(found, "the record is on disk");
+    }
+
+    /// Issue 12, item 7: ids had 32 random bits and no uniqueness check,
+    /// so revoking by id could hit another token.
+    #[test]
+    fn token_ids_are_long_unique_and_revoke_only_their_token() {
+        let (_dir, store) = store();
+        let mut ids = std::collections::HashSet::new();
+        let mut secrets = Vec::new();
+        for _ in 0..200 {
+            let (secret, record) = store.create_token(&spec()).expect("create");
+            let random = record.id.strip_prefix("tok-").expect("prefix");
+            assert_eq!(random.len(), 32, "an id carries 128 random bits: {}", record.id);
+            assert!(ids.insert(record.id.clone()), "id {} given twice", record.id);
+            secrets.push((secret, record.id));
+        }
+        let (victim, id) = &secrets[17];
+        store.revoke_token(id).expect("revoke");
+        for (secret, other) in &secrets {
+            let revoked =
+                matches!(store.use_token(secret, &publish("pr-1-x", now_ms())), Err(TokenError::Revoked { .. }));
+            assert_eq!(revoked, secret == victim, "token {other}");
+        }
+        // An id is claimed before its token is stored: it cannot be claimed twice.
+        let claimed = store.token_ids.compare_and_swap(id.as_bytes(), None::<&[u8]>, Some(&b"x"[..])).expect("cas");
+        assert!(claimed.is_err(), "an id in use was claimed again");
+    }
+
+    /// Tokens from before the id index may share a short id: revoking
+    /// by it is refused instead of picking one of them.
+    #[test]
+    fn a_shared_legacy_id_revokes_nothing() {
+        let (_dir, store) = store();
+        let mut keys = Vec::new();
+        for _ in 0..2 {
+            let (secret, mut record) = store.create_token(&spec()).expect("create");
+            store.token_ids.remove(record.id.as_bytes()).expect("unindex");
+            record.id = "tok-0badf00d".into();
+            store.tokens.insert(digest(&secret), serde_json::to_vec(&record).expect("json")).expect("insert");
+            keys.push(secret);
+        }
+        let refused = store.revoke_token("tok-0badf00d");
+        assert!(matches!(refused, Err(StoreError::AmbiguousToken { count: 2, .. })), "{refused:?}");
+        for secret in &keys {
+            store.use_token(secret, &publish("pr-1-x", now_ms())).expect("still usable");
+        }
+    }
+
+    /// A peek checks like a use and charges nothing.
+    #[test]
+    fn peeking_at_a_token_charges_nothing() {
+        let (_dir, store) = store();
+        let mut spec = spec();
+        spec.max_calls = Some(1);
+        let (secret, _) = store.create_token(&spec).expect("create");
+        for _ in 0..3 {
+            store.peek_token(&secret, &publish("pr-1-x", now_ms())).expect("peek");
+        }
+        assert!(matches!(store.peek_token(&secret, &publish("pr-2-x", now_ms())), Err(TokenError::OutOfScope { .. })));
+        store.use_token(&secret, &publish("pr-1-x", now_ms())).expect("the one call");
+        assert!(matches!(store.peek_token(&secret, &publish("pr-1-x", now_ms())), Err(TokenError::QuotaUsedUp { .. })));
     }
 
     #[test]
