@@ -347,8 +347,10 @@ impl Pipeline {
         let mut errors = Vec::new();
         for (name, _) in overrides {
             if !self.params.contains_key(name) {
+                // A name from a client is shown escaped and cut, never raw.
+                let name = crate::text::one_line(name, 100);
                 let known: Vec<&str> = self.params.keys().map(String::as_str).collect();
-                errors.push(match crate::parse::closest(name, &known) {
+                errors.push(match crate::parse::closest(&name, &known) {
                     Some(k) => format!("unknown parameter `{name}`; did you mean `{k}`?"),
                     None if known.is_empty() => format!("unknown parameter `{name}`: this pipeline has no parameters"),
                     None => format!("unknown parameter `{name}`; this pipeline has: {}", known.join(", ")),

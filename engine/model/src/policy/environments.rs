@@ -447,6 +447,20 @@ fn provider(
                         format!("`{text}` is not an http:// or https:// URL"),
                         None,
                     );
+                } else if let Some(what) = secret_in_url(text) {
+                    // The URL is shown to everyone who sees an approval, so
+                    // neither it nor the secret is echoed here.
+                    c.error(
+                        "secret-in-url",
+                        &join(path, "url"),
+                        u.span,
+                        format!("the URL carries {what}; URLs are shown to everyone who reads an approval"),
+                        Some(
+                            "take it out of the URL, put it in the environment's `credentials`, and name it with \
+                             `credential:` (sent as an `Authorization` header with `auth: bearer` or `auth: basic`)"
+                                .into(),
+                        ),
+                    );
                 }
                 Some(text.to_owned())
             });
@@ -634,4 +648,46 @@ fn grants(c: &mut Checker<'_>, node: &Node, path: &str) -> Grants {
         };
     }
     g
+}
+
+/// Query parameter names that carry a secret, in part of the name.
+const SECRET_PARAMS: &[&str] =
+    &["key", "token", "secret", "pass", "pwd", "auth", "signature", "credential", "session", "jwt", "bearer"];
+
+/// What secret an http(s) URL carries, if it carries one: a user name
+/// or password before the host, or a query parameter named like a key,
+/// token, password or signature. Says so in words without the value.
+fn secret_in_url(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if rest[..end].contains('@') {
+        return Some("a user name or password before its host (`USER:PASSWORD@`)".into());
+    }
+    let query = rest.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or_default())?;
+    query.split('&').find_map(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let lower = percent_decoded(name).to_ascii_lowercase();
+        let secret = SECRET_PARAMS.iter().any(|s| lower.contains(s)) || matches!(lower.as_str(), "sig" | "code");
+        secret.then(|| format!("a secret in its query (`{}=...`)", crate::text::one_line(name, 60)))
+    })
+}
+
+/// `%XX` escapes of a URL part decoded, so `api%5Fkey` is seen as `api_key`.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(|&b| hex(b)), bytes.get(i + 2).and_then(|&b| hex(b)))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -300,6 +300,40 @@ mod tests {
         assert!(!secret.message.contains("s3cret"), "a secret written inline is not echoed: {}", secret.message);
     }
 
+    /// Issue 12, item 8: a provider URL with a password or an API key in
+    /// it was accepted, and then shown to every viewer of an approval.
+    #[test]
+    fn credentials_in_a_provider_url_are_refused_without_echoing_them() {
+        for (url, secret) in [
+            ("https://deployer:hunter2@deploy.example/hook", "hunter2"),
+            ("https://deployer@deploy.example/hook", "deployer"),
+            ("https://deploy.example/hook?env=prod&api_key=k3y-v4lue", "k3y-v4lue"),
+            ("https://deploy.example/hook?Token=t0k3n", "t0k3n"),
+            ("https://deploy.example/hook?X-Amz-Signature=s1g", "s1g"),
+            ("https://deploy.example/hook?access%5Fkey=p4ss", "p4ss"),
+            ("http://deploy.example/?sig=abc123#frag", "abc123"),
+        ] {
+            let src =
+                format!("environments:\n  prod:\n    provider: {{ type: http, url: '{url}' }}\n    pipelines: ['*']\n");
+            let diags = load_policy("policy.yaml", &src).expect_err(url);
+            assert_eq!(diags.len(), 1, "{url}: {diags:?}");
+            let d = &diags[0];
+            assert_eq!((d.code, d.path.as_str()), ("secret-in-url", "environments.prod.provider.url"), "{url}");
+            assert!(!d.message.contains(secret), "{url}: the secret is echoed: {}", d.message);
+            assert!(d.hint.as_deref().is_some_and(|h| h.contains("credential:")), "{url}: {:?}", d.hint);
+        }
+        for fine in [
+            "https://deploy.example/hook",
+            "https://deploy.example/hook?env=prod&region=eu",
+            "https://deploy.example/path/with@sign",
+        ] {
+            let src = format!(
+                "environments:\n  prod:\n    provider: {{ type: http, url: '{fine}' }}\n    pipelines: ['*']\n"
+            );
+            load_policy("policy.yaml", &src).unwrap_or_else(|d| panic!("{fine}: {d:?}"));
+        }
+    }
+
     #[test]
     fn environment_limits_are_defaults_and_ceilings() {
         use crate::{Limits, LimitsWritten};
