@@ -37,7 +37,7 @@ pub struct ApproveArgs {
 /// none does.
 pub fn approve(state_dir: &Path, policy: Option<&Path>, args: ApproveArgs) -> anyhow::Result<u8> {
     let socket = airlock_server::admin::socket_path(state_dir);
-    let decided: Result<airlock_store::ApprovalRecord, (u8, String)> = if let Some(server) = &args.server {
+    let decided: Result<airlock_server::views::Approval, (u8, String)> = if let Some(server) = &args.server {
         let body = airlock_server::api::DecideBody {
             code: args.code.clone(),
             approve: !args.deny,
@@ -56,7 +56,8 @@ pub fn approve(state_dir: &Path, policy: Option<&Path>, args: ApproveArgs) -> an
         let (status, bytes) = crate::tokens::admin_request(&socket, "POST", &path, Some(&body))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         if status.is_success() {
-            Ok(serde_json::from_value(v["record"].clone())?)
+            let record: airlock_store::ApprovalRecord = serde_json::from_value(v["record"].clone())?;
+            Ok((&record).into())
         } else {
             let code = if status.is_server_error() { exit::ERROR } else { exit::FAILED };
             Err((code, v["error"]["message"].as_str().unwrap_or("refused").to_owned()))
@@ -81,6 +82,7 @@ pub fn approve(state_dir: &Path, policy: Option<&Path>, args: ApproveArgs) -> an
         let run = store.find_run(&args.run)?;
         store
             .decide(&run.id, &args.step, &user, &args.code, !args.deny, args.reason.as_deref())
+            .map(|record| (&record).into())
             .map_err(|e| (exit::FAILED, e.to_string()))
     };
     match decided {

@@ -226,16 +226,41 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Log lines of a server waiting to be written at most; more are dropped.
+const LOG_QUEUE: usize = 10_000;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server logs each request (never a token) unless RUST_LOG says otherwise.
     let quiet =
         if matches!(cli.command, Command::Serve(_)) { "warn,airlock_server=info,airlock_runner=info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(output::color())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into());
+    // A server's stderr may be a pipe nobody reads any more, or one that
+    // is full: its log lines then go through a bounded queue to a thread
+    // of their own and are dropped when they cannot be written, so a
+    // request never waits for (or fails on) the log. Errors writing the
+    // log are not reported on the same stderr (that would panic).
+    let _log_guard = if matches!(cli.command, Command::Serve(_)) {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(LOG_QUEUE)
+            .finish(std::io::stderr());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(output::color())
+            .log_internal_errors(false)
+            .init();
+        Some(guard)
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(output::color())
+            .log_internal_errors(false)
+            .init();
+        None
+    };
     let code = match cli.command {
         Command::Validate { files, json } => diagnostics::validate(&files, json, cli.policy.as_deref()),
         Command::Run(args) if args.server.is_some() => runtime().and_then(|rt| {

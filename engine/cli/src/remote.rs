@@ -211,7 +211,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
         println!("{}", serde_json::to_string_pretty(&detail)?);
     } else {
         // What a failed step said last, so the reason is on screen.
-        for step in detail.steps.iter().filter(|s| s.state == airlock_store::StepState::Failed) {
+        for step in detail.steps.iter().filter(|s| s.state == airlock_server::views::StepState::Failed) {
             let path = format!("/api/v1/runs/{id}/steps/{}/log", step.name);
             if let Ok((status, bytes)) = remote.call(Method::GET, &path, None, None).await
                 && status.is_success()
@@ -232,8 +232,8 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
         );
     }
     Ok(match detail.run.state {
-        airlock_store::RunState::Succeeded => exit::OK,
-        airlock_store::RunState::Cancelled => exit::CANCELLED,
+        airlock_server::views::RunState::Succeeded => exit::OK,
+        airlock_server::views::RunState::Cancelled => exit::CANCELLED,
         _ => exit::FAILED,
     })
 }
@@ -246,7 +246,7 @@ pub async fn decide(
     run: &str,
     step: &str,
     body: &airlock_server::api::DecideBody,
-) -> anyhow::Result<Result<airlock_store::ApprovalRecord, (u8, String)>> {
+) -> anyhow::Result<Result<airlock_server::views::Approval, (u8, String)>> {
     let remote = match Remote::new(server, Some(token)) {
         Ok(r) => r,
         // Already said why.

@@ -2,8 +2,14 @@
 //! trees and the publish API.
 
 use crate::exit;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+/// How long a partial upload in a publish target must have been left
+/// untouched before a starting server deletes it: far longer than the
+/// server lets an upload pause.
+const PARTIAL_UNTOUCHED: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What `airlock serve` asks for.
 #[derive(clap::Args)]
@@ -22,6 +28,32 @@ pub struct ServeArgs {
     /// Steps at once within each run [default: number of cores].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
+    /// Connections open at once, at most; more are answered 503 and
+    /// closed.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Connections open at once from one client address (IPv6: one /64),
+    /// at most.
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: u32,
+    /// How long a connection may stay open with no request going on.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    idle_timeout: std::time::Duration,
+    /// How long a request body may pause before the request is refused.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    body_timeout: std::time::Duration,
+    /// How long an answer may wait for the client to take more of it
+    /// before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    write_timeout: std::time::Duration,
+}
+
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = airlock_model::parse_duration(text)?;
+    if d.is_zero() || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("`{text}` is not between 1ms and 1h"));
+    }
+    Ok(d)
 }
 
 /// Binds the admin socket, replacing one left by a process that died:
@@ -59,6 +91,17 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         None => Some(PathBuf::from("pipelines")).filter(|d| d.is_dir()),
     };
     let names: Vec<String> = loaded.targets.iter().map(|t| t.name().to_owned()).collect();
+    // Uploads cut off by a server that was killed leave partial blobs
+    // (invisible, but on disk for ever). One nobody has written to for a
+    // while is no upload going on (another process may publish to the
+    // same target directory), so it goes.
+    for target in &loaded.targets {
+        match target.remove_partial(PARTIAL_UNTOUCHED) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("target {}: removed {n} partial uploads", target.name()),
+            Err(e) => tracing::warn!("target {}: could not remove partial uploads: {e}", target.name()),
+        }
+    }
     let users = crate::policy::users(&loaded.policy);
     // Opening the engine resumes nothing yet; it revokes the tokens of
     // runs that died with the last engine. The queue then picks up the
@@ -68,7 +111,16 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         .with_policy(loaded.policy, loaded.dir);
     let shutdown = airlock_runner::CancellationToken::new();
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
-    let mut app = airlock_server::App::new(engine.store().clone(), loaded.targets).with_users(users);
+    let limits = airlock_server::conn::Limits {
+        max_connections: args.max_connections as usize,
+        max_per_address: args.max_connections_per_address as usize,
+        idle_timeout: args.idle_timeout,
+        body_timeout: args.body_timeout,
+        write_timeout: args.write_timeout,
+        ..Default::default()
+    };
+    let mut app =
+        airlock_server::App::new(engine.store().clone(), loaded.targets).with_users(users).with_limits(limits);
     if let Some(dir) = &pipelines {
         let queue = airlock_runner::queue::RunQueue::start(
             std::sync::Arc::new(engine),
@@ -88,12 +140,17 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     // directory only this user may enter (see airlock_server::admin).
     let socket = airlock_server::admin::socket_path(state_dir);
     let admin = admin_listener(&socket)?;
-    eprintln!(
+    // From here on stderr may be closed by whoever reads it (a parent
+    // that waits for this first line only): writes may fail, quietly.
+    let mut err = std::io::stderr();
+    let _ = writeln!(
+        err,
         "serving on http://{addr}/ (runs at /ui; publish targets: {}) (Ctrl-C stops)",
         if names.is_empty() { "none".into() } else { names.join(", ") }
     );
     if pipelines.is_none() {
-        eprintln!("no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");
+        let _ =
+            writeln!(err, "no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");
     }
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -118,7 +175,9 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let _ = admin.await;
     let _ = std::fs::remove_file(&socket);
     served?;
-    // Runs under way stay `running` in the store; the next start resumes them.
-    eprintln!("stopped");
+    // Runs under way stay `running` in the store; the next start resumes
+    // them. Nobody may be reading stderr any more: a failed write is not
+    // a failed stop.
+    let _ = writeln!(std::io::stderr(), "stopped");
     Ok(exit::OK)
 }

@@ -143,28 +143,71 @@ impl ArtifactStore {
         mut reader: impl Read,
         expected: Option<(&str, u64)>,
     ) -> Result<(String, u64, bool), ArtifactError> {
+        let mut writer = self.writer(expected)?;
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(e)),
+            };
+            writer.write(&buf[..n])?;
+        }
+        writer.finish()
+    }
+
+    /// A blob written piece by piece (an upload arriving over a network),
+    /// kept by [`BlobWriter::finish`] only if it has `len` bytes hashing
+    /// to `sha256`, when those are given.
+    pub fn writer(&self, expected: Option<(&str, u64)>) -> Result<BlobWriter, ArtifactError> {
         let tmp_dir = self.staging_dir(expected.map(|(d, _)| d))?;
         // Stored blobs are never written again; readers get them read-only.
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".new-")
+        let tmp = tempfile::Builder::new()
+            .prefix(PARTIAL_PREFIX)
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
             .tempfile_in(&tmp_dir)
             .map_err(|e| self.io(e))?;
-        let (digest, size) = copy_hashing(&mut reader, &mut tmp).map_err(|e| self.io(e))?;
-        if expected.is_some_and(|(d, len)| d != digest || len != size) {
-            // Dropping `tmp` deletes what arrived.
-            return Ok((digest, size, false));
+        Ok(BlobWriter {
+            store: self.clone(),
+            tmp,
+            hasher: Sha256::new(),
+            size: 0,
+            expected: expected.map(|(d, len)| (d.to_owned(), len)),
+        })
+    }
+
+    /// Deletes what writers that never finished left behind (a process
+    /// killed in the middle of an upload) and that nothing has touched
+    /// for `untouched`: a writer going on now keeps its file fresh.
+    /// Returns how many it deleted.
+    pub fn remove_partial(&self, untouched: std::time::Duration) -> Result<usize, ArtifactError> {
+        let mut removed = 0;
+        let mut dirs = vec![self.root.join("tmp")];
+        match std::fs::read_dir(self.root.join("sha256")) {
+            Ok(entries) => dirs.extend(entries.flatten().map(|e| e.path())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io(e)),
         }
-        let dest = self.path(&digest)?;
-        if expected.is_none() {
-            self.staging_dir(Some(&digest))?;
+        let now = std::time::SystemTime::now();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if !entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+                if meta.is_file() && age >= untouched {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(self.io(e)),
+                    }
+                }
+            }
         }
-        match tmp.persist_noclobber(&dest) {
-            Ok(_) => Ok((digest, size, true)),
-            // Someone stored the same bytes first.
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok((digest, size, false)),
-            Err(e) => Err(self.io(e.error)),
-        }
+        Ok(removed)
     }
 
     /// Copies a blob to `dest`, checking its digest on the way. On a
@@ -219,6 +262,61 @@ impl ArtifactStore {
             return Err(ArtifactError::Corrupt { expected: sha256.to_owned(), actual });
         }
         Ok(bytes)
+    }
+}
+
+/// What a writer's temporary file is named with, until it is kept.
+const PARTIAL_PREFIX: &str = ".new-";
+
+/// A blob being written; see [`ArtifactStore::writer`]. Dropped
+/// unfinished, it leaves nothing behind.
+pub struct BlobWriter {
+    store: ArtifactStore,
+    tmp: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+    expected: Option<(String, u64)>,
+}
+
+impl BlobWriter {
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), ArtifactError> {
+        self.hasher.update(bytes);
+        self.tmp.write_all(bytes).map_err(|e| self.store.io(e))?;
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The digest and length it must have to be kept, if it was given.
+    pub fn expected(&self) -> Option<(&str, u64)> {
+        self.expected.as_ref().map(|(d, len)| (d.as_str(), *len))
+    }
+
+    /// Keeps the blob, unless it is not what was expected; returns
+    /// `(sha256, size, new)` of what arrived either way. `new` is false
+    /// when the store had these bytes already, or did not keep them.
+    pub fn finish(self) -> Result<(String, u64, bool), ArtifactError> {
+        let Self { store, tmp, hasher, size, expected } = self;
+        let digest = hex::encode(hasher.finalize());
+        if expected.as_ref().is_some_and(|(d, len)| *d != digest || *len != size) {
+            // Dropping `tmp` deletes what arrived.
+            return Ok((digest, size, false));
+        }
+        let dest = store.path(&digest)?;
+        if expected.is_none() {
+            store.staging_dir(Some(&digest))?;
+        }
+        match tmp.persist_noclobber(&dest) {
+            Ok(_) => Ok((digest, size, true)),
+            // Someone stored the same bytes first.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok((digest, size, false)),
+            Err(e) => Err(store.io(e.error)),
+        }
     }
 }
 

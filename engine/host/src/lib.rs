@@ -29,5 +29,5 @@ pub mod deploy;
 mod extract;
 pub mod publish;
 
-pub use artifacts::{ArtifactError, ArtifactStore};
+pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};

@@ -15,7 +15,7 @@
 //! publish leaves only blobs that the next attempt finds already there.
 
 use crate::ArtifactError;
-use crate::artifacts::ArtifactStore;
+use crate::artifacts::{ArtifactStore, BlobWriter};
 use airlock_model::policy::PublishTarget;
 use airlock_model::text::is_hazard;
 use serde::{Deserialize, Serialize};
@@ -318,6 +318,25 @@ impl TargetStore {
     /// target's file limit is refused before a byte is read; one that is
     /// short or does not match is not kept.
     pub fn put_blob(&self, sha256: &str, len: u64, reader: impl Read) -> Result<bool, PublishError> {
+        let mut writer = self.blob_writer(sha256, len)?;
+        let mut reader = reader.take(len);
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => writer.write(&buf[..n])?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(PublishError::Io { dir: "upload".into(), source: e }),
+            }
+        }
+        self.finish_blob(writer)
+    }
+
+    /// Starts storing an uploaded blob of `len` bytes that must hash to
+    /// `sha256`, for bytes that arrive piece by piece; refused at once if
+    /// it is over the target's file limit. [`finish_blob`](Self::finish_blob)
+    /// keeps it.
+    pub fn blob_writer(&self, sha256: &str, len: u64) -> Result<BlobWriter, PublishError> {
         if !valid_digest(sha256) {
             return Err(PublishError::BadDigest(airlock_model::text::one_line(sha256, 100)));
         }
@@ -329,14 +348,29 @@ impl TargetStore {
                 max: self.limits.max_file_size,
             });
         }
-        let (actual, got, new) = self.blobs.put_expecting(reader.take(len), sha256, len)?;
-        if got != len {
-            return Err(PublishError::Truncated { sha256: sha256.to_owned(), expected: len, got });
-        }
-        if actual != sha256 {
-            return Err(PublishError::DigestMismatch { expected: sha256.to_owned(), actual });
+        Ok(self.blobs.writer(Some((sha256, len)))?)
+    }
+
+    /// Keeps a blob begun with [`blob_writer`](Self::blob_writer) if it is
+    /// whole and hashes to its digest; returns whether it was new.
+    pub fn finish_blob(&self, writer: BlobWriter) -> Result<bool, PublishError> {
+        let expected = writer.expected().map(|(d, len)| (d.to_owned(), len));
+        let (actual, got, new) = writer.finish()?;
+        if let Some((sha256, len)) = expected {
+            if got != len {
+                return Err(PublishError::Truncated { sha256, expected: len, got });
+            }
+            if actual != sha256 {
+                return Err(PublishError::DigestMismatch { expected: sha256, actual });
+            }
         }
         Ok(new)
+    }
+
+    /// Deletes partial uploads that a killed server left in the target's
+    /// blob store; see [`ArtifactStore::remove_partial`].
+    pub fn remove_partial(&self, untouched: std::time::Duration) -> Result<usize, PublishError> {
+        Ok(self.blobs.remove_partial(untouched)?)
     }
 
     /// Stores a blob from a local file that is known to hash to `sha256`

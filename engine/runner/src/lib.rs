@@ -190,10 +190,18 @@ impl Engine {
             tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
         }
         let sandbox = Sandbox::new(Some(state_dir.join("cache")))?;
+        let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
+        // Half-written artifacts of an engine that was killed: nothing else
+        // writes here while this process holds the store.
+        match artifacts.remove_partial(std::time::Duration::ZERO) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} partial artifacts left by an engine that stopped"),
+            Err(e) => tracing::warn!("could not remove partial artifacts: {e}"),
+        }
         Ok(Self {
             state_dir: state_dir.to_owned(),
             store,
-            artifacts: ArtifactStore::new(state_dir.join("artifacts")),
+            artifacts,
             sandbox: Arc::new(sandbox),
             targets: Arc::default(),
             policy: None,

@@ -21,7 +21,7 @@
 //! policy the engine holds, not by a name the caller could choose.
 
 use crate::{App, Body, error, json, read_json};
-use airlock_store::{Scope, StoreError, TokenSpec};
+use airlock_store::{Scope, StoreError, TokenRecord, TokenSpec};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -35,9 +35,11 @@ pub fn socket_path(state_dir: &std::path::Path) -> std::path::PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// `ACTION:TARGET/PREFIX`.
+    /// `ACTION:TARGET/PREFIX`, e.g. `publish:snapshots/pr-481-`.
+    #[schemars(regex(pattern = r"^publish:[A-Za-z0-9_-]+(/[A-Za-z0-9_-][A-Za-z0-9_.-]*\*?|/\*?)?$"))]
     pub scope: String,
-    /// Lifetime in ms.
+    /// Lifetime in ms: 30 days at most.
+    #[schemars(range(min = 1, max = 2_592_000_000u64))]
     pub ttl_ms: u64,
     /// Not usable before (ms since the epoch).
     #[serde(default)]
@@ -81,8 +83,12 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches("/admin/v1/").split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
         (Method::POST, ["tokens"]) => create(app, req).await,
-        (Method::GET, ["tokens"]) => list_tokens(app),
-        (Method::POST, ["tokens", id, "revoke"]) => revoke_token(app, id),
+        // This socket is for the user who owns the state directory, and
+        // who could read it whole: it answers the store's records.
+        (Method::GET, ["tokens"]) => answer(list_tokens(app), |tokens| serde_json::json!({ "tokens": tokens })),
+        (Method::POST, ["tokens", id, "revoke"]) => {
+            answer(revoke_token(app, id), |record| serde_json::json!({ "record": record }))
+        }
         (Method::GET, ["approvals"]) => match app.store.pending_approvals() {
             Ok(pending) => json(StatusCode::OK, &serde_json::json!({ "pending": pending })),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
@@ -96,7 +102,7 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Response<Body> {
-    let body: Decide = match read_json(req, MAX_BODY).await {
+    let body: Decide = match read_json(app, req, MAX_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -112,7 +118,21 @@ async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Res
             "that token is no user's in the engine's policy; `airlock user token` makes one for the policy".into(),
         );
     };
-    decision(app, &run, step, &user, &body.code, body.approve, body.reason.as_deref())
+    answer(
+        decision(app, &run, step, &user, &body.code, body.approve, body.reason.as_deref()),
+        |record| serde_json::json!({ "record": record }),
+    )
+}
+
+/// A success as `shape` makes it, or the refusal.
+pub(crate) fn answer<T>(
+    result: Result<T, Response<Body>>,
+    shape: impl FnOnce(T) -> serde_json::Value,
+) -> Response<Body> {
+    match result {
+        Ok(value) => json(StatusCode::OK, &shape(value)),
+        Err(r) => r,
+    }
 }
 
 /// Records `user`'s decision on the request of `run`'s `step`.
@@ -124,10 +144,10 @@ pub(crate) fn decision(
     code: &str,
     approve: bool,
     reason: Option<&str>,
-) -> Response<Body> {
+) -> Result<airlock_store::ApprovalRecord, Response<Body>> {
     let reason = reason.map(|r| airlock_model::text::one_line(r, 1000));
     match app.store.decide(run, step, user, code, approve, reason.as_deref()) {
-        Ok(record) => json(StatusCode::OK, &serde_json::json!({ "record": record })),
+        Ok(record) => Ok(record),
         Err(e) => {
             use airlock_store::ApprovalError as E;
             let (status, code) = match &e {
@@ -140,55 +160,56 @@ pub(crate) fn decision(
                 E::TimedOut => (StatusCode::GONE, "timed_out"),
                 E::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
             };
-            error(status, code, e.to_string())
+            Err(error(status, code, e.to_string()))
         }
     }
 }
 
 /// Every token.
-pub(crate) fn list_tokens(app: &App) -> Response<Body> {
-    match app.store.tokens() {
-        Ok(tokens) => json(StatusCode::OK, &serde_json::json!({ "tokens": tokens })),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-    }
+pub(crate) fn list_tokens(app: &App) -> Result<Vec<TokenRecord>, Response<Body>> {
+    app.store.tokens().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()))
 }
 
 /// Revokes a token.
-pub(crate) fn revoke_token(app: &App, id: &str) -> Response<Body> {
-    match app.store.revoke_token(id) {
-        Ok(record) => json(StatusCode::OK, &serde_json::json!({ "record": record })),
-        Err(e @ StoreError::NoToken(_)) => error(StatusCode::NOT_FOUND, "no_token", e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
-    }
+pub(crate) fn revoke_token(app: &App, id: &str) -> Result<TokenRecord, Response<Body>> {
+    app.store.revoke_token(id).map_err(|e| match e {
+        StoreError::NoToken(_) => error(StatusCode::NOT_FOUND, "no_token", e.to_string()),
+        StoreError::AmbiguousToken { .. } => error(StatusCode::CONFLICT, "ambiguous_token", e.to_string()),
+        e => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    })
 }
 
 async fn create(app: &App, req: Request<Incoming>) -> Response<Body> {
-    match read_json(req, MAX_BODY).await {
+    let created = match read_json(app, req, MAX_BODY).await {
         Ok(body) => create_token(app, body),
+        Err(r) => return r,
+    };
+    match created {
+        Ok((token, record)) => json(StatusCode::CREATED, &serde_json::json!({ "token": token, "record": record })),
         Err(r) => r,
     }
 }
 
-/// Makes a token as `body` says, checking its scope against the targets.
-pub(crate) fn create_token(app: &App, body: CreateToken) -> Response<Body> {
-    let scope = match Scope::parse(&body.scope) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_scope", e),
-    };
+/// Makes a token as `body` says, checking its scope against the
+/// targets; answers the secret and the record.
+pub(crate) fn create_token(app: &App, body: CreateToken) -> Result<(String, TokenRecord), Response<Body>> {
+    let scope = Scope::parse(&body.scope).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, "bad_scope", e))?;
     // A process without a policy (an `airlock run` of a pipeline that
     // publishes nothing) has no targets to check the scope against.
     if !app.targets.is_empty() && !app.targets.contains_key(&scope.target) {
         let names: Vec<&str> = app.targets.keys().map(String::as_str).collect();
-        return error(
+        return Err(error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "no_target",
             format!("no publish target `{}` on this server; it has: {}", scope.target, names.join(", ")),
-        );
+        ));
     }
-    let cidr = match body.cidr.as_deref().map(str::parse::<ipnet::IpNet>).transpose() {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_cidr", format!("`cidr`: {e}")),
-    };
+    let cidr = body
+        .cidr
+        .as_deref()
+        .map(str::parse::<ipnet::IpNet>)
+        .transpose()
+        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, "bad_cidr", format!("`cidr`: {e}")))?;
     let mut spec = TokenSpec::new(scope, body.ttl_ms);
     spec.not_before_ms = body.not_before_ms;
     spec.max_calls = body.max_calls;
@@ -196,8 +217,5 @@ pub(crate) fn create_token(app: &App, body: CreateToken) -> Response<Body> {
     spec.max_bytes = body.max_bytes;
     spec.cidr = cidr;
     spec.note = body.note;
-    match app.store.create_token(&spec) {
-        Ok((token, record)) => json(StatusCode::CREATED, &serde_json::json!({ "token": token, "record": record })),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, "bad_token", e),
-    }
+    app.store.create_token(&spec).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, "bad_token", e))
 }

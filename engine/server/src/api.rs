@@ -11,9 +11,10 @@
 //!
 //! Errors are JSON with stable codes, as in the publish API.
 
+use crate::views::{Approval, RunState, Step, Token};
 use crate::{App, Body, error, full, json};
 use airlock_model::policy::Role;
-use airlock_store::{ApprovalRecord, RunRecord, StepRecord, TokenRecord};
+use airlock_store::RunRecord;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
@@ -81,7 +82,12 @@ pub struct Endpoint {
     pub response: Option<SchemaFn>,
     /// The content type of a success.
     pub produces: &'static str,
+    /// The statuses a success answers with, each with what it means.
+    pub success: &'static [(u16, &'static str)],
 }
+
+/// What most calls answer when they succeed.
+const OK: &[(u16, &str)] = &[(200, "success")];
 
 fn schema<T: JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
@@ -98,6 +104,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<WhoAmI>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -108,6 +115,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<PipelineList>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -118,6 +126,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<RunList>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "POST",
@@ -129,6 +138,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: Some(schema::<SubmitBody>),
         response: Some(schema::<Submitted>),
         produces: "application/json",
+        success: &[(201, "the run, queued now"), (200, "the run this idempotency key made before")],
     },
     Endpoint {
         method: "GET",
@@ -140,6 +150,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<RunDetail>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "POST",
@@ -150,6 +161,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<RunOnly>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -161,6 +173,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: None,
         produces: "text/plain; charset=utf-8",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -171,6 +184,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<ArtifactList>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -181,6 +195,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: None,
         produces: "application/octet-stream",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -191,6 +206,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<PendingList>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "POST",
@@ -201,6 +217,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: Some(schema::<DecideBody>),
         response: Some(schema::<Decided>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "GET",
@@ -211,6 +228,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<TokenList>),
         produces: "application/json",
+        success: OK,
     },
     Endpoint {
         method: "POST",
@@ -221,6 +239,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: Some(schema::<crate::admin::CreateToken>),
         response: Some(schema::<TokenCreated>),
         produces: "application/json",
+        success: &[(201, "the new token")],
     },
     Endpoint {
         method: "POST",
@@ -231,6 +250,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         request: None,
         response: Some(schema::<TokenOnly>),
         produces: "application/json",
+        success: OK,
     },
 ];
 
@@ -267,7 +287,7 @@ pub struct RunSummary {
     /// The pipeline file.
     pub file: String,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
-    pub state: airlock_store::RunState,
+    pub state: RunState,
     /// When it was created (ms since the epoch).
     pub created_ms: u64,
     /// When it ended.
@@ -284,7 +304,7 @@ impl From<&RunRecord> for RunSummary {
             id: r.id.clone(),
             pipeline: r.pipeline.clone(),
             file: r.file.clone(),
-            state: r.state,
+            state: r.state.into(),
             created_ms: r.created_ms,
             ended_ms: r.ended_ms,
             reason: r.reason.clone(),
@@ -321,11 +341,11 @@ pub struct RunDetail {
     /// Its parameters.
     pub params: BTreeMap<String, String>,
     /// Its steps in pipeline order.
-    pub steps: Vec<StepRecord>,
+    pub steps: Vec<Step>,
     /// For each step, the steps it needs (empty for runs of `airlock run`).
     pub needs: BTreeMap<String, Vec<String>>,
     /// Its approval requests.
-    pub approvals: Vec<ApprovalRecord>,
+    pub approvals: Vec<Approval>,
     /// One-time codes of waiting approvals, by step: only for the user
     /// who submitted the run.
     pub codes: BTreeMap<String, String>,
@@ -362,7 +382,7 @@ pub struct RunArtifact {
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PendingList {
     /// Requests waiting for decisions.
-    pub pending: Vec<ApprovalRecord>,
+    pub pending: Vec<Approval>,
 }
 
 /// `POST /api/v1/runs/{run}/approvals/{step}`.
@@ -382,14 +402,14 @@ pub struct DecideBody {
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Decided {
     /// The request as it is now.
-    pub record: ApprovalRecord,
+    pub record: Approval,
 }
 
 /// `GET /api/v1/tokens`.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TokenList {
     /// Every token.
-    pub tokens: Vec<TokenRecord>,
+    pub tokens: Vec<Token>,
 }
 
 /// A new token.
@@ -398,14 +418,14 @@ pub struct TokenCreated {
     /// The secret: shown once.
     pub token: String,
     /// Its record.
-    pub record: TokenRecord,
+    pub record: Token,
 }
 
 /// A token's record.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TokenOnly {
     /// Its record.
-    pub record: TokenRecord,
+    pub record: Token,
 }
 
 /// Every error of the API.
@@ -433,28 +453,44 @@ const MAX_LIST: usize = 1000;
 
 /// The endpoint a request is for, and the values of its path's variables.
 pub fn find<'a>(method: &Method, path: &'a str) -> Option<(&'static Endpoint, Vec<&'a str>)> {
-    let parts: Vec<&str> = path.split('/').collect();
     ENDPOINTS.iter().find_map(|e| {
         if e.method != method.as_str() && !(method == Method::HEAD && e.method == "GET") {
             return None;
         }
-        let template: Vec<&str> = e.path.split('/').collect();
-        if template.len() != parts.len() {
-            return None;
-        }
-        let mut values = Vec::new();
-        for (t, p) in template.iter().zip(&parts) {
-            if t.starts_with('{') {
-                if p.is_empty() {
-                    return None;
-                }
-                values.push(*p);
-            } else if t != p {
+        Some((e, path_values(e.path, path)?))
+    })
+}
+
+/// The values of a path's variables, if it has the shape of `template`.
+fn path_values<'a>(template: &str, path: &'a str) -> Option<Vec<&'a str>> {
+    let (template, parts): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    if template.len() != parts.len() {
+        return None;
+    }
+    let mut values = Vec::new();
+    for (t, p) in template.iter().zip(&parts) {
+        if t.starts_with('{') {
+            if p.is_empty() {
                 return None;
             }
+            values.push(*p);
+        } else if t != p {
+            return None;
         }
-        Some((e, values))
-    })
+    }
+    Some(values)
+}
+
+/// The methods a path answers (`HEAD` wherever `GET`), for `Allow`.
+fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let mut methods: Vec<&str> =
+        ENDPOINTS.iter().filter(|e| path_values(e.path, path).is_some()).map(|e| e.method).collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods.sort_unstable();
+    methods.dedup();
+    methods
 }
 
 /// A user of the policy, as the server knows them.
@@ -480,20 +516,28 @@ pub fn is_run_api(path: &str) -> bool {
 pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let Some((endpoint, vars)) = find(req.method(), &path) else {
-        let allowed: Vec<&str> = ENDPOINTS
-            .iter()
-            .filter(|e| find(&e.method.parse().unwrap_or(Method::GET), &path).is_some())
-            .map(|e| e.method)
-            .collect();
-        return if allowed.is_empty() {
-            error(StatusCode::NOT_FOUND, "not_found", format!("no API call `{} {}`", req.method(), crate::short(&path)))
-        } else {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("`{}` answers {}", crate::short(&path), allowed.join(", ")),
-            )
-        };
+        let allowed = allowed_methods(&path);
+        if allowed.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no API call `{} {}`", crate::short(req.method().as_str()), crate::short(&path)),
+            );
+        }
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "`{}` answers {}, not {}",
+                crate::short(&path),
+                allowed.join(", "),
+                crate::short(req.method().as_str())
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
+        return r;
     };
     let user = match app.authenticate(req.headers()) {
         Some(u) => u,
@@ -548,16 +592,28 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         "listArtifacts" => list_artifacts(app, &var(0)),
         "getArtifact" => artifact(app, &var(0)).await,
         "listApprovals" => match app.store.pending_approvals() {
-            Ok(pending) => json(StatusCode::OK, &PendingList { pending }),
+            Ok(pending) => json(StatusCode::OK, &PendingList { pending: pending.iter().map(Approval::from).collect() }),
             Err(e) => store_error(&e),
         },
         "decideApproval" => decide(app, &var(0), &var(1), &user.name, req).await,
-        "listTokens" => crate::admin::list_tokens(app),
-        "createToken" => match crate::read_json(req, MAX_BODY).await {
-            Ok(body) => crate::admin::create_token(app, body),
+        "listTokens" => match crate::admin::list_tokens(app) {
+            Ok(tokens) => json(StatusCode::OK, &TokenList { tokens: tokens.iter().map(Token::from).collect() }),
             Err(r) => r,
         },
-        "revokeToken" => crate::admin::revoke_token(app, &var(0)),
+        "createToken" => {
+            let created = match crate::read_json(app, req, MAX_BODY).await {
+                Ok(body) => crate::admin::create_token(app, body),
+                Err(r) => return r,
+            };
+            match created {
+                Ok((token, record)) => json(StatusCode::CREATED, &TokenCreated { token, record: Token::from(&record) }),
+                Err(r) => r,
+            }
+        }
+        "revokeToken" => match crate::admin::revoke_token(app, &var(0)) {
+            Ok(record) => json(StatusCode::OK, &TokenOnly { record: Token::from(&record) }),
+            Err(r) => r,
+        },
         other => error(StatusCode::NOT_IMPLEMENTED, "not_implemented", format!("`{other}` has no handler")),
     }
 }
@@ -643,7 +699,7 @@ async fn submit(app: &App, user: &str, req: Request<Incoming>) -> Response<Body>
             );
         }
     };
-    let body: SubmitBody = match crate::read_json(req, MAX_BODY).await {
+    let body: SubmitBody = match crate::read_json(app, req, MAX_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -690,8 +746,8 @@ pub(crate) fn run_detail(app: &App, id: &str, user: &str) -> Result<RunDetail, R
         run: (&run).into(),
         params: run.params.clone(),
         needs: app.needs(&run, needs_of),
-        steps,
-        approvals,
+        steps: steps.iter().map(Step::from).collect(),
+        approvals: approvals.iter().map(Approval::from).collect(),
         codes,
     })
 }
@@ -807,33 +863,48 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
         return text_response(full(first));
     }
     // Follow: send what there is, then what comes, until the step ends.
-    let (store, live) = (app.store.clone(), app.live.clone());
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
-    let step = step.to_owned();
-    tokio::spawn(async move {
-        let mut sent = offset + first.len();
-        if !first.is_empty() && sender.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
-            return;
-        }
-        loop {
-            tokio::time::sleep(FOLLOW_POLL).await;
-            let Ok((more, ended)) = log_from(&store, live.as_ref(), &run, &step, sent) else { return };
-            if !more.is_empty() {
-                sent += more.len();
-                if sender.send(Ok(Frame::data(Bytes::from(more)))).await.is_err() {
-                    return;
-                }
-            }
-            if ended {
-                return;
-            }
-        }
-    });
+    tokio::spawn(follow_log(app.store.clone(), app.live.clone(), run, step.to_owned(), offset, first, sender));
     text_response(crate::channel_body(receiver))
 }
 
+/// Sends a followed log on `sender`: `first` (the log from `offset`),
+/// then what the step writes, until the step ends or the follower goes
+/// away, whichever is first: a closed connection drops the receiver, and
+/// the poll stops at once rather than when the step ends.
+pub(crate) async fn follow_log(
+    store: airlock_store::Store,
+    live: Option<airlock_runner::LiveLogs>,
+    run: String,
+    step: String,
+    offset: usize,
+    first: Vec<u8>,
+    sender: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>,
+) {
+    let mut sent = offset + first.len();
+    if !first.is_empty() && sender.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = sender.closed() => return,
+            () = tokio::time::sleep(FOLLOW_POLL) => {}
+        }
+        let Ok((more, ended)) = log_from(&store, live.as_ref(), &run, &step, sent) else { return };
+        if !more.is_empty() {
+            sent += more.len();
+            if sender.send(Ok(Frame::data(Bytes::from(more)))).await.is_err() {
+                return;
+            }
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
 async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<Incoming>) -> Response<Body> {
-    let body: DecideBody = match crate::read_json(req, MAX_BODY).await {
+    let body: DecideBody = match crate::read_json(app, req, MAX_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -841,5 +912,47 @@ async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<Incom
         Ok(r) => r.id,
         Err(e) => return store_error(&e),
     };
-    crate::admin::decision(app, &run, step, user, &body.code, body.approve, body.reason.as_deref())
+    match crate::admin::decision(app, &run, step, user, &body.code, body.approve, body.reason.as_deref()) {
+        Ok(record) => json(StatusCode::OK, &Decided { record: Approval::from(&record) }),
+        Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, item 3: a follower that went away kept its task polling
+    /// the store until the step ended, however long that took.
+    #[tokio::test]
+    async fn a_follower_that_goes_away_stops_the_poll() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = airlock_store::Store::open(dir.path()).expect("store");
+        let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["s".to_owned()]).expect("run");
+        store.update_step(&run.id, "s", None, |s| s.state = airlock_store::StepState::Running).expect("running");
+        let (sender, receiver) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(follow_log(store, None, run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
+        drop(receiver);
+        // The step runs on; the task must end by itself, promptly.
+        let ended = tokio::time::timeout(FOLLOW_POLL * 5, task).await;
+        assert!(ended.is_ok(), "the follower's task still polls a step whose follower is gone");
+    }
+
+    /// While the follower is there, the task goes on as long as the step.
+    #[tokio::test]
+    async fn a_follower_that_stays_is_sent_the_log_until_the_step_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = airlock_store::Store::open(dir.path()).expect("store");
+        let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["s".to_owned()]).expect("run");
+        store.update_step(&run.id, "s", None, |s| s.state = airlock_store::StepState::Running).expect("running");
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
+        let task =
+            tokio::spawn(follow_log(store.clone(), None, run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
+        let first = receiver.recv().await.expect("first").expect("data");
+        assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"tick 1\n"));
+        tokio::time::sleep(FOLLOW_POLL * 3).await;
+        assert!(!task.is_finished(), "the follower's task ended while the step runs");
+        store.update_step(&run.id, "s", None, |s| s.state = airlock_store::StepState::Succeeded).expect("done");
+        tokio::time::timeout(FOLLOW_POLL * 5, task).await.expect("ends with the step").expect("task");
+    }
 }

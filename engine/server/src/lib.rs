@@ -39,15 +39,17 @@
 
 pub mod admin;
 pub mod api;
+pub mod conn;
 pub mod openapi;
 mod pages;
 mod ui;
+pub mod views;
 
 use airlock_host::publish::{Committed, ManifestEntry, PublishError, Published, TargetStore};
 use airlock_store::{Store, TokenError, TokenUse, now_ms};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use conn::{BodyError, Limits};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -55,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
-use std::io::Read;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -69,16 +71,25 @@ const MAX_MISSING_BODY: usize = 80 << 20;
 const MAX_MANIFEST_BODY: usize = 128 << 20;
 /// Manifests kept parsed in memory; they never change once published.
 const MANIFEST_CACHE: usize = 256;
-/// How long a client may take to send a request's headers: a
-/// connection that trickles them in is closed rather than held open.
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Bytes per chunk when a file is sent.
-const SEND_CHUNK: usize = 256 << 10;
+/// Bytes per chunk when a file is sent. With one chunk queued, one held
+/// back and one in the connection's buffer, a download the client
+/// stopped reading holds a few of them until the write timeout ends it.
+const SEND_CHUNK: usize = 64 << 10;
+/// The most a connection buffers on its own, reading or writing: room
+/// for any request's headers, and little to hold for a stalled client.
+const CONNECTION_BUFFER: usize = 64 << 10;
+/// Bytes of an upload gathered before they are written to disk.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes a manifest may take per file it lists: a path of up to 1024
+/// bytes, escaped, and the digest and size around it.
+const MANIFEST_BYTES_PER_FILE: u64 = 2300;
 
 /// How long a web sign-in lasts.
 const SESSION_TTL_MS: u64 = 12 * 3600 * 1000;
 /// Web sign-ins kept at most.
 const MAX_SESSIONS: usize = 10_000;
+/// Web sign-ins of one user kept at most; a new one ends their oldest.
+const MAX_SESSIONS_PER_USER: usize = 16;
 /// Runs whose DAG edges are kept parsed.
 const NEEDS_CACHE: usize = 1024;
 
@@ -96,6 +107,11 @@ pub struct App {
     /// Web sign-ins: sha256 of the cookie's value -> (user, expiry).
     sessions: Mutex<HashMap<String, (String, u64)>>,
     needs: Mutex<HashMap<String, BTreeMap<String, Vec<String>>>>,
+    /// What one client may hold.
+    limits: Limits,
+    connections: Arc<conn::Connections>,
+    /// KiB of request bodies that may be held in memory now.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -111,7 +127,17 @@ impl App {
             live: None,
             sessions: Mutex::new(HashMap::new()),
             needs: Mutex::new(HashMap::new()),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(Limits::default().body_budget >> 10)),
+            limits: Limits::default(),
+            connections: Arc::default(),
         }
+    }
+
+    /// Bounds on connections and their phases, instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.body_budget = Arc::new(tokio::sync::Semaphore::new(limits.body_budget >> 10));
+        self.limits = limits;
+        self
     }
 
     /// The users of the policy: they use the run API and the web pages
@@ -160,24 +186,37 @@ impl App {
         Some(api::Caller { name, roles: user.roles.clone(), by_cookie: true })
     }
 
-    /// Starts a web session for the user of `token`; returns the cookie's value.
-    fn sign_in(&self, token: &str) -> Option<String> {
-        let user = self.user_by_token(token)?.name.clone();
+    /// Starts a web session for the user of `token`; returns the
+    /// cookie's value, or why there is none.
+    ///
+    /// Each user holds a few sessions at most (a new one ends their
+    /// oldest), so signing in again and again only ever signs out the
+    /// same user; a user with no role gets none, having nothing to see.
+    fn sign_in(&self, token: &str) -> Result<String, &'static str> {
+        let user = self.user_by_token(token).ok_or("that token is no user's in this server's policy")?;
+        if user.roles.is_empty() {
+            return Err("that user has no role in this server's policy, so there is nothing to sign in to");
+        }
+        let user = user.name.clone();
         let session = hex::encode(rand::random::<[u8; 32]>());
         let digest = airlock_store::user_token_digest(&session);
-        let mut sessions = self.sessions.lock().ok()?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         sessions.retain(|_, (_, expires)| *expires > now);
+        let theirs: Vec<(String, u64)> =
+            sessions.iter().filter(|(_, (u, _))| *u == user).map(|(k, (_, e))| (k.clone(), *e)).collect();
+        if theirs.len() >= MAX_SESSIONS_PER_USER
+            && let Some((oldest, _)) = theirs.iter().min_by_key(|(_, e)| *e)
+        {
+            sessions.remove(oldest);
+        }
+        // The policy names the users, so this is reached only with more
+        // users than MAX_SESSIONS / MAX_SESSIONS_PER_USER.
         if sessions.len() >= MAX_SESSIONS {
-            // Signing in again and again cannot grow the server without
-            // bound; the oldest sign-ins go first.
-            let oldest = sessions.iter().min_by_key(|(_, (_, e))| *e).map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                sessions.remove(&oldest);
-            }
+            return Err("the server has as many sign-ins as it keeps; try again later");
         }
         sessions.insert(digest, (user, now + SESSION_TTL_MS));
-        Some(session)
+        Ok(session)
     }
 
     /// Ends the web session of this cookie value.
@@ -243,7 +282,19 @@ pub async fn serve(
             () = shutdown.cancelled() => return Ok(()),
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, app.clone(), Some(peer)));
+        match app.connections.admit(peer.ip(), &app.limits) {
+            Ok(slot) => {
+                let app = app.clone();
+                tokio::spawn(async move {
+                    connection(stream, app, Some(peer)).await;
+                    drop(slot);
+                });
+            }
+            Err(why) => {
+                tracing::warn!(%peer, "connection refused: over a connection limit");
+                tokio::spawn(conn::refuse(stream, why));
+            }
+        }
     }
 }
 
@@ -276,14 +327,21 @@ async fn connection<IO>(stream: IO, app: Arc<App>, peer: Option<SocketAddr>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let in_flight = conn::InFlight::default();
+    let limits = app.limits.clone();
+    let io = hyper_util::rt::TokioIo::new(conn::Guarded::new(stream, in_flight.clone(), &limits));
     let service = hyper::service::service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(&app, peer, req).await) }
+        let busy = in_flight.begin();
+        async move {
+            let response = handle(&app, peer, req).await;
+            Ok::<_, Infallible>(response.map(|body| conn::Tracked { body, _busy: busy }))
+        }
     });
-    let io = hyper_util::rt::TokioIo::new(stream);
     let served = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(CONNECTION_BUFFER)
         .serve_connection(io, service)
         .await;
     if let Err(e) = served {
@@ -420,20 +478,38 @@ fn authorize(
     files: u64,
     bytes: u64,
 ) -> Result<(), Response<Body>> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
+    let token = bearer(headers)?;
+    let source = peer.ip().to_canonical();
+    let use_ = TokenUse { action: "publish", target, build_id: build, source, files, bytes, now_ms: now_ms() };
+    app.store.use_token(token.trim(), &use_).map(drop).map_err(|e| token_error(&e))
+}
+
+/// Checks the request's token for a call without charging it: done
+/// before a byte of a body whose size the call is charged for is read.
+fn check_token(
+    app: &App,
+    peer: SocketAddr,
+    headers: &hyper::HeaderMap,
+    target: &str,
+    build: &str,
+) -> Result<(), Response<Body>> {
+    let token = bearer(headers)?;
+    let source = peer.ip().to_canonical();
+    let use_ = TokenUse { action: "publish", target, build_id: build, source, files: 0, bytes: 0, now_ms: now_ms() };
+    app.store.peek_token(token.trim(), &use_).map(drop).map_err(|e| token_error(&e))
+}
+
+/// The bearer token of a publish call.
+fn bearer(headers: &hyper::HeaderMap) -> Result<&str, Response<Body>> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(
+        || {
             error(
                 StatusCode::UNAUTHORIZED,
                 "token_missing",
                 "publishing needs a token: send `Authorization: Bearer alk_...` (see `airlock token create`)".into(),
             )
-        })?;
-    let source = peer.ip().to_canonical();
-    let use_ = TokenUse { action: "publish", target, build_id: build, source, files, bytes, now_ms: now_ms() };
-    app.store.use_token(token.trim(), &use_).map(drop).map_err(|e| token_error(&e))
+        },
+    )
 }
 
 /// Target and build id of an API call, checked.
@@ -443,15 +519,49 @@ fn publish_place<'a>(app: &'a App, target_name: &str, build: &str) -> Result<&'a
     Ok(t)
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>, limit: usize) -> Result<T, Response<Body>> {
-    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
+/// The answer to a request body that could not be read.
+fn body_error(e: BodyError) -> Response<Body> {
+    match e {
+        BodyError::TimedOut => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body stopped arriving, or took too long; send it whole and promptly".into(),
+        ),
+        BodyError::TooLarge(limit) => {
             error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {limit} bytes"))
-        } else {
+        }
+        BodyError::Broken(e) => {
             error(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
         }
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes. Its bytes are held in
+/// memory only within the server's body budget: a request that would go
+/// over it is answered 503 at once, so many large bodies at the same time
+/// cannot take the server's memory.
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    app: &App,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Response<Body>> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(body_error(BodyError::TooLarge(limit)));
+    }
+    let held = declared.map_or(limit, |n| n as usize);
+    let kib = u32::try_from(held.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _permit = app.body_budget.clone().try_acquire_many_owned(kib).map_err(|_| {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the server holds as many request bodies as it may right now; try again shortly".into(),
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
     })?;
-    serde_json::from_slice(&body.to_bytes()).map_err(|e| {
+    let body = conn::read_all(req.into_body(), held, &app.limits).await.map_err(body_error)?;
+    serde_json::from_slice(&body).map_err(|e| {
         error(StatusCode::BAD_REQUEST, "bad_json", format!("the request body is not what this call takes: {e}"))
     })
 }
@@ -473,7 +583,7 @@ async fn missing(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Inc
     let result = async {
         let target = publish_place(app, t, b)?;
         authorize(app, peer, req.headers(), t, b, 0, 0)?;
-        let body: MissingRequest = read_json(req, MAX_MISSING_BODY).await?;
+        let body: MissingRequest = read_json(app, req, MAX_MISSING_BODY).await?;
         let target = target.clone();
         let missing = blocking(move || target.missing(&body.digests)).await?.map_err(|e| publish_error(&e))?;
         Ok(json(StatusCode::OK, &serde_json::json!({ "missing": missing })))
@@ -509,10 +619,7 @@ async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incom
             ));
         }
         authorize(app, peer, req.headers(), t, b, 0, length)?;
-        let stream = http_body_util::BodyDataStream::new(req.into_body()).map_err(std::io::Error::other);
-        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-        let target = target.clone();
-        let (stored, new) = blocking(move || read_frames(&target, reader)).await?.map_err(|e| publish_error(&e))?;
+        let (stored, new) = read_frames(app, target, req.into_body()).await?;
         Ok(json(StatusCode::OK, &serde_json::json!({ "stored": stored, "new": new })))
     };
     result.await.unwrap_or_else(|r| r)
@@ -520,30 +627,58 @@ async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incom
 
 /// Reads `digest (32 bytes) | length (u64, big-endian) | bytes` frames
 /// until the body ends, storing each blob. Returns (blobs, new blobs).
-fn read_frames(target: &TargetStore, mut reader: impl Read) -> Result<(u64, u64), PublishError> {
+///
+/// The body is read here, on the async side, so a client that sends
+/// slowly holds no thread; what arrived is written to disk a chunk at a
+/// time on the blocking pool.
+async fn read_frames(app: &App, target: &TargetStore, body: Incoming) -> Result<(u64, u64), Response<Body>> {
+    let mut body = body;
+    let timeout = app.limits.body_timeout;
     let (mut stored, mut new) = (0, 0);
+    let mut buffered = bytes::BytesMut::new();
+    let fail = |e: PublishError| publish_error(&e);
     loop {
-        let mut head = [0u8; 40];
-        let mut filled = 0;
-        while filled < head.len() {
-            match reader.read(&mut head[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(PublishError::Io { dir: "upload".into(), source: e }),
+        while buffered.len() < 40 {
+            match conn::next_chunk(&mut body, timeout).await.map_err(body_error)? {
+                Some(chunk) => buffered.extend_from_slice(&chunk),
+                None if buffered.is_empty() => return Ok((stored, new)),
+                None => {
+                    let got = buffered.len() as u64;
+                    return Err(fail(PublishError::Truncated { sha256: "(frame header)".into(), expected: 40, got }));
+                }
             }
         }
-        match filled {
-            0 => return Ok((stored, new)),
-            40 => {}
-            n => {
-                return Err(PublishError::Truncated { sha256: "(frame header)".into(), expected: 40, got: n as u64 });
-            }
-        }
+        let head = buffered.split_to(40);
         let digest = hex::encode(&head[..32]);
         let mut len = [0u8; 8];
         len.copy_from_slice(&head[32..]);
-        if target.put_blob(&digest, u64::from_be_bytes(len), &mut reader)? {
+        let len = u64::from_be_bytes(len);
+        let opened = target.clone();
+        let mut writer = blocking(move || opened.blob_writer(&digest, len)).await?.map_err(fail)?;
+        let mut left = len;
+        let mut gathered = bytes::BytesMut::new();
+        loop {
+            if left > 0 && buffered.is_empty() {
+                match conn::next_chunk(&mut body, timeout).await.map_err(body_error)? {
+                    Some(chunk) => buffered.extend_from_slice(&chunk),
+                    // Short: the writer finds it so when it is finished.
+                    None => left = 0,
+                }
+            }
+            let take = buffered.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            gathered.extend_from_slice(&buffered.split_to(take));
+            left -= take as u64;
+            // A chunk at a time (or the blob's end) goes to the disk.
+            if gathered.len() >= WRITE_CHUNK || left == 0 {
+                let chunk = std::mem::take(&mut gathered).freeze();
+                writer = blocking(move || writer.write(&chunk).map(|()| writer)).await?.map_err(|e| fail(e.into()))?;
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        let finishing = target.clone();
+        if blocking(move || finishing.finish_blob(writer)).await?.map_err(fail)? {
             new += 1;
         }
         stored += 1;
@@ -559,10 +694,14 @@ struct CommitRequest {
 async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
     let result = async {
         let target = publish_place(app, t, b)?;
-        // The manifest is read before the token is charged: its file count
-        // is what the token's file quota counts.
+        // The token is checked before a byte of the manifest is read, and
+        // charged after: its file count is what the file quota counts. A
+        // manifest can be no longer than the target's file limit needs.
         let headers = req.headers().clone();
-        let body: CommitRequest = read_json(req, MAX_MANIFEST_BODY).await?;
+        check_token(app, peer, &headers, t, b)?;
+        let most = target.limits().max_files.saturating_mul(MANIFEST_BYTES_PER_FILE).saturating_add(4096);
+        let limit = usize::try_from(most).unwrap_or(usize::MAX).min(MAX_MANIFEST_BODY);
+        let body: CommitRequest = read_json(app, req, limit).await?;
         authorize(app, peer, &headers, t, b, body.files.len() as u64, 0)?;
         let (target, build) = (target.clone(), b.to_owned());
         let (committed, published) =
@@ -619,42 +758,55 @@ fn get_manifest(app: &App, t: &TargetStore, b: &str) -> Response<Body> {
 /// Sends a blob, hashing it as it goes; if the bytes on disk no longer
 /// match, the connection is cut before the last chunk so the client sees
 /// a failed download, never a complete wrong file.
+///
+/// Each chunk is read and hashed on the blocking pool, then handed to
+/// the connection here on the async side: a client that stops reading
+/// holds no thread, only this task, until the write timeout ends it.
 fn send_blob(file: std::fs::File, sha256: String) -> Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        let mut file = file;
-        let mut hasher = Sha256::new();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        let mut state = Some((file, Sha256::new()));
         let mut pending: Option<Bytes> = None;
         loop {
-            let mut buf = vec![0u8; SEND_CHUNK];
-            let n = match file.read(&mut buf) {
-                Ok(n) => n,
+            let Some((mut file, mut hasher)) = state.take() else { return };
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; SEND_CHUNK];
+                let n = file.read(&mut buf)?;
+                buf.truncate(n);
+                hasher.update(&buf);
+                Ok::<_, std::io::Error>((file, hasher, buf))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (file, hasher, buf) = match read {
+                Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
+                    let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
-            if n == 0 {
-                break;
+            if buf.is_empty() {
+                let actual = hex::encode(hasher.finalize());
+                if actual != sha256 {
+                    tracing::error!(
+                        "blob sha256:{sha256} is damaged on disk (hashes to sha256:{actual}); download cut"
+                    );
+                    let _ = tx.send(Err(std::io::Error::other("blob damaged on disk"))).await;
+                    return;
+                }
+                if let Some(chunk) = pending {
+                    let _ = tx.send(Ok(Frame::data(chunk))).await;
+                }
+                return;
             }
-            buf.truncate(n);
-            hasher.update(&buf);
             // Hold one chunk back until the next is read, so the last one
             // goes out only after the whole file was checked.
             if let Some(chunk) = pending.replace(Bytes::from(buf))
-                && tx.blocking_send(Ok(Frame::data(chunk))).is_err()
+                && tx.send(Ok(Frame::data(chunk))).await.is_err()
             {
                 return;
             }
-        }
-        let actual = hex::encode(hasher.finalize());
-        if actual != sha256 {
-            tracing::error!("blob sha256:{sha256} is damaged on disk (hashes to sha256:{actual}); download cut");
-            let _ = tx.blocking_send(Err(std::io::Error::other("blob damaged on disk")));
-            return;
-        }
-        if let Some(chunk) = pending {
-            let _ = tx.blocking_send(Ok(Frame::data(chunk)));
+            state = Some((file, hasher));
         }
     });
     channel_body(rx)

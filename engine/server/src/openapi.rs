@@ -38,14 +38,9 @@ pub fn document() -> Value {
             Some(response) => json!({"schema": response(&mut generator)}),
             None => json!({"schema": {"type": "string", "format": "binary"}}),
         };
-        let status = if e.operation == "submitRun" { "201" } else { "200" };
         let mut responses = Map::new();
-        responses.insert(status.into(), json!({"description": "success", "content": {e.produces: success}}));
-        if e.operation == "submitRun" {
-            responses.insert(
-                "200".into(),
-                json!({"description": "the run this idempotency key made before", "content": {e.produces: success}}),
-            );
+        for (status, description) in e.success {
+            responses.insert(status.to_string(), json!({"description": description, "content": {e.produces: success}}));
         }
         responses.insert(
             "default".into(),
@@ -57,6 +52,8 @@ pub fn document() -> Value {
             methods.insert(e.method.to_ascii_lowercase(), Value::Object(op));
         }
     }
+    let mut schemas = Value::Object(generator.take_definitions(true));
+    bound_integers(&mut schemas);
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -68,11 +65,34 @@ pub fn document() -> Value {
         },
         "paths": paths,
         "components": {
-            "schemas": generator.take_definitions(true),
+            "schemas": schemas,
             "securitySchemes": {"user": {"type": "http", "scheme": "bearer"}}
         },
         "security": [{"user": []}]
     })
+}
+
+/// Gives every integer the bounds of the Rust type it is read into (the
+/// generator says `format: uint64` and a minimum of 0, no maximum): a
+/// value past them is refused by the server, so the document says so.
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let most = match map.get("format").and_then(Value::as_str) {
+                Some("uint64") => Some(u64::MAX),
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                Some("uint16") => Some(u64::from(u16::MAX)),
+                Some("uint8") => Some(u64::from(u8::MAX)),
+                _ => None,
+            };
+            if let Some(most) = most {
+                map.entry("maximum").or_insert(json!(most));
+            }
+            map.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,15 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             r
         }
         (Method::GET, ["login"]) => login_page(None),
+        (Method::POST, ["login" | "logout"]) if !same_site(req.headers()) => {
+            let mut r = page(
+                "Not from this site",
+                "<p>Signing in and out is done from this server's own pages. <a href=\"/ui/login\">Sign in</a></p>",
+                false,
+            );
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            r
+        }
         (Method::POST, ["login"]) => sign_in(app, req).await,
         (Method::POST, ["logout"]) => {
             if let Some(session) = session_cookie(req.headers()) {
@@ -76,6 +85,23 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         _ => page("Not found", "<p>No such page.</p>", false),
     }
+}
+
+/// Whether a form post comes from this server's own pages: browsers say
+/// where a request comes from in `Sec-Fetch-Site` (newer ones) and
+/// `Origin` (all of them, on a POST); another site's page cannot forge
+/// either. A client that sends neither is not a browser on another
+/// site's page, so it may go on.
+fn same_site(headers: &hyper::HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.to_str(), Ok("same-origin" | "none"))
+    {
+        return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let origin = origin.to_str().unwrap_or_default();
+    origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
 }
 
 fn see_other(to: &'static str) -> Response<Body> {
@@ -128,14 +154,14 @@ fn login_page(problem: Option<&str>) -> Response<Body> {
 }
 
 async fn sign_in(app: &App, req: Request<Incoming>) -> Response<Body> {
-    use http_body_util::BodyExt;
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_FORM).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return login_page(Some("the form is too big")),
+    let body = match crate::conn::read_all(req.into_body(), MAX_FORM, &app.limits).await {
+        Ok(b) => b,
+        Err(crate::conn::BodyError::TooLarge(_)) => return login_page(Some("the form is too big")),
+        Err(_) => return login_page(Some("the form did not arrive whole; send it again")),
     };
     let token = form_value(&body, "token").unwrap_or_default();
     match app.sign_in(&token) {
-        Some(session) => {
+        Ok(session) => {
             let mut r = see_other("/ui");
             let cookie = format!("{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
             if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -143,7 +169,7 @@ async fn sign_in(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
             r
         }
-        None => login_page(Some("that token is no user's in this server's policy")),
+        Err(why) => login_page(Some(why)),
     }
 }
 
@@ -303,8 +329,7 @@ fn run_page(app: &App, run: &str, user: &str) -> Response<Body> {
         );
     }
     body.push_str("</table>");
-    let pending: Vec<_> =
-        detail.approvals.iter().filter(|a| a.state == airlock_store::ApprovalState::Pending).collect();
+    let pending: Vec<_> = detail.approvals.iter().filter(|a| a.state == crate::views::ApprovalState::Pending).collect();
     if !pending.is_empty() {
         body.push_str("<h2>Waiting for approval</h2><ul>");
         for a in pending {

@@ -28,7 +28,7 @@ impl Driver {
         assert!(
             Path::new(CHROMEDRIVER).is_file() && Path::new(CHROMIUM).is_file(),
             "the browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver \
-             (.ci/setup does)"
+             (.ci/test-setup does)"
         );
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
         let child = Command::new(CHROMEDRIVER)

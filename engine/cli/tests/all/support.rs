@@ -140,15 +140,21 @@ pub struct Server {
 impl Server {
     /// Starts `airlock serve` on `state` with `policy` and `pipelines`,
     /// and waits until it listens.
+    pub fn start(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_with(state, policy, pipelines, env, &[])
+    }
+
+    /// Like [`start`](Self::start), with more `airlock serve` arguments.
     // The child is waited for by `kill`, which `Drop` calls.
     #[allow(clippy::zombie_processes)]
-    pub fn start(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)]) -> Self {
+    pub fn start_with(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
         use std::io::BufRead;
         let mut cmd = airlock(state);
         cmd.arg("--policy")
             .arg(policy)
             .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
             .arg(pipelines)
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {
@@ -175,6 +181,17 @@ impl Server {
             }
             before.push(line);
         }
+    }
+
+    /// Stops reading its stderr: the pipe closes once it writes again, as
+    /// when a supervisor's log reader dies.
+    pub fn close_stderr(&mut self) {
+        self.stderr = std::sync::mpsc::channel().1;
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url.trim_start_matches("http://").parse().expect("address")
     }
 
     /// Stops it with SIGKILL: no chance to clean up.

@@ -1,0 +1,413 @@
+//! What the API answers with: views of the store's records, made here,
+//! with only what a client may see.
+//!
+//! The store's records are how airlock keeps its state; these are the
+//! API's contract, described in its OpenAPI document. Keeping them apart
+//! means a field added to a record (a code's digest, a salt, when an
+//! effect began) is not sent to every viewer until it is put here on
+//! purpose, and a change of storage is not a change of the API.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Submitted, waiting for its turn.
+    Queued,
+    /// Steps are being scheduled.
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed; its dependants were skipped.
+    Failed,
+    /// Stopped by a user.
+    Cancelled,
+}
+
+impl RunState {
+    /// Whether the run has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        airlock_store::RunState::from(self).as_str()
+    }
+}
+
+impl From<airlock_store::RunState> for RunState {
+    fn from(s: airlock_store::RunState) -> Self {
+        use airlock_store::RunState as S;
+        match s {
+            S::Queued => Self::Queued,
+            S::Running => Self::Running,
+            S::Succeeded => Self::Succeeded,
+            S::Failed => Self::Failed,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+impl From<RunState> for airlock_store::RunState {
+    fn from(s: RunState) -> Self {
+        match s {
+            RunState::Queued => Self::Queued,
+            RunState::Running => Self::Running,
+            RunState::Succeeded => Self::Succeeded,
+            RunState::Failed => Self::Failed,
+            RunState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// Where a step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Waiting for the steps it needs.
+    Pending,
+    /// In the sandbox, or its outputs being taken out.
+    Running,
+    /// Waiting before a retry.
+    Retrying,
+    /// Done, outputs stored.
+    Succeeded,
+    /// Failed after its last attempt.
+    Failed,
+    /// Not run because a step it needs did not succeed.
+    Skipped,
+    /// Stopped, or never started, because the run was cancelled.
+    Cancelled,
+}
+
+impl StepState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<airlock_store::StepState> for StepState {
+    fn from(s: airlock_store::StepState) -> Self {
+        use airlock_store::StepState as S;
+        match s {
+            S::Pending => Self::Pending,
+            S::Running => Self::Running,
+            S::Retrying => Self::Retrying,
+            S::Succeeded => Self::Succeeded,
+            S::Failed => Self::Failed,
+            S::Skipped => Self::Skipped,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A step of a run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Step {
+    /// Its name in the pipeline.
+    pub name: String,
+    /// Where it is.
+    pub state: StepState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// When the first attempt started (ms since the epoch).
+    pub started_ms: Option<u64>,
+    /// When it reached an end state.
+    pub ended_ms: Option<u64>,
+    /// Why it failed, was skipped or cancelled, or why its last attempt failed.
+    pub reason: Option<String>,
+    /// sha256 of the plugin that ran.
+    pub plugin_sha256: Option<String>,
+    /// Its outputs, by path.
+    pub outputs: Vec<Output>,
+    /// What a publish step published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<Published>,
+    /// What a deploy or approval step did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployed: Option<Deployed>,
+    /// When a deploy step handed its artifacts to its provider: from then
+    /// on the deployment may have happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect_started_ms: Option<u64>,
+}
+
+impl From<&airlock_store::StepRecord> for Step {
+    fn from(s: &airlock_store::StepRecord) -> Self {
+        Self {
+            name: s.name.clone(),
+            state: s.state.into(),
+            attempts: s.attempts,
+            started_ms: s.started_ms,
+            ended_ms: s.ended_ms,
+            reason: s.reason.clone(),
+            plugin_sha256: s.plugin_sha256.clone(),
+            outputs: s
+                .outputs
+                .iter()
+                .map(|o| Output { path: o.path.clone(), sha256: o.sha256.clone(), size: o.size })
+                .collect(),
+            published: s.published.as_ref().map(|p| Published {
+                target: p.target.clone(),
+                build: p.build.clone(),
+                files: p.files,
+                bytes: p.bytes,
+                uploaded: p.uploaded,
+                created: p.created,
+            }),
+            deployed: s.deployed.as_ref().map(|d| Deployed {
+                environment: d.environment.clone(),
+                provider: d.provider.clone(),
+                target: d.target.clone(),
+                detail: d.detail.clone(),
+                artifacts: d.artifacts,
+                approval: d.approval.clone(),
+            }),
+            effect_started_ms: s.effect_started_ms,
+        }
+    }
+}
+
+/// An output of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Output {
+    /// Its path in the step's workspace, `/`-separated.
+    pub path: String,
+    /// sha256, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a publish step published.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Published {
+    /// The publish target.
+    pub target: String,
+    /// The build id.
+    pub build: String,
+    /// Files in the tree.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Blobs the target did not have and got.
+    pub uploaded: u64,
+    /// False when the same tree was published under the build id before.
+    pub created: bool,
+}
+
+/// What a deploy or approval step did.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Deployed {
+    /// The environment.
+    pub environment: String,
+    /// The provider that deployed, for a deploy step.
+    pub provider: Option<String>,
+    /// Where it deployed.
+    pub target: Option<String>,
+    /// What happened, in a line.
+    pub detail: String,
+    /// Artifacts deployed or approved.
+    pub artifacts: u64,
+    /// How the approval ended, and by whom, when one was needed.
+    pub approval: Option<String>,
+}
+
+/// Where an approval request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for decisions.
+    Pending,
+    /// Enough approvals.
+    Approved,
+    /// Someone denied it.
+    Denied,
+    /// Not enough approvals before the deadline: denied.
+    TimedOut,
+    /// The run was cancelled while the request waited.
+    Cancelled,
+}
+
+impl ApprovalState {
+    /// The name in words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::TimedOut => "timed out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<airlock_store::ApprovalState> for ApprovalState {
+    fn from(s: airlock_store::ApprovalState) -> Self {
+        use airlock_store::ApprovalState as S;
+        match s {
+            S::Pending => Self::Pending,
+            S::Approved => Self::Approved,
+            S::Denied => Self::Denied,
+            S::TimedOut => Self::TimedOut,
+            S::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// An approval request: exactly what would happen, who may decide, and
+/// the decisions so far. Never its one-time code, nor anything made from
+/// it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Approval {
+    /// The run.
+    pub run: String,
+    /// The step that waits.
+    pub step: String,
+    /// The environment.
+    pub environment: String,
+    /// What would deploy (`http`, `directory`, `command`).
+    pub provider: String,
+    /// Where it would deploy.
+    pub target: String,
+    /// What it would deploy.
+    pub artifacts: Vec<Output>,
+    /// Who asked.
+    pub requester: String,
+    /// Who may decide.
+    pub approvers: Vec<String>,
+    /// Approvals needed.
+    pub required: u64,
+    /// Whether the requester may be one of them.
+    pub requester_may_approve: bool,
+    /// When it was asked.
+    pub created_ms: u64,
+    /// When it times out, which denies it.
+    pub deadline_ms: u64,
+    /// Where it is.
+    pub state: ApprovalState,
+    /// Every decision, in order.
+    pub decisions: Vec<Decision>,
+    /// When it reached its end state.
+    pub decided_ms: Option<u64>,
+}
+
+impl From<&airlock_store::ApprovalRecord> for Approval {
+    fn from(a: &airlock_store::ApprovalRecord) -> Self {
+        Self {
+            run: a.run.clone(),
+            step: a.step.clone(),
+            environment: a.environment.clone(),
+            provider: a.provider.clone(),
+            target: a.target.clone(),
+            artifacts: a
+                .artifacts
+                .iter()
+                .map(|x| Output { path: x.path.clone(), sha256: x.sha256.clone(), size: x.size })
+                .collect(),
+            requester: a.requester.clone(),
+            approvers: a.approvers.clone(),
+            required: a.required,
+            requester_may_approve: a.requester_may_approve,
+            created_ms: a.created_ms,
+            deadline_ms: a.deadline_ms,
+            state: a.state.into(),
+            decisions: a
+                .decisions
+                .iter()
+                .map(|d| Decision {
+                    user: d.user.clone(),
+                    approve: d.approve,
+                    reason: d.reason.clone(),
+                    at_ms: d.at_ms,
+                })
+                .collect(),
+            decided_ms: a.decided_ms,
+        }
+    }
+}
+
+/// One person's decision on a request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Decision {
+    /// Who (a user of the policy).
+    pub user: String,
+    /// Approve, or deny.
+    pub approve: bool,
+    /// Why, as they said.
+    pub reason: Option<String>,
+    /// When.
+    pub at_ms: u64,
+}
+
+/// A publish token, never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Token {
+    /// Its id, e.g. `tok-3f9a61c2...`: revoke it by this.
+    pub id: String,
+    /// What it allows, e.g. `publish:snapshots/pr-481-`.
+    pub scope: String,
+    /// `active`, `not yet valid`, `expired` or `revoked`, now.
+    pub state: String,
+    /// When it was made.
+    pub created_ms: u64,
+    /// Not usable before.
+    pub not_before_ms: u64,
+    /// Not usable from.
+    pub expires_ms: u64,
+    /// Calls at most.
+    pub max_calls: Option<u64>,
+    /// Files at most.
+    pub max_files: Option<u64>,
+    /// Bytes at most.
+    pub max_bytes: Option<u64>,
+    /// Addresses it may be used from, e.g. `127.0.0.1/32`.
+    pub cidr: Option<String>,
+    /// Calls made with it.
+    pub used_calls: u64,
+    /// Files charged to it.
+    pub used_files: u64,
+    /// Bytes charged to it.
+    pub used_bytes: u64,
+    /// When it was revoked.
+    pub revoked_ms: Option<u64>,
+    /// Who asked for it, or what for.
+    pub note: Option<String>,
+    /// The run it was minted for, when the engine minted it for a step.
+    pub run: Option<String>,
+}
+
+impl From<&airlock_store::TokenRecord> for Token {
+    fn from(t: &airlock_store::TokenRecord) -> Self {
+        Self {
+            id: t.id.clone(),
+            scope: t.scope.to_string(),
+            state: t.state(airlock_store::now_ms()).to_owned(),
+            created_ms: t.created_ms,
+            not_before_ms: t.not_before_ms,
+            expires_ms: t.expires_ms,
+            max_calls: t.max_calls,
+            max_files: t.max_files,
+            max_bytes: t.max_bytes,
+            cidr: t.cidr.clone(),
+            used_calls: t.used.calls,
+            used_files: t.used.files,
+            used_bytes: t.used.bytes,
+            revoked_ms: t.revoked_ms,
+            note: t.note.clone(),
+            run: t.run.clone(),
+        }
+    }
+}
