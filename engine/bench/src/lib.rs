@@ -1,7 +1,26 @@
 //! What the benchmarks of this crate share: percentiles of timed samples,
-//! and durations printed for people.
+//! durations printed for people, and the smoke mode.
+//!
+//! Every benchmark takes `--smoke`: the same work at a tiny size, run once
+//! by CI so that a broken benchmark is noticed the day it breaks. Its
+//! figures mean nothing.
 
 use std::time::Duration;
+
+/// Whether this is a smoke run (`--smoke` among the arguments).
+pub fn smoke() -> bool {
+    std::env::args().any(|a| a == "--smoke")
+}
+
+/// `full`, or `tiny` in a smoke run.
+pub fn scaled(full: usize, tiny: usize) -> usize {
+    if smoke() { tiny } else { full }
+}
+
+/// The arguments that are not flags.
+pub fn positional() -> Vec<String> {
+    std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect()
+}
 
 /// The median and the 99th percentile of a set of timings.
 #[derive(Debug, Clone, Copy)]

@@ -19,12 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const STEPS: usize = 1000;
+/// Steps of the chain and the fan-out, and samples of each part.
+fn steps() -> usize {
+    airlock_bench::scaled(1000, 20)
+}
 
 fn main() -> anyhow::Result<()> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let noop = std::env::args()
-        .nth(1)
+    let noop = airlock_bench::positional()
+        .first()
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("plugins/target/wasm32-wasip2/release/noop.wasm"));
     anyhow::ensure!(noop.is_file(), "{} not found: build the plugins with `plugins/build`", noop.display());
@@ -42,11 +45,11 @@ fn main() -> anyhow::Result<()> {
     // Compile and load.
     let scratch = tempfile::tempdir()?;
     let uncached = Sandbox::new(None)?;
-    let compile = sample(10, || uncached.load(&noop).map(drop).map_err(anyhow::Error::from))?;
+    let compile = sample(airlock_bench::scaled(10, 2), || uncached.load(&noop).map(drop).map_err(anyhow::Error::from))?;
     let cache_dir = scratch.path().join("cache");
     Sandbox::new(Some(cache_dir.clone()))?.load(&noop)?;
     let cached = Sandbox::new(Some(cache_dir))?;
-    let load = sample(200, || {
+    let load = sample(airlock_bench::scaled(200, 5), || {
         let p = cached.load(&noop)?;
         anyhow::ensure!(p.from_cache, "the compile cache was not used");
         Ok(())
@@ -55,7 +58,7 @@ fn main() -> anyhow::Result<()> {
     row("cached load (verify + deserialize)", &load, "");
 
     // Native baseline, same machine, same moment.
-    let spawn = sample(STEPS, || {
+    let spawn = sample(steps(), || {
         let status = std::process::Command::new("/bin/true").status()?;
         anyhow::ensure!(status.success(), "/bin/true failed");
         Ok(())
@@ -73,22 +76,22 @@ fn main() -> anyhow::Result<()> {
     let plugin = cached.load(&noop)?;
     let workspaces = scratch.path().join("ws");
     let mut n = 0;
-    let workspace = sample(STEPS, || {
+    let workspace = sample(steps(), || {
         n += 1;
         std::fs::create_dir_all(workspaces.join(format!("s{n}")))?;
         Ok(())
     })?;
     row("  new workspace (when none is spare)", &workspace, "");
-    let sandbox = sample(STEPS, || {
+    let sandbox = sample(steps(), || {
         let outcome = rt.block_on(cached.run(&plugin, Invocation::new(workspaces.join("s1"))));
         outcome.result.map_err(|f| anyhow::anyhow!("the no-op plugin failed: {f:?}"))
     })?;
     row("  WASI context, instantiate, run", &sandbox, "");
     let store = Store::open(&scratch.path().join("state-writes"))?;
-    let names: Vec<String> = (0..STEPS).map(|i| format!("s{i:04}")).collect();
+    let names: Vec<String> = (0..steps()).map(|i| format!("s{i:04}")).collect();
     let run = store.create_run("bench", "bench.yaml", Default::default(), &names)?;
     let mut i = 0;
-    let writes = sample(STEPS, || {
+    let writes = sample(steps(), || {
         let name = &names[i];
         i += 1;
         store.update_step(&run.id, name, Some("attempt 1".into()), |s| s.state = StepState::Running)?;
@@ -98,12 +101,13 @@ fn main() -> anyhow::Result<()> {
     row("  state writes (start and end)", &writes, "");
     let fan = rt.block_on(pipeline_run(scratch.path().to_owned(), noop.clone(), Shape::FanOut))?;
     println!();
-    println!("{:<38} {:>10}   target < 2 s", "1,000-step chain, wall", fmt(chain.wall));
-    println!("{:<38} {:>10}   jobs = {cores}", "1,000-step fan-out, wall", fmt(fan.wall));
+    println!("{:<38} {:>10}   target < 2 s", format!("{}-step chain, wall", steps()), fmt(chain.wall));
+    println!("{:<38} {:>10}   jobs = {cores}", format!("{}-step fan-out, wall", steps()), fmt(fan.wall));
     println!(
-        "{:<38} {:>10}   {STEPS} x native spawn p50",
+        "{:<38} {:>10}   {} x native spawn p50",
         "same chain as native processes",
-        fmt(spawn.p50 * STEPS as u32)
+        fmt(spawn.p50 * steps() as u32),
+        steps()
     );
     Ok(())
 }
@@ -143,7 +147,7 @@ async fn pipeline_run(dir: PathBuf, plugin: PathBuf, shape: Shape) -> anyhow::Re
 
 async fn pipeline_run_inner(dir: &Path, plugin: &Path, shape: Shape) -> anyhow::Result<Measured> {
     let mut yaml = String::from("name: bench\nsteps:\n");
-    for i in 0..STEPS {
+    for i in 0..steps() {
         yaml.push_str(&format!("  s{i:04}:\n    uses: {}\n", plugin.display()));
         match shape {
             Shape::Chain if i > 0 => yaml.push_str(&format!("    needs: [s{:04}]\n", i - 1)),
@@ -157,7 +161,7 @@ async fn pipeline_run_inner(dir: &Path, plugin: &Path, shape: Shape) -> anyhow::
     let engine = Engine::open(state.path())?;
     // Warm the compile cache so the run measures the engine, not cranelift.
     engine.sandbox().load(plugin)?;
-    let ends = Arc::new(Mutex::new(Vec::with_capacity(STEPS)));
+    let ends = Arc::new(Mutex::new(Vec::with_capacity(steps())));
     let seen = ends.clone();
     let observer = move |e: &Progress| {
         if let Progress::StepFinished { .. } = e

@@ -79,10 +79,11 @@ fn run(cmd: &mut Command) -> anyhow::Result<Duration> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let files: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(10_008);
-    let mib: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(614);
-    let rounds: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(3).max(1);
+    let args = airlock_bench::positional();
+    let smoke = airlock_bench::smoke();
+    let files: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 20 } else { 10_008 });
+    let mib: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 1 } else { 614 });
+    let rounds: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 1 } else { 3 }).max(1);
     let airlock = std::env::var_os("AIRLOCK_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/airlock"));
@@ -187,7 +188,8 @@ fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         for (s, _) in SCENARIOS.iter().enumerate() {
             if s == 2 {
-                for i in [7 + round, 4242 + round] {
+                // Two files of the tree, whatever its size.
+                for i in [(7 + round) % n, (4242 + round) % n] {
                     let f = tree.join(format!("d{:02}/e{:02}/f{i:05}.bin", i % 40, i / 40 % 25));
                     let mut bytes = std::fs::read(&f)?;
                     bytes[0] ^= 0xff;

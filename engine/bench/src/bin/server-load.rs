@@ -25,7 +25,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 100;
+/// Runs submitted at once.
+fn runs() -> usize {
+    airlock_bench::scaled(100, 5)
+}
 /// Layers of the pipeline, and steps in each: every step needs every step
 /// of the layer before it.
 const LAYERS: usize = 4;
@@ -111,8 +114,9 @@ fn main() -> anyhow::Result<()> {
         let submit = r#"{"pipeline": "load.yaml"}"#.to_owned();
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         println!(
-            "airlock server load: {RUNS} runs x {} steps (no-op plugin), submitted at once over loopback; \
+            "airlock server load: {} runs x {} steps (no-op plugin), submitted at once over loopback; \
              {max_runs} runs at once, {jobs} steps each; {cores} cores",
+            runs(),
             LAYERS * WIDTH
         );
         println!();
@@ -133,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         // The load.
         let started = Instant::now();
         let mut submissions = tokio::task::JoinSet::new();
-        for _ in 0..RUNS {
+        for _ in 0..runs() {
             let (api, submit) = (api.clone(), submit.clone());
             submissions.spawn(async move { api.call(Method::POST, "/api/v1/runs", Some(submit)).await });
         }
@@ -172,7 +176,7 @@ fn main() -> anyhow::Result<()> {
         let reads = under_load.len();
         let Stats { p50: load50, p99: load99 } = Stats::of(under_load);
         let Stats { p50: sub50, p99: sub99 } = Stats::of(submit_latency);
-        let steps = RUNS * LAYERS * WIDTH;
+        let steps = runs() * LAYERS * WIDTH;
         println!("{:<44} {}", "all submitted (acknowledged, on disk) in", fmt(submitted_in));
         println!("{:<44} p50 {:>9}   p99 {:>9}", "submit latency (100 at once)", fmt(sub50), fmt(sub99));
         println!("{:<44} p50 {:>9}   p99 {:>9}", "GET run, idle (baseline)", fmt(idle50), fmt(idle99));
@@ -186,7 +190,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:<44} {:.1} runs/s, {:.0} steps/s",
             "throughput",
-            RUNS as f64 / wall.as_secs_f64(),
+            runs() as f64 / wall.as_secs_f64(),
             steps as f64 / wall.as_secs_f64()
         );
         println!("{:<44} {lost}", "runs or steps lost or not succeeded");
