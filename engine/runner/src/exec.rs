@@ -936,25 +936,27 @@ fn describe(name: &str, step: &Step, failure: &Failure) -> String {
 async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, String> {
     let path = shared.base_dir.join(&step.uses);
     let fuel = effective_limits(shared, step).fuel.is_some();
-    let grants = HostGrants {
-        deploy: shared.grants.as_ref().is_some_and(|g| g.grants.interfaces.iter().any(|i| i == "deploy")),
-    };
+    let grants = HostGrants::of(shared.grants.iter().flat_map(|g| g.grants.interfaces.iter().copied()));
     // Steps sharing a plugin compile it once; different plugins compile
     // in parallel.
-    let cell = shared.plugins.lock().await.entry((path.clone(), fuel, grants)).or_default().clone();
+    let cell = shared.plugins.lock().await.entry((path.clone(), fuel, grants.clone())).or_default().clone();
     cell.get_or_init(|| async {
         let sandbox = shared.sandbox.clone();
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || sandbox.load_granted(&p, fuel, &grants))
+        let (p, g) = (path.clone(), grants.clone());
+        tokio::task::spawn_blocking(move || sandbox.load_granted(&p, fuel, &g))
             .await
             .map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses))
             .and_then(|r| {
                 r.map_err(|e| {
                     let mut message = e.to_string().replace(&path.display().to_string(), &step.uses);
-                    if message.contains(airlock_sandbox::DEPLOY_INTERFACE) {
-                        message.push_str(
-                            "; a step may ask for deployments only in a pipeline whose `environment:` grants `deploy`",
-                        );
+                    for interface in airlock_sandbox::HostInterface::ALL {
+                        if message.contains(interface.wit()) && !grants.allows(*interface) {
+                            message.push_str(&format!(
+                                "; a step may import `{}` only in a pipeline whose `environment:` grants `{}`",
+                                interface.wit(),
+                                interface.name()
+                            ));
+                        }
                     }
                     message
                 })

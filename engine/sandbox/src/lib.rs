@@ -25,11 +25,14 @@
 //! ```
 
 mod cache;
+pub mod deploy;
 mod limits;
 mod log;
 mod quota;
 
+pub use airlock_model::policy::HostInterface;
 pub use cache::CompileCache;
+pub use deploy::DeployRequest;
 pub use limits::{Limiter, MAX_TABLE_ELEMENTS};
 pub use log::LogSink;
 pub use quota::{MAX_DEPTH, OverQuota, QUOTA_TICK, Quota, Usage, measure};
@@ -98,15 +101,32 @@ pub const GRANTED_INTERFACES: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
-/// The host interface through which a step asks for a deployment.
-pub const DEPLOY_INTERFACE: &str = "airlock:step/deploy";
-
 /// Host interfaces beyond WASI that a step is granted (by the environment
-/// its pipeline runs for). Nothing is granted by default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct HostGrants {
-    /// [`DEPLOY_INTERFACE`]: asking for deployments.
-    pub deploy: bool,
+/// its pipeline runs for). Nothing is granted by default, and what is not
+/// granted is not linked: a plugin that imports it cannot be instantiated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct HostGrants(std::collections::BTreeSet<HostInterface>);
+
+impl HostGrants {
+    /// Grants these interfaces.
+    pub fn of(interfaces: impl IntoIterator<Item = HostInterface>) -> Self {
+        Self(interfaces.into_iter().collect())
+    }
+
+    /// Whether `interface` is granted.
+    pub fn allows(&self, interface: HostInterface) -> bool {
+        self.0.contains(&interface)
+    }
+}
+
+/// Links each granted host interface, each from its own module.
+fn link_host(l: &mut wasmtime::component::Linker<ComponentState>, grants: &HostGrants) -> wasmtime::Result<()> {
+    for interface in &grants.0 {
+        match interface {
+            HostInterface::Deploy => deploy::add_to_linker(l, |s: &mut ComponentState| &mut s.deploy)?,
+        }
+    }
+    Ok(())
 }
 
 /// Why a plugin could not be loaded.
@@ -350,63 +370,7 @@ pub(crate) struct ComponentState {
     table: ResourceTable,
     limiter: Limiter,
     timed_out: bool,
-    requests: DeployRequests,
-}
-
-/// Deployments a step asked for, checked at the boundary.
-#[derive(Debug, Default)]
-pub(crate) struct DeployRequests(Vec<DeployRequest>);
-
-/// A deployment a step asked for: the host decides what becomes of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeployRequest {
-    /// The environment named.
-    pub environment: String,
-    /// Workspace paths of the files to deploy.
-    pub paths: Vec<String>,
-}
-
-/// Requests one step may make: one deployment, recorded on the step.
-pub const MAX_DEPLOY_REQUESTS: usize = 1;
-/// Paths one request may name.
-pub const MAX_DEPLOY_PATHS: usize = 10_000;
-
-impl bindings::airlock::step::deploy::Host for DeployRequests {
-    fn request(&mut self, environment: String, paths: Vec<String>) -> Result<String, String> {
-        if self.0.len() >= MAX_DEPLOY_REQUESTS {
-            return Err(format!("a step may ask for {MAX_DEPLOY_REQUESTS} deployment; it asked already"));
-        }
-        let name_ok = !environment.is_empty()
-            && environment.len() <= 64
-            && environment.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
-            return Err("an environment name is 1 to 64 letters, digits, `-` and `_`".into());
-        }
-        if paths.is_empty() || paths.len() > MAX_DEPLOY_PATHS {
-            return Err(format!("a request names 1 to {MAX_DEPLOY_PATHS} paths"));
-        }
-        for p in &paths {
-            let plain = !p.is_empty()
-                && p.len() <= 1024
-                && !p.starts_with('/')
-                && !p.chars().any(airlock_model::text::is_hazard)
-                && p.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
-            if !plain {
-                return Err(format!(
-                    "`{}` is not a plain path relative to the workspace",
-                    airlock_model::text::one_line(p, 200)
-                ));
-            }
-        }
-        self.0.push(DeployRequest { environment, paths });
-        Ok(format!("deploy-request-{}", self.0.len()))
-    }
-}
-
-struct HasRequests;
-
-impl HasData for HasRequests {
-    type Data<'a> = &'a mut DeployRequests;
+    deploy: deploy::Requests,
 }
 
 impl WasiView for ComponentState {
@@ -431,7 +395,10 @@ impl HasData for HasIo {
 /// One engine configuration with its linkers.
 struct Flavor {
     engine: Engine,
+    /// WASI as [`GRANTED_INTERFACES`] says, and no host interface.
     components: wasmtime::component::Linker<ComponentState>,
+    /// That, with the host interfaces of each set of grants seen so far.
+    granted: std::sync::Mutex<std::collections::HashMap<HostGrants, wasmtime::component::Linker<ComponentState>>>,
     modules: wasmtime::Linker<ModuleState>,
 }
 
@@ -460,7 +427,22 @@ impl Flavor {
         link_granted(&mut components)?;
         let mut modules = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.ctx)?;
-        Ok(Self { engine, components, modules })
+        Ok(Self { engine, components, modules, granted: Default::default() })
+    }
+
+    /// The linker of a step with `grants`: exactly what they name.
+    fn component_linker(&self, grants: &HostGrants) -> wasmtime::Result<wasmtime::component::Linker<ComponentState>> {
+        if grants.0.is_empty() {
+            return Ok(self.components.clone());
+        }
+        let mut linkers = self.granted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = linkers.get(grants) {
+            return Ok(l.clone());
+        }
+        let mut linker = self.components.clone();
+        link_host(&mut linker, grants)?;
+        linkers.insert(grants.clone(), linker.clone());
+        Ok(linker)
     }
 }
 
@@ -509,9 +491,6 @@ fn link_granted(l: &mut wasmtime::component::Linker<ComponentState>) -> wasmtime
     type S = ComponentState;
     // Types only: nothing to implement, but the instance must exist.
     l.instance("airlock:step/types@0.1.0")?;
-    // Linked for every step, refused at load for a plugin that imports it
-    // without the grant (see `Sandbox::load_with`).
-    bindings::airlock::step::deploy::add_to_linker::<S, HasRequests>(l, |s| &mut s.requests)?;
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
     wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<S, HasIo>(l, |s| &mut s.table)?;
@@ -695,7 +674,9 @@ impl Sandbox {
         grants: &HostGrants,
     ) -> Result<Compiled, SandboxError> {
         let ty = component.component_type();
-        let granted = |name: &str| GRANTED_INTERFACES.contains(&name) || (grants.deploy && name == DEPLOY_INTERFACE);
+        let granted = |name: &str| {
+            GRANTED_INTERFACES.contains(&name) || HostInterface::from_wit(name).is_some_and(|i| grants.allows(i))
+        };
         let refused: Vec<String> = ty
             .imports(&flavor.engine)
             .map(|(import, _)| import)
@@ -711,7 +692,8 @@ impl Sandbox {
             check_resources(path, &needs, MAX_MEMORIES, MAX_TABLES)?;
         }
         let link_error = |e: wasmtime::Error| SandboxError::Link { path: path.to_owned(), message: format!("{e:#}") };
-        let pre = flavor.components.instantiate_pre(component).map_err(link_error)?;
+        let linker = flavor.component_linker(grants).map_err(link_error)?;
+        let pre = linker.instantiate_pre(component).map_err(link_error)?;
         if exports_iface("airlock:step/run") {
             Ok(Compiled::Step(bindings::StepPre::new(pre).map_err(link_error)?))
         } else if exports_iface("wasi:cli/run") {
@@ -852,7 +834,7 @@ impl Sandbox {
                 }
                 .await;
                 let s = store.data_mut();
-                *requests = std::mem::take(&mut s.requests.0);
+                *requests = std::mem::take(&mut s.deploy.0);
                 judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
             }
             Compiled::Command(pre) => {
@@ -863,7 +845,7 @@ impl Sandbox {
                 }
                 .await;
                 let s = store.data_mut();
-                *requests = std::mem::take(&mut s.requests.0);
+                *requests = std::mem::take(&mut s.deploy.0);
                 judge(result.map(|r| r.map_err(|()| Failure::Exit(1))), &s.limiter, s.timed_out, inv)
             }
             Compiled::Module(pre) => {
@@ -897,7 +879,7 @@ fn component_store(
         table: ResourceTable::new(),
         limiter,
         timed_out: false,
-        requests: DeployRequests::default(),
+        deploy: deploy::Requests::default(),
     };
     let mut store = Store::new(&flavor.engine, state);
     store.limiter(|s| &mut s.limiter);
@@ -986,6 +968,32 @@ fn judge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: `airlock:step/deploy` used to be linked for every step
+    /// and refused only by the check of a plugin's imports at load. Now
+    /// the linker of a step without the grant does not have it, so the
+    /// plugin could not be instantiated even if that check were skipped.
+    #[test]
+    fn an_ungranted_host_interface_is_not_linked_at_all() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../plugins/target/wasm32-wasip2/release/deploy_request.wasm");
+        assert!(path.is_file(), "{} is missing: run `bash plugins/build`", path.display());
+        let flavor = Flavor::new(false).expect("engine");
+        let component = wasmtime::component::Component::from_file(&flavor.engine, &path).expect("compiles");
+        let ungranted = flavor.component_linker(&HostGrants::default()).expect("linker");
+        let refused = ungranted.instantiate_pre(&component).err().expect("refused by the linker alone");
+        assert!(format!("{refused:#}").contains("airlock:step/deploy"), "{refused:#}");
+        let granted = flavor.component_linker(&HostGrants::of([HostInterface::Deploy])).expect("linker");
+        granted.instantiate_pre(&component).expect("linked with the grant");
+        // And through the front door, the refusal names what is missing.
+        let sandbox = Sandbox::new(None).expect("engine");
+        let err = sandbox.load_granted(&path, false, &HostGrants::default()).err().expect("refused");
+        assert!(
+            matches!(&err, SandboxError::NotGranted { imports, .. } if imports.iter().any(|i| i.starts_with("airlock:step/deploy"))),
+            "{err}"
+        );
+        sandbox.load_granted(&path, false, &HostGrants::of([HostInterface::Deploy])).expect("granted");
+    }
 
     #[test]
     fn refuses_what_is_not_wasm() {

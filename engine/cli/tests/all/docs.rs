@@ -3,19 +3,30 @@
 
 use crate::support::{airlock, output, repo};
 
-const COMMANDS: &[&str] = &[
-    "run",
-    "validate",
-    "runs",
-    "show",
-    "logs",
-    "schema",
-    "serve",
-    "publish",
-    "token create",
-    "token list",
-    "token revoke",
-];
+/// The subcommands a `--help` lists under `Commands:` (clap's own list,
+/// so a new command is in the reference the day it is added).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim_end() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l[2..].starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every command, depth first, as the words that name it.
+fn commands(path: &[String], out: &mut Vec<Vec<String>>) {
+    let args: Vec<&str> = path.iter().map(String::as_str).collect();
+    for name in subcommands(&help(&args)) {
+        let mut command = path.to_vec();
+        command.push(name);
+        out.push(command.clone());
+        commands(&command, out);
+    }
+}
 
 fn help(args: &[&str]) -> String {
     let state = tempfile::tempdir().expect("tempdir");
@@ -36,15 +47,25 @@ fn page() -> String {
     );
     page.push_str(&help(&[]));
     page.push_str("```\n");
-    for command in COMMANDS {
-        let args: Vec<&str> = command.split(' ').collect();
-        page.push_str(&format!("\n## airlock {command}\n\n```text\n{}```\n", help(&args)));
+    let mut all = Vec::new();
+    commands(&[], &mut all);
+    for command in all {
+        let args: Vec<&str> = command.iter().map(String::as_str).collect();
+        page.push_str(&format!("\n## airlock {}\n\n```text\n{}```\n", args.join(" "), help(&args)));
     }
     page
 }
 
 #[test]
 fn cli_reference_matches_the_help() {
+    let listed: Vec<String> = {
+        let mut all = Vec::new();
+        commands(&[], &mut all);
+        all.iter().map(|c| c.join(" ")).collect()
+    };
+    for expected in ["approve", "env check", "env rollback", "user token", "token create", "serve"] {
+        assert!(listed.iter().any(|c| c == expected), "`airlock {expected}` is not in the reference: {listed:?}");
+    }
     let path = repo().join("book/src/reference/cli.md");
     let generated = page();
     if std::env::var_os("AIRLOCK_BLESS").is_some() {

@@ -17,8 +17,51 @@ const HTTP_KEYS: &[&str] = &["type", "url", "method", "auth", "credential", "pay
 const DIRECTORY_KEYS: &[&str] = &["type", "path", "keep"];
 const COMMAND_KEYS: &[&str] = &["type", "argv", "timeout", "credentials"];
 
-/// Host interfaces an environment can grant to the steps that run for it.
-pub const INTERFACES: &[&str] = &["deploy"];
+/// A host interface beyond WASI that an environment can grant to the
+/// steps that run for it. A step is linked with exactly the interfaces
+/// its grant names; one it imports without the grant is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostInterface {
+    /// `airlock:step/deploy`: asking the host for a deployment.
+    Deploy,
+}
+
+impl HostInterface {
+    /// Every host interface there is.
+    pub const ALL: &[HostInterface] = &[HostInterface::Deploy];
+
+    /// Its name in the policy, e.g. `deploy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+        }
+    }
+
+    /// The WIT interface a plugin imports, without its version.
+    pub fn wit(self) -> &'static str {
+        match self {
+            Self::Deploy => "airlock:step/deploy",
+        }
+    }
+
+    /// The interface of a policy name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|i| i.name() == name)
+    }
+
+    /// The interface a plugin imports under a WIT name (with or without
+    /// `@version`), if it is a host interface.
+    pub fn from_wit(import: &str) -> Option<Self> {
+        let name = import.split('@').next().unwrap_or(import);
+        Self::ALL.iter().copied().find(|i| i.wit() == name)
+    }
+}
+
+/// The names of the host interfaces, for messages.
+fn interface_names() -> Vec<&'static str> {
+    HostInterface::ALL.iter().map(|i| i.name()).collect()
+}
 
 /// How long an approval waits when the policy sets no timeout.
 pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -179,8 +222,8 @@ pub struct Approvals {
 /// What steps running for an environment may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Grants {
-    /// Host interfaces linked into their sandbox (see [`INTERFACES`]).
-    pub interfaces: Vec<String>,
+    /// Host interfaces linked into their sandbox.
+    pub interfaces: Vec<HostInterface>,
     /// Glob patterns of the plugin files that may run (relative patterns
     /// are relative to the policy file); empty allows any.
     pub plugins: Vec<String>,
@@ -619,12 +662,15 @@ fn grants(c: &mut Checker<'_>, node: &Node, path: &str) -> Grants {
     for (interface, span, ipath) in
         get(entries, "interfaces").map(|i| c.list(i, &join(path, "interfaces"))).unwrap_or_default()
     {
-        if INTERFACES.contains(&interface) {
-            g.interfaces.push(interface.to_owned());
+        if let Some(known) = HostInterface::from_name(interface) {
+            if !g.interfaces.contains(&known) {
+                g.interfaces.push(known);
+            }
         } else {
-            let hint = match closest(interface, INTERFACES) {
+            let names = interface_names();
+            let hint = match closest(interface, &names) {
                 Some(k) => format!("did you mean `{k}`?"),
-                None => format!("the host interfaces are: {}", INTERFACES.join(", ")),
+                None => format!("the host interfaces are: {}", names.join(", ")),
             };
             c.error("unknown-interface", &ipath, span, format!("unknown host interface `{interface}`"), Some(hint));
         }

@@ -26,7 +26,7 @@ mod people;
 
 pub use environments::{
     Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
-    Environment, Grants, HttpAuth, HttpMethod, INTERFACES, LimitCaps, Payload, Provider,
+    Environment, Grants, HostInterface, HttpAuth, HttpMethod, LimitCaps, Payload, Provider,
 };
 pub use people::{Role, User};
 
@@ -250,7 +250,7 @@ mod tests {
         let approvals = staging.approvals.as_ref().expect("approvals");
         assert_eq!((approvals.required, approvals.requester_may_approve), (2, false));
         assert_eq!(approvals.timeout, std::time::Duration::from_secs(1800));
-        assert_eq!(staging.grants.interfaces, ["deploy"]);
+        assert_eq!(staging.grants.interfaces, [HostInterface::Deploy]);
         assert_eq!(staging.grants.limits.memory, Some(64 << 20));
         assert_eq!(staging.grants.limits.disk, None);
         assert!(staging.allows_pipeline("release") && !staging.allows_pipeline("site"));
