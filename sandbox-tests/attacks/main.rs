@@ -8,6 +8,7 @@
 mod lab;
 
 mod concurrency;
+mod coverage;
 mod cpu;
 mod environment;
 mod filesystem;
