@@ -46,6 +46,8 @@ pub fn base_dir(path: &Path) -> PathBuf {
 /// Renders diagnostics like a compiler: the message, the place, the line
 /// with the spot underlined, the field path and a hint.
 pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
+    let masked = masked(src, diags);
+    let src = masked.as_str();
     let file = SimpleFile::new(path.display().to_string(), src);
     let config = term::Config::default();
     let mut out = String::new();
@@ -78,6 +80,22 @@ pub fn render(path: &Path, src: &str, diags: &[Diagnostic]) -> String {
     let n = diags.len();
     out.push_str(&format!("{}: {n} error{}\n", path.display(), if n == 1 { "" } else { "s" }));
     out
+}
+
+/// `src` with the text under every diagnostic that may point at a secret
+/// (a credential written inline, a password in a URL) replaced by `*`,
+/// byte for byte, so the rest still lines up: a terminal or a CI log is
+/// shown where the mistake is, never the secret.
+fn masked(src: &str, diags: &[Diagnostic]) -> String {
+    let mut text = src.to_owned();
+    for span in diags.iter().filter(|d| d.spans_a_secret()).filter_map(|d| d.span) {
+        let (start, end) = (span.start.min(text.len()), span.end.min(text.len()));
+        if let Some(secret) = text.get(start..end) {
+            let stars: String = secret.chars().map(|c| "*".repeat(c.len_utf8())).collect();
+            text.replace_range(start..end, &stars);
+        }
+    }
+    text
 }
 
 /// Longest source line shown under a diagnostic, in bytes.

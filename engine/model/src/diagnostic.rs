@@ -31,6 +31,17 @@ pub struct Diagnostic {
     pub hint: Option<String>,
 }
 
+/// Codes of diagnostics whose span is (or holds) a secret: whoever shows
+/// the source around them must hide those bytes.
+pub const SECRET_CODES: &[&str] = &["inline-secret", "secret-in-url"];
+
+impl Diagnostic {
+    /// Whether the text under this diagnostic's span may be a secret.
+    pub fn spans_a_secret(&self) -> bool {
+        SECRET_CODES.contains(&self.code)
+    }
+}
+
 impl fmt::Display for Diagnostic {
     /// `file:line:col: message (at path)` and the hint on its own line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -13,6 +13,7 @@ mod run;
 mod schemathesis;
 mod secrets;
 mod server;
+mod snapshots;
 mod support;
 mod tokens;
 mod ui;
