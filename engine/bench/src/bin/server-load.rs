@@ -178,7 +178,7 @@ fn main() -> anyhow::Result<()> {
         let Stats { p50: sub50, p99: sub99 } = Stats::of(submit_latency);
         let steps = runs() * LAYERS * WIDTH;
         println!("{:<44} {}", "all submitted (acknowledged, on disk) in", fmt(submitted_in));
-        println!("{:<44} p50 {:>9}   p99 {:>9}", "submit latency (100 at once)", fmt(sub50), fmt(sub99));
+        println!("{:<44} p50 {:>9}   p99 {:>9}", format!("submit latency ({} at once)", runs()), fmt(sub50), fmt(sub99));
         println!("{:<44} p50 {:>9}   p99 {:>9}", "GET run, idle (baseline)", fmt(idle50), fmt(idle99));
         println!(
             "{:<44} p50 {:>9}   p99 {:>9}   ({reads} reads by {READERS} clients)",
