@@ -140,7 +140,9 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     let mut cache = if args.no_cache { StatCache::default() } else { StatCache::load(&cache_path) };
     let total_bytes: u64 = files.iter().map(|(_, _, m)| m.len()).sum();
     let (hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
+    // A cache that learnt nothing new is not written again.
     if !args.no_cache
+        && hashed_now > 0
         && let Err(e) = cache.save(&cache_path)
     {
         tracing::warn!("cannot save the stat cache at {}: {e}", cache_path.display());
@@ -374,9 +376,17 @@ fn hash_all(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
     let mut done: Vec<Option<Local>> = Vec::with_capacity(files.len());
     let mut todo = Vec::new();
+    // The working directory once, not a `getcwd` per file.
+    let cwd = std::env::current_dir().ok();
     for (i, (path, file, meta)) in files.into_iter().enumerate() {
         let stat = Stat::of(&meta);
-        let key = std::path::absolute(&file).unwrap_or_else(|_| file.clone()).display().to_string();
+        // `absolute` of an absolute path asks nothing of the system; it
+        // still drops `.` parts, so the key is as it always was.
+        let joined = match &cwd {
+            Some(cwd) if file.is_relative() => cwd.join(&file),
+            _ => file.clone(),
+        };
+        let key = std::path::absolute(&joined).unwrap_or(joined).display().to_string();
         // A file changed within the last two seconds may change again
         // within the same mtime tick: hash it, do not trust the cache.
         let settled = now_ns - stat.mtime_ns.max(stat.ctime_ns) > 2_000_000_000;

@@ -132,8 +132,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         app = app.with_runs(queue);
     }
     let app = std::sync::Arc::new(app);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     // Token management while the server holds the state: a socket in a
@@ -170,8 +169,16 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         stop.cancel();
     });
     let admin = tokio::spawn(airlock_server::serve_admin(admin, app.clone(), shutdown.clone()));
-    let served = airlock_server::serve(listener, app, shutdown.clone()).await;
+    // The HTTP server on threads of its own, so a read never queues
+    // behind the engine's steps on this runtime's workers.
+    let http = airlock_server::serve_apart(listener, app, shutdown.clone())?;
+    let mut joined = tokio::task::spawn_blocking(move || http.join());
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        _ = &mut joined => {}
+    }
     shutdown.cancel();
+    let served = joined.await?.map_err(|_| anyhow::anyhow!("the HTTP server's thread panicked"))?;
     let _ = admin.await;
     let _ = std::fs::remove_file(&socket);
     served?;

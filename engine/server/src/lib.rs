@@ -298,6 +298,32 @@ pub async fn serve(
     }
 }
 
+/// Threads of the runtime [`serve_apart`] makes.
+pub const HTTP_THREADS: usize = 2;
+
+/// Like [`serve`], on a runtime of its own (threads named `airlock-http`),
+/// started here and ended when `shutdown` is: answering a client never
+/// waits for a worker busy with the engine's steps, which run on the
+/// caller's runtime. Join the returned thread to wait for the end.
+pub fn serve_apart(
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(HTTP_THREADS)
+        .thread_name("airlock-http")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new().name("airlock-http".into()).spawn(move || {
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            serve(listener, app, shutdown).await
+        })
+    })
+}
+
 /// Serves the [`admin`] API on a Unix socket until `shutdown` is
 /// cancelled. The socket's directory must be closed to other users.
 pub async fn serve_admin(

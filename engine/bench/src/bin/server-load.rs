@@ -91,19 +91,28 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&pipes)?;
     std::fs::write(pipes.join("load.yaml"), pipeline(&noop))?;
     let (token, digest) = airlock_store::new_user_token();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Three runtimes, as in real life: the engine's (as in `airlock
+    // serve`), the server's (started by `serve_apart`), and the clients'
+    // (another program).
+    let engine_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let engine = Arc::new(Engine::open(&scratch.path().join("state"))?);
         let jobs = airlock_runner::RunOptions::default().jobs;
         let max_runs = 4;
-        let queue = RunQueue::start(engine, &pipes, max_runs, jobs, shutdown.clone())?;
+        let queue = {
+            let _engine = engine_rt.enter();
+            RunQueue::start(engine, &pipes, max_runs, jobs, shutdown.clone())?
+        };
         let store = queue.engine().store().clone();
         let user = ApiUser { name: "load".into(), token_sha256: digest, roles: vec![Role::Runner] };
         let app = Arc::new(airlock_server::App::new(store, Vec::new()).with_users(vec![user]).with_runs(queue));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // As `airlock serve` does: the engine on this runtime, the server
+        // on one of its own.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        tokio::spawn(airlock_server::serve(listener, app, shutdown.clone()));
+        let _server = airlock_server::serve_apart(listener, app, shutdown.clone())?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let api = Arc::new(Api {
@@ -178,7 +187,12 @@ fn main() -> anyhow::Result<()> {
         let Stats { p50: sub50, p99: sub99 } = Stats::of(submit_latency);
         let steps = runs() * LAYERS * WIDTH;
         println!("{:<44} {}", "all submitted (acknowledged, on disk) in", fmt(submitted_in));
-        println!("{:<44} p50 {:>9}   p99 {:>9}", format!("submit latency ({} at once)", runs()), fmt(sub50), fmt(sub99));
+        println!(
+            "{:<44} p50 {:>9}   p99 {:>9}",
+            format!("submit latency ({} at once)", runs()),
+            fmt(sub50),
+            fmt(sub99)
+        );
         println!("{:<44} p50 {:>9}   p99 {:>9}", "GET run, idle (baseline)", fmt(idle50), fmt(idle99));
         println!(
             "{:<44} p50 {:>9}   p99 {:>9}   ({reads} reads by {READERS} clients)",
