@@ -922,14 +922,20 @@ async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<Incom
 mod tests {
     use super::*;
 
-    /// Issue 12, item 3: a follower that went away kept its task polling
-    /// the store until the step ended, however long that took.
-    #[tokio::test]
-    async fn a_follower_that_goes_away_stops_the_poll() {
+    /// A store with one run whose one step, `s`, is running.
+    fn running_step() -> (tempfile::TempDir, airlock_store::Store, airlock_store::RunRecord) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = airlock_store::Store::open(dir.path()).expect("store");
         let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["s".to_owned()]).expect("run");
         store.update_step(&run.id, "s", None, |s| s.state = airlock_store::StepState::Running).expect("running");
+        (dir, store, run)
+    }
+
+    /// Issue 12, item 3: a follower that went away kept its task polling
+    /// the store until the step ended, however long that took.
+    #[tokio::test]
+    async fn a_follower_that_goes_away_stops_the_poll() {
+        let (_dir, store, run) = running_step();
         let (sender, receiver) = tokio::sync::mpsc::channel(8);
         let task = tokio::spawn(follow_log(store, None, run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
         drop(receiver);
@@ -941,10 +947,7 @@ mod tests {
     /// While the follower is there, the task goes on as long as the step.
     #[tokio::test]
     async fn a_follower_that_stays_is_sent_the_log_until_the_step_ends() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = airlock_store::Store::open(dir.path()).expect("store");
-        let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["s".to_owned()]).expect("run");
-        store.update_step(&run.id, "s", None, |s| s.state = airlock_store::StepState::Running).expect("running");
+        let (_dir, store, run) = running_step();
         let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
         let task =
             tokio::spawn(follow_log(store.clone(), None, run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
