@@ -3,9 +3,9 @@
 //! what becomes of it after the step has succeeded.
 //!
 //! One capability, one module, in the shape of wasmtime's `wasi-config`:
-//! the state a step's store holds ([`Requests`]), the generated `Host`
+//! the state a step's store holds (`Requests`), the generated `Host`
 //! trait implemented on it with every value from the guest checked here
-//! at the boundary, and [`add_to_linker`], which the sandbox calls only
+//! at the boundary, and `add_to_linker`, which the sandbox calls only
 //! for a step whose environment grants
 //! [`HostInterface::Deploy`](airlock_model::policy::HostInterface).
 
