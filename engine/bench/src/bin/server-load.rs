@@ -96,13 +96,15 @@ fn main() -> anyhow::Result<()> {
     // (another program).
     let engine_rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // The runtimes are dropped out here, never inside another's tasks.
+    let engine_handle = engine_rt.handle().clone();
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let engine = Arc::new(Engine::open(&scratch.path().join("state"))?);
         let jobs = airlock_runner::RunOptions::default().jobs;
         let max_runs = 4;
         let queue = {
-            let _engine = engine_rt.enter();
+            let _engine = engine_handle.enter();
             RunQueue::start(engine, &pipes, max_runs, jobs, shutdown.clone())?
         };
         let store = queue.engine().store().clone();
