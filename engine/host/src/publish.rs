@@ -257,6 +257,18 @@ pub fn check_path(path: &str) -> Result<(), PublishError> {
     Ok(())
 }
 
+/// Whether an upload that was to be `len` bytes hashing to `sha256`
+/// arrived so (and was then kept); `new` as the store said.
+fn kept(sha256: &str, len: u64, actual: String, got: u64, new: bool) -> Result<bool, PublishError> {
+    if got != len {
+        return Err(PublishError::Truncated { sha256: sha256.to_owned(), expected: len, got });
+    }
+    if actual != sha256 {
+        return Err(PublishError::DigestMismatch { expected: sha256.to_owned(), actual });
+    }
+    Ok(new)
+}
+
 fn valid_digest(d: &str) -> bool {
     d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -318,18 +330,9 @@ impl TargetStore {
     /// target's file limit is refused before a byte is read; one that is
     /// short or does not match is not kept.
     pub fn put_blob(&self, sha256: &str, len: u64, reader: impl Read) -> Result<bool, PublishError> {
-        let mut writer = self.blob_writer(sha256, len)?;
-        let mut reader = reader.take(len);
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => writer.write(&buf[..n])?,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(PublishError::Io { dir: "upload".into(), source: e }),
-            }
-        }
-        self.finish_blob(writer)
+        self.check_blob(sha256, len)?;
+        let (actual, got, new) = self.blobs.put_expecting(reader.take(len), sha256, len)?;
+        kept(sha256, len, actual, got, new)
     }
 
     /// Starts storing an uploaded blob of `len` bytes that must hash to
@@ -337,6 +340,20 @@ impl TargetStore {
     /// it is over the target's file limit. [`finish_blob`](Self::finish_blob)
     /// keeps it.
     pub fn blob_writer(&self, sha256: &str, len: u64) -> Result<BlobWriter, PublishError> {
+        self.check_blob(sha256, len)?;
+        Ok(self.blobs.writer(Some((sha256, len)))?)
+    }
+
+    /// Keeps a blob begun with [`blob_writer`](Self::blob_writer) if it is
+    /// whole and hashes to its digest; returns whether it was new.
+    pub fn finish_blob(&self, writer: BlobWriter) -> Result<bool, PublishError> {
+        let (sha256, len) = writer.expected().map(|(d, len)| (d.to_owned(), len)).unwrap_or_default();
+        let (actual, got, new) = writer.finish()?;
+        kept(&sha256, len, actual, got, new)
+    }
+
+    /// A blob's digest and length, before a byte of it is taken.
+    fn check_blob(&self, sha256: &str, len: u64) -> Result<(), PublishError> {
         if !valid_digest(sha256) {
             return Err(PublishError::BadDigest(airlock_model::text::one_line(sha256, 100)));
         }
@@ -348,23 +365,7 @@ impl TargetStore {
                 max: self.limits.max_file_size,
             });
         }
-        Ok(self.blobs.writer(Some((sha256, len)))?)
-    }
-
-    /// Keeps a blob begun with [`blob_writer`](Self::blob_writer) if it is
-    /// whole and hashes to its digest; returns whether it was new.
-    pub fn finish_blob(&self, writer: BlobWriter) -> Result<bool, PublishError> {
-        let expected = writer.expected().map(|(d, len)| (d.to_owned(), len));
-        let (actual, got, new) = writer.finish()?;
-        if let Some((sha256, len)) = expected {
-            if got != len {
-                return Err(PublishError::Truncated { sha256, expected: len, got });
-            }
-            if actual != sha256 {
-                return Err(PublishError::DigestMismatch { expected: sha256, actual });
-            }
-        }
-        Ok(new)
+        Ok(())
     }
 
     /// Deletes partial uploads that a killed server left in the target's
