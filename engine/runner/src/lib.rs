@@ -33,10 +33,12 @@
 
 mod environments;
 mod exec;
+mod lookup;
 mod publish;
 pub mod queue;
 
-pub use exec::{FsLookup, Progress, RunSummary};
+pub use exec::{Progress, RunSummary};
+pub use lookup::FsLookup;
 
 use airlock_host::ArtifactStore;
 use airlock_host::publish::TargetStore;

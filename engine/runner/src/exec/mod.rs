@@ -1,0 +1,288 @@
+//! One run, from its record to its end.
+//!
+//! [`Engine::run`] and [`Engine::run_recorded`] set a run up and drive it:
+//! the [`schedule`] decides which step starts and which will never run,
+//! [`step`] runs one step through its attempts (plugin steps in the
+//! sandbox; publish, deploy and approval steps in the host), and
+//! [`resume`] deals with what an engine that stopped left behind.
+
+mod grants;
+mod outputs;
+mod plugins;
+mod progress;
+mod resume;
+mod schedule;
+mod step;
+mod workspace;
+
+pub use progress::{Progress, RunSummary};
+pub(crate) use step::{StepError, host_step_started};
+
+use crate::{Engine, RunOptions, RunnerError};
+use airlock_model::text::one_line;
+use airlock_model::{Dag, ParamValue, Pipeline};
+use airlock_sandbox::{HostGrants, Sandbox};
+use airlock_store::{RunRecord, RunState, StepState, now_ms};
+use grants::EnvironmentGrants;
+use indexmap::IndexMap;
+use plugins::PluginCell;
+use progress::emit_finished;
+use schedule::{Schedule, Skip};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the step tasks share.
+pub(crate) struct Shared {
+    pub(crate) sandbox: Arc<Sandbox>,
+    pub(crate) store: airlock_store::Store,
+    pub(crate) artifacts: airlock_host::ArtifactStore,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) base_dir: PathBuf,
+    pub(crate) run_id: String,
+    pub(crate) params: IndexMap<String, ParamValue>,
+    /// Host directories of the pipeline's `sources`.
+    pub(crate) sources: HashMap<String, PathBuf>,
+    /// Plugins loaded in this run, by (path, fuel, grants); each loads once.
+    pub(crate) plugins: Mutex<HashMap<(PathBuf, bool, HostGrants), Arc<PluginCell>>>,
+    pub(crate) observer: Box<dyn Fn(&Progress) + Send + Sync>,
+    /// Empty workspaces of finished steps, ready for the next step; `None`
+    /// when workspaces are kept for inspection, so each keeps its name.
+    pub(crate) spare_workspaces: Option<std::sync::Mutex<Vec<PathBuf>>>,
+    /// Publish targets of the admin policy.
+    pub(crate) targets: Arc<std::collections::BTreeMap<String, airlock_host::publish::TargetStore>>,
+    /// The admin policy and the directory its relative paths start from.
+    pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
+    /// The pipeline's name.
+    pub(crate) pipeline: String,
+    /// Who started the run.
+    pub(crate) requester: String,
+    /// What the pipeline's environment grants its plugin steps.
+    pub(crate) grants: Option<EnvironmentGrants>,
+    /// Logs of the steps running now, for readers who follow them.
+    pub(crate) live: crate::LiveLogs,
+}
+
+impl Engine {
+    /// Runs `pipeline` to its end. `base_dir` is the pipeline file's
+    /// directory (plugins and sources are relative to it); `file` is how
+    /// the run record names the pipeline. `observer` sees every
+    /// [`Progress`] event; `cancel` stops the run, recording it cancelled.
+    pub async fn run(
+        &self,
+        pipeline: &Pipeline,
+        base_dir: &Path,
+        file: &str,
+        options: RunOptions,
+        observer: impl Fn(&Progress) + Send + Sync + 'static,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, RunnerError> {
+        // Checked before the run is recorded: a run that cannot start leaves no record.
+        let params = pipeline.resolve_params(&options.params).map_err(RunnerError::Params)?;
+        let grants = self.grants_for(pipeline)?;
+        let names: Vec<String> = pipeline.steps.keys().cloned().collect();
+        let shown_params: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        let run = self.store.create_run(&pipeline.name, file, shown_params, &names)?;
+        self.execute(run, false, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
+    }
+
+    /// Runs a run already in the store to its end: a `queued` run when
+    /// its turn comes, or a `running` one whose engine stopped, from
+    /// where it was. Steps that succeeded keep their outputs and do not
+    /// run again; steps that were running start again, except a deploy
+    /// that had reached its provider, which fails (it may have happened,
+    /// and a deployment happens at most once).
+    pub async fn run_recorded(
+        &self,
+        run: RunRecord,
+        pipeline: &Pipeline,
+        base_dir: &Path,
+        options: RunOptions,
+        observer: impl Fn(&Progress) + Send + Sync + 'static,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, RunnerError> {
+        let prepared = pipeline
+            .resolve_params(&options.params)
+            .map_err(RunnerError::Params)
+            .and_then(|p| Ok((p, self.grants_for(pipeline)?)));
+        let (params, grants) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // A recorded run that cannot start any more (the policy
+                // changed under it) ends, with the reason.
+                let run = self.store.finish_run(&run.id, RunState::Failed, Some(one_line(&e.to_string(), 1000)))?;
+                self.store.flush()?;
+                let steps = self.store.steps(&run)?;
+                return Ok(RunSummary { run, steps });
+            }
+        };
+        let detail = (run.state == RunState::Running).then(|| "resumed: the engine running it had stopped".to_owned());
+        let run = self.store.set_run_state(&run.id, RunState::Running, detail)?;
+        self.execute(run, true, pipeline, base_dir, params, grants, options, Box::new(observer), cancel).await
+    }
+
+    fn grants_for(&self, pipeline: &Pipeline) -> Result<Option<EnvironmentGrants>, RunnerError> {
+        match (&pipeline.environment, &self.policy) {
+            (None, _) => Ok(None),
+            (Some(env), Some(policy)) => match policy.0.environments.get(env) {
+                Some(e) => Ok(Some(EnvironmentGrants::new(env, &e.grants, &policy.1).map_err(RunnerError::Policy)?)),
+                None => Err(RunnerError::Policy(format!("the admin policy has no environment `{env}`"))),
+            },
+            (Some(env), None) => Err(RunnerError::Policy(format!(
+                "pipeline `{}` runs for environment `{env}`, but no admin policy was given",
+                pipeline.name
+            ))),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    /// Runs `run` to its end; `recorded` says it was in the store before
+    /// (queued, or left running by an engine that stopped), so its steps'
+    /// records say where each is.
+    async fn execute(
+        &self,
+        run: RunRecord,
+        recorded: bool,
+        pipeline: &Pipeline,
+        base_dir: &Path,
+        params: IndexMap<String, ParamValue>,
+        grants: Option<EnvironmentGrants>,
+        options: RunOptions,
+        observer: Box<dyn Fn(&Progress) + Send + Sync>,
+        cancel: CancellationToken,
+    ) -> Result<RunSummary, RunnerError> {
+        let dag = Dag::new(pipeline);
+        let names: Vec<String> = pipeline.steps.keys().cloned().collect();
+        let run_dir = self.state_dir.join("work").join(&run.id);
+        std::fs::create_dir_all(&run_dir).map_err(|source| RunnerError::StateDir { path: run_dir.clone(), source })?;
+        observer(&Progress::RunStarted { run: run.id.clone(), steps: names.clone() });
+
+        let shared = Arc::new(Shared {
+            sandbox: self.sandbox.clone(),
+            store: self.store.clone(),
+            artifacts: self.artifacts.clone(),
+            run_dir: run_dir.clone(),
+            base_dir: base_dir.to_owned(),
+            run_id: run.id.clone(),
+            params,
+            sources: pipeline.sources.iter().map(|(k, v)| (k.clone(), base_dir.join(&v.path))).collect(),
+            plugins: Mutex::new(HashMap::new()),
+            observer,
+            spare_workspaces: (!options.keep_workspaces).then(Default::default),
+            targets: self.targets.clone(),
+            policy: self.policy.clone(),
+            pipeline: pipeline.name.clone(),
+            requester: options.requester.clone(),
+            grants,
+            live: self.live.clone(),
+        });
+
+        // Where each step is: all pending for a run made just now; for a
+        // recorded one, what the store says, with interrupted steps dealt
+        // with.
+        let mut states = Vec::with_capacity(dag.len());
+        for index in 0..dag.len() {
+            let name = dag.name(index);
+            states.push(if recorded {
+                resume::resume_step(&shared, name, &pipeline.steps[name]).await?
+            } else {
+                StepState::Pending
+            });
+        }
+        let (mut schedule, skips) = Schedule::new(&dag, states);
+        record_skips(&shared, &schedule, skips)?;
+
+        let mut tasks: JoinSet<step::Finished> = JoinSet::new();
+        // Which step each task runs, to know which one a panic lost.
+        let mut task_steps: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let jobs = options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS);
+        loop {
+            while let Some(index) = schedule.start_next(tasks.len(), jobs) {
+                let name = dag.name(index).to_owned();
+                let step = pipeline.steps[&name].clone();
+                let (shared, cancel) = (shared.clone(), cancel.clone());
+                let handle = tasks.spawn(async move { step::run_step(shared, index, name, step, cancel).await });
+                task_steps.insert(handle.id(), index);
+            }
+            if tasks.is_empty() {
+                break;
+            }
+            let joined = tokio::select! {
+                joined = tasks.join_next_with_id() => joined,
+                () = cancel.cancelled(), if !schedule.is_cancelled() => {
+                    schedule.cancel();
+                    // Each step task notices the token, records itself
+                    // cancelled and returns; keep collecting them.
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
+            let skips = match joined {
+                Ok((id, finished)) => {
+                    task_steps.remove(&id);
+                    emit_finished(&shared, &finished.record, finished.log_truncated);
+                    schedule.finished(finished.index, finished.record.state)
+                }
+                Err(e) => {
+                    // A step task panicked: a bug in airlock, not in the
+                    // guest. The engine keeps running; the step is lost,
+                    // so the run cannot succeed.
+                    tracing::error!("a step task ended abnormally: {e}");
+                    let Some(index) = task_steps.remove(&e.id()) else { continue };
+                    let reason = format!("internal error in airlock while running the step: {e}");
+                    let record = shared.store.update_step(&run.id, dag.name(index), Some(reason.clone()), |s| {
+                        s.state = StepState::Failed;
+                        s.reason = Some(reason.clone());
+                        s.ended_ms = Some(now_ms());
+                    })?;
+                    emit_finished(&shared, &record, false);
+                    schedule.lost(index, &e.to_string())
+                }
+            };
+            record_skips(&shared, &schedule, skips)?;
+        }
+
+        // Whatever never started (cancelled before its turn) is recorded so.
+        for i in schedule.unfinished() {
+            let record = shared.store.update_step(&run.id, dag.name(i), Some("run cancelled".into()), |s| {
+                s.state = StepState::Cancelled;
+                s.reason = Some("cancelled before it started".into());
+                s.ended_ms = Some(now_ms());
+            })?;
+            emit_finished(&shared, &record, false);
+        }
+        // A step that saw the cancellation first may have ended before the
+        // loop did: the token, not only the schedule, says whether it came.
+        let (state, reason) = schedule.outcome(cancel.is_cancelled());
+        // However the run ended, no token minted for it outlives it.
+        if let Err(e) = self.store.revoke_run_tokens(Some(&run.id)) {
+            tracing::error!("cannot revoke the tokens of run {}: {e}", run.id);
+        }
+        let run = self.store.finish_run(&run.id, state, reason.clone())?;
+        self.store.flush()?;
+        if !options.keep_workspaces
+            && let Err(e) = std::fs::remove_dir_all(&run_dir)
+        {
+            tracing::warn!("cannot remove the run's workspaces at {}: {e}", run_dir.display());
+        }
+        (shared.observer)(&Progress::RunFinished { run: run.id.clone(), state, reason });
+        let steps = self.store.steps(&run)?;
+        Ok(RunSummary { run, steps })
+    }
+}
+
+/// Records the steps the schedule decided will never run.
+fn record_skips(shared: &Shared, schedule: &Schedule, skips: Vec<Skip>) -> Result<(), RunnerError> {
+    for Skip { index, reason } in skips {
+        let record = shared.store.update_step(&shared.run_id, schedule.name(index), Some(reason.clone()), |s| {
+            s.state = StepState::Skipped;
+            s.reason = Some(reason.clone());
+            s.ended_ms = Some(now_ms());
+        })?;
+        emit_finished(shared, &record, false);
+    }
+    Ok(())
+}

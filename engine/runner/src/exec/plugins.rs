@@ -1,0 +1,57 @@
+//! Loading a step's plugin once per run, with what its environment grants.
+
+use super::Shared;
+use super::grants::effective_limits;
+use airlock_model::Step;
+use airlock_sandbox::{HostGrants, Plugin, PluginKind};
+use tokio::sync::OnceCell;
+
+/// A plugin loaded once per run, or why it could not be.
+pub(crate) type PluginCell = OnceCell<Result<Plugin, String>>;
+
+pub(crate) async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, String> {
+    let path = shared.base_dir.join(&step.uses);
+    let fuel = effective_limits(shared, step).fuel.is_some();
+    let grants = HostGrants::of(shared.grants.iter().flat_map(|g| g.grants.interfaces.iter().copied()));
+    // Steps sharing a plugin compile it once; different plugins compile
+    // in parallel.
+    let cell = shared.plugins.lock().await.entry((path.clone(), fuel, grants.clone())).or_default().clone();
+    cell.get_or_init(|| async {
+        let sandbox = shared.sandbox.clone();
+        let (p, g) = (path.clone(), grants.clone());
+        tokio::task::spawn_blocking(move || sandbox.load_granted(&p, fuel, &g))
+            .await
+            .map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses))
+            .and_then(|r| {
+                r.map_err(|e| {
+                    let mut message = e.to_string().replace(&path.display().to_string(), &step.uses);
+                    for interface in airlock_sandbox::HostInterface::ALL {
+                        if message.contains(interface.wit()) && !grants.allows(*interface) {
+                            message.push_str(&format!(
+                                "; a step may import `{}` only in a pipeline whose `environment:` grants `{}`",
+                                interface.wit(),
+                                interface.name()
+                            ));
+                        }
+                    }
+                    message
+                })
+            })
+    })
+    .await
+    .clone()
+}
+
+pub(crate) fn check_kind(name: &str, step: &Step, plugin: &Plugin) -> Result<(), String> {
+    match plugin.kind() {
+        PluginKind::Step if step.args.is_some() => Err(format!(
+            "step `{name}`: plugin `{}` is an `airlock:step` plugin; configure it with `with:`, not `args:`",
+            step.uses
+        )),
+        PluginKind::Command | PluginKind::Module if !step.with.is_empty() => Err(format!(
+            "step `{name}`: plugin `{}` is a WASI command program; pass it `args:`, not `with:`",
+            step.uses
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,292 @@
+//! One step, from its first attempt to its end state.
+
+use super::grants::effective_limits;
+use super::outputs::{outputs_dir, take_outputs};
+use super::plugins::{check_kind, load_plugin};
+use super::workspace::{discard_workspace, fresh_workspace, recycle_workspace};
+use super::{Progress, Shared};
+use airlock_model::text::one_line;
+use airlock_model::{ExprContext, Step, render};
+use airlock_sandbox::{DeployRequest, Failure, Invocation, OverQuota, Quota};
+use airlock_store::{LogRecord, OutputRecord, StepRecord, StepState, now_ms};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Longest reason recorded for a step. Reasons quote what guests wrote
+/// (their error messages, their file names), so they are also kept to one
+/// line with every control character escaped.
+pub(crate) const MAX_REASON_BYTES: usize = 4096;
+
+/// What a step task reports back to the scheduler.
+pub(crate) struct Finished {
+    pub(crate) index: usize,
+    pub(crate) record: StepRecord,
+    pub(crate) log_truncated: bool,
+}
+
+/// Records that a step running in the host (publish, deploy, approval)
+/// started: it has one attempt.
+pub(crate) fn host_step_started(shared: &Shared, name: &str, detail: &str) -> Result<(), StepError> {
+    shared
+        .store
+        .update_step(&shared.run_id, name, Some(detail.into()), |s| {
+            s.state = StepState::Running;
+            s.attempts = 1;
+            s.started_ms.get_or_insert_with(now_ms);
+        })
+        .map_err(|e| StepError::Failed(format!("step `{name}`: cannot record the step: {e}")))?;
+    (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt: 1 });
+    Ok(())
+}
+
+/// Runs every attempt of one step and records its end state.
+pub(crate) async fn run_step(
+    shared: Arc<Shared>,
+    index: usize,
+    name: String,
+    step: Step,
+    cancel: CancellationToken,
+) -> Finished {
+    let mut log_truncated = false;
+    let (mut published, mut deployed) = (None, None);
+    let result = if let Some(publish) = &step.publish {
+        crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
+            published = Some(p);
+            Vec::new()
+        })
+    } else if let Some(spec) = &step.deploy {
+        crate::environments::deploy(&shared, &name, spec, &cancel).await.map(|d| {
+            deployed = Some(d);
+            Vec::new()
+        })
+    } else if let Some(spec) = &step.approval {
+        crate::environments::approval(&shared, &name, spec, &cancel).await.map(|d| {
+            deployed = Some(d);
+            Vec::new()
+        })
+    } else {
+        match attempts(&shared, &name, &step, &cancel, &mut log_truncated).await {
+            // The step asked for a deployment: the host does it now, with
+            // the outputs just taken out, if the policy allows.
+            Ok((outputs, requests)) => match requests.into_iter().next() {
+                None => Ok(outputs),
+                Some(request) => {
+                    crate::environments::requested(&shared, &name, &request, &outputs, &cancel).await.map(|d| {
+                        deployed = Some(d);
+                        outputs
+                    })
+                }
+            },
+            Err(e) => Err(e),
+        }
+    };
+    let store = &shared.store;
+    let (state, reason, outputs) = match result {
+        Ok(outputs) => (StepState::Succeeded, None, outputs),
+        Err(StepError::Cancelled) => (StepState::Cancelled, Some("cancelled while running".to_owned()), Vec::new()),
+        Err(StepError::Failed(reason)) => (StepState::Failed, Some(reason), Vec::new()),
+    };
+    let reason = reason.map(|r| one_line(&r, MAX_REASON_BYTES));
+    let record = store.update_step(&shared.run_id, &name, reason.clone(), |s| {
+        s.state = state;
+        s.reason = reason.clone();
+        s.outputs = outputs.clone();
+        s.published = published.clone();
+        s.deployed = deployed.clone();
+        s.ended_ms = Some(now_ms());
+    });
+    let record = record.unwrap_or_else(|e| {
+        // The store refusing a write leaves the run unrecordable; report the
+        // step failed with that reason rather than lose it.
+        tracing::error!("cannot record step `{name}`: {e}");
+        StepRecord {
+            name: name.clone(),
+            state: StepState::Failed,
+            attempts: 0,
+            started_ms: None,
+            ended_ms: Some(now_ms()),
+            reason: Some(format!("cannot record the step's end: {e}")),
+            plugin_sha256: None,
+            outputs: Vec::new(),
+            published: None,
+            deployed: None,
+            effect_started_ms: None,
+        }
+    });
+    Finished { index, record, log_truncated }
+}
+
+pub(crate) enum StepError {
+    /// The step failed, with the reason.
+    Failed(String),
+    /// The run was cancelled while the step ran.
+    Cancelled,
+}
+
+pub(crate) async fn attempts(
+    shared: &Shared,
+    name: &str,
+    step: &Step,
+    cancel: &CancellationToken,
+    log_truncated: &mut bool,
+) -> Result<(Vec<OutputRecord>, Vec<DeployRequest>), StepError> {
+    let store = &shared.store;
+    let failed = |reason: String| StepError::Failed(reason);
+    let record_error = |e: airlock_store::StoreError| StepError::Failed(format!("cannot record the step: {e}"));
+    if let Some(grants) = &shared.grants {
+        grants
+            .check_plugin(&shared.base_dir.join(&step.uses), &step.uses)
+            .map_err(|e| failed(format!("step `{name}`: {e}")))?;
+    }
+    let plugin = load_plugin(shared, step).await.map_err(failed)?;
+    check_kind(name, step, &plugin).map_err(failed)?;
+    let invocation = invocation(shared, name, step).map_err(failed)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let digest = plugin.digest.clone();
+        store
+            .update_step(&shared.run_id, name, Some(format!("attempt {attempt}")), |s| {
+                s.state = StepState::Running;
+                s.attempts = attempt;
+                s.started_ms.get_or_insert_with(now_ms);
+                s.plugin_sha256 = Some(digest.clone());
+            })
+            .map_err(record_error)?;
+        (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt });
+
+        let workspace = fresh_workspace(shared, name, attempt).map_err(failed)?;
+        let live = airlock_sandbox::LogSink::new(usize::try_from(invocation.log_limit).unwrap_or(usize::MAX));
+        let live_key = (shared.run_id.clone(), name.to_owned());
+        shared.live.insert(live_key.clone(), attempt, live.clone());
+        let inv = Invocation { workspace: workspace.clone(), live_log: Some(live), ..invocation.clone() };
+
+        let outcome = tokio::select! {
+            outcome = shared.sandbox.run(&plugin, inv) => outcome,
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+        };
+        let requests = outcome.deploy_requests;
+        let truncated = outcome.log_written > outcome.log.len() as u64;
+        *log_truncated |= truncated;
+        if outcome.log_written > 0 {
+            let mut bytes = outcome.log;
+            if truncated {
+                bytes.extend_from_slice(
+                    format!(
+                        "\n[airlock: log truncated: kept {} of {} written]\n",
+                        airlock_model::format_size(bytes.len() as u64),
+                        airlock_model::format_size(outcome.log_written)
+                    )
+                    .as_bytes(),
+                );
+            }
+            store
+                .put_log(&shared.run_id, name, &LogRecord { attempt, bytes, written: outcome.log_written })
+                .map_err(record_error)?;
+        }
+        // From here on, readers find the attempt's log in the store.
+        shared.live.remove(&live_key);
+        let result = match outcome.result {
+            Ok(()) => take_outputs(shared, name, step, &workspace).await,
+            Err(failure) => Err(describe(name, step, &failure)),
+        };
+        if result.is_ok() {
+            recycle_workspace(shared, workspace);
+        } else if attempt <= step.retries.count {
+            discard_workspace(shared, workspace).await;
+        }
+        match result {
+            Ok(outputs) => return Ok((outputs, requests)),
+            Err(reason) if attempt <= step.retries.count => {
+                let reason = one_line(&reason, MAX_REASON_BYTES);
+                let backoff = step.retries.backoff.saturating_mul(1 << (attempt - 1).min(16));
+                store
+                    .update_step(&shared.run_id, name, Some(reason.clone()), |s| {
+                        s.state = StepState::Retrying;
+                        s.reason = Some(reason.clone());
+                    })
+                    .map_err(record_error)?;
+                (shared.observer)(&Progress::StepRetrying {
+                    step: name.to_owned(),
+                    attempt,
+                    reason,
+                    backoff_ms: backoff.as_millis() as u64,
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = cancel.cancelled() => return Err(StepError::Cancelled),
+                }
+            }
+            Err(reason) => return Err(StepError::Failed(reason)),
+        }
+    }
+}
+
+/// The failure of a step, in words.
+pub(crate) fn describe(name: &str, step: &Step, failure: &Failure) -> String {
+    match failure {
+        Failure::Error(msg) => format!("step `{name}` failed: {msg}"),
+        Failure::Exit(code) => format!("step `{name}` exited with status {code}"),
+        Failure::MemoryLimit { limit } => {
+            format!("step `{name}` exceeded its {} memory limit", airlock_model::format_size(*limit))
+        }
+        Failure::Timeout(_) => {
+            format!("step `{name}` ran past its {} timeout", humantime::format_duration(step.timeout))
+        }
+        Failure::OutOfFuel(fuel) => format!("step `{name}` used up its fuel of {fuel} instructions"),
+        Failure::StackOverflow => format!("step `{name}` overflowed its call stack (deep or endless recursion)"),
+        Failure::TableLimit => format!(
+            "step `{name}` tried to grow a table past {} elements, the limit",
+            airlock_sandbox::MAX_TABLE_ELEMENTS
+        ),
+        Failure::Quota(OverQuota::Bytes(limit)) => format!(
+            "step `{name}` wrote more than its disk quota of {} to its workspace",
+            airlock_model::format_size(*limit)
+        ),
+        Failure::Quota(OverQuota::Entries(limit)) => {
+            format!("step `{name}` made more than {limit} files and directories in its workspace, its limit")
+        }
+        Failure::Quota(OverQuota::Depth(limit)) => {
+            format!("step `{name}` nested directories more than {limit} deep in its workspace")
+        }
+        Failure::Trap(msg) => format!("step `{name}` crashed: {msg}"),
+        Failure::Setup(msg) => format!("step `{name}` could not start: {msg}"),
+        Failure::Cancelled => format!("step `{name}` was cancelled"),
+    }
+}
+
+/// Everything but the workspace: inputs, rendered values, limits.
+pub(crate) fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Invocation, String> {
+    let ctx = ExprContext { params: &shared.params, run_id: &shared.run_id, step: name };
+    let expand = |text: &String| render(text, &ctx).map_err(|e| format!("step `{name}`: {e}"));
+    let mut inputs = Vec::new();
+    for input in &step.inputs {
+        // Validation guarantees an input is a source or an upstream step,
+        // and a step only starts once its upstream steps succeeded.
+        let dir = match shared.sources.get(input) {
+            Some(dir) => dir.clone(),
+            None => {
+                // An upstream step without outputs leaves no directory.
+                let dir = outputs_dir(shared, input);
+                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot lay out the input `{input}`: {e}"))?;
+                dir
+            }
+        };
+        inputs.push((input.clone(), dir));
+    }
+    let mut inv = Invocation::new(PathBuf::new());
+    inv.inputs = inputs;
+    inv.params = step.with.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;
+    inv.args = step.args.iter().flatten().map(expand).collect::<Result<_, _>>()?;
+    inv.env = step.env.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;
+    inv.run_id = shared.run_id.clone();
+    inv.step = name.to_owned();
+    let limits = effective_limits(shared, step);
+    inv.memory = limits.memory;
+    inv.log_limit = limits.log;
+    inv.fuel = limits.fuel;
+    inv.timeout = step.timeout;
+    inv.quota = Quota { bytes: limits.disk, entries: limits.files };
+    Ok(inv)
+}
