@@ -9,7 +9,7 @@
 //! for a step whose environment grants
 //! [`HostInterface::Deploy`](airlock_model::policy::HostInterface).
 
-use crate::bindings::airlock::step::deploy;
+use crate::link::bindings::airlock::step::deploy;
 use wasmtime::component::HasData;
 
 /// Requests one step may make: one deployment, recorded on the step.

@@ -1,0 +1,99 @@
+//! Why a plugin could not be loaded.
+
+use crate::MAX_PLUGIN_BYTES;
+use std::path::{Path, PathBuf};
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The plugin file could not be read.
+    #[error("cannot read plugin `{path}`: {source}")]
+    Read {
+        /// The plugin's path.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The plugin file is larger than [`MAX_PLUGIN_BYTES`].
+    #[error(
+        "plugin `{path}` is {}, over the {} limit for plugins",
+        airlock_model::format_size(*size),
+        airlock_model::format_size(MAX_PLUGIN_BYTES)
+    )]
+    TooLarge {
+        /// The plugin's path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// Not a WebAssembly module or component.
+    #[error("plugin `{path}` is not a WebAssembly module or component")]
+    NotWasm {
+        /// The plugin's path.
+        path: PathBuf,
+    },
+    /// wasmtime refused to compile it.
+    #[error("plugin `{path}` does not compile: {message}")]
+    Compile {
+        /// The plugin's path.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// It imports something the step is not granted.
+    #[error(
+        "plugin `{path}` imports {}, which this step is not granted",
+        imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+    )]
+    NotGranted {
+        /// The plugin's path.
+        path: PathBuf,
+        /// Every import not granted, as the plugin names it.
+        imports: Vec<String>,
+    },
+    /// It asks for more memories or tables than a step may have.
+    #[error("plugin `{path}` needs more than a step may have: {detail}")]
+    TooMuch {
+        /// The plugin's path.
+        path: PathBuf,
+        /// What it asks for, and the limit.
+        detail: String,
+    },
+    /// A granted interface is imported with other types than airlock's.
+    #[error("plugin `{path}` cannot be linked: {message}")]
+    Link {
+        /// The plugin's path.
+        path: PathBuf,
+        /// wasmtime's reason.
+        message: String,
+    },
+    /// It exports nothing airlock knows how to run.
+    #[error(
+        "plugin `{path}` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`"
+    )]
+    NothingToRun {
+        /// The plugin's path.
+        path: PathBuf,
+    },
+    /// The engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+impl SandboxError {
+    /// The same error about the plugin at `path`.
+    pub(crate) fn with_path(mut self, to: &Path) -> Self {
+        match &mut self {
+            Self::Read { path, .. }
+            | Self::TooLarge { path, .. }
+            | Self::NotWasm { path }
+            | Self::Compile { path, .. }
+            | Self::NotGranted { path, .. }
+            | Self::TooMuch { path, .. }
+            | Self::Link { path, .. }
+            | Self::NothingToRun { path } => *path = to.to_owned(),
+            Self::Engine(_) => {}
+        }
+        self
+    }
+}

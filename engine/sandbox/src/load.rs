@@ -1,0 +1,255 @@
+//! Reading, compiling (or finding in the compile cache), checking and
+//! linking a plugin.
+
+use crate::link::{ComponentState, Flavor, ModuleState, bindings};
+use crate::{
+    GRANTED_INTERFACES, HostGrants, HostInterface, MAX_MEMORIES, MAX_MEMORIES_PER_MODULE, MAX_PLUGIN_BYTES, MAX_TABLES,
+    MAX_TABLES_PER_MODULE, Sandbox, SandboxError,
+};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::Engine;
+
+/// What kind of program a plugin is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    /// A component exporting `airlock:step/run`: configured with `with:`.
+    Step,
+    /// A `wasi:cli/command` component: configured with `args:`.
+    Command,
+    /// A core module with `_start` (wasip1): configured with `args:`.
+    Module,
+}
+
+pub(crate) enum Compiled {
+    Step(bindings::StepPre<ComponentState>),
+    Command(wasmtime_wasi::p2::bindings::CommandPre<ComponentState>),
+    Module(wasmtime::InstancePre<ModuleState>),
+}
+
+/// A plugin ready to instantiate: compiled, checked, linked.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) compiled: Arc<Compiled>,
+    /// sha256 of the plugin file, hex.
+    pub digest: String,
+    /// The plugin's file name, used as `argv[0]` and in messages.
+    pub name: String,
+    /// Whether the compiled form came from the cache.
+    pub from_cache: bool,
+    pub(crate) fuel: bool,
+}
+
+impl Plugin {
+    /// What kind of program this is.
+    pub fn kind(&self) -> PluginKind {
+        match &*self.compiled {
+            Compiled::Step(_) => PluginKind::Step,
+            Compiled::Command(_) => PluginKind::Command,
+            Compiled::Module(_) => PluginKind::Module,
+        }
+    }
+}
+
+impl Sandbox {
+    /// Reads, compiles (or loads from the cache), checks and links a plugin.
+    /// `fuel` selects the engine that counts instructions.
+    pub fn load_with(&self, path: &Path, fuel: bool) -> Result<Plugin, SandboxError> {
+        self.load_granted(path, fuel, &HostGrants::default())
+    }
+
+    /// [`Sandbox::load_with`] for a step granted host interfaces beyond
+    /// WASI: a plugin importing one that `grants` does not name is refused.
+    pub fn load_granted(&self, path: &Path, fuel: bool, grants: &HostGrants) -> Result<Plugin, SandboxError> {
+        let read_error = |source| SandboxError::Read { path: path.to_owned(), source };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > MAX_PLUGIN_BYTES {
+            return Err(SandboxError::TooLarge { path: path.to_owned(), size });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Messages name the path as the caller gave it.
+        self.load_bytes_granted(&bytes, &name, fuel, grants).map_err(|e| e.with_path(path))
+    }
+
+    /// [`Sandbox::load_with`] without fuel.
+    pub fn load(&self, path: &Path) -> Result<Plugin, SandboxError> {
+        self.load_with(path, false)
+    }
+
+    /// Loads a plugin from its bytes; `name` appears in messages.
+    pub fn load_bytes(&self, bytes: &[u8], name: &str, fuel: bool) -> Result<Plugin, SandboxError> {
+        self.load_bytes_granted(bytes, name, fuel, &HostGrants::default())
+    }
+
+    /// [`Sandbox::load_bytes`] with host interfaces granted.
+    pub fn load_bytes_granted(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        fuel: bool,
+        grants: &HostGrants,
+    ) -> Result<Plugin, SandboxError> {
+        let path = PathBuf::from(name);
+        if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+            return Err(SandboxError::TooLarge { path, size: bytes.len() as u64 });
+        }
+        let is_component = match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => false,
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => true,
+            _ => return Err(SandboxError::NotWasm { path }),
+        };
+        let flavor = if fuel { &self.fueled } else { &self.plain };
+        let digest = hex::encode(Sha256::digest(bytes));
+        let compile_error = |e: wasmtime::Error| {
+            let message = format!("{e:#}");
+            // The pooled engine checks a module's memories and tables
+            // against the pool when compiling; say so in airlock's words.
+            match message.split_once("pooling allocator requirements: ") {
+                Some((_, detail)) => SandboxError::TooMuch { path: path.clone(), detail: detail.to_owned() },
+                None => SandboxError::Compile { path: path.clone(), message },
+            }
+        };
+        let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
+        let from_cache = cached.is_some();
+        let compiled = if is_component {
+            let component = match &cached {
+                // SAFETY (the one `unsafe` in airlock): wasmtime runs
+                // precompiled code as it finds it. These bytes were produced
+                // by `precompile_component` of an engine with this exact
+                // configuration (the cache key says so), written only by us
+                // under the state directory, and their sha256 was checked
+                // just now. wasmtime also checks its version and settings
+                // in the header before using them.
+                #[allow(unsafe_code)]
+                Some(c) => unsafe { wasmtime::component::Component::deserialize(&flavor.engine, c) },
+                None => wasmtime::component::Component::new(&flavor.engine, bytes),
+            }
+            .map_err(compile_error)?;
+            if !from_cache {
+                self.store_in_cache(&digest, &flavor.engine, component.serialize());
+            }
+            self.link_component(flavor, &component, &path, grants)?
+        } else {
+            let module = match &cached {
+                // SAFETY: as for components above.
+                #[allow(unsafe_code)]
+                Some(c) => unsafe { wasmtime::Module::deserialize(&flavor.engine, c) },
+                None => wasmtime::Module::new(&flavor.engine, bytes),
+            }
+            .map_err(compile_error)?;
+            if !from_cache {
+                self.store_in_cache(&digest, &flavor.engine, module.serialize());
+            }
+            Self::link_module(flavor, &module, &path)?
+        };
+        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, fuel })
+    }
+
+    fn store_in_cache(&self, digest: &str, engine: &Engine, serialized: wasmtime::Result<Vec<u8>>) {
+        let Some(cache) = &self.cache else { return };
+        let result =
+            serialized.map_err(|e| std::io::Error::other(format!("{e:#}"))).and_then(|b| cache.put(digest, engine, &b));
+        if let Err(e) = result {
+            tracing::warn!(dir = %cache.dir().display(), "cannot cache a compiled plugin: {e}");
+        }
+    }
+
+    fn link_component(
+        &self,
+        flavor: &Flavor,
+        component: &wasmtime::component::Component,
+        path: &Path,
+        grants: &HostGrants,
+    ) -> Result<Compiled, SandboxError> {
+        let ty = component.component_type();
+        let granted = |name: &str| {
+            GRANTED_INTERFACES.contains(&name) || HostInterface::from_wit(name).is_some_and(|i| grants.allows(i))
+        };
+        let refused: Vec<String> = ty
+            .imports(&flavor.engine)
+            .map(|(import, _)| import)
+            .filter(|import| !granted(import.split('@').next().unwrap_or(import)))
+            .map(str::to_owned)
+            .collect();
+        if !refused.is_empty() {
+            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused });
+        }
+        let exports: Vec<String> = ty.exports(&flavor.engine).map(|(n, _)| n.to_owned()).collect();
+        let exports_iface = |name: &str| exports.iter().any(|e| e.split('@').next() == Some(name));
+        if let Some(needs) = component.resources_required() {
+            check_resources(path, &needs, MAX_MEMORIES, MAX_TABLES)?;
+        }
+        let link_error = |e: wasmtime::Error| SandboxError::Link { path: path.to_owned(), message: format!("{e:#}") };
+        let linker = flavor.component_linker(grants).map_err(link_error)?;
+        let pre = linker.instantiate_pre(component).map_err(link_error)?;
+        if exports_iface("airlock:step/run") {
+            Ok(Compiled::Step(bindings::StepPre::new(pre).map_err(link_error)?))
+        } else if exports_iface("wasi:cli/run") {
+            Ok(Compiled::Command(wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(link_error)?))
+        } else {
+            Err(SandboxError::NothingToRun { path: path.to_owned() })
+        }
+    }
+
+    fn link_module(flavor: &Flavor, module: &wasmtime::Module, path: &Path) -> Result<Compiled, SandboxError> {
+        let refused: Vec<String> = module
+            .imports()
+            .filter(|import| import.module() != "wasi_snapshot_preview1")
+            .map(|import| format!("{}::{}", import.module(), import.name()))
+            .collect();
+        if !refused.is_empty() {
+            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused });
+        }
+        if module.get_export("_start").is_none() {
+            return Err(SandboxError::NothingToRun { path: path.to_owned() });
+        }
+        check_resources(path, &module.resources_required(), MAX_MEMORIES_PER_MODULE, MAX_TABLES_PER_MODULE)?;
+        let pre = flavor
+            .modules
+            .instantiate_pre(module)
+            .map_err(|e| SandboxError::Link { path: path.to_owned(), message: format!("{e:#}") })?;
+        Ok(Compiled::Module(pre))
+    }
+}
+
+/// Refuses a plugin defining more memories or tables than allowed. The
+/// pooled engine refuses such modules when compiling them; this holds the
+/// engine with fuel, which allocates on demand, to the same limits.
+pub(crate) fn check_resources(
+    path: &Path,
+    needs: &wasmtime::ResourcesRequired,
+    memories: u32,
+    tables: u32,
+) -> Result<(), SandboxError> {
+    let detail = if needs.num_memories > memories {
+        format!("it defines {} linear memories, and the limit is {memories}", needs.num_memories)
+    } else if needs.num_tables > tables {
+        format!("it defines {} tables, and the limit is {tables}", needs.num_tables)
+    } else {
+        return Ok(());
+    };
+    Err(SandboxError::TooMuch { path: path.to_owned(), detail })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_is_not_wasm() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let err = sandbox.load_bytes(b"#!/bin/sh\necho hi\n", "x.wasm", false).err().expect("refused");
+        assert!(matches!(err, SandboxError::NotWasm { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_modules_importing_anything_but_wasi() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module (import "env" "socket" (func)) (func (export "_start")))"#;
+        let bytes = wat::parse_str(wat).expect("wat");
+        let err = sandbox.load_bytes(&bytes, "net.wasm", false).err().expect("refused");
+        assert_eq!(err.to_string(), "plugin `net.wasm` imports `env::socket`, which this step is not granted");
+    }
+}

@@ -1,0 +1,376 @@
+//! Running a loaded plugin once, in a fresh store with the step's limits,
+//! and saying in words how it ended.
+
+use crate::link::{ComponentState, Flavor, ModuleState, bindings};
+use crate::load::Compiled;
+use crate::{DeployRequest, Limiter, LogSink, OverQuota, Plugin, Quota, Sandbox, deploy, measure, quota};
+use airlock_model::{GUEST_INPUTS, GUEST_WORKSPACE};
+use bindings::airlock::step::types as wit;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// After a deadline, how long a guest blocked in a host call (sleeping,
+/// polling) gets before its call is dropped outright.
+const BLOCKED_GRACE: Duration = Duration::from_millis(200);
+
+/// Entries of a finished step's workspace counted on the async thread
+/// before the rest of the walk moves to a blocking one.
+const INLINE_MEASURE_ENTRIES: u64 = 64;
+
+/// Everything one step is given.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Host directory mounted read-write at `/workspace`.
+    pub workspace: PathBuf,
+    /// `(name, host directory)`, each mounted read-only at `/inputs/NAME`.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// `with:` parameters, for step plugins.
+    pub params: Vec<(String, String)>,
+    /// Arguments after `argv[0]`, for command programs.
+    pub args: Vec<String>,
+    /// The guest's whole environment.
+    pub env: Vec<(String, String)>,
+    /// The run's id, passed to step plugins.
+    pub run_id: String,
+    /// The step's name, passed to step plugins.
+    pub step: String,
+    /// Linear memory limit in bytes.
+    pub memory: u64,
+    /// Bytes of stdout and stderr kept.
+    pub log_limit: u64,
+    /// Instruction budget; the plugin must have been loaded with fuel.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// What the workspace may hold.
+    pub quota: Quota,
+    /// Where the guest's output goes, when the caller wants to read it
+    /// while the step runs; otherwise a new log of `log_limit` bytes.
+    pub live_log: Option<LogSink>,
+}
+
+impl Invocation {
+    /// An invocation with the default limits and nothing but a workspace.
+    pub fn new(workspace: PathBuf) -> Self {
+        Self {
+            workspace,
+            inputs: Vec::new(),
+            params: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            run_id: String::new(),
+            step: String::new(),
+            memory: airlock_model::DEFAULT_MEMORY_LIMIT,
+            log_limit: airlock_model::DEFAULT_LOG_LIMIT,
+            fuel: None,
+            timeout: airlock_model::DEFAULT_TIMEOUT,
+            quota: Quota { bytes: airlock_model::DEFAULT_DISK_LIMIT, entries: airlock_model::DEFAULT_FILES_LIMIT },
+            live_log: None,
+        }
+    }
+}
+
+/// Why a step failed, in terms a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The plugin returned an error message.
+    Error(String),
+    /// A command program exited with a non-zero status.
+    Exit(i32),
+    /// The guest asked for more memory than its limit.
+    MemoryLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The guest ran past its deadline.
+    Timeout(Duration),
+    /// The guest used up its fuel.
+    OutOfFuel(u64),
+    /// The guest's call stack grew past wasmtime's limit.
+    StackOverflow,
+    /// The guest tried to grow a table past [`MAX_TABLE_ELEMENTS`](crate::MAX_TABLE_ELEMENTS).
+    TableLimit,
+    /// The workspace went past its quota while the guest ran.
+    Quota(OverQuota),
+    /// The guest trapped (or a host call failed).
+    Trap(String),
+    /// The WASI context could not be set up (e.g. an input directory is gone).
+    Setup(String),
+    /// The run was cancelled while the step ran.
+    Cancelled,
+}
+
+/// What running a step produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Success, or why not.
+    pub result: Result<(), Failure>,
+    /// The head of stdout and stderr, interleaved as written.
+    pub log: Vec<u8>,
+    /// Bytes the guest wrote in all; more than `log.len()` means the log
+    /// was truncated.
+    pub log_written: u64,
+    /// Wall time of instantiation and run.
+    pub duration: Duration,
+    /// Deployments the step asked for (a granted `airlock:step/deploy`).
+    pub deploy_requests: Vec<DeployRequest>,
+}
+
+impl Sandbox {
+    /// Runs a plugin once. Never panics on guest behaviour: every way a
+    /// guest can fail ends in [`Outcome::result`].
+    pub async fn run(&self, plugin: &Plugin, inv: Invocation) -> Outcome {
+        let started = Instant::now();
+        let log = match &inv.live_log {
+            Some(live) => live.clone(),
+            None => LogSink::new(usize::try_from(inv.log_limit).unwrap_or(usize::MAX)),
+        };
+        let mut deploy_requests = Vec::new();
+        let result = match self.wasi(&inv, plugin, &log) {
+            Err(e) => Err(Failure::Setup(e)),
+            Ok(builder) => {
+                let call = self.call(plugin, builder, &inv, &mut deploy_requests);
+                // Epoch interruption stops guest code at its deadline; a
+                // guest blocked inside a host call (a long sleep) is
+                // stopped here instead. Going over the disk quota stops
+                // it wherever it is. Either way the store is dropped with
+                // the call, which ends the guest.
+                tokio::select! {
+                    r = tokio::time::timeout(inv.timeout + BLOCKED_GRACE, call) => match r {
+                        Ok(r) => r,
+                        Err(_) => Err(Failure::Timeout(inv.timeout)),
+                    },
+                    over = quota::watch(&inv.workspace, inv.quota) => Err(Failure::Quota(over)),
+                }
+            }
+        };
+        // What was written since the last look still counts. Most steps
+        // leave a few files: those are counted right here; a big
+        // workspace is walked on a blocking thread.
+        let result = match result {
+            Ok(()) => match quota::measure_some(&inv.workspace, &inv.quota, INLINE_MEASURE_ENTRIES) {
+                Ok(Some(_)) => Ok(()),
+                Err(over) => Err(Failure::Quota(over)),
+                Ok(None) => {
+                    let (ws, q) = (inv.workspace.clone(), inv.quota);
+                    match tokio::task::spawn_blocking(move || measure(&ws, &q)).await {
+                        Ok(Err(over)) => Err(Failure::Quota(over)),
+                        _ => Ok(()),
+                    }
+                }
+            },
+            failed => failed,
+        };
+        // A live log stays whole for its readers until the caller has
+        // stored it; only a private one is taken without a copy.
+        let (log, log_written) = if inv.live_log.is_some() { log.read_from(0) } else { log.take() };
+        // A failed step's requests are void: only a step that succeeded
+        // has outputs to deploy.
+        if result.is_err() {
+            deploy_requests.clear();
+        }
+        Outcome { result, log, log_written, duration: started.elapsed(), deploy_requests }
+    }
+
+    fn wasi(&self, inv: &Invocation, plugin: &Plugin, log: &LogSink) -> Result<WasiCtxBuilder, String> {
+        let mut b = WasiCtxBuilder::new();
+        b.stdout(log.clone()).stderr(log.clone());
+        b.preopened_dir(&inv.workspace, GUEST_WORKSPACE, FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
+        // Also as `.`: wasi-libc resolves relative paths against a `.`
+        // preopen, so `open("out.txt")` lands in the workspace.
+        b.preopened_dir(&inv.workspace, ".", FsPerms::ReadWrite)
+            .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
+        for (name, dir) in &inv.inputs {
+            b.preopened_dir(dir, format!("{}/{name}", GUEST_INPUTS), FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open input `{name}` at {}: {e:#}", dir.display()))?;
+        }
+        b.envs(&inv.env);
+        b.env("PWD", GUEST_WORKSPACE);
+        b.initial_cwd(GUEST_WORKSPACE);
+        let mut argv = vec![plugin.name.clone()];
+        argv.extend(inv.args.iter().cloned());
+        b.args(&argv);
+        Ok(b)
+    }
+
+    async fn call(
+        &self,
+        plugin: &Plugin,
+        mut builder: WasiCtxBuilder,
+        inv: &Invocation,
+        requests: &mut Vec<DeployRequest>,
+    ) -> Result<(), Failure> {
+        let flavor = if plugin.fuel { &self.fueled } else { &self.plain };
+        let deadline = Instant::now() + inv.timeout;
+        let limiter = Limiter::new(inv.memory);
+        match &*plugin.compiled {
+            Compiled::Step(pre) => {
+                let mut store = component_store(flavor, builder, limiter, deadline, inv);
+                let ctx = wit::Context {
+                    run_id: inv.run_id.clone(),
+                    step: inv.step.clone(),
+                    workspace: GUEST_WORKSPACE.to_owned(),
+                    params: inv
+                        .params
+                        .iter()
+                        .map(|(name, value)| wit::Param { name: name.clone(), value: value.clone() })
+                        .collect(),
+                    inputs: inv
+                        .inputs
+                        .iter()
+                        .map(|(name, _)| wit::Input { step: name.clone(), path: format!("{}/{name}", GUEST_INPUTS) })
+                        .collect(),
+                };
+                let result = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    instance.airlock_step_run().call_run(&mut store, &ctx).await
+                }
+                .await;
+                let s = store.data_mut();
+                *requests = std::mem::take(&mut s.deploy.0);
+                judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
+            }
+            Compiled::Command(pre) => {
+                let mut store = component_store(flavor, builder, limiter, deadline, inv);
+                let result = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                }
+                .await;
+                let s = store.data_mut();
+                *requests = std::mem::take(&mut s.deploy.0);
+                judge(result.map(|r| r.map_err(|()| Failure::Exit(1))), &s.limiter, s.timed_out, inv)
+            }
+            Compiled::Module(pre) => {
+                let state = ModuleState { ctx: builder.build_p1(), limiter, timed_out: false };
+                let mut store = Store::new(&flavor.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+                let result = async {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    start.call_async(&mut store, ()).await
+                }
+                .await;
+                let s = store.data();
+                judge(result.map(Ok), &s.limiter, s.timed_out, inv)
+            }
+        }
+    }
+}
+
+/// A store for one run of a component, limited and armed.
+fn component_store(
+    flavor: &Flavor,
+    mut builder: WasiCtxBuilder,
+    limiter: Limiter,
+    deadline: Instant,
+    inv: &Invocation,
+) -> Store<ComponentState> {
+    let state = ComponentState {
+        ctx: builder.build(),
+        table: ResourceTable::new(),
+        limiter,
+        timed_out: false,
+        deploy: deploy::Requests::default(),
+    };
+    let mut store = Store::new(&flavor.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
+    store
+}
+
+/// Sets the store's deadline and fuel. Every tick the guest yields to the
+/// executor, so steps share the worker threads and a cancelled run stops
+/// promptly; past the deadline the guest is interrupted.
+fn arm<T: 'static>(store: &mut Store<T>, deadline: Instant, fuel: Option<u64>, flag: fn(&mut T) -> &mut bool) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        if Instant::now() >= deadline {
+            *flag(ctx.data_mut()) = true;
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    // Without fuel the engine does not count it and this is a no-op error.
+    let _ = store.set_fuel(fuel.unwrap_or(u64::MAX));
+}
+
+/// Turns wasmtime's result into a [`Failure`] that says which limit, in words.
+fn judge(
+    result: wasmtime::Result<Result<(), Failure>>,
+    limiter: &Limiter,
+    timed_out: bool,
+    inv: &Invocation,
+) -> Result<(), Failure> {
+    // A guest that fails after a refused `memory.grow` or `table.grow`
+    // failed for want of memory, whatever message it managed to print.
+    let refused = || {
+        if limiter.memory_refused.is_some() {
+            Some(Failure::MemoryLimit { limit: inv.memory })
+        } else if limiter.table_refused.is_some() {
+            Some(Failure::TableLimit)
+        } else {
+            None
+        }
+    };
+    let error = match result {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(failure)) => return Err(refused().unwrap_or(failure)),
+        Err(e) => e,
+    };
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return match exit.0 {
+            0 => Ok(()),
+            code => Err(refused().unwrap_or(Failure::Exit(code))),
+        };
+    }
+    if timed_out {
+        return Err(Failure::Timeout(inv.timeout));
+    }
+    if let Some(failure) = refused() {
+        return Err(failure);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Err(Failure::OutOfFuel(inv.fuel.unwrap_or(0))),
+        Some(Trap::StackOverflow) => Err(Failure::StackOverflow),
+        Some(Trap::Interrupt) => Err(Failure::Timeout(inv.timeout)),
+        _ => Err(Failure::Trap(format!("{error:#}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Sandbox;
+
+    #[tokio::test]
+    async fn a_busy_loop_stops_at_its_deadline() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let bytes = wat::parse_str(r#"(module (func (export "_start") (loop (br 0))))"#).expect("wat");
+        let plugin = sandbox.load_bytes(&bytes, "spin.wasm", false).expect("loads");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.timeout = Duration::from_millis(100);
+        let outcome = sandbox.run(&plugin, inv).await;
+        assert_eq!(outcome.result, Err(Failure::Timeout(Duration::from_millis(100))));
+    }
+
+    #[tokio::test]
+    async fn memory_growth_past_the_limit_is_named() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module (memory 1)
+            (func (export "_start")
+              (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "grow.wasm", false).expect("loads");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.memory = 1 << 20;
+        let outcome = sandbox.run(&plugin, inv).await;
+        assert_eq!(outcome.result, Err(Failure::MemoryLimit { limit: 1 << 20 }));
+    }
+}
