@@ -26,7 +26,7 @@ impl Dag {
         )
     }
 
-    fn from_edges<'a>(names: &[&str], edges: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+    pub(crate) fn from_edges<'a>(names: &[&str], edges: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
         let mut graph = DiGraph::new();
         for name in names {
             graph.add_node((*name).to_owned());

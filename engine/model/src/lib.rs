@@ -10,7 +10,7 @@
 //!
 //! let src = "name: hello\nsteps:\n  greet:\n    uses: greet.wasm\n";
 //! let pipeline = load("hello.yaml", src, &NoLookup).expect("valid");
-//! assert_eq!(pipeline.steps["greet"].uses, "greet.wasm");
+//! assert_eq!(pipeline.steps["greet"].plugin().map(|p| p.uses.as_str()), Some("greet.wasm"));
 //! ```
 //!
 //! Validation reports every problem at once: each [`Diagnostic`] carries the
@@ -34,7 +34,7 @@ pub use expr::{Expr, ExprContext, Segment, render, template};
 pub use pipeline::{
     DEFAULT_BUILD_ID, DEFAULT_DISK_LIMIT, DEFAULT_FILES_LIMIT, DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIMEOUT, EnvironmentStep, GUEST_INPUTS, GUEST_WORKSPACE, Limits, LimitsWritten, ParamSpec, ParamType,
-    ParamValue, Pipeline, Publish, Retries, Source, Step, StepSpans,
+    ParamValue, Pipeline, PluginStep, Publish, Retries, Source, Step, StepKind, StepSpans,
 };
 pub use units::{format_size, parse_duration, parse_size};
 

@@ -3,25 +3,29 @@
 
 use crate::expr::{Expr, Segment, template};
 use crate::pipeline::{
-    DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, ParamSpec, ParamType, ParamValue, Pipeline, Publish,
-    Retries, Source, Step, StepSpans,
+    DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, ParamSpec, ParamType, ParamValue, Pipeline, PluginStep,
+    Publish, Retries, Source, Step, StepKind, StepSpans,
 };
+use crate::schema::{keys, own_keys};
 use crate::yaml::{self, Kind, Node};
 use crate::{Dag, Diagnostic, Lookup, Span, find_cycle, parse_duration, parse_size};
 use indexmap::IndexMap;
 use std::path::{Component, Path};
+use std::sync::LazyLock;
 
-const TOP_KEYS: &[&str] = &["name", "description", "environment", "params", "sources", "steps"];
-const STEP_KEYS: &[&str] = &[
-    "uses", "publish", "deploy", "approval", "with", "args", "needs", "inputs", "outputs", "env", "timeout", "retries",
-    "limits",
-];
-const PUBLISH_KEYS: &[&str] = &["target", "build", "from"];
+// The keys of each mapping, from the types the file is read into (see
+// `crate::schema::keys`).
+static TOP_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Pipeline>);
+/// Every key a step may have, whatever its kind.
+static STEP_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Step>);
+/// The keys every kind of step has: `needs`, `timeout`.
+static COMMON_STEP_KEYS: LazyLock<Vec<&str>> = LazyLock::new(own_keys::<Step>);
+static PUBLISH_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Publish>);
 /// The keys of `deploy:` and `approval:`.
-const ENVIRONMENT_STEP_KEYS: &[&str] = &["environment", "from"];
-const PARAM_KEYS: &[&str] = &["type", "default", "description"];
-const RETRY_KEYS: &[&str] = &["count", "backoff"];
-const LIMIT_KEYS: &[&str] = &["memory", "log", "fuel", "disk", "files"];
+static ENVIRONMENT_STEP_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<EnvironmentStep>);
+static PARAM_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<ParamSpec>);
+static RETRY_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Retries>);
+static LIMIT_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Limits>);
 
 /// The closest of `candidates` to `word`, if it is close enough to be what
 /// the author meant.
@@ -154,6 +158,8 @@ struct TemplateUse {
 
 struct PendingStep {
     name: String,
+    /// Where the step's name was written.
+    name_span: Span,
     templates: Vec<TemplateUse>,
     needs: Vec<(String, Span, String)>,
     inputs: Vec<(String, Span, String)>,
@@ -194,7 +200,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     let Some(root) = document(&mut c, src, "a pipeline", "a pipeline needs `name:` and `steps:`") else {
         return (None, c.diags);
     };
-    let top = c.map(&root, "", Some(TOP_KEYS));
+    let top = c.map(&root, "", Some(&TOP_KEYS));
 
     let name = match get(top, "name") {
         Some(node) => c.scalar(node, "name").map(|n| {
@@ -263,17 +269,18 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                         Some("inputs name steps and sources alike; rename one".into()),
                     );
                 }
-                if let Some((step, p)) = parse_step(&mut c, step_name, key.span, value, &path, lookup, name.as_deref())
-                {
+                let (step, p) = parse_step(&mut c, step_name, key.span, value, &path, lookup, name.as_deref());
+                if let Some(step) = step {
                     steps.insert(step_name.to_owned(), step);
-                    pending.push(p);
                 }
+                pending.push(p);
             }
         }
     }
 
-    // Checks across steps: needs, cycles, inputs, expressions.
-    let names: Vec<&str> = steps.keys().map(String::as_str).collect();
+    // Checks across steps: needs, cycles, inputs, expressions. They see
+    // every step, even one too broken to be read whole.
+    let names: Vec<&str> = pending.iter().map(|p| p.name.as_str()).collect();
     let mut edges = Vec::new();
     for p in &pending {
         for (need, span, path) in &p.needs {
@@ -297,7 +304,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     let cycle = find_cycle(&names, &edges);
     if let Some(cycle) = &cycle {
         let first = cycle[0];
-        let span = steps.get(first).map(|s| s.spans.name).unwrap_or_default();
+        let span = pending.iter().find(|p| p.name == first).map(|p| p.name_span).unwrap_or_default();
         c.error(
             "cycle",
             &format!("steps.{first}.needs"),
@@ -308,15 +315,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     }
 
     let param_names: Vec<&str> = params.keys().map(String::as_str).collect();
-    let dummy = Pipeline {
-        name: String::new(),
-        description: None,
-        environment: None,
-        params: IndexMap::new(),
-        sources: IndexMap::new(),
-        steps: steps.clone(),
-    };
-    let dag = Dag::new(&dummy);
+    let dag = Dag::from_edges(&names, edges.iter().copied());
     for p in &pending {
         let index = dag.index(&p.name);
         let upstream: Vec<&str> =
@@ -435,7 +434,7 @@ fn parse_params(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, ParamSpec>
                 ParamSpec { ty: ParamType::String, default: Some(ParamValue::String(text.clone())), description: None }
             }
             _ => {
-                let entries = c.map(value, &path, Some(PARAM_KEYS));
+                let entries = c.map(value, &path, Some(&PARAM_KEYS));
                 let ty = match get(entries, "type") {
                     None => ParamType::String,
                     Some(t) => match c.scalar(t, &join(&path, "type")) {
@@ -523,7 +522,15 @@ fn parse_step(
     path: &str,
     lookup: &dyn Lookup,
     pipeline: Option<&str>,
-) -> Option<(Step, PendingStep)> {
+) -> (Option<Step>, PendingStep) {
+    let mut pending = PendingStep {
+        name: name.to_owned(),
+        name_span,
+        templates: Vec::new(),
+        needs: Vec::new(),
+        inputs: Vec::new(),
+        from: Vec::new(),
+    };
     if !matches!(node.kind, Kind::Map(_)) {
         c.error(
             "wrong-type",
@@ -532,23 +539,39 @@ fn parse_step(
             format!("step `{name}` must be a mapping, found {}", node.describe()),
             Some("a step needs at least `uses: plugin.wasm`".into()),
         );
-        return None;
+        return (None, pending);
     }
-    let entries = c.map(node, path, Some(STEP_KEYS));
-    let mut pending = PendingStep {
-        name: name.to_owned(),
-        templates: Vec::new(),
-        needs: Vec::new(),
-        inputs: Vec::new(),
-        from: Vec::new(),
-    };
-    for kind in HOST_STEP_KINDS {
-        if let Some(node) = get(entries, kind) {
-            return parse_host_step(c, kind, name, name_span, entries, node, path, lookup, pipeline, pending);
+    let entries = c.map(node, path, Some(&STEP_KEYS));
+    parse_needs(c, entries, path, &mut pending);
+    let timeout =
+        get(entries, "timeout").and_then(|t| duration(c, t, &join(path, "timeout"))).unwrap_or(crate::DEFAULT_TIMEOUT);
+    let host = HostKind::ALL.iter().find_map(|kind| get(entries, kind.key()).map(|n| (*kind, n)));
+    let (kind, kind_span) = match host {
+        Some((kind, node)) => {
+            (parse_host_step(c, kind, name, entries, node, path, lookup, pipeline, &mut pending), node.span)
         }
-    }
-    let field = |key: &str| join(path, key);
+        None => parse_plugin_step(c, name, name_span, entries, path, lookup, &mut pending),
+    };
+    let step = kind.map(|kind| Step {
+        kind,
+        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
+        timeout,
+        spans: StepSpans { name: name_span, kind: kind_span },
+    });
+    (step, pending)
+}
 
+/// A step with `uses:`: a plugin run in the sandbox.
+fn parse_plugin_step(
+    c: &mut Checker<'_>,
+    name: &str,
+    name_span: Span,
+    entries: &[(Node, Node)],
+    path: &str,
+    lookup: &dyn Lookup,
+    pending: &mut PendingStep,
+) -> (Option<StepKind>, Span) {
+    let field = |key: &str| join(path, key);
     let (uses, uses_span) = match get(entries, "uses") {
         None => {
             c.error(
@@ -558,24 +581,25 @@ fn parse_step(
                 format!("step `{name}` has no `uses`"),
                 Some("set `uses:` to the plugin's `.wasm` file, relative to the pipeline".into()),
             );
-            (String::new(), name_span)
+            (None, name_span)
         }
         Some(u) => {
-            match c.scalar(u, &field("uses")) {
-                Some(plugin) => {
-                    if !lookup.plugin_exists(plugin) {
-                        c.error(
-                        "missing-plugin",
-                        &field("uses"),
-                        u.span,
-                        format!("plugin file `{plugin}` not found"),
-                        Some("paths are relative to the pipeline file; build the example plugins with `plugins/build`".into()),
-                    );
-                    }
-                    (plugin.to_owned(), u.span)
-                }
-                None => (String::new(), u.span),
+            let plugin = c.scalar(u, &field("uses"));
+            if let Some(plugin) = plugin
+                && !lookup.plugin_exists(plugin)
+            {
+                c.error(
+                    "missing-plugin",
+                    &field("uses"),
+                    u.span,
+                    format!("plugin file `{plugin}` not found"),
+                    Some(
+                        "paths are relative to the pipeline file; build the example plugins with `plugins/build`"
+                            .into(),
+                    ),
+                );
             }
+            (plugin.map(str::to_owned), u.span)
         }
     };
 
@@ -612,7 +636,6 @@ fn parse_step(
         );
     }
 
-    parse_needs(c, entries, path, &mut pending);
     let mut seen = Vec::new();
     for (input, span, p) in get(entries, "inputs").map(|n| c.list(n, &field("inputs"))).unwrap_or_default() {
         if seen.contains(&input) {
@@ -661,30 +684,24 @@ fn parse_step(
         }
     }
 
-    let timeout =
-        get(entries, "timeout").and_then(|t| duration(c, t, &field("timeout"))).unwrap_or(crate::DEFAULT_TIMEOUT);
     let retries = get(entries, "retries").map(|r| parse_retries(c, r, &field("retries"))).unwrap_or_default();
     let (limits, limits_written) =
         get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
 
-    let step = Step {
-        uses,
-        publish: None,
-        deploy: None,
-        approval: None,
-        with,
-        args,
-        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
-        inputs: pending.inputs.iter().map(|(n, _, _)| n.clone()).collect(),
-        outputs,
-        env,
-        timeout,
-        retries,
-        limits,
-        limits_written,
-        spans: StepSpans { name: name_span, uses: uses_span },
-    };
-    Some((step, pending))
+    let step = uses.map(|uses| {
+        StepKind::Plugin(Box::new(PluginStep {
+            uses,
+            with,
+            args,
+            inputs: pending.inputs.iter().map(|(n, _, _)| n.clone()).collect(),
+            outputs,
+            env,
+            retries,
+            limits,
+            limits_written,
+        }))
+    });
+    (step, uses_span)
 }
 
 fn parse_needs(c: &mut Checker<'_>, entries: &[(Node, Node)], path: &str, pending: &mut PendingStep) {
@@ -698,58 +715,85 @@ fn parse_needs(c: &mut Checker<'_>, entries: &[(Node, Node)], path: &str, pendin
     }
 }
 
+/// `a`, `a and b`, `a, b and c`.
+fn in_words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
 /// Whether `c` may appear in a build id.
 pub(crate) fn build_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-/// The keys that make a step run in the host instead of a sandbox.
-const HOST_STEP_KINDS: &[&str] = &["publish", "deploy", "approval"];
+/// The kinds of step that run in the host, each named by its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKind {
+    Publish,
+    Deploy,
+    Approval,
+}
+
+impl HostKind {
+    const ALL: [HostKind; 3] = [HostKind::Publish, HostKind::Deploy, HostKind::Approval];
+
+    /// The key that makes a step this kind, as [`StepKind`] names it.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Deploy => "deploy",
+            Self::Approval => "approval",
+        }
+    }
+}
 
 /// A step with `publish:`, `deploy:` or `approval:`: it runs in the host,
 /// so the keys that configure a sandbox do not apply to it.
 #[allow(clippy::too_many_arguments)]
 fn parse_host_step(
     c: &mut Checker<'_>,
-    kind: &str,
+    kind: HostKind,
     name: &str,
-    name_span: Span,
     entries: &[(Node, Node)],
     node: &Node,
     path: &str,
     lookup: &dyn Lookup,
     pipeline: Option<&str>,
-    mut pending: PendingStep,
-) -> Option<(Step, PendingStep)> {
-    for (key, _) in entries {
-        if let Some(k) = key.as_scalar().filter(|k| STEP_KEYS.contains(k) && !["needs", "timeout", kind].contains(k)) {
+    pending: &mut PendingStep,
+) -> Option<StepKind> {
+    let key = kind.key();
+    for (k, _) in entries {
+        let Some(name) = k.as_scalar() else { continue };
+        if STEP_KEYS.contains(&name) && !COMMON_STEP_KEYS.contains(&name) && name != key {
+            let has: Vec<String> =
+                std::iter::once(key).chain(COMMON_STEP_KEYS.iter().copied()).map(|k| format!("`{k}:`")).collect();
             c.error(
                 "not-for-host-step",
-                &join(path, k),
-                key.span,
-                format!("`{k}` does not apply to a {kind} step"),
-                Some(format!(
-                    "a {kind} step runs in the host, not in a sandbox: it has `{kind}:`, `needs:` and `timeout:`"
-                )),
+                &join(path, name),
+                k.span,
+                format!("`{name}` does not apply to a {key} step"),
+                Some(format!("a {key} step runs in the host, not in a sandbox: it has {}", in_words(&has))),
             );
         }
     }
-    parse_needs(c, entries, path, &mut pending);
-    let kpath = join(path, kind);
-    let allowed: &[&str] = if kind == "publish" { PUBLISH_KEYS } else { ENVIRONMENT_STEP_KEYS };
+    let kpath = join(path, key);
+    let allowed: &[&str] = if kind == HostKind::Publish { &PUBLISH_KEYS } else { &ENVIRONMENT_STEP_KEYS };
     let p = c.map(node, &kpath, Some(allowed));
-    let required = |c: &mut Checker<'_>, key: &str, hint: &str| {
-        let n = get(p, key);
+    let required = |c: &mut Checker<'_>, field: &str, hint: &str| {
+        let n = get(p, field);
         if n.is_none() {
             c.error(
                 "missing-key",
-                &join(&kpath, key),
+                &join(&kpath, field),
                 node.span,
-                format!("{kind} step `{name}` has no `{key}`"),
+                format!("{key} step `{name}` has no `{field}`"),
                 Some(hint.to_owned()),
             );
         }
-        n.and_then(|n| c.scalar(n, &join(&kpath, key)).map(|v| (v.to_owned(), n.span)))
+        n.and_then(|n| c.scalar(n, &join(&kpath, field)).map(|v| (v.to_owned(), n.span)))
     };
     let from_node = get(p, "from");
     let mut seen = Vec::new();
@@ -765,31 +809,12 @@ fn parse_host_step(
             "missing-key",
             &join(&kpath, "from"),
             from_node.map_or(node.span, |f| f.span),
-            format!("{kind} step `{name}` names no artifacts"),
+            format!("{key} step `{name}` names no artifacts"),
             Some("list the upstream steps whose outputs it takes, e.g. `from: [build]`".into()),
         );
     }
     let from: Vec<String> = pending.from.iter().map(|(n, _, _)| n.clone()).collect();
-    let mut step = Step {
-        uses: String::new(),
-        publish: None,
-        deploy: None,
-        approval: None,
-        with: IndexMap::new(),
-        args: None,
-        needs: pending.needs.iter().map(|(n, _, _)| n.clone()).collect(),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        env: IndexMap::new(),
-        timeout: get(entries, "timeout")
-            .and_then(|t| duration(c, t, &join(path, "timeout")))
-            .unwrap_or(crate::DEFAULT_TIMEOUT),
-        retries: Retries::default(),
-        limits: Limits::default(),
-        limits_written: LimitsWritten::default(),
-        spans: StepSpans { name: name_span, uses: node.span },
-    };
-    if kind != "publish" {
+    if kind != HostKind::Publish {
         let (environment, span) =
             required(c, "environment", "set `environment:` to an environment of the admin policy")?;
         if let Err(e) = lookup.environment(&environment, pipeline.unwrap_or_default()) {
@@ -801,13 +826,11 @@ fn parse_host_step(
                 Some("environments, and the pipelines they accept, are in the admin policy (`--policy FILE`)".into()),
             );
         }
-        let target = Some(EnvironmentStep { environment, from });
-        if kind == "deploy" {
-            step.deploy = target;
-        } else {
-            step.approval = target;
-        }
-        return Some((step, pending));
+        let target = EnvironmentStep { environment, from };
+        return Some(match kind {
+            HostKind::Deploy => StepKind::Deploy { deploy: target },
+            _ => StepKind::Approval { approval: target },
+        });
     }
     let target = required(c, "target", "set `target:` to a publish target of the admin policy, e.g. `snapshots`");
     if let Some((t, span)) = &target
@@ -845,8 +868,7 @@ fn parse_host_step(
         }
         None => DEFAULT_BUILD_ID.to_owned(),
     };
-    step.publish = Some(Publish { target: target?.0, build, from });
-    Some((step, pending))
+    Some(StepKind::Publish { publish: Publish { target: target?.0, build, from } })
 }
 
 pub(crate) fn duration(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<std::time::Duration> {
@@ -881,7 +903,7 @@ fn parse_retries(c: &mut Checker<'_>, node: &Node, path: &str) -> Retries {
         }
         return retries;
     }
-    let entries = c.map(node, path, Some(RETRY_KEYS));
+    let entries = c.map(node, path, Some(&RETRY_KEYS));
     if let Some(n) = get(entries, "count").and_then(|n| count(c, n, &join(path, "count"), MAX_RETRIES)) {
         retries.count = n as u32;
     }
@@ -894,7 +916,7 @@ fn parse_retries(c: &mut Checker<'_>, node: &Node, path: &str) -> Retries {
 fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> (Limits, LimitsWritten) {
     let mut limits = Limits::default();
     let mut written = LimitsWritten::default();
-    let entries = c.map(node, path, Some(LIMIT_KEYS));
+    let entries = c.map(node, path, Some(&LIMIT_KEYS));
     if let Some(m) = get(entries, "memory").and_then(|m| size(c, m, &join(path, "memory"))) {
         (limits.memory, written.memory) = (m, true);
     }
@@ -915,7 +937,7 @@ fn parse_limits(c: &mut Checker<'_>, node: &Node, path: &str) -> (Limits, Limits
 }
 
 /// A YAML subtree as JSON, for `with:` values that are lists or maps.
-fn to_json(node: &Node) -> serde_json::Value {
+pub(crate) fn to_json(node: &Node) -> serde_json::Value {
     use serde_json::Value;
     match &node.kind {
         Kind::Scalar { text, quoted } => {
@@ -944,7 +966,30 @@ fn to_json(node: &Node) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Lookup, load};
+    use super::*;
+    use crate::load;
+
+    /// The parser's key lists come from the types; these are what the
+    /// book's pipeline reference documents.
+    #[test]
+    fn the_keys_the_parser_knows_are_the_fields_of_the_types() {
+        assert_eq!(*TOP_KEYS, ["description", "environment", "name", "params", "sources", "steps"]);
+        assert_eq!(*COMMON_STEP_KEYS, ["needs", "timeout"]);
+        let plugin = keys::<PluginStep>();
+        assert_eq!(plugin, ["args", "env", "inputs", "limits", "outputs", "retries", "uses", "with"]);
+        // Every key of a step is common, a plugin step's, or a host kind.
+        let mut all: Vec<&str> = COMMON_STEP_KEYS.iter().chain(&plugin).copied().collect();
+        all.extend(HostKind::ALL.iter().map(|k| k.key()));
+        all.sort_unstable();
+        let mut step = STEP_KEYS.clone();
+        step.sort_unstable();
+        assert_eq!(step, all);
+        assert_eq!(*PUBLISH_KEYS, ["build", "from", "target"]);
+        assert_eq!(*ENVIRONMENT_STEP_KEYS, ["environment", "from"]);
+        assert_eq!(*PARAM_KEYS, ["default", "description", "type"]);
+        assert_eq!(*RETRY_KEYS, ["backoff", "count"]);
+        assert_eq!(*LIMIT_KEYS, ["disk", "files", "fuel", "log", "memory"]);
+    }
 
     /// A lookup whose policy has the one target `snapshots`.
     struct Targets;
@@ -972,8 +1017,10 @@ mod tests {
     fn deploy_and_approval_steps_name_an_environment_the_pipeline_may_use() {
         let src = "name: release\nsteps:\n  build:\n    uses: b.wasm\n  gate:\n    needs: build\n    approval: { environment: prod, from: build }\n  ship:\n    needs: gate\n    deploy: { environment: prod, from: [build] }\n";
         let p = load("p.yaml", src, &Targets).expect("valid");
-        assert_eq!(p.steps["gate"].approval.as_ref().map(|a| a.environment.as_str()), Some("prod"));
-        assert_eq!(p.steps["ship"].deploy.as_ref().map(|d| d.from.clone()), Some(vec!["build".to_owned()]));
+        let StepKind::Approval { approval } = &p.steps["gate"].kind else { panic!("an approval step") };
+        assert_eq!(approval.environment, "prod");
+        let StepKind::Deploy { deploy } = &p.steps["ship"].kind else { panic!("a deploy step") };
+        assert_eq!(deploy.from, ["build"]);
         assert!(p.steps["ship"].is_host_step() && !p.steps["build"].is_host_step());
 
         let src = "name: site\nsteps:\n  build:\n    uses: b.wasm\n  ship:\n    deploy: { environment: prod, from: [build], target: x }\n    outputs: [x]\n  other:\n    needs: build\n    deploy: { environment: moon, from: build }\n";
@@ -995,10 +1042,10 @@ mod tests {
     fn publish_steps_read_with_defaults() {
         let src = "name: p\nsteps:\n  build:\n    uses: b.wasm\n    outputs: [dist/**]\n  ship:\n    needs: build\n    publish:\n      target: snapshots\n      from: build\n";
         let p = load("p.yaml", src, &Targets).expect("valid");
-        let publish = p.steps["ship"].publish.as_ref().expect("a publish step");
+        let StepKind::Publish { publish } = &p.steps["ship"].kind else { panic!("a publish step") };
         assert_eq!((publish.target.as_str(), publish.build.as_str()), ("snapshots", "${{ run.id }}"));
         assert_eq!(publish.from, ["build"]);
-        assert!(p.steps["build"].publish.is_none());
+        assert!(p.steps["build"].plugin().is_some());
     }
 
     #[test]

@@ -130,57 +130,86 @@ pub struct Source {
     pub path: String,
 }
 
-/// One step: a WebAssembly plugin run in its own sandbox.
+/// One step: a WebAssembly plugin run in its own sandbox, or a publish,
+/// deploy or approval step run by the trusted host.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
-    /// The plugin: a `.wasm` file, relative to the pipeline file. Either a
-    /// component implementing `airlock:step` (configured with `with:`), or
-    /// a plain WASI command program (given `args:`). A publish step has
-    /// `publish:` instead.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub uses: String,
+    /// What the step is, with what configures it.
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// Steps that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub needs: Vec<String>,
+    /// Wall-clock limit of one attempt, e.g. `30s` or `5m` (default `10m`).
+    #[serde(with = "duration_text", default = "default_timeout")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+    /// Where things were written, for messages about this step.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub spans: StepSpans,
+}
+
+/// The kinds of step. Each has its own keys; `needs:` and `timeout:` are
+/// common to all.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StepKind {
+    /// A WebAssembly plugin run in its own sandbox.
+    Plugin(Box<PluginStep>),
     /// Publish the outputs of upstream steps to a target of the admin
-    /// policy. Runs in the trusted host, never in the sandbox; instead of
-    /// `uses:`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish: Option<Publish>,
+    /// policy. Runs in the trusted host, never in the sandbox.
+    Publish {
+        /// The target, the build id and the steps whose outputs are published.
+        publish: Publish,
+    },
     /// Deploy the outputs of upstream steps to an environment of the
     /// admin policy. Runs in the trusted host, with the environment's
-    /// credentials, after the approvals it requires; instead of `uses:`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deploy: Option<EnvironmentStep>,
+    /// credentials, after the approvals it requires.
+    Deploy {
+        /// The environment and the steps whose outputs are deployed.
+        deploy: EnvironmentStep,
+    },
     /// Wait until the approvers of an environment approve the outputs of
-    /// upstream steps. Runs in the trusted host; instead of `uses:`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<EnvironmentStep>,
+    /// upstream steps. Runs in the trusted host.
+    Approval {
+        /// The environment and the steps whose outputs are at stake.
+        approval: EnvironmentStep,
+    },
+}
+
+/// A step that runs a plugin in the sandbox.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PluginStep {
+    /// The plugin: a `.wasm` file, relative to the pipeline file. Either a
+    /// component implementing `airlock:step` (configured with `with:`), or
+    /// a plain WASI command program (given `args:`).
+    pub uses: String,
     /// Parameters for an `airlock:step` plugin. Values may use `${{ ... }}`;
     /// lists and maps reach the plugin as JSON text.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub with: IndexMap<String, String>,
     /// Command-line arguments for a WASI command program (`argv[1..]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::list")]
     pub args: Option<Vec<String>>,
-    /// Steps that must succeed before this one starts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub needs: Vec<String>,
     /// Upstream steps (or `sources`) whose outputs this step reads, mounted
     /// read-only at `/inputs/NAME`. A step named here must be upstream
     /// through `needs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
     pub inputs: Vec<String>,
     /// Glob patterns, relative to the workspace, of the files the host
     /// takes out of the workspace as artifacts after the step succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
     pub outputs: Vec<String>,
     /// Environment variables for the guest: explicit, non-secret values.
     /// Nothing of the engine's own environment is passed on.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub env: IndexMap<String, String>,
-    /// Wall-clock limit of one attempt, e.g. `30s` or `5m` (default `10m`).
-    #[serde(with = "duration_text", default = "default_timeout")]
-    #[schemars(with = "String")]
-    pub timeout: Duration,
     /// How often to retry a failed attempt: a count, or `{count, backoff}`.
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::retries")]
@@ -193,10 +222,6 @@ pub struct Step {
     #[serde(skip)]
     #[schemars(skip)]
     pub limits_written: LimitsWritten,
-    /// Where things were written, for messages about this step.
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub spans: StepSpans,
 }
 
 /// What a publish step publishes, and where.
@@ -211,6 +236,7 @@ pub struct Publish {
     pub build: String,
     /// Upstream steps whose outputs are published, each file at the path
     /// it had in that step's workspace.
+    #[schemars(schema_with = "crate::schema::list")]
     pub from: Vec<String>,
 }
 
@@ -223,14 +249,33 @@ pub struct EnvironmentStep {
     pub environment: String,
     /// Upstream steps whose outputs are deployed (or shown for approval),
     /// each file at the path it had in that step's workspace.
+    #[schemars(schema_with = "crate::schema::list")]
     pub from: Vec<String>,
 }
 
 impl Step {
+    /// The plugin step, if this is one.
+    pub fn plugin(&self) -> Option<&PluginStep> {
+        match &self.kind {
+            StepKind::Plugin(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Whether the step runs in the host (publish, deploy, approval)
     /// rather than in a sandbox.
     pub fn is_host_step(&self) -> bool {
-        self.publish.is_some() || self.deploy.is_some() || self.approval.is_some()
+        !matches!(self.kind, StepKind::Plugin(_))
+    }
+
+    /// The steps and sources whose outputs the step reads: a plugin
+    /// step's `inputs`, a host step's `from`.
+    pub fn reads(&self) -> &[String] {
+        match &self.kind {
+            StepKind::Plugin(p) => &p.inputs,
+            StepKind::Publish { publish } => &publish.from,
+            StepKind::Deploy { deploy: e } | StepKind::Approval { approval: e } => &e.from,
+        }
     }
 }
 
@@ -261,8 +306,9 @@ pub struct LimitsWritten {
 pub struct StepSpans {
     /// The step's name (its key under `steps:`).
     pub name: Span,
-    /// The `uses:` value.
-    pub uses: Span,
+    /// The value that says what the step is: `uses:`, `publish:`,
+    /// `deploy:` or `approval:`.
+    pub kind: Span,
 }
 
 /// Retry policy of a step.

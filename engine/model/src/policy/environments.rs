@@ -2,25 +2,30 @@
 //! whose approval, and what steps running for them may use.
 
 use crate::parse::{Checker, closest, count, duration, get, join, size};
+use crate::schema::{keys, variant_keys};
 use crate::yaml::{Kind, Node};
 use crate::{Limits, LimitsWritten, Span};
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::Serialize;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-const ENV_KEYS: &[&str] = &["description", "provider", "credentials", "pipelines", "approvals", "grants"];
-const CREDENTIAL_KEYS: &[&str] = &["env", "file", "expires"];
-const APPROVAL_KEYS: &[&str] = &["required", "groups", "requester_may_approve", "timeout"];
-const GRANT_KEYS: &[&str] = &["interfaces", "plugins", "limits"];
-const PROVIDERS: &[&str] = &["http", "directory", "command"];
-const HTTP_KEYS: &[&str] = &["type", "url", "method", "auth", "credential", "payload", "idempotent"];
-const DIRECTORY_KEYS: &[&str] = &["type", "path", "keep"];
-const COMMAND_KEYS: &[&str] = &["type", "argv", "timeout", "credentials"];
+// The keys of each mapping, from the types the policy is read into (see
+// `crate::schema::keys`).
+static ENV_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Environment>);
+static CREDENTIAL_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Credential>);
+static APPROVAL_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Approvals>);
+static GRANT_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Grants>);
+static LIMIT_CAP_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<LimitCaps>);
+/// The keys of each kind of provider, `type` among them.
+static PROVIDER_KEYS: LazyLock<[Vec<&str>; 3]> =
+    LazyLock::new(|| ProviderKind::ALL.map(|k| variant_keys::<Provider>("type", k.name())));
 
 /// A host interface beyond WASI that an environment can grant to the
 /// steps that run for it. A step is linked with exactly the interfaces
 /// its grant names; one it imports without the grant is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostInterface {
     /// `airlock:step/deploy`: asking the host for a deployment.
@@ -71,7 +76,7 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_KEEP: u64 = 5;
 
 /// A place deployments go.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Environment {
     /// What it is.
     pub description: Option<String>,
@@ -99,7 +104,7 @@ impl Environment {
 }
 
 /// What performs a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Provider {
     /// Sends the artifacts, or a JSON description of them, to a URL.
@@ -133,6 +138,7 @@ pub enum Provider {
         /// Program (an absolute path) and its arguments.
         argv: Vec<String>,
         /// How long it may run.
+        #[schemars(with = "String")]
         timeout: Duration,
         /// Credentials passed to it, as environment variables
         /// `AIRLOCK_CREDENTIAL_<NAME>`.
@@ -140,7 +146,46 @@ pub enum Provider {
     },
 }
 
+/// The kinds of provider, as a policy names them in `type:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// `http`: [`Provider::Http`].
+    Http,
+    /// `directory`: [`Provider::Directory`].
+    Directory,
+    /// `command`: [`Provider::Command`].
+    Command,
+}
+
+impl ProviderKind {
+    /// Every kind there is.
+    pub const ALL: [ProviderKind; 3] = [ProviderKind::Http, ProviderKind::Directory, ProviderKind::Command];
+
+    /// Its name in the policy, as the `type` tag of [`Provider`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Directory => "directory",
+            Self::Command => "command",
+        }
+    }
+
+    /// The keys a provider of this kind may have, `type` among them.
+    fn keys(self) -> &'static [&'static str] {
+        &PROVIDER_KEYS[self as usize]
+    }
+}
+
 impl Provider {
+    /// Its kind.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Self::Http { .. } => ProviderKind::Http,
+            Self::Directory { .. } => ProviderKind::Directory,
+            Self::Command { .. } => ProviderKind::Command,
+        }
+    }
+
     /// Whether sending the same deployment again is safe: the `http`
     /// receiver says it honours idempotency keys, or the `directory`
     /// provider, which finds a release it made before by its name.
@@ -154,7 +199,7 @@ impl Provider {
 }
 
 /// The method of an `http` provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 pub enum HttpMethod {
     /// `PUT`.
     Put,
@@ -163,7 +208,7 @@ pub enum HttpMethod {
 }
 
 /// How an `http` provider authenticates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpAuth {
     /// Not at all.
@@ -175,7 +220,7 @@ pub enum HttpAuth {
 }
 
 /// What an `http` provider sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Payload {
     /// Each artifact, to `URL/PATH`.
@@ -185,11 +230,13 @@ pub enum Payload {
 }
 
 /// A secret, by reference.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Credential {
     /// Where the engine reads it.
+    #[serde(flatten)]
     pub source: CredentialSource,
     /// When it stops working (ms since the epoch), as the admin knows it.
+    #[serde(rename = "expires")]
     pub expires_ms: Option<u64>,
     /// Where its name was written.
     #[serde(skip)]
@@ -197,7 +244,7 @@ pub struct Credential {
 }
 
 /// Where a credential is read from, by the engine only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CredentialSource {
     /// An environment variable of the engine.
@@ -207,7 +254,7 @@ pub enum CredentialSource {
 }
 
 /// Who must agree before a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Approvals {
     /// Distinct approvals needed.
     pub required: u64,
@@ -216,11 +263,12 @@ pub struct Approvals {
     /// Whether whoever asked for the deployment may approve it.
     pub requester_may_approve: bool,
     /// Without enough approvals by then, the request is denied.
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 
 /// What steps running for an environment may use.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Grants {
     /// Host interfaces linked into their sandbox.
     pub interfaces: Vec<HostInterface>,
@@ -233,7 +281,7 @@ pub struct Grants {
 }
 
 /// An environment's limits; unset fields leave airlock's own.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct LimitCaps {
     /// Linear memory.
     pub memory: Option<u64>,
@@ -280,7 +328,7 @@ pub(crate) fn environments(
         let Some(name) = key.as_scalar() else { continue };
         let path = format!("environments.{name}");
         c.name(name, "environment name", &path, key.span);
-        let entries = c.map(value, &path, Some(ENV_KEYS));
+        let entries = c.map(value, &path, Some(&ENV_KEYS));
         let description =
             get(entries, "description").and_then(|d| c.scalar(d, &join(&path, "description"))).map(str::to_owned);
         let credentials = get(entries, "credentials").map(|n| credentials(c, n, &path)).unwrap_or_default();
@@ -358,7 +406,7 @@ fn credentials(c: &mut Checker<'_>, node: &Node, env_path: &str) -> IndexMap<Str
             );
             continue;
         }
-        let entries = c.map(value, &path, Some(CREDENTIAL_KEYS));
+        let entries = c.map(value, &path, Some(&CREDENTIAL_KEYS));
         let env = get(entries, "env").and_then(|e| c.scalar(e, &join(&path, "env")).map(|v| (v.to_owned(), e.span)));
         let file = get(entries, "file").and_then(|f| c.scalar(f, &join(&path, "file")).map(str::to_owned));
         let source = match (env, file) {
@@ -449,17 +497,18 @@ fn provider(
             &join(path, "type"),
             node.span,
             "the provider has no `type`".into(),
-            Some(format!("one of: {}", PROVIDERS.join(", "))),
+            Some(format!("one of: {}", ProviderKind::ALL.map(ProviderKind::name).join(", "))),
         );
         return None;
     };
-    let kind = choice(c, kind_node, &join(path, "type"), &[("http", 0), ("directory", 1), ("command", 2)])?;
-    let allowed = [HTTP_KEYS, DIRECTORY_KEYS, COMMAND_KEYS][kind];
+    let kinds = ProviderKind::ALL.map(|k| (k.name(), k));
+    let kind = choice(c, kind_node, &join(path, "type"), &kinds)?;
+    let allowed = kind.keys();
     for (key, _) in entries {
         if let Some(k) = key.as_scalar().filter(|k| !allowed.contains(k)) {
             let hint = match closest(k, allowed) {
                 Some(s) => format!("did you mean `{s}`?"),
-                None => format!("a `{}` provider has: {}", PROVIDERS[kind], allowed.join(", ")),
+                None => format!("a `{}` provider has: {}", kind.name(), allowed.join(", ")),
             };
             c.error("unknown-key", &join(path, k), key.span, format!("unknown key `{k}`"), Some(hint));
         }
@@ -471,14 +520,14 @@ fn provider(
                 "missing-key",
                 &join(path, key),
                 node.span,
-                format!("a `{}` provider needs `{key}`", PROVIDERS[kind]),
+                format!("a `{}` provider needs `{key}`", kind.name()),
                 None,
             );
         }
         n
     };
     match kind {
-        0 => {
+        ProviderKind::Http => {
             let url = required(c, "url").and_then(|u| {
                 let text = c.scalar(u, &join(path, "url"))?;
                 if !(text.starts_with("http://") || text.starts_with("https://")) || text.contains(char::is_whitespace)
@@ -554,7 +603,7 @@ fn provider(
                 idempotent: idempotent?,
             })
         }
-        1 => {
+        ProviderKind::Directory => {
             let dir = required(c, "path").and_then(|p| c.scalar(p, &join(path, "path")).map(str::to_owned));
             let keep =
                 get(entries, "keep").map(|k| count(c, k, &join(path, "keep"), 1000)).unwrap_or(Some(DEFAULT_KEEP));
@@ -570,7 +619,7 @@ fn provider(
             }
             Some(Provider::Directory { path: dir?, keep: keep? })
         }
-        _ => {
+        ProviderKind::Command => {
             let argv: Vec<(String, Span)> = required(c, "argv")
                 .map(|a| c.list(a, &join(path, "argv")).into_iter().map(|(t, s, _)| (t.to_owned(), s)).collect())
                 .unwrap_or_default();
@@ -609,7 +658,7 @@ fn provider(
 }
 
 fn approvals(c: &mut Checker<'_>, node: &Node, path: &str, groups: &IndexMap<String, Vec<String>>) -> Approvals {
-    let entries = c.map(node, path, Some(APPROVAL_KEYS));
+    let entries = c.map(node, path, Some(&APPROVAL_KEYS));
     let required = get(entries, "required").and_then(|r| count(c, r, &join(path, "required"), 100)).unwrap_or(1);
     let mut names = Vec::new();
     let group_names: Vec<&str> = groups.keys().map(String::as_str).collect();
@@ -657,7 +706,7 @@ fn approvals(c: &mut Checker<'_>, node: &Node, path: &str, groups: &IndexMap<Str
 }
 
 fn grants(c: &mut Checker<'_>, node: &Node, path: &str) -> Grants {
-    let entries = c.map(node, path, Some(GRANT_KEYS));
+    let entries = c.map(node, path, Some(&GRANT_KEYS));
     let mut g = Grants::default();
     for (interface, span, ipath) in
         get(entries, "interfaces").map(|i| c.list(i, &join(path, "interfaces"))).unwrap_or_default()
@@ -684,7 +733,7 @@ fn grants(c: &mut Checker<'_>, node: &Node, path: &str) -> Grants {
     }
     if let Some(l) = get(entries, "limits") {
         let lpath = join(path, "limits");
-        let e = c.map(l, &lpath, Some(&["memory", "log", "fuel", "disk", "files"]));
+        let e = c.map(l, &lpath, Some(&LIMIT_CAP_KEYS));
         g.limits = LimitCaps {
             memory: get(e, "memory").and_then(|n| size(c, n, &join(&lpath, "memory"))),
             log: get(e, "log").and_then(|n| size(c, n, &join(&lpath, "log"))),
@@ -736,4 +785,43 @@ fn percent_decoded(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The policy parser's key lists come from the types; these are what
+    /// the book's policy reference documents.
+    #[test]
+    fn the_keys_the_parser_knows_are_the_fields_of_the_types() {
+        assert_eq!(*ENV_KEYS, ["approvals", "credentials", "description", "grants", "pipelines", "provider"]);
+        assert_eq!(*CREDENTIAL_KEYS, ["expires", "env", "file"]);
+        assert_eq!(*APPROVAL_KEYS, ["groups", "requester_may_approve", "required", "timeout"]);
+        assert_eq!(*GRANT_KEYS, ["interfaces", "limits", "plugins"]);
+        assert_eq!(*LIMIT_CAP_KEYS, ["disk", "files", "fuel", "log", "memory"]);
+        let keys = ProviderKind::ALL.map(ProviderKind::keys);
+        assert_eq!(keys[0], ["auth", "credential", "idempotent", "method", "payload", "type", "url"]);
+        assert_eq!(keys[1], ["keep", "path", "type"]);
+        assert_eq!(keys[2], ["argv", "credentials", "timeout", "type"]);
+        for kind in ProviderKind::ALL {
+            let provider = match kind {
+                ProviderKind::Http => Provider::Http {
+                    url: "https://x.invalid".into(),
+                    method: HttpMethod::Put,
+                    auth: HttpAuth::None,
+                    credential: None,
+                    payload: Payload::Artifacts,
+                    idempotent: false,
+                },
+                ProviderKind::Directory => Provider::Directory { path: "/srv".into(), keep: 1 },
+                ProviderKind::Command => {
+                    Provider::Command { argv: vec!["/bin/true".into()], timeout: Duration::ZERO, credentials: vec![] }
+                }
+            };
+            assert_eq!(provider.kind(), kind);
+            let json = serde_json::to_value(&provider).expect("serializes");
+            assert_eq!(json["type"], kind.name(), "the tag serde writes is the kind's name");
+        }
+    }
 }

@@ -26,7 +26,7 @@ mod people;
 
 pub use environments::{
     Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
-    Environment, Grants, HostInterface, HttpAuth, HttpMethod, LimitCaps, Payload, Provider,
+    Environment, Grants, HostInterface, HttpAuth, HttpMethod, LimitCaps, Payload, Provider, ProviderKind,
 };
 pub use people::{Role, User};
 

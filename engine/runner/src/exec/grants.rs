@@ -1,7 +1,7 @@
 //! What the environment a pipeline runs for lets its plugin steps do.
 
 use super::Shared;
-use airlock_model::Step;
+use airlock_model::PluginStep;
 use std::path::{Path, PathBuf};
 
 /// The grants of the environment a pipeline runs for, ready to apply.
@@ -54,7 +54,7 @@ impl EnvironmentGrants {
 
 /// A step's limits: what the pipeline asked for, bounded by what the
 /// environment it runs for grants.
-pub(crate) fn effective_limits(shared: &Shared, step: &Step) -> airlock_model::Limits {
+pub(crate) fn effective_limits(shared: &Shared, step: &PluginStep) -> airlock_model::Limits {
     match &shared.grants {
         Some(g) => g.grants.limits.apply(&step.limits, &step.limits_written),
         None => step.limits,

@@ -3,7 +3,7 @@
 
 use super::Shared;
 use airlock_host::{ExtractLimits, extract};
-use airlock_model::Step;
+use airlock_model::PluginStep;
 use airlock_store::OutputRecord;
 use std::path::{Path, PathBuf};
 
@@ -39,7 +39,7 @@ pub(crate) fn outputs_dir(shared: &Shared, step: &str) -> PathBuf {
 pub(crate) async fn take_outputs(
     shared: &Shared,
     name: &str,
-    step: &Step,
+    step: &PluginStep,
     workspace: &Path,
 ) -> Result<Vec<OutputRecord>, String> {
     if step.outputs.is_empty() {

@@ -2,14 +2,14 @@
 
 use super::Shared;
 use super::grants::effective_limits;
-use airlock_model::Step;
+use airlock_model::PluginStep;
 use airlock_sandbox::{HostGrants, Plugin, PluginKind};
 use tokio::sync::OnceCell;
 
 /// A plugin loaded once per run, or why it could not be.
 pub(crate) type PluginCell = OnceCell<Result<Plugin, String>>;
 
-pub(crate) async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, String> {
+pub(crate) async fn load_plugin(shared: &Shared, step: &PluginStep) -> Result<Plugin, String> {
     let path = shared.base_dir.join(&step.uses);
     let fuel = effective_limits(shared, step).fuel.is_some();
     let grants = HostGrants::of(shared.grants.iter().flat_map(|g| g.grants.interfaces.iter().copied()));
@@ -42,7 +42,7 @@ pub(crate) async fn load_plugin(shared: &Shared, step: &Step) -> Result<Plugin, 
     .clone()
 }
 
-pub(crate) fn check_kind(name: &str, step: &Step, plugin: &Plugin) -> Result<(), String> {
+pub(crate) fn check_kind(name: &str, step: &PluginStep, plugin: &Plugin) -> Result<(), String> {
     match plugin.kind() {
         PluginKind::Step if step.args.is_some() => Err(format!(
             "step `{name}`: plugin `{}` is an `airlock:step` plugin; configure it with `with:`, not `args:`",

@@ -3,7 +3,7 @@
 use super::Shared;
 use super::outputs::{lay_out, outputs_dir};
 use crate::RunnerError;
-use airlock_model::Step;
+use airlock_model::{Step, StepKind};
 use airlock_store::{StepState, now_ms};
 
 /// Where a step of a run being (re)started is, after dealing with an
@@ -71,6 +71,6 @@ pub(crate) async fn resume_step(shared: &Shared, name: &str, step: &Step) -> Res
 /// A plugin's deploy request names its environment only at run time, so
 /// it is never sent again.
 pub(crate) fn idempotent(shared: &Shared, step: &Step) -> bool {
-    let (Some(spec), Some(policy)) = (&step.deploy, &shared.policy) else { return false };
+    let (StepKind::Deploy { deploy: spec }, Some(policy)) = (&step.kind, &shared.policy) else { return false };
     policy.0.environments.get(&spec.environment).is_some_and(|e| e.provider.idempotent())
 }

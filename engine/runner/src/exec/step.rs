@@ -6,11 +6,12 @@ use super::plugins::{check_kind, load_plugin};
 use super::workspace::{discard_workspace, fresh_workspace, recycle_workspace};
 use super::{Progress, Shared};
 use airlock_model::text::one_line;
-use airlock_model::{ExprContext, Step, render};
+use airlock_model::{ExprContext, PluginStep, Step, StepKind, render};
 use airlock_sandbox::{DeployRequest, Failure, Invocation, OverQuota, Quota};
 use airlock_store::{LogRecord, OutputRecord, StepRecord, StepState, now_ms};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Longest reason recorded for a step. Reasons quote what guests wrote
@@ -50,35 +51,36 @@ pub(crate) async fn run_step(
 ) -> Finished {
     let mut log_truncated = false;
     let (mut published, mut deployed) = (None, None);
-    let result = if let Some(publish) = &step.publish {
-        crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
+    let result = match &step.kind {
+        StepKind::Publish { publish } => crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
             published = Some(p);
             Vec::new()
-        })
-    } else if let Some(spec) = &step.deploy {
-        crate::environments::deploy(&shared, &name, spec, &cancel).await.map(|d| {
+        }),
+        StepKind::Deploy { deploy } => crate::environments::deploy(&shared, &name, deploy, &cancel).await.map(|d| {
             deployed = Some(d);
             Vec::new()
-        })
-    } else if let Some(spec) = &step.approval {
-        crate::environments::approval(&shared, &name, spec, &cancel).await.map(|d| {
-            deployed = Some(d);
-            Vec::new()
-        })
-    } else {
-        match attempts(&shared, &name, &step, &cancel, &mut log_truncated).await {
-            // The step asked for a deployment: the host does it now, with
-            // the outputs just taken out, if the policy allows.
-            Ok((outputs, requests)) => match requests.into_iter().next() {
-                None => Ok(outputs),
-                Some(request) => {
-                    crate::environments::requested(&shared, &name, &request, &outputs, &cancel).await.map(|d| {
-                        deployed = Some(d);
-                        outputs
-                    })
-                }
-            },
-            Err(e) => Err(e),
+        }),
+        StepKind::Approval { approval } => {
+            crate::environments::approval(&shared, &name, approval, &cancel).await.map(|d| {
+                deployed = Some(d);
+                Vec::new()
+            })
+        }
+        StepKind::Plugin(plugin) => {
+            match attempts(&shared, &name, plugin, step.timeout, &cancel, &mut log_truncated).await {
+                // The step asked for a deployment: the host does it now, with
+                // the outputs just taken out, if the policy allows.
+                Ok((outputs, requests)) => match requests.into_iter().next() {
+                    None => Ok(outputs),
+                    Some(request) => {
+                        crate::environments::requested(&shared, &name, &request, &outputs, &cancel).await.map(|d| {
+                            deployed = Some(d);
+                            outputs
+                        })
+                    }
+                },
+                Err(e) => Err(e),
+            }
         }
     };
     let store = &shared.store;
@@ -127,7 +129,8 @@ pub(crate) enum StepError {
 pub(crate) async fn attempts(
     shared: &Shared,
     name: &str,
-    step: &Step,
+    step: &PluginStep,
+    timeout: Duration,
     cancel: &CancellationToken,
     log_truncated: &mut bool,
 ) -> Result<(Vec<OutputRecord>, Vec<DeployRequest>), StepError> {
@@ -141,7 +144,7 @@ pub(crate) async fn attempts(
     }
     let plugin = load_plugin(shared, step).await.map_err(failed)?;
     check_kind(name, step, &plugin).map_err(failed)?;
-    let invocation = invocation(shared, name, step).map_err(failed)?;
+    let invocation = invocation(shared, name, step, timeout).map_err(failed)?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -189,7 +192,7 @@ pub(crate) async fn attempts(
         shared.live.remove(&live_key);
         let result = match outcome.result {
             Ok(()) => take_outputs(shared, name, step, &workspace).await,
-            Err(failure) => Err(describe(name, step, &failure)),
+            Err(failure) => Err(describe(name, timeout, &failure)),
         };
         if result.is_ok() {
             recycle_workspace(shared, workspace);
@@ -224,7 +227,7 @@ pub(crate) async fn attempts(
 }
 
 /// The failure of a step, in words.
-pub(crate) fn describe(name: &str, step: &Step, failure: &Failure) -> String {
+pub(crate) fn describe(name: &str, timeout: Duration, failure: &Failure) -> String {
     match failure {
         Failure::Error(msg) => format!("step `{name}` failed: {msg}"),
         Failure::Exit(code) => format!("step `{name}` exited with status {code}"),
@@ -232,7 +235,7 @@ pub(crate) fn describe(name: &str, step: &Step, failure: &Failure) -> String {
             format!("step `{name}` exceeded its {} memory limit", airlock_model::format_size(*limit))
         }
         Failure::Timeout(_) => {
-            format!("step `{name}` ran past its {} timeout", humantime::format_duration(step.timeout))
+            format!("step `{name}` ran past its {} timeout", humantime::format_duration(timeout))
         }
         Failure::OutOfFuel(fuel) => format!("step `{name}` used up its fuel of {fuel} instructions"),
         Failure::StackOverflow => format!("step `{name}` overflowed its call stack (deep or endless recursion)"),
@@ -257,7 +260,12 @@ pub(crate) fn describe(name: &str, step: &Step, failure: &Failure) -> String {
 }
 
 /// Everything but the workspace: inputs, rendered values, limits.
-pub(crate) fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Invocation, String> {
+pub(crate) fn invocation(
+    shared: &Shared,
+    name: &str,
+    step: &PluginStep,
+    timeout: Duration,
+) -> Result<Invocation, String> {
     let ctx = ExprContext { params: &shared.params, run_id: &shared.run_id, step: name };
     let expand = |text: &String| render(text, &ctx).map_err(|e| format!("step `{name}`: {e}"));
     let mut inputs = Vec::new();
@@ -286,7 +294,7 @@ pub(crate) fn invocation(shared: &Shared, name: &str, step: &Step) -> Result<Inv
     inv.memory = limits.memory;
     inv.log_limit = limits.log;
     inv.fuel = limits.fuel;
-    inv.timeout = step.timeout;
+    inv.timeout = timeout;
     inv.quota = Quota { bytes: limits.disk, entries: limits.files };
     Ok(inv)
 }
