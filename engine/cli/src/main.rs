@@ -6,6 +6,7 @@
 mod approve;
 mod diagnostics;
 mod env;
+mod http;
 mod output;
 mod policy;
 mod progress;

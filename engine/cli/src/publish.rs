@@ -13,13 +13,16 @@
 //! uploads only what did not arrive.
 
 use crate::exit;
+use crate::http::{self, Body, Server};
 use airlock_host::publish::{ManifestEntry, check_build_id, check_path};
+use airlock_server::protocol::{
+    CommitAnswer, CommitRequest, ErrorCode, FrameHeader, MissingAnswer, MissingRequest, build_path,
+};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -77,8 +80,6 @@ const BATCH_BYTES: u64 = 16 << 20;
 const MISSING_CHUNK: usize = 100_000;
 /// Bytes read per chunk while uploading.
 const READ_CHUNK: usize = 256 << 10;
-/// Largest answer read from the server.
-const MAX_ANSWER: usize = 64 << 20;
 
 /// A failure with the exit code it maps to.
 struct Fail {
@@ -125,13 +126,8 @@ pub async fn publish(state_dir: &Path, args: PublishArgs) -> anyhow::Result<u8> 
 async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     let started = Instant::now();
     check_build_id(&args.build_id).map_err(|e| fail(exit::USAGE, e.to_string()))?;
-    let base: Uri = args.server.trim_end_matches('/').parse().map_err(|_| {
-        fail(exit::USAGE, format!("`{}` is not a URL", args.server)).hint("write it like http://127.0.0.1:8480")
-    })?;
-    if base.scheme_str() != Some("http") {
-        return Err(fail(exit::USAGE, format!("`{}` is not an http:// URL", args.server))
-            .hint("the client speaks plain HTTP; put TLS in a proxy in front of `airlock serve`"));
-    }
+    let server = Server::new(&args.server, &args.token, usize::from(args.jobs))
+        .map_err(|bad| fail(exit::USAGE, bad.message).hint(bad.hint))?;
     let files = find(&args.globs, args.strip)?;
     let progress = Progress::new(args.json);
 
@@ -148,7 +144,7 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
         tracing::warn!("cannot save the stat cache at {}: {e}", cache_path.display());
     }
 
-    let client = Api::new(&base, &args.token, &args.target, &args.build_id, args.jobs);
+    let client = Api { server, build: build_path(&args.target, &args.build_id), jobs: usize::from(args.jobs) };
     // Ask once which blobs the server lacks.
     let mut unique: BTreeMap<&str, &Local> = BTreeMap::new();
     for l in &hashed {
@@ -157,7 +153,8 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     let digests: Vec<String> = unique.keys().map(|d| (*d).to_owned()).collect();
     let mut missing = Vec::new();
     for chunk in digests.chunks(MISSING_CHUNK) {
-        let answer: MissingAnswer = client.call(Method::POST, "/missing", &MissingRequest { digests: chunk }).await?;
+        let answer: MissingAnswer =
+            client.call(Method::POST, "/missing", &MissingRequest { digests: chunk.to_vec() }).await?;
         // Only digests that were asked about count: a confused server
         // cannot make the client send anything else.
         missing.extend(answer.missing.into_iter().filter(|d| unique.contains_key(d.as_str())));
@@ -175,7 +172,7 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
 
     let manifest: Vec<ManifestEntry> =
         hashed.iter().map(|l| ManifestEntry { path: l.path.clone(), sha256: l.sha256.clone(), size: l.size }).collect();
-    let committed: CommitAnswer = client.call(Method::PUT, "", &CommitRequest { files: &manifest }).await?;
+    let committed: CommitAnswer = client.call(Method::PUT, "", &CommitRequest { files: manifest }).await?;
     let url = format!("{}{}", args.server.trim_end_matches('/'), committed.url);
     let summary = serde_json::json!({
         "target": committed.target,
@@ -502,72 +499,22 @@ impl Progress {
     }
 }
 
-#[derive(Serialize)]
-struct MissingRequest<'a> {
-    digests: &'a [String],
-}
-
-#[derive(Deserialize)]
-struct MissingAnswer {
-    missing: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct CommitRequest<'a> {
-    files: &'a [ManifestEntry],
-}
-
-#[derive(Deserialize)]
-struct CommitAnswer {
-    target: String,
-    build: String,
-    files: u64,
-    bytes: u64,
-    created: bool,
-    url: String,
-}
-
-type Body = BoxBody<Bytes, std::io::Error>;
-
-/// The publish API of one server, for one target and build.
+/// The publish calls of one server, for one target and build.
 struct Api {
-    client: Client<HttpConnector, Body>,
-    base: String,
-    auth: String,
+    server: Server,
+    /// The path of the build's calls.
+    build: String,
     jobs: usize,
 }
 
 impl Api {
-    fn new(server: &Uri, token: &str, target: &str, build: &str, jobs: u16) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_max_idle_per_host(usize::from(jobs))
-            .build(connector);
-        Self {
-            client,
-            base: format!("{}/api/v1/targets/{target}/builds/{build}", server.to_string().trim_end_matches('/')),
-            auth: format!("Bearer {}", token.trim()),
-            jobs: usize::from(jobs),
-        }
-    }
-
-    async fn send(&self, req: Request<Body>) -> Result<(StatusCode, Bytes), Fail> {
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| fail(exit::ERROR, format!("cannot reach the server: {}", crate::cause_chain(&e))))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| fail(exit::ERROR, format!("the server's answer broke off: {e}")))?
-            .to_bytes();
+    /// Sends `req`; a refusal is an error, with the server's reason.
+    async fn send(&self, req: Request<Body>) -> Result<Bytes, Fail> {
+        let (status, body) = self.server.send(req).await.map_err(|e| fail(exit::ERROR, e.to_string()))?;
         if !status.is_success() {
             return Err(server_error(status, &body));
         }
-        Ok((status, body))
+        Ok(body)
     }
 
     async fn call<T: for<'de> Deserialize<'de>>(
@@ -577,14 +524,13 @@ impl Api {
         body: &impl Serialize,
     ) -> Result<T, Fail> {
         let json = serde_json::to_vec(body).map_err(|e| fail(exit::ERROR, e.to_string()))?;
-        let req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(AUTHORIZATION, &self.auth)
+        let req = self
+            .server
+            .request(method, &format!("{}{path}", self.build))
             .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(json)).map_err(|never| match never {}).boxed())
+            .body(http::bytes_body(json))
             .map_err(|e| fail(exit::USAGE, e.to_string()))?;
-        let (_, bytes) = self.send(req).await?;
+        let bytes = self.send(req).await?;
         serde_json::from_slice(&bytes).map_err(|e| {
             fail(exit::ERROR, format!("the server answered something this client does not understand: {e}"))
         })
@@ -623,14 +569,13 @@ impl Api {
     }
 
     async fn upload_batch(&self, batch: Vec<(String, PathBuf, u64)>, progress: &Progress) -> Result<(), Fail> {
-        let length: u64 = batch.iter().map(|(_, _, size)| 40 + size).sum();
+        let length: u64 = batch.iter().map(|(_, _, size)| FrameHeader::LEN as u64 + size).sum();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
         let bar = progress.bar.clone();
         let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
             for (digest, file, size) in batch {
-                let mut head = hex::decode(&digest).map_err(|e| e.to_string())?;
-                head.extend_from_slice(&size.to_be_bytes());
-                if tx.blocking_send(Ok(Frame::data(Bytes::from(head)))).is_err() {
+                let head = FrameHeader::new(&digest, size).ok_or_else(|| format!("`{digest}` is not a digest"))?;
+                if tx.blocking_send(Ok(Frame::data(Bytes::copy_from_slice(&head.encode())))).is_err() {
                     return Ok(());
                 }
                 let mut f = std::fs::File::open(&file)
@@ -658,53 +603,33 @@ impl Api {
             Ok(())
         });
         let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed();
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}/blobs", self.base))
-            .header(AUTHORIZATION, &self.auth)
+        let req = self
+            .server
+            .request(Method::POST, &format!("{}/blobs", self.build))
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, length)
             .body(body)
             .map_err(|e| fail(exit::USAGE, e.to_string()))?;
-        let result = self.send(req).await;
+        let result = self.send(req).await.map(drop);
         let read = reader.await.map_err(|e| fail(exit::ERROR, e.to_string()))?;
         if let Err(msg) = read {
             return Err(fail(exit::ERROR, msg).hint("publish again once the files are settled"));
         }
-        result.map(drop)
+        result
     }
 }
 
 /// The server's JSON error, with a hint where there is one to give.
 fn server_error(status: StatusCode, body: &[u8]) -> Fail {
-    #[derive(Deserialize)]
-    struct Answer {
-        error: ErrorBody,
-    }
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        code: String,
-        message: String,
-    }
-    let Ok(Answer { error }) = serde_json::from_slice::<Answer>(body) else {
+    let Some(error) = http::error_of(body) else {
         let text = airlock_model::text::one_line(&String::from_utf8_lossy(body), 300);
         return fail(exit::ERROR, format!("the server answered {status}: {text}"));
     };
     let message =
         format!("the server refused ({}): {}", error.code, airlock_model::text::one_line(&error.message, 2000));
-    let hint = match error.code.as_str() {
-        "conflict" => Some("published trees never change: publish under a new build id"),
-        "token_expired" | "token_revoked" | "token_quota_used_up" => {
-            Some("nothing was published; ask for a new token and publish again (blobs already sent are kept)")
-        }
-        "token_out_of_scope" => Some("the token was made for another target or build-id prefix"),
-        "token_missing" | "token_malformed" | "token_unknown" => Some("pass the token with --token or AIRLOCK_TOKEN"),
-        "no_target" => Some("check --target against the server's policy"),
-        _ => None,
-    };
     let code = if status.is_server_error() { exit::ERROR } else { exit::FAILED };
     let f = fail(code, message);
-    match hint {
+    match ErrorCode::parse(&error.code).and_then(ErrorCode::hint) {
         Some(h) => f.hint(h),
         None => f,
     }

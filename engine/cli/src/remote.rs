@@ -9,12 +9,11 @@
 //! stops following; the run goes on on the server.
 
 use crate::exit;
+use crate::http::{self, Server};
 use airlock_server::api::{RunDetail, Submitted};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -25,81 +24,26 @@ const SUBMIT_TRIES: u32 = 5;
 /// Lines of a failed step's log shown at the end.
 const LOG_TAIL: usize = 20;
 /// Largest answer read.
-const MAX_ANSWER: usize = 64 << 20;
-
-struct Remote {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-    auth: String,
-}
-
-impl Remote {
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        key: Option<&str>,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(hyper::header::AUTHORIZATION, &self.auth)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = key {
-            req = req.header("idempotency-key", key);
-        }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the server: {}", crate::cause_chain(&e)))?;
-        let status = resp.status();
-        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| anyhow::anyhow!("the server's answer broke off: {e}"))?
-            .to_bytes();
-        Ok((status, bytes))
-    }
+/// A client of `server` as the user of `token`; or the exit code, once
+/// what is wrong is said.
+fn connect(server: &str, token: Option<&str>) -> Result<Server, u8> {
+    let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+        eprintln!("error: the server needs your API token in AIRLOCK_USER_TOKEN");
+        eprintln!("hint: the admin makes one with `airlock user token` and adds its digest to the policy");
+        return Err(exit::USAGE);
+    };
+    Server::new(server, token, 1).map_err(|bad| {
+        eprintln!("error: {}", bad.message);
+        eprintln!("hint: {}", bad.hint);
+        exit::USAGE
+    })
 }
 
 /// The message of an API error answer.
 fn api_error(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<airlock_server::api::ErrorBody>(body)
-        .map(|e| format!("{} ({})", e.error.message, e.error.code))
-        .unwrap_or_else(|_| format!("the server answered {status}"))
-}
-
-impl Remote {
-    /// A client for `server` as the user of `token`; or the exit code and
-    /// what to print when either is unusable.
-    fn new(server: &str, token: Option<&str>) -> Result<Self, u8> {
-        let base: Uri = match server.trim_end_matches('/').parse() {
-            Ok(u) => u,
-            Err(_) => {
-                eprintln!("error: `{server}` is not a URL");
-                eprintln!("hint: write it like http://127.0.0.1:8480");
-                return Err(exit::USAGE);
-            }
-        };
-        if base.scheme_str() != Some("http") {
-            eprintln!("error: `{server}` is not an http:// URL");
-            eprintln!("hint: the client speaks plain HTTP; put TLS in a proxy in front of `airlock serve`");
-            return Err(exit::USAGE);
-        }
-        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
-            eprintln!("error: the server needs your API token in AIRLOCK_USER_TOKEN");
-            eprintln!("hint: the admin makes one with `airlock user token` and adds its digest to the policy");
-            return Err(exit::USAGE);
-        };
-        Ok(Self {
-            client: Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new()),
-            base: base.to_string().trim_end_matches('/').to_owned(),
-            auth: format!("Bearer {token}"),
-        })
-    }
+    http::error_of(body)
+        .map(|e| format!("{} ({})", e.message, e.code))
+        .unwrap_or_else(|| format!("the server answered {status}"))
 }
 
 /// The exit code for a refusal.
@@ -114,7 +58,7 @@ fn refused(status: StatusCode) -> u8 {
 /// Submits and follows; the exit code follows the run's end.
 pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json: bool) -> anyhow::Result<u8> {
     let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
-    let remote = match Remote::new(server, token.as_deref()) {
+    let remote = match connect(server, token.as_deref()) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -126,7 +70,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
     let mut tries = 0;
     let submitted: Submitted = loop {
         tries += 1;
-        match remote.call(Method::POST, "/api/v1/runs", Some(body.clone()), Some(&key)).await {
+        match remote.call(Method::POST, "/api/v1/runs", Some(body.clone()), &[("idempotency-key", &key)]).await {
             Ok((status, bytes)) if status.is_success() => break serde_json::from_slice(&bytes)?,
             Ok((status, bytes)) => {
                 eprintln!("error: {}", api_error(status, &bytes));
@@ -147,7 +91,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
     let id = submitted.run.id.clone();
     if !json {
         eprintln!("submitted run {id} ({}); following it (Ctrl-C stops following, the run goes on)", pipeline);
-        eprintln!("  {}/ui/runs/{id}", remote.base);
+        eprintln!("  {}/ui/runs/{id}", remote.base());
     }
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut codes_shown: BTreeSet<String> = BTreeSet::new();
@@ -155,7 +99,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
     let run_path = format!("/api/v1/runs/{id}");
     let detail = loop {
         let polled = tokio::select! {
-            r = remote.call(Method::GET, &run_path, None, None) => r,
+            r = remote.call(Method::GET, &run_path, None, &[]) => r,
             _ = tokio::signal::ctrl_c() => {
                 eprintln!("stopped following; run {id} goes on on the server");
                 return Ok(exit::CANCELLED);
@@ -199,7 +143,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
         for (step, code) in &detail.codes {
             if codes_shown.insert(step.clone()) {
                 eprintln!("step `{step}` waits for approval; one-time code: {code}");
-                eprintln!("  an approver decides at {}/ui/runs/{id}/approvals/{step}", remote.base);
+                eprintln!("  an approver decides at {}/ui/runs/{id}/approvals/{step}", remote.base());
             }
         }
         if detail.run.state.is_final() {
@@ -213,7 +157,7 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
         // What a failed step said last, so the reason is on screen.
         for step in detail.steps.iter().filter(|s| s.state == airlock_server::views::StepState::Failed) {
             let path = format!("/api/v1/runs/{id}/steps/{}/log", step.name);
-            if let Ok((status, bytes)) = remote.call(Method::GET, &path, None, None).await
+            if let Ok((status, bytes)) = remote.call(Method::GET, &path, None, &[]).await
                 && status.is_success()
                 && !bytes.is_empty()
             {
@@ -247,13 +191,13 @@ pub async fn decide(
     step: &str,
     body: &airlock_server::api::DecideBody,
 ) -> anyhow::Result<Result<airlock_server::views::Approval, (u8, String)>> {
-    let remote = match Remote::new(server, Some(token)) {
+    let remote = match connect(server, Some(token)) {
         Ok(r) => r,
         // Already said why.
         Err(code) => return Ok(Err((code, String::new()))),
     };
     let path = format!("/api/v1/runs/{run}/approvals/{step}");
-    let (status, bytes) = remote.call(Method::POST, &path, Some(serde_json::to_vec(body)?), None).await?;
+    let (status, bytes) = remote.call(Method::POST, &path, Some(serde_json::to_vec(body)?), &[]).await?;
     if status.is_success() {
         let decided: airlock_server::api::Decided = serde_json::from_slice(&bytes)?;
         Ok(Ok(decided.record))
@@ -266,11 +210,11 @@ pub async fn decide(
 /// one step's log as it is written, until the step ends.
 pub async fn logs(server: &str, run: &str, step: Option<&str>, follow: bool) -> anyhow::Result<u8> {
     let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
-    let remote = match Remote::new(server, token.as_deref()) {
+    let remote = match connect(server, token.as_deref()) {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
-    let (status, bytes) = remote.call(Method::GET, &format!("/api/v1/runs/{run}"), None, None).await?;
+    let (status, bytes) = remote.call(Method::GET, &format!("/api/v1/runs/{run}"), None, &[]).await?;
     if !status.is_success() {
         eprintln!("error: {}", api_error(status, &bytes));
         return Ok(refused(status));
@@ -290,7 +234,7 @@ pub async fn logs(server: &str, run: &str, step: Option<&str>, follow: bool) -> 
             println!("── {name} ──");
         }
         if !follow {
-            let (status, bytes) = remote.call(Method::GET, &path, None, None).await?;
+            let (status, bytes) = remote.call(Method::GET, &path, None, &[]).await?;
             if !status.is_success() {
                 eprintln!("error: {}", api_error(status, &bytes));
                 return Ok(refused(status));
@@ -298,11 +242,8 @@ pub async fn logs(server: &str, run: &str, step: Option<&str>, follow: bool) -> 
             print_log(&bytes);
             continue;
         }
-        let req = Request::builder()
-            .uri(format!("{}{path}", remote.base))
-            .header(hyper::header::AUTHORIZATION, &remote.auth)
-            .body(Full::new(Bytes::new()))?;
-        let resp = remote.client.request(req).await.map_err(|e| anyhow::anyhow!("cannot reach the server: {e}"))?;
+        let req = remote.request(Method::GET, &path).body(http::bytes_body(Bytes::new()))?;
+        let resp = remote.open(req).await?;
         let mut body = resp.into_body();
         // Whole lines are printed as they come, so a character cut
         // between two chunks is never shown broken.

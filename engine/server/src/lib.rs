@@ -42,17 +42,21 @@ pub mod api;
 pub mod conn;
 pub mod openapi;
 mod pages;
+pub mod protocol;
+mod publish;
 mod ui;
 pub mod views;
 
-use airlock_host::publish::{Committed, ManifestEntry, PublishError, Published, TargetStore};
-use airlock_store::{Store, TokenError, TokenUse, now_ms};
+use airlock_host::publish::{PublishError, Published, TargetStore};
+use airlock_store::{Store, now_ms};
 use bytes::Bytes;
 use conn::{BodyError, Limits};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use protocol::ErrorCode;
+pub(crate) use publish::publish_error;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -403,15 +407,15 @@ async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<
     if let Some(api) = path.strip_prefix("/api/v1/") {
         let parts: Vec<&str> = api.split('/').collect();
         return match (req.method(), parts.as_slice()) {
-            (&Method::GET, ["targets"]) => list_targets(app),
-            (&Method::GET, ["targets", t, "builds"]) => with_target(app, t, list_builds),
+            (&Method::GET, ["targets"]) => publish::list_targets(app),
+            (&Method::GET, ["targets", t, "builds"]) => with_target(app, t, publish::list_builds),
             (&Method::GET, ["targets", t, "builds", b]) => match target(app, t) {
-                Ok(t) => get_manifest(app, t, b),
+                Ok(t) => publish::get_manifest(app, t, b),
                 Err(r) => r,
             },
-            (&Method::POST, ["targets", t, "builds", b, "missing"]) => missing(app, peer, t, b, req).await,
-            (&Method::POST, ["targets", t, "builds", b, "blobs"]) => blobs(app, peer, t, b, req).await,
-            (&Method::PUT, ["targets", t, "builds", b]) => commit(app, peer, t, b, req).await,
+            (&Method::POST, ["targets", t, "builds", b, "missing"]) => publish::missing(app, peer, t, b, req).await,
+            (&Method::POST, ["targets", t, "builds", b, "blobs"]) => publish::blobs(app, peer, t, b, req).await,
+            (&Method::PUT, ["targets", t, "builds", b]) => publish::commit(app, peer, t, b, req).await,
             _ => error(StatusCode::NOT_FOUND, "not_found", format!("no API call `{} {path}`", req.method())),
         };
     }
@@ -432,9 +436,8 @@ fn with_target(app: &App, name: &str, f: impl FnOnce(&TargetStore) -> Response<B
 fn target<'a>(app: &'a App, name: &str) -> Result<&'a TargetStore, Response<Body>> {
     app.targets.get(name).ok_or_else(|| {
         let names: Vec<&str> = app.targets.keys().map(String::as_str).collect();
-        error(
-            StatusCode::NOT_FOUND,
-            "no_target",
+        refuse(
+            ErrorCode::NoTarget,
             format!("no publish target `{}`; this server has: {}", short(name), names.join(", ")),
         )
     })
@@ -464,101 +467,25 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 
 /// A JSON error with a stable code.
 fn error(status: StatusCode, code: &str, message: String) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": { "code": code, "message": message } }))
+    json(status, &api::ErrorBody { error: api::ErrorDetail { code: code.to_owned(), message } })
 }
 
-fn publish_error(e: &PublishError) -> Response<Body> {
-    let status = match e {
-        PublishError::Conflict { .. } => StatusCode::CONFLICT,
-        PublishError::TooManyFiles { .. } | PublishError::FileTooLarge { .. } | PublishError::TotalTooLarge { .. } => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
-        PublishError::Io { .. } | PublishError::Artifact(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
-    };
-    error(status, e.code(), e.to_string())
-}
-
-fn token_error(e: &TokenError) -> Response<Body> {
-    let (status, code) = match e {
-        TokenError::Malformed => (StatusCode::UNAUTHORIZED, "token_malformed"),
-        TokenError::Unknown => (StatusCode::UNAUTHORIZED, "token_unknown"),
-        TokenError::Revoked { .. } => (StatusCode::UNAUTHORIZED, "token_revoked"),
-        TokenError::Expired { .. } => (StatusCode::UNAUTHORIZED, "token_expired"),
-        TokenError::NotYetValid { .. } => (StatusCode::UNAUTHORIZED, "token_not_yet_valid"),
-        TokenError::WrongSource { .. } => (StatusCode::FORBIDDEN, "token_wrong_source"),
-        TokenError::OutOfScope { .. } => (StatusCode::FORBIDDEN, "token_out_of_scope"),
-        TokenError::QuotaUsedUp { .. } => (StatusCode::FORBIDDEN, "token_quota_used_up"),
-        TokenError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
-    };
-    error(status, code, e.to_string())
-}
-
-/// Checks and charges the request's token for one call.
-fn authorize(
-    app: &App,
-    peer: SocketAddr,
-    headers: &hyper::HeaderMap,
-    target: &str,
-    build: &str,
-    files: u64,
-    bytes: u64,
-) -> Result<(), Response<Body>> {
-    let token = bearer(headers)?;
-    let source = peer.ip().to_canonical();
-    let use_ = TokenUse { action: "publish", target, build_id: build, source, files, bytes, now_ms: now_ms() };
-    app.store.use_token(token.trim(), &use_).map(drop).map_err(|e| token_error(&e))
-}
-
-/// Checks the request's token for a call without charging it: done
-/// before a byte of a body whose size the call is charged for is read.
-fn check_token(
-    app: &App,
-    peer: SocketAddr,
-    headers: &hyper::HeaderMap,
-    target: &str,
-    build: &str,
-) -> Result<(), Response<Body>> {
-    let token = bearer(headers)?;
-    let source = peer.ip().to_canonical();
-    let use_ = TokenUse { action: "publish", target, build_id: build, source, files: 0, bytes: 0, now_ms: now_ms() };
-    app.store.peek_token(token.trim(), &use_).map(drop).map_err(|e| token_error(&e))
-}
-
-/// The bearer token of a publish call.
-fn bearer(headers: &hyper::HeaderMap) -> Result<&str, Response<Body>> {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(
-        || {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "token_missing",
-                "publishing needs a token: send `Authorization: Bearer alk_...` (see `airlock token create`)".into(),
-            )
-        },
-    )
-}
-
-/// Target and build id of an API call, checked.
-fn publish_place<'a>(app: &'a App, target_name: &str, build: &str) -> Result<&'a TargetStore, Response<Body>> {
-    let t = target(app, target_name)?;
-    airlock_host::publish::check_build_id(build).map_err(|e| publish_error(&e))?;
-    Ok(t)
+/// A refusal of the publish protocol, with its code's status.
+fn refuse(code: ErrorCode, message: String) -> Response<Body> {
+    error(code.status(), code.as_str(), message)
 }
 
 /// The answer to a request body that could not be read.
 fn body_error(e: BodyError) -> Response<Body> {
     match e {
-        BodyError::TimedOut => error(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+        BodyError::TimedOut => refuse(
+            ErrorCode::BodyTimeout,
             "the request body stopped arriving, or took too long; send it whole and promptly".into(),
         ),
         BodyError::TooLarge(limit) => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {limit} bytes"))
+            refuse(ErrorCode::BodyTooLarge, format!("the request body is over {limit} bytes"))
         }
-        BodyError::Broken(e) => {
-            error(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))
-        }
+        BodyError::Broken(e) => refuse(ErrorCode::BadBody, format!("the request body could not be read: {e}")),
     }
 }
 
@@ -578,255 +505,23 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
     let held = declared.map_or(limit, |n| n as usize);
     let kib = u32::try_from(held.div_ceil(1024)).unwrap_or(u32::MAX);
     let _permit = app.body_budget.clone().try_acquire_many_owned(kib).map_err(|_| {
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
+        let mut r = refuse(
+            ErrorCode::Busy,
             "the server holds as many request bodies as it may right now; try again shortly".into(),
         );
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         r
     })?;
     let body = conn::read_all(req.into_body(), held, &app.limits).await.map_err(body_error)?;
-    serde_json::from_slice(&body).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, "bad_json", format!("the request body is not what this call takes: {e}"))
-    })
+    serde_json::from_slice(&body)
+        .map_err(|e| refuse(ErrorCode::BadJson, format!("the request body is not what this call takes: {e}")))
 }
 
 /// Runs blocking file work off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response<Body>> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the server could not finish the call: {e}"))
-    })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MissingRequest {
-    digests: Vec<String>,
-}
-
-async fn missing(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
-    let result = async {
-        let target = publish_place(app, t, b)?;
-        authorize(app, peer, req.headers(), t, b, 0, 0)?;
-        let body: MissingRequest = read_json(app, req, MAX_MISSING_BODY).await?;
-        let target = target.clone();
-        let missing = blocking(move || target.missing(&body.digests)).await?.map_err(|e| publish_error(&e))?;
-        Ok(json(StatusCode::OK, &serde_json::json!({ "missing": missing })))
-    };
-    result.await.unwrap_or_else(|r| r)
-}
-
-async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
-    let result = async {
-        let target = publish_place(app, t, b)?;
-        let length = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .ok_or_else(|| {
-                error(
-                    StatusCode::LENGTH_REQUIRED,
-                    "length_required",
-                    "a blob upload states its length (`Content-Length`) so the token can be charged first".into(),
-                )
-            })?;
-        // One request never holds more than one publish may: the target's
-        // limits bound what a token holder can make the server write.
-        let most = target.limits().max_total.saturating_add(40 * target.limits().max_files);
-        if length > most {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "upload_too_large",
-                format!(
-                    "an upload of {length} bytes is more than one publish to `{t}` may hold ({most} bytes with framing)"
-                ),
-            ));
-        }
-        authorize(app, peer, req.headers(), t, b, 0, length)?;
-        let (stored, new) = read_frames(app, target, req.into_body()).await?;
-        Ok(json(StatusCode::OK, &serde_json::json!({ "stored": stored, "new": new })))
-    };
-    result.await.unwrap_or_else(|r| r)
-}
-
-/// Reads `digest (32 bytes) | length (u64, big-endian) | bytes` frames
-/// until the body ends, storing each blob. Returns (blobs, new blobs).
-///
-/// The body is read here, on the async side, so a client that sends
-/// slowly holds no thread; what arrived is written to disk a chunk at a
-/// time on the blocking pool.
-async fn read_frames(app: &App, target: &TargetStore, body: Incoming) -> Result<(u64, u64), Response<Body>> {
-    let mut body = body;
-    let timeout = app.limits.body_timeout;
-    let (mut stored, mut new) = (0, 0);
-    let mut buffered = bytes::BytesMut::new();
-    let fail = |e: PublishError| publish_error(&e);
-    loop {
-        while buffered.len() < 40 {
-            match conn::next_chunk(&mut body, timeout).await.map_err(body_error)? {
-                Some(chunk) => buffered.extend_from_slice(&chunk),
-                None if buffered.is_empty() => return Ok((stored, new)),
-                None => {
-                    let got = buffered.len() as u64;
-                    return Err(fail(PublishError::Truncated { sha256: "(frame header)".into(), expected: 40, got }));
-                }
-            }
-        }
-        let len = frame_len(&buffered);
-        if len <= WRITE_CHUNK as u64 {
-            // A small blob is taken whole, with every whole small blob
-            // after it already here, and stored in one go on the blocking
-            // pool: a publish of many small files costs one trip there
-            // per chunk of them, not several per file.
-            let whole = 40 + len as usize;
-            while buffered.len() < whole {
-                match conn::next_chunk(&mut body, timeout).await.map_err(body_error)? {
-                    Some(chunk) => buffered.extend_from_slice(&chunk),
-                    None => {
-                        let (sha256, got) = (hex::encode(&buffered[..32]), (buffered.len() - 40) as u64);
-                        return Err(fail(PublishError::Truncated { sha256, expected: len, got }));
-                    }
-                }
-            }
-            let mut batch = Vec::new();
-            let mut batch_bytes = 0;
-            while buffered.len() >= 40 && batch_bytes < WRITE_CHUNK {
-                let len = frame_len(&buffered);
-                if len > WRITE_CHUNK as u64 || buffered.len() < 40 + len as usize {
-                    break;
-                }
-                batch_bytes += len as usize;
-                batch.push(buffered.split_to(40 + len as usize).freeze());
-            }
-            let storing = target.clone();
-            let (n, fresh) = blocking(move || {
-                let mut fresh = 0;
-                for frame in &batch {
-                    let digest = hex::encode(&frame[..32]);
-                    if storing.put_blob(&digest, (frame.len() - 40) as u64, &frame[40..])? {
-                        fresh += 1;
-                    }
-                }
-                Ok::<_, PublishError>((batch.len() as u64, fresh))
-            })
-            .await?
-            .map_err(fail)?;
-            stored += n;
-            new += fresh;
-            continue;
-        }
-        // A large blob goes to the disk a chunk at a time as it arrives.
-        let head = buffered.split_to(40);
-        let digest = hex::encode(&head[..32]);
-        let opened = target.clone();
-        let mut writer = blocking(move || opened.blob_writer(&digest, len)).await?.map_err(fail)?;
-        let mut left = len;
-        let mut gathered = bytes::BytesMut::new();
-        loop {
-            if left > 0 && buffered.is_empty() {
-                match conn::next_chunk(&mut body, timeout).await.map_err(body_error)? {
-                    Some(chunk) => buffered.extend_from_slice(&chunk),
-                    // Short: the writer finds it so when it is finished.
-                    None => left = 0,
-                }
-            }
-            let take = buffered.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            gathered.extend_from_slice(&buffered.split_to(take));
-            left -= take as u64;
-            // A chunk at a time (or the blob's end) goes to the disk.
-            if gathered.len() >= WRITE_CHUNK || left == 0 {
-                let chunk = std::mem::take(&mut gathered).freeze();
-                writer = blocking(move || writer.write(&chunk).map(|()| writer)).await?.map_err(|e| fail(e.into()))?;
-            }
-            if left == 0 {
-                break;
-            }
-        }
-        let finishing = target.clone();
-        if blocking(move || finishing.finish_blob(writer)).await?.map_err(fail)? {
-            new += 1;
-        }
-        stored += 1;
-    }
-}
-
-/// The length of the frame whose 40-byte header starts `buffered`.
-fn frame_len(buffered: &[u8]) -> u64 {
-    let mut len = [0u8; 8];
-    len.copy_from_slice(&buffered[32..40]);
-    u64::from_be_bytes(len)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CommitRequest {
-    files: Vec<ManifestEntry>,
-}
-
-async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
-    let result = async {
-        let target = publish_place(app, t, b)?;
-        // The token is checked before a byte of the manifest is read, and
-        // charged after: its file count is what the file quota counts. A
-        // manifest can be no longer than the target's file limit needs.
-        let headers = req.headers().clone();
-        check_token(app, peer, &headers, t, b)?;
-        let most = target.limits().max_files.saturating_mul(MANIFEST_BYTES_PER_FILE).saturating_add(4096);
-        let limit = usize::try_from(most).unwrap_or(usize::MAX).min(MAX_MANIFEST_BODY);
-        let body: CommitRequest = read_json(app, req, limit).await?;
-        authorize(app, peer, &headers, t, b, body.files.len() as u64, 0)?;
-        let (target, build) = (target.clone(), b.to_owned());
-        let (committed, published) =
-            blocking(move || target.commit(&build, body.files)).await?.map_err(|e| publish_error(&e))?;
-        let status = match committed {
-            Committed::Created => StatusCode::CREATED,
-            Committed::AlreadyThere => StatusCode::OK,
-        };
-        Ok(json(
-            status,
-            &serde_json::json!({
-                "target": published.target,
-                "build": published.build,
-                "files": published.files.len(),
-                "bytes": published.bytes(),
-                "created": committed == Committed::Created,
-                "url": format!("/{}/{}/", published.target, published.build),
-            }),
-        ))
-    };
-    result.await.unwrap_or_else(|r| r)
-}
-
-fn list_targets(app: &App) -> Response<Body> {
-    let targets: Vec<_> = app
-        .targets
-        .values()
-        .map(|t| serde_json::json!({ "name": t.name(), "description": t.limits().description }))
-        .collect();
-    json(StatusCode::OK, &serde_json::json!({ "targets": targets }))
-}
-
-fn list_builds(t: &TargetStore) -> Response<Body> {
-    match t.builds() {
-        Ok(builds) => {
-            let builds: Vec<_> =
-                builds.into_iter().map(|(b, ms)| serde_json::json!({ "build": b, "published_ms": ms })).collect();
-            json(StatusCode::OK, &serde_json::json!({ "builds": builds }))
-        }
-        Err(e) => publish_error(&e),
-    }
-}
-
-fn get_manifest(app: &App, t: &TargetStore, b: &str) -> Response<Body> {
-    match app.manifest(t, b) {
-        Ok(Some(p)) => json(StatusCode::OK, &*p),
-        Ok(None) => {
-            error(StatusCode::NOT_FOUND, "no_build", format!("nothing is published as `{}/{}`", t.name(), short(b)))
-        }
-        Err(e) => publish_error(&e),
-    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| refuse(ErrorCode::Internal, format!("the server could not finish the call: {e}")))
 }
 
 /// Sends a blob, hashing it as it goes; if the bytes on disk no longer
