@@ -19,9 +19,10 @@ use crate::artifacts::{ArtifactStore, BlobWriter};
 use airlock_model::policy::PublishTarget;
 use airlock_model::text::is_hazard;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest path in a manifest, in bytes.
@@ -244,6 +245,26 @@ fn kept(sha256: &str, len: u64, actual: String, got: u64, new: bool) -> Result<b
     Ok(new)
 }
 
+/// A digest's 32 bytes, if it is 64 lowercase hex digits.
+fn digest_bytes(d: &str) -> Option<[u8; 32]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes = d.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
 fn valid_digest(d: &str) -> bool {
     d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
@@ -252,20 +273,69 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Blobs a target remembers having seen, at most; past it the record
+/// starts again (about 60 MiB at most).
+const MAX_KNOWN_BLOBS: usize = 1 << 20;
+
 /// One publish target on disk.
+///
+/// Clones share a record of the blobs this process has seen in the
+/// target (stored, or found on disk) with their sizes, so asking again
+/// whether a tree's blobs are there costs no `stat` per file. Blobs of a
+/// target are never deleted while a server or engine serves it, so what
+/// was there once is there still.
 #[derive(Debug, Clone)]
 pub struct TargetStore {
     name: String,
     dir: PathBuf,
     blobs: ArtifactStore,
     limits: PublishTarget,
+    known: Arc<Mutex<HashMap<[u8; 32], u64>>>,
 }
 
 impl TargetStore {
     /// The target `name` of the policy, with its directory resolved
     /// (`dir` is absolute or relative to the working directory).
     pub fn new(name: &str, dir: PathBuf, limits: PublishTarget) -> Self {
-        Self { name: name.to_owned(), blobs: ArtifactStore::new(dir.join("blobs")), dir, limits }
+        Self {
+            name: name.to_owned(),
+            blobs: ArtifactStore::new(dir.join("blobs")),
+            dir,
+            limits,
+            known: Default::default(),
+        }
+    }
+
+    /// Remembers that the target holds this blob, of this size.
+    fn remember(&self, sha256: &str, size: u64) {
+        let (Some(key), Ok(mut known)) = (digest_bytes(sha256), self.known.lock()) else { return };
+        if known.len() >= MAX_KNOWN_BLOBS {
+            known.clear();
+        }
+        known.insert(key, size);
+    }
+
+    /// The size of each blob in the target (`None` for one it does not
+    /// have), from the record of blobs seen, or else from the disk.
+    fn blob_sizes<'a>(&self, digests: impl Iterator<Item = &'a str>) -> Result<Vec<Option<u64>>, PublishError> {
+        let digests: Vec<&str> = digests.collect();
+        let mut sizes: Vec<Option<u64>> = match self.known.lock() {
+            Ok(known) => digests.iter().map(|d| digest_bytes(d).and_then(|k| known.get(&k).copied())).collect(),
+            Err(_) => vec![None; digests.len()],
+        };
+        for (d, size) in digests.iter().zip(sizes.iter_mut()).filter(|(_, s)| s.is_none()) {
+            let path = self.blobs.path(d)?;
+            *size = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    self.remember(d, m.len());
+                    Some(m.len())
+                }
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(self.io(e)),
+            };
+        }
+        Ok(sizes)
     }
 
     /// The target's name.
@@ -288,16 +358,11 @@ impl TargetStore {
 
     /// Which of `digests` the target does not have yet.
     pub fn missing(&self, digests: &[String]) -> Result<Vec<String>, PublishError> {
-        let mut out = Vec::new();
-        for d in digests {
-            if !valid_digest(d) {
-                return Err(PublishError::BadDigest(airlock_model::text::one_line(d, 100)));
-            }
-            if !self.blobs.contains(d) {
-                out.push(d.clone());
-            }
+        if let Some(d) = digests.iter().find(|d| !valid_digest(d)) {
+            return Err(PublishError::BadDigest(airlock_model::text::one_line(d, 100)));
         }
-        Ok(out)
+        let sizes = self.blob_sizes(digests.iter().map(String::as_str))?;
+        Ok(digests.iter().zip(sizes).filter(|(_, size)| size.is_none()).map(|(d, _)| d.clone()).collect())
     }
 
     /// Stores one uploaded blob: exactly `len` bytes from `reader` that
@@ -307,7 +372,9 @@ impl TargetStore {
     pub fn put_blob(&self, sha256: &str, len: u64, reader: impl Read) -> Result<bool, PublishError> {
         self.check_blob(sha256, len)?;
         let (actual, got, new) = self.blobs.put_expecting(reader.take(len), sha256, len)?;
-        kept(sha256, len, actual, got, new)
+        let new = kept(sha256, len, actual, got, new)?;
+        self.remember(sha256, len);
+        Ok(new)
     }
 
     /// Starts storing an uploaded blob of `len` bytes that must hash to
@@ -324,7 +391,9 @@ impl TargetStore {
     pub fn finish_blob(&self, writer: BlobWriter) -> Result<bool, PublishError> {
         let (sha256, len) = writer.expected().map(|(d, len)| (d.to_owned(), len)).unwrap_or_default();
         let (actual, got, new) = writer.finish()?;
-        kept(&sha256, len, actual, got, new)
+        let new = kept(&sha256, len, actual, got, new)?;
+        self.remember(&sha256, len);
+        Ok(new)
     }
 
     /// A blob's digest and length, before a byte of it is taken.
@@ -353,7 +422,7 @@ impl TargetStore {
     /// (an artifact of this engine), hard-linking when the file system
     /// allows and copying with verification otherwise.
     pub fn put_local(&self, sha256: &str, file: &Path) -> Result<bool, PublishError> {
-        if self.blobs.contains(sha256) {
+        if valid_digest(sha256) && self.blob_sizes(std::iter::once(sha256))?[0].is_some() {
             return Ok(false);
         }
         let len = std::fs::metadata(file).map_err(|e| self.io(e))?.len();
@@ -411,14 +480,10 @@ impl TargetStore {
         if total > self.limits.max_total {
             return Err(PublishError::TotalTooLarge { target: self.name.clone(), total, max: self.limits.max_total });
         }
-        for f in &files {
-            let path = self.blobs.path(&f.sha256)?;
-            let actual = match std::fs::metadata(&path) {
-                Ok(m) => m.len(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(PublishError::MissingBlob { path: f.path.clone(), sha256: f.sha256.clone() });
-                }
-                Err(e) => return Err(self.io(e)),
+        let sizes = self.blob_sizes(files.iter().map(|f| f.sha256.as_str()))?;
+        for (f, actual) in files.iter().zip(sizes) {
+            let Some(actual) = actual else {
+                return Err(PublishError::MissingBlob { path: f.path.clone(), sha256: f.sha256.clone() });
             };
             if actual != f.size {
                 return Err(PublishError::SizeMismatch { path: f.path.clone(), declared: f.size, actual });

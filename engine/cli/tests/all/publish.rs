@@ -22,14 +22,20 @@ fn policy(s: &Scratch) -> PathBuf {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// What it printed after its first line (its access log).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
     fn start(s: &Scratch) -> Self {
+        Self::start_on(s, "127.0.0.1:0")
+    }
+
+    fn start_on(s: &Scratch, listen: &str) -> Self {
         let mut child = airlock(&s.state())
             .arg("--policy")
             .arg(policy(s))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .stderr(Stdio::piped())
             .spawn()
             .expect("start airlock serve");
@@ -42,9 +48,22 @@ impl Server {
             .and_then(|rest| rest.split('/').next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        // Keep draining what the server prints so it never blocks on it.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr }
+        // Keep reading what the server prints so it never blocks on it.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                lines.lock().expect("log").push(line);
+            }
+        });
+        Self { child, addr, log }
+    }
+
+    /// Whether its access log has a call whose path ends with `suffix`.
+    fn was_called(&self, suffix: &str) -> bool {
+        // The log line of a call is written as its answer goes out.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        self.log.lock().expect("log").iter().any(|l| l.contains(&format!("{suffix}\"")))
     }
 
     fn url(&self) -> String {
@@ -174,6 +193,44 @@ fn publish_uploads_only_what_the_server_lacks_and_serves_it_with_digests() {
     assert_eq!(code, 1);
     assert!(stderr.contains("(conflict)") && stderr.contains("hint: published trees never change"), "{stderr}");
     assert_eq!(server.http("GET", "/snapshots/b3/css/a.css", None, b"").1, b"b{}", "the first tree stands");
+}
+
+/// An unchanged tree whose blobs all reached the target before is
+/// committed straight away, without asking which blobs are missing; when
+/// the server lost them after all (a new server, an empty target at the
+/// same address), the commit is refused, nothing is published, and the
+/// client goes the long way without being asked to.
+#[test]
+fn an_unchanged_tree_is_committed_at_once_and_a_server_that_lost_its_blobs_gets_them_again() {
+    let s = Scratch::new();
+    let t = token(&s, &["--scope", "publish:snapshots/", "--ttl", "10m"]);
+    settled_tree(&s, &[("a.txt", "a"), ("b/c.txt", "c"), ("d.txt", "d")]);
+    let server = Server::start(&s);
+    let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "--strip", "1", "b1", "tree"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json(&stdout)["uploaded_files"], 3);
+    assert!(server.was_called("/builds/b1/missing"));
+
+    let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "--strip", "1", "b2", "tree"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json(&stdout)["uploaded_files"], 0);
+    assert!(server.was_called("/builds/b2"), "committed");
+    assert!(!server.was_called("/builds/b2/missing"), "an unchanged tree asks nothing first");
+
+    // The server's storage is gone; a new one answers at the same address.
+    let addr = server.addr;
+    drop(server);
+    std::fs::remove_dir_all(s.path().join("published")).expect("wipe the targets");
+    let server = Server::start_on(&s, &addr.to_string());
+    let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "--strip", "1", "b3", "tree"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(json(&stdout)["uploaded_files"], 3, "every blob sent again");
+    assert!(server.was_called("/builds/b3/missing"), "after the refused commit");
+    assert_eq!(server.http("GET", "/snapshots/b3/b/c.txt", None, b"").1, b"c");
+    // What the client now knows of the new server holds for the next time.
+    let (code, _, stderr) = publish(&s, &server, &t, &["--strip", "1", "b4", "tree"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!server.was_called("/builds/b4/missing"));
 }
 
 #[test]

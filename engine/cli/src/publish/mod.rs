@@ -12,13 +12,15 @@
 //! An interrupted publish leaves nothing visible; running it again
 //! uploads only what did not arrive.
 
+mod cache;
+mod walk;
+
 use crate::exit;
 use crate::http::{self, Body, Server};
-use airlock_host::publish::{ManifestEntry, check_build_id, check_path};
-use airlock_server::protocol::{
-    CommitAnswer, CommitRequest, ErrorCode, FrameHeader, MissingAnswer, MissingRequest, build_path,
-};
+use airlock_host::publish::check_build_id;
+use airlock_server::protocol::{CommitAnswer, ErrorCode, FrameHeader, MissingAnswer, MissingRequest, build_path};
 use bytes::Bytes;
+use cache::{Stat, StatCache};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -26,13 +28,13 @@ use hyper::{Method, Request, StatusCode};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+use walk::{Found, find};
 
 /// What `airlock publish` asks for.
 #[derive(clap::Args)]
@@ -53,7 +55,7 @@ pub struct PublishArgs {
     /// Uploads at once.
     #[arg(short, long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     jobs: u16,
-    /// The stat cache [default: STATE_DIR/publish-cache.json].
+    /// The stat cache [default: STATE_DIR/publish-cache.bin].
     #[arg(long, value_name = "FILE")]
     cache: Option<PathBuf>,
     /// Hash every file, ignoring and not writing the stat cache.
@@ -86,10 +88,12 @@ struct Fail {
     code: u8,
     message: String,
     hint: Option<String>,
+    /// The server's code, when the server refused.
+    refusal: Option<ErrorCode>,
 }
 
 fn fail(code: u8, message: impl Into<String>) -> Fail {
-    Fail { code, message: message.into(), hint: None }
+    Fail { code, message: message.into(), hint: None, refusal: None }
 }
 
 impl Fail {
@@ -106,7 +110,18 @@ struct Local {
     /// Where it is here.
     file: PathBuf,
     size: u64,
+    /// Its sha256, hex.
     sha256: String,
+    /// The same, as bytes.
+    digest: [u8; 32],
+}
+
+/// 32 bytes in lowercase hex.
+fn hex32(digest: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    // Cannot fail: the buffer is twice the input's length.
+    let _ = hex::encode_to_slice(digest, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `airlock publish`.
@@ -128,51 +143,49 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     check_build_id(&args.build_id).map_err(|e| fail(exit::USAGE, e.to_string()))?;
     let server = Server::new(&args.server, &args.token, usize::from(args.jobs))
         .map_err(|bad| fail(exit::USAGE, bad.message).hint(bad.hint))?;
-    let files = find(&args.globs, args.strip)?;
     let progress = Progress::new(args.json);
+    // The stat cache is read while the files are found.
+    let cache_path = args.cache.clone().unwrap_or_else(|| state_dir.join("publish-cache.bin"));
+    let (files, cache) = std::thread::scope(|s| {
+        let cache = s.spawn(|| if args.no_cache { StatCache::default() } else { StatCache::load(&cache_path) });
+        (find(&args.globs, args.strip), cache.join())
+    });
+    let files = files?;
+    let mut cache = cache.unwrap_or_default();
 
-    // Hash, with the stat cache.
-    let cache_path = args.cache.clone().unwrap_or_else(|| state_dir.join("publish-cache.json"));
-    let mut cache = if args.no_cache { StatCache::default() } else { StatCache::load(&cache_path) };
-    let total_bytes: u64 = files.iter().map(|(_, _, m)| m.len()).sum();
+    // Hash what the cache does not know.
+    let total_bytes: u64 = files.iter().map(|f| f.stat.size).sum();
     let (hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
-    // A cache that learnt nothing new is not written again.
-    if !args.no_cache
-        && hashed_now > 0
-        && let Err(e) = cache.save(&cache_path)
-    {
-        tracing::warn!("cannot save the stat cache at {}: {e}", cache_path.display());
-    }
 
     let client = Api { server, build: build_path(&args.target, &args.build_id), jobs: usize::from(args.jobs) };
-    // Ask once which blobs the server lacks.
     let mut unique: BTreeMap<&str, &Local> = BTreeMap::new();
     for l in &hashed {
         unique.entry(l.sha256.as_str()).or_insert(l);
     }
-    let digests: Vec<String> = unique.keys().map(|d| (*d).to_owned()).collect();
-    let mut missing = Vec::new();
-    for chunk in digests.chunks(MISSING_CHUNK) {
-        let answer: MissingAnswer =
-            client.call(Method::POST, "/missing", &MissingRequest { digests: chunk.to_vec() }).await?;
-        // Only digests that were asked about count: a confused server
-        // cannot make the client send anything else.
-        missing.extend(answer.missing.into_iter().filter(|d| unique.contains_key(d.as_str())));
-    }
-    missing.sort();
-    missing.dedup();
-    let to_send: Vec<(String, PathBuf, u64)> = missing
-        .iter()
-        .filter_map(|d| unique.get(d.as_str()).map(|l| (l.sha256.clone(), l.file.clone(), l.size)))
-        .collect();
-    let upload_bytes: u64 = to_send.iter().map(|(_, _, s)| s).sum();
-    progress.uploading(to_send.len(), upload_bytes);
-    client.upload(to_send, &progress).await?;
-    progress.finish();
+    let digests: Vec<[u8; 32]> = unique.values().map(|l| l.digest).collect();
+    let manifest = manifest_json(&hashed)?;
 
-    let manifest: Vec<ManifestEntry> =
-        hashed.iter().map(|l| ManifestEntry { path: l.path.clone(), sha256: l.sha256.clone(), size: l.size }).collect();
-    let committed: CommitAnswer = client.call(Method::PUT, "", &CommitRequest { files: manifest }).await?;
+    let place = format!("{} {}", client.server.base(), args.target);
+    let known = !args.no_cache && cache.all_present(&place, digests.iter());
+    let sent = send_tree(&client, known, &unique, manifest, &progress).await;
+    // The cache is written once, whatever happened: what was hashed is
+    // not hashed again. One that learnt nothing new is left as it was.
+    let mut dirty = hashed_now > 0;
+    match &sent {
+        Ok(_) => dirty |= cache.record_present(&place, digests.iter()),
+        Err(f) if matches!(f.refusal, Some(ErrorCode::MissingBlob | ErrorCode::SizeMismatch)) => {
+            dirty = true;
+            cache.forget(&place);
+        }
+        Err(_) => {}
+    }
+    if !args.no_cache
+        && dirty
+        && let Err(e) = cache.save(&cache_path)
+    {
+        tracing::warn!("cannot save the stat cache at {}: {e}", cache_path.display());
+    }
+    let (missing, upload_bytes, committed) = sent?;
     let url = format!("{}{}", args.server.trim_end_matches('/'), committed.url);
     let summary = serde_json::json!({
         "target": committed.target,
@@ -206,6 +219,49 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Gets the tree to the server and commits it: at once when every blob
+/// is `known` to be on the target (if one is gone after all, the commit
+/// is refused with nothing published, and it goes the long way); else by
+/// asking which blobs are missing and uploading them first. Returns the
+/// digests uploaded, their bytes, and the commit's answer.
+async fn send_tree(
+    client: &Api,
+    known: bool,
+    unique: &BTreeMap<&str, &Local>,
+    manifest: Vec<u8>,
+    progress: &Progress,
+) -> Result<(Vec<String>, u64, CommitAnswer), Fail> {
+    if known {
+        match client.call_json::<CommitAnswer>(Method::PUT, "", manifest.clone()).await {
+            Ok(c) => return Ok((Vec::new(), 0, c)),
+            Err(f) if matches!(f.refusal, Some(ErrorCode::MissingBlob | ErrorCode::SizeMismatch)) => {}
+            Err(f) => return Err(f),
+        }
+    }
+    // Ask once which blobs the server lacks.
+    let digests: Vec<String> = unique.keys().map(|d| (*d).to_owned()).collect();
+    let mut missing = Vec::new();
+    for chunk in digests.chunks(MISSING_CHUNK) {
+        let answer: MissingAnswer =
+            client.call(Method::POST, "/missing", &MissingRequest { digests: chunk.to_vec() }).await?;
+        // Only digests that were asked about count: a confused server
+        // cannot make the client send anything else.
+        missing.extend(answer.missing.into_iter().filter(|d| unique.contains_key(d.as_str())));
+    }
+    missing.sort();
+    missing.dedup();
+    let to_send: Vec<(String, PathBuf, u64)> = missing
+        .iter()
+        .filter_map(|d| unique.get(d.as_str()).map(|l| (l.sha256.clone(), l.file.clone(), l.size)))
+        .collect();
+    let upload_bytes: u64 = to_send.iter().map(|(_, _, s)| s).sum();
+    progress.uploading(to_send.len(), upload_bytes);
+    client.upload(to_send, progress).await?;
+    progress.finish();
+    let committed: CommitAnswer = client.call_json(Method::PUT, "", manifest).await?;
+    Ok((missing, upload_bytes, committed))
+}
+
 /// `1 file`, `2 files`.
 fn count(n: usize, what: &str) -> String {
     if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
@@ -215,156 +271,8 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
-/// The published path of `file` as given: no `./`, no root, `strip`
-/// leading directories fewer.
-fn published_path(given: &Path, strip: usize) -> Result<String, Fail> {
-    let mut parts = Vec::new();
-    for c in given.components() {
-        match c {
-            Component::Normal(p) => parts.push(p.to_str().ok_or_else(|| {
-                fail(exit::FAILED, format!("`{}` is not UTF-8; published paths are", given.display()))
-            })?),
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                return Err(fail(exit::USAGE, format!("`{}` goes up with `..`", given.display()))
-                    .hint("run airlock publish from a directory above the files, or use --strip"));
-            }
-        }
-    }
-    if parts.len() <= strip {
-        return Err(fail(exit::USAGE, format!("`--strip {strip}` leaves nothing of `{}`", given.display())));
-    }
-    let path = parts[strip..].join("/");
-    check_path(&path).map_err(|e| fail(exit::FAILED, e.to_string()))?;
-    Ok(path)
-}
-
-/// Every file the arguments name: (published path, file, metadata).
-fn find(globs: &[String], strip: usize) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>, Fail> {
-    let mut found: BTreeMap<String, (PathBuf, std::fs::Metadata)> = BTreeMap::new();
-    let mut add = |file: PathBuf, meta: std::fs::Metadata| -> Result<(), Fail> {
-        let path = published_path(&file, strip)?;
-        // The same file named twice (`a` and `./a`) is one file.
-        if let Some((other, m)) = found.get(&path)
-            && (m.dev(), m.ino()) != (meta.dev(), meta.ino())
-        {
-            return Err(fail(
-                exit::USAGE,
-                format!("`{}` and `{}` would both be published as `{path}`", other.display(), file.display()),
-            ));
-        }
-        found.insert(path, (file, meta));
-        Ok(())
-    };
-    for arg in globs {
-        let is_pattern = arg.contains(['*', '?', '[']);
-        let paths: Vec<PathBuf> = if is_pattern {
-            let entries =
-                glob::glob(arg).map_err(|e| fail(exit::USAGE, format!("`{arg}` is not a valid glob: {e}")))?;
-            entries.map(|e| e.map_err(|e| fail(exit::ERROR, e.to_string()))).collect::<Result<_, _>>()?
-        } else {
-            vec![PathBuf::from(arg)]
-        };
-        if paths.is_empty() {
-            return Err(fail(exit::USAGE, format!("`{arg}` matches no file")));
-        }
-        for p in paths {
-            let meta = std::fs::symlink_metadata(&p)
-                .map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", p.display())))?;
-            if meta.is_dir() {
-                walk(&p, &mut add)?;
-            } else if meta.is_file() {
-                add(p, meta)?;
-            } else {
-                return Err(not_regular(&p, &meta));
-            }
-        }
-    }
-    if found.is_empty() {
-        return Err(fail(exit::USAGE, "nothing to publish: the arguments name no regular file"));
-    }
-    Ok(found.into_iter().map(|(path, (file, meta))| (path, file, meta)).collect())
-}
-
-fn not_regular(p: &Path, meta: &std::fs::Metadata) -> Fail {
-    let what = if meta.file_type().is_symlink() { "a symbolic link" } else { "not a regular file" };
-    fail(exit::FAILED, format!("`{}` is {what}; airlock publishes regular files only", p.display()))
-        .hint("publish what the link points to, or leave it out of the globs")
-}
-
-fn walk(dir: &Path, add: &mut impl FnMut(PathBuf, std::fs::Metadata) -> Result<(), Fail>) -> Result<(), Fail> {
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|e| fail(exit::ERROR, format!("cannot list `{}`: {e}", d.display())))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| fail(exit::ERROR, format!("cannot list `{}`: {e}", d.display())))?;
-            let path = entry.path();
-            let meta =
-                entry.metadata().map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", path.display())))?;
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                add(path, meta)?;
-            } else {
-                return Err(not_regular(&path, &meta));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// What the stat cache remembers of a file.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct Stat {
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    inode: u64,
-    dev: u64,
-}
-
-impl Stat {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        Self {
-            size: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
-            inode: meta.ino(),
-            dev: meta.dev(),
-        }
-    }
-}
-
-/// Digests of files by their absolute path, valid while the stat matches.
-#[derive(Default, Serialize, Deserialize)]
-struct StatCache {
-    version: u32,
-    files: HashMap<String, (Stat, String)>,
-}
-
-impl StatCache {
-    fn load(path: &Path) -> Self {
-        std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Self>(&b).ok())
-            .filter(|c| c.version == 1)
-            .unwrap_or_default()
-    }
-
-    fn save(&mut self, path: &Path) -> std::io::Result<()> {
-        self.version = 1;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(tmp, path)
-    }
-}
-
 fn hash_all(
-    files: Vec<(String, PathBuf, std::fs::Metadata)>,
+    files: Vec<Found>,
     cache: &mut StatCache,
     threads: usize,
     progress: &Progress,
@@ -373,23 +281,13 @@ fn hash_all(
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
     let mut done: Vec<Option<Local>> = Vec::with_capacity(files.len());
     let mut todo = Vec::new();
-    // The working directory once, not a `getcwd` per file.
-    let cwd = std::env::current_dir().ok();
-    for (i, (path, file, meta)) in files.into_iter().enumerate() {
-        let stat = Stat::of(&meta);
-        // `absolute` of an absolute path asks nothing of the system; it
-        // still drops `.` parts, so the key is as it always was.
-        let joined = match &cwd {
-            Some(cwd) if file.is_relative() => cwd.join(&file),
-            _ => file.clone(),
-        };
-        let key = std::path::absolute(&joined).unwrap_or(joined).display().to_string();
+    for (i, Found { path, file, key, stat }) in files.into_iter().enumerate() {
         // A file changed within the last two seconds may change again
         // within the same mtime tick: hash it, do not trust the cache.
         let settled = now_ns - stat.mtime_ns.max(stat.ctime_ns) > 2_000_000_000;
         match cache.files.get(&key) {
             Some((s, sha)) if *s == stat && settled => {
-                done.push(Some(Local { path, file, size: stat.size, sha256: sha.clone() }));
+                done.push(Some(Local { path, file, size: stat.size, sha256: hex32(sha), digest: *sha }));
             }
             _ => {
                 done.push(None);
@@ -410,11 +308,17 @@ fn hash_all(
                     loop {
                         let n = next.fetch_add(1, Ordering::Relaxed);
                         let Some((i, path, file, stat, key)) = todo.get(n) else { return Ok(out) };
-                        let sha256 = hash_file(file, progress)?;
+                        let digest = hash_file(file, progress)?;
                         out.push((
                             *i,
-                            Local { path: path.clone(), file: file.clone(), size: stat.size, sha256 },
-                            stat.clone(),
+                            Local {
+                                path: path.clone(),
+                                file: file.clone(),
+                                size: stat.size,
+                                sha256: hex32(&digest),
+                                digest,
+                            },
+                            *stat,
                             key.clone(),
                         ));
                     }
@@ -428,14 +332,14 @@ fn hash_all(
     });
     for r in results {
         for (i, local, stat, key) in r? {
-            cache.files.insert(key, (stat, local.sha256.clone()));
+            cache.files.insert(key, (stat, local.digest));
             done[i] = Some(local);
         }
     }
     Ok((done.into_iter().flatten().collect(), todo.len()))
 }
 
-fn hash_file(file: &Path, progress: &Progress) -> Result<String, Fail> {
+fn hash_file(file: &Path, progress: &Progress) -> Result<[u8; 32], Fail> {
     let mut f =
         std::fs::File::open(file).map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", file.display())))?;
     let mut hasher = Sha256::new();
@@ -448,7 +352,7 @@ fn hash_file(file: &Path, progress: &Progress) -> Result<String, Fail> {
         hasher.update(&buf[..n]);
         progress.add(n as u64);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hasher.finalize().into())
 }
 
 /// Progress on a terminal: a bar for hashing, then one for uploading.
@@ -524,6 +428,16 @@ impl Api {
         body: &impl Serialize,
     ) -> Result<T, Fail> {
         let json = serde_json::to_vec(body).map_err(|e| fail(exit::ERROR, e.to_string()))?;
+        self.call_json(method, path, json).await
+    }
+
+    /// A call whose JSON body is already made.
+    async fn call_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: Method,
+        path: &str,
+        json: Vec<u8>,
+    ) -> Result<T, Fail> {
         let req = self
             .server
             .request(method, &format!("{}{path}", self.build))
@@ -619,6 +533,23 @@ impl Api {
     }
 }
 
+/// The body of the commit: a `CommitRequest` of the protocol, written from the files
+/// as they are rather than from a copy of every path and digest.
+fn manifest_json(files: &[Local]) -> Result<Vec<u8>, Fail> {
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        path: &'a str,
+        sha256: &'a str,
+        size: u64,
+    }
+    #[derive(Serialize)]
+    struct Manifest<'a> {
+        files: Vec<Entry<'a>>,
+    }
+    let files = files.iter().map(|l| Entry { path: &l.path, sha256: &l.sha256, size: l.size }).collect();
+    serde_json::to_vec(&Manifest { files }).map_err(|e| fail(exit::ERROR, e.to_string()))
+}
+
 /// The server's JSON error, with a hint where there is one to give.
 fn server_error(status: StatusCode, body: &[u8]) -> Fail {
     let Some(error) = http::error_of(body) else {
@@ -628,8 +559,9 @@ fn server_error(status: StatusCode, body: &[u8]) -> Fail {
     let message =
         format!("the server refused ({}): {}", error.code, airlock_model::text::one_line(&error.message, 2000));
     let code = if status.is_server_error() { exit::ERROR } else { exit::FAILED };
-    let f = fail(code, message);
-    match ErrorCode::parse(&error.code).and_then(ErrorCode::hint) {
+    let refusal = ErrorCode::parse(&error.code);
+    let f = Fail { refusal, ..fail(code, message) };
+    match refusal.and_then(ErrorCode::hint) {
         Some(h) => f.hint(h),
         None => f,
     }
@@ -638,13 +570,16 @@ fn server_error(status: StatusCode, body: &[u8]) -> Fail {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use airlock_host::publish::ManifestEntry;
+    use airlock_server::protocol::CommitRequest;
 
+    /// What the client writes is what the server reads.
     #[test]
-    fn published_paths_drop_dots_roots_and_stripped_dirs() {
-        let p = |s: &str, n| published_path(Path::new(s), n).map_err(|f| f.message);
-        assert_eq!(p("./dist/app.js", 0).ok().as_deref(), Some("dist/app.js"));
-        assert_eq!(p("/tmp/tree/a/b", 2).ok().as_deref(), Some("a/b"));
-        assert!(p("dist/app.js", 2).expect_err("nothing left").contains("leaves nothing"));
-        assert!(p("../x", 0).expect_err("up").contains("goes up"));
+    fn the_manifest_is_a_commit_request() {
+        let local =
+            Local { path: "a/b.txt".into(), file: "x".into(), size: 3, sha256: hex32(&[0xab; 32]), digest: [0xab; 32] };
+        let json = manifest_json(&[local]).ok().expect("serializes");
+        let read: CommitRequest = serde_json::from_slice(&json).expect("the server's type reads it");
+        assert_eq!(read.files, [ManifestEntry { path: "a/b.txt".into(), sha256: "ab".repeat(32), size: 3 }]);
     }
 }
