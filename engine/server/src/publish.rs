@@ -52,27 +52,30 @@ impl Charge<'_> {
     }
 }
 
-/// Checks the request's token for the call and charges it.
+/// Whether a token check charges the token.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Checked and charged: the call goes ahead.
+    Charge,
+    /// Only checked: done before a byte of a body whose size the call is
+    /// charged for is read.
+    Peek,
+}
+
+/// Checks the request's token for the call, charging it or not.
 fn authorize(
     app: &App,
     peer: SocketAddr,
     headers: &hyper::HeaderMap,
     charge: Charge<'_>,
+    check: Check,
 ) -> Result<(), Response<Body>> {
-    let token = bearer(headers)?;
-    app.store.use_token(token.trim(), &charge.token_use(peer)).map(drop).map_err(|e| token_error(&e))
-}
-
-/// Checks the request's token for the call without charging it: done
-/// before a byte of a body whose size the call is charged for is read.
-fn check_token(
-    app: &App,
-    peer: SocketAddr,
-    headers: &hyper::HeaderMap,
-    charge: Charge<'_>,
-) -> Result<(), Response<Body>> {
-    let token = bearer(headers)?;
-    app.store.peek_token(token.trim(), &charge.token_use(peer)).map(drop).map_err(|e| token_error(&e))
+    let (token, use_) = (bearer(headers)?.trim(), charge.token_use(peer));
+    let checked = match check {
+        Check::Charge => app.store.use_token(token, &use_),
+        Check::Peek => app.store.peek_token(token, &use_),
+    };
+    checked.map(drop).map_err(|e| token_error(&e))
 }
 
 /// The bearer token of a publish call.
@@ -97,7 +100,7 @@ fn publish_place<'a>(app: &'a App, target_name: &str, build: &str) -> Result<&'a
 pub(crate) async fn missing(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
     let result = async {
         let target = publish_place(app, t, b)?;
-        authorize(app, peer, req.headers(), Charge::of(t, b))?;
+        authorize(app, peer, req.headers(), Charge::of(t, b), Check::Charge)?;
         let body: MissingRequest = read_json(app, req, MAX_MISSING_BODY).await?;
         let target = target.clone();
         let missing = blocking(move || target.missing(&body.digests)).await?.map_err(|e| publish_error(&e))?;
@@ -131,7 +134,7 @@ pub(crate) async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Re
                 ),
             ));
         }
-        authorize(app, peer, req.headers(), Charge { bytes: length, ..Charge::of(t, b) })?;
+        authorize(app, peer, req.headers(), Charge { bytes: length, ..Charge::of(t, b) }, Check::Charge)?;
         let (stored, new) = read_frames(app, target, req.into_body()).await?;
         Ok(json(StatusCode::OK, &BlobsAnswer { stored, new }))
     };
@@ -253,11 +256,11 @@ pub(crate) async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: R
         // charged after: its file count is what the file quota counts. A
         // manifest can be no longer than the target's file limit needs.
         let headers = req.headers().clone();
-        check_token(app, peer, &headers, Charge::of(t, b))?;
+        authorize(app, peer, &headers, Charge::of(t, b), Check::Peek)?;
         let most = target.limits().max_files.saturating_mul(MANIFEST_BYTES_PER_FILE).saturating_add(4096);
         let limit = usize::try_from(most).unwrap_or(usize::MAX).min(MAX_MANIFEST_BODY);
         let body: CommitRequest = read_json(app, req, limit).await?;
-        authorize(app, peer, &headers, Charge { files: body.files.len() as u64, ..Charge::of(t, b) })?;
+        authorize(app, peer, &headers, Charge { files: body.files.len() as u64, ..Charge::of(t, b) }, Check::Charge)?;
         let (target, build) = (target.clone(), b.to_owned());
         let (committed, published) =
             blocking(move || target.commit(&build, body.files)).await?.map_err(|e| publish_error(&e))?;

@@ -36,7 +36,11 @@ use crate::{Diagnostic, Span};
 use indexmap::IndexMap;
 use serde::Serialize;
 
-const TOP_KEYS: &[&str] = &["targets", "users", "groups", "environments"];
+/// The keys of the policy, from [`Policy`] (see `crate::schema::keys`).
+static TOP_KEYS: std::sync::LazyLock<Vec<&str>> = std::sync::LazyLock::new(crate::schema::own_keys::<Policy>);
+// A target's limits are fields of `PublishTarget` but a mapping of their
+// own in the file (`limits: { file, files, total }`), so these two lists
+// are written here.
 const TARGET_KEYS: &[&str] = &["dir", "description", "limits"];
 const TARGET_LIMIT_KEYS: &[&str] = &["file", "files", "total"];
 
@@ -51,7 +55,7 @@ pub const DEFAULT_MAX_FILES: u64 = 100_000;
 pub const DEFAULT_MAX_TOTAL: u64 = 20 << 30;
 
 /// The admin policy.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct Policy {
     /// Publish targets by name.
     pub targets: IndexMap<String, PublishTarget>,
@@ -64,7 +68,7 @@ pub struct Policy {
 }
 
 /// A place published trees go: `DIR` holds every build published to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PublishTarget {
     /// The directory, as written (relative paths are relative to the
     /// policy file; the caller resolves them).
@@ -87,7 +91,7 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
     let mut c = Checker { file, diags: Vec::new() };
     let needs = "a policy has `targets:`, `users:`, `groups:` and `environments:`";
     let policy = document(&mut c, src, "a policy", needs).map(|root| {
-        let top = c.map(&root, "", Some(TOP_KEYS));
+        let top = c.map(&root, "", Some(&TOP_KEYS));
         let targets = get(top, "targets").map(|t| targets(&mut c, t)).unwrap_or_default();
         let users = get(top, "users").map(|u| people::users(&mut c, u)).unwrap_or_default();
         let groups = get(top, "groups").map(|g| people::groups(&mut c, g, &users)).unwrap_or_default();
@@ -176,6 +180,12 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_keys_and_a_users_are_the_fields_of_the_types() {
+        assert_eq!(*TOP_KEYS, ["environments", "groups", "targets", "users"]);
+        assert_eq!(*people::USER_KEYS, ["roles", "token_sha256"]);
+    }
 
     #[test]
     fn reads_targets_with_defaults_and_limits() {

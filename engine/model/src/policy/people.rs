@@ -6,10 +6,11 @@ use crate::yaml::Node;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-const USER_KEYS: &[&str] = &["token_sha256", "roles"];
+/// The keys of a user, from [`User`] (see `crate::schema::keys`).
+pub(super) static USER_KEYS: std::sync::LazyLock<Vec<&str>> = std::sync::LazyLock::new(crate::schema::keys::<User>);
 
 /// What a user may do through airlock's API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read runs, logs and artifacts.
@@ -39,7 +40,7 @@ impl Role {
 }
 
 /// A person (or a robot) who uses airlock's API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct User {
     /// The sha256 (hex) of the user's API token; the token itself is
     /// never in the policy.
@@ -61,7 +62,7 @@ pub(crate) fn users(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, User> 
         let Some(name) = key.as_scalar() else { continue };
         let path = format!("users.{name}");
         c.name(name, "user name", &path, key.span);
-        let entries = c.map(value, &path, Some(USER_KEYS));
+        let entries = c.map(value, &path, Some(&USER_KEYS));
         let token_sha256 = match get(entries, "token_sha256") {
             Some(t) => {
                 let tpath = join(&path, "token_sha256");
