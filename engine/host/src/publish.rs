@@ -61,6 +61,18 @@ impl Published {
     }
 }
 
+/// A manifest that passed [`TargetStore::check`]: sorted by path, every
+/// path plain, every blob present with its size, within the limits.
+#[derive(Debug)]
+pub struct Checked(Vec<ManifestEntry>);
+
+impl Checked {
+    /// Its files.
+    pub fn files(&self) -> &[ManifestEntry] {
+        &self.0
+    }
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Committed {
@@ -431,9 +443,9 @@ impl TargetStore {
     }
 
     /// Checks a manifest against the rules and the target's limits, and
-    /// returns it sorted by path. Every blob must be present, with the
-    /// size the manifest says.
-    pub fn check(&self, files: Vec<ManifestEntry>) -> Result<Vec<ManifestEntry>, PublishError> {
+    /// returns it sorted by path, ready for [`commit_checked`](Self::commit_checked).
+    /// Every blob must be present, with the size the manifest says.
+    pub fn check(&self, files: Vec<ManifestEntry>) -> Result<Checked, PublishError> {
         let mut files = files;
         if files.is_empty() {
             return Err(PublishError::Empty);
@@ -490,7 +502,7 @@ impl TargetStore {
             }
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(files)
+        Ok(Checked(files))
     }
 
     /// Publishes `files` under `build`, all at once or not at all.
@@ -502,7 +514,16 @@ impl TargetStore {
     /// [`PublishError::Conflict`].
     pub fn commit(&self, build: &str, files: Vec<ManifestEntry>) -> Result<(Committed, Published), PublishError> {
         check_build_id(build)?;
-        let files = self.check(files)?;
+        let checked = self.check(files)?;
+        self.commit_checked(build, checked)
+    }
+
+    /// [`commit`](Self::commit) of a manifest [`check`](Self::check) passed:
+    /// a caller that charges a quota for a commit can charge it only once
+    /// the manifest is known to be good.
+    pub fn commit_checked(&self, build: &str, files: Checked) -> Result<(Committed, Published), PublishError> {
+        check_build_id(build)?;
+        let files = files.0;
         let published = Published { target: self.name.clone(), build: build.to_owned(), created_ms: now_ms(), files };
         let dir = self.builds_dir();
         std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;

@@ -260,10 +260,22 @@ pub(crate) async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: R
         let most = target.limits().max_files.saturating_mul(MANIFEST_BYTES_PER_FILE).saturating_add(4096);
         let limit = usize::try_from(most).unwrap_or(usize::MAX).min(MAX_MANIFEST_BODY);
         let body: CommitRequest = read_json(app, req, limit).await?;
-        authorize(app, peer, &headers, Charge { files: body.files.len() as u64, ..Charge::of(t, b) }, Check::Charge)?;
+        // The manifest is checked before the token is charged for its
+        // files: a refused commit costs the token a call and no files, so
+        // a client can go back, upload what was missing, and commit again.
+        let files = body.files.len() as u64;
+        let checking = target.clone();
+        let checked = match blocking(move || checking.check(body.files)).await? {
+            Ok(checked) => checked,
+            Err(e) => {
+                authorize(app, peer, &headers, Charge::of(t, b), Check::Charge)?;
+                return Err(publish_error(&e));
+            }
+        };
+        authorize(app, peer, &headers, Charge { files, ..Charge::of(t, b) }, Check::Charge)?;
         let (target, build) = (target.clone(), b.to_owned());
         let (committed, published) =
-            blocking(move || target.commit(&build, body.files)).await?.map_err(|e| publish_error(&e))?;
+            blocking(move || target.commit_checked(&build, checked)).await?.map_err(|e| publish_error(&e))?;
         let status = match committed {
             Committed::Created => StatusCode::CREATED,
             Committed::AlreadyThere => StatusCode::OK,

@@ -222,7 +222,10 @@ fn an_unchanged_tree_is_committed_at_once_and_a_server_that_lost_its_blobs_gets_
     drop(server);
     std::fs::remove_dir_all(s.path().join("published")).expect("wipe the targets");
     let server = Server::start_on(&s, &addr.to_string());
-    let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "--strip", "1", "b3", "tree"]);
+    // A token for exactly these three files: the refused commit must not
+    // have used them up.
+    let exact = token(&s, &["--scope", "publish:snapshots/", "--ttl", "10m", "--max-files", "3"]);
+    let (code, stdout, stderr) = publish(&s, &server, &exact, &["--json", "--strip", "1", "b3", "tree"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(json(&stdout)["uploaded_files"], 3, "every blob sent again");
     assert!(server.was_called("/builds/b3/missing"), "after the refused commit");
