@@ -120,6 +120,12 @@ impl Flavor {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(fuel);
+        // The WebAssembly proposals beyond the wasm 2.0 core, each decided
+        // (the security page lists them): exception handling on, for the
+        // toolchains that emit it; the GC proposal itself (structs and
+        // arrays in a collected heap) off until a tool needs it.
+        config.wasm_exceptions(true);
+        config.wasm_gc(false);
         // The plain engine runs almost every step: it takes instances,
         // memories and stacks from a pool instead of mapping and unmapping
         // them per step, which halves what a short step costs. The pool
@@ -192,7 +198,9 @@ pub(crate) fn pool() -> wasmtime::PoolingAllocationConfig {
         .max_tables_per_module(MAX_TABLES_PER_MODULE)
         .max_tables_per_component(MAX_TABLES)
         .total_tables(steps * MAX_TABLES)
-        .table_elements(MAX_TABLE_ELEMENTS);
+        .table_elements(MAX_TABLE_ELEMENTS)
+        // One heap per step for the exception objects it throws.
+        .total_gc_heaps(steps);
     pool
 }
 

@@ -373,4 +373,70 @@ mod tests {
         let outcome = sandbox.run(&plugin, inv).await;
         assert_eq!(outcome.result, Err(Failure::MemoryLimit { limit: 1 << 20 }));
     }
+
+    /// Exception handling, which current toolchains emit, works: a tag
+    /// thrown deep in a call is caught with its value.
+    #[tokio::test]
+    async fn exceptions_are_thrown_and_caught() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module
+            (tag $oops (param i32))
+            (func $deep (param i32) (if (i32.eqz (local.get 0)) (then (throw $oops (i32.const 42))))
+              (call $deep (i32.sub (local.get 0) (i32.const 1))))
+            (func (export "_start")
+              (block $caught (result i32)
+                (try_table (catch $oops $caught) (call $deep (i32.const 100)))
+                unreachable)
+              (if (i32.ne (i32.const 42)) (then unreachable))))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "eh.wasm", false).expect("loads");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let outcome = sandbox.run(&plugin, Invocation::new(ws.path().to_owned())).await;
+        assert_eq!(outcome.result, Ok(()));
+        // The engine with fuel has them too.
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "eh.wasm", true).expect("loads");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.fuel = Some(1_000_000);
+        assert_eq!(sandbox.run(&plugin, inv).await.result, Ok(()));
+    }
+
+    /// An exception nobody catches ends the step, named; one thrown and
+    /// caught forever, each a new object in the step's heap, stops at
+    /// the deadline like any busy loop.
+    #[tokio::test]
+    async fn exceptions_are_bounded_like_everything_else() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let uncaught = r#"(module (tag $t) (func (export "_start") (throw $t)))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(uncaught).expect("wat"), "u.wasm", false).expect("loads");
+        let outcome = sandbox.run(&plugin, Invocation::new(ws.path().to_owned())).await;
+        assert!(matches!(&outcome.result, Err(Failure::Trap(m)) if m.contains("exception")), "{:?}", outcome.result);
+        let forever = r#"(module (tag $t (param i64))
+            (func (export "_start") (local $n i64)
+              (loop $again
+                (block $caught (result i64)
+                  (try_table (catch $t $caught) (throw $t (local.get $n)))
+                  unreachable)
+                (local.set $n (i64.add (i64.const 1)))
+                (br $again))))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(forever).expect("wat"), "f.wasm", false).expect("loads");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.timeout = Duration::from_millis(300);
+        inv.memory = 16 << 20;
+        let outcome = sandbox.run(&plugin, inv).await;
+        assert!(
+            matches!(outcome.result, Err(Failure::Timeout(_)) | Err(Failure::MemoryLimit { .. })),
+            "{:?}",
+            outcome.result
+        );
+    }
+
+    /// The GC proposal stays off: a module that defines a struct type is
+    /// refused when it is compiled.
+    #[test]
+    fn the_gc_proposal_is_off() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module (type (struct (field i32))) (func (export "_start")))"#;
+        let err = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "gc.wasm", false).err().expect("refused");
+        assert!(matches!(err, crate::SandboxError::Compile { .. }), "{err}");
+    }
 }
