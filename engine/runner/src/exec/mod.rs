@@ -233,12 +233,7 @@ impl Engine {
                     tracing::error!("a step task ended abnormally: {e}");
                     let Some(index) = task_steps.remove(&e.id()) else { continue };
                     let reason = format!("internal error in airlock while running the step: {e}");
-                    let record = shared.store.update_step(&run.id, dag.name(index), Some(reason.clone()), |s| {
-                        s.state = StepState::Failed;
-                        s.reason = Some(reason.clone());
-                        s.ended_ms = Some(now_ms());
-                    })?;
-                    emit_finished(&shared, &record, false);
+                    end_step(&shared, dag.name(index), StepState::Failed, &reason, &reason)?;
                     schedule.lost(index, &e.to_string())
                 }
             };
@@ -247,12 +242,7 @@ impl Engine {
 
         // Whatever never started (cancelled before its turn) is recorded so.
         for i in schedule.unfinished() {
-            let record = shared.store.update_step(&run.id, dag.name(i), Some("run cancelled".into()), |s| {
-                s.state = StepState::Cancelled;
-                s.reason = Some("cancelled before it started".into());
-                s.ended_ms = Some(now_ms());
-            })?;
-            emit_finished(&shared, &record, false);
+            end_step(&shared, dag.name(i), StepState::Cancelled, "cancelled before it started", "run cancelled")?;
         }
         // A step that saw the cancellation first may have ended before the
         // loop did: the token, not only the schedule, says whether it came.
@@ -277,12 +267,20 @@ impl Engine {
 /// Records the steps the schedule decided will never run.
 fn record_skips(shared: &Shared, schedule: &Schedule, skips: Vec<Skip>) -> Result<(), RunnerError> {
     for Skip { index, reason } in skips {
-        let record = shared.store.update_step(&shared.run_id, schedule.name(index), Some(reason.clone()), |s| {
-            s.state = StepState::Skipped;
-            s.reason = Some(reason.clone());
-            s.ended_ms = Some(now_ms());
-        })?;
-        emit_finished(shared, &record, false);
+        end_step(shared, schedule.name(index), StepState::Skipped, &reason, &reason)?;
     }
+    Ok(())
+}
+
+/// Records that a step the engine did not run to its end is over, in
+/// `state` with `reason` (`detail` for the record's history), and tells
+/// the observer.
+fn end_step(shared: &Shared, name: &str, state: StepState, reason: &str, detail: &str) -> Result<(), RunnerError> {
+    let record = shared.store.update_step(&shared.run_id, name, Some(detail.to_owned()), |s| {
+        s.state = state;
+        s.reason = Some(reason.to_owned());
+        s.ended_ms = Some(now_ms());
+    })?;
+    emit_finished(shared, &record, false);
     Ok(())
 }
