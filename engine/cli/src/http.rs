@@ -27,6 +27,8 @@ pub enum CallError {
     Unreachable(String),
     /// The answer began and broke off, or was over [`MAX_ANSWER`].
     BrokenAnswer(String),
+    /// No request could be made of these parts (a path that is no URI).
+    BadRequest(String),
 }
 
 impl std::fmt::Display for CallError {
@@ -34,6 +36,7 @@ impl std::fmt::Display for CallError {
         match self {
             Self::Unreachable(e) => write!(f, "cannot reach the server: {e}"),
             Self::BrokenAnswer(e) => write!(f, "the server's answer broke off: {e}"),
+            Self::BadRequest(e) => write!(f, "cannot make the request: {e}"),
         }
     }
 }
@@ -121,9 +124,7 @@ impl Server {
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let req = req
-            .body(bytes_body(json.unwrap_or_default()))
-            .map_err(|e| CallError::Unreachable(format!("cannot make the request: {e}")))?;
+        let req = req.body(bytes_body(json.unwrap_or_default())).map_err(|e| CallError::BadRequest(e.to_string()))?;
         self.send(req).await
     }
 }

@@ -414,11 +414,7 @@ struct Api {
 impl Api {
     /// Sends `req`; a refusal is an error, with the server's reason.
     async fn send(&self, req: Request<Body>) -> Result<Bytes, Fail> {
-        let (status, body) = self.server.send(req).await.map_err(|e| fail(exit::ERROR, e.to_string()))?;
-        if !status.is_success() {
-            return Err(server_error(status, &body));
-        }
-        Ok(body)
+        answered_ok(self.server.send(req).await)
     }
 
     async fn call<T: for<'de> Deserialize<'de>>(
@@ -438,13 +434,8 @@ impl Api {
         path: &str,
         json: Vec<u8>,
     ) -> Result<T, Fail> {
-        let req = self
-            .server
-            .request(method, &format!("{}{path}", self.build))
-            .header(CONTENT_TYPE, "application/json")
-            .body(http::bytes_body(json))
-            .map_err(|e| fail(exit::USAGE, e.to_string()))?;
-        let bytes = self.send(req).await?;
+        let answered = self.server.call(method, &format!("{}{path}", self.build), Some(json), &[]).await;
+        let bytes = answered_ok(answered)?;
         serde_json::from_slice(&bytes).map_err(|e| {
             fail(exit::ERROR, format!("the server answered something this client does not understand: {e}"))
         })
@@ -548,6 +539,17 @@ fn manifest_json(files: &[Local]) -> Result<Vec<u8>, Fail> {
     }
     let files = files.iter().map(|l| Entry { path: &l.path, sha256: &l.sha256, size: l.size }).collect();
     serde_json::to_vec(&Manifest { files }).map_err(|e| fail(exit::ERROR, e.to_string()))
+}
+
+/// The body of a successful answer; a refusal, or no answer, as the
+/// failure to report.
+fn answered_ok(answered: Result<(StatusCode, Bytes), http::CallError>) -> Result<Bytes, Fail> {
+    match answered {
+        Ok((status, body)) if status.is_success() => Ok(body),
+        Ok((status, body)) => Err(server_error(status, &body)),
+        Err(e @ http::CallError::BadRequest(_)) => Err(fail(exit::USAGE, e.to_string())),
+        Err(e) => Err(fail(exit::ERROR, e.to_string())),
+    }
 }
 
 /// The server's JSON error, with a hint where there is one to give.
