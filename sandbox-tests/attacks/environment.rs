@@ -18,6 +18,14 @@ fn attack_read_secrets_from_the_environment() {
     let run = r.show["run"]["id"].as_str().expect("run id");
     let mut seen: Vec<&str> = log.lines().filter(|l| l.starts_with("declared: ")).collect();
     seen.sort();
-    assert_eq!(seen, ["declared: DECLARED=visible", "declared: PWD=/workspace", &format!("declared: RUN={run}")]);
+    assert_eq!(
+        seen,
+        [
+            "declared: DECLARED=visible",
+            "declared: PWD=/workspace",
+            &format!("declared: RUN={run}"),
+            "declared: TMPDIR=/tmp"
+        ]
+    );
     assert!(!log.contains("ESCAPED"), "{log}");
 }

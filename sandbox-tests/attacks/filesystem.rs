@@ -81,6 +81,35 @@ fn attack_write_rename_delete_and_chmod_an_input() {
 }
 
 #[test]
+fn attack_write_into_mounts_of_a_source_and_an_upstream_step() {
+    let lab = Lab::new();
+    let r = lab.attack(
+        &format!(
+            "uses: {}\nmounts: {{ /data: src, /prev: before }}\nargs: [/data, /data/a.txt, /prev, /prev/counts.txt, /inputs, /inputs/src/a.txt]",
+            lab.guest("write-input")
+        ),
+        &[],
+    );
+    r.assert_contained("step `attack` exited with status 1");
+    assert_all_refused(
+        &r.log(),
+        &[
+            "overwrite /data/a.txt",
+            "append to /data/a.txt",
+            "truncate /data/a.txt",
+            "create /data/new.txt",
+            "mkdir /data/sub",
+            "rename /data/a.txt",
+            "delete /data/a.txt",
+            "overwrite /prev/counts.txt",
+            "move /prev/counts.txt into the workspace",
+            "create /inputs/new.txt",
+            "mkdir /inputs/sub",
+        ],
+    );
+}
+
+#[test]
 fn attack_output_names_with_terminal_escapes_and_newlines() {
     let lab = Lab::new();
     let r = lab.attack(&format!("uses: {}\nargs: [control]\noutputs: [out]", lab.guest("odd-names")), &[]);

@@ -32,9 +32,10 @@ fn attack_a_truncated_plugin() {
 #[test]
 fn attack_a_huge_plugin() {
     let lab = Lab::new();
-    // A valid module header and one custom section of 65 MiB.
+    // A valid module header and one custom section of 513 MiB, past the
+    // default limit of 512 MiB (a sparse file: it takes no disk).
     let mut bytes = b"\0asm\x01\0\0\0\0".to_vec();
-    let payload = 65 << 20;
+    let payload: u64 = 513 << 20;
     let mut len = payload + 2;
     while len >= 0x80 {
         bytes.push((len & 0x7f) as u8 | 0x80);
@@ -42,9 +43,14 @@ fn attack_a_huge_plugin() {
     }
     bytes.push(len as u8);
     bytes.extend_from_slice(b"\x01x");
-    bytes.resize(bytes.len() + payload, 0);
-    lab.file("huge.wasm", &bytes);
-    refused(&lab, "huge.wasm", "plugin `huge.wasm` is 65.0 MiB, over the 64 MiB limit for plugins");
+    let path = lab.file("huge.wasm", &bytes);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    file.set_len(bytes.len() as u64 + payload).expect("grow");
+    refused(
+        &lab,
+        "huge.wasm",
+        "plugin `huge.wasm` is 513.0 MiB, over the 512 MiB limit for plugins; an admin can raise it with `limits: { plugin: SIZE }` of the environment in the policy",
+    );
 }
 
 #[test]

@@ -21,7 +21,7 @@ pub fn load(path: &Path, policy: Option<&Policy>) -> anyhow::Result<Option<airlo
     }
 }
 
-fn check(
+pub(crate) fn check(
     path: &Path,
     policy: Option<&Policy>,
 ) -> anyhow::Result<(String, Result<airlock_model::Pipeline, Vec<Diagnostic>>)> {

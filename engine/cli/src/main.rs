@@ -6,6 +6,7 @@
 mod approve;
 mod diagnostics;
 mod env;
+mod fetch;
 mod http;
 mod output;
 mod policy;
@@ -58,6 +59,7 @@ Environment:
   AIRLOCK_POLICY     the admin policy file (users, targets, environments)
   AIRLOCK_TOKEN      the token `airlock publish` sends
   AIRLOCK_USER_TOKEN your user API token (`airlock run [--server]`, `airlock approve`)
+  AIRLOCK_TOOL_CACHE where fetched tools are kept [default: the state directory's tools/]
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -130,6 +132,8 @@ enum Command {
         #[arg(long, short, requires_all = ["server", "step"])]
         follow: bool,
     },
+    /// Fetch (and compile) the tools of pipelines ahead of their first run.
+    Fetch(fetch::FetchArgs),
     /// Print the JSON Schema of the pipeline format.
     Schema,
     /// Run pipelines for a team: the run API, web pages, publish targets.
@@ -286,6 +290,7 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(remote::logs(&server, &run, step.as_deref(), follow)))
         }
         Command::Logs { run, step, server: None, .. } => output::logs(&cli.state_dir, &run, step.as_deref()),
+        Command::Fetch(args) => fetch::fetch(&cli.state_dir, cli.policy.as_deref(), args),
         Command::Schema => {
             print!("{}", airlock_model::schema::pipeline_schema_json());
             Ok(exit::OK)
@@ -321,6 +326,16 @@ fn main() -> ExitCode {
             ExitCode::from(exit::ERROR)
         }
     }
+}
+
+/// The engine on a state directory, fetching tools into the cache that
+/// AIRLOCK_TOOL_CACHE names, if it names one.
+pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock_runner::Engine> {
+    let engine = airlock_runner::Engine::open(state_dir)?;
+    Ok(match std::env::var_os("AIRLOCK_TOOL_CACHE").filter(|d| !d.is_empty()) {
+        Some(dir) => engine.with_tool_cache(std::path::Path::new(&dir))?,
+        None => engine,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -6,7 +6,7 @@
 //! object per event on stdout.
 
 use crate::{RunArgs, diagnostics, exit, output};
-use airlock_runner::{CancellationToken, Engine, Progress, RunOptions, RunnerError};
+use airlock_runner::{CancellationToken, Progress, RunOptions, RunnerError};
 use airlock_store::{RunState, StepState};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
         },
         _ => format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
     };
-    let mut engine = Engine::open(state_dir)?;
+    let mut engine = crate::open_engine(state_dir)?;
     let mut users = Vec::new();
     let mut targets = Vec::new();
     if let Some(policy) = policy {
@@ -166,25 +166,48 @@ impl View {
         if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_owned() }
     }
 
+    /// The step's spinner in a live display, made when first asked for.
+    fn spinner(&mut self, step: &str) -> Option<&ProgressBar> {
+        let (multi, total) = self.live.as_ref()?;
+        if !self.spinners.contains_key(step) {
+            let spinner = multi.insert_before(total, ProgressBar::new_spinner());
+            spinner.set_style(
+                ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            spinner.set_message(step.to_owned());
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            self.spinners.insert(step.to_owned(), spinner);
+        }
+        self.spinners.get(step)
+    }
+
     fn show(&mut self, event: &Progress) {
         match event {
             Progress::RunStarted { run, steps } => {
                 self.line(format!("run {run}: {} step{}", steps.len(), if steps.len() == 1 { "" } else { "s" }));
             }
-            Progress::StepStarted { step, attempt } => match &self.live {
-                Some((multi, total)) => {
-                    let spinner = multi.insert_before(total, ProgressBar::new_spinner());
-                    spinner.set_style(
-                        ProgressStyle::with_template("  {spinner} {msg} {elapsed}")
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                    );
-                    let suffix = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-                    spinner.set_message(format!("{step}{suffix}"));
-                    spinner.enable_steady_tick(Duration::from_millis(100));
-                    self.spinners.insert(step.clone(), spinner);
+            Progress::StepStarted { step, attempt } => {
+                let suffix = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                match self.spinner(step) {
+                    Some(spinner) => spinner.set_message(format!("{step}{suffix}")),
+                    None => self.line(format!("started   {step} (attempt {attempt})")),
                 }
-                None => self.line(format!("started   {step} (attempt {attempt})")),
-            },
+            }
+            Progress::StepPreparing { step, what, done, total } => {
+                let size = |n: &u64| airlock_model::format_size(*n);
+                let amount = match (done, total) {
+                    (Some(d), Some(t)) => format!(": {} of {}", size(d), size(t)),
+                    (Some(d), None) => format!(": {}", size(d)),
+                    _ => String::new(),
+                };
+                match self.spinner(step) {
+                    Some(spinner) => spinner.set_message(format!("{step}: {what}{amount}")),
+                    // Without a live display, each piece of work once, as it starts.
+                    None if matches!(done, None | Some(0)) => self.line(format!("preparing {step}: {what}")),
+                    None => {}
+                }
+            }
             Progress::StepRetrying { step, attempt, reason, backoff_ms } => {
                 if let Some(s) = self.spinners.remove(step) {
                     s.finish_and_clear();

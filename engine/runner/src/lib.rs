@@ -137,6 +137,7 @@ pub struct Engine {
     pub(crate) targets: Arc<BTreeMap<String, TargetStore>>,
     pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
     pub(crate) live: LiveLogs,
+    pub(crate) tool_cache: airlock_host::tools::ToolCache,
 }
 
 /// Running attempts by (run, step): the attempt's number and its log.
@@ -200,7 +201,11 @@ impl Engine {
             Ok(n) => tracing::info!("removed {n} partial artifacts left by an engine that stopped"),
             Err(e) => tracing::warn!("could not remove partial artifacts: {e}"),
         }
+        let tools = state_dir.join("tools");
+        let tool_cache = airlock_host::tools::ToolCache::open(&tools)
+            .map_err(|source| RunnerError::StateDir { path: tools, source })?;
         Ok(Self {
+            tool_cache,
             state_dir: state_dir.to_owned(),
             store,
             artifacts,
@@ -216,6 +221,21 @@ impl Engine {
     pub fn with_policy(mut self, policy: airlock_model::policy::Policy, dir: PathBuf) -> Self {
         self.policy = Some(Arc::new((policy, dir)));
         self
+    }
+
+    /// Fetches tools into (and finds them in) the tool cache at `dir`
+    /// rather than the state directory's `tools/`: a cache several state
+    /// directories share (fetched tools are checked by digest, so any
+    /// cache of this host's is as good).
+    pub fn with_tool_cache(mut self, dir: &Path) -> Result<Self, RunnerError> {
+        self.tool_cache = airlock_host::tools::ToolCache::open(dir)
+            .map_err(|source| RunnerError::StateDir { path: dir.to_owned(), source })?;
+        Ok(self)
+    }
+
+    /// The tool cache.
+    pub fn tool_cache(&self) -> &airlock_host::tools::ToolCache {
+        &self.tool_cache
     }
 
     /// Gives publish steps these targets (from the admin policy).

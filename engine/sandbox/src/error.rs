@@ -1,6 +1,5 @@
 //! Why a plugin could not be loaded.
 
-use crate::MAX_PLUGIN_BYTES;
 use std::path::{Path, PathBuf};
 
 /// Why a plugin could not be loaded.
@@ -14,17 +13,19 @@ pub enum SandboxError {
         /// What went wrong.
         source: std::io::Error,
     },
-    /// The plugin file is larger than [`MAX_PLUGIN_BYTES`].
+    /// The plugin file is larger than the step may load.
     #[error(
-        "plugin `{path}` is {}, over the {} limit for plugins",
+        "plugin `{path}` is {}, over the {} limit for plugins; an admin can raise it with `limits: {{ plugin: SIZE }}` of the environment in the policy",
         airlock_model::format_size(*size),
-        airlock_model::format_size(MAX_PLUGIN_BYTES)
+        airlock_model::format_size(*limit)
     )]
     TooLarge {
         /// The plugin's path.
         path: PathBuf,
         /// Its size.
         size: u64,
+        /// The limit.
+        limit: u64,
     },
     /// Not a WebAssembly module or component.
     #[error("plugin `{path}` is not a WebAssembly module or component")]
@@ -42,14 +43,18 @@ pub enum SandboxError {
     },
     /// It imports something the step is not granted.
     #[error(
-        "plugin `{path}` imports {}, which this step is not granted",
-        imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+        "plugin `{path}` imports {}, which this step is not granted{}",
+        imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", "),
+        if *js_host { "; it is built for a JavaScript host (Emscripten or wasm-bindgen): use a WASI command build of the tool (wasm32-wasip1)" } else { "" }
     )]
     NotGranted {
         /// The plugin's path.
         path: PathBuf,
         /// Every import not granted, as the plugin names it.
         imports: Vec<String>,
+        /// Whether the imports are those of a module built for a
+        /// JavaScript host.
+        js_host: bool,
     },
     /// It asks for more memories or tables than a step may have.
     #[error("plugin `{path}` needs more than a step may have: {detail}")]

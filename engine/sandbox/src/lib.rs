@@ -60,9 +60,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Largest plugin file accepted: bigger than any real step, small enough
-/// that compiling a hostile one cannot exhaust the host.
-pub const MAX_PLUGIN_BYTES: u64 = 64 << 20;
+pub use airlock_model::DEFAULT_PLUGIN_LIMIT;
 
 /// How often the engine's epoch advances: the granularity of deadlines and
 /// of the points where a running guest yields to other steps.

@@ -123,9 +123,14 @@ impl Flavor {
         // The WebAssembly proposals beyond the wasm 2.0 core, each decided
         // (the security page lists them): exception handling on, for the
         // toolchains that emit it; the GC proposal itself (structs and
-        // arrays in a collected heap) off until a tool needs it.
+        // arrays in a collected heap) off until a tool needs it; the
+        // threads proposal's atomic instructions on, for C++ tools built
+        // with them (there is no way to start a thread: wasi-threads is
+        // not linked); shared memories stay off, as wasmtime has them by
+        // default (tier 2 in wasmtime: the pool refuses them too).
         config.wasm_exceptions(true);
         config.wasm_gc(false);
+        config.wasm_threads(true);
         // The plain engine runs almost every step: it takes instances,
         // memories and stacks from a pool instead of mapping and unmapping
         // them per step, which halves what a short step costs. The pool
@@ -264,11 +269,16 @@ mod tests {
         granted.instantiate_pre(&component).expect("linked with the grant");
         // And through the front door, the refusal names what is missing.
         let sandbox = Sandbox::new(None).expect("engine");
-        let err = sandbox.load_granted(&path, false, &HostGrants::default()).err().expect("refused");
+        let err = sandbox
+            .load_granted(&path, false, &HostGrants::default(), crate::DEFAULT_PLUGIN_LIMIT)
+            .err()
+            .expect("refused");
         assert!(
             matches!(&err, SandboxError::NotGranted { imports, .. } if imports.iter().any(|i| i.starts_with("airlock:step/deploy"))),
             "{err}"
         );
-        sandbox.load_granted(&path, false, &HostGrants::of([HostInterface::Deploy])).expect("granted");
+        sandbox
+            .load_granted(&path, false, &HostGrants::of([HostInterface::Deploy]), crate::DEFAULT_PLUGIN_LIMIT)
+            .expect("granted");
     }
 }

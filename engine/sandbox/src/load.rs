@@ -3,8 +3,8 @@
 
 use crate::link::{ComponentState, Flavor, ModuleState, bindings};
 use crate::{
-    GRANTED_INTERFACES, HostGrants, HostInterface, MAX_MEMORIES, MAX_MEMORIES_PER_MODULE, MAX_PLUGIN_BYTES, MAX_TABLES,
-    MAX_TABLES_PER_MODULE, Sandbox, SandboxError,
+    DEFAULT_PLUGIN_LIMIT, GRANTED_INTERFACES, HostGrants, HostInterface, MAX_MEMORIES, MAX_MEMORIES_PER_MODULE,
+    MAX_TABLES, MAX_TABLES_PER_MODULE, Sandbox, SandboxError,
 };
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -56,21 +56,42 @@ impl Sandbox {
     /// Reads, compiles (or loads from the cache), checks and links a plugin.
     /// `fuel` selects the engine that counts instructions.
     pub fn load_with(&self, path: &Path, fuel: bool) -> Result<Plugin, SandboxError> {
-        self.load_granted(path, fuel, &HostGrants::default())
+        self.load_granted(path, fuel, &HostGrants::default(), DEFAULT_PLUGIN_LIMIT)
     }
 
     /// [`Sandbox::load_with`] for a step granted host interfaces beyond
-    /// WASI: a plugin importing one that `grants` does not name is refused.
-    pub fn load_granted(&self, path: &Path, fuel: bool, grants: &HostGrants) -> Result<Plugin, SandboxError> {
+    /// WASI (a plugin importing one that `grants` does not name is
+    /// refused) and allowed plugins up to `max_bytes`.
+    pub fn load_granted(
+        &self,
+        path: &Path,
+        fuel: bool,
+        grants: &HostGrants,
+        max_bytes: u64,
+    ) -> Result<Plugin, SandboxError> {
+        self.load_reporting(path, fuel, grants, max_bytes, &|_| {})
+    }
+
+    /// [`Sandbox::load_granted`], calling `compiling` with the plugin's
+    /// size just before it is compiled: when the compile cache does not
+    /// have it, which for a large tool means a wait worth telling about.
+    pub fn load_reporting(
+        &self,
+        path: &Path,
+        fuel: bool,
+        grants: &HostGrants,
+        max_bytes: u64,
+        compiling: &dyn Fn(u64),
+    ) -> Result<Plugin, SandboxError> {
         let read_error = |source| SandboxError::Read { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(read_error)?.len();
-        if size > MAX_PLUGIN_BYTES {
-            return Err(SandboxError::TooLarge { path: path.to_owned(), size });
+        if size > max_bytes {
+            return Err(SandboxError::TooLarge { path: path.to_owned(), size, limit: max_bytes });
         }
         let bytes = std::fs::read(path).map_err(read_error)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         // Messages name the path as the caller gave it.
-        self.load_bytes_granted(&bytes, &name, fuel, grants).map_err(|e| e.with_path(path))
+        self.load_bytes_reporting(&bytes, &name, fuel, grants, max_bytes, compiling).map_err(|e| e.with_path(path))
     }
 
     /// [`Sandbox::load_with`] without fuel.
@@ -80,7 +101,7 @@ impl Sandbox {
 
     /// Loads a plugin from its bytes; `name` appears in messages.
     pub fn load_bytes(&self, bytes: &[u8], name: &str, fuel: bool) -> Result<Plugin, SandboxError> {
-        self.load_bytes_granted(bytes, name, fuel, &HostGrants::default())
+        self.load_bytes_granted(bytes, name, fuel, &HostGrants::default(), DEFAULT_PLUGIN_LIMIT)
     }
 
     /// [`Sandbox::load_bytes`] with host interfaces granted.
@@ -90,16 +111,34 @@ impl Sandbox {
         name: &str,
         fuel: bool,
         grants: &HostGrants,
+        max_bytes: u64,
+    ) -> Result<Plugin, SandboxError> {
+        self.load_bytes_reporting(bytes, name, fuel, grants, max_bytes, &|_| {})
+    }
+
+    fn load_bytes_reporting(
+        &self,
+        bytes: &[u8],
+        name: &str,
+        fuel: bool,
+        grants: &HostGrants,
+        max_bytes: u64,
+        compiling: &dyn Fn(u64),
     ) -> Result<Plugin, SandboxError> {
         let path = PathBuf::from(name);
-        if bytes.len() as u64 > MAX_PLUGIN_BYTES {
-            return Err(SandboxError::TooLarge { path, size: bytes.len() as u64 });
+        if bytes.len() as u64 > max_bytes {
+            return Err(SandboxError::TooLarge { path, size: bytes.len() as u64, limit: max_bytes });
         }
         let is_component = match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => false,
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => true,
             _ => return Err(SandboxError::NotWasm { path }),
         };
+        if !is_component {
+            // Seconds or minutes of compiling saved for a module that
+            // could never link.
+            check_module_imports(&path, bytes)?;
+        }
         let flavor = if fuel { &self.fueled } else { &self.plain };
         let digest = hex::encode(Sha256::digest(bytes));
         let compile_error = |e: wasmtime::Error| {
@@ -113,6 +152,9 @@ impl Sandbox {
         };
         let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
         let from_cache = cached.is_some();
+        if !from_cache {
+            compiling(bytes.len() as u64);
+        }
         let compiled = if is_component {
             let component = match &cached {
                 // SAFETY (the one `unsafe` in airlock): wasmtime runs
@@ -174,7 +216,7 @@ impl Sandbox {
             .map(str::to_owned)
             .collect();
         if !refused.is_empty() {
-            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused });
+            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: false });
         }
         let exports: Vec<String> = ty.exports(&flavor.engine).map(|(n, _)| n.to_owned()).collect();
         let exports_iface = |name: &str| exports.iter().any(|e| e.split('@').next() == Some(name));
@@ -200,7 +242,7 @@ impl Sandbox {
             .map(|import| format!("{}::{}", import.module(), import.name()))
             .collect();
         if !refused.is_empty() {
-            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused });
+            return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: false });
         }
         if module.get_export("_start").is_none() {
             return Err(SandboxError::NothingToRun { path: path.to_owned() });
@@ -212,6 +254,44 @@ impl Sandbox {
             .map_err(|e| SandboxError::Link { path: path.to_owned(), message: format!("{e:#}") })?;
         Ok(Compiled::Module(pre))
     }
+}
+
+/// Whether an import (`module::name`) says its module was built for a
+/// JavaScript host (wasm-bindgen, Emscripten) rather than as a WASI
+/// command.
+fn from_a_js_host(import: &str) -> bool {
+    ["wbg::", "__wbindgen_placeholder__::", "env::emscripten_", "env::__syscall_", "env::invoke_"]
+        .iter()
+        .any(|p| import.starts_with(p))
+}
+
+/// Refuses a core module importing anything but WASI preview 1, reading
+/// only its import section: before it is compiled. A module too broken
+/// to read is left to the compiler, which says what is wrong with it.
+fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
+    let mut refused = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::ImportSection(reader)) => {
+                for import in reader.into_imports() {
+                    let Ok(import) = import else { return Ok(()) };
+                    if import.module != "wasi_snapshot_preview1" {
+                        refused.push(format!("{}::{}", import.module, import.name));
+                    }
+                }
+                break;
+            }
+            // Imports come before functions: there are none.
+            Ok(wasmparser::Payload::CodeSectionStart { .. } | wasmparser::Payload::End(_)) => break,
+            Err(_) => return Ok(()),
+            _ => {}
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let js = refused.iter().any(|i| from_a_js_host(i));
+    Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: js })
 }
 
 /// Refuses a plugin defining more memories or tables than allowed. The
@@ -242,6 +322,25 @@ mod tests {
         let sandbox = Sandbox::new(None).expect("engine");
         let err = sandbox.load_bytes(b"#!/bin/sh\necho hi\n", "x.wasm", false).err().expect("refused");
         assert!(matches!(err, SandboxError::NotWasm { .. }), "{err}");
+    }
+
+    /// A module built for a JavaScript host is refused, saying so, before
+    /// it is compiled: its code does not even validate, and that is not
+    /// what is reported.
+    #[test]
+    fn imports_are_checked_before_compiling() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module (import "env" "emscripten_memcpy_big" (func)) (func (export "_start") i32.add))"#;
+        let bytes = wat::parse_str(wat).expect("wat");
+        let err = sandbox.load_bytes(&bytes, "em.wasm", false).err().expect("refused");
+        assert_eq!(
+            err.to_string(),
+            "plugin `em.wasm` imports `env::emscripten_memcpy_big`, which this step is not granted; it is built for a JavaScript host (Emscripten or wasm-bindgen): use a WASI command build of the tool (wasm32-wasip1)"
+        );
+        // Without the import, the compiler is what refuses it.
+        let bytes = wat::parse_str(r#"(module (func (export "_start") i32.add))"#).expect("wat");
+        let err = sandbox.load_bytes(&bytes, "bad.wasm", false).err().expect("refused");
+        assert!(matches!(err, SandboxError::Compile { .. }), "{err}");
     }
 
     #[test]

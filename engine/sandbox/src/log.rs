@@ -30,7 +30,7 @@ impl LogSink {
         Self(Arc::new(Mutex::new(Buffer { kept: Vec::new(), cap, written: 0 })))
     }
 
-    fn append(&self, bytes: &[u8]) {
+    pub(crate) fn append(&self, bytes: &[u8]) {
         // A poisoned lock only means another writer panicked mid-append;
         // the bytes already kept are still a valid log.
         let mut b = self.0.lock().unwrap_or_else(PoisonError::into_inner);

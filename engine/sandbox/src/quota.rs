@@ -13,7 +13,7 @@
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How often a running step's workspace is measured, at most.
@@ -60,6 +60,23 @@ pub struct Usage {
 /// since then the guest cannot write to it either.
 pub fn measure(workspace: &Path, quota: &Quota) -> Result<Usage, OverQuota> {
     measure_some(workspace, quota, u64::MAX).map(|usage| usage.unwrap_or_default())
+}
+
+/// [`measure`] for a step's directories together (its workspace and its
+/// `/tmp`): one quota for all of them.
+pub fn measure_all(dirs: &[PathBuf], quota: &Quota) -> Result<Usage, OverQuota> {
+    let mut total = Usage::default();
+    for dir in dirs {
+        let left = Quota { bytes: quota.bytes - total.bytes, entries: quota.entries - total.entries };
+        let usage = measure(dir, &left).map_err(|over| match over {
+            OverQuota::Bytes(_) => OverQuota::Bytes(quota.bytes),
+            OverQuota::Entries(_) => OverQuota::Entries(quota.entries),
+            depth => depth,
+        })?;
+        total.bytes += usage.bytes;
+        total.entries += usage.entries;
+    }
+    Ok(total)
 }
 
 /// [`measure`], giving up (`Ok(None)`) after looking at `budget` entries:
@@ -114,19 +131,19 @@ pub fn measure_some(workspace: &Path, quota: &Quota, budget: u64) -> Result<Opti
 /// returns how. Each pause is at least [`QUOTA_TICK`] and at least four
 /// times the last measurement, so a huge workspace costs the host at most
 /// a fifth of a core.
-pub async fn watch(workspace: &Path, quota: Quota) -> OverQuota {
+pub async fn watch(dirs: Vec<PathBuf>, quota: Quota) -> OverQuota {
     let mut pause = QUOTA_TICK;
     loop {
         tokio::time::sleep(pause).await;
-        let ws = workspace.to_owned();
+        let measured = dirs.clone();
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || measure(&ws, &quota)).await {
+        match tokio::task::spawn_blocking(move || measure_all(&measured, &quota)).await {
             Ok(Err(over)) => return over,
             Ok(Ok(_)) => {}
             // The walk panicked: a bug here, not the guest's doing. Stop
             // watching rather than take the step down with it.
             Err(e) => {
-                tracing::error!("measuring the workspace {} failed: {e}", workspace.display());
+                tracing::error!("measuring the workspace {} failed: {e}", dirs[0].display());
                 return std::future::pending().await;
             }
         }

@@ -3,8 +3,8 @@
 
 use crate::link::{ComponentState, Flavor, ModuleState, bindings};
 use crate::load::Compiled;
-use crate::{DeployRequest, Limiter, LogSink, OverQuota, Plugin, Quota, Sandbox, deploy, measure, quota};
-use airlock_model::{GUEST_INPUTS, GUEST_WORKSPACE};
+use crate::{DeployRequest, Limiter, LogSink, OverQuota, Plugin, Quota, Sandbox, deploy, quota};
+use airlock_model::{GUEST_INPUTS, GUEST_TMP, GUEST_WORKSPACE};
 use bindings::airlock::step::types as wit;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -27,6 +27,19 @@ pub struct Invocation {
     pub workspace: PathBuf,
     /// `(name, host directory)`, each mounted read-only at `/inputs/NAME`.
     pub inputs: Vec<(String, PathBuf)>,
+    /// An empty host directory mounted read-only at `/inputs` itself, so
+    /// that the directory exists for programs that look at it (a
+    /// `realpath` of an input walks through it).
+    pub inputs_root: Option<PathBuf>,
+    /// `(guest path, host directory)`, each mounted read-only at its
+    /// absolute guest path: tools' data trees, sources, upstream outputs.
+    pub mounts: Vec<(String, PathBuf)>,
+    /// Host directory mounted read-write at `/tmp`, named by `TMPDIR`
+    /// unless the step's environment sets it; the disk quota counts it
+    /// with the workspace.
+    pub tmp: Option<PathBuf>,
+    /// `argv[0]` of a command program; the plugin's file name if unset.
+    pub argv0: Option<String>,
     /// `with:` parameters, for step plugins.
     pub params: Vec<(String, String)>,
     /// Arguments after `argv[0]`, for command programs.
@@ -53,11 +66,20 @@ pub struct Invocation {
 }
 
 impl Invocation {
+    /// The directories the step's disk quota covers.
+    fn measured(&self) -> Vec<PathBuf> {
+        std::iter::once(self.workspace.clone()).chain(self.tmp.clone()).collect()
+    }
+
     /// An invocation with the default limits and nothing but a workspace.
     pub fn new(workspace: PathBuf) -> Self {
         Self {
             workspace,
             inputs: Vec::new(),
+            inputs_root: None,
+            mounts: Vec::new(),
+            tmp: None,
+            argv0: None,
             params: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
@@ -132,7 +154,7 @@ impl Sandbox {
         let result = match self.wasi(&inv, plugin, &log) {
             Err(e) => Err(Failure::Setup(e)),
             Ok(builder) => {
-                let call = self.call(plugin, builder, &inv, &mut deploy_requests);
+                let call = self.call(plugin, builder, &inv, &log, &mut deploy_requests);
                 // Epoch interruption stops guest code at its deadline; a
                 // guest blocked inside a host call (a long sleep) is
                 // stopped here instead. Going over the disk quota stops
@@ -143,7 +165,7 @@ impl Sandbox {
                         Ok(r) => r,
                         Err(_) => Err(Failure::Timeout(inv.timeout)),
                     },
-                    over = quota::watch(&inv.workspace, inv.quota) => Err(Failure::Quota(over)),
+                    over = quota::watch(inv.measured(), inv.quota) => Err(Failure::Quota(over)),
                 }
             }
         };
@@ -152,11 +174,11 @@ impl Sandbox {
         // workspace is walked on a blocking thread.
         let result = match result {
             Ok(()) => match quota::measure_some(&inv.workspace, &inv.quota, INLINE_MEASURE_ENTRIES) {
-                Ok(Some(_)) => Ok(()),
+                Ok(Some(_)) if inv.tmp.is_none() => Ok(()),
                 Err(over) => Err(Failure::Quota(over)),
-                Ok(None) => {
-                    let (ws, q) = (inv.workspace.clone(), inv.quota);
-                    match tokio::task::spawn_blocking(move || measure(&ws, &q)).await {
+                Ok(_) => {
+                    let (dirs, q) = (inv.measured(), inv.quota);
+                    match tokio::task::spawn_blocking(move || quota::measure_all(&dirs, &q)).await {
                         Ok(Err(over)) => Err(Failure::Quota(over)),
                         _ => Ok(()),
                     }
@@ -184,14 +206,29 @@ impl Sandbox {
         // preopen, so `open("out.txt")` lands in the workspace.
         b.preopened_dir(&inv.workspace, ".", FsPerms::ReadWrite)
             .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
+        if let Some(root) = &inv.inputs_root {
+            b.preopened_dir(root, GUEST_INPUTS, FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot open {}: {e:#}", root.display()))?;
+        }
         for (name, dir) in &inv.inputs {
             b.preopened_dir(dir, format!("{}/{name}", GUEST_INPUTS), FsPerms::ReadOnly)
                 .map_err(|e| format!("cannot open input `{name}` at {}: {e:#}", dir.display()))?;
         }
+        for (guest, dir) in &inv.mounts {
+            b.preopened_dir(dir, guest, FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot mount {} at `{guest}`: {e:#}", dir.display()))?;
+        }
+        if let Some(tmp) = &inv.tmp {
+            b.preopened_dir(tmp, GUEST_TMP, FsPerms::ReadWrite)
+                .map_err(|e| format!("cannot open the scratch directory {}: {e:#}", tmp.display()))?;
+            if !inv.env.iter().any(|(k, _)| k == "TMPDIR") {
+                b.env("TMPDIR", GUEST_TMP);
+            }
+        }
         b.envs(&inv.env);
         b.env("PWD", GUEST_WORKSPACE);
         b.initial_cwd(GUEST_WORKSPACE);
-        let mut argv = vec![plugin.name.clone()];
+        let mut argv = vec![inv.argv0.clone().unwrap_or_else(|| plugin.name.clone())];
         argv.extend(inv.args.iter().cloned());
         b.args(&argv);
         Ok(b)
@@ -202,6 +239,7 @@ impl Sandbox {
         plugin: &Plugin,
         mut builder: WasiCtxBuilder,
         inv: &Invocation,
+        log: &LogSink,
         requests: &mut Vec<DeployRequest>,
     ) -> Result<(), Failure> {
         let flavor = if plugin.fuel { &self.fueled } else { &self.plain };
@@ -232,7 +270,7 @@ impl Sandbox {
                 .await;
                 let s = store.data_mut();
                 *requests = std::mem::take(&mut s.deploy.0);
-                judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv)
+                judge(result.map(|r| r.map_err(Failure::Error)), &s.limiter, s.timed_out, inv, log)
             }
             Compiled::Command(pre) => {
                 let mut store = component_store(flavor, builder, limiter, deadline, inv);
@@ -243,7 +281,7 @@ impl Sandbox {
                 .await;
                 let s = store.data_mut();
                 *requests = std::mem::take(&mut s.deploy.0);
-                judge(result.map(|r| r.map_err(|()| Failure::Exit(1))), &s.limiter, s.timed_out, inv)
+                judge(result.map(|r| r.map_err(|()| Failure::Exit(1))), &s.limiter, s.timed_out, inv, log)
             }
             Compiled::Module(pre) => {
                 let state = ModuleState { ctx: builder.build_p1(), limiter, timed_out: false };
@@ -257,7 +295,7 @@ impl Sandbox {
                 }
                 .await;
                 let s = store.data();
-                judge(result.map(Ok), &s.limiter, s.timed_out, inv)
+                judge(result.map(Ok), &s.limiter, s.timed_out, inv, log)
             }
         }
     }
@@ -306,6 +344,7 @@ fn judge(
     limiter: &Limiter,
     timed_out: bool,
     inv: &Invocation,
+    log: &LogSink,
 ) -> Result<(), Failure> {
     // A guest that fails after a refused `memory.grow` or `table.grow`
     // failed for want of memory, whatever message it managed to print.
@@ -339,7 +378,24 @@ fn judge(
         Some(Trap::OutOfFuel) => Err(Failure::OutOfFuel(inv.fuel.unwrap_or(0))),
         Some(Trap::StackOverflow) => Err(Failure::StackOverflow),
         Some(Trap::Interrupt) => Err(Failure::Timeout(inv.timeout)),
-        _ => Err(Failure::Trap(format!("{error:#}"))),
+        trap => {
+            let reason = match trap {
+                Some(Trap::UnreachableCodeReached) => {
+                    "wasm `unreachable` executed; the program aborted (a failed assertion, a panic or `abort()`; see its log)".to_owned()
+                }
+                Some(Trap::MemoryOutOfBounds) => "wasm trap: out of bounds memory access (a bug in the program)".to_owned(),
+                Some(Trap::IntegerDivisionByZero) => "wasm trap: integer division by zero".to_owned(),
+                Some(t) => format!("wasm trap: {t}"),
+                // Not a trap: a host call failed, or an exception nobody caught.
+                None => error.root_cause().to_string(),
+            };
+            // The reason is one line; where it happened goes to the log,
+            // one frame a line, function names demangled.
+            if let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+                log.append(format!("\n[airlock: the step crashed: {reason}]\nwasm backtrace:\n{trace}").as_bytes());
+            }
+            Err(Failure::Trap(reason))
+        }
     }
 }
 
@@ -372,6 +428,90 @@ mod tests {
         inv.memory = 1 << 20;
         let outcome = sandbox.run(&plugin, inv).await;
         assert_eq!(outcome.result, Err(Failure::MemoryLimit { limit: 1 << 20 }));
+    }
+
+    /// A crash is one line in words; where it happened, frame by frame,
+    /// is in the step's log.
+    #[tokio::test]
+    async fn a_crash_is_named_in_words_with_its_backtrace_in_the_log() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module
+            (func $check_invariant unreachable)
+            (func $place_and_route (call $check_invariant))
+            (func (export "_start") (call $place_and_route)))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "pnr.wasm", false).expect("loads");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let outcome = sandbox.run(&plugin, Invocation::new(ws.path().to_owned())).await;
+        let reason =
+            "wasm `unreachable` executed; the program aborted (a failed assertion, a panic or `abort()`; see its log)";
+        assert_eq!(outcome.result, Err(Failure::Trap(reason.into())));
+        let log = String::from_utf8_lossy(&outcome.log);
+        assert!(log.contains(&format!("[airlock: the step crashed: {reason}]\nwasm backtrace:\n")), "{log}");
+        let frames: Vec<&str> =
+            log.lines().filter(|l| l.contains("check_invariant") || l.contains("place_and_route")).collect();
+        assert_eq!(frames.len(), 2, "{log}");
+        assert!(frames[0].contains("check_invariant"), "innermost first: {log}");
+    }
+
+    /// Atomic instructions run, within the memory limit; a shared memory
+    /// (wasmtime's support for them is tier 2) is refused by either engine.
+    #[tokio::test]
+    async fn atomics_run_and_shared_memories_are_refused() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let shared =
+            r#"(module (memory 1 1 shared) (func (export "_start") (i32.atomic.store (i32.const 0) (i32.const 1))))"#;
+        let bytes = wat::parse_str(shared).expect("wat");
+        for fuel in [false, true] {
+            let refused = match sandbox.load_bytes(&bytes, "shared.wasm", fuel) {
+                Err(e) => e.to_string(),
+                Ok(plugin) => {
+                    let mut inv = Invocation::new(ws.path().to_owned());
+                    inv.fuel = fuel.then_some(1_000_000);
+                    format!("{:?}", sandbox.run(&plugin, inv).await.result)
+                }
+            };
+            assert!(refused.contains("shared"), "fuel {fuel}: {refused}");
+        }
+        for memory in ["(memory 1)"] {
+            let wat = format!(
+                r#"(module {memory}
+                (func (export "_start")
+                  (i32.atomic.store (i32.const 0) (i32.const 41))
+                  (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 1)))
+                  (if (i32.ne (i32.atomic.load (i32.const 0)) (i32.const 42)) (then unreachable))
+                  (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#
+            );
+            let bytes = wat::parse_str(&wat).expect("wat");
+            for fuel in [false, true] {
+                let plugin = sandbox.load_bytes(&bytes, "atomics.wasm", fuel).expect("loads");
+                let mut inv = Invocation::new(ws.path().to_owned());
+                inv.fuel = fuel.then_some(1_000_000);
+                let outcome = sandbox.run(&plugin, inv.clone()).await;
+                assert_eq!(outcome.result, Ok(()), "{memory} fuel {fuel}");
+                inv.memory = 1 << 20;
+                let outcome = sandbox.run(&plugin, inv).await;
+                assert_eq!(outcome.result, Err(Failure::MemoryLimit { limit: 1 << 20 }), "{memory} fuel {fuel}");
+            }
+        }
+    }
+
+    /// A step may have memory up to the 4 GiB a 32-bit memory can address.
+    #[tokio::test]
+    async fn memory_up_to_four_gibibytes() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let ws = tempfile::tempdir().expect("tempdir");
+        // Grows to 4 GiB less one page, and writes at its top.
+        let wat = r#"(module (memory 1)
+            (func (export "_start")
+              (if (i32.eq (memory.grow (i32.const 65534)) (i32.const -1)) (then unreachable))
+              (i32.store (i32.const 0xfffefff0) (i32.const 7))))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "big.wasm", false).expect("loads");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.memory = 4 << 30;
+        assert_eq!(sandbox.run(&plugin, inv.clone()).await.result, Ok(()));
+        inv.memory = 3 << 30;
+        assert_eq!(sandbox.run(&plugin, inv).await.result, Err(Failure::MemoryLimit { limit: 3 << 30 }));
     }
 
     /// Exception handling, which current toolchains emit, works: a tag

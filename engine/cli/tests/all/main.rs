@@ -16,4 +16,5 @@ mod server;
 mod snapshots;
 mod support;
 mod tokens;
+mod tools;
 mod ui;

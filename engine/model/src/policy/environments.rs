@@ -293,6 +293,8 @@ pub struct LimitCaps {
     pub disk: Option<u64>,
     /// Workspace entries.
     pub files: Option<u64>,
+    /// The largest plugin or tool module a step may load (default 512 MiB).
+    pub plugin: Option<u64>,
 }
 
 impl LimitCaps {
@@ -740,6 +742,7 @@ fn grants(c: &mut Checker<'_>, node: &Node, path: &str) -> Grants {
             fuel: get(e, "fuel").and_then(|n| count(c, n, &join(&lpath, "fuel"), u64::MAX)),
             disk: get(e, "disk").and_then(|n| size(c, n, &join(&lpath, "disk"))),
             files: get(e, "files").and_then(|n| count(c, n, &join(&lpath, "files"), u64::MAX)),
+            plugin: get(e, "plugin").and_then(|n| size(c, n, &join(&lpath, "plugin"))),
         };
     }
     g
@@ -752,7 +755,7 @@ const SECRET_PARAMS: &[&str] =
 /// What secret an http(s) URL carries, if it carries one: a user name
 /// or password before the host, or a query parameter named like a key,
 /// token, password or signature. Says so in words without the value.
-fn secret_in_url(url: &str) -> Option<String> {
+pub(crate) fn secret_in_url(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     if rest[..end].contains('@') {
@@ -799,7 +802,7 @@ mod tests {
         assert_eq!(*CREDENTIAL_KEYS, ["expires", "env", "file"]);
         assert_eq!(*APPROVAL_KEYS, ["groups", "requester_may_approve", "required", "timeout"]);
         assert_eq!(*GRANT_KEYS, ["interfaces", "limits", "plugins"]);
-        assert_eq!(*LIMIT_CAP_KEYS, ["disk", "files", "fuel", "log", "memory"]);
+        assert_eq!(*LIMIT_CAP_KEYS, ["disk", "files", "fuel", "log", "memory", "plugin"]);
         let keys = ProviderKind::ALL.map(ProviderKind::keys);
         assert_eq!(keys[0], ["auth", "credential", "idempotent", "method", "payload", "type", "url"]);
         assert_eq!(keys[1], ["keep", "path", "type"]);

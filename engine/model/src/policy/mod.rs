@@ -21,7 +21,7 @@
 //!     dir: releases          # relative to the policy file
 //! ```
 
-mod environments;
+pub(crate) mod environments;
 mod people;
 
 pub use environments::{

@@ -36,6 +36,18 @@ impl EnvironmentGrants {
         Ok(Self { environment: environment.to_owned(), grants: grants.clone(), plugins })
     }
 
+    /// Whether the environment lets this tool run: its `plugins:` must
+    /// name the digest of what was fetched, as `sha256:HEX`.
+    pub(crate) fn check_tool(&self, tool: &str, sha256: &str) -> Result<(), String> {
+        if self.plugins.is_none() || self.grants.plugins.iter().any(|p| p.strip_prefix("sha256:") == Some(sha256)) {
+            return Ok(());
+        }
+        Err(format!(
+            "tool `{tool}` is not among the plugins environment `{}` allows; an admin allows it by adding `sha256:{sha256}` to the environment's `plugins:`",
+            self.environment
+        ))
+    }
+
     /// Whether the environment lets this plugin file run.
     pub(crate) fn check_plugin(&self, file: &Path, as_written: &str) -> Result<(), String> {
         let Some(allowed) = &self.plugins else { return Ok(()) };

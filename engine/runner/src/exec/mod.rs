@@ -13,6 +13,7 @@ mod progress;
 mod resume;
 mod schedule;
 mod step;
+mod tools;
 mod workspace;
 
 pub use progress::{Progress, RunSummary};
@@ -48,6 +49,14 @@ pub(crate) struct Shared {
     pub(crate) sources: HashMap<String, PathBuf>,
     /// Plugins loaded in this run, by (path, fuel, grants); each loads once.
     pub(crate) plugins: Mutex<HashMap<(PathBuf, bool, HostGrants), Arc<PluginCell>>>,
+    /// The pipeline's tools.
+    pub(crate) tools: IndexMap<String, airlock_model::Tool>,
+    /// Where tools are fetched to.
+    pub(crate) tool_cache: airlock_host::tools::ToolCache,
+    /// Tools fetched (or found in the cache) in this run, by name; each once.
+    pub(crate) fetched: Mutex<HashMap<String, Arc<tools::ToolCell>>>,
+    /// An empty directory, mounted read-only at `/inputs` itself.
+    pub(crate) inputs_root: PathBuf,
     pub(crate) observer: Box<dyn Fn(&Progress) + Send + Sync>,
     /// Empty workspaces of finished steps, ready for the next step; `None`
     /// when workspaces are kept for inspection, so each keeps its name.
@@ -157,7 +166,9 @@ impl Engine {
         let dag = Dag::new(pipeline);
         let names: Vec<String> = pipeline.steps.keys().cloned().collect();
         let run_dir = self.state_dir.join("work").join(&run.id);
-        std::fs::create_dir_all(&run_dir).map_err(|source| RunnerError::StateDir { path: run_dir.clone(), source })?;
+        let inputs_root = run_dir.join(".inputs");
+        std::fs::create_dir_all(&inputs_root)
+            .map_err(|source| RunnerError::StateDir { path: run_dir.clone(), source })?;
         observer(&Progress::RunStarted { run: run.id.clone(), steps: names.clone() });
 
         let shared = Arc::new(Shared {
@@ -170,6 +181,10 @@ impl Engine {
             params,
             sources: pipeline.sources.iter().map(|(k, v)| (k.clone(), base_dir.join(&v.path))).collect(),
             plugins: Mutex::new(HashMap::new()),
+            tools: pipeline.tools.clone(),
+            tool_cache: self.tool_cache.clone(),
+            fetched: Mutex::new(HashMap::new()),
+            inputs_root,
             observer,
             spare_workspaces: (!options.keep_workspaces).then(Default::default),
             targets: self.targets.clone(),

@@ -1,17 +1,22 @@
 //! Loading a step's plugin once per run, with what its environment grants.
 
-use super::Shared;
 use super::grants::effective_limits;
+use super::{Progress, Shared};
 use airlock_model::PluginStep;
 use airlock_sandbox::{HostGrants, Plugin, PluginKind};
+use std::path::Path;
 use tokio::sync::OnceCell;
 
 /// A plugin loaded once per run, or why it could not be.
 pub(crate) type PluginCell = OnceCell<Result<Plugin, String>>;
 
-pub(crate) async fn load_plugin(shared: &Shared, step: &PluginStep) -> Result<Plugin, String> {
-    let path = shared.base_dir.join(&step.uses);
+/// Loads the plugin at `path` for `step` (whose `uses:` names it in
+/// messages).
+pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, path: &Path) -> Result<Plugin, String> {
+    let path = path.to_owned();
     let fuel = effective_limits(shared, step).fuel.is_some();
+    let max_bytes =
+        shared.grants.as_ref().and_then(|g| g.grants.limits.plugin).unwrap_or(airlock_model::DEFAULT_PLUGIN_LIMIT);
     let grants = HostGrants::of(shared.grants.iter().flat_map(|g| g.grants.interfaces.iter().copied()));
     // Steps sharing a plugin compile it once; different plugins compile
     // in parallel.
@@ -19,24 +24,33 @@ pub(crate) async fn load_plugin(shared: &Shared, step: &PluginStep) -> Result<Pl
     cell.get_or_init(|| async {
         let sandbox = shared.sandbox.clone();
         let (p, g) = (path.clone(), grants.clone());
-        tokio::task::spawn_blocking(move || sandbox.load_granted(&p, fuel, &g))
-            .await
-            .map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses))
-            .and_then(|r| {
-                r.map_err(|e| {
-                    let mut message = e.to_string().replace(&path.display().to_string(), &step.uses);
-                    for interface in airlock_sandbox::HostInterface::ALL {
-                        if message.contains(interface.wit()) && !grants.allows(*interface) {
-                            message.push_str(&format!(
-                                "; a step may import `{}` only in a pipeline whose `environment:` grants `{}`",
-                                interface.wit(),
-                                interface.name()
-                            ));
-                        }
-                    }
-                    message
-                })
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = tokio::task::spawn_blocking(move || {
+            sandbox.load_reporting(&p, fuel, &g, max_bytes, &|size| {
+                let _ = tx.send(size);
             })
+        });
+        // Compiling a large tool takes a while, once: say so.
+        let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        while let Some(size) = rx.recv().await {
+            let what = format!("compiling {file} ({}), first use only", airlock_model::format_size(size));
+            (shared.observer)(&Progress::StepPreparing { step: name.to_owned(), what, done: None, total: None });
+        }
+        job.await.map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses)).and_then(|r| {
+            r.map_err(|e| {
+                let mut message = e.to_string().replace(&path.display().to_string(), &step.uses);
+                for interface in airlock_sandbox::HostInterface::ALL {
+                    if message.contains(interface.wit()) && !grants.allows(*interface) {
+                        message.push_str(&format!(
+                            "; a step may import `{}` only in a pipeline whose `environment:` grants `{}`",
+                            interface.wit(),
+                            interface.name()
+                        ));
+                    }
+                }
+                message
+            })
+        })
     })
     .await
     .clone()

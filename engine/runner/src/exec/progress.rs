@@ -24,6 +24,20 @@ pub enum Progress {
         /// Attempt number, from 1.
         attempt: u32,
     },
+    /// A step is being made ready to run: a tool fetched or unpacked, a
+    /// large plugin compiled for the first time.
+    StepPreparing {
+        /// The step.
+        step: String,
+        /// What is being done, in words.
+        what: String,
+        /// Bytes done so far, for work that has a size.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        done: Option<u64>,
+        /// Of how many, if known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
     /// An attempt failed and will be retried.
     StepRetrying {
         /// The step.

@@ -3,7 +3,7 @@
 use super::grants::effective_limits;
 use super::outputs::{outputs_dir, take_outputs};
 use super::plugins::{check_kind, load_plugin};
-use super::workspace::{discard_workspace, fresh_workspace, recycle_workspace};
+use super::workspace::{clear_scratch, discard_workspace, fresh_workspace, recycle_workspace, scratch_of};
 use super::{Progress, Shared};
 use airlock_model::text::one_line;
 use airlock_model::{ExprContext, PluginStep, Step, StepKind, render};
@@ -137,20 +137,35 @@ pub(crate) async fn attempts(
     let store = &shared.store;
     let failed = |reason: String| StepError::Failed(reason);
     let record_error = |e: airlock_store::StoreError| StepError::Failed(format!("cannot record the step: {e}"));
+    // Preparing (fetching a tool, compiling it) is part of the step's
+    // first attempt, and of the time it reports.
+    store
+        .update_step(&shared.run_id, name, Some("attempt 1".into()), |s| {
+            // No attempt yet: a plugin refused now never started.
+            s.state = StepState::Running;
+            s.started_ms.get_or_insert_with(now_ms);
+        })
+        .map_err(record_error)?;
+    let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
     if let Some(grants) = &shared.grants {
-        grants
-            .check_plugin(&shared.base_dir.join(&step.uses), &step.uses)
-            .map_err(|e| failed(format!("step `{name}`: {e}")))?;
+        match (&resolved.tool_sha256, step.tool()) {
+            (Some(digest), Some(tool)) => grants.check_tool(tool, digest),
+            _ => grants.check_plugin(&resolved.plugin, &step.uses),
+        }
+        .map_err(|e| failed(format!("step `{name}`: {e}")))?;
     }
-    let plugin = load_plugin(shared, step).await.map_err(failed)?;
+    let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
     check_kind(name, step, &plugin).map_err(failed)?;
-    let invocation = invocation(shared, name, step, timeout).map_err(failed)?;
+    let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
+    invocation.mounts = resolved.mounts;
+    invocation.argv0 = step.argv0.clone().or(resolved.argv0);
     let mut attempt = 0;
     loop {
         attempt += 1;
         let digest = plugin.digest.clone();
         store
-            .update_step(&shared.run_id, name, Some(format!("attempt {attempt}")), |s| {
+            // The first attempt was recorded as it began preparing.
+            .update_step(&shared.run_id, name, (attempt > 1).then(|| format!("attempt {attempt}")), |s| {
                 s.state = StepState::Running;
                 s.attempts = attempt;
                 s.started_ms.get_or_insert_with(now_ms);
@@ -163,7 +178,12 @@ pub(crate) async fn attempts(
         let live = airlock_sandbox::LogSink::new(usize::try_from(invocation.log_limit).unwrap_or(usize::MAX));
         let live_key = (shared.run_id.clone(), name.to_owned());
         shared.live.insert(live_key.clone(), attempt, live.clone());
-        let inv = Invocation { workspace: workspace.clone(), live_log: Some(live), ..invocation.clone() };
+        let inv = Invocation {
+            workspace: workspace.clone(),
+            tmp: Some(scratch_of(&workspace)),
+            live_log: Some(live),
+            ..invocation.clone()
+        };
 
         let outcome = tokio::select! {
             outcome = shared.sandbox.run(&plugin, inv) => outcome,
@@ -191,7 +211,10 @@ pub(crate) async fn attempts(
         // From here on, readers find the attempt's log in the store.
         shared.live.remove(&live_key);
         let result = match outcome.result {
-            Ok(()) => take_outputs(shared, name, step, &workspace).await,
+            Ok(()) => match clear_scratch(&workspace).await {
+                Ok(()) => take_outputs(shared, name, step, &workspace).await,
+                Err(e) => Err(e),
+            },
             Err(failure) => Err(describe(name, timeout, &failure)),
         };
         if result.is_ok() {
@@ -285,6 +308,7 @@ pub(crate) fn invocation(
     }
     let mut inv = Invocation::new(PathBuf::new());
     inv.inputs = inputs;
+    inv.inputs_root = Some(shared.inputs_root.clone());
     inv.params = step.with.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;
     inv.args = step.args.iter().flatten().map(expand).collect::<Result<_, _>>()?;
     inv.env = step.env.iter().map(|(k, v)| Ok((k.clone(), expand(v)?))).collect::<Result<_, String>>()?;

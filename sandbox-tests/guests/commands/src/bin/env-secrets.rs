@@ -9,7 +9,7 @@ fn main() {
     let declared: Vec<String> = std::env::args().skip(1).collect();
     println!("args: {:?}", std::env::args().collect::<Vec<_>>());
     for (name, value) in std::env::vars() {
-        if name == "PWD" || declared.contains(&name) {
+        if name == "PWD" || name == "TMPDIR" || declared.contains(&name) {
             println!("declared: {name}={value}");
         } else {
             a.check::<_, String>(&format!("undeclared variable {name}"), Ok(value));

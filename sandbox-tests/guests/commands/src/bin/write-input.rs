@@ -1,5 +1,7 @@
 //! Attack: change an input, which is mounted read-only: overwrite,
 //! append, truncate, create, delete, rename, and change permissions.
+//! `write-input [DIR FILE]...` attacks those directories and files (a
+//! step's mounts) instead of the two inputs of the lab.
 
 use hostile_commands::Attempts;
 use std::fs::OpenOptions;
@@ -7,7 +9,13 @@ use std::io::Write;
 
 fn main() {
     let mut a = Attempts::default();
-    for (dir, file) in [("/inputs/src", "/inputs/src/a.txt"), ("/inputs/before", "/inputs/before/counts.txt")] {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let targets: Vec<(&str, &str)> = if args.is_empty() {
+        vec![("/inputs/src", "/inputs/src/a.txt"), ("/inputs/before", "/inputs/before/counts.txt")]
+    } else {
+        args.chunks(2).map(|p| (p[0].as_str(), p.get(1).map_or("", String::as_str))).collect()
+    };
+    for (dir, file) in targets {
         a.check(&format!("overwrite {file}"), std::fs::write(file, "overwritten"));
         a.check(
             &format!("append to {file}"),

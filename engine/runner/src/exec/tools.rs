@@ -1,0 +1,108 @@
+//! What a plugin step runs and sees besides its workspace and inputs:
+//! its plugin file or fetched tool, and the trees mounted for it.
+
+use super::outputs::outputs_dir;
+use super::{Progress, Shared};
+use airlock_host::tools::{FetchProgress, Fetched};
+use airlock_model::{MountFrom, PluginStep};
+use std::path::{Path, PathBuf};
+use tokio::sync::OnceCell;
+
+/// A tool fetched once per run, or why it could not be.
+pub(crate) type ToolCell = OnceCell<Result<Fetched, String>>;
+
+/// What a step's `uses:` and `mounts:` come to on this host.
+pub(crate) struct Resolved {
+    /// The module or component to load.
+    pub(crate) plugin: PathBuf,
+    /// `argv[0]` unless the step chooses one: the tool's name.
+    pub(crate) argv0: Option<String>,
+    /// For a tool, the sha256 of what was fetched.
+    pub(crate) tool_sha256: Option<String>,
+    /// `(guest path, host directory)`, read-only.
+    pub(crate) mounts: Vec<(String, PathBuf)>,
+}
+
+/// Resolves a step's plugin and mounts, fetching the tools they name.
+pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> Result<Resolved, String> {
+    let (plugin, argv0, tool_sha256, mut mounts) = match step.tool() {
+        Some(tool) => {
+            let fetched = fetch(shared, name, tool).await?;
+            let def = &shared.tools[tool];
+            let mut mounts = Vec::new();
+            for (guest, dir) in &def.mounts {
+                let host = fetched.dir(tool, dir).map_err(|e| format!("step `{name}`: {e}"))?;
+                mounts.push((guest.clone(), host));
+            }
+            (fetched.module, Some(tool.to_owned()), Some(def.sha256.clone()), mounts)
+        }
+        None => (shared.base_dir.join(&step.uses), None, None, Vec::new()),
+    };
+    for (guest, from) in &step.mounts {
+        let host = match MountFrom::parse(from) {
+            MountFrom::Tool { tool, dir } => {
+                fetch(shared, name, tool).await?.dir(tool, dir).map_err(|e| format!("step `{name}`: {e}"))?
+            }
+            MountFrom::Tree { name: tree, dir } => {
+                // Validation guarantees a source or an upstream step.
+                let root = match shared.sources.get(tree) {
+                    Some(dir) => dir.clone(),
+                    None => outputs_dir(shared, tree),
+                };
+                inside(&root, dir).map_err(|e| format!("step `{name}`: mount `{guest}`: {e}"))?
+            }
+        };
+        mounts.push((guest.clone(), host));
+    }
+    Ok(Resolved { plugin, argv0, tool_sha256, mounts })
+}
+
+/// `dir` below `root`, which must be a directory there, not a link
+/// leading elsewhere.
+fn inside(root: &Path, dir: &str) -> Result<PathBuf, String> {
+    if !root.is_dir() {
+        // An upstream step without outputs leaves no directory.
+        std::fs::create_dir_all(root).map_err(|e| format!("cannot lay out {}: {e}", root.display()))?;
+    }
+    let real_root = std::fs::canonicalize(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let path = root.join(dir);
+    match std::fs::canonicalize(&path) {
+        Ok(real) if real.starts_with(&real_root) && real.is_dir() => Ok(real),
+        Ok(real) if real.starts_with(&real_root) => Err(format!("`{dir}` is a file, not a directory")),
+        Ok(_) => Err(format!("`{dir}` leads outside of what it names (a symbolic link?)")),
+        Err(_) => Err(format!("there is no directory `{dir}` in it")),
+    }
+}
+
+/// The tool, fetched into the tool cache unless it is there already;
+/// steps sharing a tool wait for one fetch.
+async fn fetch(shared: &Shared, step: &str, tool: &str) -> Result<Fetched, String> {
+    let cell = shared.fetched.lock().await.entry(tool.to_owned()).or_default().clone();
+    cell.get_or_init(|| async {
+        let def = shared.tools[tool].clone();
+        let cache = shared.tool_cache.clone();
+        let (name, tx_step) = (tool.to_owned(), step.to_owned());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = tokio::task::spawn_blocking(move || {
+            cache.fetch(&name, &def, &|p| {
+                let _ = tx.send(p);
+            })
+        });
+        let url = shared.tools[tool].url.clone();
+        while let Some(p) = rx.recv().await {
+            let (what, done, total) = match p {
+                FetchProgress::Downloading { done, total } => {
+                    (format!("fetching tool `{tool}` from {url}"), Some(done), total)
+                }
+                FetchProgress::Unpacking => (format!("unpacking tool `{tool}`"), None, None),
+            };
+            (shared.observer)(&Progress::StepPreparing { step: tx_step.clone(), what, done, total });
+        }
+        match job.await {
+            Ok(r) => r.map_err(|e| format!("step `{step}`: {e}")),
+            Err(e) => Err(format!("step `{step}`: fetching tool `{tool}` stopped: {e}")),
+        }
+    })
+    .await
+    .clone()
+}
