@@ -90,3 +90,46 @@ fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(s.step("count")["outputs"][0]["path"], "counts.txt");
 }
+
+/// An environment that lists its plugins runs a tool only if it names
+/// the tool's digest: the admin approves the exact file.
+#[test]
+fn an_environment_allows_a_tool_by_its_digest() {
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let url = serve(wasm.clone());
+    let right = hex::encode(Sha256::digest(&wasm));
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two\n");
+    s.pipeline(&format!(
+        "name: t\nenvironment: ci\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {right}\nsteps:\n  count:\n    uses: tool:wc\n    inputs: [src]\n    args: [counts.txt, /inputs/src/a.txt]\n    outputs: [counts.txt]\n"
+    ));
+    let policy = |allowed: &str| {
+        s.file(
+            "policy.yaml",
+            format!(
+                "environments:\n  ci:\n    provider: {{ type: command, argv: [/bin/true] }}\n    pipelines: [t]\n    grants:\n      plugins: ['{allowed}']\n"
+            ),
+        )
+    };
+    let run = |policy: &std::path::Path| {
+        output(
+            airlock(&s.state())
+                .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+                .arg("--policy")
+                .arg(policy)
+                .arg("run")
+                .arg(s.path().join("pipeline.yaml")),
+        )
+    };
+    let (code, _, err) = run(&policy("plugins/**/*.wasm"));
+    assert_eq!(code, 1, "{err}");
+    let reason = s.step("count")["reason"].as_str().expect("reason").to_owned();
+    assert_eq!(
+        reason,
+        format!(
+            "step `count`: tool `wc` is not among the plugins environment `ci` allows; an admin allows it by adding `sha256:{right}` to the environment's `plugins:`"
+        )
+    );
+    let (code, _, err) = run(&policy(&format!("sha256:{right}")));
+    assert_eq!(code, 0, "{err}");
+}
