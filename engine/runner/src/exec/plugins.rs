@@ -7,6 +7,11 @@ use airlock_sandbox::{HostGrants, Plugin, PluginKind};
 use std::path::Path;
 use tokio::sync::OnceCell;
 
+/// Plugins this large take seconds to compile (nextpnr's 2 MiB, three;
+/// Yosys's 66 MiB, a minute on two cores): compiling one is reported.
+/// Smaller ones compile in the blink of an eye.
+const COMPILE_NOTICE_BYTES: u64 = 1 << 20;
+
 /// A plugin loaded once per run, or why it could not be.
 pub(crate) type PluginCell = OnceCell<Result<Plugin, String>>;
 
@@ -27,7 +32,9 @@ pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, 
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let job = tokio::task::spawn_blocking(move || {
             sandbox.load_reporting(&p, fuel, &g, max_bytes, &|size| {
-                let _ = tx.send(size);
+                if size >= COMPILE_NOTICE_BYTES {
+                    let _ = tx.send(size);
+                }
             })
         });
         // Compiling a large tool takes a while, once: say so.

@@ -190,6 +190,8 @@ pub(crate) async fn attempts(
             () = cancel.cancelled() => return Err(StepError::Cancelled),
         };
         let requests = outcome.deploy_requests;
+        // A program that exits non-zero says why in its last lines.
+        let said = matches!(outcome.result, Err(Failure::Exit(_))).then(|| last_lines(&outcome.log)).flatten();
         let truncated = outcome.log_written > outcome.log.len() as u64;
         *log_truncated |= truncated;
         if outcome.log_written > 0 {
@@ -215,7 +217,10 @@ pub(crate) async fn attempts(
                 Ok(()) => take_outputs(shared, name, step, &workspace).await,
                 Err(e) => Err(e),
             },
-            Err(failure) => Err(describe(name, timeout, &failure)),
+            Err(failure) => Err(match said {
+                Some(lines) => format!("{}: {lines}", describe(name, timeout, &failure)),
+                None => describe(name, timeout, &failure),
+            }),
         };
         if result.is_ok() {
             recycle_workspace(shared, workspace);
@@ -247,6 +252,27 @@ pub(crate) async fn attempts(
             Err(reason) => return Err(StepError::Failed(reason)),
         }
     }
+}
+
+/// Lines of a log's end shown in a failed step's reason, at most.
+const REASON_LINES: usize = 3;
+/// Bytes of them, at most.
+const REASON_LINE_BYTES: usize = 600;
+
+/// The last few non-empty lines of a log, joined with ` / `, or `None`
+/// for a log with nothing in it.
+pub(crate) fn last_lines(log: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(&log[log.len().saturating_sub(16 << 10)..]);
+    let mut lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).rev().take(REASON_LINES).collect();
+    lines.reverse();
+    if lines.is_empty() {
+        return None;
+    }
+    let joined = lines.join(" / ");
+    // Cut from the front: the last words matter most.
+    let start = joined.len().saturating_sub(REASON_LINE_BYTES);
+    let start = (start..joined.len()).find(|i| joined.is_char_boundary(*i)).unwrap_or(joined.len());
+    Some(if start > 0 { format!("…{}", &joined[start..]) } else { joined })
 }
 
 /// The failure of a step, in words.
@@ -321,4 +347,24 @@ pub(crate) fn invocation(
     inv.timeout = timeout;
     inv.quota = Quota { bytes: limits.disk, entries: limits.files };
     Ok(inv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn the_last_lines_of_a_log_say_why_a_program_failed() {
+        assert_eq!(last_lines(b""), None);
+        assert_eq!(last_lines(b"\n  \n"), None);
+        let log =
+            b"collected 3 items\n\ntest_a ok\nFAIL: test_b (tests.T)\nAssertionError: 2 != 3\n\nFAILED (failures=1)\n";
+        assert_eq!(
+            last_lines(log).as_deref(),
+            Some("FAIL: test_b (tests.T) / AssertionError: 2 != 3 / FAILED (failures=1)")
+        );
+        let long = format!("{}\n", "é".repeat(1000));
+        let shown = last_lines(long.as_bytes()).expect("lines");
+        assert!(shown.starts_with('…') && shown.len() <= 600 + '…'.len_utf8(), "{}", shown.len());
+    }
 }
