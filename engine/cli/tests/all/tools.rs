@@ -123,6 +123,8 @@ fn an_environment_allows_a_tool_by_its_digest() {
     };
     let (code, _, err) = run(&policy("plugins/**/*.wasm"));
     assert_eq!(code, 1, "{err}");
+    // Refused by the pinned digest, before anything was fetched.
+    assert!(std::fs::read_dir(s.path().join("tools/sha256")).is_ok_and(|mut d| d.next().is_none()), "fetched anyway");
     let reason = s.step("count")["reason"].as_str().expect("reason").to_owned();
     assert_eq!(
         reason,

@@ -146,13 +146,16 @@ pub(crate) async fn attempts(
             s.started_ms.get_or_insert_with(now_ms);
         })
         .map_err(record_error)?;
+    // A tool is allowed by the digest the pipeline pins, before anything
+    // is fetched; a plugin file by where it is.
+    if let (Some(grants), Some(tool)) = (&shared.grants, step.tool()) {
+        grants.check_tool(tool, &shared.tools[tool].sha256).map_err(|e| failed(format!("step `{name}`: {e}")))?;
+    }
     let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
-    if let Some(grants) = &shared.grants {
-        match (&resolved.tool_sha256, step.tool()) {
-            (Some(digest), Some(tool)) => grants.check_tool(tool, digest),
-            _ => grants.check_plugin(&resolved.plugin, &step.uses),
-        }
-        .map_err(|e| failed(format!("step `{name}`: {e}")))?;
+    if let Some(grants) = &shared.grants
+        && step.tool().is_none()
+    {
+        grants.check_plugin(&resolved.plugin, &step.uses).map_err(|e| failed(format!("step `{name}`: {e}")))?;
     }
     let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
     check_kind(name, step, &plugin).map_err(failed)?;

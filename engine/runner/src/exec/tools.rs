@@ -17,15 +17,13 @@ pub(crate) struct Resolved {
     pub(crate) plugin: PathBuf,
     /// `argv[0]` unless the step chooses one: the tool's name.
     pub(crate) argv0: Option<String>,
-    /// For a tool, the sha256 of what was fetched.
-    pub(crate) tool_sha256: Option<String>,
     /// `(guest path, host directory)`, read-only.
     pub(crate) mounts: Vec<(String, PathBuf)>,
 }
 
 /// Resolves a step's plugin and mounts, fetching the tools they name.
 pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> Result<Resolved, String> {
-    let (plugin, argv0, tool_sha256, mut mounts) = match step.tool() {
+    let (plugin, argv0, mut mounts) = match step.tool() {
         Some(tool) => {
             let fetched = fetch(shared, name, tool).await?;
             let def = &shared.tools[tool];
@@ -34,9 +32,9 @@ pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> R
                 let host = fetched.dir(tool, dir).map_err(|e| format!("step `{name}`: {e}"))?;
                 mounts.push((guest.clone(), host));
             }
-            (fetched.module, Some(tool.to_owned()), Some(def.sha256.clone()), mounts)
+            (fetched.module, Some(tool.to_owned()), mounts)
         }
-        None => (shared.base_dir.join(&step.uses), None, None, Vec::new()),
+        None => (shared.base_dir.join(&step.uses), None, Vec::new()),
     };
     for (guest, from) in &step.mounts {
         let host = match MountFrom::parse(from) {
@@ -54,7 +52,7 @@ pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> R
         };
         mounts.push((guest.clone(), host));
     }
-    Ok(Resolved { plugin, argv0, tool_sha256, mounts })
+    Ok(Resolved { plugin, argv0, mounts })
 }
 
 /// `dir` below `root`, which must be a directory there, not a link
