@@ -208,6 +208,8 @@ impl ToolCache {
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
+        // Said before connecting: a slow server is seen waiting.
+        progress(FetchProgress::Downloading { done: 0, total: None });
         let answer = agent.get(&tool.url).call().map_err(|e| {
             err(format!(
                 "cannot fetch {}: {e}; check the URL and the network, or fetch it with `airlock fetch` on a machine that can and copy the tool cache",

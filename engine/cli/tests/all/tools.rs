@@ -166,3 +166,42 @@ fn the_python_pipeline_runs_unit_tests_and_a_failing_one_fails_the_run() {
     assert!(reason.starts_with("step `test` exited with status 1: "), "{reason}");
     assert!(reason.contains("FAILED (failures=1)"), "{reason}");
 }
+
+/// A run cancelled while a tool is being fetched ends at once: it does
+/// not wait for a server that never answers.
+#[test]
+fn ctrl_c_while_a_tool_is_fetched_cancels_the_step() {
+    // Accepts connections and never answers them.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/slow.wasm", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let s = Scratch::new();
+    s.pipeline(&format!(
+        "name: t\ntools:\n  slow:\n    url: {url}\n    sha256: {}\nsteps:\n  fetch:\n    uses: tool:slow\n",
+        "a".repeat(64)
+    ));
+    let mut child = airlock(&s.state())
+        .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+        .arg("run")
+        .arg(s.path().join("pipeline.yaml"))
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("step-preparing"))), "the fetch never started");
+    let started = std::time::Instant::now();
+    let kill = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(s.step("fetch")["state"], "cancelled");
+}

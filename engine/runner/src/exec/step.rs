@@ -151,13 +151,22 @@ pub(crate) async fn attempts(
     if let (Some(grants), Some(tool)) = (&shared.grants, step.tool()) {
         grants.check_tool(tool, &shared.tools[tool].sha256).map_err(|e| failed(format!("step `{name}`: {e}")))?;
     }
-    let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
-    if let Some(grants) = &shared.grants
-        && step.tool().is_none()
-    {
-        grants.check_plugin(&resolved.plugin, &step.uses).map_err(|e| failed(format!("step `{name}`: {e}")))?;
-    }
-    let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
+    // Fetching and compiling can take minutes; a cancelled run does not
+    // wait for them (they finish in the background, for the caches).
+    let prepared = async {
+        let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
+        if let Some(grants) = &shared.grants
+            && step.tool().is_none()
+        {
+            grants.check_plugin(&resolved.plugin, &step.uses).map_err(|e| failed(format!("step `{name}`: {e}")))?;
+        }
+        let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
+        Ok::<_, StepError>((resolved, plugin))
+    };
+    let (resolved, plugin) = tokio::select! {
+        prepared = prepared => prepared?,
+        () = cancel.cancelled() => return Err(StepError::Cancelled),
+    };
     check_kind(name, step, &plugin).map_err(failed)?;
     let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
     invocation.mounts = resolved.mounts;
