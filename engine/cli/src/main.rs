@@ -276,9 +276,14 @@ fn main() -> ExitCode {
             // The scheduler runs as a task on a worker, beside the steps it
             // starts, so handing over to the next step stays on one thread.
             let (state_dir, policy) = (cli.state_dir.clone(), cli.policy.clone());
-            rt.block_on(async move {
+            let code = rt.block_on(async move {
                 tokio::spawn(async move { progress::run(&state_dir, policy.as_deref(), args).await }).await?
-            })
+            });
+            // The run is recorded whole by now. A tool fetch or compile a
+            // cancelled run left behind only fills a cache (each lands by
+            // an atomic rename): exit without waiting for it.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            code
         }),
         Command::Serve(args) => {
             runtime().and_then(|rt| rt.block_on(serve::serve(&cli.state_dir, cli.policy.as_deref(), args)))
