@@ -279,6 +279,26 @@ impl Engine {
     }
 }
 
+/// Runs `work` on a blocking thread; what it reports through the
+/// function it is given reaches `report` here, as it comes. Fetching a
+/// tool and compiling a plugin both take long and say how they go.
+pub(crate) async fn blocking_reporting<T: Send + 'static, P: Send + 'static>(
+    work: impl FnOnce(&dyn Fn(P)) -> T + Send + 'static,
+    mut report: impl FnMut(P),
+) -> Result<T, tokio::task::JoinError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let job = tokio::task::spawn_blocking(move || {
+        work(&|p| {
+            let _ = tx.send(p);
+        })
+    });
+    // The sender goes with `work`: this ends when it has returned.
+    while let Some(p) = rx.recv().await {
+        report(p);
+    }
+    job.await
+}
+
 /// Records the steps the schedule decided will never run.
 fn record_skips(shared: &Shared, schedule: &Schedule, skips: Vec<Skip>) -> Result<(), RunnerError> {
     for Skip { index, reason } in skips {

@@ -29,20 +29,21 @@ pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, 
     cell.get_or_init(|| async {
         let sandbox = shared.sandbox.clone();
         let (p, g) = (path.clone(), grants.clone());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let job = tokio::task::spawn_blocking(move || {
-            sandbox.load_reporting(&p, fuel, &g, max_bytes, &|size| {
-                if size >= COMPILE_NOTICE_BYTES {
-                    let _ = tx.send(size);
-                }
-            })
-        });
         // Compiling a large tool takes a while, once: say so.
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        while let Some(size) = rx.recv().await {
-            let what = format!("compiling {file} ({}), first use only", airlock_model::format_size(size));
-            (shared.observer)(&Progress::StepPreparing { step: name.to_owned(), what, done: None, total: None });
-        }
+        let job = super::blocking_reporting(
+            move |report| {
+                sandbox.load_reporting(&p, fuel, &g, max_bytes, &|size| {
+                    if size >= COMPILE_NOTICE_BYTES {
+                        report(size);
+                    }
+                })
+            },
+            |size| {
+                let what = format!("compiling {file} ({}), first use only", airlock_model::format_size(size));
+                (shared.observer)(&Progress::StepPreparing { step: name.to_owned(), what, done: None, total: None });
+            },
+        );
         job.await.map_err(|e| format!("plugin `{}` could not be loaded: {e}", step.uses)).and_then(|r| {
             r.map_err(|e| {
                 let mut message = e.to_string().replace(&path.display().to_string(), &step.uses);

@@ -79,23 +79,20 @@ async fn fetch(shared: &Shared, step: &str, tool: &str) -> Result<Fetched, Strin
     cell.get_or_init(|| async {
         let def = shared.tools[tool].clone();
         let cache = shared.tool_cache.clone();
-        let (name, tx_step) = (tool.to_owned(), step.to_owned());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let job = tokio::task::spawn_blocking(move || {
-            cache.fetch(&name, &def, &|p| {
-                let _ = tx.send(p);
-            })
-        });
-        let url = shared.tools[tool].url.clone();
-        while let Some(p) = rx.recv().await {
-            let (what, done, total) = match p {
-                FetchProgress::Downloading { done, total } => {
-                    (format!("fetching tool `{tool}` from {url}"), Some(done), total)
-                }
-                FetchProgress::Unpacking => (format!("unpacking tool `{tool}`"), None, None),
-            };
-            (shared.observer)(&Progress::StepPreparing { step: tx_step.clone(), what, done, total });
-        }
+        let name = tool.to_owned();
+        let url = &shared.tools[tool].url;
+        let job = super::blocking_reporting(
+            move |report| cache.fetch(&name, &def, report),
+            |p| {
+                let (what, done, total) = match p {
+                    FetchProgress::Downloading { done, total } => {
+                        (format!("fetching tool `{tool}` from {url}"), Some(done), total)
+                    }
+                    FetchProgress::Unpacking => (format!("unpacking tool `{tool}`"), None, None),
+                };
+                (shared.observer)(&Progress::StepPreparing { step: step.to_owned(), what, done, total });
+            },
+        );
         match job.await {
             Ok(r) => r.map_err(|e| format!("step `{step}`: {e}")),
             Err(e) => Err(format!("step `{step}`: fetching tool `{tool}` stopped: {e}")),
