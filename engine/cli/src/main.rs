@@ -60,6 +60,7 @@ Environment:
   AIRLOCK_TOKEN      the token `airlock publish` sends
   AIRLOCK_USER_TOKEN your user API token (`airlock run [--server]`, `airlock approve`)
   AIRLOCK_TOOL_CACHE where fetched tools are kept [default: the state directory's tools/]
+  AIRLOCK_COMPILE_CACHE_LIMIT  compiled plugins kept, least recently used dropped first [default: 4GiB]
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -334,13 +335,24 @@ fn main() -> ExitCode {
 }
 
 /// The engine on a state directory, fetching tools into the cache that
-/// AIRLOCK_TOOL_CACHE names, if it names one.
+/// AIRLOCK_TOOL_CACHE names, if it names one, and keeping as much compiled
+/// code as AIRLOCK_COMPILE_CACHE_LIMIT says.
 pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock_runner::Engine> {
-    let engine = airlock_runner::Engine::open(state_dir)?;
-    Ok(match std::env::var_os("AIRLOCK_TOOL_CACHE").filter(|d| !d.is_empty()) {
-        Some(dir) => engine.with_tool_cache(std::path::Path::new(&dir))?,
-        None => engine,
-    })
+    // A bad limit is refused before the state directory is touched.
+    let limit = match std::env::var("AIRLOCK_COMPILE_CACHE_LIMIT").ok().filter(|v| !v.is_empty()) {
+        Some(text) => {
+            Some(airlock_model::parse_size(&text).map_err(|e| anyhow::anyhow!("AIRLOCK_COMPILE_CACHE_LIMIT: {e}"))?)
+        }
+        None => None,
+    };
+    let mut engine = airlock_runner::Engine::open(state_dir)?;
+    if let Some(dir) = std::env::var_os("AIRLOCK_TOOL_CACHE").filter(|d| !d.is_empty()) {
+        engine = engine.with_tool_cache(std::path::Path::new(&dir))?;
+    }
+    if let Some(bytes) = limit {
+        engine = engine.with_compile_cache_limit(bytes);
+    }
+    Ok(engine)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -2,7 +2,8 @@
 //!
 //! It records the run and each step's transitions in the store before
 //! acting on them, starts every step whose `needs` succeeded (at most
-//! `jobs` at a time), runs each in the sandbox with exactly its workspace,
+//! `jobs` at work at a time, and beside them up to `jobs` more fetching
+//! or compiling their tools), runs each in the sandbox with exactly its workspace,
 //! inputs, parameters and environment, takes its outputs into the artifact
 //! store, hands them read-only to the steps downstream, retries what the
 //! pipeline says to retry, and skips the dependants of a step that failed
@@ -106,7 +107,8 @@ fn end_orphan(store: &Store, run: &RunRecord) -> Result<(), RunnerError> {
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Steps running at once, at most.
+    /// Steps at work at once, at most. Steps still fetching or compiling
+    /// their tool do not count: up to as many again prepare beside them.
     pub jobs: usize,
     /// `--param NAME=VALUE`, in the order given.
     pub params: Vec<(String, String)>,
@@ -231,6 +233,16 @@ impl Engine {
         self.tool_cache = airlock_host::tools::ToolCache::open(dir)
             .map_err(|source| RunnerError::StateDir { path: dir.to_owned(), source })?;
         Ok(self)
+    }
+
+    /// Bounds the cache of compiled plugins to `bytes`; the least
+    /// recently used are removed past it.
+    pub fn with_compile_cache_limit(mut self, bytes: u64) -> Self {
+        match Arc::get_mut(&mut self.sandbox) {
+            Some(sandbox) => sandbox.set_compile_cache_limit(bytes),
+            None => tracing::warn!("the compile cache limit is set before the engine is shared; ignored"),
+        }
+        self
     }
 
     /// The tool cache.

@@ -1,27 +1,58 @@
 //! Compiled plugins on disk, keyed by (plugin digest, engine configuration).
 //!
-//! Compiling a plugin takes milliseconds to seconds; loading the compiled
-//! form takes microseconds. Each entry is written to a temporary file and
-//! renamed into place, so a crash leaves either no entry or a whole one.
-//! Each entry starts with the sha256 of the rest, checked before the bytes
-//! are handed to wasmtime: a damaged or truncated file is recompiled, never
-//! loaded.
+//! Compiling a plugin takes milliseconds for a small step and a minute for
+//! a big toolchain; loading the compiled form takes microseconds. Each
+//! entry is two files: `KEY.cwasm`, exactly what wasmtime serialized, so
+//! that it can be mapped into memory rather than read (a 150 MiB Yosys
+//! costs no resident memory until its code runs, and the kernel shares
+//! the pages between steps), and `KEY.sum`, the sha256 of the first. The
+//! sum is checked before wasmtime sees the file: a damaged, truncated or
+//! swapped file is recompiled, never run.
+//!
+//! Writes go to a temporary file renamed into place, the sum after the
+//! code, so a crash leaves no entry, a whole one, or a sum whose code is
+//! missing (a miss). Every use touches the entry; when the entries pass
+//! the size bound, the least recently used are removed.
 
 use sha2::{Digest, Sha256};
+use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Bytes of compiled plugins kept by default: the big toolchains several
+/// times over (Yosys, nextpnr and CPython compile to about 300 MiB).
+pub const DEFAULT_COMPILE_CACHE_LIMIT: u64 = 4 << 30;
 
 /// Where compiled plugins are kept.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    limit: u64,
+}
+
+/// A verified entry, open: the file wasmtime maps.
+#[derive(Debug)]
+pub struct Cached {
+    /// The compiled code, positioned at its start.
+    pub file: File,
+    /// Where it is, for wasmtime APIs that take a path.
+    pub path: PathBuf,
 }
 
 impl CompileCache {
-    /// A cache in `dir`, created when first written to.
+    /// A cache in `dir`, created when first written to, holding up to
+    /// [`DEFAULT_COMPILE_CACHE_LIMIT`] bytes.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self { dir: dir.into(), limit: DEFAULT_COMPILE_CACHE_LIMIT }
+    }
+
+    /// The same cache holding up to `bytes` of compiled code. The entry
+    /// just written is always kept, even when it alone is larger.
+    pub fn with_limit(mut self, bytes: u64) -> Self {
+        self.limit = bytes;
+        self
     }
 
     /// The directory holding the entries.
@@ -29,34 +60,142 @@ impl CompileCache {
         &self.dir
     }
 
-    fn path(&self, plugin_digest: &str, engine: &wasmtime::Engine) -> PathBuf {
+    fn key(plugin_digest: &str, engine: &wasmtime::Engine) -> String {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        self.dir.join(format!("{plugin_digest}-{:016x}.cwasm", hasher.finish()))
+        format!("{plugin_digest}-{:016x}", hasher.finish())
     }
 
-    /// The compiled bytes for this plugin and engine, if a sound entry exists.
-    pub fn get(&self, plugin_digest: &str, engine: &wasmtime::Engine) -> Option<Vec<u8>> {
-        let data = std::fs::read(self.path(plugin_digest, engine)).ok()?;
-        if data.len() < 32 {
-            return None;
+    /// The compiled code for this plugin and engine, if a sound entry
+    /// exists: its sum checked against the open file, read in pieces.
+    pub fn get(&self, plugin_digest: &str, engine: &wasmtime::Engine) -> Option<Cached> {
+        let key = Self::key(plugin_digest, engine);
+        let sum = std::fs::read(self.dir.join(format!("{key}.sum"))).ok()?;
+        let path = self.dir.join(format!("{key}.cwasm"));
+        let mut file = File::open(&path).ok()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 1 << 16];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(_) => return None,
+            }
         }
-        let (sum, body) = data.split_at(32);
-        if Sha256::digest(body).as_slice() != sum {
+        if hasher.finalize().as_slice() != sum.as_slice() {
             tracing::warn!(plugin = plugin_digest, "compiled plugin in the cache is damaged; compiling again");
             return None;
         }
-        Some(body.to_vec())
+        file.rewind().ok()?;
+        // Recently used, for eviction. The file is read-only to us; its
+        // times are set through a handle opened for writing them.
+        if let Ok(f) = File::options().append(true).open(&path) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+        Some(Cached { file, path })
     }
 
-    /// Stores compiled bytes. Failing to cache is not failing to run: the
-    /// error is returned for the caller to log.
+    /// Stores compiled bytes, then removes the least recently used other
+    /// entries while the cache is over its bound. Failing to cache is not
+    /// failing to run: the error is returned for the caller to log.
     pub fn put(&self, plugin_digest: &str, engine: &wasmtime::Engine, compiled: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&Sha256::digest(compiled))?;
-        tmp.write_all(compiled)?;
-        tmp.persist(self.path(plugin_digest, engine)).map_err(|e| e.error)?;
+        let key = Self::key(plugin_digest, engine);
+        let mut code = tempfile::NamedTempFile::new_in(&self.dir)?;
+        // Not synced: after a power cut, a file the kernel had not written
+        // fails its sum and is compiled again.
+        code.write_all(compiled)?;
+        code.persist(self.dir.join(format!("{key}.cwasm"))).map_err(|e| e.error)?;
+        let mut sum = tempfile::NamedTempFile::new_in(&self.dir)?;
+        sum.write_all(&Sha256::digest(compiled))?;
+        sum.persist(self.dir.join(format!("{key}.sum"))).map_err(|e| e.error)?;
+        self.evict(&key)
+    }
+
+    /// Removes entries, oldest use first, until what is left fits the
+    /// bound; `keep` is never removed.
+    fn evict(&self, keep: &str) -> std::io::Result<()> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".cwasm") else { continue };
+            let meta = entry.metadata()?;
+            entries.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), key.to_owned()));
+        }
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        entries.sort();
+        for (_, len, key) in entries {
+            if total <= self.limit {
+                break;
+            }
+            if key == keep {
+                continue;
+            }
+            // The sum first: an entry without its sum is a miss, never
+            // code taken for another.
+            let _ = std::fs::remove_file(self.dir.join(format!("{key}.sum")));
+            std::fs::remove_file(self.dir.join(format!("{key}.cwasm")))?;
+            tracing::debug!(entry = key, bytes = len, "compiled plugin evicted from the cache");
+            total -= len;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> wasmtime::Engine {
+        wasmtime::Engine::default()
+    }
+
+    #[test]
+    fn a_damaged_entry_is_a_miss() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = CompileCache::new(dir.path());
+        cache.put("aa", &engine(), b"compiled code").expect("put");
+        let mut got = String::new();
+        cache.get("aa", &engine()).expect("hit").file.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "compiled code");
+        let cwasm = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .expect("entry file");
+        std::fs::write(&cwasm, b"compiled codf").expect("damage");
+        assert!(cache.get("aa", &engine()).is_none(), "a damaged entry must not be used");
+        std::fs::write(&cwasm, b"compiled").expect("truncate");
+        assert!(cache.get("aa", &engine()).is_none(), "a truncated entry must not be used");
+    }
+
+    /// Past its bound the cache drops what was used longest ago, and keeps
+    /// what was just written and what was just read.
+    #[test]
+    fn the_least_recently_used_entries_go_first() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = CompileCache::new(dir.path()).with_limit(250);
+        let e = engine();
+        let at = |key: &str, secs: u64| {
+            let path = dir.path().join(format!("{}.cwasm", CompileCache::key(key, &e)));
+            let f = File::options().append(true).open(path).expect("open");
+            f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)).expect("time");
+        };
+        cache.put("a", &e, &[1; 100]).expect("put");
+        at("a", 1000);
+        cache.put("b", &e, &[2; 100]).expect("put");
+        at("b", 2000);
+        // Reading `a` makes it the most recently used.
+        assert!(cache.get("a", &e).is_some());
+        cache.put("c", &e, &[3; 100]).expect("put");
+        assert!(cache.get("b", &e).is_none(), "b was used longest ago");
+        assert!(cache.get("a", &e).is_some() && cache.get("c", &e).is_some());
+        // An entry bigger than the whole bound is still kept, alone.
+        cache.put("d", &e, &[4; 300]).expect("put");
+        assert!(cache.get("d", &e).is_some());
+        assert!(cache.get("a", &e).is_none() && cache.get("c", &e).is_none());
+        let files = std::fs::read_dir(dir.path()).expect("list").count();
+        assert_eq!(files, 2, "one entry, its code and its sum");
     }
 }

@@ -41,7 +41,7 @@ mod quota;
 mod run;
 
 pub use airlock_model::policy::HostInterface;
-pub use cache::CompileCache;
+pub use cache::{Cached, CompileCache, DEFAULT_COMPILE_CACHE_LIMIT};
 pub use deploy::DeployRequest;
 pub use error::SandboxError;
 pub use limits::{Limiter, MAX_TABLE_ELEMENTS};
@@ -106,5 +106,11 @@ impl Sandbox {
             })
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Self { plain, fueled, cache: cache_dir.map(CompileCache::new), stop_ticker })
+    }
+
+    /// Bounds the compile cache to `bytes` of compiled code (the default
+    /// is [`DEFAULT_COMPILE_CACHE_LIMIT`]).
+    pub fn set_compile_cache_limit(&mut self, bytes: u64) {
+        self.cache = self.cache.take().map(|c| c.with_limit(bytes));
     }
 }
