@@ -93,14 +93,17 @@ pub fn fetch(state_dir: &Path, policy: Option<&Path>, args: FetchArgs) -> anyhow
         };
         let fetch_seconds = started.elapsed().as_secs_f64();
         let mut compiled = None;
-        if !args.no_compile {
-            let size = std::fs::metadata(&fetched.module).map(|m| m.len()).unwrap_or(0);
+        // A tool that is only files to mount has nothing to compile.
+        if !args.no_compile
+            && let Some(module) = &fetched.module
+        {
+            let size = std::fs::metadata(module).map(|m| m.len()).unwrap_or(0);
             if !args.json {
                 eprintln!("compiling {name} ({}) ...", airlock_model::format_size(size));
             }
             let started = Instant::now();
             // Any size: the policy says what a step may load when it runs.
-            match engine.sandbox().load_granted(&fetched.module, false, &Default::default(), u64::MAX) {
+            match engine.sandbox().load_granted(module, false, &Default::default(), u64::MAX) {
                 Ok(plugin) => compiled = Some((plugin.from_cache, started.elapsed().as_secs_f64())),
                 Err(e) => {
                     failed = true;

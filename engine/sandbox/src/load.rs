@@ -18,7 +18,8 @@ pub enum PluginKind {
     Step,
     /// A `wasi:cli/command` component: configured with `args:`.
     Command,
-    /// A core module with `_start` (wasip1): configured with `args:`.
+    /// A core module (wasip1), started from `_start` or its `entry:`:
+    /// configured with `args:`.
     Module,
 }
 
@@ -42,6 +43,18 @@ pub struct Plugin {
 }
 
 impl Plugin {
+    /// For a core module, the exported functions it can start from (no
+    /// parameters, no results), `_start` among them if it has one; none
+    /// for a component.
+    pub fn entries(&self) -> Vec<String> {
+        let Compiled::Module(pre) = &*self.compiled else { return Vec::new() };
+        pre.module()
+            .exports()
+            .filter(|e| e.ty().func().is_some_and(|f| f.params().len() == 0 && f.results().len() == 0))
+            .map(|e| e.name().to_owned())
+            .collect()
+    }
+
     /// What kind of program this is.
     pub fn kind(&self) -> PluginKind {
         match &*self.compiled {
@@ -151,41 +164,54 @@ impl Sandbox {
             }
         };
         let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
-        let from_cache = cached.is_some();
-        if !from_cache {
-            compiling(bytes.len() as u64);
-        }
         let compiled = if is_component {
-            let component = match &cached {
-                // SAFETY (the one `unsafe` in airlock): wasmtime runs
-                // precompiled code as it finds it. These bytes were produced
-                // by `precompile_component` of an engine with this exact
-                // configuration (the cache key says so), written only by us
-                // under the state directory, and their sha256 was checked
-                // just now. wasmtime also checks its version and settings
-                // in the header before using them.
-                #[allow(unsafe_code)]
-                Some(c) => unsafe { wasmtime::component::Component::deserialize(&flavor.engine, c) },
-                None => wasmtime::component::Component::new(&flavor.engine, bytes),
-            }
-            .map_err(compile_error)?;
-            if !from_cache {
-                self.store_in_cache(&digest, &flavor.engine, component.serialize());
-            }
-            self.link_component(flavor, &component, &path, grants)?
+            // SAFETY (the one kind of `unsafe` in airlock): wasmtime runs
+            // precompiled code as it finds it. This file was produced by
+            // `serialize` of an engine with this exact configuration (the
+            // cache key says so), written only by us under the state
+            // directory, and its sha256 was checked just now, on the open
+            // file. wasmtime also checks its version and settings in the
+            // header before using it.
+            #[allow(unsafe_code)]
+            let mapped = cached.and_then(|c| {
+                unsafe { wasmtime::component::Component::deserialize_file(&flavor.engine, &c.path) }
+                    .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
+                    .ok()
+            });
+            let from_cache = mapped.is_some();
+            let component = match mapped {
+                Some(c) => c,
+                None => {
+                    compiling(bytes.len() as u64);
+                    let c = wasmtime::component::Component::new(&flavor.engine, bytes).map_err(compile_error)?;
+                    self.store_in_cache(&digest, &flavor.engine, c.serialize());
+                    c
+                }
+            };
+            (self.link_component(flavor, &component, &path, grants)?, from_cache)
         } else {
-            let module = match &cached {
-                // SAFETY: as for components above.
-                #[allow(unsafe_code)]
-                Some(c) => unsafe { wasmtime::Module::deserialize(&flavor.engine, c) },
-                None => wasmtime::Module::new(&flavor.engine, bytes),
-            }
-            .map_err(compile_error)?;
-            if !from_cache {
-                self.store_in_cache(&digest, &flavor.engine, module.serialize());
-            }
-            Self::link_module(flavor, &module, &path)?
+            // SAFETY: as for components above. The file checked is the
+            // file mapped: an entry replaced or evicted meanwhile is not
+            // what runs.
+            #[allow(unsafe_code)]
+            let mapped = cached.and_then(|c| {
+                unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, c.file) }
+                    .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
+                    .ok()
+            });
+            let from_cache = mapped.is_some();
+            let module = match mapped {
+                Some(m) => m,
+                None => {
+                    compiling(bytes.len() as u64);
+                    let m = wasmtime::Module::new(&flavor.engine, bytes).map_err(compile_error)?;
+                    self.store_in_cache(&digest, &flavor.engine, m.serialize());
+                    m
+                }
+            };
+            (Self::link_module(flavor, &module, &path)?, from_cache)
         };
+        let (compiled, from_cache) = compiled;
         Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, fuel })
     }
 
@@ -244,7 +270,11 @@ impl Sandbox {
         if !refused.is_empty() {
             return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: false });
         }
-        if module.get_export("_start").is_none() {
+        // Any function without parameters or results could be its
+        // entry (`entry:`); a module without one has nothing to run.
+        let startable =
+            module.exports().any(|e| e.ty().func().is_some_and(|f| f.params().len() == 0 && f.results().len() == 0));
+        if !startable {
             return Err(SandboxError::NothingToRun { path: path.to_owned() });
         }
         check_resources(path, &module.resources_required(), MAX_MEMORIES_PER_MODULE, MAX_TABLES_PER_MODULE)?;

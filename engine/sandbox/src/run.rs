@@ -40,6 +40,10 @@ pub struct Invocation {
     pub tmp: Option<PathBuf>,
     /// `argv[0]` of a command program; the plugin's file name if unset.
     pub argv0: Option<String>,
+    /// The function a core module starts from; `_start` if unset. For
+    /// another, the module's `_initialize` (if any) runs first, as WASI
+    /// reactors expect.
+    pub entry: Option<String>,
     /// `with:` parameters, for step plugins.
     pub params: Vec<(String, String)>,
     /// Arguments after `argv[0]`, for command programs.
@@ -80,6 +84,7 @@ impl Invocation {
             mounts: Vec::new(),
             tmp: None,
             argv0: None,
+            entry: None,
             params: Vec::new(),
             args: Vec::new(),
             env: Vec::new(),
@@ -290,7 +295,13 @@ impl Sandbox {
                 arm(&mut store, deadline, inv.fuel, |s| &mut s.timed_out);
                 let result = async {
                     let instance = pre.instantiate_async(&mut store).await?;
-                    let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                    let entry = inv.entry.as_deref().unwrap_or("_start");
+                    if entry != "_start"
+                        && let Some(init) = instance.get_func(&mut store, "_initialize")
+                    {
+                        init.typed::<(), ()>(&store)?.call_async(&mut store, ()).await?;
+                    }
+                    let start = instance.get_typed_func::<(), ()>(&mut store, entry)?;
                     start.call_async(&mut store, ()).await
                 }
                 .await;
@@ -428,6 +439,30 @@ mod tests {
         inv.memory = 1 << 20;
         let outcome = sandbox.run(&plugin, inv).await;
         assert_eq!(outcome.result, Err(Failure::MemoryLimit { limit: 1 << 20 }));
+    }
+
+    /// A module can start from another export than `_start`, after its
+    /// `_initialize`; it exits with the status it passes to `proc_exit`.
+    #[tokio::test]
+    async fn a_module_starts_from_its_entry_after_initializing() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (global $ready (mut i32) (i32.const 0))
+            (func (export "_initialize") (global.set $ready (i32.const 40)))
+            (func (export "run") (call $exit (i32.add (global.get $ready) (i32.const 2))))
+            (func (export "helper") (param i32)))"#;
+        let plugin = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "reactor.wasm", false).expect("loads");
+        assert_eq!(plugin.entries(), ["_initialize", "run"], "functions without parameters or results");
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut inv = Invocation::new(ws.path().to_owned());
+        inv.entry = Some("run".into());
+        assert_eq!(sandbox.run(&plugin, inv).await.result, Err(Failure::Exit(42)));
+        // A module with no function to start from at all is refused.
+        let bytes = wat::parse_str(r#"(module (func (export "helper") (param i32)))"#).expect("wat");
+        let err = sandbox.load_bytes(&bytes, "lib.wasm", false).err().expect("refused");
+        assert!(matches!(err, crate::SandboxError::NothingToRun { .. }), "{err}");
     }
 
     /// A crash is one line in words; where it happened, frame by frame,

@@ -137,10 +137,11 @@ fn an_environment_allows_a_tool_by_its_digest() {
 }
 
 /// `pipelines/python.yaml`: CPython for WASI, fetched from npm, runs the
-/// unit tests of a package of this repository; a failing test fails the
-/// run, and the reason quotes unittest.
+/// unit tests of a package of this repository, and pycodestyle from its
+/// PyPI wheel, mounted as a tree of files, checks its style; a failing
+/// test or a style error fails the run, and the reasons quote the tools.
 #[test]
-fn the_python_pipeline_runs_unit_tests_and_a_failing_one_fails_the_run() {
+fn the_python_pipeline_tests_and_lints_and_a_failure_fails_the_run() {
     let s = Scratch::new();
     let python = |s: &Scratch, file: &std::path::Path| {
         output(airlock(&s.state()).env("AIRLOCK_TOOL_CACHE", tool_cache()).arg("run").arg(file))
@@ -149,6 +150,7 @@ fn the_python_pipeline_runs_unit_tests_and_a_failing_one_fails_the_run() {
     assert_eq!(code, 0, "{err}");
     let (_, log, _) = output(airlock(&s.state()).args(["logs", "last", "test"]));
     assert!(log.contains("Ran 5 tests") && log.contains("\nOK"), "{log}");
+    assert_eq!(s.step("lint")["state"], "succeeded");
 
     // The same pipeline on a copy of the package with one test that fails.
     let yaml = std::fs::read_to_string(repo().join("pipelines/python.yaml")).expect("pipeline");
@@ -165,6 +167,10 @@ fn the_python_pipeline_runs_unit_tests_and_a_failing_one_fails_the_run() {
     let reason = s.step("test")["reason"].as_str().expect("reason").to_owned();
     assert!(reason.starts_with("step `test` exited with status 1: "), "{reason}");
     assert!(reason.contains("FAILED (failures=1)"), "{reason}");
+    // The new test file is not in the package's style either.
+    let reason = s.step("lint")["reason"].as_str().expect("reason").to_owned();
+    assert!(reason.starts_with("step `lint` exited with status 1: "), "{reason}");
+    assert!(reason.contains("E302 expected 2 blank lines, found 1"), "{reason}");
 }
 
 /// A run cancelled while a tool is being fetched ends at once: it does
@@ -204,4 +210,77 @@ fn ctrl_c_while_a_tool_is_fetched_cancels_the_step() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
     assert_eq!(status.code(), Some(130));
     assert_eq!(s.step("fetch")["state"], "cancelled");
+}
+
+/// A step fetching (or compiling) its tool does not take a job: with
+/// `--jobs 1`, a small step beside it runs and finishes while the tool is
+/// still on its way. The server hands the tool over only once it has seen
+/// that, or after a minute, when the test fails.
+#[test]
+fn a_step_preparing_its_tool_holds_up_no_other() {
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let digest = hex::encode(Sha256::digest(&wasm));
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("server");
+    let url = format!("http://{}/tool.wasm", server.server_addr().to_ip().expect("ip"));
+    let (release, gate) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            let _ = gate.recv_timeout(std::time::Duration::from_secs(60));
+            let _ = req.respond(tiny_http::Response::from_data(wasm.clone()));
+        }
+    });
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two\n");
+    s.pipeline(&format!(
+        "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {digest}\nsteps:\n  big:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n  small:\n    uses: {{plugins}}/wasm32-wasip2/release/noop.wasm\n"
+    ));
+    let mut child = airlock(&s.state())
+        .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+        .args(["run", "--jobs", "1", "--json"])
+        .arg(s.path().join("pipeline.yaml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut events = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let event: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
+        if event["event"] == "step-finished" && event["step"] == "small" {
+            let _ = release.send(());
+        }
+        events.push(event);
+    }
+    assert!(child.wait().expect("wait").success(), "{events:?}");
+    let at = |kind: &str, step: &str| {
+        events.iter().position(|e| e["event"] == kind && e["step"] == step).unwrap_or_else(|| panic!("{events:?}"))
+    };
+    assert!(at("step-preparing", "big") < at("step-started", "small"), "{events:?}");
+    assert!(at("step-finished", "small") < at("step-started", "big"), "{events:?}");
+    assert_eq!(s.step("big")["state"], "succeeded");
+}
+
+/// A module that starts from another export than `_start` runs with
+/// `entry:`; without it, the reason lists what it could start from.
+#[test]
+fn entry_names_the_function_a_module_starts_from() {
+    let s = Scratch::new();
+    let wat = r#"(module
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 1)
+        (global $ready (mut i32) (i32.const 1))
+        (func (export "_initialize") (global.set $ready (i32.const 0)))
+        (func (export "run") (call $exit (global.get $ready))))"#;
+    s.file("reactor.wasm", wat::parse_str(wat).expect("wat"));
+    s.pipeline("name: t\nsteps:\n  go:\n    uses: reactor.wasm\n");
+    let (code, _, err) = s.run(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        s.step("go")["reason"],
+        "step `go`: plugin `reactor.wasm` has no function `_start` to start from; it exports `_initialize`, `run`: set `entry:` to the one that runs it"
+    );
+    // `_initialize` runs first, then `run`, which exits 0 only after it.
+    s.pipeline("name: t\nsteps:\n  go:\n    uses: reactor.wasm\n    entry: run\n");
+    let (code, _, err) = s.run(&[]);
+    assert_eq!(code, 0, "{err}");
 }

@@ -21,7 +21,7 @@ pub(crate) use step::{StepError, host_step_started};
 
 use crate::{Engine, RunOptions, RunnerError};
 use airlock_model::text::one_line;
-use airlock_model::{Dag, ParamValue, Pipeline};
+use airlock_model::{Dag, ParamValue, Pipeline, StepKind};
 use airlock_sandbox::{HostGrants, Sandbox};
 use airlock_store::{RunRecord, RunState, StepState, now_ms};
 use grants::EnvironmentGrants;
@@ -73,6 +73,34 @@ pub(crate) struct Shared {
     pub(crate) grants: Option<EnvironmentGrants>,
     /// Logs of the steps running now, for readers who follow them.
     pub(crate) live: crate::LiveLogs,
+    /// One permit per job: held by a step while it does its work (runs a
+    /// guest, publishes, deploys, waits for an approval). A plugin step
+    /// takes one only once its tool is fetched and compiled, so preparing
+    /// a big tool never holds up a ready step beside it.
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    /// Plugin steps still preparing.
+    pub(crate) preparing: std::sync::atomic::AtomicUsize,
+    /// Told whenever a step is done preparing, so the scheduler looks again.
+    pub(crate) prepared: tokio::sync::Notify,
+}
+
+/// A plugin step counted as preparing from the moment it is started until
+/// this is dropped: when its plugin is ready, or it failed or was
+/// cancelled on the way.
+pub(crate) struct Preparing(Arc<Shared>);
+
+impl Preparing {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.preparing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        self.0.preparing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.prepared.notify_one();
+    }
 }
 
 impl Engine {
@@ -193,6 +221,9 @@ impl Engine {
             requester: options.requester.clone(),
             grants,
             live: self.live.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS))),
+            preparing: Default::default(),
+            prepared: Default::default(),
         });
 
         // Where each step is: all pending for a run made just now; for a
@@ -215,17 +246,26 @@ impl Engine {
         let mut task_steps: HashMap<tokio::task::Id, usize> = HashMap::new();
         let jobs = options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS);
         loop {
-            while let Some(index) = schedule.start_next(tasks.len(), jobs) {
+            // `jobs` steps at work, and beside them up to `jobs` more
+            // fetching or compiling their tools.
+            while tasks.len() < 2 * jobs {
+                let preparing = shared.preparing.load(std::sync::atomic::Ordering::SeqCst);
+                let Some(index) = schedule.start_next(tasks.len().saturating_sub(preparing), jobs) else { break };
                 let name = dag.name(index).to_owned();
                 let step = pipeline.steps[&name].clone();
+                let preparing = matches!(step.kind, StepKind::Plugin(_)).then(|| Preparing::new(shared.clone()));
                 let (shared, cancel) = (shared.clone(), cancel.clone());
-                let handle = tasks.spawn(async move { step::run_step(shared, index, name, step, cancel).await });
+                let handle =
+                    tasks.spawn(async move { step::run_step(shared, index, name, step, preparing, cancel).await });
                 task_steps.insert(handle.id(), index);
             }
             if tasks.is_empty() {
                 break;
             }
             let joined = tokio::select! {
+                // A step is ready to run its guest: another may start
+                // preparing.
+                () = shared.prepared.notified() => continue,
                 joined = tasks.join_next_with_id() => joined,
                 () = cancel.cancelled(), if !schedule.is_cancelled() => {
                     schedule.cancel();

@@ -64,7 +64,7 @@ pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, 
     .clone()
 }
 
-pub(crate) fn check_kind(name: &str, step: &PluginStep, plugin: &Plugin) -> Result<(), String> {
+pub(crate) fn check_kind(name: &str, step: &PluginStep, plugin: &Plugin, entry: Option<&str>) -> Result<(), String> {
     match plugin.kind() {
         PluginKind::Step if step.args.is_some() => Err(format!(
             "step `{name}`: plugin `{}` is an `airlock:step` plugin; configure it with `with:`, not `args:`",
@@ -74,6 +74,22 @@ pub(crate) fn check_kind(name: &str, step: &PluginStep, plugin: &Plugin) -> Resu
             "step `{name}`: plugin `{}` is a WASI command program; pass it `args:`, not `with:`",
             step.uses
         )),
+        PluginKind::Step | PluginKind::Command if entry.is_some() => Err(format!(
+            "step `{name}`: plugin `{}` is a component, which starts from the interface it exports; `entry:` is for core modules",
+            step.uses
+        )),
+        PluginKind::Module => {
+            let entry = entry.unwrap_or("_start");
+            let entries = plugin.entries();
+            if entries.iter().any(|e| e == entry) {
+                return Ok(());
+            }
+            Err(format!(
+                "step `{name}`: plugin `{}` has no function `{entry}` to start from; it exports {}: set `entry:` to the one that runs it",
+                step.uses,
+                entries.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -4,7 +4,7 @@ use super::grants::effective_limits;
 use super::outputs::{outputs_dir, take_outputs};
 use super::plugins::{check_kind, load_plugin};
 use super::workspace::{clear_scratch, discard_workspace, fresh_workspace, recycle_workspace, scratch_of};
-use super::{Progress, Shared};
+use super::{Preparing, Progress, Shared};
 use airlock_model::text::one_line;
 use airlock_model::{ExprContext, PluginStep, Step, StepKind, render};
 use airlock_sandbox::{DeployRequest, Failure, Invocation, OverQuota, Quota};
@@ -47,10 +47,19 @@ pub(crate) async fn run_step(
     index: usize,
     name: String,
     step: Step,
+    preparing: Option<Preparing>,
     cancel: CancellationToken,
 ) -> Finished {
     let mut log_truncated = false;
     let (mut published, mut deployed) = (None, None);
+    // A host step does its work from the start: it takes its job slot now.
+    let _slot = match (&step.kind, preparing.is_some()) {
+        (StepKind::Plugin(_), true) => None,
+        _ => tokio::select! {
+            slot = shared.slots.clone().acquire_owned() => slot.ok(),
+            () = cancel.cancelled() => None,
+        },
+    };
     let result = match &step.kind {
         StepKind::Publish { publish } => crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
             published = Some(p);
@@ -67,7 +76,7 @@ pub(crate) async fn run_step(
             })
         }
         StepKind::Plugin(plugin) => {
-            match attempts(&shared, &name, plugin, step.timeout, &cancel, &mut log_truncated).await {
+            match attempts(&shared, &name, plugin, step.timeout, preparing, &cancel, &mut log_truncated).await {
                 // The step asked for a deployment: the host does it now, with
                 // the outputs just taken out, if the policy allows.
                 Ok((outputs, requests)) => match requests.into_iter().next() {
@@ -131,6 +140,7 @@ pub(crate) async fn attempts(
     name: &str,
     step: &PluginStep,
     timeout: Duration,
+    preparing: Option<Preparing>,
     cancel: &CancellationToken,
     log_truncated: &mut bool,
 ) -> Result<(Vec<OutputRecord>, Vec<DeployRequest>), StepError> {
@@ -167,10 +177,19 @@ pub(crate) async fn attempts(
         prepared = prepared => prepared?,
         () = cancel.cancelled() => return Err(StepError::Cancelled),
     };
-    check_kind(name, step, &plugin).map_err(failed)?;
+    let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
+    check_kind(name, step, &plugin, entry.as_deref()).map_err(failed)?;
+    // Ready: the step now waits for a job slot like any other, and the
+    // scheduler may start the next one preparing.
+    drop(preparing);
+    let _slot = tokio::select! {
+        slot = shared.slots.clone().acquire_owned() => slot.ok(),
+        () = cancel.cancelled() => return Err(StepError::Cancelled),
+    };
     let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
     invocation.mounts = resolved.mounts;
     invocation.argv0 = step.argv0.clone().or(resolved.argv0);
+    invocation.entry = entry;
     let mut attempt = 0;
     loop {
         attempt += 1;

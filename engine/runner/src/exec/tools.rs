@@ -32,7 +32,12 @@ pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> R
                 let host = fetched.dir(tool, dir).map_err(|e| format!("step `{name}`: {e}"))?;
                 mounts.push((guest.clone(), host));
             }
-            (fetched.module, Some(tool.to_owned()), mounts)
+            let Some(module) = fetched.module else {
+                return Err(format!(
+                    "step `{name}`: tool `{tool}` is an archive of files with no `module:` to run; name the WebAssembly file in it with `module:`, or mount the tool (`mounts: {{ /lib: tool:{tool} }}`) for a step that runs another"
+                ));
+            };
+            (module, Some(tool.to_owned()), mounts)
         }
         None => (shared.base_dir.join(&step.uses), None, Vec::new()),
     };
