@@ -111,7 +111,7 @@ fn line_around(src: &str, at: usize) -> &str {
 }
 
 /// `airlock validate FILE...`: every file, every error.
-pub fn validate(files: &[PathBuf], json: bool, policy: Option<&Path>) -> anyhow::Result<u8> {
+pub fn validate(files: &[PathBuf], json: bool, policy: Option<&Path>, state_dir: &Path) -> anyhow::Result<u8> {
     let policy = match policy {
         Some(path) => match crate::policy::load(path)? {
             Some(p) => Some(p.policy),
@@ -134,6 +134,12 @@ pub fn validate(files: &[PathBuf], json: bool, policy: Option<&Path>) -> anyhow:
                 continue;
             }
         };
+        // A valid pipeline's WebAssembly, where it can be seen without
+        // fetching anything, is checked as a step would load it.
+        let result = result.and_then(|pipeline| {
+            let found = inspect_plugins(path, &pipeline, policy.as_ref(), state_dir);
+            if found.is_empty() { Ok(pipeline) } else { Err(found) }
+        });
         match result {
             Ok(pipeline) => {
                 if json {
@@ -163,4 +169,70 @@ pub fn validate(files: &[PathBuf], json: bool, policy: Option<&Path>) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(if all_valid { exit::OK } else { exit::FAILED })
+}
+
+/// What a step would refuse to load, for the plugin files beside the
+/// pipeline and the tools already in the tool cache (those not fetched
+/// yet are not fetched: `airlock fetch` does that, and checks them as it
+/// compiles). Each file is checked once: its size against the
+/// environment's limit, a module's imports, and the WebAssembly features
+/// it uses, without compiling it.
+fn inspect_plugins(
+    path: &Path,
+    pipeline: &airlock_model::Pipeline,
+    policy: Option<&Policy>,
+    state_dir: &Path,
+) -> Vec<Diagnostic> {
+    let limit = pipeline
+        .environment
+        .as_ref()
+        .and_then(|env| policy?.environments.get(env)?.grants.limits.plugin)
+        .unwrap_or(airlock_model::DEFAULT_PLUGIN_LIMIT);
+    let tools_dir = std::env::var_os("AIRLOCK_TOOL_CACHE")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| state_dir.join("tools"), PathBuf::from);
+    let cache = tools_dir.is_dir().then(|| airlock_host::tools::ToolCache::open(&tools_dir).ok()).flatten();
+    let base = base_dir(path);
+    let mut seen = std::collections::HashSet::new();
+    let mut files = Vec::new();
+    for (name, step) in &pipeline.steps {
+        let Some(plugin) = step.plugin() else { continue };
+        let (file, field) = match plugin.tool() {
+            Some(tool) => {
+                let found = cache.as_ref().and_then(|c| c.cached(tool, &pipeline.tools[tool]).ok().flatten());
+                match found.and_then(|f| f.module) {
+                    Some(module) => (module, format!("tools.{tool}")),
+                    None => continue,
+                }
+            }
+            None => (base.join(&plugin.uses), format!("steps.{name}.uses")),
+        };
+        if file.is_file() && seen.insert(file.clone()) {
+            files.push((file, field));
+        }
+    }
+    if files.is_empty() {
+        return Vec::new();
+    }
+    let sandbox = match airlock_sandbox::Sandbox::new(None) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot check the pipeline's WebAssembly: {e}");
+            return Vec::new();
+        }
+    };
+    let mut found = Vec::new();
+    for (file, field) in files {
+        if let Err(e) = sandbox.check(&file, limit) {
+            found.push(Diagnostic {
+                file: path.display().to_string(),
+                code: "plugin-refused",
+                message: e.to_string(),
+                path: field,
+                span: None,
+                hint: Some("a step running it would fail before it starts".into()),
+            });
+        }
+    }
+    found
 }

@@ -268,7 +268,7 @@ fn main() -> ExitCode {
         None
     };
     let code = match cli.command {
-        Command::Validate { files, json } => diagnostics::validate(&files, json, cli.policy.as_deref()),
+        Command::Validate { files, json } => diagnostics::validate(&files, json, cli.policy.as_deref(), &cli.state_dir),
         Command::Run(args) if args.server.is_some() => runtime().and_then(|rt| {
             let server = args.server.clone().unwrap_or_default();
             rt.block_on(remote::run(&server, &args.file.to_string_lossy(), &args.params, args.json))

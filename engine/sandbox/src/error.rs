@@ -56,6 +56,14 @@ pub enum SandboxError {
         /// JavaScript host.
         js_host: bool,
     },
+    /// It uses WebAssembly features airlock's engine does not enable.
+    #[error("plugin `{path}` uses WebAssembly that airlock does not run: {message}{}", unsupported_hint(message))]
+    Unsupported {
+        /// The plugin's path.
+        path: PathBuf,
+        /// The validator's reason, with the offset.
+        message: String,
+    },
     /// It asks for more memories or tables than a step may have.
     #[error("plugin `{path}` needs more than a step may have: {detail}")]
     TooMuch {
@@ -93,6 +101,7 @@ impl SandboxError {
             | Self::TooLarge { path, .. }
             | Self::NotWasm { path }
             | Self::Compile { path, .. }
+            | Self::Unsupported { path, .. }
             | Self::NotGranted { path, .. }
             | Self::TooMuch { path, .. }
             | Self::Link { path, .. }
@@ -101,4 +110,19 @@ impl SandboxError {
         }
         self
     }
+}
+
+/// What to do about a feature the engine does not enable.
+fn unsupported_hint(message: &str) -> &'static str {
+    if message.contains("legacy_exceptions") || message.contains("legacy exceptions") {
+        "; it is built with the legacy exception-handling proposal (`try`/`catch`), which wasmtime does not run: rebuild it with standard exception handling (for LLVM, `-mllvm -wasm-use-legacy-eh=false`)"
+    } else {
+        "; the security page of the book lists the proposals airlock enables"
+    }
+}
+
+/// Whether a validator's message is about a feature left off, rather
+/// than about bytes that are wrong.
+pub(crate) fn is_feature_error(message: &str) -> bool {
+    ["feature", "proposal", "not enabled", "not supported"].iter().any(|w| message.contains(w))
 }

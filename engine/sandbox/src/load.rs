@@ -107,6 +107,30 @@ impl Sandbox {
         self.load_bytes_reporting(&bytes, &name, fuel, grants, max_bytes, compiling).map_err(|e| e.with_path(path))
     }
 
+    /// Checks a plugin file without compiling it: that it is WebAssembly
+    /// within `max_bytes`, that a core module imports nothing but WASI,
+    /// and that it uses only the WebAssembly airlock runs (a module is
+    /// validated in full, on every core: a small part of compiling it).
+    /// `airlock validate` runs this on the tools it can see.
+    pub fn check(&self, path: &Path, max_bytes: u64) -> Result<PluginKind, SandboxError> {
+        let read_error = |source| SandboxError::Read { path: path.to_owned(), source };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > max_bytes {
+            return Err(SandboxError::TooLarge { path: path.to_owned(), size, limit: max_bytes });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                check_module_imports(path, &bytes)?;
+                validate_module(&self.plain.engine, path, &bytes)?;
+                Ok(PluginKind::Module)
+            }
+            // Components are small step plugins; compiling one says all.
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(PluginKind::Command),
+            _ => Err(SandboxError::NotWasm { path: path.to_owned() }),
+        }
+    }
+
     /// [`Sandbox::load_with`] without fuel.
     pub fn load(&self, path: &Path) -> Result<Plugin, SandboxError> {
         self.load_with(path, false)
@@ -203,6 +227,9 @@ impl Sandbox {
             let module = match mapped {
                 Some(m) => m,
                 None => {
+                    // Before minutes of compiling: a feature left off is
+                    // found by validating, in a fraction of the time.
+                    validate_module(&flavor.engine, &path, bytes)?;
                     compiling(bytes.len() as u64);
                     let m = wasmtime::Module::new(&flavor.engine, bytes).map_err(compile_error)?;
                     self.store_in_cache(&digest, &flavor.engine, m.serialize());
@@ -324,6 +351,18 @@ fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: js })
 }
 
+/// Validates a core module with the engine's features, in parallel. A
+/// feature the engine leaves off is [`SandboxError::Unsupported`]; other
+/// invalid code is left for the compiler to report in its words.
+fn validate_module(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
+    match wasmtime::Module::validate(engine, bytes) {
+        Err(e) if crate::error::is_feature_error(&format!("{e:#}")) => {
+            Err(SandboxError::Unsupported { path: path.to_owned(), message: format!("{e:#}") })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a plugin defining more memories or tables than allowed. The
 /// pooled engine refuses such modules when compiling them; this holds the
 /// engine with fuel, which allocates on demand, to the same limits.
@@ -371,6 +410,21 @@ mod tests {
         let bytes = wat::parse_str(r#"(module (func (export "_start") i32.add))"#).expect("wat");
         let err = sandbox.load_bytes(&bytes, "bad.wasm", false).err().expect("refused");
         assert!(matches!(err, SandboxError::Compile { .. }), "{err}");
+    }
+
+    /// The legacy exception proposal (pandoc-wasm uses it) is found
+    /// before compiling, with what to do.
+    #[test]
+    fn features_left_off_are_named_before_compiling() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let legacy = r#"(module (tag $t) (func (export "_start") try throw $t catch_all end))"#;
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("legacy.wasm");
+        std::fs::write(&file, wat::parse_str(legacy).expect("wat")).expect("write");
+        let err = sandbox.check(&file, u64::MAX).expect_err("refused");
+        assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
+        let err = sandbox.load(&file).err().expect("refused");
+        assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
     }
 
     #[test]

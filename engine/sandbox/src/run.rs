@@ -612,6 +612,7 @@ mod tests {
         let sandbox = Sandbox::new(None).expect("engine");
         let wat = r#"(module (type (struct (field i32))) (func (export "_start")))"#;
         let err = sandbox.load_bytes(&wat::parse_str(wat).expect("wat"), "gc.wasm", false).err().expect("refused");
-        assert!(matches!(err, crate::SandboxError::Compile { .. }), "{err}");
+        assert!(matches!(err, crate::SandboxError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().starts_with("plugin `gc.wasm` uses WebAssembly that airlock does not run: "), "{err}");
     }
 }

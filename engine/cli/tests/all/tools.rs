@@ -284,3 +284,55 @@ fn entry_names_the_function_a_module_starts_from() {
     let (code, _, err) = s.run(&[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `airlock validate` checks the WebAssembly it can see without fetching:
+/// plugin files beside the pipeline, and tools already in the tool cache.
+/// What a step would refuse to load is an error, before any run.
+#[test]
+fn validate_checks_the_modules_it_can_see() {
+    let s = Scratch::new();
+    // Built with the legacy exception proposal, as pandoc-wasm is.
+    let legacy = r#"(module (tag $t) (func (export "_start") try throw $t catch_all end))"#;
+    s.file("legacy.wasm", wat::parse_str(legacy).expect("wat"));
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let emscripten = r#"(module (import "env" "emscripten_memcpy_big" (func)) (func (export "_start")))"#;
+    let js = wat::parse_str(emscripten).expect("wat");
+    let url = serve(js.clone());
+    s.pipeline(&format!(
+        "name: t\ntools:\n  web:\n    url: {url}\n    sha256: {}\n  wc:\n    url: {url}\n    sha256: {}\nsteps:\n  old:\n    uses: legacy.wasm\n  js:\n    uses: tool:web\n  count:\n    uses: tool:wc\n",
+        hex::encode(Sha256::digest(&js)),
+        hex::encode(Sha256::digest(&wasm)),
+    ));
+    let validate = || {
+        output(
+            airlock(&s.state())
+                .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+                .args(["validate", "--json"])
+                .arg(s.path().join("pipeline.yaml")),
+        )
+    };
+    // Nothing fetched yet: only the file beside the pipeline is seen.
+    let (code, out, err) = validate();
+    assert_eq!(code, 1, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let diags = report[0]["diagnostics"].as_array().expect("diagnostics");
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert_eq!(diags[0]["code"], "plugin-refused");
+    assert_eq!(diags[0]["path"], "steps.old.uses");
+    assert!(diags[0]["message"].as_str().expect("message").contains("legacy exception-handling proposal"), "{diags:?}");
+    // Once the JavaScript-host tool is in the cache, it is seen too.
+    let (code, _, err) = output(
+        airlock(&s.state())
+            .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+            .args(["fetch", "--no-compile"])
+            .arg(s.path().join("pipeline.yaml")),
+    );
+    assert_eq!(code, 1, "the wc tool's digest is not what the server serves: {err}");
+    let (code, out, err) = validate();
+    assert_eq!(code, 1, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let diags = report[0]["diagnostics"].as_array().expect("diagnostics");
+    assert_eq!(diags.len(), 2, "{diags:?}");
+    assert_eq!(diags[1]["path"], "tools.web");
+    assert!(diags[1]["message"].as_str().expect("message").contains("built for a JavaScript host"), "{diags:?}");
+}
