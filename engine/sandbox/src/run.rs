@@ -205,6 +205,11 @@ impl Sandbox {
     fn wasi(&self, inv: &Invocation, plugin: &Plugin, log: &LogSink) -> Result<WasiCtxBuilder, String> {
         let mut b = WasiCtxBuilder::new();
         b.stdout(log.clone()).stderr(log.clone());
+        // File operations run on the step's own thread, as its code does
+        // between two epoch ticks, rather than each being handed to a
+        // blocking thread and back: a tool reading its data files in small
+        // pieces (Yosys) pays that handoff hundreds of thousands of times.
+        b.allow_blocking_current_thread(true);
         b.preopened_dir(&inv.workspace, GUEST_WORKSPACE, FsPerms::ReadWrite)
             .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
         // Also as `.`: wasi-libc resolves relative paths against a `.`
