@@ -84,7 +84,7 @@ fn attack_a_module_with_nothing_to_run() {
     refused(
         &lab,
         "nothing-to-run.wasm",
-        "plugin `nothing-to-run.wasm` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`",
+        "plugin `nothing-to-run.wasm` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor a function to start from (`_start`)",
     );
 }
 
@@ -95,6 +95,6 @@ fn attack_a_component_with_nothing_to_run() {
     refused(
         &lab,
         "empty-component.wasm",
-        "plugin `empty-component.wasm` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor `_start`",
+        "plugin `empty-component.wasm` has nothing to run: it exports neither `airlock:step/run` nor `wasi:cli/run`, nor a function to start from (`_start`)",
     );
 }

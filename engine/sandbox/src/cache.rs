@@ -37,8 +37,6 @@ pub struct CompileCache {
 pub struct Cached {
     /// The compiled code, positioned at its start.
     pub file: File,
-    /// Where it is, for wasmtime APIs that take a path.
-    pub path: PathBuf,
 }
 
 impl CompileCache {
@@ -87,12 +85,24 @@ impl CompileCache {
             return None;
         }
         file.rewind().ok()?;
-        // Recently used, for eviction. The file is read-only to us; its
-        // times are set through a handle opened for writing them.
-        if let Ok(f) = File::options().append(true).open(&path) {
-            let _ = f.set_modified(SystemTime::now());
+        touch(&path);
+        Some(Cached { file })
+    }
+
+    /// The compiled code for this plugin and engine, read whole and
+    /// checked against its sum: for components, which are small and which
+    /// wasmtime maps only by path.
+    pub fn get_bytes(&self, plugin_digest: &str, engine: &wasmtime::Engine) -> Option<Vec<u8>> {
+        let key = Self::key(plugin_digest, engine);
+        let sum = std::fs::read(self.dir.join(format!("{key}.sum"))).ok()?;
+        let path = self.dir.join(format!("{key}.cwasm"));
+        let code = std::fs::read(&path).ok()?;
+        if Sha256::digest(&code).as_slice() != sum.as_slice() {
+            tracing::warn!(plugin = plugin_digest, "compiled plugin in the cache is damaged; compiling again");
+            return None;
         }
-        Some(Cached { file, path })
+        touch(&path);
+        Some(code)
     }
 
     /// Stores compiled bytes, then removes the least recently used other
@@ -143,6 +153,14 @@ impl CompileCache {
     }
 }
 
+/// Marks an entry recently used, for eviction. Its modification time is
+/// set through a handle opened for appending, which writes nothing.
+fn touch(path: &Path) {
+    if let Ok(f) = File::options().append(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,8 +182,10 @@ mod tests {
             .map(|e| e.expect("entry").path())
             .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
             .expect("entry file");
+        assert_eq!(cache.get_bytes("aa", &engine()).as_deref(), Some(b"compiled code".as_slice()));
         std::fs::write(&cwasm, b"compiled codf").expect("damage");
         assert!(cache.get("aa", &engine()).is_none(), "a damaged entry must not be used");
+        assert!(cache.get_bytes("aa", &engine()).is_none(), "a damaged entry must not be used");
         std::fs::write(&cwasm, b"compiled").expect("truncate");
         assert!(cache.get("aa", &engine()).is_none(), "a truncated entry must not be used");
     }

@@ -187,18 +187,18 @@ impl Sandbox {
                 None => SandboxError::Compile { path: path.clone(), message },
             }
         };
-        let cached = self.cache.as_ref().and_then(|c| c.get(&digest, &flavor.engine));
+        let cache = self.cache.as_ref();
         let compiled = if is_component {
             // SAFETY (the one kind of `unsafe` in airlock): wasmtime runs
-            // precompiled code as it finds it. This file was produced by
-            // `serialize` of an engine with this exact configuration (the
-            // cache key says so), written only by us under the state
-            // directory, and its sha256 was checked just now, on the open
-            // file. wasmtime also checks its version and settings in the
-            // header before using it.
+            // precompiled code as it finds it. These bytes were produced
+            // by `serialize` of an engine with this exact configuration
+            // (the cache key says so), written only by us under the state
+            // directory, and their sha256 was checked just now, on the
+            // bytes handed over. wasmtime also checks its version and
+            // settings in the header before using them.
             #[allow(unsafe_code)]
-            let mapped = cached.and_then(|c| {
-                unsafe { wasmtime::component::Component::deserialize_file(&flavor.engine, &c.path) }
+            let mapped = cache.and_then(|c| c.get_bytes(&digest, &flavor.engine)).and_then(|bytes| {
+                unsafe { wasmtime::component::Component::deserialize(&flavor.engine, bytes) }
                     .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
                     .ok()
             });
@@ -214,11 +214,11 @@ impl Sandbox {
             };
             (self.link_component(flavor, &component, &path, grants)?, from_cache)
         } else {
-            // SAFETY: as for components above. The file checked is the
-            // file mapped: an entry replaced or evicted meanwhile is not
-            // what runs.
+            // SAFETY: as for components above, the sum checked on the
+            // open file that is then mapped: an entry replaced or evicted
+            // meanwhile is not what runs.
             #[allow(unsafe_code)]
-            let mapped = cached.and_then(|c| {
+            let mapped = cache.and_then(|c| c.get(&digest, &flavor.engine)).and_then(|c| {
                 unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, c.file) }
                     .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
                     .ok()

@@ -285,7 +285,10 @@ fn a_deploy_cut_off_by_a_kill_is_not_sent_again_unless_its_provider_is_idempoten
             call(&agent, "GET", &format!("{}/api/v1/runs/{id}", server.url), Some(&user.token), None, &[])
                 .expect("get");
         let ship = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "ship").cloned();
-        if ship.is_some_and(|s| s["effect_started_ms"].is_u64()) && log.is_file() {
+        // The provider has written its line (a file just created may be
+        // empty still).
+        let written = std::fs::read_to_string(&log).is_ok_and(|t| t.ends_with('\n'));
+        if ship.is_some_and(|s| s["effect_started_ms"].is_u64()) && written {
             break;
         }
         assert!(Instant::now() < deadline, "the deploy never started: {detail}");

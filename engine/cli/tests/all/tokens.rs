@@ -83,7 +83,8 @@ fn a_user_token_comes_with_the_digest_the_policy_names() {
 
     let policy = s.file("policy.yaml", format!("users:\n  alice: {{ token_sha256: {digest}, roles: [approver] }}\n"));
     let pipeline = s.file("p.yaml", "name: p\nsteps:\n  a:\n    uses: a.wasm\n");
-    std::fs::write(s.path().join("a.wasm"), b"").expect("plugin file");
+    let module = wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat");
+    std::fs::write(s.path().join("a.wasm"), module).expect("plugin file");
     let (code, _, stderr) = output(airlock(&s.state()).arg("--policy").arg(&policy).arg("validate").arg(&pipeline));
     assert_eq!(code, 0, "{stderr}");
 }

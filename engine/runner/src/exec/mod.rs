@@ -21,7 +21,7 @@ pub(crate) use step::{StepError, host_step_started};
 
 use crate::{Engine, RunOptions, RunnerError};
 use airlock_model::text::one_line;
-use airlock_model::{Dag, ParamValue, Pipeline, StepKind};
+use airlock_model::{Dag, ParamValue, Pipeline};
 use airlock_sandbox::{HostGrants, Sandbox};
 use airlock_store::{RunRecord, RunState, StepState, now_ms};
 use grants::EnvironmentGrants;
@@ -73,33 +73,62 @@ pub(crate) struct Shared {
     pub(crate) grants: Option<EnvironmentGrants>,
     /// Logs of the steps running now, for readers who follow them.
     pub(crate) live: crate::LiveLogs,
-    /// One permit per job: held by a step while it does its work (runs a
-    /// guest, publishes, deploys, waits for an approval). A plugin step
-    /// takes one only once its tool is fetched and compiled, so preparing
-    /// a big tool never holds up a ready step beside it.
+    /// One permit per job, held by a step from its start to its end,
+    /// except while it fetches or compiles a big tool: then the job goes
+    /// to the next ready step, and the step takes one back when it is
+    /// ready to run. Fast preparation (a cached or small plugin) keeps its
+    /// job, so the order of steps at `--jobs 1` stays the pipeline's.
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
-    /// Plugin steps still preparing.
-    pub(crate) preparing: std::sync::atomic::AtomicUsize,
-    /// Told whenever a step is done preparing, so the scheduler looks again.
-    pub(crate) prepared: tokio::sync::Notify,
+    /// The permits of the steps at work, by step name.
+    pub(crate) held: std::sync::Mutex<HashMap<String, tokio::sync::OwnedSemaphorePermit>>,
+    /// Steps that gave up their job to prepare slowly.
+    pub(crate) preparing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Told whenever a step gives up its job to prepare, so the scheduler
+    /// starts the next.
+    pub(crate) released: tokio::sync::Notify,
 }
 
-/// A plugin step counted as preparing from the moment it is started until
-/// this is dropped: when its plugin is ready, or it failed or was
-/// cancelled on the way.
-pub(crate) struct Preparing(Arc<Shared>);
-
-impl Preparing {
-    fn new(shared: Arc<Shared>) -> Self {
-        shared.preparing.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Self(shared)
+impl Shared {
+    /// Takes a job for step `name`, waiting for one to be free; `false`
+    /// if the run was cancelled first.
+    pub(crate) async fn take_job(&self, name: &str, cancel: &CancellationToken) -> bool {
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            () = cancel.cancelled() => None,
+        };
+        let Some(permit) = permit else { return false };
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), permit);
+        true
     }
-}
 
-impl Drop for Preparing {
-    fn drop(&mut self) {
-        self.0.preparing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.prepared.notify_one();
+    /// Step `name` is fetching or compiling a big tool: its job goes to
+    /// the next ready step meanwhile. Said once per step however often
+    /// its progress is reported.
+    pub(crate) fn preparing_slowly(&self, name: &str) {
+        if self.preparing.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned()) {
+            self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+            self.released.notify_one();
+        }
+    }
+
+    /// Step `name` is ready to run: if it gave its job up, it waits for
+    /// one again. `false` if the run was cancelled meanwhile.
+    pub(crate) async fn prepared(&self, name: &str, cancel: &CancellationToken) -> bool {
+        // At work again from now on, as the scheduler counts, even while
+        // it waits for the job.
+        let was_slow = self.preparing.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        !was_slow || self.take_job(name, cancel).await
+    }
+
+    /// Steps giving their jobs up to prepare, now.
+    fn preparing_now(&self) -> usize {
+        self.preparing.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Step `name` ended: its job is free.
+    pub(crate) fn release_job(&self, name: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.preparing.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 }
 
@@ -222,8 +251,9 @@ impl Engine {
             grants,
             live: self.live.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS))),
+            held: Default::default(),
             preparing: Default::default(),
-            prepared: Default::default(),
+            released: Default::default(),
         });
 
         // Where each step is: all pending for a run made just now; for a
@@ -249,23 +279,20 @@ impl Engine {
             // `jobs` steps at work, and beside them up to `jobs` more
             // fetching or compiling their tools.
             while tasks.len() < 2 * jobs {
-                let preparing = shared.preparing.load(std::sync::atomic::Ordering::SeqCst);
-                let Some(index) = schedule.start_next(tasks.len().saturating_sub(preparing), jobs) else { break };
+                let working = tasks.len().saturating_sub(shared.preparing_now());
+                let Some(index) = schedule.start_next(working, jobs) else { break };
                 let name = dag.name(index).to_owned();
                 let step = pipeline.steps[&name].clone();
-                let preparing = matches!(step.kind, StepKind::Plugin(_)).then(|| Preparing::new(shared.clone()));
                 let (shared, cancel) = (shared.clone(), cancel.clone());
-                let handle =
-                    tasks.spawn(async move { step::run_step(shared, index, name, step, preparing, cancel).await });
+                let handle = tasks.spawn(async move { step::run_step(shared, index, name, step, cancel).await });
                 task_steps.insert(handle.id(), index);
             }
             if tasks.is_empty() {
                 break;
             }
             let joined = tokio::select! {
-                // A step is ready to run its guest: another may start
-                // preparing.
-                () = shared.prepared.notified() => continue,
+                // A step gave its job up to prepare: the next may start.
+                () = shared.released.notified() => continue,
                 joined = tasks.join_next_with_id() => joined,
                 () = cancel.cancelled(), if !schedule.is_cancelled() => {
                     schedule.cancel();
@@ -287,6 +314,7 @@ impl Engine {
                     // so the run cannot succeed.
                     tracing::error!("a step task ended abnormally: {e}");
                     let Some(index) = task_steps.remove(&e.id()) else { continue };
+                    shared.release_job(dag.name(index));
                     let reason = format!("internal error in airlock while running the step: {e}");
                     end_step(&shared, dag.name(index), StepState::Failed, &reason, &reason)?;
                     schedule.lost(index, &e.to_string())

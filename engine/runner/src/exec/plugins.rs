@@ -41,6 +41,7 @@ pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, 
             },
             |size| {
                 let what = format!("compiling {file} ({}), first use only", airlock_model::format_size(size));
+                shared.preparing_slowly(name);
                 (shared.observer)(&Progress::StepPreparing { step: name.to_owned(), what, done: None, total: None });
             },
         );

@@ -4,7 +4,7 @@ use super::grants::effective_limits;
 use super::outputs::{outputs_dir, take_outputs};
 use super::plugins::{check_kind, load_plugin};
 use super::workspace::{clear_scratch, discard_workspace, fresh_workspace, recycle_workspace, scratch_of};
-use super::{Preparing, Progress, Shared};
+use super::{Progress, Shared};
 use airlock_model::text::one_line;
 use airlock_model::{ExprContext, PluginStep, Step, StepKind, render};
 use airlock_sandbox::{DeployRequest, Failure, Invocation, OverQuota, Quota};
@@ -47,19 +47,13 @@ pub(crate) async fn run_step(
     index: usize,
     name: String,
     step: Step,
-    preparing: Option<Preparing>,
     cancel: CancellationToken,
 ) -> Finished {
     let mut log_truncated = false;
     let (mut published, mut deployed) = (None, None);
-    // A host step does its work from the start: it takes its job slot now.
-    let _slot = match (&step.kind, preparing.is_some()) {
-        (StepKind::Plugin(_), true) => None,
-        _ => tokio::select! {
-            slot = shared.slots.clone().acquire_owned() => slot.ok(),
-            () = cancel.cancelled() => None,
-        },
-    };
+    // The scheduler started the step because a job is free; a step that
+    // finished preparing may take it first, and then this one waits.
+    shared.take_job(&name, &cancel).await;
     let result = match &step.kind {
         StepKind::Publish { publish } => crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
             published = Some(p);
@@ -76,7 +70,7 @@ pub(crate) async fn run_step(
             })
         }
         StepKind::Plugin(plugin) => {
-            match attempts(&shared, &name, plugin, step.timeout, preparing, &cancel, &mut log_truncated).await {
+            match attempts(&shared, &name, plugin, step.timeout, &cancel, &mut log_truncated).await {
                 // The step asked for a deployment: the host does it now, with
                 // the outputs just taken out, if the policy allows.
                 Ok((outputs, requests)) => match requests.into_iter().next() {
@@ -92,6 +86,7 @@ pub(crate) async fn run_step(
             }
         }
     };
+    shared.release_job(&name);
     let store = &shared.store;
     let (state, reason, outputs) = match result {
         Ok(outputs) => (StepState::Succeeded, None, outputs),
@@ -140,7 +135,6 @@ pub(crate) async fn attempts(
     name: &str,
     step: &PluginStep,
     timeout: Duration,
-    preparing: Option<Preparing>,
     cancel: &CancellationToken,
     log_truncated: &mut bool,
 ) -> Result<(Vec<OutputRecord>, Vec<DeployRequest>), StepError> {
@@ -179,13 +173,10 @@ pub(crate) async fn attempts(
     };
     let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
     check_kind(name, step, &plugin, entry.as_deref()).map_err(failed)?;
-    // Ready: the step now waits for a job slot like any other, and the
-    // scheduler may start the next one preparing.
-    drop(preparing);
-    let _slot = tokio::select! {
-        slot = shared.slots.clone().acquire_owned() => slot.ok(),
-        () = cancel.cancelled() => return Err(StepError::Cancelled),
-    };
+    // Ready: a step that gave its job up to prepare takes one back.
+    if !shared.prepared(name, cancel).await {
+        return Err(StepError::Cancelled);
+    }
     let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
     invocation.mounts = resolved.mounts;
     invocation.argv0 = step.argv0.clone().or(resolved.argv0);

@@ -95,6 +95,7 @@ async fn fetch(shared: &Shared, step: &str, tool: &str) -> Result<Fetched, Strin
                     }
                     FetchProgress::Unpacking => (format!("unpacking tool `{tool}`"), None, None),
                 };
+                shared.preparing_slowly(step);
                 (shared.observer)(&Progress::StepPreparing { step: step.to_owned(), what, done, total });
             },
         );
