@@ -207,8 +207,8 @@ impl Sandbox {
         b.stdout(log.clone()).stderr(log.clone());
         // File operations run on the step's own thread, as its code does
         // between two epoch ticks, rather than each being handed to a
-        // blocking thread and back: a tool reading its data files in small
-        // pieces (Yosys) pays that handoff hundreds of thousands of times.
+        // blocking thread and back: a tool reading its data in small
+        // pieces (nextpnr, its chip database) paid that handoff per call.
         b.allow_blocking_current_thread(true);
         b.preopened_dir(&inv.workspace, GUEST_WORKSPACE, FsPerms::ReadWrite)
             .map_err(|e| format!("cannot open the workspace {}: {e:#}", inv.workspace.display()))?;
