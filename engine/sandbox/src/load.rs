@@ -112,7 +112,7 @@ impl Sandbox {
     /// and that it uses only the WebAssembly airlock runs (a module is
     /// validated in full, on every core: a small part of compiling it).
     /// `airlock validate` runs this on the tools it can see.
-    pub fn check(&self, path: &Path, max_bytes: u64) -> Result<PluginKind, SandboxError> {
+    pub fn check(&self, path: &Path, max_bytes: u64) -> Result<(), SandboxError> {
         let read_error = |source| SandboxError::Read { path: path.to_owned(), source };
         let size = std::fs::metadata(path).map_err(read_error)?.len();
         if size > max_bytes {
@@ -122,11 +122,10 @@ impl Sandbox {
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
                 check_module_imports(path, &bytes)?;
-                validate_module(&self.plain.engine, path, &bytes)?;
-                Ok(PluginKind::Module)
+                validate_module(&self.plain.engine, path, &bytes)
             }
             // Components are small step plugins; compiling one says all.
-            Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(PluginKind::Command),
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
             _ => Err(SandboxError::NotWasm { path: path.to_owned() }),
         }
     }

@@ -1,6 +1,6 @@
 //! How steps fail, and what the run does then.
 
-use crate::support::{Scratch, airlock, output};
+use crate::support::{Scratch, airlock, interrupt_at, output};
 use std::time::{Duration, Instant};
 
 fn wasm(s: &Scratch, name: &str, wat: &str) {
@@ -124,23 +124,11 @@ fn ctrl_c_cancels_the_run_and_records_it() {
     let s = Scratch::new();
     wasm(&s, "spin.wasm", SPIN);
     s.pipeline("name: t\nsteps:\n  spin:\n    uses: spin.wasm\n    timeout: 5m\n  later:\n    uses: spin.wasm\n    needs: [spin]\n");
-    let mut child = airlock(&s.state())
-        .arg("run")
-        .arg(s.path().join("pipeline.yaml"))
-        .arg("--json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    // Wait until the step is running, then interrupt like a terminal would.
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("step-started"))), "the step never started");
-    let started = Instant::now();
-    let kill = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
-    assert!(kill.success());
-    let status = child.wait().expect("wait");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut cmd = airlock(&s.state());
+    cmd.arg("run").arg(s.path().join("pipeline.yaml")).arg("--json");
+    // Once the step is running, interrupt like a terminal would.
+    let (status, took) = interrupt_at(cmd, "step-started");
+    assert!(took < Duration::from_secs(10));
     assert_eq!(status.code(), Some(130));
     let show = s.show();
     assert_eq!(show["run"]["state"], "cancelled");

