@@ -39,6 +39,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Partial entries older than this are left by a process that stopped.
 const PARTIAL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How airlock introduces itself to the servers it fetches from.
+const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
+
+mod oci;
 
 /// Why a tool could not be had. Its message names the tool and says what
 /// to do.
@@ -194,10 +198,21 @@ impl ToolCache {
         self.dir.join("trees").join(sha256)
     }
 
-    /// Fetches the tool's URL into the cache, checking its digest on the
-    /// way; returns the bytes fetched. Nothing is kept unless it matched.
+    /// Fetches the tool into the cache, checking its digest on the way;
+    /// returns the bytes fetched. Nothing is kept unless it matched.
     fn download(&self, name: &str, tool: &Tool, progress: &dyn Fn(FetchProgress)) -> Result<u64, ToolError> {
-        let err = |message: String| ToolError { tool: name.to_owned(), message };
+        // Said before connecting: a slow server is seen waiting.
+        progress(FetchProgress::Downloading { done: 0, total: None });
+        let mut sink = Incoming::new(self, name, tool, progress)?;
+        match oci::Location::of(&tool.url) {
+            Some(location) => oci::pull(&location, &tool.sha256, &mut sink)?,
+            None => self.download_http(tool, &mut sink)?,
+        }
+        sink.finish()
+    }
+
+    /// An `http(s)://` URL, streamed into `sink`.
+    fn download_http(&self, tool: &Tool, sink: &mut Incoming<'_>) -> Result<(), ToolError> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_recv_response(Some(CONNECT_TIMEOUT))
@@ -206,82 +221,128 @@ impl ToolCache {
             // The system's certificate authorities, as other tools on this
             // machine trust them (a proxy's or a company's CA among them).
             .tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::PlatformVerifier).build())
-            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .build()
             .into();
-        // Said before connecting: a slow server is seen waiting.
-        progress(FetchProgress::Downloading { done: 0, total: None });
         let answer = agent.get(&tool.url).call().map_err(|e| {
-            err(format!(
+            sink.error(format!(
                 "cannot fetch {}: {e}; check the URL and the network, or fetch it with `airlock fetch` on a machine that can and copy the tool cache",
                 tool.url
             ))
         })?;
         let status = answer.status();
         if !status.is_success() {
-            return Err(err(format!("{} answered {status}; check the URL", tool.url)));
+            return Err(sink.error(format!("{} answered {status}; check the URL", tool.url)));
         }
         let total = answer.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        sink.expect(total)?;
+        let mut body = answer.into_body().into_with_config().limit(MAX_FETCH_BYTES + 1).reader();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = match body.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(sink.error(format!("fetching {} stopped after {} bytes: {e}", tool.url, sink.done)));
+                }
+            };
+            sink.write(&buf[..n])?;
+        }
+    }
+}
+
+/// A download on its way into the cache: written to a partial file and
+/// hashed as it arrives, within [`MAX_FETCH_BYTES`], and put in place by
+/// [`Incoming::finish`] only if its digest is the pinned one.
+struct Incoming<'a> {
+    cache: &'a ToolCache,
+    name: &'a str,
+    tool: &'a Tool,
+    progress: &'a dyn Fn(FetchProgress),
+    partial: tempfile::NamedTempFile,
+    hasher: Sha256,
+    done: u64,
+    total: Option<u64>,
+    last_report: u64,
+}
+
+impl<'a> Incoming<'a> {
+    fn new(
+        cache: &'a ToolCache,
+        name: &'a str,
+        tool: &'a Tool,
+        progress: &'a dyn Fn(FetchProgress),
+    ) -> Result<Self, ToolError> {
+        let partial = tempfile::Builder::new()
+            .prefix(&format!("{}-", &tool.sha256[..16]))
+            .tempfile_in(cache.dir.join("partial"))
+            .map_err(|e| ToolError {
+                tool: name.to_owned(),
+                message: format!("cannot write to the tool cache {}: {e}", cache.dir.display()),
+            })?;
+        Ok(Self { cache, name, tool, progress, partial, hasher: Sha256::new(), done: 0, total: None, last_report: 0 })
+    }
+
+    fn error(&self, message: String) -> ToolError {
+        ToolError { tool: self.name.to_owned(), message }
+    }
+
+    /// The length the source announced, if it did: refused at once when
+    /// it is more than a tool may be.
+    fn expect(&mut self, total: Option<u64>) -> Result<(), ToolError> {
         if let Some(total) = total
             && total > MAX_FETCH_BYTES
         {
-            return Err(err(format!(
+            return Err(self.error(format!(
                 "{} is {} long, more than the {} a tool may be",
-                tool.url,
+                self.tool.url,
                 airlock_model::format_size(total),
                 airlock_model::format_size(MAX_FETCH_BYTES)
             )));
         }
-        let mut partial = tempfile::Builder::new()
-            .prefix(&format!("{}-", &tool.sha256[..16]))
-            .tempfile_in(self.dir.join("partial"))
-            .map_err(|e| err(format!("cannot write to the tool cache {}: {e}", self.dir.display())))?;
-        let mut body = answer.into_body().into_with_config().limit(MAX_FETCH_BYTES + 1).reader();
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut done = 0u64;
-        let mut last_report = 0u64;
-        progress(FetchProgress::Downloading { done, total });
-        loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(err(format!("fetching {} stopped after {done} bytes: {e}", tool.url))),
-            };
-            done += n as u64;
-            if done > MAX_FETCH_BYTES {
-                return Err(err(format!(
-                    "{} sent more than the {} a tool may be",
-                    tool.url,
-                    airlock_model::format_size(MAX_FETCH_BYTES)
-                )));
-            }
-            hasher.update(&buf[..n]);
-            partial.write_all(&buf[..n]).map_err(|e| err(format!("cannot write to the tool cache: {e}")))?;
-            if done - last_report >= 4 << 20 {
-                last_report = done;
-                progress(FetchProgress::Downloading { done, total });
-            }
+        self.total = total;
+        (self.progress)(FetchProgress::Downloading { done: 0, total });
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), ToolError> {
+        self.done += bytes.len() as u64;
+        if self.done > MAX_FETCH_BYTES {
+            return Err(self.error(format!(
+                "{} sent more than the {} a tool may be",
+                self.tool.url,
+                airlock_model::format_size(MAX_FETCH_BYTES)
+            )));
         }
-        progress(FetchProgress::Downloading { done, total });
-        let got = hex::encode(hasher.finalize());
-        if got != tool.sha256 {
-            return Err(ToolError {
-                tool: name.to_owned(),
-                message: format!(
-                    "{} served {} with sha256 {got}, not the {} the pipeline pins; nothing was kept. If the tool changed on purpose, put its new digest in `sha256:`",
-                    tool.url,
-                    airlock_model::format_size(done),
-                    tool.sha256
-                ),
-            });
+        self.hasher.update(bytes);
+        self.partial.write_all(bytes).map_err(|e| self.error(format!("cannot write to the tool cache: {e}")))?;
+        if self.done - self.last_report >= 4 << 20 {
+            self.last_report = self.done;
+            (self.progress)(FetchProgress::Downloading { done: self.done, total: self.total });
         }
-        partial.as_file().sync_all().map_err(|e| err(format!("cannot write to the tool cache: {e}")))?;
-        partial
-            .persist(self.file_of(&tool.sha256))
+        Ok(())
+    }
+
+    /// Checks the digest and puts the file in place; returns its length.
+    fn finish(self) -> Result<u64, ToolError> {
+        (self.progress)(FetchProgress::Downloading { done: self.done, total: self.total });
+        let got = hex::encode(self.hasher.clone().finalize());
+        if got != self.tool.sha256 {
+            return Err(self.error(format!(
+                "{} served {} with sha256 {got}, not the {} the pipeline pins; nothing was kept. If the tool changed on purpose, put its new digest in `sha256:`",
+                self.tool.url,
+                airlock_model::format_size(self.done),
+                self.tool.sha256
+            )));
+        }
+        let err = |message: String| ToolError { tool: self.name.to_owned(), message };
+        self.partial.as_file().sync_all().map_err(|e| err(format!("cannot write to the tool cache: {e}")))?;
+        let to = self.cache.file_of(&self.tool.sha256);
+        self.partial
+            .persist(to)
             .map_err(|e| err(format!("cannot put the fetched tool in the tool cache: {}", e.error)))?;
-        Ok(done)
+        Ok(self.done)
     }
 }
 

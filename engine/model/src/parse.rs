@@ -5,6 +5,7 @@ use crate::expr::{Expr, Segment, template};
 use crate::pipeline::{
     DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, MountFrom, ParamSpec, ParamType, ParamValue, Pipeline,
     PluginStep, Publish, Retries, Source, Step, StepKind, StepSpans, TOOL_PREFIX, Tool, check_mount_path,
+    check_tool_url,
 };
 use crate::schema::{keys, own_keys};
 use crate::yaml::{self, Kind, Node};
@@ -847,15 +848,9 @@ fn parse_tools(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, Tool> {
         let url = field("url", c);
         let sha256 = field("sha256", c);
         if let Some((url, span)) = &url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
+            && let Err((message, hint)) = check_tool_url(url)
         {
-            c.error(
-                "bad-url",
-                &join(&path, "url"),
-                *span,
-                format!("tool `{name}`: `{url}` is not an http(s) URL"),
-                Some("tools are fetched over HTTPS (or HTTP: the digest is checked either way)".into()),
-            );
+            c.error("bad-url", &join(&path, "url"), *span, format!("tool `{name}`: {message}"), Some(hint));
         } else if let Some((url, span)) = &url
             && let Some(secret) = crate::policy::environments::secret_in_url(url)
         {
@@ -1367,6 +1362,35 @@ mod tests {
             "{diags:#?}"
         );
         assert!(diags[7].hint.as_deref() == Some("did you mean `tool:yosys`?"), "{:?}", diags[7]);
+    }
+
+    #[test]
+    fn tool_urls_are_http_or_oci_images_with_a_registry() {
+        for ok in [
+            "https://example.org/y.whl",
+            "http://127.0.0.1:8080/t.wasm",
+            "oci://ghcr.io/owner/tool:1.0",
+            "oci://docker.io/library/hello-wasm",
+            "oci+http://127.0.0.1:5000/airlock/hello:v1.2_3",
+            "oci://localhost/a/b/c@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "oci://[::1]:5000/t:latest",
+        ] {
+            assert_eq!(check_tool_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("ftp://example.org/y.whl", "neither an http(s) URL nor an OCI image"),
+            ("oci://ghcr.io", "no repository"),
+            ("oci://owner/tool:1.0", "`owner` is not a registry host"),
+            ("oci://ghcr.io/Owner/tool", "`Owner/tool` is not a repository name"),
+            ("oci://ghcr.io/owner//tool", "is not a repository name"),
+            ("oci://ghcr.io/owner/tool:", "`` is not a tag"),
+            ("oci://ghcr.io/owner/tool:-x", "is not a tag"),
+            ("oci://ghcr.io/owner/tool@sha256:abc", "is not a manifest digest"),
+        ] {
+            let (message, hint) = check_tool_url(bad).expect_err(bad);
+            assert!(message.contains(says), "{bad}: {message}");
+            assert!(hint.contains("oci://"), "{bad}: {hint}");
+        }
     }
 
     #[test]

@@ -145,10 +145,13 @@ pub struct Source {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tool {
-    /// Where to fetch it: an `https://` (or `http://`) URL. What it serves
-    /// must have the digest `sha256`, so a plain-HTTP mirror is as good.
+    /// Where to fetch it: an `https://` (or `http://`) URL, or an image in
+    /// an OCI registry, `oci://REGISTRY/REPOSITORY:TAG` (`oci+http://` for
+    /// a registry that speaks plain HTTP). What arrives must have the
+    /// digest `sha256`, so a plain-HTTP mirror is as good.
     pub url: String,
-    /// The sha256 of the file the URL serves, 64 hex digits.
+    /// The sha256 of the file the URL serves (for an OCI image: of its
+    /// layer that is the tool), 64 hex digits.
     pub sha256: String,
     /// For an archive (a wheel or `.zip`, a `.tar.gz`, `.tgz` or `.tar`):
     /// the path of the module inside it. Without it, the file fetched is
@@ -208,6 +211,64 @@ pub const RESERVED_GUEST_DIRS: [&str; 3] = [GUEST_WORKSPACE, GUEST_INPUTS, GUEST
 
 /// Where a step's scratch directory is, inside the guest; `TMPDIR` names it.
 pub const GUEST_TMP: &str = "/tmp";
+
+/// Checks where a tool comes from: an `http(s)://` URL, or an OCI image
+/// reference `oci://REGISTRY/REPOSITORY[:TAG][@sha256:DIGEST]` (or
+/// `oci+http://…`). On error: what is wrong, and what to write instead.
+pub fn check_tool_url(url: &str) -> Result<(), (String, String)> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        return Ok(());
+    }
+    let Some(reference) = url.strip_prefix("oci://").or_else(|| url.strip_prefix("oci+http://")) else {
+        return Err((
+            format!("`{url}` is neither an http(s) URL nor an OCI image"),
+            "tools are fetched over HTTPS (or HTTP: the digest is checked either way), or from a registry as oci://REGISTRY/REPOSITORY:TAG".into(),
+        ));
+    };
+    let example =
+        "write it as oci://REGISTRY/REPOSITORY:TAG, e.g. oci://ghcr.io/OWNER/TOOL:1.0 (Docker Hub is docker.io)";
+    let bad = |what: String| Err((format!("`{url}`: {what}"), example.to_owned()));
+    let Some((registry, rest)) = reference.split_once('/') else {
+        return bad("there is no repository after the registry".into());
+    };
+    if !(registry.contains('.') || registry.contains(':') || registry == "localhost")
+        || !registry.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    {
+        return bad(format!("`{registry}` is not a registry host; name the registry first"));
+    }
+    let (name, digest) = match rest.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (rest, None),
+    };
+    if let Some(digest) = digest
+        && !digest.strip_prefix("sha256:").is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return bad(format!("`{digest}` is not a manifest digest (sha256:64 hex digits)"));
+    }
+    let (repository, tag) = match name.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
+        _ => (name, None),
+    };
+    let component = |c: &str| {
+        !c.is_empty()
+            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    if !repository.split('/').all(component) {
+        return bad(format!(
+            "`{repository}` is not a repository name (lowercase letters, digits and `._-` between `/`)"
+        ));
+    }
+    if let Some(tag) = tag
+        && !(tag.len() <= 128
+            && tag.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)))
+    {
+        return bad(format!("`{tag}` is not a tag (letters, digits and `._-`, at most 128)"));
+    }
+    Ok(())
+}
 
 /// Checks a guest path a tree is mounted at: absolute, written plainly
 /// (no `.`, `..`, `//` or trailing `/`), and clear of the step's own

@@ -9,6 +9,7 @@ mod docs;
 mod failures;
 mod hostile;
 mod publish;
+mod registry;
 mod run;
 mod schemathesis;
 mod secrets;

@@ -323,3 +323,139 @@ fn validate_checks_the_modules_it_can_see() {
     assert_eq!(diags[1]["path"], "tools.web");
     assert!(diags[1]["message"].as_str().expect("message").contains("built for a JavaScript host"), "{diags:?}");
 }
+
+/// A pipeline that names a tool in a real OCI registry, pushed the way
+/// `wkg` pushes WebAssembly: the host pulls the layer the pipeline pins.
+/// A tag moved to other bytes is refused, naming what it has now; an
+/// image that is not there says to check the reference.
+#[test]
+fn a_tool_from_an_oci_registry_is_pulled_by_its_pinned_layer() {
+    let registry = crate::registry::Registry::start();
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    registry.push_wasm("airlock/wc", "1.0", &wasm);
+    let right = hex::encode(Sha256::digest(&wasm));
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two three\n");
+    let pipeline = |reference: &str| {
+        s.pipeline(&format!(
+            "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: oci+http://{}/{reference}\n    sha256: {right}\nsteps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    outputs: [counts.txt]\n",
+            registry.addr
+        ))
+    };
+    let run = |cache: &str| {
+        output(
+            airlock(&s.state())
+                .env("AIRLOCK_TOOL_CACHE", s.path().join(cache))
+                .arg("run")
+                .arg(s.path().join("pipeline.yaml")),
+        )
+    };
+    pipeline("airlock/wc:1.0");
+    let (code, _, err) = run("tools");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(s.step("count")["outputs"][0]["path"], "counts.txt");
+    assert_eq!(std::fs::read(s.path().join("tools/sha256").join(&right)).expect("cached"), wasm);
+
+    // The tag now names other bytes: a fresh cache pulls nothing it runs.
+    let other = std::fs::read(plugins().join("wasm32-wasip1/release/printenv.wasm")).expect("printenv");
+    registry.push_wasm("airlock/wc", "1.0", &other);
+    let (code, _, err) = run("tools-2");
+    assert_eq!(code, 1, "{err}");
+    let reason = s.step("count")["reason"].as_str().expect("reason").to_owned();
+    let now = crate::registry::digest(&other);
+    assert!(
+        reason.contains(&format!(
+            "has no layer with sha256 {right}, the digest the pipeline pins; its layers are application/wasm {now} ("
+        )) && reason.contains("put the new layer's digest in `sha256:`"),
+        "{reason}"
+    );
+    assert!(std::fs::read_dir(s.path().join("tools-2/sha256")).expect("cache").next().is_none(), "nothing was kept");
+    // The first cache still has the pinned bytes, and runs without asking.
+    drop(registry);
+    let (code, _, err) = run("tools");
+    assert_eq!(code, 0, "{err}");
+
+    // No registry there any more: the fetch says what to check.
+    let (code, out, _) = output(
+        airlock(&s.state())
+            .env("AIRLOCK_TOOL_CACHE", s.path().join("tools-3"))
+            .args(["fetch", "--json"])
+            .arg(s.path().join("pipeline.yaml")),
+    );
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let error = report[0]["error"].as_str().expect("error");
+    assert!(
+        error.starts_with("tool `wc`: cannot fetch oci+http://127.0.0.1:") && error.contains("check the reference"),
+        "{error}"
+    );
+}
+
+/// A tool with its files as one gzipped tarball layer, behind an image
+/// index that also lists a Linux image: the host takes the WebAssembly
+/// entry, unpacks the layer, and the step reads a file of it mounted.
+#[test]
+fn an_oci_index_leads_to_the_webassembly_image_and_its_archive_layer() {
+    let registry = crate::registry::Registry::start();
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in [("bin/wc.wasm", wasm.as_slice()), ("share/words.txt", b"four words in here\n".as_slice())] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, path, bytes).expect("append");
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gz");
+    let tgz = gz.finish().expect("gz");
+    let oci_config = "application/vnd.oci.image.config.v1+json";
+    let layer = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let linux = registry.image(
+        "airlock/wc-tools",
+        "linux",
+        oci_config,
+        &serde_json::json!({ "architecture": "amd64", "os": "linux" }),
+        &[(layer, b"not this one".as_slice())],
+    );
+    let wasi = registry.image(
+        "airlock/wc-tools",
+        "wasi",
+        oci_config,
+        &serde_json::json!({ "architecture": "wasm", "os": "wasip1" }),
+        &[(layer, tgz.as_slice())],
+    );
+    let entry = |(digest, size): (String, usize), os: &str, arch: &str| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": { "os": os, "architecture": arch },
+        })
+    };
+    let index = "application/vnd.oci.image.index.v1+json";
+    registry.manifest(
+        "airlock/wc-tools",
+        "2",
+        index,
+        &serde_json::json!({ "schemaVersion": 2, "mediaType": index, "manifests": [entry(linux, "linux", "amd64"), entry(wasi, "wasip1", "wasm")] }),
+    );
+    let s = Scratch::new();
+    s.pipeline(&format!(
+        "name: t\ntools:\n  wc:\n    url: oci+http://{}/airlock/wc-tools:2\n    sha256: {}\n    module: bin/wc.wasm\n    mounts: {{ /share: share }}\nsteps:\n  count:\n    uses: tool:wc\n    args: [counts.txt, /share/words.txt]\n    outputs: [counts.txt]\n",
+        registry.addr,
+        hex::encode(Sha256::digest(&tgz))
+    ));
+    let (code, _, err) = output(
+        airlock(&s.state())
+            .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+            .arg("run")
+            .arg(s.path().join("pipeline.yaml")),
+    );
+    assert_eq!(code, 0, "{err}");
+    let digest = s.step("count")["outputs"][0]["sha256"].as_str().expect("digest").to_owned();
+    let blob = crate::support::files_below(&s.state().join("artifacts"))
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&digest[7..])))
+        .expect("the counts are in the artifact store");
+    let counts = std::fs::read_to_string(blob).expect("read");
+    assert!(counts.contains('4'), "{counts}");
+}
