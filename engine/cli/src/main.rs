@@ -61,6 +61,8 @@ Environment:
   AIRLOCK_USER_TOKEN your user API token (`airlock run [--server]`, `airlock approve`)
   AIRLOCK_TOOL_CACHE where fetched tools are kept [default: the state directory's tools/]
   AIRLOCK_COMPILE_CACHE_LIMIT  compiled plugins kept, least recently used dropped first [default: 4GiB]
+  AIRLOCK_STEP_PROCESS_MIN_SIZE  core modules this big run each in a process of their own, or `off`
+  [default: 8MiB]
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -235,7 +237,16 @@ fn parse_param(text: &str) -> Result<(String, String), String> {
 /// Log lines of a server waiting to be written at most; more are dropped.
 const LOG_QUEUE: usize = 10_000;
 
+/// The first argument that makes `airlock` a step process (see
+/// `airlock_sandbox::worker`): started by the engine, never by hand.
+const STEP_PROCESS_ARG: &str = "__airlock-step-process";
+
 fn main() -> ExitCode {
+    // Before anything else: a step process's stderr is the step's log,
+    // and it has nothing to parse.
+    if std::env::args_os().nth(1).is_some_and(|a| a == STEP_PROCESS_ARG) {
+        return ExitCode::from(u8::try_from(airlock_sandbox::worker::main()).unwrap_or(2));
+    }
     let cli = Cli::parse();
     // The server logs each request (never a token) unless RUST_LOG says otherwise.
     let quiet =
@@ -351,6 +362,29 @@ pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock
     }
     if let Some(bytes) = limit {
         engine = engine.with_compile_cache_limit(bytes);
+    }
+    // Big tools run in a process of their own, without deadline checks
+    // compiled in; `AIRLOCK_STEP_PROCESS_MIN_SIZE` moves the bound ("off"
+    // keeps every step in this process).
+    let min_bytes =
+        match std::env::var("AIRLOCK_STEP_PROCESS_MIN_SIZE").ok().filter(|v| !v.is_empty()) {
+            Some(off) if off == "off" => None,
+            Some(text) => Some(airlock_model::parse_size(&text).map_err(|e| {
+                anyhow::anyhow!("AIRLOCK_STEP_PROCESS_MIN_SIZE: {e}; write a size such as 8MiB, or off")
+            })?),
+            None => Some(airlock_sandbox::worker::DEFAULT_MIN_BYTES),
+        };
+    if let Some(min_bytes) = min_bytes {
+        match std::env::current_exe() {
+            Ok(program) => {
+                engine = engine.with_step_process(airlock_sandbox::worker::StepProcess {
+                    program,
+                    args: vec![STEP_PROCESS_ARG.to_owned()],
+                    min_bytes,
+                });
+            }
+            Err(e) => tracing::warn!("cannot find the airlock program ({e}); every step runs in this process"),
+        }
     }
     Ok(engine)
 }

@@ -245,6 +245,16 @@ impl Engine {
         self
     }
 
+    /// Runs big tools each in a step process of their own (see
+    /// [`airlock_sandbox::worker`]).
+    pub fn with_step_process(mut self, process: airlock_sandbox::worker::StepProcess) -> Self {
+        match Arc::get_mut(&mut self.sandbox) {
+            Some(sandbox) => sandbox.set_step_process(process),
+            None => tracing::warn!("step processes are set up before the engine is shared; ignored"),
+        }
+        self
+    }
+
     /// The tool cache.
     pub fn tool_cache(&self) -> &airlock_host::tools::ToolCache {
         &self.tool_cache

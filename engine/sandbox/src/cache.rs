@@ -129,8 +129,16 @@ impl CompileCache {
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_suffix(".cwasm") else { continue };
             let meta = entry.metadata()?;
+            // What a step process reports into lives a step long; one a
+            // day old was left by an engine that was killed.
+            if name.starts_with(crate::worker::RESULT_PREFIX)
+                && meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age.as_secs() > 24 * 3600)
+            {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(key) = name.strip_suffix(".cwasm") else { continue };
             entries.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), key.to_owned()));
         }
         let mut total: u64 = entries.iter().map(|e| e.1).sum();

@@ -14,7 +14,9 @@
 //! are not linked at all, so a plugin importing one is refused before it
 //! runs, with a message naming the interface.
 //!
-//! Inside, `link` sets up the two engines (with and without fuel) and
+//! Inside, `link` sets up the engines (with and without fuel, and one
+//! without deadline checks for big tools run in a process of their own,
+//! [`worker`]) and
 //! their linkers, `load` turns a file into a checked [`Plugin`] through
 //! the compile cache, `run` runs one [`Invocation`] and names how it
 //! ended, and each host interface beyond WASI is a module of its own
@@ -39,6 +41,7 @@ mod load;
 mod log;
 mod quota;
 mod run;
+pub mod worker;
 
 pub use airlock_model::policy::HostInterface;
 pub use cache::{Cached, CompileCache, DEFAULT_COMPILE_CACHE_LIMIT};
@@ -54,7 +57,7 @@ pub use log::LogSink;
 pub use quota::{MAX_DEPTH, OverQuota, QUOTA_TICK, Quota, Usage, measure};
 pub use run::{Failure, Invocation, Outcome};
 
-use link::Flavor;
+use link::{Flavor, FlavorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,7 +73,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct Sandbox {
     plain: Flavor,
     fueled: Flavor,
+    unchecked: Flavor,
     cache: Option<CompileCache>,
+    step_process: Option<worker::StepProcess>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -84,8 +89,9 @@ impl Sandbox {
     /// An engine that caches compiled plugins in `cache_dir`, if given.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine(format!("{e:#}"));
-        let plain = Flavor::new(false).map_err(engine_error)?;
-        let fueled = Flavor::new(true).map_err(engine_error)?;
+        let plain = Flavor::new(FlavorKind::Plain).map_err(engine_error)?;
+        let fueled = Flavor::new(FlavorKind::Fueled).map_err(engine_error)?;
+        let unchecked = Flavor::new(FlavorKind::Unchecked).map_err(engine_error)?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         // Epochs drive deadlines and yielding. One thread ticks both
         // engines; it ends when the sandbox is dropped.
@@ -105,12 +111,30 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Self { plain, fueled, cache: cache_dir.map(CompileCache::new), stop_ticker })
+        Ok(Self { plain, fueled, unchecked, cache: cache_dir.map(CompileCache::new), step_process: None, stop_ticker })
     }
 
     /// Bounds the compile cache to `bytes` of compiled code (the default
     /// is [`DEFAULT_COMPILE_CACHE_LIMIT`]).
     pub fn set_compile_cache_limit(&mut self, bytes: u64) {
         self.cache = self.cache.take().map(|c| c.with_limit(bytes));
+    }
+
+    /// Runs core modules of at least `process.min_bytes` (real tools) each
+    /// in a step process of their own, compiled without deadline checks:
+    /// see [`worker`]. Needs the compile cache, through which the process
+    /// gets the compiled code; without one this does nothing.
+    pub fn set_step_process(&mut self, process: worker::StepProcess) {
+        if self.cache.is_some() {
+            self.step_process = Some(process);
+        }
+    }
+
+    fn flavor(&self, kind: FlavorKind) -> &Flavor {
+        match kind {
+            FlavorKind::Plain => &self.plain,
+            FlavorKind::Fueled => &self.fueled,
+            FlavorKind::Unchecked => &self.unchecked,
+        }
     }
 }

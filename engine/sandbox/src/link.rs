@@ -103,6 +103,18 @@ impl HasData for HasIo {
     type Data<'a> = &'a mut ResourceTable;
 }
 
+/// Which engine a plugin is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlavorKind {
+    /// Deadlines by epoch checks, instances from the pool: most steps.
+    Plain,
+    /// Counts instructions, for steps with a fuel budget.
+    Fueled,
+    /// No checks compiled in: big modules, each run in a step process of
+    /// its own that the host kills at the deadline or on cancel.
+    Unchecked,
+}
+
 /// One engine configuration with its linkers.
 pub(crate) struct Flavor {
     pub(crate) engine: Engine,
@@ -115,10 +127,14 @@ pub(crate) struct Flavor {
 }
 
 impl Flavor {
-    pub(crate) fn new(fuel: bool) -> wasmtime::Result<Self> {
+    /// `fuel` counts instructions; `epoch` checks the deadline in the
+    /// compiled code. A flavor without it runs only in a step process of
+    /// its own, which the host kills at the deadline.
+    pub(crate) fn new(kind: FlavorKind) -> wasmtime::Result<Self> {
+        let fuel = kind == FlavorKind::Fueled;
         let mut config = Config::new();
         config.wasm_component_model(true);
-        config.epoch_interruption(true);
+        config.epoch_interruption(kind != FlavorKind::Unchecked);
         config.consume_fuel(fuel);
         // The WebAssembly proposals beyond the wasm 2.0 core, each decided
         // (the security page lists them): exception handling on, for the
@@ -131,12 +147,13 @@ impl Flavor {
         config.wasm_exceptions(true);
         config.wasm_gc(false);
         config.wasm_threads(true);
-        // The plain engine runs almost every step: it takes instances,
+        // The plain engine runs almost every step (and the unchecked one
+        // the biggest): it takes instances,
         // memories and stacks from a pool instead of mapping and unmapping
         // them per step, which halves what a short step costs. The pool
         // only reserves address space. Where even that is refused (a
         // tight `ulimit -v`), steps are allocated one by one instead.
-        let engine = if fuel {
+        let engine = if kind == FlavorKind::Fueled {
             Engine::new(&config)?
         } else {
             let mut pooled = config.clone();
@@ -260,7 +277,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../plugins/target/wasm32-wasip2/release/deploy_request.wasm");
         assert!(path.is_file(), "{} is missing: run `bash plugins/build`", path.display());
-        let flavor = Flavor::new(false).expect("engine");
+        let flavor = Flavor::new(FlavorKind::Plain).expect("engine");
         let component = wasmtime::component::Component::from_file(&flavor.engine, &path).expect("compiles");
         let ungranted = flavor.component_linker(&HostGrants::default()).expect("linker");
         let refused = ungranted.instantiate_pre(&component).err().expect("refused by the linker alone");

@@ -1,7 +1,7 @@
 //! Reading, compiling (or finding in the compile cache), checking and
 //! linking a plugin.
 
-use crate::link::{ComponentState, Flavor, ModuleState, bindings};
+use crate::link::{ComponentState, Flavor, FlavorKind, ModuleState, bindings};
 use crate::{
     DEFAULT_PLUGIN_LIMIT, GRANTED_INTERFACES, HostGrants, HostInterface, MAX_MEMORIES, MAX_MEMORIES_PER_MODULE,
     MAX_TABLES, MAX_TABLES_PER_MODULE, Sandbox, SandboxError,
@@ -39,7 +39,7 @@ pub struct Plugin {
     pub name: String,
     /// Whether the compiled form came from the cache.
     pub from_cache: bool,
-    pub(crate) fuel: bool,
+    pub(crate) flavor: FlavorKind,
 }
 
 impl Plugin {
@@ -53,6 +53,12 @@ impl Plugin {
             .filter(|e| e.ty().func().is_some_and(|f| f.params().len() == 0 && f.results().len() == 0))
             .map(|e| e.name().to_owned())
             .collect()
+    }
+
+    /// Whether it runs in a step process of its own (a big core module,
+    /// on a sandbox with [`Sandbox::set_step_process`]).
+    pub fn in_own_process(&self) -> bool {
+        self.flavor == FlavorKind::Unchecked
     }
 
     /// What kind of program this is.
@@ -175,7 +181,14 @@ impl Sandbox {
             // could never link.
             check_module_imports(&path, bytes)?;
         }
-        let flavor = if fuel { &self.fueled } else { &self.plain };
+        let kind = if fuel {
+            FlavorKind::Fueled
+        } else if !is_component && self.step_process.as_ref().is_some_and(|p| bytes.len() as u64 >= p.min_bytes) {
+            FlavorKind::Unchecked
+        } else {
+            FlavorKind::Plain
+        };
+        let flavor = self.flavor(kind);
         let digest = hex::encode(Sha256::digest(bytes));
         let compile_error = |e: wasmtime::Error| {
             let message = format!("{e:#}");
@@ -238,7 +251,35 @@ impl Sandbox {
             (Self::link_module(flavor, &module, &path)?, from_cache)
         };
         let (compiled, from_cache) = compiled;
-        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, fuel })
+        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, flavor: kind })
+    }
+
+    /// A core module compiled for a step process, from the compile
+    /// cache, by the sha256 of its file: what a step process runs.
+    pub(crate) fn load_compiled(&self, digest: &str, name: &str) -> Result<Plugin, SandboxError> {
+        let path = PathBuf::from(name);
+        let flavor = self.flavor(FlavorKind::Unchecked);
+        let missing = || SandboxError::Compile {
+            path: path.clone(),
+            message:
+                "its compiled form is not in the compile cache (evicted while the step started?); run the step again"
+                    .into(),
+        };
+        let cached = self.cache.as_ref().and_then(|c| c.get(digest, &flavor.engine)).ok_or_else(missing)?;
+        // SAFETY: as in `load_bytes_reporting`: written by this engine's
+        // configuration under the state directory, its sum checked on the
+        // open file that is mapped.
+        #[allow(unsafe_code)]
+        let module = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, cached.file) }
+            .map_err(|e| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") })?;
+        let compiled = Self::link_module(flavor, &module, &path)?;
+        Ok(Plugin {
+            compiled: Arc::new(compiled),
+            digest: digest.to_owned(),
+            name: name.to_owned(),
+            from_cache: true,
+            flavor: FlavorKind::Unchecked,
+        })
     }
 
     fn store_in_cache(&self, digest: &str, engine: &Engine, serialized: wasmtime::Result<Vec<u8>>) {

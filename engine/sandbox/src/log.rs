@@ -18,6 +18,17 @@ struct Buffer {
     kept: Vec<u8>,
     cap: usize,
     written: u64,
+    /// Where every byte also goes as it is written: a step process's
+    /// pipe to the host, which keeps the log.
+    forward: Option<Forward>,
+}
+
+struct Forward(Box<dyn io::Write + Send>);
+
+impl std::fmt::Debug for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forward")
+    }
 }
 
 /// A handle on a step's log, shared by its stdout and stderr.
@@ -27,7 +38,17 @@ pub struct LogSink(Arc<Mutex<Buffer>>);
 impl LogSink {
     /// A log that keeps at most `cap` bytes.
     pub fn new(cap: usize) -> Self {
-        Self(Arc::new(Mutex::new(Buffer { kept: Vec::new(), cap, written: 0 })))
+        Self(Arc::new(Mutex::new(Buffer { kept: Vec::new(), cap, written: 0, forward: None })))
+    }
+
+    /// A log that keeps nothing and hands every byte to `to` as it comes.
+    pub(crate) fn forwarding(to: impl io::Write + Send + 'static) -> Self {
+        Self(Arc::new(Mutex::new(Buffer {
+            kept: Vec::new(),
+            cap: 0,
+            written: 0,
+            forward: Some(Forward(Box::new(to))),
+        })))
     }
 
     pub(crate) fn append(&self, bytes: &[u8]) {
@@ -35,6 +56,11 @@ impl LogSink {
         // the bytes already kept are still a valid log.
         let mut b = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         b.written += bytes.len() as u64;
+        if let Some(Forward(to)) = &mut b.forward {
+            // A host that stopped reading has killed this process, or
+            // is about to.
+            let _ = to.write_all(bytes);
+        }
         let room = b.cap.saturating_sub(b.kept.len());
         let take = room.min(bytes.len());
         b.kept.extend_from_slice(&bytes[..take]);

@@ -71,7 +71,7 @@ pub struct Invocation {
 
 impl Invocation {
     /// The directories the step's disk quota covers.
-    fn measured(&self) -> Vec<PathBuf> {
+    pub(crate) fn measured(&self) -> Vec<PathBuf> {
         std::iter::once(self.workspace.clone()).chain(self.tmp.clone()).collect()
     }
 
@@ -156,10 +156,12 @@ impl Sandbox {
             None => LogSink::new(usize::try_from(inv.log_limit).unwrap_or(usize::MAX)),
         };
         let mut deploy_requests = Vec::new();
-        let result = match self.wasi(&inv, plugin, &log) {
-            Err(e) => Err(Failure::Setup(e)),
-            Ok(builder) => {
-                let call = self.call(plugin, builder, &inv, &log, &mut deploy_requests);
+        let result = match (&self.step_process, &self.cache) {
+            (Some(process), Some(cache)) if plugin.in_own_process() => {
+                crate::worker::run(process, cache.dir(), plugin, &inv, &log).await
+            }
+            _ => {
+                let call = self.execute(plugin, &inv, &log, &mut deploy_requests);
                 // Epoch interruption stops guest code at its deadline; a
                 // guest blocked inside a host call (a long sleep) is
                 // stopped here instead. Going over the disk quota stops
@@ -200,6 +202,21 @@ impl Sandbox {
             deploy_requests.clear();
         }
         Outcome { result, log, log_written, duration: started.elapsed(), deploy_requests }
+    }
+
+    /// Sets up the guest's WASI context and runs it to its end, without
+    /// watching the deadline from outside or the disk quota.
+    pub(crate) async fn execute(
+        &self,
+        plugin: &Plugin,
+        inv: &Invocation,
+        log: &LogSink,
+        requests: &mut Vec<DeployRequest>,
+    ) -> Result<(), Failure> {
+        match self.wasi(inv, plugin, log) {
+            Err(e) => Err(Failure::Setup(e)),
+            Ok(builder) => self.call(plugin, builder, inv, log, requests).await,
+        }
     }
 
     fn wasi(&self, inv: &Invocation, plugin: &Plugin, log: &LogSink) -> Result<WasiCtxBuilder, String> {
@@ -252,7 +269,7 @@ impl Sandbox {
         log: &LogSink,
         requests: &mut Vec<DeployRequest>,
     ) -> Result<(), Failure> {
-        let flavor = if plugin.fuel { &self.fueled } else { &self.plain };
+        let flavor = self.flavor(plugin.flavor);
         let deadline = Instant::now() + inv.timeout;
         let limiter = Limiter::new(inv.memory);
         match &*plugin.compiled {

@@ -15,6 +15,7 @@ mod schemathesis;
 mod secrets;
 mod server;
 mod snapshots;
+mod step_process;
 mod support;
 mod tokens;
 mod tools;
