@@ -37,6 +37,27 @@ pub struct CompileCache {
 pub struct Cached {
     /// The compiled code, positioned at its start.
     pub file: File,
+    /// Which file it is.
+    pub id: FileId,
+}
+
+/// Which file an entry is, by device and inode. An entry's file is never
+/// written after it is renamed into place (a new compile replaces it with
+/// another file), so a file known by its id to have had its sum checked
+/// holds the same bytes for as long as someone keeps it open (which also
+/// keeps its inode from being reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(file: &File) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().ok()?;
+        Some(Self { dev: meta.dev(), ino: meta.ino() })
+    }
 }
 
 impl CompileCache {
@@ -86,7 +107,20 @@ impl CompileCache {
         }
         file.rewind().ok()?;
         touch(&path);
-        Some(Cached { file })
+        let id = FileId::of(&file)?;
+        Some(Cached { file, id })
+    }
+
+    /// The entry as [`CompileCache::get`] gives it, without reading it
+    /// again when its file is still `checked`, one whose sum was checked
+    /// by a process that keeps it open (a step process's engine).
+    pub fn get_checked(&self, plugin_digest: &str, engine: &wasmtime::Engine, checked: FileId) -> Option<Cached> {
+        let key = Self::key(plugin_digest, engine);
+        let file = File::open(self.dir.join(format!("{key}.cwasm"))).ok()?;
+        if FileId::of(&file) == Some(checked) {
+            return Some(Cached { file, id: checked });
+        }
+        self.get(plugin_digest, engine)
     }
 
     /// The compiled code for this plugin and engine, read whole and
@@ -196,6 +230,31 @@ mod tests {
         assert!(cache.get_bytes("aa", &engine()).is_none(), "a damaged entry must not be used");
         std::fs::write(&cwasm, b"compiled").expect("truncate");
         assert!(cache.get("aa", &engine()).is_none(), "a truncated entry must not be used");
+    }
+
+    /// A step process trusts the file its engine checked and holds, by
+    /// identity; any other file in its place is checked again.
+    #[test]
+    fn a_file_checked_before_is_known_by_its_identity_and_no_other() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = CompileCache::new(dir.path());
+        let e = engine();
+        cache.put("aa", &e, b"compiled code").expect("put");
+        let held = cache.get("aa", &e).expect("hit");
+        let cwasm = dir.path().join(format!("{}.cwasm", CompileCache::key("aa", &e)));
+        // The same file (what an engine holding it open would see):
+        // taken as checked, without reading it.
+        let again = cache.get_checked("aa", &e, held.id).expect("hit");
+        assert_eq!(again.id, held.id);
+        // Another file renamed into its place, damaged: checked, refused.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"compiled codf").expect("write");
+        std::fs::rename(&other, &cwasm).expect("replace");
+        assert!(cache.get_checked("aa", &e, held.id).is_none(), "a replaced file must be checked");
+        // A sound replacement is checked and used, under its own identity.
+        cache.put("aa", &e, b"compiled code").expect("put");
+        let fresh = cache.get_checked("aa", &e, held.id).expect("hit");
+        assert_ne!(fresh.id, held.id);
     }
 
     /// Past its bound the cache drops what was used longest ago, and keeps

@@ -40,6 +40,9 @@ pub struct Plugin {
     /// Whether the compiled form came from the cache.
     pub from_cache: bool,
     pub(crate) flavor: FlavorKind,
+    /// The cache file of a mapped core module, whose sum was checked: a
+    /// step process running it need not read it again.
+    pub(crate) checked: Option<crate::cache::FileId>,
 }
 
 impl Plugin {
@@ -224,13 +227,15 @@ impl Sandbox {
                     c
                 }
             };
-            (self.link_component(flavor, &component, &path, grants)?, from_cache)
+            (self.link_component(flavor, &component, &path, grants)?, from_cache, None)
         } else {
             // SAFETY: as for components above, the sum checked on the
             // open file that is then mapped: an entry replaced or evicted
             // meanwhile is not what runs.
+            let mut checked = None;
             #[allow(unsafe_code)]
             let mapped = cache.and_then(|c| c.get(&digest, &flavor.engine)).and_then(|c| {
+                checked = Some(c.id);
                 unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, c.file) }
                     .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
                     .ok()
@@ -248,15 +253,20 @@ impl Sandbox {
                     m
                 }
             };
-            (Self::link_module(flavor, &module, &path)?, from_cache)
+            (Self::link_module(flavor, &module, &path)?, from_cache, checked.filter(|_| from_cache))
         };
-        let (compiled, from_cache) = compiled;
-        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, flavor: kind })
+        let (compiled, from_cache, checked) = compiled;
+        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, flavor: kind, checked })
     }
 
     /// A core module compiled for a step process, from the compile
     /// cache, by the sha256 of its file: what a step process runs.
-    pub(crate) fn load_compiled(&self, digest: &str, name: &str) -> Result<Plugin, SandboxError> {
+    pub(crate) fn load_compiled(
+        &self,
+        digest: &str,
+        name: &str,
+        checked: Option<crate::cache::FileId>,
+    ) -> Result<Plugin, SandboxError> {
         let path = PathBuf::from(name);
         let flavor = self.flavor(FlavorKind::Unchecked);
         let missing = || SandboxError::Compile {
@@ -265,10 +275,19 @@ impl Sandbox {
                 "its compiled form is not in the compile cache (evicted while the step started?); run the step again"
                     .into(),
         };
-        let cached = self.cache.as_ref().and_then(|c| c.get(digest, &flavor.engine)).ok_or_else(missing)?;
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| match checked {
+                Some(id) => c.get_checked(digest, &flavor.engine, id),
+                None => c.get(digest, &flavor.engine),
+            })
+            .ok_or_else(missing)?;
+        let id = cached.id;
         // SAFETY: as in `load_bytes_reporting`: written by this engine's
         // configuration under the state directory, its sum checked on the
-        // open file that is mapped.
+        // open file that is mapped, here or (the same file, still held
+        // open) by the engine that started this process.
         #[allow(unsafe_code)]
         let module = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, cached.file) }
             .map_err(|e| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") })?;
@@ -279,6 +298,7 @@ impl Sandbox {
             name: name.to_owned(),
             from_cache: true,
             flavor: FlavorKind::Unchecked,
+            checked: Some(id),
         })
     }
 

@@ -7,17 +7,19 @@
 //! it is not small: Yosys runs 40% longer with the checks than without.
 //!
 //! So a core module of at least [`StepProcess::min_bytes`] is compiled
-//! once more, by an engine without the checks, into the compile cache,
-//! and each of its steps runs in a fresh process (`airlock step-process`,
-//! hidden): the host starts it with an empty environment, hands it the
-//! step on its stdin (kept open: the process stops when it closes, so an
-//! engine that dies takes its steps with it), and reads the guest's stdout and stderr from one
-//! pipe into the step's log as it runs. The process loads the compiled
-//! module from the cache (mapped, sum checked), builds the same WASI
-//! context as an in-process step (the same [`Invocation`] fields, the
-//! same memory limit) and runs it. The host keeps the limits it can keep
-//! from outside: at the deadline, on cancel (the process is killed when
-//! the step's future is dropped) or past the disk quota it kills the
+//! instead by an engine without the checks, into the compile cache,
+//! and each of its steps runs in a fresh process: `airlock` started again
+//! with a hidden first argument. The host starts it with an empty
+//! environment, hands it the step on its stdin (kept open: the process
+//! stops when it closes, so an engine that dies takes its steps with
+//! it), and reads the guest's stdout and stderr from one pipe into the
+//! step's log as it runs. The process loads the compiled module from the
+//! cache (mapped; its sum checked, unless it is the very file the host
+//! checked and keeps mapped), builds the same WASI context as an
+//! in-process step (the same [`Invocation`] fields, the same memory
+//! limit) and runs it. The host keeps the limits it can keep from
+//! outside: at the deadline, on cancel (the process is killed when the
+//! step's future is dropped) or past the disk quota it kills the
 //! process, which ends the guest wherever it is. How the guest ended is
 //! written to a file in the compile cache, where no guest can write; a
 //! process that ends without one (killed, crashed) is a crash in words.
@@ -51,7 +53,7 @@ const MAX_SPEC_BYTES: u64 = 16 << 20;
 pub struct StepProcess {
     /// The program: `airlock` itself.
     pub program: PathBuf,
-    /// Its arguments, which make it a step process (`step-process`).
+    /// Its arguments, which make it a step process.
     pub args: Vec<String>,
     /// Core modules at least this big run in one.
     pub min_bytes: u64,
@@ -62,6 +64,8 @@ pub struct StepProcess {
 struct Spec {
     cache_dir: PathBuf,
     digest: String,
+    /// The compiled file the host checked and holds open, if it did.
+    checked: Option<crate::cache::FileId>,
     name: String,
     workspace: PathBuf,
     inputs: Vec<(String, PathBuf)>,
@@ -135,6 +139,7 @@ pub(crate) async fn run(
     let spec = Spec {
         cache_dir: cache_dir.to_owned(),
         digest: plugin.digest.clone(),
+        checked: plugin.checked,
         name: plugin.name.clone(),
         workspace: inv.workspace.clone(),
         inputs: inv.inputs.clone(),
@@ -285,7 +290,8 @@ fn serve(spec: &Spec) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Setup(format!("cannot start the step process's runtime: {e}")))?;
     let sandbox = Sandbox::new(Some(spec.cache_dir.clone())).map_err(|e| Failure::Setup(e.to_string()))?;
-    let plugin = sandbox.load_compiled(&spec.digest, &spec.name).map_err(|e| Failure::Setup(e.to_string()))?;
+    let plugin =
+        sandbox.load_compiled(&spec.digest, &spec.name, spec.checked).map_err(|e| Failure::Setup(e.to_string()))?;
     let mut inv = Invocation::new(spec.workspace.clone());
     inv.inputs = spec.inputs.clone();
     inv.inputs_root = spec.inputs_root.clone();
