@@ -12,6 +12,10 @@
 //! - [`tools`] fetches the tools pipelines name by URL and sha256 into
 //!   a cache, checks each digest before anything reads the file, and
 //!   unpacks archives once.
+//! - [`checkout`] fetches the exact commit of a repository with its
+//!   credential and writes it out as a plain tree, no `.git`.
+//! - [`forge`] checks the signatures of webhooks from git forges and
+//!   reads their payloads into events.
 //! - [`deploy`] holds the credentials and the providers that deploy
 //!   artifacts to an environment; credentials never leave it.
 //!
@@ -28,8 +32,10 @@
 //! ```
 
 mod artifacts;
+pub mod checkout;
 pub mod deploy;
 mod extract;
+pub mod forge;
 pub mod publish;
 pub mod tools;
 

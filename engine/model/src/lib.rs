@@ -34,8 +34,9 @@ pub use expr::{Expr, ExprContext, Segment, render, template};
 pub use pipeline::{
     DEFAULT_BUILD_ID, DEFAULT_DISK_LIMIT, DEFAULT_FILES_LIMIT, DEFAULT_LOG_LIMIT, DEFAULT_MEMORY_LIMIT,
     DEFAULT_PLUGIN_LIMIT, DEFAULT_TIMEOUT, EnvironmentStep, GUEST_INPUTS, GUEST_TMP, GUEST_WORKSPACE, Limits,
-    LimitsWritten, MountFrom, ParamSpec, ParamType, ParamValue, Pipeline, PluginStep, Publish, RESERVED_GUEST_DIRS,
-    Retries, Source, Step, StepKind, StepSpans, TOOL_PREFIX, Tool, check_mount_path, check_tool_url,
+    LimitsWritten, MountFrom, ParamSpec, ParamType, ParamValue, Pipeline, PluginStep, Publish, PullRequestTrigger,
+    PushTrigger, RESERVED_GUEST_DIRS, Retries, Source, Step, StepKind, StepSpans, TOOL_PREFIX, Tool, TriggerEvent,
+    Triggers, check_mount_path, check_tool_url,
 };
 pub use units::{format_size, parse_duration, parse_size};
 

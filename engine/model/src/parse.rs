@@ -4,8 +4,8 @@
 use crate::expr::{Expr, Segment, template};
 use crate::pipeline::{
     DEFAULT_BUILD_ID, EnvironmentStep, Limits, LimitsWritten, MountFrom, ParamSpec, ParamType, ParamValue, Pipeline,
-    PluginStep, Publish, Retries, Source, Step, StepKind, StepSpans, TOOL_PREFIX, Tool, check_mount_path,
-    check_tool_url,
+    PluginStep, Publish, PullRequestTrigger, PushTrigger, Retries, Source, Step, StepKind, StepSpans, TOOL_PREFIX,
+    Tool, Triggers, check_mount_path, check_tool_url,
 };
 use crate::schema::{keys, own_keys};
 use crate::yaml::{self, Kind, Node};
@@ -28,6 +28,9 @@ static PARAM_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<ParamSpec>);
 static RETRY_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Retries>);
 static LIMIT_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Limits>);
 static TOOL_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Tool>);
+static TRIGGER_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<Triggers>);
+static PUSH_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<PushTrigger>);
+static PULL_REQUEST_KEYS: LazyLock<Vec<&str>> = LazyLock::new(keys::<PullRequestTrigger>);
 
 /// The closest of `candidates` to `word`, if it is close enough to be what
 /// the author meant.
@@ -239,6 +242,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
     let params = get(top, "params").map(|n| parse_params(&mut c, n)).unwrap_or_default();
     let sources = get(top, "sources").map(|n| parse_sources(&mut c, n, lookup)).unwrap_or_default();
     let tools = get(top, "tools").map(|n| parse_tools(&mut c, n)).unwrap_or_default();
+    let on = get(top, "on").map(|n| parse_triggers(&mut c, n)).unwrap_or_default();
 
     let mut steps = IndexMap::new();
     let mut pending = Vec::new();
@@ -409,7 +413,7 @@ pub(crate) fn parse(file: &str, src: &str, lookup: &dyn Lookup) -> (Option<Pipel
 
     let pipeline = match name {
         Some(name) if c.diags.is_empty() => {
-            Some(Pipeline { name, description, environment, params, sources, tools, steps })
+            Some(Pipeline { name, description, environment, params, sources, tools, on, steps })
         }
         _ => None,
     };
@@ -825,6 +829,90 @@ fn parse_mounts(
 }
 
 /// The `tools:` of a pipeline.
+/// `on:`: an event, a list of events, or events with their filters.
+fn parse_triggers(c: &mut Checker<'_>, node: &Node) -> Triggers {
+    let mut on = Triggers::default();
+    let mut event = |c: &mut Checker<'_>, name: &str, span: Span, path: &str, filters: Option<&Node>| {
+        let filters = filters.filter(|f| !f.is_null());
+        match name {
+            "push" => {
+                let mut push = PushTrigger::default();
+                if let Some(f) = filters {
+                    let e = c.map(f, path, Some(&PUSH_KEYS));
+                    push.branches = patterns(c, get(e, "branches"), &join(path, "branches"), true);
+                    push.tags = patterns(c, get(e, "tags"), &join(path, "tags"), true);
+                    push.paths = patterns(c, get(e, "paths"), &join(path, "paths"), false);
+                }
+                on.push = Some(push);
+            }
+            "pull_request" => {
+                let mut pr = PullRequestTrigger::default();
+                if let Some(f) = filters {
+                    let e = c.map(f, path, Some(&PULL_REQUEST_KEYS));
+                    pr.branches = patterns(c, get(e, "branches"), &join(path, "branches"), true);
+                    pr.paths = patterns(c, get(e, "paths"), &join(path, "paths"), false);
+                }
+                on.pull_request = Some(pr);
+            }
+            "manual" => {
+                if let Some(f) = filters {
+                    c.map(f, path, Some(&[]));
+                }
+                on.manual = true;
+            }
+            other => {
+                let hint = match closest(other, &TRIGGER_KEYS) {
+                    Some(k) => format!("did you mean `{k}`?"),
+                    None => "the events are `push`, `pull_request` and `manual`".into(),
+                };
+                c.error(
+                    "unknown-event",
+                    path,
+                    span,
+                    format!("`{other}` is not an event airlock starts runs on"),
+                    Some(hint),
+                );
+            }
+        }
+    };
+    match &node.kind {
+        Kind::Map(_) => {
+            for (key, value) in c.map(node, "on", None) {
+                let Some(name) = key.as_scalar() else { continue };
+                event(c, name, key.span, &join("on", name), Some(value));
+            }
+        }
+        _ => {
+            for (name, span, path) in c.list(node, "on") {
+                event(c, name, span, &path, None);
+            }
+        }
+    }
+    on
+}
+
+/// Glob patterns of refs (`*` within one `/`-separated part) or of paths.
+fn patterns(c: &mut Checker<'_>, node: Option<&Node>, path: &str, refs: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for (pattern, span, ppath) in node.map(|n| c.list(n, path)).unwrap_or_default() {
+        let valid = globset::GlobBuilder::new(pattern).literal_separator(true).build();
+        if refs && (pattern.starts_with("refs/") || pattern.contains("..")) {
+            c.error(
+                "bad-glob",
+                &ppath,
+                span,
+                format!("`{pattern}` is not a branch or tag pattern"),
+                Some("write the name without `refs/heads/` or `refs/tags/`, like `main` or `release/*`".into()),
+            );
+        } else if let Err(e) = valid {
+            c.error("bad-glob", &ppath, span, format!("`{pattern}` is not a valid glob: {}", e.kind()), None);
+        } else {
+            out.push(pattern.to_owned());
+        }
+    }
+    out
+}
+
 fn parse_tools(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, Tool> {
     let mut out = IndexMap::new();
     for (key, value) in c.map(node, "tools", None) {
@@ -1210,7 +1298,7 @@ mod tests {
     /// book's pipeline reference documents.
     #[test]
     fn the_keys_the_parser_knows_are_the_fields_of_the_types() {
-        assert_eq!(*TOP_KEYS, ["description", "environment", "name", "params", "sources", "steps", "tools"]);
+        assert_eq!(*TOP_KEYS, ["description", "environment", "name", "on", "params", "sources", "steps", "tools"]);
         assert_eq!(*COMMON_STEP_KEYS, ["needs", "timeout"]);
         let plugin = keys::<PluginStep>();
         assert_eq!(
@@ -1362,6 +1450,60 @@ mod tests {
             "{diags:#?}"
         );
         assert!(diags[7].hint.as_deref() == Some("did you mean `tool:yosys`?"), "{:?}", diags[7]);
+    }
+
+    #[test]
+    fn triggers_are_events_alone_or_with_their_filters() {
+        use crate::TriggerEvent::{Manual, PullRequest, Push};
+        let steps = "steps:\n  b:\n    uses: b.wasm\n";
+        let p = load("p.yaml", &format!("name: p\non: [push, manual]\n{steps}"), &Targets).expect("valid");
+        assert!(p.on.starts(&Push { name: "feature/x", tag: false, changed: None }));
+        assert!(!p.on.starts(&Push { name: "v1", tag: true, changed: None }), "a bare `push` is branches only");
+        assert!(p.on.starts(&Manual) && !p.on.starts(&PullRequest { base: "main", changed: None }));
+
+        let src = format!(
+            "name: p\non:\n  push: {{ branches: [main, 'release/*'], tags: 'v*', paths: ['rtl/**', '*.yaml'] }}\n  \
+             pull_request: {{ branches: main }}\n{steps}"
+        );
+        let p = load("p.yaml", &src, &Targets).expect("valid");
+        let changed = |files: &[&str]| files.iter().map(|f| (*f).to_owned()).collect::<Vec<String>>();
+        let rtl = changed(&["rtl/top/blinky.v"]);
+        let docs = changed(&["docs/readme.md", "book/ci.yaml"]);
+        assert!(p.on.starts(&Push { name: "main", tag: false, changed: Some(&rtl) }));
+        assert!(
+            !p.on.starts(&Push { name: "main", tag: false, changed: Some(&docs) }),
+            "no path of the filter changed"
+        );
+        assert!(p.on.starts(&Push { name: "main", tag: false, changed: None }), "unknown changes match");
+        assert!(!p.on.starts(&Push { name: "release/1/x", tag: false, changed: Some(&rtl) }));
+        assert!(p.on.starts(&Push { name: "v1.0", tag: true, changed: None }) && !p.on.starts(&Manual));
+        assert!(p.on.starts(&PullRequest { base: "main", changed: Some(&docs) }));
+        assert!(!p.on.starts(&PullRequest { base: "dev", changed: None }));
+
+        let p = load("p.yaml", &format!("name: p\n{steps}"), &Targets).expect("valid");
+        assert!(p.on.is_empty() && !p.on.starts(&Manual), "without `on:` nothing starts it but a person");
+    }
+
+    #[test]
+    fn trigger_mistakes_are_all_reported() {
+        let src = "name: p\non:\n  pushh: {}\n  push: { branches: [refs/heads/main, '['], tag: [v1] }\n  \
+                   manual: { when: now }\nsteps:\n  b:\n    uses: b.wasm\n";
+        let diags = load("p.yaml", src, &Targets).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {}", d.code, d.path)).collect();
+        assert_eq!(
+            shown,
+            [
+                "unknown-event on.pushh",
+                "bad-glob on.push.branches[0]",
+                "bad-glob on.push.branches[1]",
+                "unknown-key on.push.tag",
+                "unknown-key on.manual.when",
+            ]
+        );
+        assert!(diags[0].hint.as_deref() == Some("did you mean `push`?"), "{:?}", diags[0].hint);
+        let diags = load("p.yaml", "name: p\non: [push, deploy]\nsteps:\n  b:\n    uses: b.wasm\n", &Targets)
+            .expect_err("invalid");
+        assert_eq!((diags[0].code, diags[0].path.as_str()), ("unknown-event", "on[1]"));
     }
 
     #[test]

@@ -61,8 +61,124 @@ pub struct Pipeline {
     /// uses it, and keeps it in its tool cache.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub tools: IndexMap<String, Tool>,
+    /// The events of its repository that start the pipeline, on a server
+    /// the repository is connected to (see the policy's `repositories`):
+    /// `push`, `pull_request`, `manual`, each with its filters. Without
+    /// it, the pipeline runs only when started by hand.
+    #[serde(rename = "on", default, skip_serializing_if = "Triggers::is_empty")]
+    #[schemars(schema_with = "crate::schema::triggers")]
+    pub on: Triggers,
     /// The steps, by name. A step runs when every step it `needs` succeeded.
     pub steps: IndexMap<String, Step>,
+}
+
+/// The events that start a pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    /// Pushes of branches or tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<PushTrigger>,
+    /// Pull requests opened, reopened or pushed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestTrigger>,
+    /// Runs started through the API or the web pages for a ref of the
+    /// repository.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
+}
+
+impl Triggers {
+    /// Whether no event starts the pipeline.
+    pub fn is_empty(&self) -> bool {
+        self.push.is_none() && self.pull_request.is_none() && !self.manual
+    }
+
+    /// Whether this event starts the pipeline.
+    pub fn starts(&self, event: &TriggerEvent<'_>) -> bool {
+        let any = |patterns: &[String], name: &str| {
+            patterns.iter().any(|p| {
+                globset::GlobBuilder::new(p)
+                    .literal_separator(true)
+                    .build()
+                    .is_ok_and(|g| g.compile_matcher().is_match(name))
+            })
+        };
+        // Unknown changes (a new branch, a history rewritten) match.
+        let touched = |patterns: &[String], changed: Option<&[String]>| {
+            patterns.is_empty() || changed.is_none_or(|files| files.iter().any(|f| any(patterns, f)))
+        };
+        match event {
+            TriggerEvent::Push { name, tag: false, changed } => self.push.as_ref().is_some_and(|p| {
+                let branch = if p.branches.is_empty() { p.tags.is_empty() } else { any(&p.branches, name) };
+                branch && touched(&p.paths, *changed)
+            }),
+            TriggerEvent::Push { name, tag: true, .. } => self.push.as_ref().is_some_and(|p| any(&p.tags, name)),
+            TriggerEvent::PullRequest { base, changed } => self
+                .pull_request
+                .as_ref()
+                .is_some_and(|p| (p.branches.is_empty() || any(&p.branches, base)) && touched(&p.paths, *changed)),
+            TriggerEvent::Manual => self.manual,
+        }
+    }
+}
+
+/// An event of a repository, as triggers see it.
+#[derive(Debug, Clone, Copy)]
+pub enum TriggerEvent<'a> {
+    /// A branch or a tag pushed.
+    Push {
+        /// The branch or tag name, without `refs/heads/` or `refs/tags/`.
+        name: &'a str,
+        /// Whether it is a tag.
+        tag: bool,
+        /// The files the push changed, when known.
+        changed: Option<&'a [String]>,
+    },
+    /// A pull request opened, reopened or pushed to.
+    PullRequest {
+        /// The branch it is into.
+        base: &'a str,
+        /// The files it changes, when known.
+        changed: Option<&'a [String]>,
+    },
+    /// Started by hand for a ref.
+    Manual,
+}
+
+/// Which pushes start a pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushTrigger {
+    /// Branch name patterns (`main`, `release/*`). With neither
+    /// `branches` nor `tags`, a push of any branch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub branches: Vec<String>,
+    /// Tag name patterns (`v*`): pushes of matching tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub tags: Vec<String>,
+    /// Path patterns, relative to the repository's root: a branch push
+    /// that changes none of them starts nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub paths: Vec<String>,
+}
+
+/// Which pull requests start a pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequestTrigger {
+    /// Patterns of the branches the pull request is into; any without.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub branches: Vec<String>,
+    /// Path patterns: a pull request that changes none of them starts
+    /// nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub paths: Vec<String>,
 }
 
 /// A typed pipeline parameter.

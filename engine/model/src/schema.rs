@@ -96,6 +96,17 @@ pub(crate) fn retries(generator: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// `on:` is an event, a list of events, or a mapping of events to their
+/// filters (empty for none).
+pub(crate) fn triggers(generator: &mut SchemaGenerator) -> Schema {
+    let full = generator.subschema_for::<crate::Triggers>();
+    let event = json_schema!({ "enum": ["push", "pull_request", "manual"] });
+    json_schema!({
+        "description": "The events of its repository that start the pipeline: `push`, `pull_request`, `manual`, each with its filters.",
+        "anyOf": [ event, { "type": "array", "items": event }, full ]
+    })
+}
+
 /// Each parameter is a full spec or a bare default (a string parameter).
 pub(crate) fn params(generator: &mut SchemaGenerator) -> Schema {
     let spec = generator.subschema_for::<crate::ParamSpec>();

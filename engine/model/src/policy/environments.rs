@@ -398,53 +398,62 @@ fn credentials(c: &mut Checker<'_>, node: &Node, env_path: &str) -> IndexMap<Str
         let Some(name) = key.as_scalar() else { continue };
         let path = join(&cpath, name);
         c.name(name, "credential name", &path, key.span);
-        if let Kind::Scalar { .. } = value.kind {
-            c.error(
-                "inline-secret",
-                &path,
-                value.span,
-                format!("credential `{name}` is written inline"),
-                Some("a policy names where a secret is, never the secret: `{ env: VAR }` or `{ file: PATH }`".into()),
-            );
-            continue;
+        if let Some(credential) = credential(c, name, key.span, value, &path) {
+            out.insert(name.to_owned(), credential);
         }
-        let entries = c.map(value, &path, Some(&CREDENTIAL_KEYS));
-        let env = get(entries, "env").and_then(|e| c.scalar(e, &join(&path, "env")).map(|v| (v.to_owned(), e.span)));
-        let file = get(entries, "file").and_then(|f| c.scalar(f, &join(&path, "file")).map(str::to_owned));
-        let source = match (env, file) {
-            (Some((var, span)), None) => {
-                let valid = var.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
-                    && var.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-                if !valid {
-                    c.error(
-                        "bad-name",
-                        &join(&path, "env"),
-                        span,
-                        format!("`{var}` is not a valid environment variable name"),
-                        None,
-                    );
-                }
-                CredentialSource::Env(var)
-            }
-            (None, Some(file)) => CredentialSource::File(file),
-            _ => {
-                c.error(
-                    "credential-source",
-                    &path,
-                    key.span,
-                    format!("credential `{name}` needs exactly one of `env` and `file`"),
-                    Some(
-                        "`{ env: DEPLOY_TOKEN }` reads the engine's environment; `{ file: /etc/airlock/token }` a file"
-                            .into(),
-                    ),
-                );
-                continue;
-            }
-        };
-        let expires_ms = get(entries, "expires").and_then(|e| date(c, e, &join(&path, "expires")));
-        out.insert(name.to_owned(), Credential { source, expires_ms, span: key.span });
     }
     out
+}
+
+/// One credential reference, `{ env: VAR }` or `{ file: PATH }` with an
+/// optional `expires:`; `name` and `span` are what it is called where it
+/// is written. A secret written inline is refused without echoing it.
+pub(crate) fn credential(c: &mut Checker<'_>, name: &str, span: Span, value: &Node, path: &str) -> Option<Credential> {
+    if let Kind::Scalar { .. } = value.kind {
+        c.error(
+            "inline-secret",
+            path,
+            value.span,
+            format!("credential `{name}` is written inline"),
+            Some("a policy names where a secret is, never the secret: `{ env: VAR }` or `{ file: PATH }`".into()),
+        );
+        return None;
+    }
+    let entries = c.map(value, path, Some(&CREDENTIAL_KEYS));
+    let env = get(entries, "env").and_then(|e| c.scalar(e, &join(path, "env")).map(|v| (v.to_owned(), e.span)));
+    let file = get(entries, "file").and_then(|f| c.scalar(f, &join(path, "file")).map(str::to_owned));
+    let source = match (env, file) {
+        (Some((var, vspan)), None) => {
+            let valid = var.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+                && var.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+            if !valid {
+                c.error(
+                    "bad-name",
+                    &join(path, "env"),
+                    vspan,
+                    format!("`{var}` is not a valid environment variable name"),
+                    None,
+                );
+            }
+            CredentialSource::Env(var)
+        }
+        (None, Some(file)) => CredentialSource::File(file),
+        _ => {
+            c.error(
+                "credential-source",
+                path,
+                span,
+                format!("credential `{name}` needs exactly one of `env` and `file`"),
+                Some(
+                    "`{ env: DEPLOY_TOKEN }` reads the engine's environment; `{ file: /etc/airlock/token }` a file"
+                        .into(),
+                ),
+            );
+            return None;
+        }
+    };
+    let expires_ms = get(entries, "expires").and_then(|e| date(c, e, &join(path, "expires")));
+    Some(Credential { source, expires_ms, span })
 }
 
 /// A credential named by a provider must be one of the environment's.

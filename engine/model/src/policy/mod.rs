@@ -23,12 +23,14 @@
 
 pub(crate) mod environments;
 mod people;
+mod repositories;
 
 pub use environments::{
     Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
     Environment, Grants, HostInterface, HttpAuth, HttpMethod, LimitCaps, Payload, Provider, ProviderKind,
 };
 pub use people::{Role, User};
+pub use repositories::{DEFAULT_PIPELINES, Forge, PullRequests, Repository, Trusted, ref_glob};
 
 use crate::parse::{Checker, closest, count, document, get, join, size};
 use crate::yaml::Node;
@@ -65,6 +67,9 @@ pub struct Policy {
     pub groups: IndexMap<String, Vec<String>>,
     /// Deployment environments by name.
     pub environments: IndexMap<String, Environment>,
+    /// Git repositories whose pushes and pull requests start runs, by name.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub repositories: IndexMap<String, Repository>,
 }
 
 /// A place published trees go: `DIR` holds every build published to it.
@@ -89,7 +94,7 @@ pub struct PublishTarget {
 /// Parses and checks a policy file, reporting every error found.
 pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
     let mut c = Checker { file, diags: Vec::new() };
-    let needs = "a policy has `targets:`, `users:`, `groups:` and `environments:`";
+    let needs = "a policy has `targets:`, `users:`, `groups:`, `environments:` and `repositories:`";
     let policy = document(&mut c, src, "a policy", needs).map(|root| {
         let top = c.map(&root, "", Some(&TOP_KEYS));
         let targets = get(top, "targets").map(|t| targets(&mut c, t)).unwrap_or_default();
@@ -97,7 +102,8 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
         let groups = get(top, "groups").map(|g| people::groups(&mut c, g, &users)).unwrap_or_default();
         let environments =
             get(top, "environments").map(|e| environments::environments(&mut c, e, &groups)).unwrap_or_default();
-        Policy { targets, users, groups, environments }
+        let repositories = get(top, "repositories").map(|r| repositories::repositories(&mut c, r)).unwrap_or_default();
+        Policy { targets, users, groups, environments, repositories }
     });
     let mut diags = c.diags;
     diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)).unwrap_or((0, 0)));
@@ -183,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_top_keys_and_a_users_are_the_fields_of_the_types() {
-        assert_eq!(*TOP_KEYS, ["environments", "groups", "targets", "users"]);
+        assert_eq!(*TOP_KEYS, ["environments", "groups", "repositories", "targets", "users"]);
         assert_eq!(*people::USER_KEYS, ["roles", "token_sha256"]);
     }
 
