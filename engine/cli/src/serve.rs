@@ -103,6 +103,8 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         }
     }
     let users = crate::policy::users(&loaded.policy);
+    let repositories = loaded.policy.repositories.clone();
+    let policy_dir = loaded.dir.clone();
     // Opening the engine resumes nothing yet; it revokes the tokens of
     // runs that died with the last engine. The queue then picks up the
     // submitted runs that had not ended.
@@ -118,8 +120,10 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         write_timeout: args.write_timeout,
         ..Default::default()
     };
-    let mut app =
-        airlock_server::App::new(engine.store().clone(), loaded.targets).with_users(users).with_limits(limits);
+    let mut app = airlock_server::App::new(engine.store().clone(), loaded.targets)
+        .with_users(users)
+        .with_limits(limits)
+        .with_repositories(repositories, policy_dir);
     if let Some(dir) = &pipelines {
         let queue = airlock_runner::queue::RunQueue::start(
             std::sync::Arc::new(engine),

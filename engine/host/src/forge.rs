@@ -103,6 +103,35 @@ impl Headers for [(&str, &str)] {
     }
 }
 
+/// Reads a repository's secret (its webhook secret or its token) from
+/// where the policy says, at the moment it is needed, so a rotated
+/// secret takes effect without a restart. The error names the place,
+/// never the value.
+pub fn read_secret(
+    credential: &airlock_model::policy::Credential,
+    what: &str,
+    policy_dir: &std::path::Path,
+) -> Result<crate::deploy::Secret, String> {
+    use airlock_model::policy::CredentialSource;
+    let value = match &credential.source {
+        CredentialSource::Env(var) => std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{what} is missing: the engine's environment variable `{var}` is not set"))?,
+        CredentialSource::File(file) => {
+            let path = policy_dir.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{what} is missing: cannot read `{}`: {e}", path.display()))?;
+            let value = text.trim_end_matches(['\n', '\r']).to_owned();
+            if value.is_empty() {
+                return Err(format!("{what} is missing: `{}` is empty", path.display()));
+            }
+            value
+        }
+    };
+    Ok(crate::deploy::Secret::new(value))
+}
+
 /// Checks that a delivery comes from the forge: its signature (or token)
 /// against the repository's webhook secret, in constant time. Nothing of
 /// the body is read before this passes.

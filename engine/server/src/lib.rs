@@ -40,6 +40,7 @@
 pub mod admin;
 pub mod api;
 pub mod conn;
+mod hooks;
 pub mod openapi;
 mod pages;
 pub mod protocol;
@@ -116,6 +117,12 @@ pub struct App {
     connections: Arc<conn::Connections>,
     /// KiB of request bodies that may be held in memory now.
     body_budget: Arc<tokio::sync::Semaphore>,
+    /// Repositories whose webhooks are taken, by name.
+    repositories: BTreeMap<String, airlock_model::policy::Repository>,
+    /// Where relative paths of the policy (secret files) start.
+    policy_dir: std::path::PathBuf,
+    /// Woken for each delivery recorded.
+    deliveries: Arc<tokio::sync::Notify>,
 }
 
 impl App {
@@ -134,7 +141,29 @@ impl App {
             body_budget: Arc::new(tokio::sync::Semaphore::new(Limits::default().body_budget >> 10)),
             limits: Limits::default(),
             connections: Arc::default(),
+            repositories: BTreeMap::new(),
+            policy_dir: std::path::PathBuf::from("."),
+            deliveries: Arc::default(),
         }
+    }
+
+    /// Takes the webhooks of the policy's repositories at
+    /// `/hooks/NAME`; `policy_dir` is where the policy's relative paths
+    /// start.
+    pub fn with_repositories(
+        mut self,
+        repositories: impl IntoIterator<Item = (String, airlock_model::policy::Repository)>,
+        policy_dir: std::path::PathBuf,
+    ) -> Self {
+        self.repositories = repositories.into_iter().collect();
+        self.policy_dir = policy_dir;
+        self
+    }
+
+    /// Notified each time a delivery is recorded, for whatever turns
+    /// deliveries into runs.
+    pub fn deliveries_recorded(&self) -> Arc<tokio::sync::Notify> {
+        self.deliveries.clone()
     }
 
     /// Bounds on connections and their phases, instead of the defaults.
@@ -404,6 +433,10 @@ async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<
     if path == "/ui" || path.starts_with("/ui/") {
         return ui::route(app, req).await;
     }
+    if let Some(name) = path.strip_prefix("/hooks/") {
+        let name = name.to_owned();
+        return hooks::receive(app, &name, req).await;
+    }
     if let Some(api) = path.strip_prefix("/api/v1/") {
         let parts: Vec<&str> = api.split('/').collect();
         return match (req.method(), parts.as_slice()) {
@@ -489,15 +522,22 @@ fn body_error(e: BodyError) -> Response<Body> {
     }
 }
 
-/// Reads a JSON body of at most `limit` bytes. Its bytes are held in
-/// memory only within the server's body budget: a request that would go
-/// over it is answered 503 at once, so many large bodies at the same time
-/// cannot take the server's memory.
+/// Reads a JSON body of at most `limit` bytes (see [`read_body`]).
 async fn read_json<T: for<'de> Deserialize<'de>>(
     app: &App,
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<T, Response<Body>> {
+    let body = read_body(app, req, limit).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| refuse(ErrorCode::BadJson, format!("the request body is not what this call takes: {e}")))
+}
+
+/// Reads a body of at most `limit` bytes. Its bytes are held in memory
+/// only within the server's body budget: a request that would go over
+/// it is answered 503 at once, so many large bodies at the same time
+/// cannot take the server's memory.
+async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(body_error(BodyError::TooLarge(limit)));
@@ -512,9 +552,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         r
     })?;
-    let body = conn::read_all(req.into_body(), held, &app.limits).await.map_err(body_error)?;
-    serde_json::from_slice(&body)
-        .map_err(|e| refuse(ErrorCode::BadJson, format!("the request body is not what this call takes: {e}")))
+    conn::read_all(req.into_body(), held, &app.limits).await.map_err(body_error)
 }
 
 /// Runs blocking file work off the async workers.

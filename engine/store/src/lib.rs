@@ -23,9 +23,11 @@
 //! ```
 
 mod approvals;
+mod deliveries;
 mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
+pub use deliveries::{DeliveryRecord, DeliveryState};
 
 pub use tokens::{
     ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse,
@@ -78,6 +80,14 @@ pub enum StoreError {
         id: String,
         /// How many tokens have it.
         count: usize,
+    },
+    /// No delivery with that id for the repository.
+    #[error("no delivery `{id}` of repository `{repository}`")]
+    NoDelivery {
+        /// The repository.
+        repository: String,
+        /// The delivery id.
+        id: String,
     },
     /// No step with that name in the run.
     #[error("run `{run}` has no step `{step}`")]
@@ -374,6 +384,8 @@ pub struct Store {
     approvals: sled::Tree,
     /// Run ids by submitter and idempotency key.
     keys: sled::Tree,
+    /// Webhook deliveries by repository and delivery id.
+    deliveries: sled::Tree,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -411,6 +423,7 @@ impl Store {
             token_ids: db.open_tree("token_ids")?,
             approvals: db.open_tree("approvals")?,
             keys: db.open_tree("idempotency")?,
+            deliveries: db.open_tree("deliveries")?,
             db,
         })
     }

@@ -7,6 +7,7 @@ mod crash;
 mod deploy;
 mod docs;
 mod failures;
+mod hooks;
 mod hostile;
 mod publish;
 mod registry;

@@ -1,0 +1,157 @@
+//! Webhook deliveries from git forges: each recorded once, by the id the
+//! forge gave it, before the forge is answered.
+//!
+//! A forge sends a delivery again when it did not hear back in time, and
+//! anyone who saw one can replay it; the first record of a
+//! `(repository, delivery id)` wins, in one compare-and-swap, and every
+//! later copy is answered as a duplicate and starts nothing.
+
+use crate::{Result, Store, StoreError, decode, encode, now_ms};
+use serde::{Deserialize, Serialize};
+
+/// Where a delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Recorded; its commit is not fetched yet.
+    Received,
+    /// Its runs were submitted.
+    Started,
+    /// It starts nothing (an event airlock does not run on, or no
+    /// pipeline's triggers matched).
+    Ignored,
+    /// It could not start its runs (the commit was gone, the fetch
+    /// failed); `detail` says why.
+    Failed,
+}
+
+impl DeliveryState {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::Started => "started",
+            Self::Ignored => "ignored",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One delivery, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The repository of the policy it came for.
+    pub repository: String,
+    /// The forge's id of the delivery.
+    pub id: String,
+    /// When it arrived (ms since the epoch).
+    pub received_ms: u64,
+    /// The event, as the host read it from the payload.
+    pub event: serde_json::Value,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// The runs it started.
+    #[serde(default)]
+    pub runs: Vec<String>,
+    /// Why it was ignored or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn key(repository: &str, id: &str) -> Vec<u8> {
+    [repository.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+impl Store {
+    /// Records a delivery, unless one with its id was recorded for the
+    /// repository before: then answers that one, and `false`. An event
+    /// that starts nothing is recorded `ignored` with why.
+    pub fn record_delivery(
+        &self,
+        repository: &str,
+        id: &str,
+        event: serde_json::Value,
+        ignored: Option<String>,
+    ) -> Result<(DeliveryRecord, bool)> {
+        let record = DeliveryRecord {
+            repository: repository.to_owned(),
+            id: id.to_owned(),
+            received_ms: now_ms(),
+            event,
+            state: if ignored.is_some() { DeliveryState::Ignored } else { DeliveryState::Received },
+            runs: Vec::new(),
+            detail: ignored,
+        };
+        let key = key(repository, id);
+        match self.deliveries.compare_and_swap(&key, None::<&[u8]>, Some(encode(&record)))? {
+            Ok(()) => Ok((record, true)),
+            Err(current) => {
+                // A record is never removed, so a failed swap saw one.
+                let bytes = current
+                    .current
+                    .ok_or_else(|| StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() })?;
+                Ok((decode(&key, &bytes)?, false))
+            }
+        }
+    }
+
+    /// Moves a received delivery to where it ended, with the runs it
+    /// started.
+    pub fn finish_delivery(
+        &self,
+        repository: &str,
+        id: &str,
+        state: DeliveryState,
+        runs: Vec<String>,
+        detail: Option<String>,
+    ) -> Result<DeliveryRecord> {
+        let key = key(repository, id);
+        let updated = self.deliveries.update_and_fetch(&key, |old| {
+            let mut record: DeliveryRecord = serde_json::from_slice(old?).ok()?;
+            record.state = state;
+            record.runs = runs.clone();
+            record.detail = detail.clone();
+            Some(encode(&record))
+        })?;
+        let bytes =
+            updated.ok_or_else(|| StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() })?;
+        decode(&key, &bytes)
+    }
+
+    /// Every delivery recorded, oldest first.
+    pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>> {
+        let mut out = Vec::new();
+        for entry in self.deliveries.iter() {
+            let (key, value) = entry?;
+            out.push(decode::<DeliveryRecord>(&key, &value)?);
+        }
+        out.sort_by_key(|d| d.received_ms);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_is_recorded_once_and_its_replays_start_nothing() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        let event = serde_json::json!({ "kind": "push", "commit": "abc" });
+        let (first, new) = store.record_delivery("blinky", "d-1", event.clone(), None).expect("record");
+        assert!(new && first.state == DeliveryState::Received);
+        let (again, new) = store.record_delivery("blinky", "d-1", serde_json::json!({}), None).expect("replay");
+        assert!(!new && again == first, "a replay answers the first record");
+        // Another repository may use the same id.
+        assert!(store.record_delivery("other", "d-1", event, None).expect("record").1);
+        let ignored =
+            store.record_delivery("blinky", "d-2", serde_json::json!({}), Some("a star".into())).expect("x").0;
+        assert_eq!(ignored.state, DeliveryState::Ignored);
+        let done =
+            store.finish_delivery("blinky", "d-1", DeliveryState::Started, vec!["run-1".into()], None).expect("finish");
+        assert_eq!((done.state, done.runs.as_slice()), (DeliveryState::Started, ["run-1".to_owned()].as_slice()));
+        assert_eq!(store.deliveries().expect("list").len(), 3);
+        assert!(store.finish_delivery("blinky", "nope", DeliveryState::Failed, vec![], None).is_err());
+    }
+}
