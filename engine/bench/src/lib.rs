@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+pub mod git_http;
+
 /// Whether this is a smoke run (`--smoke` among the arguments).
 pub fn smoke() -> bool {
     std::env::args().any(|a| a == "--smoke")

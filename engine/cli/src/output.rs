@@ -86,11 +86,12 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
     if json {
         let events = store.events(&run.id)?;
         let approvals = store.approvals(&run.id)?;
+        let forge_status = store.forge_status(&run.id)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "run": run, "steps": steps, "events": events, "approvals": approvals })
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "run": run, "steps": steps, "events": events, "approvals": approvals, "forge_status": forge_status
+            }))?
         );
         return Ok(exit::OK);
     }
@@ -99,6 +100,25 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
     println!("state     {}", run.state.as_str());
     if let Some(reason) = &run.reason {
         println!("reason    {reason}");
+    }
+    if let Some(o) = run.submission.as_ref().and_then(|s| s.origin.as_ref()) {
+        let what = match o.pull_request {
+            Some(n) => format!("pull request #{n} (branch {})", o.git_ref),
+            None => format!("push of {}", o.git_ref),
+        };
+        println!("origin    {}: {what} by {}", o.repository, o.sender);
+        println!("commit    {}", o.commit);
+        if let Some(why) = &o.untrusted {
+            println!("trust     untrusted: {why}");
+        }
+        if let Some(f) = store.forge_status(&run.id)? {
+            let said = match (&f.error, f.delivered) {
+                (_, true) => "reported".to_owned(),
+                (Some(e), false) => format!("not reported after {} attempts: {e}", f.attempts),
+                (None, false) => "being reported".to_owned(),
+            };
+            println!("status    {} {said}", f.state);
+        }
     }
     println!("created   {}", time(run.created_ms));
     println!("duration  {}", run_duration(&run));

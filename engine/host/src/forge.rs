@@ -112,24 +112,11 @@ pub fn read_secret(
     what: &str,
     policy_dir: &std::path::Path,
 ) -> Result<crate::deploy::Secret, String> {
-    use airlock_model::policy::CredentialSource;
-    let value = match &credential.source {
-        CredentialSource::Env(var) => std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("{what} is missing: the engine's environment variable `{var}` is not set"))?,
-        CredentialSource::File(file) => {
-            let path = policy_dir.join(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{what} is missing: cannot read `{}`: {e}", path.display()))?;
-            let value = text.trim_end_matches(['\n', '\r']).to_owned();
-            if value.is_empty() {
-                return Err(format!("{what} is missing: `{}` is empty", path.display()));
-            }
-            value
-        }
-    };
-    Ok(crate::deploy::Secret::new(value))
+    use crate::deploy::credentials::{Unreadable, read_source};
+    read_source(&credential.source, policy_dir).map_err(|missing| match missing {
+        Unreadable::Env(var) => format!("{what} is missing: the engine's environment variable `{var}` is not set"),
+        Unreadable::File { file, why } => format!("{what} is missing: cannot read `{file}`: {why}"),
+    })
 }
 
 /// Checks that a delivery comes from the forge: its signature (or token)

@@ -36,6 +36,7 @@ pub mod checkout;
 pub mod deploy;
 mod extract;
 pub mod forge;
+pub mod forge_status;
 pub mod publish;
 pub mod tools;
 

@@ -895,7 +895,7 @@ fn parse_triggers(c: &mut Checker<'_>, node: &Node) -> Triggers {
 fn patterns(c: &mut Checker<'_>, node: Option<&Node>, path: &str, refs: bool) -> Vec<String> {
     let mut out = Vec::new();
     for (pattern, span, ppath) in node.map(|n| c.list(n, path)).unwrap_or_default() {
-        let valid = globset::GlobBuilder::new(pattern).literal_separator(true).build();
+        let valid = crate::policy::repositories::ref_pattern(pattern);
         if refs && (pattern.starts_with("refs/") || pattern.contains("..")) {
             c.error(
                 "bad-glob",

@@ -97,12 +97,7 @@ impl Triggers {
     /// Whether this event starts the pipeline.
     pub fn starts(&self, event: &TriggerEvent<'_>) -> bool {
         let any = |patterns: &[String], name: &str| {
-            patterns.iter().any(|p| {
-                globset::GlobBuilder::new(p)
-                    .literal_separator(true)
-                    .build()
-                    .is_ok_and(|g| g.compile_matcher().is_match(name))
-            })
+            patterns.iter().any(|p| crate::policy::ref_glob(p).is_some_and(|g| g.is_match(name)))
         };
         // Unknown changes (a new branch, a history rewritten) match.
         let touched = |patterns: &[String], changed: Option<&[String]>| {

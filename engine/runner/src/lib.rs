@@ -34,9 +34,11 @@
 
 mod environments;
 mod exec;
+pub mod intake;
 mod lookup;
 mod publish;
 pub mod queue;
+mod statuses;
 
 pub use exec::{Progress, RunSummary};
 pub use lookup::FsLookup;
@@ -116,6 +118,10 @@ pub struct RunOptions {
     pub keep_workspaces: bool,
     /// Who starts the run: a user of the policy, or `local:NAME`.
     pub requester: String,
+    /// Why the run is untrusted (a pull request from a fork, a push of a
+    /// branch the policy does not trust): its publish and deploy steps
+    /// are refused with this reason. None for a trusted run.
+    pub untrusted: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -125,6 +131,7 @@ impl Default for RunOptions {
             params: Vec::new(),
             keep_workspaces: false,
             requester: "local".into(),
+            untrusted: None,
         }
     }
 }
@@ -306,7 +313,16 @@ mod tests {
             let (_, person) = store.create_token(&TokenSpec::new(scope, 60_000)).expect("token");
             (orphan.id, person.id)
         };
-        let engine = Engine::open(dir.path()).expect("engine");
+        // sled's flusher thread lets go of the dropped store's lock a
+        // moment after the drop (it has failed under load).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let engine = loop {
+            match Engine::open(dir.path()) {
+                Ok(engine) => break engine,
+                Err(e) if std::time::Instant::now() > deadline => panic!("engine: {e:?}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        };
         let tokens = engine.store().tokens().expect("tokens");
         let revoked = |id: &str| tokens.iter().find(|t| t.id == id).expect("listed").revoked_ms.is_some();
         assert!(revoked(&orphan));

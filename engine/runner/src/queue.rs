@@ -5,9 +5,16 @@
 //! so a run a client was told about survives the server. A server that
 //! starts again picks up every submitted run that had not ended, oldest
 //! first, from where it was (see [`Engine::run_recorded`]).
+//!
+//! Runs come from two places: a pipeline file of the server's pipelines
+//! directory, named by a client; or a pipeline file of a repository at
+//! one commit, read by the intake (see [`crate::intake`]) from the
+//! commit's objects and run in its checkout, where its paths start from
+//! the repository's root.
 
 use crate::{Engine, FsLookup, Progress, RunOptions, RunnerError};
-use airlock_store::{RunRecord, RunState, Submission};
+use airlock_model::TriggerEvent;
+use airlock_store::{Origin, RunRecord, RunState, Submission};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +36,24 @@ pub struct Submit {
     /// The client's idempotency key: the same key from the same user
     /// answers the same run, however often it is sent.
     pub key: Option<String>,
+}
+
+/// A pipeline file of a repository at one commit, to run if its
+/// triggers say so.
+#[derive(Debug, Clone)]
+pub struct RepositoryRun {
+    /// The file's path in the repository.
+    pub pipeline: String,
+    /// Its text at the commit.
+    pub source: String,
+    /// Where the run comes from; its tree is the checkout it runs in.
+    pub origin: Origin,
+    /// Who the run is for (`forge:REPOSITORY`).
+    pub requester: String,
+    /// Names the run among every run of the same requester: the same
+    /// key answers the run it made, so a delivery handled twice (the
+    /// engine died in between) starts each run once.
+    pub key: String,
 }
 
 /// Why a submission or a cancellation was refused.
@@ -66,39 +91,56 @@ impl From<airlock_store::StoreError> for QueueError {
 /// Submitted runs, and the workers that run them.
 pub struct RunQueue {
     engine: Arc<Engine>,
-    pipelines: PathBuf,
+    /// The server's pipelines directory, if it has one.
+    pipelines: Option<PathBuf>,
+    /// Where checkouts of repositories are written
+    /// ([`airlock_host::checkout::Checkouts`]).
+    checkouts: PathBuf,
     jobs: usize,
     sender: mpsc::UnboundedSender<String>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
     /// One-time approval codes of the waiting steps, by (run, step): shown
     /// to the user who submitted the run and to no one else.
     codes: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Commit statuses being reported, by run.
+    pub(crate) reports: Arc<crate::statuses::Reports>,
+    /// The server's address as its users reach it, for links to runs.
+    public_url: std::sync::OnceLock<String>,
     shutdown: CancellationToken,
 }
 
 impl RunQueue {
     /// Starts the queue: at most `max_runs` runs at once, `jobs` steps at
-    /// once within each. Runs submitted before and not ended (the server
+    /// once within each. Clients may name the files of `pipelines`; with
+    /// none, only repositories' pipelines run. Runs submitted before and not ended (the server
     /// stopped) are queued again first, oldest first. Stops taking new
     /// runs when `shutdown` is cancelled; runs under way are left to the
     /// next start, which resumes them.
     pub fn start(
         engine: Arc<Engine>,
-        pipelines: &Path,
+        pipelines: Option<&Path>,
         max_runs: usize,
         jobs: usize,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, QueueError> {
-        let pipelines = std::fs::canonicalize(pipelines)
-            .map_err(|e| QueueError::NoPipeline(format!("the pipelines directory `{}`: {e}", pipelines.display())))?;
+        let pipelines = pipelines
+            .map(|dir| {
+                std::fs::canonicalize(dir)
+                    .map_err(|e| QueueError::NoPipeline(format!("the pipelines directory `{}`: {e}", dir.display())))
+            })
+            .transpose()?;
         let (sender, receiver) = mpsc::unbounded_channel();
+        let checkouts = engine.state_dir.join("checkouts");
         let queue = Arc::new(Self {
             engine,
             pipelines,
+            checkouts,
             jobs: jobs.max(1),
             sender,
             cancels: Mutex::new(HashMap::new()),
             codes: Arc::default(),
+            reports: Arc::default(),
+            public_url: std::sync::OnceLock::new(),
             shutdown,
         });
         let mut unfinished: Vec<RunRecord> = queue
@@ -117,14 +159,43 @@ impl RunQueue {
         Ok(queue)
     }
 
+    /// Sets the address the server's users reach it at (`https://ci.example.com`):
+    /// commit statuses link to run pages under it. Only the first call counts.
+    pub fn set_public_url(&self, url: &str) {
+        let _ = self.public_url.set(url.trim_end_matches('/').to_owned());
+    }
+
+    /// The address the server's users reach it at, if it was set.
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.get().map(String::as_str)
+    }
+
     /// The engine the runs run on.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
 
-    /// The pipelines directory.
-    pub fn pipelines_dir(&self) -> &Path {
-        &self.pipelines
+    /// The pipelines directory, if the server has one.
+    pub fn pipelines_dir(&self) -> Option<&Path> {
+        self.pipelines.as_deref()
+    }
+
+    /// Where checkouts of repositories are written.
+    pub fn checkouts_dir(&self) -> &Path {
+        &self.checkouts
+    }
+
+    /// The directory a run's pipeline paths start from: its checkout's
+    /// root for a repository's run, else the pipeline file's directory.
+    fn base_of(&self, submission: &Submission) -> PathBuf {
+        match (&submission.origin, &self.pipelines) {
+            (Some(origin), _) => self.checkouts.join("trees").join(&origin.tree),
+            (None, Some(dir)) => {
+                let file = dir.join(&submission.pipeline);
+                file.parent().unwrap_or(dir).to_owned()
+            }
+            (None, None) => PathBuf::from("/nonexistent"),
+        }
     }
 
     fn enqueue(&self, id: &str) {
@@ -143,8 +214,75 @@ impl RunQueue {
             return Err(QueueError::Stopping);
         }
         let (file, source) = self.read_pipeline(&submit.pipeline)?;
-        let pipeline = self.load(&submit.pipeline, &file, &source)?;
-        let params = pipeline.resolve_params(&submit.params).map_err(QueueError::Params)?;
+        let base = file.parent().unwrap_or(Path::new("/")).to_owned();
+        let pipeline = self.load(&submit.pipeline, &base, &source, false)?;
+        let submission = Submission {
+            pipeline: submit.pipeline.clone(),
+            source,
+            params: submit.params,
+            requester: submit.requester,
+            key: submit.key,
+            origin: None,
+        };
+        self.record(&pipeline, submission)
+    }
+
+    /// Runs a repository's pipeline file at a commit if its triggers
+    /// start it for `event`. Returns the run, or None when its triggers
+    /// do not match. A file that is not a valid pipeline (or whose
+    /// parameters need values) makes a run that has failed at once, with
+    /// the diagnostics as its reason: the commit's author sees why.
+    pub fn submit_repository(
+        &self,
+        run: RepositoryRun,
+        event: &TriggerEvent<'_>,
+    ) -> Result<Option<RunRecord>, QueueError> {
+        if self.shutdown.is_cancelled() {
+            return Err(QueueError::Stopping);
+        }
+        let base = self.checkouts.join("trees").join(&run.origin.tree);
+        let submission = Submission {
+            pipeline: run.pipeline.clone(),
+            source: run.source,
+            params: Vec::new(),
+            requester: run.requester,
+            key: Some(run.key),
+            origin: Some(run.origin),
+        };
+        let invalid = match self.load(&run.pipeline, &base, &submission.source, true) {
+            Ok(pipeline) if !pipeline.on.starts(event) => return Ok(None),
+            Ok(pipeline) => match self.record(&pipeline, submission.clone()) {
+                Ok((record, _)) => return Ok(Some(record)),
+                Err(QueueError::Invalid(d) | QueueError::Params(d)) => d.join("\n"),
+                Err(QueueError::Policy(why)) => why,
+                Err(e) => return Err(e),
+            },
+            Err(QueueError::Invalid(d)) => format!("the pipeline is not valid at this commit:\n{}", d.join("\n")),
+            Err(e) => return Err(e),
+        };
+        let store = self.engine.store();
+        let (record, created) = store.submit_run(&run.pipeline, BTreeMap::new(), &[], submission)?;
+        let record = if created && !record.state.is_final() {
+            let failed =
+                store.finish_run(&record.id, RunState::Failed, Some(airlock_model::text::one_line(&invalid, 4000)))?;
+            store.flush()?;
+            self.report_status(&failed);
+            failed
+        } else {
+            record
+        };
+        Ok(Some(record))
+    }
+
+    /// Checks a loaded pipeline's parameters and environment against the
+    /// policy, records the run `queued` (on disk before this returns)
+    /// and queues it.
+    fn record(
+        &self,
+        pipeline: &airlock_model::Pipeline,
+        submission: Submission,
+    ) -> Result<(RunRecord, bool), QueueError> {
+        let params = pipeline.resolve_params(&submission.params).map_err(QueueError::Params)?;
         if let Some(env) = &pipeline.environment
             && self.engine.policy.as_ref().is_none_or(|p| !p.0.environments.contains_key(env))
         {
@@ -152,18 +290,12 @@ impl RunQueue {
         }
         let shown: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         let steps: Vec<String> = pipeline.steps.keys().cloned().collect();
-        let submission = Submission {
-            pipeline: submit.pipeline.clone(),
-            source,
-            params: submit.params,
-            requester: submit.requester,
-            key: submit.key,
-        };
         let store = self.engine.store();
         let (run, created) = store.submit_run(&pipeline.name, shown, &steps, submission)?;
         // Acknowledged only once it is on disk.
         store.flush()?;
         if created {
+            self.report_status(&run);
             self.enqueue(&run.id);
         }
         Ok((run, created))
@@ -180,6 +312,7 @@ impl RunQueue {
         if run.state == RunState::Queued {
             let ended = store.finish_run(&run.id, RunState::Cancelled, Some("cancelled before it started".into()))?;
             store.flush()?;
+            self.report_status(&ended);
             if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).remove(&run.id) {
                 token.cancel();
             }
@@ -200,6 +333,9 @@ impl RunQueue {
     /// a `.yaml` or `.yml` file, not too big. Returns its path and text.
     fn read_pipeline(&self, name: &str) -> Result<(PathBuf, String), QueueError> {
         let refuse = |why: &str| QueueError::NoPipeline(format!("pipeline `{name}`: {why}"));
+        let Some(dir) = &self.pipelines else {
+            return Err(refuse("this server has no pipelines directory; it runs the pipelines of its repositories"));
+        };
         let relative = Path::new(name);
         let plain = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
         if name.is_empty() || !plain {
@@ -208,10 +344,10 @@ impl RunQueue {
         if !matches!(relative.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
             return Err(refuse("a pipeline is a `.yaml` or `.yml` file"));
         }
-        let path = std::fs::canonicalize(self.pipelines.join(relative))
+        let path = std::fs::canonicalize(dir.join(relative))
             .map_err(|_| refuse("no such file in the server's pipelines directory"))?;
         // A symbolic link may not lead out of the directory.
-        if !path.starts_with(&self.pipelines) {
+        if !path.starts_with(dir) {
             return Err(refuse("it leads outside the server's pipelines directory"));
         }
         let meta = std::fs::metadata(&path).map_err(|e| refuse(&e.to_string()))?;
@@ -222,9 +358,19 @@ impl RunQueue {
         Ok((path, source))
     }
 
-    fn load(&self, name: &str, file: &Path, source: &str) -> Result<airlock_model::Pipeline, QueueError> {
-        let base = file.parent().unwrap_or(&self.pipelines);
+    /// Loads a pipeline whose paths start from `base`; a repository's
+    /// (`confined`) finds its plugins and sources only inside it.
+    fn load(
+        &self,
+        name: &str,
+        base: &Path,
+        source: &str,
+        confined: bool,
+    ) -> Result<airlock_model::Pipeline, QueueError> {
         let mut lookup = FsLookup::new(base);
+        if confined {
+            lookup = lookup.confined();
+        }
         if let Some(policy) = &self.engine.policy {
             lookup = lookup.with_policy(policy.0.clone());
         }
@@ -269,14 +415,19 @@ impl RunQueue {
             return Ok(());
         }
         // What was submitted runs, even if the file changed since; its
-        // plugins and sources are found where the file is now.
-        let file = self.pipelines.join(&submission.pipeline);
-        let base = file.parent().unwrap_or(&self.pipelines).to_owned();
-        let pipeline = match self.load(&submission.pipeline, &file, &submission.source) {
+        // plugins and sources are found where the file is now (or in the
+        // checkout of its commit).
+        let base = self.base_of(&submission);
+        let pipeline = match self.load(&submission.pipeline, &base, &submission.source, submission.origin.is_some()) {
             Ok(p) => p,
             Err(e) => {
-                store.finish_run(id, RunState::Failed, Some(airlock_model::text::one_line(&e.to_string(), 2000)))?;
+                let failed = store.finish_run(
+                    id,
+                    RunState::Failed,
+                    Some(airlock_model::text::one_line(&e.to_string(), 2000)),
+                )?;
                 store.flush()?;
+                self.report_status(&failed);
                 return Ok(());
             }
         };
@@ -287,6 +438,7 @@ impl RunQueue {
             params: submission.params.clone(),
             keep_workspaces: false,
             requester: submission.requester.clone(),
+            untrusted: submission.origin.as_ref().and_then(|o| o.untrusted.clone()),
         };
         let (codes, run_id) = (self.codes.clone(), id.to_owned());
         let observer = move |p: &Progress| {
@@ -304,6 +456,7 @@ impl RunQueue {
         let summary = self.engine.run_recorded(run, &pipeline, &base, options, observer, cancel).await?;
         self.codes.lock().unwrap_or_else(PoisonError::into_inner).retain(|(r, _), _| *r != summary.run.id);
         tracing::info!("run {} {}", summary.run.id, summary.run.state.as_str());
+        self.report_status(&summary.run);
         Ok(())
     }
 }

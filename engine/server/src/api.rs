@@ -11,7 +11,7 @@
 //!
 //! Errors are JSON with stable codes, as in the publish API.
 
-use crate::views::{Approval, RunState, Step, Token};
+use crate::views::{self, Approval, RunState, Step, Token};
 use crate::{App, Body, error, full, json};
 use airlock_model::policy::Role;
 use airlock_store::RunRecord;
@@ -296,6 +296,9 @@ pub struct RunSummary {
     pub reason: Option<String>,
     /// Who submitted it, for runs submitted to a server.
     pub requester: Option<String>,
+    /// The repository event that started it, for runs of a
+    /// repository's pipelines.
+    pub origin: Option<views::Origin>,
 }
 
 impl From<&RunRecord> for RunSummary {
@@ -309,6 +312,7 @@ impl From<&RunRecord> for RunSummary {
             ended_ms: r.ended_ms,
             reason: r.reason.clone(),
             requester: r.submission.as_ref().map(|s| s.requester.clone()),
+            origin: r.submission.as_ref().and_then(|s| s.origin.as_ref()).map(views::Origin::from),
         }
     }
 }
@@ -349,6 +353,9 @@ pub struct RunDetail {
     /// One-time codes of waiting approvals, by step: only for the user
     /// who submitted the run.
     pub codes: BTreeMap<String, String>,
+    /// What the forge was last told of the commit, for runs of a
+    /// repository with a token.
+    pub forge_status: Option<views::ForgeStatus>,
 }
 
 /// A run alone.
@@ -578,9 +585,9 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             &WhoAmI { user: user.name.clone(), roles: user.roles.iter().map(|r| r.as_str().to_owned()).collect() },
         ),
-        "listPipelines" => {
-            with_runs(app, |q| json(StatusCode::OK, &PipelineList { pipelines: list_pipelines(q.pipelines_dir()) }))
-        }
+        "listPipelines" => with_runs(app, |q| {
+            json(StatusCode::OK, &PipelineList { pipelines: q.pipelines_dir().map(list_pipelines).unwrap_or_default() })
+        }),
         "listRuns" => list_runs(app, req.uri().query()),
         "submitRun" => submit(app, &user.name, req).await,
         "getRun" => get_run(app, &var(0), &user.name),
@@ -749,6 +756,7 @@ pub(crate) fn run_detail(app: &App, id: &str, user: &str) -> Result<RunDetail, R
         steps: steps.iter().map(Step::from).collect(),
         approvals: approvals.iter().map(Approval::from).collect(),
         codes,
+        forge_status: app.store.forge_status(&run.id).ok().flatten().map(views::ForgeStatus::from),
     })
 }
 

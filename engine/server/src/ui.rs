@@ -308,6 +308,36 @@ fn run_page(app: &App, run: &str, user: &str) -> Response<Body> {
         ago(r.created_ms),
         r.reason.as_deref().map(|x| format!(" · {}", escape(x))).unwrap_or_default()
     );
+    if let Some(o) = &r.origin {
+        let what = match o.pull_request {
+            Some(n) => format!("pull request #{n} (branch <code>{}</code>)", escape(&o.git_ref)),
+            None => format!("push of <code>{}</code>", escape(&o.git_ref)),
+        };
+        let _ = write!(
+            body,
+            "<p id=\"origin\">From <b>{}</b>: {what} by {}, commit <code>{}</code>{}</p>",
+            escape(&o.repository),
+            escape(&o.sender),
+            escape(&o.commit),
+            o.untrusted
+                .as_deref()
+                .map(|u| format!(" · <span class=\"untrusted\">untrusted: {}</span>", escape(u)))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(f) = &detail.forge_status {
+        let said = match (&f.error, f.delivered) {
+            (_, true) => format!("commit status <b>{}</b> reported", escape(&f.state)),
+            (Some(e), false) => format!(
+                "commit status <b>{}</b> not reported after {} attempts: {}",
+                escape(&f.state),
+                f.attempts,
+                escape(e)
+            ),
+            (None, false) => format!("commit status <b>{}</b> being reported", escape(&f.state)),
+        };
+        let _ = write!(body, "<p id=\"forge-status\">{said}</p>");
+    }
     if r.state.as_str() != "queued" && !r.state.is_final() {
         body.push_str("<p><button id=\"cancel\" data-run=\"");
         body.push_str(&escape(&r.id));

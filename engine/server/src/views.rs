@@ -411,3 +411,62 @@ impl From<&airlock_store::TokenRecord> for Token {
         }
     }
 }
+
+/// Where a run of a repository's pipeline came from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Origin {
+    /// The repository, by the policy's name for it.
+    pub repository: String,
+    /// `push` or `pull_request`.
+    pub event: String,
+    /// The ref pushed (`refs/heads/NAME`, `refs/tags/NAME`), or the pull
+    /// request's branch.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The exact commit the run builds.
+    pub commit: String,
+    /// The pull request's number.
+    pub pull_request: Option<u64>,
+    /// Who pushed or opened the pull request.
+    pub sender: String,
+    /// The forge's delivery that started the run.
+    pub delivery: Option<String>,
+    /// Why the run may not publish or deploy; none for a trusted run.
+    pub untrusted: Option<String>,
+}
+
+impl From<&airlock_store::Origin> for Origin {
+    fn from(o: &airlock_store::Origin) -> Self {
+        Self {
+            repository: o.repository.clone(),
+            event: o.event.clone(),
+            git_ref: o.git_ref.clone(),
+            commit: o.commit.clone(),
+            pull_request: o.pull_request,
+            sender: o.sender.clone(),
+            delivery: o.delivery.clone(),
+            untrusted: o.untrusted.clone(),
+        }
+    }
+}
+
+/// What the forge was last told of the run's commit.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ForgeStatus {
+    /// The state sent, in the forge's word (`pending`, `success`, ...).
+    pub state: String,
+    /// Whether the forge took it.
+    pub delivered: bool,
+    /// Attempts made for this state.
+    pub attempts: u32,
+    /// Why the last attempt failed, while not delivered.
+    pub error: Option<String>,
+    /// When the last attempt was made (ms since the epoch).
+    pub at_ms: u64,
+}
+
+impl From<airlock_store::ForgeStatus> for ForgeStatus {
+    fn from(s: airlock_store::ForgeStatus) -> Self {
+        Self { state: s.state, delivered: s.delivered, attempts: s.attempts, error: s.error, at_ms: s.at_ms }
+    }
+}

@@ -58,6 +58,22 @@ pub struct DeliveryRecord {
     pub detail: Option<String>,
 }
 
+/// What airlock last told the forge about a run's commit, or tried to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgeStatus {
+    /// The state sent: `pending`, `success`, `failure`, `cancelled`.
+    pub state: String,
+    /// Whether the forge took it.
+    pub delivered: bool,
+    /// Attempts made for this state.
+    pub attempts: u32,
+    /// Why the last attempt failed, while it is not delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the last attempt was made (ms since the epoch).
+    pub at_ms: u64,
+}
+
 fn key(repository: &str, id: &str) -> Vec<u8> {
     [repository.as_bytes(), b"\0", id.as_bytes()].concat()
 }
@@ -127,6 +143,22 @@ impl Store {
         }
         out.sort_by_key(|d| d.received_ms);
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Records what the forge was told (or not) of a run's commit.
+    pub fn set_forge_status(&self, run: &str, status: &ForgeStatus) -> Result<()> {
+        self.statuses.insert(run.as_bytes(), encode(status))?;
+        Ok(())
+    }
+
+    /// What the forge was last told of a run's commit, if anything.
+    pub fn forge_status(&self, run: &str) -> Result<Option<ForgeStatus>> {
+        match self.statuses.get(run.as_bytes())? {
+            Some(bytes) => decode(run.as_bytes(), &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 }
 

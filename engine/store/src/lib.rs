@@ -27,7 +27,7 @@ mod deliveries;
 mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
-pub use deliveries::{DeliveryRecord, DeliveryState};
+pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
 
 pub use tokens::{
     ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse,
@@ -224,6 +224,40 @@ pub struct Submission {
     /// The client's idempotency key, if it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The repository event that started it, for runs of a repository's
+    /// pipelines; None for pipelines of the server's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// Where a run of a repository's pipeline came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The repository, by the policy's name for it.
+    pub repository: String,
+    /// What happened: `push`, `pull_request` or `manual`.
+    pub event: String,
+    /// The ref: `refs/heads/NAME`, `refs/tags/NAME`, or the pull
+    /// request's head branch.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The exact commit the run builds.
+    pub commit: String,
+    /// The pull request's number, for pull requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    /// Who pushed, opened the pull request or started the run.
+    pub sender: String,
+    /// The forge's delivery that started it (none for a manual run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// The git tree id of the commit: its files are the checkout
+    /// `checkouts/trees/TREE` of the state directory.
+    pub tree: String,
+    /// Why the run is untrusted (it may not publish or deploy), or None
+    /// when it is trusted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<String>,
 }
 
 /// One file a step produced, as stored.
@@ -386,6 +420,8 @@ pub struct Store {
     keys: sled::Tree,
     /// Webhook deliveries by repository and delivery id.
     deliveries: sled::Tree,
+    /// What the forge was last told of each run of a repository's commit.
+    statuses: sled::Tree,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -424,6 +460,7 @@ impl Store {
             approvals: db.open_tree("approvals")?,
             keys: db.open_tree("idempotency")?,
             deliveries: db.open_tree("deliveries")?,
+            statuses: db.open_tree("forge_statuses")?,
             db,
         })
     }

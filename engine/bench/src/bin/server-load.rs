@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         let max_runs = 4;
         let queue = {
             let _engine = engine_handle.enter();
-            RunQueue::start(engine, &pipes, max_runs, jobs, shutdown.clone())?
+            RunQueue::start(engine, Some(&pipes), max_runs, jobs, shutdown.clone())?
         };
         let store = queue.engine().store().clone();
         let user = ApiUser { name: "load".into(), token_sha256: digest, roles: vec![Role::Runner] };

@@ -40,7 +40,7 @@ fn deliver(url: &str, event: &str, id: &str, body: &[u8], signature: Option<&str
 fn start(scratch: &Scratch) -> Server {
     let policy = scratch.file(
         "policy.yaml",
-        "repositories:\n  hello:\n    forge: github\n    url: https://github.com/Codertocat/Hello-World.git\n    \
+        "repositories:\n  hello:\n    forge: github\n    url: http://127.0.0.1:9/Codertocat/Hello-World.git\n    \
          webhook_secret: { env: HELLO_WEBHOOK_SECRET }\n    trusted: { branches: [master] }\n",
     );
     let pipelines = scratch.path().join("pipelines");
@@ -111,8 +111,14 @@ fn a_signed_delivery_is_recorded_once_and_a_bad_one_not_at_all() {
     // The server is still fine, and what it recorded survives it.
     server.stop();
     let store = airlock_store::Store::open(&scratch.state()).expect("store");
-    let recorded: Vec<(String, String)> =
-        store.deliveries().expect("deliveries").into_iter().map(|d| (d.id, d.state.as_str().to_owned())).collect();
+    // The push was taken (no git server is at its URL, so the intake
+    // may already have failed to fetch it).
+    let recorded: Vec<(String, String)> = store
+        .deliveries()
+        .expect("deliveries")
+        .into_iter()
+        .map(|d| (d.id, d.state.as_str().replace("failed", "received")))
+        .collect();
     assert_eq!(
         recorded,
         [
@@ -125,5 +131,217 @@ fn a_signed_delivery_is_recorded_once_and_a_bad_one_not_at_all() {
     for file in crate::support::files_below(&scratch.state()) {
         let bytes = std::fs::read(&file).unwrap_or_default();
         assert!(memchr::memmem::find(&bytes, SECRET.as_bytes()).is_none(), "{} holds the secret", file.display());
+    }
+}
+
+/// A forge's commit-status API on loopback: records each request, and
+/// answers the first one 502 so the server has to try again.
+struct StatusApi {
+    url: String,
+    received: std::sync::mpsc::Receiver<(String, Option<String>, serde_json::Value)>,
+}
+
+impl StatusApi {
+    fn start() -> Self {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", server.server_addr().to_ip().expect("ip"));
+        let (tx, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, mut req) in server.incoming_requests().enumerate() {
+                let auth = req.headers().iter().find(|h| h.field.equiv("authorization")).map(|h| h.value.to_string());
+                let mut body = String::new();
+                let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+                let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+                let code = if n == 0 { 502 } else { 201 };
+                let _ = tx.send((format!("{} {}", req.method(), req.url()), auth, body));
+                let _ = req.respond(tiny_http::Response::from_string("{}").with_status_code(code));
+            }
+        });
+        Self { url, received }
+    }
+
+    /// The statuses received for `commit` until one is final.
+    fn until_final(&self, commit: &str) -> Vec<(String, Option<String>, serde_json::Value)> {
+        let mut got = Vec::new();
+        loop {
+            let r = self.received.recv_timeout(std::time::Duration::from_secs(60)).expect("a commit status");
+            let done = r.0.ends_with(commit) && r.2["state"] != "pending";
+            got.push(r);
+            if done {
+                return got;
+            }
+        }
+    }
+}
+
+/// Polls the run API until a run of `commit` has ended.
+fn run_of(server: &Server, token: &str, commit: &str) -> serde_json::Value {
+    let (agent, url) = (http(), server.url.as_str());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (_, list) =
+            crate::support::call(&agent, "GET", &format!("{url}/api/v1/runs"), Some(token), None, &[]).expect("runs");
+        let found = list["runs"].as_array().expect("runs").iter().find(|r| r["origin"]["commit"] == commit).cloned();
+        if let Some(run) = found {
+            let id = run["id"].as_str().expect("id");
+            return crate::support::wait_for_end(&agent, url, token, id);
+        }
+        if std::time::Instant::now() > deadline {
+            let said: Vec<String> = server.stderr.try_iter().collect();
+            panic!("no run of {commit}: {list}\nthe server said:\n{}", said.join("\n"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
+    use airlock_bench::git_http::{GitServer, git};
+    const TOKEN: &str = "canary-forge-token-41c7a0";
+    let scratch = Scratch::new();
+    let served = scratch.path().join("served");
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
+    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
+    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
+    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    // The step writes `out.txt`; `ship` deploys it, as only a trusted
+    // run may.
+    let pipeline = "name: ci\non:\n  push: { branches: [main] }\n  pull_request: {}\nsteps:\n  \
+                    a:\n    uses: tools/tick.wasm\n    args: [\"1\", \"1\", out.txt]\n    outputs: [out.txt]\n  \
+                    ship:\n    needs: [a]\n    deploy: { environment: www, from: [a] }\n";
+    scratch.file("work/.airlock/ci.yaml", pipeline);
+    git(&work, &["add", "-A"]).expect("git");
+    git(&work, &["commit", "--quiet", "-m", "first"]).expect("git");
+    let first = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    // The branch moves on to a commit whose pipeline is broken: the
+    // delivery of the first commit must still run the first commit's.
+    scratch.file("work/.airlock/ci.yaml", pipeline.replace("steps:", "stepz:"));
+    git(&work, &["commit", "--quiet", "-am", "second"]).expect("git");
+    let second = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "main"]).expect("git");
+    // A fork's commit, under the pull request's ref, as GitHub keeps it.
+    scratch.file("work/.airlock/ci.yaml", pipeline);
+    git(&work, &["commit", "--quiet", "-am", "from a fork"]).expect("git");
+    let forked = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "HEAD:refs/pull/7/head"])
+        .expect("git");
+    let forge = GitServer::start(&served, "x-access-token", TOKEN).expect("git server");
+    let statuses = StatusApi::start();
+
+    let viewer = crate::support::user_token(scratch.path());
+    let policy = scratch.file(
+        "policy.yaml",
+        format!(
+            "users:\n  vic: {{ token_sha256: {}, roles: [viewer] }}\n\
+             environments:\n  www:\n    provider: {{ type: directory, path: www }}\n    pipelines: [ci]\n\
+             repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    api: {}\n    \
+             project: team/blinky\n    webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    \
+             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n    pull_requests: forks\n",
+            viewer.digest, forge.url, statuses.url
+        ),
+    );
+    let pipelines = scratch.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("mkdir");
+    let mut server = Server::start(
+        &scratch.state(),
+        &policy,
+        &pipelines,
+        &[("HELLO_WEBHOOK_SECRET", SECRET), ("BLINKY_TOKEN", TOKEN)],
+    );
+    let hook = format!("{}/hooks/blinky", server.url);
+
+    // A push of the first commit (the branch has moved on since).
+    let mut push = example("push", |e| e["ref"] == "refs/heads/master");
+    push["ref"] = "refs/heads/main".into();
+    push["after"] = first.as_str().into();
+    push["before"] = "0".repeat(40).into();
+    let body = serde_json::to_vec(&push).expect("JSON");
+    let started = std::time::Instant::now();
+    let (status, answer) = deliver(&hook, "push", "push-1", &body, Some(&sign(&body)));
+    assert_eq!(status, 202, "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "the forge waited {:?}", started.elapsed());
+    let run = run_of(&server, &viewer.token, &first);
+    assert_eq!(run["run"]["state"], "succeeded", "{run}");
+    let origin = &run["run"]["origin"];
+    assert_eq!((origin["repository"].as_str(), origin["event"].as_str()), (Some("blinky"), Some("push")), "{run}");
+    assert_eq!((origin["ref"].as_str(), origin["untrusted"].as_str()), (Some("refs/heads/main"), None), "{run}");
+    assert_eq!(run["run"]["file"], ".airlock/ci.yaml");
+    let shipped = crate::support::files_below(&scratch.path().join("www"));
+    assert!(shipped.iter().any(|f| f.ends_with("out.txt")), "a trusted push deploys: {shipped:?}");
+    // Pending, refused once by the forge and sent again, then success;
+    // each as GitHub's statuses API takes it.
+    let got = statuses.until_final(&first);
+    let states: Vec<&str> = got.iter().map(|(_, _, b)| b["state"].as_str().expect("state")).collect();
+    // (A `pending` still being retried when the run ends is dropped.)
+    assert!(states.len() >= 2 && states[0] == "pending" && states.last() == Some(&"success"), "{got:?}");
+    let id = run["run"]["id"].as_str().expect("id");
+    for (line, auth, body) in &got {
+        assert_eq!(line, &format!("POST /repos/team/blinky/statuses/{first}"));
+        assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
+        assert_eq!(body["context"], "airlock/ci");
+        assert!(body["target_url"].as_str().expect("link").ends_with(&format!("/ui/runs/{id}")), "{body}");
+        assert!(body["description"].as_str().expect("description").len() <= 140, "{body}");
+    }
+    let detail = {
+        let agent = http();
+        let url = format!("{}/api/v1/runs/{id}", server.url);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, d) = crate::support::call(&agent, "GET", &url, Some(&viewer.token), None, &[]).expect("run");
+            if d["forge_status"]["state"] == "success" || std::time::Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert_eq!(detail["forge_status"]["delivered"], true, "{detail}");
+
+    // The tip's pipeline is broken: the run fails with its diagnostics,
+    // and the forge is told so.
+    push["after"] = second.as_str().into();
+    push["before"] = first.as_str().into();
+    let body = serde_json::to_vec(&push).expect("JSON");
+    assert_eq!(deliver(&hook, "push", "push-2", &body, Some(&sign(&body))).0, 202);
+    let broken = run_of(&server, &viewer.token, &second);
+    assert_eq!(broken["run"]["state"], "failed", "{broken}");
+    let reason = broken["run"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("not valid at this commit") && reason.contains("stepz"), "{reason}");
+    let got = statuses.until_final(&second);
+    assert_eq!(got.last().expect("status").2["state"], "failure", "{got:?}");
+
+    // A pull request from a fork: its plugin step runs, its deploy step
+    // is refused and deploys nothing.
+    let mut pr = example("pull_request", |e| e["action"] == "opened");
+    pr["number"] = 7.into();
+    pr["pull_request"]["number"] = 7.into();
+    pr["pull_request"]["head"]["sha"] = forked.as_str().into();
+    pr["pull_request"]["head"]["ref"] = "patch-1".into();
+    pr["pull_request"]["head"]["repo"]["full_name"] = "mallory/blinky".into();
+    pr["pull_request"]["base"]["repo"]["full_name"] = "team/blinky".into();
+    pr["pull_request"]["base"]["ref"] = "main".into();
+    pr["pull_request"]["base"]["sha"] = first.as_str().into();
+    let body = serde_json::to_vec(&pr).expect("JSON");
+    let before = crate::support::files_below(&scratch.path().join("www")).len();
+    assert_eq!(deliver(&hook, "pull_request", "pr-1", &body, Some(&sign(&body))).0, 202);
+    let run = run_of(&server, &viewer.token, &forked);
+    assert_eq!(run["run"]["state"], "failed", "{run}");
+    assert_eq!(run["run"]["origin"]["pull_request"], 7);
+    assert!(run["run"]["origin"]["untrusted"].as_str().expect("untrusted").contains("fork"), "{run}");
+    let steps = run["steps"].as_array().expect("steps");
+    let step = |name: &str| steps.iter().find(|s| s["name"] == name).expect("step").clone();
+    assert_eq!(step("a")["state"], "succeeded", "{run}");
+    let ship = step("ship");
+    assert_eq!(ship["state"], "failed", "{run}");
+    assert!(ship["reason"].as_str().expect("reason").contains("untrusted"), "{ship}");
+    assert_eq!(crate::support::files_below(&scratch.path().join("www")).len(), before, "a fork deployed");
+
+    // Neither secret is in anything the server wrote.
+    server.stop();
+    for file in crate::support::files_below(&scratch.state()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for canary in [SECRET, TOKEN] {
+            assert!(memchr::memmem::find(&bytes, canary.as_bytes()).is_none(), "{} holds {canary}", file.display());
+        }
     }
 }

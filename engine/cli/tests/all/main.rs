@@ -3,6 +3,7 @@
 //! processes and signals.
 
 mod browser;
+mod checkout;
 mod crash;
 mod deploy;
 mod docs;

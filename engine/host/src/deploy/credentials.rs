@@ -101,23 +101,39 @@ pub fn read(
             when: rfc3339(expires),
         });
     }
-    match &c.source {
+    read_source(&c.source, policy_dir).map_err(|missing| match missing {
+        Unreadable::Env(var) => CredentialError::MissingEnv { environment: environment.into(), name: name.into(), var },
+        Unreadable::File { file, why } => {
+            CredentialError::MissingFile { environment: environment.into(), name: name.into(), file, why }
+        }
+    })
+}
+
+/// Why a credential's source gave no value.
+pub(crate) enum Unreadable {
+    /// The engine's environment variable is not set or is empty.
+    Env(String),
+    /// The file cannot be read or is empty.
+    File {
+        /// The file, as resolved.
+        file: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// The value at a credential's source: the engine's environment
+/// variable, or a file (relative to the policy's directory) without its
+/// trailing line break; never empty.
+pub(crate) fn read_source(source: &CredentialSource, policy_dir: &Path) -> Result<Secret, Unreadable> {
+    match source {
         CredentialSource::Env(var) => match std::env::var(var) {
             Ok(v) if !v.is_empty() => Ok(Secret(v)),
-            _ => Err(CredentialError::MissingEnv {
-                environment: environment.into(),
-                name: name.into(),
-                var: var.clone(),
-            }),
+            _ => Err(Unreadable::Env(var.clone())),
         },
         CredentialSource::File(file) => {
             let path = policy_dir.join(file);
-            let missing = |why: String| CredentialError::MissingFile {
-                environment: environment.into(),
-                name: name.into(),
-                file: path.display().to_string(),
-                why,
-            };
+            let missing = |why: String| Unreadable::File { file: path.display().to_string(), why };
             let text = std::fs::read_to_string(&path).map_err(|e| missing(e.to_string()))?;
             let value = text.trim_end_matches(['\n', '\r']).to_owned();
             if value.is_empty() {

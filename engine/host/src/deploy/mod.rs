@@ -24,7 +24,7 @@
 //! called.
 
 mod command;
-mod credentials;
+pub(crate) mod credentials;
 pub mod directory;
 mod http;
 

@@ -23,7 +23,7 @@
 
 pub(crate) mod environments;
 mod people;
-mod repositories;
+pub(crate) mod repositories;
 
 pub use environments::{
     Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,

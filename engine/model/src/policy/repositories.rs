@@ -131,7 +131,12 @@ impl Trusted {
 /// A pattern over ref names: `*` stays within one `/`-separated part,
 /// `**` crosses them.
 pub fn ref_glob(pattern: &str) -> Option<globset::GlobMatcher> {
-    globset::GlobBuilder::new(pattern).literal_separator(true).build().ok().map(|g| g.compile_matcher())
+    ref_pattern(pattern).ok().map(|g| g.compile_matcher())
+}
+
+/// A ref or path pattern as [`ref_glob`] reads it, or why it is none.
+pub(crate) fn ref_pattern(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern).literal_separator(true).build()
 }
 
 impl Repository {

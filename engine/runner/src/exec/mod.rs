@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) pipeline: String,
     /// Who started the run.
     pub(crate) requester: String,
+    /// Why the run may not publish or deploy, if it may not.
+    pub(crate) untrusted: Option<String>,
     /// What the pipeline's environment grants its plugin steps.
     pub(crate) grants: Option<EnvironmentGrants>,
     /// Logs of the steps running now, for readers who follow them.
@@ -248,6 +250,7 @@ impl Engine {
             policy: self.policy.clone(),
             pipeline: pipeline.name.clone(),
             requester: options.requester.clone(),
+            untrusted: options.untrusted.clone(),
             grants,
             live: self.live.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS))),

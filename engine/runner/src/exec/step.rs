@@ -41,6 +41,14 @@ pub(crate) fn host_step_started(shared: &Shared, name: &str, detail: &str) -> Re
     Ok(())
 }
 
+/// Why a publish or deploy of an untrusted run is refused.
+fn untrusted(name: &str, why: &str) -> String {
+    format!(
+        "step `{name}` refused: this run is untrusted ({why}), and an untrusted run may not publish or deploy; \
+         give such steps a pipeline whose `on:` names only refs the policy trusts"
+    )
+}
+
 /// Runs every attempt of one step and records its end state.
 pub(crate) async fn run_step(
     shared: Arc<Shared>,
@@ -55,6 +63,9 @@ pub(crate) async fn run_step(
     // finished preparing may take it first, and then this one waits.
     shared.take_job(&name, &cancel).await;
     let result = match &step.kind {
+        StepKind::Publish { .. } | StepKind::Deploy { .. } if let Some(why) = &shared.untrusted => {
+            Err(StepError::Failed(untrusted(&name, why)))
+        }
         StepKind::Publish { publish } => crate::publish::run(&shared, &name, &step, publish, &cancel).await.map(|p| {
             published = Some(p);
             Vec::new()
@@ -75,6 +86,7 @@ pub(crate) async fn run_step(
                 // the outputs just taken out, if the policy allows.
                 Ok((outputs, requests)) => match requests.into_iter().next() {
                     None => Ok(outputs),
+                    Some(_) if let Some(why) = &shared.untrusted => Err(StepError::Failed(untrusted(&name, why))),
                     Some(request) => {
                         crate::environments::requested(&shared, &name, &request, &outputs, &cancel).await.map(|d| {
                             deployed = Some(d);

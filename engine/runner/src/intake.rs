@@ -1,0 +1,338 @@
+//! Deliveries into runs: for each webhook delivery the server recorded,
+//! fetch the exact commit, read the repository's pipeline files from
+//! it, and submit those whose `on:` takes the event.
+//!
+//! The server answers the forge once a delivery is on disk; this worker
+//! does the slow part after, one delivery at a time, oldest first. A
+//! delivery left `received` by an engine that died is taken again when
+//! the next one starts, and its runs are keyed by delivery and file, so
+//! none starts twice.
+//!
+//! Trust is decided here, from the policy: a push of a branch or tag it
+//! trusts runs trusted; anything else (another branch, any pull request
+//! from a fork, a pull request whose branch is not trusted) runs
+//! untrusted, and its publish and deploy steps are refused. Pull requests
+//! the policy does not take (`pull_requests: off`, or a stranger's fork
+//! under `members`) start nothing.
+
+use crate::queue::{QueueError, RepositoryRun, RunQueue};
+use airlock_host::checkout::{Checkouts, Remote};
+use airlock_host::forge::Event;
+use airlock_model::TriggerEvent;
+use airlock_model::policy::{PullRequests, Repository};
+use airlock_store::{DeliveryRecord, DeliveryState, Origin};
+use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Pipeline files read from one commit, at most.
+pub const MAX_PIPELINE_FILES: usize = 64;
+
+/// How a delivery ended, as recorded.
+#[derive(Debug)]
+struct Outcome {
+    state: DeliveryState,
+    runs: Vec<String>,
+    detail: Option<String>,
+}
+
+impl Outcome {
+    fn ignored(why: impl Into<String>) -> Self {
+        Self { state: DeliveryState::Ignored, runs: Vec::new(), detail: Some(why.into()) }
+    }
+
+    fn failed(why: impl Into<String>) -> Self {
+        Self { state: DeliveryState::Failed, runs: Vec::new(), detail: Some(why.into()) }
+    }
+}
+
+/// Turns recorded deliveries into runs on a queue.
+pub struct Intake {
+    queue: Arc<RunQueue>,
+    checkouts: Checkouts,
+}
+
+impl Intake {
+    /// An intake that submits to `queue`, with the repositories of its
+    /// engine's policy.
+    pub fn new(queue: Arc<RunQueue>) -> Self {
+        let checkouts = Checkouts::new(queue.checkouts_dir().to_owned());
+        Self { queue, checkouts }
+    }
+
+    /// Handles every delivery still `received`, then waits for
+    /// `recorded` to say there are more, until `shutdown`.
+    pub async fn serve(self: Arc<Self>, recorded: Arc<Notify>, shutdown: CancellationToken) {
+        loop {
+            let pending: Vec<DeliveryRecord> = match self.queue.engine().store().deliveries() {
+                Ok(all) => all.into_iter().filter(|d| d.state == DeliveryState::Received).collect(),
+                Err(e) => {
+                    tracing::error!("cannot read the recorded deliveries: {e}");
+                    Vec::new()
+                }
+            };
+            for delivery in pending {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let intake = self.clone();
+                let handled = tokio::task::spawn_blocking(move || intake.handle(&delivery)).await;
+                if let Ok(Err(e)) = handled {
+                    tracing::error!("a delivery was left to the next start: {e}");
+                }
+            }
+            tokio::select! {
+                () = recorded.notified() => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Handles one delivery to its end and records how it ended.
+    pub fn handle(&self, delivery: &DeliveryRecord) -> Result<DeliveryState, QueueError> {
+        let outcome = match self.runs_of(delivery) {
+            Ok(outcome) => outcome,
+            // The server is stopping: the delivery stays `received`.
+            Err(QueueError::Stopping) => return Err(QueueError::Stopping),
+            Err(e) => Outcome::failed(e.to_string()),
+        };
+        let store = self.queue.engine().store();
+        let record =
+            store.finish_delivery(&delivery.repository, &delivery.id, outcome.state, outcome.runs, outcome.detail)?;
+        store.flush()?;
+        tracing::info!(
+            repository = delivery.repository,
+            delivery = delivery.id,
+            runs = record.runs.len(),
+            "delivery {}{}",
+            record.state.as_str(),
+            record.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+        );
+        Ok(record.state)
+    }
+
+    fn runs_of(&self, delivery: &DeliveryRecord) -> Result<Outcome, QueueError> {
+        let name = &delivery.repository;
+        let policy = self.queue.engine().policy.clone();
+        let Some(repository) = policy.as_ref().and_then(|p| p.0.repositories.get(name)) else {
+            return Ok(Outcome::failed(format!("the policy has no repository `{name}` any more")));
+        };
+        let policy_dir = policy.as_ref().map(|p| p.1.clone()).unwrap_or_default();
+        let event: Event = match serde_json::from_value(delivery.event.clone()) {
+            Ok(e) => e,
+            Err(e) => return Ok(Outcome::failed(format!("the recorded event cannot be read: {e}"))),
+        };
+        let plan = match plan(repository, &event) {
+            Ok(plan) => plan,
+            Err(ignored) => return Ok(ignored),
+        };
+        let token = match &repository.token {
+            Some(t) => match airlock_host::forge::read_secret(t, "the repository's token", &policy_dir) {
+                Ok(t) => Some(t),
+                Err(why) => return Ok(Outcome::failed(why)),
+            },
+            None => None,
+        };
+        let remote =
+            Remote { forge: repository.forge, url: &repository.url, token: token.as_ref().map(|t| t.expose()) };
+        let checkout = match self.checkouts.fetch(name, &remote, &plan.commit, plan.since.as_deref()) {
+            Ok(c) => c,
+            Err(e) => return Ok(Outcome::failed(e.to_string())),
+        };
+        drop(token);
+        let files = match self.checkouts.files(name, &plan.commit) {
+            Ok(files) => files,
+            Err(e) => return Ok(Outcome::failed(e.to_string())),
+        };
+        let patterns: Vec<globset::GlobMatcher> =
+            repository.pipelines.iter().filter_map(|p| airlock_model::policy::ref_glob(p)).collect();
+        let pipelines: Vec<&String> =
+            files.iter().filter(|f| patterns.iter().any(|p| p.is_match(f.as_str()))).take(MAX_PIPELINE_FILES).collect();
+        if pipelines.is_empty() {
+            return Ok(Outcome::ignored(format!(
+                "no file of commit {} matches the repository's pipelines ({})",
+                short(&plan.commit),
+                repository.pipelines.join(", ")
+            )));
+        }
+        let changed = checkout.changed.as_deref();
+        let trigger = match &event {
+            Event::Push { git_ref, .. } => match git_ref.strip_prefix("refs/tags/") {
+                Some(tag) => TriggerEvent::Push { name: tag, tag: true, changed },
+                None => TriggerEvent::Push {
+                    name: git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref),
+                    tag: false,
+                    changed,
+                },
+            },
+            Event::PullRequest { base_ref, .. } => TriggerEvent::PullRequest { base: base_ref, changed },
+            Event::Ignored { .. } => TriggerEvent::Manual,
+        };
+        let mut runs = Vec::new();
+        for file in pipelines {
+            let source = match self.checkouts.read_file(name, &plan.commit, file) {
+                Ok(Some(bytes)) => String::from_utf8(bytes)
+                    .unwrap_or_else(|_| "# this file is not UTF-8 text; airlock reads pipelines as UTF-8\n".into()),
+                Ok(None) => continue,
+                Err(e) => format!("# {}\n", airlock_model::text::one_line(&e.to_string(), 500)),
+            };
+            let origin = Origin {
+                repository: name.clone(),
+                event: plan.kind.into(),
+                git_ref: plan.git_ref.clone(),
+                commit: plan.commit.clone(),
+                pull_request: plan.pull_request,
+                sender: plan.sender.clone(),
+                delivery: Some(delivery.id.clone()),
+                tree: checkout.tree.clone(),
+                untrusted: plan.untrusted.clone(),
+            };
+            let run = RepositoryRun {
+                pipeline: file.clone(),
+                source,
+                origin,
+                requester: format!("forge:{name}"),
+                key: format!("delivery:{}:{file}", delivery.id),
+            };
+            if let Some(record) = self.queue.submit_repository(run, &trigger)? {
+                runs.push(record.id);
+            }
+        }
+        if runs.is_empty() {
+            return Ok(Outcome::ignored("no pipeline's `on:` takes this event"));
+        }
+        Ok(Outcome { state: DeliveryState::Started, runs, detail: None })
+    }
+}
+
+/// What a delivery asks to run, once the policy agreed to run it.
+#[derive(Debug)]
+struct Plan {
+    kind: &'static str,
+    git_ref: String,
+    commit: String,
+    /// The commit to tell changed paths against.
+    since: Option<String>,
+    pull_request: Option<u64>,
+    sender: String,
+    untrusted: Option<String>,
+}
+
+/// Decides whether and how an event runs, by the repository's policy.
+fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
+    match event {
+        Event::Push { git_ref, commit, before, sender } => {
+            let (name, tag) = match git_ref.strip_prefix("refs/tags/") {
+                Some(tag) => (tag, true),
+                None => (git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref), false),
+            };
+            let untrusted = (!repository.trusted.trusts(name, tag))
+                .then(|| format!("{} `{name}` is not one the policy trusts", if tag { "tag" } else { "branch" }));
+            Ok(Plan {
+                kind: "push",
+                git_ref: git_ref.clone(),
+                commit: commit.clone(),
+                since: if tag { None } else { before.clone() },
+                pull_request: None,
+                sender: sender.clone(),
+                untrusted,
+            })
+        }
+        Event::PullRequest { number, commit, head_ref, base_commit, fork, member, sender, .. } => {
+            match repository.pull_requests {
+                PullRequests::Off => {
+                    return Err(Outcome::ignored("the policy runs no pull requests of this repository"));
+                }
+                PullRequests::Members if *fork && !*member => {
+                    return Err(Outcome::ignored(format!(
+                        "pull request #{number} comes from a fork by `{sender}`, who is not a member; \
+                         the policy runs such pull requests only with `pull_requests: forks`"
+                    )));
+                }
+                _ => {}
+            }
+            let untrusted = if *fork {
+                Some(format!("pull request #{number} comes from a fork"))
+            } else if !repository.trusted.trusts(head_ref, false) {
+                Some(format!("pull request #{number}: branch `{head_ref}` is not one the policy trusts"))
+            } else {
+                None
+            };
+            Ok(Plan {
+                kind: "pull_request",
+                git_ref: head_ref.clone(),
+                commit: commit.clone(),
+                since: base_commit.clone(),
+                pull_request: Some(*number),
+                sender: sender.clone(),
+                untrusted,
+            })
+        }
+        Event::Ignored { what } => {
+            Err(Outcome::ignored(format!("{what}: airlock starts runs on pushes and pull requests")))
+        }
+    }
+}
+
+/// The first 12 digits of a commit id.
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository(pull_requests: &str) -> Repository {
+        let policy = format!(
+            "repositories:\n  r:\n    forge: github\n    url: https://forge.invalid/team/r.git\n    \
+             webhook_secret: {{ env: S }}\n    trusted: {{ branches: [main, \"release/*\"], tags: [\"v*\"] }}\n    \
+             pull_requests: {pull_requests}\n"
+        );
+        let policy = airlock_model::policy::load_policy("policy.yaml", &policy).expect("policy");
+        policy.repositories["r"].clone()
+    }
+
+    const C: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn push(git_ref: &str) -> Event {
+        Event::Push { git_ref: git_ref.into(), commit: C.into(), before: None, sender: "ann".into() }
+    }
+
+    fn pull(fork: bool, member: bool, head: &str) -> Event {
+        Event::PullRequest {
+            number: 7,
+            commit: C.into(),
+            head_ref: head.into(),
+            base_ref: "main".into(),
+            base_commit: None,
+            fork,
+            member,
+            sender: "mal".into(),
+        }
+    }
+
+    #[test]
+    fn only_what_the_policy_trusts_runs_trusted() {
+        let r = repository("members");
+        let trust = |e: &Event| plan(&r, e).map(|p| p.untrusted).map_err(|o| o.detail.unwrap_or_default());
+        assert_eq!(trust(&push("refs/heads/main")), Ok(None));
+        assert_eq!(trust(&push("refs/heads/release/1.0")), Ok(None));
+        assert_eq!(trust(&push("refs/tags/v1.2")), Ok(None));
+        assert!(trust(&push("refs/heads/feature")).expect("runs").expect("untrusted").contains("branch `feature`"));
+        assert!(trust(&push("refs/tags/nightly")).expect("runs").expect("untrusted").contains("tag `nightly`"));
+        // A branch of the repository named like a trusted one is still a
+        // pull request's code only when it is not a fork's.
+        assert_eq!(trust(&pull(false, true, "main")), Ok(None));
+        assert!(trust(&pull(false, true, "topic")).expect("runs").is_some());
+        assert!(trust(&pull(true, true, "main")).expect("runs").expect("untrusted").contains("fork"));
+        // A stranger's fork starts nothing under `members`, runs
+        // untrusted under `forks`, and nothing starts under `off`.
+        assert!(trust(&pull(true, false, "main")).expect_err("ignored").contains("not a member"));
+        let forks = repository("forks");
+        assert!(plan(&forks, &pull(true, false, "main")).expect("runs").untrusted.is_some());
+        let off = repository("off");
+        assert!(plan(&off, &push("refs/heads/main")).is_ok());
+        assert!(plan(&off, &pull(false, true, "main")).is_err());
+    }
+}
