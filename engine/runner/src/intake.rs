@@ -64,8 +64,8 @@ impl Intake {
     /// `recorded` to say there are more, until `shutdown`.
     pub async fn serve(self: Arc<Self>, recorded: Arc<Notify>, shutdown: CancellationToken) {
         loop {
-            let pending: Vec<DeliveryRecord> = match self.queue.engine().store().deliveries() {
-                Ok(all) => all.into_iter().filter(|d| d.state == DeliveryState::Received).collect(),
+            let pending: Vec<DeliveryRecord> = match self.queue.engine().store().received_deliveries() {
+                Ok(left) => left,
                 Err(e) => {
                     tracing::error!("cannot read the recorded deliveries: {e}");
                     Vec::new()

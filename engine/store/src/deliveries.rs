@@ -6,8 +6,10 @@
 //! `(repository, delivery id)` wins, in one compare-and-swap, and every
 //! later copy is answered as a duplicate and starts nothing.
 
-use crate::{Result, Store, StoreError, decode, encode, now_ms};
+use crate::{Result, Store, StoreError, abort, decode, encode, now_ms};
 use serde::{Deserialize, Serialize};
+use sled::Transactional as _;
+use sled::transaction::ConflictableTransactionError;
 
 /// Where a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,15 +101,23 @@ impl Store {
             detail: ignored,
         };
         let key = key(repository, id);
-        match self.deliveries.compare_and_swap(&key, None::<&[u8]>, Some(encode(&record)))? {
-            Ok(()) => Ok((record, true)),
-            Err(current) => {
-                // A record is never removed, so a failed swap saw one.
-                let bytes = current
-                    .current
-                    .ok_or_else(|| StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() })?;
-                Ok((decode(&key, &bytes)?, false))
-            }
+        let received = record.state == DeliveryState::Received;
+        // The record and its place among those left to do, together.
+        let earlier = (&self.deliveries, &self.received)
+            .transaction(|(deliveries, pending)| {
+                if let Some(bytes) = deliveries.get(&key)? {
+                    return Ok(Some(bytes));
+                }
+                deliveries.insert(key.as_slice(), encode(&record))?;
+                if received {
+                    pending.insert(key.as_slice(), &[][..])?;
+                }
+                Ok(None)
+            })
+            .map_err(abort)?;
+        match earlier {
+            None => Ok((record, true)),
+            Some(bytes) => Ok((decode(&key, &bytes)?, false)),
         }
     }
 
@@ -122,16 +132,35 @@ impl Store {
         detail: Option<String>,
     ) -> Result<DeliveryRecord> {
         let key = key(repository, id);
-        let updated = self.deliveries.update_and_fetch(&key, |old| {
-            let mut record: DeliveryRecord = serde_json::from_slice(old?).ok()?;
-            record.state = state;
-            record.runs = runs.clone();
-            record.detail = detail.clone();
-            Some(encode(&record))
-        })?;
-        let bytes =
-            updated.ok_or_else(|| StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() })?;
-        decode(&key, &bytes)
+        (&self.deliveries, &self.received)
+            .transaction(|(deliveries, pending)| {
+                let missing = || StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() };
+                let bytes = deliveries.get(&key)?.ok_or_else(|| ConflictableTransactionError::Abort(missing()))?;
+                let mut record: DeliveryRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                record.state = state;
+                record.runs = runs.clone();
+                record.detail = detail.clone();
+                deliveries.insert(key.as_slice(), encode(&record))?;
+                if state != DeliveryState::Received {
+                    pending.remove(key.as_slice())?;
+                }
+                Ok(record)
+            })
+            .map_err(abort)
+    }
+
+    /// The deliveries still `received`, oldest first.
+    pub fn received_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
+        let mut out = Vec::new();
+        for entry in self.received.iter() {
+            let (key, _) = entry?;
+            if let Some(value) = self.deliveries.get(&key)? {
+                out.push(decode::<DeliveryRecord>(&key, &value)?);
+            }
+        }
+        out.retain(|d| d.state == DeliveryState::Received);
+        out.sort_by_key(|d| d.received_ms);
+        Ok(out)
     }
 
     /// Every delivery recorded, oldest first.
@@ -184,6 +213,10 @@ mod tests {
             store.finish_delivery("blinky", "d-1", DeliveryState::Started, vec!["run-1".into()], None).expect("finish");
         assert_eq!((done.state, done.runs.as_slice()), (DeliveryState::Started, ["run-1".to_owned()].as_slice()));
         assert_eq!(store.deliveries().expect("list").len(), 3);
+        // Of those, only `other`'s d-1 is left to do.
+        let left: Vec<(String, String)> =
+            store.received_deliveries().expect("left").into_iter().map(|d| (d.repository, d.id)).collect();
+        assert_eq!(left, [("other".to_owned(), "d-1".to_owned())]);
         assert!(store.finish_delivery("blinky", "nope", DeliveryState::Failed, vec![], None).is_err());
     }
 }

@@ -420,6 +420,9 @@ pub struct Store {
     keys: sled::Tree,
     /// Webhook deliveries by repository and delivery id.
     deliveries: sled::Tree,
+    /// The keys of the deliveries still `received`: what the intake
+    /// has left to do, without a walk over every delivery ever recorded.
+    received: sled::Tree,
     /// What the forge was last told of each run of a repository's commit.
     statuses: sled::Tree,
 }
@@ -460,6 +463,7 @@ impl Store {
             approvals: db.open_tree("approvals")?,
             keys: db.open_tree("idempotency")?,
             deliveries: db.open_tree("deliveries")?,
+            received: db.open_tree("deliveries_received")?,
             statuses: db.open_tree("forge_statuses")?,
             db,
         })
