@@ -53,3 +53,44 @@ pub fn fmt(d: Duration) -> String {
         format!("{:.2} s", us / 1e6)
     }
 }
+
+/// Kills a child process when dropped.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `airlock` binary the benchmarks drive: `AIRLOCK_BIN`, or the
+/// release build of this checkout.
+pub fn airlock_bin() -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::var_os("AIRLOCK_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/airlock"));
+    if !path.is_file() {
+        anyhow::bail!("no airlock binary at {}; run `cargo build --release -p airlock-cli` first", path.display());
+    }
+    Ok(path)
+}
+
+/// Spawns `command` (an `airlock ... serve --listen 127.0.0.1:0`) with
+/// its stderr piped, and waits for the line that says where it listens.
+/// Answers the process, killed when dropped, and its `http://ADDR`.
+pub fn start_serve(mut command: std::process::Command) -> anyhow::Result<(Guard, String)> {
+    use anyhow::Context as _;
+    use std::io::BufRead as _;
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let guard = Guard(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stderr).read_line(&mut line)?;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches('/').to_owned())
+        .with_context(|| format!("no address from airlock serve: {line}"))?;
+    Ok((guard, url))
+}

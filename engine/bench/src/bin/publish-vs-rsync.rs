@@ -23,21 +23,10 @@
 
 use anyhow::{Context, bail};
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills a child process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -84,12 +73,7 @@ fn main() -> anyhow::Result<()> {
     let files: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 20 } else { 10_008 });
     let mib: u64 = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 1 } else { 614 });
     let rounds: usize = args.get(2).map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 1 } else { 3 }).max(1);
-    let airlock = std::env::var_os("AIRLOCK_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/airlock"));
-    if !airlock.is_file() {
-        bail!("no airlock binary at {}; run `cargo build --release -p airlock-cli` first", airlock.display());
-    }
+    let airlock = airlock_bench::airlock_bin()?;
     if Command::new("rsync").arg("--version").output().is_err() {
         bail!("rsync is not installed; `apt-get install rsync`");
     }
@@ -112,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             dest.display()
         ),
     )?;
-    let _rsyncd = Guard(
+    let _rsyncd = airlock_bench::Guard(
         Command::new("rsync")
             .args(["--daemon", "--no-detach", "--address", "127.0.0.1", "--port", &rsync_port.to_string(), "--config"])
             .arg(&conf)
@@ -138,22 +122,9 @@ fn main() -> anyhow::Result<()> {
             .output()?;
         tokens.push(String::from_utf8(t.stdout)?.trim().to_owned());
     }
-    let mut serve = Command::new(&airlock)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--policy")
-        .arg(&policy)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(serve.stderr.take().context("stderr")?).read_line(&mut line)?;
-    let _serve = Guard(serve);
-    let server = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .map(|w| w.trim_end_matches('/').to_owned())
-        .context("no address from airlock serve")?;
+    let mut serve = Command::new(&airlock);
+    serve.arg("--state-dir").arg(&state).arg("--policy").arg(&policy).args(["serve", "--listen", "127.0.0.1:0"]);
+    let (_serve, server) = airlock_bench::start_serve(serve)?;
     // Wait for the rsync daemon to listen.
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", rsync_port)).is_ok() {

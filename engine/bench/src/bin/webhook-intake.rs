@@ -21,23 +21,12 @@
 
 use airlock_bench::git_http::{GitServer, git};
 use anyhow::{Context, bail};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SECRET: &str = "bench-webhook-secret";
 const TOKEN: &str = "bench-clone-token";
-
-/// Kills a child process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn sign(body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
@@ -161,7 +150,8 @@ fn main() -> anyhow::Result<()> {
             forge.url
         ),
     )?;
-    let mut serve = Command::new(&airlock)
+    let mut serve = Command::new(&airlock);
+    serve
         .arg("--state-dir")
         .arg(work.path().join("state"))
         .arg("--policy")
@@ -170,17 +160,8 @@ fn main() -> anyhow::Result<()> {
         .env("BENCH_SECRET", SECRET)
         .env("BENCH_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(serve.stderr.take().context("stderr")?).read_line(&mut line)?;
-    let _serve = Guard(serve);
-    let server = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .map(|w| w.trim_end_matches('/').to_owned())
-        .context("no address from airlock serve")?;
+        .stdout(Stdio::null());
+    let (_serve, server) = airlock_bench::start_serve(serve)?;
     let hook = format!("{server}/hooks/app");
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
 
