@@ -96,6 +96,11 @@ impl Checkouts {
         Self { root }
     }
 
+    /// Where the tree with git id `tree` is (or will be) written out.
+    pub fn tree_dir(&self, tree: &str) -> PathBuf {
+        self.root.join("trees").join(tree)
+    }
+
     fn mirror(&self, repository: &str) -> PathBuf {
         self.root.join("mirrors").join(format!("{repository}.git"))
     }
@@ -164,7 +169,7 @@ impl Checkouts {
         )?)
         .trim()
         .to_owned();
-        let dir = self.root.join("trees").join(&tree);
+        let dir = self.tree_dir(&tree);
         let mut skipped_links = Vec::new();
         if !dir.is_dir() {
             skipped_links = self.write_tree(&mirror, commit, &dir)?;

@@ -56,7 +56,7 @@ impl Intake {
     /// An intake that submits to `queue`, with the repositories of its
     /// engine's policy.
     pub fn new(queue: Arc<RunQueue>) -> Self {
-        let checkouts = Checkouts::new(queue.checkouts_dir().to_owned());
+        let checkouts = queue.checkouts().clone();
         Self { queue, checkouts }
     }
 
@@ -156,17 +156,9 @@ impl Intake {
             )));
         }
         let changed = checkout.changed.as_deref();
-        let trigger = match &event {
-            Event::Push { git_ref, .. } => match git_ref.strip_prefix("refs/tags/") {
-                Some(tag) => TriggerEvent::Push { name: tag, tag: true, changed },
-                None => TriggerEvent::Push {
-                    name: git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref),
-                    tag: false,
-                    changed,
-                },
-            },
-            Event::PullRequest { base_ref, .. } => TriggerEvent::PullRequest { base: base_ref, changed },
-            Event::Ignored { .. } => TriggerEvent::Manual,
+        let trigger = match &plan.on {
+            On::Push { name, tag } => TriggerEvent::Push { name, tag: *tag, changed },
+            On::PullRequest { base } => TriggerEvent::PullRequest { base, changed },
         };
         let mut runs = Vec::new();
         for file in pipelines {
@@ -205,10 +197,20 @@ impl Intake {
     }
 }
 
+/// The event as a pipeline's `on:` sees it.
+#[derive(Debug)]
+enum On {
+    /// A branch (or tag) by its short name.
+    Push { name: String, tag: bool },
+    /// A pull request into the branch `base`.
+    PullRequest { base: String },
+}
+
 /// What a delivery asks to run, once the policy agreed to run it.
 #[derive(Debug)]
 struct Plan {
     kind: &'static str,
+    on: On,
     git_ref: String,
     commit: String,
     /// The commit to tell changed paths against.
@@ -230,6 +232,7 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
                 .then(|| format!("{} `{name}` is not one the policy trusts", if tag { "tag" } else { "branch" }));
             Ok(Plan {
                 kind: "push",
+                on: On::Push { name: name.to_owned(), tag },
                 git_ref: git_ref.clone(),
                 commit: commit.clone(),
                 since: if tag { None } else { before.clone() },
@@ -238,7 +241,7 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
                 untrusted,
             })
         }
-        Event::PullRequest { number, commit, head_ref, base_commit, fork, member, sender, .. } => {
+        Event::PullRequest { number, commit, head_ref, base_ref, base_commit, fork, member, sender } => {
             match repository.pull_requests {
                 PullRequests::Off => {
                     return Err(Outcome::ignored("the policy runs no pull requests of this repository"));
@@ -260,6 +263,7 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
             };
             Ok(Plan {
                 kind: "pull_request",
+                on: On::PullRequest { base: base_ref.clone() },
                 git_ref: head_ref.clone(),
                 commit: commit.clone(),
                 since: base_commit.clone(),

@@ -13,6 +13,7 @@
 //! the repository's root.
 
 use crate::{Engine, FsLookup, Progress, RunOptions, RunnerError};
+use airlock_host::checkout::Checkouts;
 use airlock_model::TriggerEvent;
 use airlock_store::{Origin, RunRecord, RunState, Submission};
 use std::collections::{BTreeMap, HashMap};
@@ -93,9 +94,8 @@ pub struct RunQueue {
     engine: Arc<Engine>,
     /// The server's pipelines directory, if it has one.
     pipelines: Option<PathBuf>,
-    /// Where checkouts of repositories are written
-    /// ([`airlock_host::checkout::Checkouts`]).
-    checkouts: PathBuf,
+    /// The repositories' mirrors and the trees their runs run in.
+    checkouts: Checkouts,
     jobs: usize,
     sender: mpsc::UnboundedSender<String>,
     cancels: Mutex<HashMap<String, CancellationToken>>,
@@ -130,7 +130,7 @@ impl RunQueue {
             })
             .transpose()?;
         let (sender, receiver) = mpsc::unbounded_channel();
-        let checkouts = engine.state_dir.join("checkouts");
+        let checkouts = Checkouts::new(engine.state_dir.join("checkouts"));
         let queue = Arc::new(Self {
             engine,
             pipelines,
@@ -180,8 +180,8 @@ impl RunQueue {
         self.pipelines.as_deref()
     }
 
-    /// Where checkouts of repositories are written.
-    pub fn checkouts_dir(&self) -> &Path {
+    /// The repositories' mirrors and the trees their runs run in.
+    pub fn checkouts(&self) -> &Checkouts {
         &self.checkouts
     }
 
@@ -189,7 +189,7 @@ impl RunQueue {
     /// root for a repository's run, else the pipeline file's directory.
     fn base_of(&self, submission: &Submission) -> PathBuf {
         match (&submission.origin, &self.pipelines) {
-            (Some(origin), _) => self.checkouts.join("trees").join(&origin.tree),
+            (Some(origin), _) => self.checkouts.tree_dir(&origin.tree),
             (None, Some(dir)) => {
                 let file = dir.join(&submission.pipeline);
                 file.parent().unwrap_or(dir).to_owned()
@@ -240,7 +240,6 @@ impl RunQueue {
         if self.shutdown.is_cancelled() {
             return Err(QueueError::Stopping);
         }
-        let base = self.checkouts.join("trees").join(&run.origin.tree);
         let submission = Submission {
             pipeline: run.pipeline.clone(),
             source: run.source,
@@ -249,6 +248,7 @@ impl RunQueue {
             key: Some(run.key),
             origin: Some(run.origin),
         };
+        let base = self.base_of(&submission);
         let invalid = match self.load(&run.pipeline, &base, &submission.source, true) {
             Ok(pipeline) if !pipeline.on.starts(event) => return Ok(None),
             Ok(pipeline) => match self.record(&pipeline, submission.clone()) {
