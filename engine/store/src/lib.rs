@@ -450,8 +450,23 @@ fn abort(e: TransactionError<StoreError>) -> StoreError {
 
 impl Store {
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// A store dropped in this process lets go of its file lock only
+    /// when sled's flusher thread next wakes, a moment later; so a lock
+    /// held is waited for, briefly, before it is an error. (Processes are
+    /// kept apart by the state directory's own lock, taken before this.)
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(dir.join("db")).open()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match sled::Config::new().path(dir.join("db")).open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened?,
+            }
+        };
         Ok(Self {
             runs: db.open_tree("runs")?,
             steps: db.open_tree("steps")?,
