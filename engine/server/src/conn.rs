@@ -148,6 +148,36 @@ pub(crate) async fn refuse(mut stream: tokio::net::TcpStream, why: Refused) {
     .await;
 }
 
+/// How long a connection the server is done with keeps taking in what
+/// the client still sends, and how much of it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
+
+/// Closes a connection the server is done with without losing its last
+/// answer. An answer can go out before the request's body is read (a
+/// refusal before authentication never reads it); closing then, with
+/// body bytes unread or still coming, makes the kernel reset the
+/// connection, and a client still sending its body sees a broken pipe
+/// instead of the answer. So: stop writing, take in and drop what
+/// arrives until the client closes too, for at most [`LINGER`] and
+/// [`LINGER_BYTES`], then close.
+pub(crate) async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let drain = async {
+        io.shutdown().await?;
+        let mut sink = [0u8; 16 << 10];
+        let mut taken = 0;
+        while taken < LINGER_BYTES {
+            match io.read(&mut sink).await? {
+                0 => break,
+                n => taken += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// Requests of one connection that have begun and whose answers have
 /// not been sent whole: while there is one, the connection is not idle.
 #[derive(Clone, Default)]

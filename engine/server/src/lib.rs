@@ -402,9 +402,11 @@ where
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(CONNECTION_BUFFER)
         .serve_connection(io, service)
+        .without_shutdown()
         .await;
-    if let Err(e) = served {
-        tracing::debug!(?peer, "connection ended: {e}");
+    match served {
+        Ok(parts) => conn::linger(parts.io.into_inner()).await,
+        Err(e) => tracing::debug!(?peer, "connection ended: {e}"),
     }
 }
 

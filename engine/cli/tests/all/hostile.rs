@@ -166,6 +166,45 @@ fn a_commit_without_a_token_is_refused_before_its_body_is_read() {
     }
 }
 
+/// The other side of item 1: an answer sent before the body is read
+/// must still reach an honest client that goes on sending its body. The
+/// server closed such a connection at once, the kernel answered the
+/// rest of the body with a reset, and `airlock publish` reported
+/// "cannot reach the server: … Broken pipe" instead of the refusal (a
+/// CI run met it). Now the server stops writing, takes in what is still
+/// coming for a moment, and only then closes.
+#[test]
+fn a_refusal_before_the_body_reaches_a_client_still_sending_it() {
+    let lab = Lab::new(&[]);
+    let mut c = connect_from(ME, lab.addr(), false).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let body = frame_of(&[7; 4096]);
+    let head = format!(
+        "POST /api/v1/targets/snaps/builds/b1/blobs HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).expect("send");
+    // The answer is on its way before any of the body is.
+    std::thread::sleep(Duration::from_millis(300));
+    for piece in body.chunks(1024) {
+        c.write_all(piece).expect("the rest of the body is taken, not reset");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).expect("the answer, then the end of the connection");
+    let answer = parse(&answer).expect("http");
+    assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (401, Some("token_missing")));
+}
+
+/// A blob upload frame holding `bytes`: digest, length, bytes.
+fn frame_of(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut f = sha2::Sha256::digest(bytes).to_vec();
+    f.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    f.extend_from_slice(bytes);
+    f
+}
+
 /// Item 2: clients that ask for a large file and never read it held
 /// blocking threads until the pool was gone; then `missing`, downloads
 /// and submissions hung for everyone. A slow upload did the same.
