@@ -141,6 +141,25 @@ enum Command {
     Schema,
     /// Run pipelines for a team: the run API, web pages, publish targets.
     Serve(serve::ServeArgs),
+    /// Run a repository's `manual` pipelines at a branch or tag, on a server.
+    Trigger {
+        /// The repository, by the server policy's name for it.
+        repository: String,
+        /// The branch (`main`) or tag (`refs/tags/v1.2`) whose commit runs.
+        #[arg(value_name = "REF", default_value = "main")]
+        git_ref: String,
+        /// The `airlock serve` to ask (e.g. http://127.0.0.1:8480), as the
+        /// user of AIRLOCK_USER_TOKEN (who needs the `runner` role).
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Return once the server has recorded the request, without waiting
+        /// for it to fetch the commit and start the runs.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the delivery (state, runs, or why none started) as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish files to an `airlock serve`, uploading only what it lacks.
     Publish(publish::PublishArgs),
     /// Approve (or deny) a deployment waiting for approval.
@@ -299,6 +318,9 @@ fn main() -> ExitCode {
         }),
         Command::Serve(args) => {
             runtime().and_then(|rt| rt.block_on(serve::serve(&cli.state_dir, cli.policy.as_deref(), args)))
+        }
+        Command::Trigger { repository, git_ref, server, no_wait, json } => {
+            runtime().and_then(|rt| rt.block_on(remote::trigger(&server, &repository, &git_ref, no_wait, json)))
         }
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish::publish(&cli.state_dir, args))),
         Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),

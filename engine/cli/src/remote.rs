@@ -55,6 +55,99 @@ fn refused(status: StatusCode) -> u8 {
     }
 }
 
+/// Sends a POST that makes something with an idempotency key made
+/// here, again with the same key when its answer is lost, so what the
+/// lost answer was about is answered instead of made twice. The answer,
+/// or the exit code once the refusal is said.
+async fn post_once<T: serde::de::DeserializeOwned>(
+    remote: &Server,
+    path: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Result<T, u8>> {
+    let key = hex::encode(rand::random::<[u8; 16]>());
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match remote.call(Method::POST, path, Some(body.clone()), &[("idempotency-key", &key)]).await {
+            Ok((status, bytes)) if status.is_success() => return Ok(Ok(serde_json::from_slice(&bytes)?)),
+            Ok((status, bytes)) => {
+                eprintln!("error: {}", api_error(status, &bytes));
+                return Ok(Err(refused(status)));
+            }
+            Err(e) if tries < SUBMIT_TRIES => {
+                eprintln!("warning: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(Err(exit::ERROR));
+            }
+        }
+    }
+}
+
+/// `airlock trigger`: asks the server to run a repository's `manual`
+/// pipelines at a branch or tag, waits until it has fetched the commit
+/// and started them (unless `no_wait`), and lists the runs.
+pub async fn trigger(server: &str, repository: &str, git_ref: &str, no_wait: bool, json: bool) -> anyhow::Result<u8> {
+    let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
+    let remote = match connect(server, token.as_deref()) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let body = serde_json::to_vec(&airlock_server::api::TriggerBody { git_ref: git_ref.to_owned() })?;
+    let path = format!("/api/v1/repositories/{repository}/runs");
+    let triggered: airlock_server::api::Triggered = match post_once(&remote, &path, body).await? {
+        Ok(t) => t,
+        Err(code) => return Ok(code),
+    };
+    let mut delivery = triggered.delivery;
+    let delivery_path = format!("/api/v1/repositories/{repository}/deliveries/{}", delivery.id);
+    if !json {
+        eprintln!("asked for the `manual` pipelines of {repository} at {git_ref} (delivery {})", delivery.id);
+    }
+    let mut failures = 0;
+    while !no_wait && delivery.state == "received" {
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("stopped waiting; the server goes on with delivery {}", delivery.id);
+                return Ok(exit::CANCELLED);
+            }
+        }
+        match remote.call(Method::GET, &delivery_path, None, &[]).await {
+            Ok((status, bytes)) if status.is_success() => delivery = serde_json::from_slice(&bytes)?,
+            Ok((status, bytes)) => {
+                eprintln!("error: {}", api_error(status, &bytes));
+                return Ok(refused(status));
+            }
+            Err(e) if failures < 60 => {
+                failures += 1;
+                if failures == 1 {
+                    eprintln!("warning: {e}; waiting for the server");
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::ERROR);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&delivery)?);
+    } else {
+        for run in &delivery.runs {
+            eprintln!("  started run {run}: {}/ui/runs/{run}", remote.base());
+        }
+        let detail = delivery.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+        eprintln!("delivery {} {}{detail}", delivery.id, delivery.state);
+    }
+    Ok(match delivery.state.as_str() {
+        "started" | "received" => exit::OK,
+        _ => exit::FAILED,
+    })
+}
+
 /// Submits and follows; the exit code follows the run's end.
 pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json: bool) -> anyhow::Result<u8> {
     let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
@@ -66,27 +159,9 @@ pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json
         "pipeline": pipeline,
         "params": params.iter().cloned().collect::<BTreeMap<String, String>>(),
     }))?;
-    let key = hex::encode(rand::random::<[u8; 16]>());
-    let mut tries = 0;
-    let submitted: Submitted = loop {
-        tries += 1;
-        match remote.call(Method::POST, "/api/v1/runs", Some(body.clone()), &[("idempotency-key", &key)]).await {
-            Ok((status, bytes)) if status.is_success() => break serde_json::from_slice(&bytes)?,
-            Ok((status, bytes)) => {
-                eprintln!("error: {}", api_error(status, &bytes));
-                return Ok(refused(status));
-            }
-            // The same key again: a run the lost answer was about is
-            // answered, not made twice.
-            Err(e) if tries < SUBMIT_TRIES => {
-                eprintln!("warning: {e}; trying again");
-                tokio::time::sleep(Duration::from_millis(500 * u64::from(tries))).await;
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Ok(exit::ERROR);
-            }
-        }
+    let submitted: Submitted = match post_once(&remote, "/api/v1/runs", body).await? {
+        Ok(submitted) => submitted,
+        Err(code) => return Ok(code),
     };
     let id = submitted.run.id.clone();
     if !json {

@@ -45,6 +45,14 @@ pub enum CheckoutError {
         /// The repository's URL.
         url: String,
     },
+    /// The remote has no such branch or tag.
+    #[error("{url} has no `{git_ref}`: check the name (a tag is `refs/tags/NAME`)")]
+    NoRef {
+        /// The ref asked for.
+        git_ref: String,
+        /// The repository's URL.
+        url: String,
+    },
     /// Git failed; its own words.
     #[error("git {what} failed: {message}")]
     Git {
@@ -105,6 +113,34 @@ impl Checkouts {
         self.root.join("mirrors").join(format!("{repository}.git"))
     }
 
+    /// The repository's mirror, made empty if it is not there yet.
+    fn open_mirror(&self, repository: &str) -> Result<PathBuf, CheckoutError> {
+        let mirror = self.mirror(repository);
+        if !mirror.join("HEAD").is_file() {
+            let parent = mirror.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(parent).map_err(|e| CheckoutError::Io(format!("{}: {e}", parent.display())))?;
+            git(&mirror, None, &["init", "--quiet", "--bare", "."], "init", true)?;
+        }
+        Ok(mirror)
+    }
+
+    /// The commit `git_ref` (`refs/heads/NAME` or `refs/tags/NAME`)
+    /// points at on the remote now; an annotated tag is followed to its
+    /// commit. Asks the remote (`git ls-remote`), fetches nothing.
+    pub fn resolve(&self, repository: &str, remote: &Remote<'_>, git_ref: &str) -> Result<String, CheckoutError> {
+        let mirror = self.open_mirror(repository)?;
+        let peeled = format!("{git_ref}^{{}}");
+        let out = git(&mirror, Some(remote), &["ls-remote", "--", remote.url, git_ref, &peeled], "ls-remote", false)?;
+        let text = String::from_utf8_lossy(&out);
+        let listed: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once('\t')).collect();
+        let find = |name: &str| listed.iter().find(|(_, r)| *r == name).map(|(id, _)| id.to_string());
+        let id = find(&peeled)
+            .or_else(|| find(git_ref))
+            .ok_or_else(|| CheckoutError::NoRef { git_ref: git_ref.to_owned(), url: remote.url.to_owned() })?;
+        crate::forge::checked_commit(&id)
+            .map_err(|e| CheckoutError::Git { what: "ls-remote", message: format!("answered {e}") })
+    }
+
     /// Fetches `commit` (and `since`, to tell what changed) from the
     /// remote into the repository's mirror, shallow, and writes its tree
     /// out. `repository` is the policy's name for it.
@@ -115,12 +151,7 @@ impl Checkouts {
         commit: &str,
         since: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
-        let mirror = self.mirror(repository);
-        if !mirror.join("HEAD").is_file() {
-            let parent = mirror.parent().unwrap_or(&self.root);
-            std::fs::create_dir_all(parent).map_err(|e| CheckoutError::Io(format!("{}: {e}", parent.display())))?;
-            git(&mirror, None, &["init", "--quiet", "--bare", "."], "init", true)?;
-        }
+        let mirror = self.open_mirror(repository)?;
         if !self.has_commit(repository, commit) {
             let fetched = git(
                 &mirror,

@@ -65,6 +65,15 @@ pub enum Event {
         /// Who opened or pushed it.
         sender: String,
     },
+    /// A run asked for through the API, for whatever commit a branch or
+    /// tag points at when the intake asks the forge.
+    Manual {
+        /// The ref, `refs/heads/NAME` or `refs/tags/NAME`.
+        #[serde(rename = "ref")]
+        git_ref: String,
+        /// The user who asked.
+        sender: String,
+    },
     /// A ref deleted, a ping, a pull request closed or labelled, an
     /// event of a kind airlock does not run on.
     Ignored {
@@ -74,18 +83,21 @@ pub enum Event {
 }
 
 impl Event {
-    /// The commit the event is about, if it starts runs.
+    /// The commit the event is about, when the event says (a manual
+    /// run's commit is found when it is taken).
     pub fn commit(&self) -> Option<&str> {
         match self {
             Event::Push { commit, .. } | Event::PullRequest { commit, .. } => Some(commit),
-            Event::Ignored { .. } => None,
+            Event::Manual { .. } | Event::Ignored { .. } => None,
         }
     }
 
     /// Who caused it.
     pub fn sender(&self) -> Option<&str> {
         match self {
-            Event::Push { sender, .. } | Event::PullRequest { sender, .. } => Some(sender),
+            Event::Push { sender, .. } | Event::PullRequest { sender, .. } | Event::Manual { sender, .. } => {
+                Some(sender)
+            }
             Event::Ignored { .. } => None,
         }
     }

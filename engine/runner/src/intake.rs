@@ -135,12 +135,19 @@ impl Intake {
         };
         let remote =
             Remote { forge: repository.forge, url: &repository.url, token: token.as_ref().map(|t| t.expose()) };
-        let checkout = match self.checkouts.fetch(name, &remote, &plan.commit, plan.since.as_deref()) {
+        let commit = match &plan.commit {
+            Some(commit) => commit.clone(),
+            None => match self.checkouts.resolve(name, &remote, &plan.git_ref) {
+                Ok(commit) => commit,
+                Err(e) => return Ok(Outcome::failed(e.to_string())),
+            },
+        };
+        let checkout = match self.checkouts.fetch(name, &remote, &commit, plan.since.as_deref()) {
             Ok(c) => c,
             Err(e) => return Ok(Outcome::failed(e.to_string())),
         };
         drop(token);
-        let files = match self.checkouts.files(name, &plan.commit) {
+        let files = match self.checkouts.files(name, &commit) {
             Ok(files) => files,
             Err(e) => return Ok(Outcome::failed(e.to_string())),
         };
@@ -151,7 +158,7 @@ impl Intake {
         if pipelines.is_empty() {
             return Ok(Outcome::ignored(format!(
                 "no file of commit {} matches the repository's pipelines ({})",
-                short(&plan.commit),
+                short(&commit),
                 repository.pipelines.join(", ")
             )));
         }
@@ -159,10 +166,11 @@ impl Intake {
         let trigger = match &plan.on {
             On::Push { name, tag } => TriggerEvent::Push { name, tag: *tag, changed },
             On::PullRequest { base } => TriggerEvent::PullRequest { base, changed },
+            On::Manual => TriggerEvent::Manual,
         };
         let mut runs = Vec::new();
         for file in pipelines {
-            let source = match self.checkouts.read_file(name, &plan.commit, file) {
+            let source = match self.checkouts.read_file(name, &commit, file) {
                 Ok(Some(bytes)) => String::from_utf8(bytes)
                     .unwrap_or_else(|_| "# this file is not UTF-8 text; airlock reads pipelines as UTF-8\n".into()),
                 Ok(None) => continue,
@@ -172,7 +180,7 @@ impl Intake {
                 repository: name.clone(),
                 event: plan.kind.into(),
                 git_ref: plan.git_ref.clone(),
-                commit: plan.commit.clone(),
+                commit: commit.clone(),
                 pull_request: plan.pull_request,
                 sender: plan.sender.clone(),
                 delivery: Some(delivery.id.clone()),
@@ -183,7 +191,7 @@ impl Intake {
                 pipeline: file.clone(),
                 source,
                 origin,
-                requester: format!("forge:{name}"),
+                requester: plan.requester.clone().unwrap_or_else(|| format!("forge:{name}")),
                 key: format!("delivery:{}:{file}", delivery.id),
             };
             if let Some(record) = self.queue.submit_repository(run, &trigger)? {
@@ -204,6 +212,8 @@ enum On {
     Push { name: String, tag: bool },
     /// A pull request into the branch `base`.
     PullRequest { base: String },
+    /// Asked for through the API.
+    Manual,
 }
 
 /// What a delivery asks to run, once the policy agreed to run it.
@@ -212,11 +222,15 @@ struct Plan {
     kind: &'static str,
     on: On,
     git_ref: String,
-    commit: String,
+    /// The commit to run, or None for the one `git_ref` points at when
+    /// the forge is asked.
+    commit: Option<String>,
     /// The commit to tell changed paths against.
     since: Option<String>,
     pull_request: Option<u64>,
     sender: String,
+    /// The user who asked for the run, when a user did.
+    requester: Option<String>,
     untrusted: Option<String>,
 }
 
@@ -224,21 +238,33 @@ struct Plan {
 fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
     match event {
         Event::Push { git_ref, commit, before, sender } => {
-            let (name, tag) = match git_ref.strip_prefix("refs/tags/") {
-                Some(tag) => (tag, true),
-                None => (git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref), false),
-            };
-            let untrusted = (!repository.trusted.trusts(name, tag))
-                .then(|| format!("{} `{name}` is not one the policy trusts", if tag { "tag" } else { "branch" }));
+            let (name, tag) = ref_name(git_ref);
             Ok(Plan {
                 kind: "push",
                 on: On::Push { name: name.to_owned(), tag },
                 git_ref: git_ref.clone(),
-                commit: commit.clone(),
+                commit: Some(commit.clone()),
                 since: if tag { None } else { before.clone() },
                 pull_request: None,
                 sender: sender.clone(),
-                untrusted,
+                requester: None,
+                untrusted: untrusted_ref(repository, name, tag),
+            })
+        }
+        // A run by hand is trusted as a push of its ref would be: the
+        // person asks for what the branch or tag holds, not for a commit.
+        Event::Manual { git_ref, sender } => {
+            let (name, tag) = ref_name(git_ref);
+            Ok(Plan {
+                kind: "manual",
+                on: On::Manual,
+                git_ref: git_ref.clone(),
+                commit: None,
+                since: None,
+                pull_request: None,
+                sender: sender.clone(),
+                requester: Some(sender.clone()),
+                untrusted: untrusted_ref(repository, name, tag),
             })
         }
         Event::PullRequest { number, commit, head_ref, base_ref, base_commit, fork, member, sender } => {
@@ -265,10 +291,11 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
                 kind: "pull_request",
                 on: On::PullRequest { base: base_ref.clone() },
                 git_ref: head_ref.clone(),
-                commit: commit.clone(),
+                commit: Some(commit.clone()),
                 since: base_commit.clone(),
                 pull_request: Some(*number),
                 sender: sender.clone(),
+                requester: None,
                 untrusted,
             })
         }
@@ -276,6 +303,20 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
             Err(Outcome::ignored(format!("{what}: airlock starts runs on pushes and pull requests")))
         }
     }
+}
+
+/// A ref's branch or tag name, and whether it is a tag.
+fn ref_name(git_ref: &str) -> (&str, bool) {
+    match git_ref.strip_prefix("refs/tags/") {
+        Some(tag) => (tag, true),
+        None => (git_ref.strip_prefix("refs/heads/").unwrap_or(git_ref), false),
+    }
+}
+
+/// Why a branch or tag runs untrusted, if it does.
+fn untrusted_ref(repository: &Repository, name: &str, tag: bool) -> Option<String> {
+    (!repository.trusted.trusts(name, tag))
+        .then(|| format!("{} `{name}` is not one the policy trusts", if tag { "tag" } else { "branch" }))
 }
 
 /// The first 12 digits of a commit id.
@@ -325,6 +366,13 @@ mod tests {
         assert_eq!(trust(&push("refs/tags/v1.2")), Ok(None));
         assert!(trust(&push("refs/heads/feature")).expect("runs").expect("untrusted").contains("branch `feature`"));
         assert!(trust(&push("refs/tags/nightly")).expect("runs").expect("untrusted").contains("tag `nightly`"));
+        // A run by hand is trusted as a push of its ref, and never names
+        // its commit: the forge is asked.
+        let manual = |r: &str| Event::Manual { git_ref: r.into(), sender: "rita".into() };
+        assert_eq!(trust(&manual("refs/heads/main")), Ok(None));
+        assert!(trust(&manual("refs/heads/topic")).expect("runs").expect("untrusted").contains("branch `topic`"));
+        let by_hand = plan(&r, &manual("refs/tags/v1")).expect("runs");
+        assert_eq!((by_hand.commit, by_hand.requester.as_deref()), (None, Some("rita")));
         // A branch of the repository named like a trusted one is still a
         // pull request's code only when it is not a fork's.
         assert_eq!(trust(&pull(false, true, "main")), Ok(None));

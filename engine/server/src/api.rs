@@ -220,6 +220,31 @@ pub const ENDPOINTS: &[Endpoint] = &[
         success: OK,
     },
     Endpoint {
+        method: "POST",
+        path: "/api/v1/repositories/{repository}/runs",
+        operation: "triggerRepository",
+        need: Need::Runner,
+        summary: "Runs the pipelines of a repository of the policy whose `on:` has `manual`, at the commit a branch \
+                  or tag points at when the server asks the forge (moments later, as for a webhook). Trusted as a \
+                  push of that ref would be. With an `Idempotency-Key` header, sending the same key again answers \
+                  the same delivery. Follow it with `getDelivery`.",
+        request: Some(schema::<TriggerBody>),
+        response: Some(schema::<Triggered>),
+        produces: "application/json",
+        success: &[(202, "recorded; its runs start once the commit is fetched")],
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/v1/repositories/{repository}/deliveries/{delivery}",
+        operation: "getDelivery",
+        need: Need::Viewer,
+        summary: "A webhook delivery or a run asked for by hand, and what it became: its runs, or why none started.",
+        request: None,
+        response: Some(schema::<views::Delivery>),
+        produces: "application/json",
+        success: OK,
+    },
+    Endpoint {
         method: "GET",
         path: "/api/v1/tokens",
         operation: "listTokens",
@@ -326,6 +351,26 @@ pub struct SubmitBody {
     /// Parameters, `NAME: VALUE`.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/repositories/{repository}/runs`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerBody {
+    /// The branch (`main`, or `refs/heads/main`) or tag (`refs/tags/v1.2`)
+    /// whose commit runs.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+}
+
+/// The answer to a run asked for by hand.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Triggered {
+    /// The delivery that stands for it; its runs are listed there once
+    /// they start.
+    pub delivery: crate::views::Delivery,
+    /// Whether this idempotency key asked before: then nothing new starts.
+    pub duplicate: bool,
 }
 
 /// The answer to a submission.
@@ -513,9 +558,17 @@ pub struct ApiUser {
 
 /// Whether a path is the run API's (the publish API shares `/api/v1`).
 pub fn is_run_api(path: &str) -> bool {
-    ["/api/v1/whoami", "/api/v1/pipelines", "/api/v1/runs", "/api/v1/artifacts", "/api/v1/approvals", "/api/v1/tokens"]
-        .iter()
-        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    [
+        "/api/v1/whoami",
+        "/api/v1/pipelines",
+        "/api/v1/runs",
+        "/api/v1/artifacts",
+        "/api/v1/approvals",
+        "/api/v1/repositories",
+        "/api/v1/tokens",
+    ]
+    .iter()
+    .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// Answers a run API request: finds the endpoint, authenticates, checks
@@ -603,6 +656,8 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             Err(e) => store_error(&e),
         },
         "decideApproval" => decide(app, &var(0), &var(1), &user.name, req).await,
+        "triggerRepository" => crate::hooks::trigger(app, &var(0), &user.name, req).await,
+        "getDelivery" => crate::hooks::get_delivery(app, &var(0), &var(1)),
         "listTokens" => match crate::admin::list_tokens(app) {
             Ok(tokens) => json(StatusCode::OK, &TokenList { tokens: tokens.iter().map(Token::from).collect() }),
             Err(r) => r,

@@ -11,6 +11,12 @@
 //! answer comes in milliseconds. Events airlock does not run on are
 //! recorded as ignored and answered 202 too, so the forge does not retry
 //! them.
+//!
+//! A run asked for by hand (`POST /api/v1/repositories/REPO/runs`) is a
+//! delivery of the same kind, recorded here the same way: the intake
+//! finds the commit the ref points at and starts the pipelines whose
+//! `on:` has `manual`. `GET …/deliveries/ID` tells what any delivery
+//! became.
 
 use crate::{App, Body, error, json, read_body};
 use airlock_host::forge::{self, Event, HookError};
@@ -18,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
+use sha2::Digest as _;
 
 /// The largest payload taken. GitHub sends at most 25 MB, but only for
 /// pushes of thousands of commits; a push or pull request of a normal
@@ -96,30 +103,10 @@ pub(crate) async fn receive(app: &App, name: &str, req: Request<Incoming>) -> Re
         Event::Ignored { what } => Some(format!("{what}: airlock starts runs on pushes and pull requests")),
         _ => None,
     };
-    let value = serde_json::to_value(&event).unwrap_or_default();
-    let (store, repository) = (app.store.clone(), name.to_owned());
-    let recorded = crate::blocking(move || {
-        let (record, new) = store.record_delivery(&repository, &id, value, ignored)?;
-        store.flush()?;
-        Ok::<_, airlock_store::StoreError>((record, new))
-    })
-    .await;
-    let (record, new) = match recorded {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::error!(repository = name, "cannot record a delivery: {e}");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store",
-                "the server could not record the delivery".into(),
-            );
-        }
+    let (record, new) = match record(app, name, &id, &event, ignored).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
-    if new {
-        tracing::info!(repository = name, delivery = record.id, state = record.state.as_str(), "webhook recorded");
-        app.deliveries.notify_one();
-    }
     let answer = Accepted {
         delivery: record.id.clone(),
         state: record.state.as_str(),
@@ -127,4 +114,100 @@ pub(crate) async fn receive(app: &App, name: &str, req: Request<Incoming>) -> Re
         detail: record.detail.clone(),
     };
     json(StatusCode::ACCEPTED, &answer)
+}
+
+/// Records a delivery on disk and wakes the intake if it is new.
+async fn record(
+    app: &App,
+    name: &str,
+    id: &str,
+    event: &Event,
+    ignored: Option<String>,
+) -> Result<(airlock_store::DeliveryRecord, bool), Response<Body>> {
+    let value = serde_json::to_value(event).unwrap_or_default();
+    let (store, repository, id) = (app.store.clone(), name.to_owned(), id.to_owned());
+    let recorded = crate::blocking(move || {
+        let (record, new) = store.record_delivery(&repository, &id, value, ignored)?;
+        store.flush()?;
+        Ok::<_, airlock_store::StoreError>((record, new))
+    })
+    .await?;
+    let (record, new) = recorded.map_err(|e| {
+        tracing::error!(repository = name, "cannot record a delivery: {e}");
+        error(StatusCode::INTERNAL_SERVER_ERROR, "store", "the server could not record the delivery".into())
+    })?;
+    if new {
+        tracing::info!(repository = name, delivery = record.id, state = record.state.as_str(), "delivery recorded");
+        app.deliveries.notify_one();
+    }
+    Ok((record, new))
+}
+
+/// The full ref a person means: a bare name is a branch.
+fn full_ref(name: &str) -> Result<String, HookError> {
+    if name.starts_with("refs/") {
+        return forge::checked_ref(name);
+    }
+    forge::checked_branch(name).map(|b| format!("refs/heads/{b}"))
+}
+
+pub(crate) async fn trigger(app: &App, name: &str, user: &str, req: Request<Incoming>) -> Response<Body> {
+    if app.runs.is_none() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
+    }
+    if !app.repositories.contains_key(name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_repository",
+            format!("no repository `{}` in this server's policy", crate::short(name)),
+        );
+    }
+    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_idempotency_key",
+                "`Idempotency-Key` must be 1 to 200 visible ASCII characters".into(),
+            );
+        }
+    };
+    let body: crate::api::TriggerBody = match crate::read_json(app, req, 4 << 10).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let git_ref = match full_ref(&body.git_ref) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_ref", e.to_string()),
+    };
+    // The same key from the same user names the same delivery; without
+    // one, each call is a delivery of its own.
+    let id = match key {
+        Some(key) => {
+            let digest = sha2::Sha256::digest(format!("{user}\0{key}"));
+            format!("manual-{}", &hex::encode(digest)[..32])
+        }
+        None => format!("manual-{}", hex::encode(rand::random::<[u8; 16]>())),
+    };
+    let event = Event::Manual { git_ref, sender: user.to_owned() };
+    match record(app, name, &id, &event, None).await {
+        Ok((record, new)) => json(
+            StatusCode::ACCEPTED,
+            &crate::api::Triggered { delivery: crate::views::Delivery::from(&record), duplicate: !new },
+        ),
+        Err(r) => r,
+    }
+}
+
+pub(crate) fn get_delivery(app: &App, name: &str, id: &str) -> Response<Body> {
+    match app.store.delivery(name, id) {
+        Ok(Some(record)) => json(StatusCode::OK, &crate::views::Delivery::from(&record)),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "no_delivery",
+            format!("repository `{}` has no delivery `{}`", crate::short(name), crate::short(id)),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
 }

@@ -417,7 +417,7 @@ impl From<&airlock_store::TokenRecord> for Token {
 pub struct Origin {
     /// The repository, by the policy's name for it.
     pub repository: String,
-    /// `push` or `pull_request`.
+    /// `push`, `pull_request` or `manual`.
     pub event: String,
     /// The ref pushed (`refs/heads/NAME`, `refs/tags/NAME`), or the pull
     /// request's branch.
@@ -427,9 +427,9 @@ pub struct Origin {
     pub commit: String,
     /// The pull request's number.
     pub pull_request: Option<u64>,
-    /// Who pushed or opened the pull request.
+    /// Who pushed, opened the pull request or asked for the run.
     pub sender: String,
-    /// The forge's delivery that started the run.
+    /// The delivery that started the run (the forge's id, or `manual-…`).
     pub delivery: Option<String>,
     /// Why the run may not publish or deploy; none for a trusted run.
     pub untrusted: Option<String>,
@@ -468,5 +468,49 @@ pub struct ForgeStatus {
 impl From<airlock_store::ForgeStatus> for ForgeStatus {
     fn from(s: airlock_store::ForgeStatus) -> Self {
         Self { state: s.state, delivered: s.delivered, attempts: s.attempts, error: s.error, at_ms: s.at_ms }
+    }
+}
+
+/// A delivery from the forge, or a run asked for by hand, and what it
+/// became.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Delivery {
+    /// The repository, by the policy's name for it.
+    pub repository: String,
+    /// Its id: the forge's, or `manual-…` for one asked for through the API.
+    pub id: String,
+    /// When it was recorded (ms since the epoch).
+    pub received_ms: u64,
+    /// `push`, `pull_request`, `manual`, or `ignored` for an event
+    /// airlock does not run on.
+    pub event: String,
+    /// The ref it is about, when it names one.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    /// Who caused it.
+    pub sender: Option<String>,
+    /// `received` (its runs are still to be started), `started`,
+    /// `ignored` or `failed`.
+    pub state: String,
+    /// The runs it started.
+    pub runs: Vec<String>,
+    /// Why it started nothing, when it did not.
+    pub detail: Option<String>,
+}
+
+impl From<&airlock_store::DeliveryRecord> for Delivery {
+    fn from(d: &airlock_store::DeliveryRecord) -> Self {
+        let text = |name: &str| d.event.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        Self {
+            repository: d.repository.clone(),
+            id: d.id.clone(),
+            received_ms: d.received_ms,
+            event: text("kind").unwrap_or_default(),
+            git_ref: text("ref").or_else(|| text("head_ref")),
+            sender: text("sender"),
+            state: d.state.as_str().to_owned(),
+            runs: d.runs.clone(),
+            detail: d.detail.clone(),
+        }
     }
 }

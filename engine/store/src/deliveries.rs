@@ -149,6 +149,15 @@ impl Store {
             .map_err(abort)
     }
 
+    /// The delivery `id` of `repository`, if it was recorded.
+    pub fn delivery(&self, repository: &str, id: &str) -> Result<Option<DeliveryRecord>> {
+        let key = key(repository, id);
+        match self.deliveries.get(&key)? {
+            Some(bytes) => decode(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The deliveries still `received`, oldest first.
     pub fn received_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
         let mut out = Vec::new();

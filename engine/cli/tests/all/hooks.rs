@@ -345,3 +345,128 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
         }
     }
 }
+
+/// `airlock trigger`, as one user would use it; answers exit code,
+/// stdout and stderr.
+fn trigger(scratch: &Scratch, server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    crate::support::output(
+        crate::support::airlock(&scratch.path().join("client"))
+            .env("AIRLOCK_USER_TOKEN", token)
+            .args(["trigger", "--server", &server.url])
+            .args(args),
+    )
+}
+
+#[test]
+fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
+    use airlock_bench::git_http::{GitServer, git};
+    const TOKEN: &str = "canary-forge-token-5e0b11";
+    let scratch = Scratch::new();
+    let served = scratch.path().join("served");
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
+    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
+    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
+    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    let step = "steps:\n  a:\n    uses: tools/tick.wasm\n    args: [\"1\", \"1\"]\n";
+    scratch.file("work/.airlock/ci.yaml", format!("name: ci\non:\n  push: {{}}\n{step}"));
+    scratch.file("work/.airlock/nightly.yaml", format!("name: nightly\non:\n  manual: {{}}\n{step}"));
+    git(&work, &["add", "-A"]).expect("git");
+    git(&work, &["commit", "--quiet", "-m", "first"]).expect("git");
+    let tagged = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    git(&work, &["tag", "-a", "-m", "one", "v1"]).expect("git");
+    scratch.file("work/notes.txt", "more");
+    git(&work, &["add", "-A"]).expect("git");
+    git(&work, &["commit", "--quiet", "-m", "second"]).expect("git");
+    let tip = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    let bare = served.join("blinky.git").display().to_string();
+    git(&work, &["push", "--quiet", "--tags", &bare, "main"]).expect("git");
+    let forge = GitServer::start(&served, "x-access-token", TOKEN).expect("git server");
+    let statuses = StatusApi::start();
+
+    let (rita, vic) = (crate::support::user_token(scratch.path()), crate::support::user_token(scratch.path()));
+    let policy = scratch.file(
+        "policy.yaml",
+        format!(
+            "users:\n  rita: {{ token_sha256: {}, roles: [runner] }}\n  vic: {{ token_sha256: {}, roles: [viewer] }}\n\
+             repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    api: {}\n    \
+             project: team/blinky\n    webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    \
+             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n",
+            rita.digest, vic.digest, forge.url, statuses.url
+        ),
+    );
+    let pipelines = scratch.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("mkdir");
+    let mut server = Server::start(
+        &scratch.state(),
+        &policy,
+        &pipelines,
+        &[("HELLO_WEBHOOK_SECRET", SECRET), ("BLINKY_TOKEN", TOKEN)],
+    );
+
+    // The branch: only the pipeline whose `on:` has `manual` runs, at
+    // the commit main holds now, trusted, as rita's.
+    let (code, stdout, stderr) = trigger(&scratch, &server, &rita.token, &["blinky", "main", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let delivery: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!((delivery["state"].as_str(), delivery["event"].as_str()), (Some("started"), Some("manual")));
+    assert_eq!((delivery["ref"].as_str(), delivery["sender"].as_str()), (Some("refs/heads/main"), Some("rita")));
+    let runs = delivery["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{delivery}");
+    let agent = http();
+    let run = crate::support::wait_for_end(&agent, &server.url, &vic.token, runs[0].as_str().expect("id"));
+    assert_eq!(run["run"]["state"], "succeeded", "{run}");
+    assert_eq!(run["run"]["file"], ".airlock/nightly.yaml");
+    assert_eq!(run["run"]["requester"], "rita");
+    let origin = &run["run"]["origin"];
+    assert_eq!((origin["event"].as_str(), origin["commit"].as_str()), (Some("manual"), Some(tip.as_str())), "{run}");
+    assert!(origin["untrusted"].is_null(), "{run}");
+    let told = statuses.until_final(&tip);
+    assert_eq!(told.last().expect("a status").2["state"], "success", "{told:?}");
+
+    // An annotated tag runs the commit it names, untrusted: the policy
+    // trusts no tags.
+    let (code, stdout, stderr) = trigger(&scratch, &server, &rita.token, &["blinky", "refs/tags/v1", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let delivery: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let id = delivery["runs"][0].as_str().expect("a run");
+    let run = crate::support::wait_for_end(&agent, &server.url, &vic.token, id);
+    assert_eq!(run["run"]["origin"]["commit"], tagged.as_str(), "{run}");
+    assert!(run["run"]["origin"]["untrusted"].as_str().expect("untrusted").contains("tag `v1`"), "{run}");
+
+    // What goes wrong is said, with an exit code that means it.
+    let (code, _, stderr) = trigger(&scratch, &server, &vic.token, &["blinky", "main"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("needs the `runner` role"), "{stderr}");
+    let (code, _, stderr) = trigger(&scratch, &server, &rita.token, &["blinky", "nope"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("delivery manual-") && stderr.contains("failed") && stderr.contains("has no `refs/heads/nope`")
+    );
+    for bad in ["a..b", "refs/remotes/origin/main", "-x", "main\u{7}"] {
+        let (code, _, stderr) = trigger(&scratch, &server, &rita.token, &["blinky", "--", bad]);
+        assert_eq!(code, 1, "{bad}: {stderr}");
+        assert!(stderr.contains("(bad_ref)"), "{bad}: {stderr}");
+    }
+    let (code, _, stderr) = trigger(&scratch, &server, &rita.token, &["nothing", "main"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no repository `nothing`"), "{stderr}");
+
+    // The same idempotency key answers the same delivery, and starts nothing new.
+    let url = format!("{}/api/v1/repositories/blinky/runs", server.url);
+    let ask = || {
+        let body = Some(serde_json::json!({ "ref": "main" }));
+        crate::support::call(&agent, "POST", &url, Some(&rita.token), body, &[("idempotency-key", "k-1")])
+            .expect("call")
+    };
+    let (first, second) = (ask(), ask());
+    assert_eq!((first.0, second.0), (202, 202));
+    assert_eq!(first.1["delivery"]["id"], second.1["delivery"]["id"]);
+    assert_eq!((first.1["duplicate"].as_bool(), second.1["duplicate"].as_bool()), (Some(false), Some(true)));
+
+    server.stop();
+    for file in crate::support::files_below(&scratch.state()) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(memchr::memmem::find(&bytes, TOKEN.as_bytes()).is_none(), "{} holds the token", file.display());
+    }
+}
