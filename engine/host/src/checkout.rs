@@ -18,6 +18,13 @@
 //! remote or a credential. Symbolic links that point outside the tree,
 //! or anywhere absolute, are left out. Pipeline files are read from the
 //! commit's objects, not from the tree on disk.
+//!
+//! Submodules, when the repository asks for them, are fetched the same
+//! way into mirrors of their own (`ROOT/mirrors/NAME.modules/`), at the
+//! commits the tree records, and written into the tree before it is
+//! moved into place; such a tree is `TREE-with-submodules`. Their URLs
+//! must stay on the repository's forge: a commit chooses them, and the
+//! host must not fetch (or send the token) wherever a commit says.
 
 use airlock_model::policy::Forge;
 use base64::Engine as _;
@@ -30,6 +37,10 @@ use std::time::{Duration, Instant};
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The largest file [`Checkouts::read_file`] reads (pipeline files).
 pub const MAX_READ: u64 = 1 << 20;
+/// Submodules written into one checkout at most, nested ones included.
+pub const MAX_SUBMODULES: usize = 64;
+/// How deep submodules of submodules are followed.
+pub const MAX_SUBMODULE_DEPTH: usize = 4;
 /// Most bytes of git's error output kept for a message.
 const MAX_STDERR: usize = 16 << 10;
 
@@ -53,6 +64,14 @@ pub enum CheckoutError {
         /// The repository's URL.
         url: String,
     },
+    /// A submodule the checkout cannot take.
+    #[error("submodule `{path}`: {why}")]
+    Submodule {
+        /// Where it is in the tree.
+        path: String,
+        /// What is wrong, and what to do.
+        why: String,
+    },
     /// Git failed; its own words.
     #[error("git {what} failed: {message}")]
     Git {
@@ -74,6 +93,8 @@ pub struct Remote<'a> {
     pub url: &'a str,
     /// The clone token, if the repository needs one.
     pub token: Option<&'a str>,
+    /// Whether the commit's submodules are fetched and written out too.
+    pub submodules: bool,
 }
 
 /// A commit written out as a source tree.
@@ -81,7 +102,8 @@ pub struct Remote<'a> {
 pub struct Checkout {
     /// The commit.
     pub commit: String,
-    /// Its git tree id, which names the directory.
+    /// Its git tree id, which names the directory (with
+    /// `-with-submodules` after it when they are written out too).
     pub tree: String,
     /// The directory: the commit's files, no `.git`.
     pub dir: PathBuf,
@@ -113,15 +135,89 @@ impl Checkouts {
         self.root.join("mirrors").join(format!("{repository}.git"))
     }
 
+    /// The mirror of a submodule fetched from `url` for `repository`.
+    fn module_mirror(&self, repository: &str, url: &str) -> PathBuf {
+        use sha2::Digest as _;
+        let id = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+        self.root.join("mirrors").join(format!("{repository}.modules")).join(format!("{}.git", &id[..24]))
+    }
+
     /// The repository's mirror, made empty if it is not there yet.
     fn open_mirror(&self, repository: &str) -> Result<PathBuf, CheckoutError> {
         let mirror = self.mirror(repository);
-        if !mirror.join("HEAD").is_file() {
-            let parent = mirror.parent().unwrap_or(&self.root);
-            std::fs::create_dir_all(parent).map_err(|e| CheckoutError::Io(format!("{}: {e}", parent.display())))?;
-            git(&mirror, None, &["init", "--quiet", "--bare", "."], "init", true)?;
-        }
+        init_mirror(&mirror, &self.root)?;
         Ok(mirror)
+    }
+
+    /// Fetches `commit` into `mirror` unless it is there.
+    fn fetch_commit(&self, mirror: &Path, remote: &Remote<'_>, commit: &str) -> Result<(), CheckoutError> {
+        if has_commit(mirror, commit) {
+            return Ok(());
+        }
+        let args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, commit];
+        match git(mirror, Some(remote), &args, "fetch", false) {
+            Ok(_) => Ok(()),
+            Err(CheckoutError::Git { message, .. }) if gone(&message) => {
+                Err(CheckoutError::Gone { commit: commit.to_owned(), url: remote.url.to_owned() })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The submodules of `commit` (in `mirror`, fetched from `url`), and
+    /// theirs, each fetched into a mirror of its own: where each goes in
+    /// the tree, and what to write there.
+    fn submodules(
+        &self,
+        repository: &str,
+        remote: &Remote<'_>,
+        at: (&Path, &str, &str),
+        prefix: &str,
+        depth: usize,
+        found: &mut Vec<Module>,
+    ) -> Result<(), CheckoutError> {
+        let (mirror, commit, url) = at;
+        let listing = git(mirror, None, &["ls-tree", "-r", "-z", commit], "ls-tree", false)?;
+        let links: Vec<(String, String)> = listing
+            .split(|b| *b == 0)
+            .filter_map(|entry| {
+                let entry = String::from_utf8_lossy(entry);
+                let (meta, path) = entry.split_once('\t')?;
+                let mut meta = meta.split(' ');
+                (meta.next()? == "160000").then(|| (path.to_owned(), meta.nth(1).unwrap_or_default().to_owned()))
+            })
+            .collect();
+        if links.is_empty() {
+            return Ok(());
+        }
+        let declared = declared_modules(mirror, commit);
+        for (path, id) in links {
+            let shown = format!("{prefix}{path}");
+            let fail = |why: String| CheckoutError::Submodule { path: shown.clone(), why };
+            if depth >= MAX_SUBMODULE_DEPTH {
+                return Err(fail(format!("submodules nest deeper than {MAX_SUBMODULE_DEPTH}; airlock goes no deeper")));
+            }
+            if found.len() >= MAX_SUBMODULES {
+                return Err(fail(format!("a checkout takes at most {MAX_SUBMODULES} submodules")));
+            }
+            if !Path::new(&path).components().all(|c| matches!(c, Component::Normal(_))) {
+                return Err(fail("its path is not a plain path inside the tree".into()));
+            }
+            let id = crate::forge::checked_commit(&id).map_err(|e| fail(e.to_string()))?;
+            let Some(declared) = declared.iter().find(|(p, _)| *p == path).map(|(_, u)| u) else {
+                return Err(fail("`.gitmodules` does not name it; add it there (`git submodule add`)".into()));
+            };
+            let module_url = module_url(url, declared).map_err(fail)?;
+            let module_mirror = self.module_mirror(repository, &module_url);
+            init_mirror(&module_mirror, &self.root)?;
+            // Same forge, so the same token; never sent anywhere else.
+            let module_remote = Remote { url: &module_url, ..*remote };
+            self.fetch_commit(&module_mirror, &module_remote, &id).map_err(|e| fail(e.to_string()))?;
+            found.push(Module { path: shown.clone(), mirror: module_mirror.clone(), commit: id.clone() });
+            let inner = format!("{shown}/");
+            self.submodules(repository, remote, (&module_mirror, &id, &module_url), &inner, depth + 1, found)?;
+        }
+        Ok(())
     }
 
     /// The commit `git_ref` (`refs/heads/NAME` or `refs/tags/NAME`)
@@ -152,26 +248,11 @@ impl Checkouts {
         since: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
         let mirror = self.open_mirror(repository)?;
-        if !self.has_commit(repository, commit) {
-            let fetched = git(
-                &mirror,
-                Some(remote),
-                &["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, commit],
-                "fetch",
-                false,
-            );
-            match fetched {
-                Ok(_) => {}
-                Err(CheckoutError::Git { message, .. }) if gone(&message) => {
-                    return Err(CheckoutError::Gone { commit: commit.to_owned(), url: remote.url.to_owned() });
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.fetch_commit(&mirror, remote, commit)?;
         // What changed needs only the other commit's tree, so it too is
         // fetched shallow; if it is gone, what changed is not known.
         let changed = since.and_then(|since| {
-            if !self.has_commit(repository, since) {
+            if !has_commit(&mirror, since) {
                 let args =
                     ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, since];
                 git(&mirror, Some(remote), &args, "fetch", false).ok()?;
@@ -200,39 +281,41 @@ impl Checkouts {
         )?)
         .trim()
         .to_owned();
+        // The tree id fixes every submodule's commit, and so theirs.
+        let tree = if remote.submodules { format!("{tree}-with-submodules") } else { tree };
         let dir = self.tree_dir(&tree);
         let mut skipped_links = Vec::new();
         if !dir.is_dir() {
-            skipped_links = self.write_tree(&mirror, commit, &dir)?;
+            let mut modules = Vec::new();
+            if remote.submodules {
+                self.submodules(repository, remote, (&mirror, commit, remote.url), "", 0, &mut modules)?;
+            }
+            skipped_links = self.write_tree(&mirror, commit, &modules, &dir)?;
         }
         Ok(Checkout { commit: commit.to_owned(), tree, dir, changed, skipped_links })
     }
 
-    fn has_commit(&self, repository: &str, commit: &str) -> bool {
-        let mirror = self.mirror(repository);
-        git(&mirror, None, &["cat-file", "-e", &format!("{commit}^{{commit}}")], "cat-file", false).is_ok()
-    }
-
-    /// Writes the commit's files to `dir`, whole or not at all.
-    fn write_tree(&self, mirror: &Path, commit: &str, dir: &Path) -> Result<Vec<String>, CheckoutError> {
+    /// Writes the commit's files to `dir`, and each submodule's into it,
+    /// whole or not at all.
+    fn write_tree(
+        &self,
+        mirror: &Path,
+        commit: &str,
+        modules: &[Module],
+        dir: &Path,
+    ) -> Result<Vec<String>, CheckoutError> {
         let trees = dir.parent().unwrap_or(&self.root);
         std::fs::create_dir_all(trees).map_err(|e| CheckoutError::Io(format!("{}: {e}", trees.display())))?;
         let temp = tempfile::Builder::new()
             .prefix(".new-")
             .tempdir_in(trees)
             .map_err(|e| CheckoutError::Io(format!("{}: {e}", trees.display())))?;
-        let mut child = git_command(mirror, None)
-            .args(["archive", "--format=tar", commit])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| CheckoutError::Io(format!("cannot start git: {e}")))?;
-        let stdout = child.stdout.take().ok_or_else(|| CheckoutError::Io("git archive has no output".into()))?;
-        let unpacked = unpack(stdout, temp.path());
-        let status = child.wait().map_err(|e| CheckoutError::Io(e.to_string()))?;
-        let skipped = unpacked?;
-        if !status.success() {
-            return Err(CheckoutError::Git { what: "archive", message: format!("exit {status}") });
+        let mut skipped = archive(mirror, commit, temp.path())?;
+        for module in modules {
+            let into = temp.path().join(&module.path);
+            std::fs::create_dir_all(&into).map_err(|e| CheckoutError::Io(format!("{}: {e}", into.display())))?;
+            let left_out = archive(&module.mirror, &module.commit, &into)?;
+            skipped.extend(left_out.into_iter().map(|link| format!("{}/{link}", module.path)));
         }
         let temp = temp.keep();
         if let Err(e) = std::fs::rename(&temp, dir) {
@@ -264,6 +347,98 @@ impl Checkouts {
         let out = git(&mirror, None, &["ls-tree", "-r", "-z", "--name-only", commit], "ls-tree", false)?;
         Ok(out.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
     }
+}
+
+/// A submodule to write into a checkout.
+struct Module {
+    /// Where, relative to the tree's root.
+    path: String,
+    /// The mirror holding its commit.
+    mirror: PathBuf,
+    /// Its commit.
+    commit: String,
+}
+
+/// Makes an empty bare mirror at `mirror` if there is none.
+fn init_mirror(mirror: &Path, root: &Path) -> Result<(), CheckoutError> {
+    if !mirror.join("HEAD").is_file() {
+        let parent = mirror.parent().unwrap_or(root);
+        std::fs::create_dir_all(parent).map_err(|e| CheckoutError::Io(format!("{}: {e}", parent.display())))?;
+        git(mirror, None, &["init", "--quiet", "--bare", "."], "init", true)?;
+    }
+    Ok(())
+}
+
+fn has_commit(mirror: &Path, commit: &str) -> bool {
+    git(mirror, None, &["cat-file", "-e", &format!("{commit}^{{commit}}")], "cat-file", false).is_ok()
+}
+
+/// Writes `commit`'s files (from `mirror`) into `dir`; returns the
+/// links left out.
+fn archive(mirror: &Path, commit: &str, dir: &Path) -> Result<Vec<String>, CheckoutError> {
+    let mut child = git_command(mirror, None)
+        .args(["archive", "--format=tar", commit])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| CheckoutError::Io(format!("cannot start git: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| CheckoutError::Io("git archive has no output".into()))?;
+    let unpacked = unpack(stdout, dir);
+    let status = child.wait().map_err(|e| CheckoutError::Io(e.to_string()))?;
+    let skipped = unpacked?;
+    if !status.success() {
+        return Err(CheckoutError::Git { what: "archive", message: format!("exit {status}") });
+    }
+    Ok(skipped)
+}
+
+/// The `(path, url)` of each submodule `.gitmodules` at `commit` names;
+/// none when it has no `.gitmodules`.
+fn declared_modules(mirror: &Path, commit: &str) -> Vec<(String, String)> {
+    let blob = format!("{commit}:.gitmodules");
+    let args = ["config", "--blob", &blob, "-z", "--get-regexp", r"^submodule\..*\.(path|url)$"];
+    let Ok(out) = git(mirror, None, &args, "config", false) else { return Vec::new() };
+    let mut paths = std::collections::BTreeMap::new();
+    let mut urls = std::collections::BTreeMap::new();
+    for item in out.split(|b| *b == 0).filter(|i| !i.is_empty()) {
+        let item = String::from_utf8_lossy(item);
+        let Some((key, value)) = item.split_once('\n') else { continue };
+        if let Some(name) = key.strip_prefix("submodule.").and_then(|k| k.strip_suffix(".path")) {
+            paths.insert(name.to_owned(), value.to_owned());
+        } else if let Some(name) = key.strip_prefix("submodule.").and_then(|k| k.strip_suffix(".url")) {
+            urls.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    paths.into_iter().filter_map(|(name, path)| Some((path, urls.remove(&name)?))).collect()
+}
+
+/// A submodule's URL, resolved as git resolves it against the URL of the
+/// repository that names it (`../lib.git` beside it); it must be on the
+/// same forge (scheme, host and port), the only place the repository's
+/// token may go and the only place a pull request may make the host
+/// fetch from.
+fn module_url(parent: &str, declared: &str) -> Result<String, String> {
+    let base = url::Url::parse(&format!("{}/", parent.trim_end_matches('/')))
+        .map_err(|e| format!("the repository's URL `{parent}` cannot be read: {e}"))?;
+    let relative = declared.starts_with("./") || declared.starts_with("../");
+    let resolved = if relative { base.join(declared) } else { url::Url::parse(declared) }.map_err(|e| {
+        format!(
+            "its URL `{}` cannot be read ({e}); use a URL relative to the repository's (`../NAME.git`)",
+            airlock_model::text::one_line(declared, 200)
+        )
+    })?;
+    if resolved.origin() != base.origin() || !matches!(resolved.scheme(), "http" | "https") {
+        return Err(format!(
+            "its URL `{}` is not on the repository's forge ({}); airlock fetches submodules only from there, \
+             so a commit cannot make the server fetch from elsewhere",
+            airlock_model::text::one_line(declared, 200),
+            base.origin().ascii_serialization()
+        ));
+    }
+    if !resolved.username().is_empty() || resolved.password().is_some() {
+        return Err("its URL holds a user name or password; submodules use the repository's token".into());
+    }
+    Ok(resolved.as_str().trim_end_matches('/').to_owned())
 }
 
 /// Whether git's words say the commit is not on the remote.
@@ -432,6 +607,32 @@ fn stays_inside(link: &Path, target: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn submodule_urls_resolve_as_git_does_and_stay_on_the_forge() {
+        let parent = "https://forge.example/team/app.git";
+        assert_eq!(module_url(parent, "../lib.git").as_deref(), Ok("https://forge.example/team/lib.git"));
+        assert_eq!(
+            module_url(parent, "./vendor/x.git").as_deref(),
+            Ok("https://forge.example/team/app.git/vendor/x.git")
+        );
+        assert_eq!(module_url(parent, "../../other/lib.git").as_deref(), Ok("https://forge.example/other/lib.git"));
+        assert_eq!(
+            module_url(parent, "https://forge.example/team/lib").as_deref(),
+            Ok("https://forge.example/team/lib")
+        );
+        for elsewhere in [
+            "https://evil.example/lib.git",
+            "http://forge.example/team/lib.git",
+            "https://forge.example:8443/team/lib.git",
+            "git@forge.example:team/lib.git",
+            "ssh://forge.example/team/lib.git",
+            "file:///etc",
+            "https://user:pw@forge.example/team/lib.git",
+        ] {
+            assert!(module_url(parent, elsewhere).is_err(), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn links_are_judged_by_where_they_lead() {

@@ -133,8 +133,12 @@ impl Intake {
             },
             None => None,
         };
-        let remote =
-            Remote { forge: repository.forge, url: &repository.url, token: token.as_ref().map(|t| t.expose()) };
+        let remote = Remote {
+            forge: repository.forge,
+            url: &repository.url,
+            token: token.as_ref().map(|t| t.expose()),
+            submodules: repository.submodules,
+        };
         let commit = match &plan.commit {
             Some(commit) => commit.clone(),
             None => match self.checkouts.resolve(name, &remote, &plan.git_ref) {

@@ -43,7 +43,7 @@ fn the_exact_commit_is_fetched_with_the_token_and_written_out_without_it() {
 
     let state = tempfile::tempdir().expect("state");
     let checkouts = Checkouts::new(state.path().join("checkouts"));
-    let remote = Remote { forge: Forge::Github, url: &url, token: Some(TOKEN) };
+    let remote = Remote { forge: Forge::Github, url: &url, token: Some(TOKEN), submodules: false };
     // The first commit, not the branch's tip.
     let one = checkouts.fetch("blinky", &remote, &first, None).expect("fetch");
     assert_eq!(std::fs::read_to_string(one.dir.join("rtl/blinky.v")).expect("file"), "module top(); endmodule\n");
@@ -76,10 +76,101 @@ fn the_exact_commit_is_fetched_with_the_token_and_written_out_without_it() {
     let e = checkouts.fetch("blinky", &remote, missing, None).expect_err("no such commit");
     assert!(matches!(e, CheckoutError::Gone { .. }), "{e}");
     // A wrong token: git's refusal, with neither token in it.
-    let wrong = Remote { forge: Forge::Github, url: &url, token: Some("wrong-token") };
+    let wrong = Remote { forge: Forge::Github, url: &url, token: Some("wrong-token"), submodules: false };
     let fresh = Checkouts::new(state.path().join("other"));
     let e = fresh.fetch("blinky", &wrong, &first, None).expect_err("refused");
     let text = e.to_string();
     assert!(matches!(e, CheckoutError::Git { what: "fetch", .. }), "{text}");
     assert!(!text.contains("wrong-token") && !text.contains(TOKEN), "{text}");
+}
+
+/// Makes the bare repository `served/NAME.git` with one commit holding
+/// `files` and, for each `(path, url, commit)` of `modules`, a
+/// submodule; answers the commit.
+fn repository(served: &Path, name: &str, files: &[(&str, &str)], modules: &[(&str, &str, &str)]) -> String {
+    let work = served.join(format!("work-{name}"));
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(served, &["init", "--quiet", "--bare", "--initial-branch=main", &format!("{name}.git")]).expect("git");
+    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
+    for (path, text) in files {
+        let file = work.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, text).expect("write");
+    }
+    let declared: String = modules
+        .iter()
+        .enumerate()
+        .map(|(i, (path, url, _))| format!("[submodule \"m{i}\"]\n\tpath = {path}\n\turl = {url}\n"))
+        .collect();
+    if !declared.is_empty() {
+        std::fs::write(work.join(".gitmodules"), declared).expect("write");
+    }
+    git(&work, &["add", "-A"]).expect("git");
+    // A gitlink goes straight into the index, as `git submodule add`
+    // leaves it, without a clone of the submodule beside it.
+    for (path, _, commit) in modules {
+        git(&work, &["update-index", "--add", "--cacheinfo", &format!("160000,{commit},{path}")]).expect("git");
+    }
+    git(&work, &["commit", "--quiet", "-m", "one"]).expect("git");
+    git(&work, &["push", "--quiet", &served.join(format!("{name}.git")).display().to_string(), "main"]).expect("git");
+    git(&work, &["rev-parse", "HEAD"]).expect("git")
+}
+
+#[test]
+fn submodules_are_written_in_when_asked_and_only_from_the_same_forge() {
+    let served = tempfile::tempdir().expect("dir");
+    let deep = repository(served.path(), "deep", &[("deep.txt", "deep\n")], &[]);
+    let lib = repository(served.path(), "lib", &[("lib.txt", "lib\n")], &[("inner", "../deep.git", &deep)]);
+    let app = repository(served.path(), "app", &[("app.txt", "app\n")], &[("vendor/lib", "../lib.git", &lib)]);
+    let server = GitServer::start(served.path(), "x-access-token", TOKEN).expect("git server");
+    let url = format!("{}/app.git", server.url);
+    let state = tempfile::tempdir().expect("state");
+    let checkouts = Checkouts::new(state.path().join("checkouts"));
+
+    // Not asked: the submodule's place is there, empty.
+    let plain = Remote { forge: Forge::Github, url: &url, token: Some(TOKEN), submodules: false };
+    let without = checkouts.fetch("app", &plain, &app, None).expect("fetch");
+    assert!(!without.dir.join("vendor/lib/lib.txt").exists());
+    // Asked: each submodule and its own, at the commits the tree names,
+    // fetched with the token of the forge they share.
+    let remote = Remote { submodules: true, ..plain };
+    let with = checkouts.fetch("app", &remote, &app, None).expect("fetch with submodules");
+    assert_ne!(with.dir, without.dir, "a tree with its submodules is another tree");
+    assert!(with.tree.ends_with("-with-submodules"), "{}", with.tree);
+    assert_eq!(std::fs::read_to_string(with.dir.join("app.txt")).expect("file"), "app\n");
+    assert_eq!(std::fs::read_to_string(with.dir.join("vendor/lib/lib.txt")).expect("file"), "lib\n");
+    assert_eq!(std::fs::read_to_string(with.dir.join("vendor/lib/inner/deep.txt")).expect("file"), "deep\n");
+    assert!(!files_below(&with.dir).iter().any(|f| f.ends_with(".git")), "no .git anywhere");
+
+    // A submodule on another host, one `.gitmodules` does not name, and
+    // one whose URL carries a password: refused, naming the submodule,
+    // and nothing written.
+    for (name, declared, why) in [
+        ("elsewhere", "http://127.0.0.2:9/lib.git", "not on the repository's forge"),
+        ("password", &format!("{}/lib.git", server.url.replace("://", "://me:pw@")), "password"),
+    ] {
+        let commit = repository(served.path(), name, &[("a.txt", "a")], &[("lib", declared, &lib)]);
+        let url = format!("{}/{name}.git", server.url);
+        let remote = Remote { url: &url, ..remote };
+        let e = checkouts.fetch(name, &remote, &commit, None).expect_err("refused");
+        assert!(matches!(&e, CheckoutError::Submodule { path, .. } if path == "lib"), "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let undeclared = served.path().join("work-undeclared");
+    let commit = repository(served.path(), "undeclared", &[("a.txt", "a")], &[("lib", "../lib.git", &lib)]);
+    git(&undeclared, &["rm", "--quiet", "--cached", ".gitmodules"]).expect("git");
+    git(&undeclared, &["commit", "--quiet", "-m", "no .gitmodules"]).expect("git");
+    let commit_without = git(&undeclared, &["rev-parse", "HEAD"]).expect("git");
+    assert_ne!(commit, commit_without);
+    git(&undeclared, &["push", "--quiet", &served.path().join("undeclared.git").display().to_string(), "main"])
+        .expect("git");
+    let url = format!("{}/undeclared.git", server.url);
+    let e = checkouts.fetch("undeclared", &Remote { url: &url, ..remote }, &commit_without, None).expect_err("refused");
+    assert!(e.to_string().contains("`.gitmodules` does not name it"), "{e}");
+    let trees = std::fs::read_dir(state.path().join("checkouts/trees")).expect("trees").count();
+    assert_eq!(trees, 2, "only the two good trees were written");
+
+    let written: Vec<u8> =
+        files_below(state.path()).iter().flat_map(|f| std::fs::read(f).unwrap_or_default()).collect();
+    assert!(!written.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()), "the clone token was written to disk");
 }
