@@ -174,6 +174,46 @@ impl StatusApi {
     }
 }
 
+/// Checks a commit status sent to the loopback GitHub against GitHub's
+/// own REST description (the npm package `@octokit/openapi`): the call
+/// must be one it lists, answered 201 as the loopback answers it, with
+/// a body its schema takes. The schema allows fields GitHub ignores;
+/// here none are allowed, so a misspelt field fails too.
+struct GithubStatuses {
+    path: String,
+    body: jsonschema::Validator,
+}
+
+impl GithubStatuses {
+    fn load() -> Self {
+        let file = repo().join("target/tools/octokit/node_modules/@octokit/openapi/generated/api.github.com.json");
+        let text =
+            std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}; run `bash .ci/test-setup`", file.display()));
+        let doc: serde_json::Value = serde_json::from_slice(&text).expect("JSON");
+        let path = "/repos/{owner}/{repo}/statuses/{sha}";
+        let call = &doc["paths"][path]["post"];
+        assert!(call["responses"]["201"].is_object(), "GitHub answers a new status 201: {}", call["responses"]);
+        let mut schema = call["requestBody"]["content"]["application/json"]["schema"].clone();
+        assert!(schema["properties"]["state"]["enum"].is_array(), "the description has the body's shape: {schema}");
+        schema["additionalProperties"] = false.into();
+        Self { path: path.to_owned(), body: jsonschema::validator_for(&schema).expect("a schema") }
+    }
+
+    /// Whether `line` and `body` are a call GitHub takes; if not, why.
+    fn check(&self, line: &str, body: &serde_json::Value) -> Result<(), String> {
+        let rest = line.strip_prefix("POST ").ok_or_else(|| format!("`{line}` is not a POST"))?;
+        let shape: Vec<&str> = self.path.split('/').collect();
+        let parts: Vec<&str> = rest.split('/').collect();
+        let fits = shape.len() == parts.len()
+            && shape.iter().zip(&parts).all(|(s, p)| if s.starts_with('{') { !p.is_empty() } else { s == p });
+        if !fits {
+            return Err(format!("`{rest}` is not `{}`", self.path));
+        }
+        let errors: Vec<String> = self.body.iter_errors(body).map(|e| e.to_string()).collect();
+        if errors.is_empty() { Ok(()) } else { Err(format!("GitHub's description refuses {body}: {errors:?}")) }
+    }
+}
+
 /// Polls the run API until a run of `commit` has ended.
 fn run_of(server: &Server, token: &str, commit: &str) -> serde_json::Value {
     let (agent, url) = (http(), server.url.as_str());
@@ -276,7 +316,15 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     // (A `pending` still being retried when the run ends is dropped.)
     assert!(states.len() >= 2 && states[0] == "pending" && states.last() == Some(&"success"), "{got:?}");
     let id = run["run"]["id"].as_str().expect("id");
+    let github = GithubStatuses::load();
+    // The check bites: a state GitHub does not have, a misspelt field.
+    let line = format!("POST /repos/team/blinky/statuses/{first}");
+    for wrong in [serde_json::json!({ "state": "done" }), serde_json::json!({ "state": "success", "targetUrl": "x" })] {
+        assert!(github.check(&line, &wrong).is_err(), "{wrong} passed");
+    }
+    assert!(github.check("POST /repos/team/statuses/x", &serde_json::json!({ "state": "success" })).is_err());
     for (line, auth, body) in &got {
+        github.check(line, body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(line, &format!("POST /repos/team/blinky/statuses/{first}"));
         assert_eq!(auth.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
         assert_eq!(body["context"], "airlock/ci");
