@@ -119,3 +119,114 @@ pub fn report(repository: &Repository, token: &str, status: &CommitStatus<'_>) -
     let said = airlock_model::text::one_line(text.trim(), 300);
     Err(format!("`{url}` answered {code}{}{said}", if said.is_empty() { "" } else { ": " }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback forge that answers each request with the next of
+    /// `codes` and hands over what it was sent: request line, headers
+    /// (lowercase names) and JSON body.
+    type Seen = (String, Vec<(String, String)>, serde_json::Value);
+
+    fn forge(codes: Vec<u16>) -> (String, std::sync::mpsc::Receiver<Seen>) {
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", server.server_addr().to_ip().expect("ip"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (code, mut req) in codes.into_iter().zip(server.incoming_requests()) {
+                let headers =
+                    req.headers().iter().map(|h| (h.field.to_string().to_ascii_lowercase(), h.value.to_string()));
+                let headers = headers.collect();
+                let mut body = String::new();
+                let _ = std::io::Read::read_to_string(req.as_reader(), &mut body);
+                let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+                let _ = tx.send((format!("{} {}", req.method(), req.url()), headers, body));
+                let answer = if code < 300 { "{}" } else { r#"{"message":"sha not found"}"# };
+                let _ = req.respond(tiny_http::Response::from_string(answer).with_status_code(code));
+            }
+        });
+        (url, rx)
+    }
+
+    fn repository(forge: &str, url: &str) -> Repository {
+        let policy = format!(
+            "repositories:\n  r:\n    forge: {forge}\n    url: {url}\n    webhook_secret: {{ env: S }}\n    \
+             token: {{ env: T }}\n"
+        );
+        airlock_model::policy::load_policy("policy.yaml", &policy).expect("policy").repositories["r"].clone()
+    }
+
+    fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
+        seen.1.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    const SHA: &str = "bffeb74224043ba2feb48d137756c8a9331c449a";
+    const TOKEN: &str = "canary-status-token-77aa";
+
+    fn status(state: CommitState) -> CommitStatus<'static> {
+        CommitStatus {
+            commit: SHA,
+            state,
+            description: "run 20261205-1 succeeded",
+            context: "airlock/ci",
+            target_url: Some("https://ci.example/ui/runs/20261205-1"),
+        }
+    }
+
+    /// Gitea's `POST /repos/{owner}/{repo}/statuses/{sha}` (its API
+    /// reference: `CreateStatusOption` of state, target_url, description
+    /// and context; states pending, success, error, failure, warning),
+    /// at the API under the clone URL's origin.
+    #[test]
+    fn gitea_is_sent_its_own_request() {
+        let (url, seen) = forge(vec![201; 4]);
+        let r = repository("gitea", &format!("{url}/team/blinky.git"));
+        for (state, word) in [
+            (CommitState::Pending, "pending"),
+            (CommitState::Success, "success"),
+            (CommitState::Failure, "failure"),
+            (CommitState::Cancelled, "error"),
+        ] {
+            report(&r, TOKEN, &status(state)).expect("reported");
+            let got = seen.recv().expect("a request");
+            assert_eq!(got.0, format!("POST /api/v1/repos/team/blinky/statuses/{SHA}"));
+            assert_eq!(header(&got, "authorization"), Some(format!("token {TOKEN}").as_str()));
+            assert_eq!(header(&got, "content-type"), Some("application/json"));
+            let mut keys: Vec<&str> = got.2.as_object().expect("object").keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(keys, ["context", "description", "state", "target_url"]);
+            assert_eq!((got.2["state"].as_str(), got.2["context"].as_str()), (Some(word), Some("airlock/ci")));
+        }
+    }
+
+    /// GitLab's `POST /projects/:id/statuses/:sha` (its Commits API:
+    /// state pending, running, success, failed, canceled, skipped; name,
+    /// target_url, description; the project id URL-encoded; the token in
+    /// `PRIVATE-TOKEN`), and a refusal, said with GitLab's words and
+    /// without the token.
+    #[test]
+    fn gitlab_is_sent_its_own_request_and_a_refusal_is_said() {
+        let (url, seen) = forge(vec![201, 201, 201, 201, 404]);
+        let r = repository("gitlab", &format!("{url}/group/sub/blinky.git"));
+        for (state, word) in [
+            (CommitState::Pending, "pending"),
+            (CommitState::Success, "success"),
+            (CommitState::Failure, "failed"),
+            (CommitState::Cancelled, "canceled"),
+        ] {
+            report(&r, TOKEN, &status(state)).expect("reported");
+            let got = seen.recv().expect("a request");
+            assert_eq!(got.0, format!("POST /api/v4/projects/group%2Fsub%2Fblinky/statuses/{SHA}"));
+            assert_eq!(header(&got, "private-token"), Some(TOKEN));
+            assert_eq!(header(&got, "authorization"), None);
+            let mut keys: Vec<&str> = got.2.as_object().expect("object").keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(keys, ["description", "name", "state", "target_url"]);
+            assert_eq!((got.2["state"].as_str(), got.2["name"].as_str()), (Some(word), Some("airlock/ci")));
+        }
+        let e = report(&r, TOKEN, &status(CommitState::Success)).expect_err("refused");
+        assert!(e.contains("answered 404") && e.contains("sha not found"), "{e}");
+        assert!(!e.contains(TOKEN), "{e}");
+    }
+}
