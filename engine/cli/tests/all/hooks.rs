@@ -518,3 +518,148 @@ fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
         assert!(memchr::memmem::find(&bytes, TOKEN.as_bytes()).is_none(), "{} holds the token", file.display());
     }
 }
+
+/// A server killed (SIGKILL) at random moments while pushes arrive: a
+/// delivery the forge got its 202 for is never lost, one whose answer
+/// was lost is sent again (as forges do) and counts once, a replay
+/// starts nothing, and in the end each delivery started exactly one run
+/// of each pipeline, of its own commit. `AIRLOCK_CRASH_SEED=N` repeats
+/// the kill times.
+#[test]
+fn deliveries_survive_sigkills_between_the_answer_and_their_runs() {
+    use airlock_bench::git_http::{GitServer, git};
+    use rand::{Rng, SeedableRng};
+    const PUSHES: usize = 8;
+    const KILLS: usize = 10;
+    let seed = std::env::var("AIRLOCK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("crash seed: {seed} (AIRLOCK_CRASH_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let scratch = Scratch::new();
+    let served = scratch.path().join("served");
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
+    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
+    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
+    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    for name in ["build", "lint"] {
+        scratch.file(
+            &format!("work/.airlock/{name}.yaml"),
+            format!("name: {name}\non: push\nsteps:\n  a:\n    uses: tools/tick.wasm\n    args: [\"2\", \"20\"]\n"),
+        );
+    }
+    let mut commits = Vec::new();
+    for i in 0..PUSHES {
+        scratch.file("work/n.txt", i.to_string());
+        git(&work, &["add", "-A"]).expect("git");
+        git(&work, &["commit", "--quiet", "-m", &format!("commit {i}")]).expect("git");
+        commits.push(git(&work, &["rev-parse", "HEAD"]).expect("git"));
+    }
+    git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "main"]).expect("git");
+    let forge = GitServer::start(&served, "x-access-token", "t").expect("git server");
+    let viewer = crate::support::user_token(scratch.path());
+    let policy = scratch.file(
+        "policy.yaml",
+        format!(
+            "users:\n  vic: {{ token_sha256: {}, roles: [viewer] }}\n\
+             repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    api: http://127.0.0.1:9\n    \
+             project: team/blinky\n    webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    \
+             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n",
+            viewer.digest, forge.url
+        ),
+    );
+    let pipelines = scratch.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("mkdir");
+    let env = [("HELLO_WEBHOOK_SECRET", SECRET), ("BLINKY_TOKEN", "t")];
+    let template = example("push", |e| e["ref"] == "refs/heads/master");
+    let body = |i: usize| {
+        let mut push = template.clone();
+        push["ref"] = "refs/heads/main".into();
+        push["after"] = commits[i].as_str().into();
+        push["before"] = if i == 0 { "0".repeat(40) } else { commits[i - 1].clone() }.into();
+        serde_json::to_vec(&push).expect("JSON")
+    };
+    // Sends delivery `i`; whether the server answered 202.
+    let send = |url: &str, i: usize| {
+        let body = body(i);
+        let mut req = ureq::http::Request::builder()
+            .method("POST")
+            .uri(format!("{url}/hooks/blinky"))
+            .header("content-type", "application/json")
+            .header("x-github-event", "push")
+            .header("x-github-delivery", format!("push-{i}"))
+            .header("x-hub-signature-256", sign(&body));
+        req = req.header("user-agent", "GitHub-Hookshot/test");
+        match http().run(req.body(body).expect("request")) {
+            Ok(resp) => {
+                assert_eq!(resp.status().as_u16(), 202, "delivery {i}");
+                true
+            }
+            // The server died under it: the forge sends it again later.
+            Err(_) => false,
+        }
+    };
+
+    let mut next = 0;
+    let mut unanswered: Vec<usize> = Vec::new();
+    let mut answered: Vec<usize> = Vec::new();
+    for _ in 0..KILLS {
+        let mut server = Server::start(&scratch.state(), &policy, &pipelines, &env);
+        let kill_after = std::time::Duration::from_millis(rng.random_range(0..600));
+        let started = std::time::Instant::now();
+        if next < PUSHES {
+            unanswered.push(next);
+            next += 1;
+        }
+        // A replay of one answered before, as an attacker (or a retrying
+        // forge) might send it.
+        if let Some(&i) = answered.first() {
+            send(&server.url, i);
+        }
+        for i in std::mem::take(&mut unanswered) {
+            if send(&server.url, i) { answered.push(i) } else { unanswered.push(i) }
+        }
+        std::thread::sleep(kill_after.saturating_sub(started.elapsed()));
+        server.kill();
+    }
+    let server = Server::start(&scratch.state(), &policy, &pipelines, &env);
+    unanswered.extend(next..PUSHES);
+    for i in unanswered {
+        assert!(send(&server.url, i), "the last server answers delivery {i}");
+    }
+
+    // Every delivery ends started, with one run of each pipeline of its
+    // own commit; nothing ran twice.
+    let agent = http();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut runs_of_deliveries = Vec::new();
+    for (i, commit) in commits.iter().enumerate() {
+        let url = format!("{}/api/v1/repositories/blinky/deliveries/push-{i}", server.url);
+        let delivery = loop {
+            let (status, d) = crate::support::call(&agent, "GET", &url, Some(&viewer.token), None, &[]).expect("get");
+            assert_eq!(status, 200, "{d}");
+            if d["state"] != "received" {
+                break d;
+            }
+            assert!(std::time::Instant::now() < deadline, "delivery {i} was never taken: {d}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert_eq!(delivery["state"], "started", "{delivery}");
+        let runs = delivery["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2, "{delivery}");
+        for id in runs {
+            let run = crate::support::wait_for_end(&agent, &server.url, &viewer.token, id.as_str().expect("id"));
+            assert_eq!(run["run"]["state"], "succeeded", "{run}");
+            assert_eq!(run["run"]["origin"]["commit"], commit.as_str(), "{run}");
+            assert_eq!(run["run"]["origin"]["delivery"], format!("push-{i}"), "{run}");
+            runs_of_deliveries.push(id.as_str().expect("id").to_owned());
+        }
+    }
+    let (_, list) =
+        crate::support::call(&agent, "GET", &format!("{}/api/v1/runs", server.url), Some(&viewer.token), None, &[])
+            .expect("runs");
+    let mut all: Vec<&str> =
+        list["runs"].as_array().expect("runs").iter().map(|r| r["id"].as_str().expect("id")).collect();
+    all.sort();
+    runs_of_deliveries.sort();
+    assert_eq!(all, runs_of_deliveries, "runs other than one per delivery and pipeline");
+}
