@@ -384,6 +384,25 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     assert!(ship["reason"].as_str().expect("reason").contains("untrusted"), "{ship}");
     assert_eq!(crate::support::files_below(&scratch.path().join("www")).len(), before, "a fork deployed");
 
+    // A push whose commit a force push removed before the fetch: the
+    // delivery fails, saying so, and starts nothing.
+    push["after"] = "0123456789abcdef0123456789abcdef01234567".into();
+    push["before"] = second.as_str().into();
+    let body = serde_json::to_vec(&push).expect("JSON");
+    assert_eq!(deliver(&hook, "push", "push-gone", &body, Some(&sign(&body))).0, 202);
+    let agent = http();
+    let url = format!("{}/api/v1/repositories/blinky/deliveries/push-gone", server.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let gone = loop {
+        let (_, d) = crate::support::call(&agent, "GET", &url, Some(&viewer.token), None, &[]).expect("delivery");
+        if d["state"] != "received" || std::time::Instant::now() > deadline {
+            break d;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!((gone["state"].as_str(), gone["runs"].as_array().map(Vec::len)), (Some("failed"), Some(0)), "{gone}");
+    assert!(gone["detail"].as_str().expect("detail").contains("removed (a force push?)"), "{gone}");
+
     // Neither secret is in anything the server wrote.
     server.stop();
     for file in crate::support::files_below(&scratch.state()) {
