@@ -160,6 +160,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a repository's deliveries on a server, or approve one held for approval.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// Publish files to an `airlock serve`, uploading only what it lacks.
     Publish(publish::PublishArgs),
     /// Approve (or deny) a deployment waiting for approval.
@@ -200,6 +205,44 @@ enum UserCommand {
     /// `token_sha256:` line for the user's entry in the policy.
     Token {
         /// Print both as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// The repository's webhook deliveries and runs asked for by hand,
+    /// newest first, with what each became.
+    List {
+        /// The repository, by the server policy's name for it.
+        repository: String,
+        /// The `airlock serve` to ask, as the user of AIRLOCK_USER_TOKEN.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Only those in this state (`waiting` lists the pull requests held
+        /// for approval).
+        #[arg(long, value_parser = ["received", "started", "ignored", "failed", "waiting"])]
+        state: Option<String>,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a delivery held for approval (a first-time contributor's pull
+    /// request) start its runs, as the user of AIRLOCK_USER_TOKEN (who
+    /// needs the `runner` role).
+    Approve {
+        /// The repository, by the server policy's name for it.
+        repository: String,
+        /// The delivery's id, as `airlock deliveries list` shows it.
+        delivery: String,
+        /// The `airlock serve` to ask.
+        #[arg(long, value_name = "URL")]
+        server: String,
+        /// Print the delivery as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -321,6 +364,13 @@ fn main() -> ExitCode {
         }
         Command::Trigger { repository, git_ref, server, no_wait, json } => {
             runtime().and_then(|rt| rt.block_on(remote::trigger(&server, &repository, &git_ref, no_wait, json)))
+        }
+        Command::Deliveries { command: DeliveriesCommand::List { repository, server, state, limit, json } } => {
+            runtime()
+                .and_then(|rt| rt.block_on(remote::deliveries(&server, &repository, state.as_deref(), limit, json)))
+        }
+        Command::Deliveries { command: DeliveriesCommand::Approve { repository, delivery, server, json } } => {
+            runtime().and_then(|rt| rt.block_on(remote::approve_delivery(&server, &repository, &delivery, json)))
         }
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish::publish(&cli.state_dir, args))),
         Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),

@@ -148,6 +148,74 @@ pub async fn trigger(server: &str, repository: &str, git_ref: &str, no_wait: boo
     })
 }
 
+/// `airlock deliveries list`: a repository's deliveries as the server
+/// has them, newest first.
+pub async fn deliveries(
+    server: &str,
+    repository: &str,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
+    let remote = match connect(server, token.as_deref()) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let state = state.map(|s| format!("&state={s}")).unwrap_or_default();
+    let path = format!("/api/v1/repositories/{repository}/deliveries?limit={limit}{state}");
+    let (status, bytes) = remote.call(Method::GET, &path, None, &[]).await?;
+    if !status.is_success() {
+        eprintln!("error: {}", api_error(status, &bytes));
+        return Ok(refused(status));
+    }
+    let list: airlock_server::api::DeliveryList = serde_json::from_slice(&bytes)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list.deliveries)?);
+        return Ok(exit::OK);
+    }
+    if list.deliveries.is_empty() {
+        eprintln!("no deliveries");
+        return Ok(exit::OK);
+    }
+    println!("{:<40} {:<13} {:<9} {:<24} RUNS / WHY", "DELIVERY", "EVENT", "STATE", "REF");
+    for d in &list.deliveries {
+        let what = if d.runs.is_empty() { d.detail.clone().unwrap_or_default() } else { d.runs.join(" ") };
+        let shown = airlock_model::text::one_line(&what, 120);
+        let git_ref = d.git_ref.as_deref().unwrap_or("-");
+        println!(
+            "{:<40} {:<13} {:<9} {:<24} {shown}",
+            d.id,
+            d.event,
+            d.state,
+            airlock_model::text::one_line(git_ref, 24)
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `airlock deliveries approve`: lets a held delivery start its runs.
+pub async fn approve_delivery(server: &str, repository: &str, delivery: &str, json: bool) -> anyhow::Result<u8> {
+    let token = std::env::var("AIRLOCK_USER_TOKEN").ok();
+    let remote = match connect(server, token.as_deref()) {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let path = format!("/api/v1/repositories/{repository}/deliveries/{delivery}/approve");
+    let (status, bytes) = remote.call(Method::POST, &path, Some(Vec::new()), &[]).await?;
+    if !status.is_success() {
+        eprintln!("error: {}", api_error(status, &bytes));
+        return Ok(refused(status));
+    }
+    let approved: airlock_server::views::Delivery = serde_json::from_slice(&bytes)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&approved)?);
+    } else {
+        eprintln!("approved delivery {} of {repository}: its runs start once the commit is fetched", approved.id);
+    }
+    Ok(exit::OK)
+}
+
 /// Submits and follows; the exit code follows the run's end.
 pub async fn run(server: &str, pipeline: &str, params: &[(String, String)], json: bool) -> anyhow::Result<u8> {
     let token = std::env::var("AIRLOCK_USER_TOKEN").ok();

@@ -62,6 +62,11 @@ pub enum Event {
         /// Whether the forge calls its author an owner, member or
         /// collaborator of the repository.
         member: bool,
+        /// Whether its author is new to the repository: GitHub's
+        /// first-time contributors (and authors it knows no tie of); on
+        /// forges that do not say, anyone's fork who is not a member.
+        #[serde(default)]
+        first_time: bool,
         /// Who opened or pushed it.
         sender: String,
     },
@@ -260,6 +265,11 @@ fn pull_request(forge: Forge, payload: &Value) -> Result<Event, HookError> {
     let fork = head_repo != Some(base_repo);
     let association = pr.pointer("/author_association").and_then(Value::as_str).unwrap_or_default();
     let member = matches!(association, "OWNER" | "MEMBER" | "COLLABORATOR");
+    let first_time = fork
+        && match forge {
+            Forge::Github => matches!(association, "FIRST_TIME_CONTRIBUTOR" | "FIRST_TIMER" | "NONE"),
+            _ => !member,
+        };
     let sender = match forge {
         Forge::Github => text(payload, "/sender/login")?,
         _ => text(payload, "/sender/login").or_else(|_| text(payload, "/sender/username"))?,
@@ -276,6 +286,7 @@ fn pull_request(forge: Forge, payload: &Value) -> Result<Event, HookError> {
         base_commit: pr.pointer("/base/sha").and_then(Value::as_str).map(checked_commit).transpose()?,
         fork,
         member,
+        first_time,
         sender: checked_name(sender)?,
     })
 }
@@ -304,6 +315,7 @@ fn merge_request(payload: &Value) -> Result<Event, HookError> {
         fork: source.is_none() || source != target,
         // GitLab's payload does not say; a fork counts as a stranger's.
         member: source.is_some() && source == target,
+        first_time: source.is_none() || source != target,
         sender: checked_name(text(payload, "/user/username")?)?,
     })
 }
@@ -469,6 +481,11 @@ mod tests {
             panic!("a pull request")
         };
         assert!(fork && !member);
+        let Event::PullRequest { first_time, .. } = parse(Forge::Github, headers.as_slice(), &body).expect("read")
+        else {
+            panic!("a pull request")
+        };
+        assert!(first_time, "FIRST_TIME_CONTRIBUTOR");
         // A deleted fork leaves no head repository: still a fork.
         example["pull_request"]["head"]["repo"] = Value::Null;
         let body = serde_json::to_vec(&example).expect("JSON");

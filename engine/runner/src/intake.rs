@@ -19,7 +19,7 @@ use crate::queue::{QueueError, RepositoryRun, RunQueue};
 use airlock_host::checkout::{Checkouts, Remote};
 use airlock_host::forge::Event;
 use airlock_model::TriggerEvent;
-use airlock_model::policy::{PullRequests, Repository};
+use airlock_model::policy::{FirstTime, PullRequests, Repository};
 use airlock_store::{DeliveryRecord, DeliveryState, Origin};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -43,6 +43,10 @@ impl Outcome {
 
     fn failed(why: impl Into<String>) -> Self {
         Self { state: DeliveryState::Failed, runs: Vec::new(), detail: Some(why.into()) }
+    }
+
+    fn waiting(why: impl Into<String>) -> Self {
+        Self { state: DeliveryState::Waiting, runs: Vec::new(), detail: Some(why.into()) }
     }
 }
 
@@ -122,7 +126,7 @@ impl Intake {
             Ok(e) => e,
             Err(e) => return Ok(Outcome::failed(format!("the recorded event cannot be read: {e}"))),
         };
-        let plan = match plan(repository, &event) {
+        let plan = match plan(repository, &event, delivery.approved_by.is_some()) {
             Ok(plan) => plan,
             Err(ignored) => return Ok(ignored),
         };
@@ -238,8 +242,9 @@ struct Plan {
     untrusted: Option<String>,
 }
 
-/// Decides whether and how an event runs, by the repository's policy.
-fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
+/// Decides whether and how an event runs, by the repository's policy;
+/// `approved` when a user let the delivery start its runs.
+fn plan(repository: &Repository, event: &Event, approved: bool) -> Result<Plan, Outcome> {
     match event {
         Event::Push { git_ref, commit, before, sender } => {
             let (name, tag) = ref_name(git_ref);
@@ -271,7 +276,7 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
                 untrusted: untrusted_ref(repository, name, tag),
             })
         }
-        Event::PullRequest { number, commit, head_ref, base_ref, base_commit, fork, member, sender } => {
+        Event::PullRequest { number, commit, head_ref, base_ref, base_commit, fork, member, first_time, sender } => {
             match repository.pull_requests {
                 PullRequests::Off => {
                     return Err(Outcome::ignored("the policy runs no pull requests of this repository"));
@@ -283,6 +288,12 @@ fn plan(repository: &Repository, event: &Event) -> Result<Plan, Outcome> {
                     )));
                 }
                 _ => {}
+            }
+            if *first_time && repository.first_time_contributors == FirstTime::Approve && !approved {
+                return Err(Outcome::waiting(format!(
+                    "pull request #{number} is the first of `{sender}` here; the policy runs it once a user \
+                     with the `runner` role approves this delivery"
+                )));
             }
             let untrusted = if *fork {
                 Some(format!("pull request #{number} comes from a fork"))
@@ -357,6 +368,7 @@ mod tests {
             base_commit: None,
             fork,
             member,
+            first_time: fork && !member,
             sender: "mal".into(),
         }
     }
@@ -364,7 +376,7 @@ mod tests {
     #[test]
     fn only_what_the_policy_trusts_runs_trusted() {
         let r = repository("members");
-        let trust = |e: &Event| plan(&r, e).map(|p| p.untrusted).map_err(|o| o.detail.unwrap_or_default());
+        let trust = |e: &Event| plan(&r, e, false).map(|p| p.untrusted).map_err(|o| o.detail.unwrap_or_default());
         assert_eq!(trust(&push("refs/heads/main")), Ok(None));
         assert_eq!(trust(&push("refs/heads/release/1.0")), Ok(None));
         assert_eq!(trust(&push("refs/tags/v1.2")), Ok(None));
@@ -375,7 +387,7 @@ mod tests {
         let manual = |r: &str| Event::Manual { git_ref: r.into(), sender: "rita".into() };
         assert_eq!(trust(&manual("refs/heads/main")), Ok(None));
         assert!(trust(&manual("refs/heads/topic")).expect("runs").expect("untrusted").contains("branch `topic`"));
-        let by_hand = plan(&r, &manual("refs/tags/v1")).expect("runs");
+        let by_hand = plan(&r, &manual("refs/tags/v1"), false).expect("runs");
         assert_eq!((by_hand.commit, by_hand.requester.as_deref()), (None, Some("rita")));
         // A branch of the repository named like a trusted one is still a
         // pull request's code only when it is not a fork's.
@@ -386,9 +398,25 @@ mod tests {
         // untrusted under `forks`, and nothing starts under `off`.
         assert!(trust(&pull(true, false, "main")).expect_err("ignored").contains("not a member"));
         let forks = repository("forks");
-        assert!(plan(&forks, &pull(true, false, "main")).expect("runs").untrusted.is_some());
+        assert!(plan(&forks, &pull(true, false, "main"), false).expect("runs").untrusted.is_some());
         let off = repository("off");
-        assert!(plan(&off, &push("refs/heads/main")).is_ok());
-        assert!(plan(&off, &pull(false, true, "main")).is_err());
+        assert!(plan(&off, &push("refs/heads/main"), false).is_ok());
+        assert!(plan(&off, &pull(false, true, "main"), false).is_err());
+    }
+
+    #[test]
+    fn a_first_time_contributor_waits_for_approval_when_the_policy_says() {
+        let mut r = repository("forks");
+        let stranger = pull(true, false, "patch-1");
+        assert!(plan(&r, &stranger, false).is_ok(), "`run` is the default");
+        r.first_time_contributors = FirstTime::Approve;
+        let held = plan(&r, &stranger, false).expect_err("held");
+        assert_eq!(held.state, DeliveryState::Waiting);
+        assert!(held.detail.expect("why").contains("first of `mal`"));
+        // Approved, it runs, and still untrusted.
+        assert!(plan(&r, &stranger, true).expect("runs").untrusted.is_some());
+        // A member's pull request, and a push, never wait.
+        assert!(plan(&r, &pull(false, true, "topic"), false).is_ok());
+        assert!(plan(&r, &push("refs/heads/topic"), false).is_ok());
     }
 }

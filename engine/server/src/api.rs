@@ -235,6 +235,30 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "GET",
+        path: "/api/v1/repositories/{repository}/deliveries",
+        operation: "listDeliveries",
+        need: Need::Viewer,
+        summary: "A repository's webhook deliveries and runs asked for by hand, newest first (`?limit=N`, default \
+                  100; `?state=waiting` for those held for approval).",
+        request: None,
+        response: Some(schema::<DeliveryList>),
+        produces: "application/json",
+        success: OK,
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/v1/repositories/{repository}/deliveries/{delivery}/approve",
+        operation: "approveDelivery",
+        need: Need::Runner,
+        summary: "Lets a delivery held for approval (a first-time contributor's pull request, under the policy's \
+                  `first_time_contributors: approve`) start its runs, as the calling user.",
+        request: None,
+        response: Some(schema::<views::Delivery>),
+        produces: "application/json",
+        success: OK,
+    },
+    Endpoint {
+        method: "GET",
         path: "/api/v1/repositories/{repository}/deliveries/{delivery}",
         operation: "getDelivery",
         need: Need::Viewer,
@@ -373,6 +397,13 @@ pub struct Triggered {
     pub duplicate: bool,
 }
 
+/// `GET /api/v1/repositories/{repository}/deliveries`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct DeliveryList {
+    /// Newest first.
+    pub deliveries: Vec<views::Delivery>,
+}
+
 /// The answer to a submission.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Submitted {
@@ -501,7 +532,7 @@ const MAX_BODY: usize = 64 << 10;
 /// How often a followed log is looked at.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 /// Runs listed at most.
-const MAX_LIST: usize = 1000;
+pub(crate) const MAX_LIST: usize = 1000;
 
 /// The endpoint a request is for, and the values of its path's variables.
 pub fn find<'a>(method: &Method, path: &'a str) -> Option<(&'static Endpoint, Vec<&'a str>)> {
@@ -658,6 +689,8 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         "decideApproval" => decide(app, &var(0), &var(1), &user.name, req).await,
         "triggerRepository" => crate::hooks::trigger(app, &var(0), &user.name, req).await,
         "getDelivery" => crate::hooks::get_delivery(app, &var(0), &var(1)),
+        "listDeliveries" => crate::hooks::list_deliveries(app, &var(0), req.uri().query()),
+        "approveDelivery" => crate::hooks::approve_delivery(app, &var(0), &var(1), &user.name).await,
         "listTokens" => match crate::admin::list_tokens(app) {
             Ok(tokens) => json(StatusCode::OK, &TokenList { tokens: tokens.iter().map(Token::from).collect() }),
             Err(r) => r,
@@ -734,7 +767,7 @@ fn list_pipelines(dir: &std::path::Path) -> Vec<String> {
     found
 }
 
-fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+pub(crate) fn query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 

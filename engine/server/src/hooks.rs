@@ -200,6 +200,58 @@ pub(crate) async fn trigger(app: &App, name: &str, user: &str, req: Request<Inco
     }
 }
 
+pub(crate) fn list_deliveries(app: &App, name: &str, query: Option<&str>) -> Response<Body> {
+    if !app.repositories.contains_key(name) {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_repository",
+            format!("no repository `{}` in this server's policy", crate::short(name)),
+        );
+    }
+    let limit =
+        crate::api::query_value(query, "limit").and_then(|v| v.parse().ok()).unwrap_or(100).min(crate::api::MAX_LIST);
+    let state = crate::api::query_value(query, "state");
+    match app.store.deliveries_of(name) {
+        Ok(all) => {
+            let deliveries = all
+                .iter()
+                .rev()
+                .filter(|d| state.is_none_or(|s| d.state.as_str() == s))
+                .take(limit)
+                .map(crate::views::Delivery::from)
+                .collect();
+            json(StatusCode::OK, &crate::api::DeliveryList { deliveries })
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+pub(crate) async fn approve_delivery(app: &App, name: &str, id: &str, user: &str) -> Response<Body> {
+    let (store, repository, id_owned, user_owned) =
+        (app.store.clone(), name.to_owned(), id.to_owned(), user.to_owned());
+    let approved = crate::blocking(move || {
+        let record = store.approve_delivery(&repository, &id_owned, &user_owned)?;
+        store.flush()?;
+        Ok::<_, airlock_store::StoreError>(record)
+    })
+    .await;
+    match approved {
+        Ok(Ok(record)) => {
+            tracing::info!(repository = name, delivery = id, user, "delivery approved");
+            app.deliveries.notify_one();
+            json(StatusCode::OK, &crate::views::Delivery::from(&record))
+        }
+        Ok(Err(e @ airlock_store::StoreError::NoDelivery { .. })) => {
+            error(StatusCode::NOT_FOUND, "no_delivery", e.to_string())
+        }
+        Ok(Err(e @ airlock_store::StoreError::NotWaiting { .. })) => {
+            error(StatusCode::CONFLICT, "not_waiting", e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        Err(r) => r,
+    }
+}
+
 pub(crate) fn get_delivery(app: &App, name: &str, id: &str) -> Response<Body> {
     match app.store.delivery(name, id) {
         Ok(Some(record)) => json(StatusCode::OK, &crate::views::Delivery::from(&record)),

@@ -490,12 +490,14 @@ pub struct Delivery {
     /// Who caused it.
     pub sender: Option<String>,
     /// `received` (its runs are still to be started), `started`,
-    /// `ignored` or `failed`.
+    /// `ignored`, `failed`, or `waiting` for a user to approve it.
     pub state: String,
     /// The runs it started.
     pub runs: Vec<String>,
-    /// Why it started nothing, when it did not.
+    /// Why it started nothing, or what it waits for.
     pub detail: Option<String>,
+    /// The user who approved it, when it had to wait.
+    pub approved_by: Option<String>,
 }
 
 impl From<&airlock_store::DeliveryRecord> for Delivery {
@@ -511,6 +513,7 @@ impl From<&airlock_store::DeliveryRecord> for Delivery {
             state: d.state.as_str().to_owned(),
             runs: d.runs.clone(),
             detail: d.detail.clone(),
+            approved_by: d.approved_by.clone(),
         }
     }
 }

@@ -25,6 +25,10 @@ pub enum DeliveryState {
     /// It could not start its runs (the commit was gone, the fetch
     /// failed); `detail` says why.
     Failed,
+    /// A pull request of a first-time contributor, held until a user
+    /// with the `runner` role approves it (the policy's
+    /// `first_time_contributors: approve`).
+    Waiting,
 }
 
 impl DeliveryState {
@@ -35,6 +39,7 @@ impl DeliveryState {
             Self::Started => "started",
             Self::Ignored => "ignored",
             Self::Failed => "failed",
+            Self::Waiting => "waiting",
         }
     }
 }
@@ -55,9 +60,12 @@ pub struct DeliveryRecord {
     /// The runs it started.
     #[serde(default)]
     pub runs: Vec<String>,
-    /// Why it was ignored or failed.
+    /// Why it was ignored or failed, or what it waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The user who let a waiting delivery start its runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
 }
 
 /// What airlock last told the forge about a run's commit, or tried to.
@@ -99,6 +107,7 @@ impl Store {
             state: if ignored.is_some() { DeliveryState::Ignored } else { DeliveryState::Received },
             runs: Vec::new(),
             detail: ignored,
+            approved_by: None,
         };
         let key = key(repository, id);
         let received = record.state == DeliveryState::Received;
@@ -149,6 +158,32 @@ impl Store {
             .map_err(abort)
     }
 
+    /// Lets a waiting delivery start its runs, as `user`: it is
+    /// `received` again, and the intake takes it.
+    pub fn approve_delivery(&self, repository: &str, id: &str, user: &str) -> Result<DeliveryRecord> {
+        let key = key(repository, id);
+        (&self.deliveries, &self.received)
+            .transaction(|(deliveries, pending)| {
+                let missing = || StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() };
+                let bytes = deliveries.get(&key)?.ok_or_else(|| ConflictableTransactionError::Abort(missing()))?;
+                let mut record: DeliveryRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                if record.state != DeliveryState::Waiting {
+                    let state = record.state.as_str();
+                    return Err(ConflictableTransactionError::Abort(StoreError::NotWaiting {
+                        id: id.to_owned(),
+                        state,
+                    }));
+                }
+                record.state = DeliveryState::Received;
+                record.approved_by = Some(user.to_owned());
+                record.detail = None;
+                deliveries.insert(key.as_slice(), encode(&record))?;
+                pending.insert(key.as_slice(), &[][..])?;
+                Ok(record)
+            })
+            .map_err(abort)
+    }
+
     /// The delivery `id` of `repository`, if it was recorded.
     pub fn delivery(&self, repository: &str, id: &str) -> Result<Option<DeliveryRecord>> {
         let key = key(repository, id);
@@ -168,6 +203,17 @@ impl Store {
             }
         }
         out.retain(|d| d.state == DeliveryState::Received);
+        out.sort_by_key(|d| d.received_ms);
+        Ok(out)
+    }
+
+    /// The deliveries of `repository`, oldest first.
+    pub fn deliveries_of(&self, repository: &str) -> Result<Vec<DeliveryRecord>> {
+        let mut out = Vec::new();
+        for entry in self.deliveries.scan_prefix([repository.as_bytes(), b"\0"].concat()) {
+            let (key, value) = entry?;
+            out.push(decode::<DeliveryRecord>(&key, &value)?);
+        }
         out.sort_by_key(|d| d.received_ms);
         Ok(out)
     }
@@ -222,10 +268,28 @@ mod tests {
             store.finish_delivery("blinky", "d-1", DeliveryState::Started, vec!["run-1".into()], None).expect("finish");
         assert_eq!((done.state, done.runs.as_slice()), (DeliveryState::Started, ["run-1".to_owned()].as_slice()));
         assert_eq!(store.deliveries().expect("list").len(), 3);
+        assert_eq!(store.deliveries_of("blinky").expect("list").len(), 2);
         // Of those, only `other`'s d-1 is left to do.
         let left: Vec<(String, String)> =
             store.received_deliveries().expect("left").into_iter().map(|d| (d.repository, d.id)).collect();
         assert_eq!(left, [("other".to_owned(), "d-1".to_owned())]);
         assert!(store.finish_delivery("blinky", "nope", DeliveryState::Failed, vec![], None).is_err());
+    }
+
+    #[test]
+    fn only_a_waiting_delivery_is_approved_and_then_taken_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("open");
+        store.record_delivery("blinky", "pr-1", serde_json::json!({}), None).expect("record");
+        let e = store.approve_delivery("blinky", "pr-1", "rita").expect_err("not waiting yet");
+        assert!(matches!(e, StoreError::NotWaiting { state: "received", .. }), "{e}");
+        let why = Some("first-time contributor".to_owned());
+        store.finish_delivery("blinky", "pr-1", DeliveryState::Waiting, vec![], why).expect("hold");
+        assert!(store.received_deliveries().expect("left").is_empty(), "a waiting delivery is not taken");
+        let approved = store.approve_delivery("blinky", "pr-1", "rita").expect("approve");
+        assert_eq!((approved.state, approved.approved_by.as_deref()), (DeliveryState::Received, Some("rita")));
+        assert_eq!(store.received_deliveries().expect("left"), [approved]);
+        assert!(matches!(store.approve_delivery("blinky", "pr-1", "rita"), Err(StoreError::NotWaiting { .. })));
+        assert!(matches!(store.approve_delivery("blinky", "nope", "rita"), Err(StoreError::NoDelivery { .. })));
     }
 }

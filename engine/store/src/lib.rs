@@ -89,6 +89,14 @@ pub enum StoreError {
         /// The delivery id.
         id: String,
     },
+    /// A delivery that is not waiting for approval was to be approved.
+    #[error("delivery `{id}` is {state}, not waiting for approval; only a waiting delivery is approved")]
+    NotWaiting {
+        /// The delivery id.
+        id: String,
+        /// Where it is.
+        state: &'static str,
+    },
     /// No step with that name in the run.
     #[error("run `{run}` has no step `{step}`")]
     NoStep {

@@ -416,16 +416,22 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
 /// `airlock trigger`, as one user would use it; answers exit code,
 /// stdout and stderr.
 fn trigger(scratch: &Scratch, server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    as_user(scratch, server, token, &["trigger"], args)
+}
+
+/// `airlock COMMAND --server URL ARGS` as the user of `token`.
+fn as_user(scratch: &Scratch, server: &Server, token: &str, command: &[&str], args: &[&str]) -> (i32, String, String) {
     crate::support::output(
         crate::support::airlock(&scratch.path().join("client"))
             .env("AIRLOCK_USER_TOKEN", token)
-            .args(["trigger", "--server", &server.url])
+            .args(command)
+            .args(["--server", &server.url])
             .args(args),
     )
 }
 
 #[test]
-fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
+fn people_run_by_hand_what_a_ref_holds_and_let_first_time_contributors_in() {
     use airlock_bench::git_http::{GitServer, git};
     const TOKEN: &str = "canary-forge-token-5e0b11";
     let scratch = Scratch::new();
@@ -438,6 +444,7 @@ fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
     let step = "steps:\n  a:\n    uses: tools/tick.wasm\n    args: [\"1\", \"1\"]\n";
     scratch.file("work/.airlock/ci.yaml", format!("name: ci\non:\n  push: {{}}\n{step}"));
     scratch.file("work/.airlock/nightly.yaml", format!("name: nightly\non:\n  manual: {{}}\n{step}"));
+    scratch.file("work/.airlock/review.yaml", format!("name: review\non:\n  pull_request: {{}}\n{step}"));
     git(&work, &["add", "-A"]).expect("git");
     git(&work, &["commit", "--quiet", "-m", "first"]).expect("git");
     let tagged = git(&work, &["rev-parse", "HEAD"]).expect("git");
@@ -448,6 +455,11 @@ fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
     let tip = git(&work, &["rev-parse", "HEAD"]).expect("git");
     let bare = served.join("blinky.git").display().to_string();
     git(&work, &["push", "--quiet", "--tags", &bare, "main"]).expect("git");
+    // A newcomer's pull request, under the ref GitHub keeps it at.
+    scratch.file("work/notes.txt", "a first contribution");
+    git(&work, &["commit", "--quiet", "-am", "from a newcomer"]).expect("git");
+    let newcomer = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    git(&work, &["push", "--quiet", &bare, "HEAD:refs/pull/9/head"]).expect("git");
     let forge = GitServer::start(&served, "x-access-token", TOKEN).expect("git server");
     let statuses = StatusApi::start();
 
@@ -458,7 +470,8 @@ fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
             "users:\n  rita: {{ token_sha256: {}, roles: [runner] }}\n  vic: {{ token_sha256: {}, roles: [viewer] }}\n\
              repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    api: {}\n    \
              project: team/blinky\n    webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    \
-             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n",
+             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n    pull_requests: forks\n    \
+             first_time_contributors: approve\n",
             rita.digest, vic.digest, forge.url, statuses.url
         ),
     );
@@ -530,6 +543,53 @@ fn a_run_by_hand_builds_what_the_branch_or_tag_holds_when_asked() {
     assert_eq!((first.0, second.0), (202, 202));
     assert_eq!(first.1["delivery"]["id"], second.1["delivery"]["id"]);
     assert_eq!((first.1["duplicate"].as_bool(), second.1["duplicate"].as_bool()), (Some(false), Some(true)));
+
+    // A first-time contributor's pull request waits, runs nothing, and
+    // is listed as waiting until a runner lets it in.
+    let mut pr = example("pull_request", |e| e["action"] == "opened");
+    pr["number"] = 9.into();
+    pr["pull_request"]["number"] = 9.into();
+    pr["pull_request"]["head"]["sha"] = newcomer.as_str().into();
+    pr["pull_request"]["head"]["ref"] = "patch-1".into();
+    pr["pull_request"]["head"]["repo"]["full_name"] = "newcomer/blinky".into();
+    pr["pull_request"]["base"]["repo"]["full_name"] = "team/blinky".into();
+    pr["pull_request"]["base"]["ref"] = "main".into();
+    pr["pull_request"]["author_association"] = "FIRST_TIME_CONTRIBUTOR".into();
+    let body = serde_json::to_vec(&pr).expect("JSON");
+    let hook = format!("{}/hooks/blinky", server.url);
+    assert_eq!(deliver(&hook, "pull_request", "pr-9", &body, Some(&sign(&body))).0, 202);
+    let waiting = |state: &str| {
+        let (code, stdout, stderr) =
+            as_user(&scratch, &server, &vic.token, &["deliveries", "list"], &["blinky", "--state", state, "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("JSON")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let held = loop {
+        let held = waiting("waiting");
+        if held.as_array().is_some_and(|h| !h.is_empty()) || std::time::Instant::now() > deadline {
+            break held;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!((held[0]["id"].as_str(), held[0]["runs"].as_array().map(Vec::len)), (Some("pr-9"), Some(0)), "{held}");
+    assert!(held[0]["detail"].as_str().expect("why").contains("first of `Codertocat`"), "{held}");
+    let (approve, pr9) = (["deliveries", "approve"], ["blinky", "pr-9", "--json"]);
+    let (code, _, stderr) = as_user(&scratch, &server, &vic.token, &approve, &pr9);
+    assert_eq!(code, 2, "a viewer may not let it in: {stderr}");
+    let (code, stdout, stderr) = as_user(&scratch, &server, &rita.token, &approve, &pr9);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&stdout).expect("JSON")["approved_by"], "rita");
+    let run = run_of(&server, &vic.token, &newcomer);
+    assert_eq!(
+        (run["run"]["file"].as_str(), run["run"]["state"].as_str()),
+        (Some(".airlock/review.yaml"), Some("succeeded"))
+    );
+    assert!(run["run"]["origin"]["untrusted"].as_str().expect("untrusted").contains("fork"), "{run}");
+    let (code, _, stderr) = as_user(&scratch, &server, &rita.token, &approve, &pr9);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is started, not waiting for approval") && stderr.contains("(not_waiting)"), "{stderr}");
+    assert_eq!(waiting("waiting"), serde_json::json!([]));
 
     server.stop();
     for file in crate::support::files_below(&scratch.state()) {

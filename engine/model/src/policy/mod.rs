@@ -30,7 +30,7 @@ pub use environments::{
     Environment, Grants, HostInterface, HttpAuth, HttpMethod, LimitCaps, Payload, Provider, ProviderKind,
 };
 pub use people::{Role, User};
-pub use repositories::{DEFAULT_PIPELINES, Forge, PullRequests, Repository, Trusted, ref_glob};
+pub use repositories::{DEFAULT_PIPELINES, FirstTime, Forge, PullRequests, Repository, Trusted, ref_glob};
 
 use crate::parse::{Checker, closest, count, document, get, join, size};
 use crate::yaml::Node;

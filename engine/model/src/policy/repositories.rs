@@ -73,6 +73,18 @@ pub enum PullRequests {
     Forks,
 }
 
+/// What happens to a pull request of someone new to the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstTime {
+    /// Its runs start like any other's.
+    Run,
+    /// Its runs start only once a user with the `runner` role approves
+    /// the delivery: its code holds no secret, but it spends the
+    /// server's time.
+    Approve,
+}
+
 /// A repository whose events start runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Repository {
@@ -106,6 +118,10 @@ pub struct Repository {
     pub pull_requests: PullRequests,
     /// Whether checkouts fetch the repository's submodules too.
     pub submodules: bool,
+    /// Whether a pull request of a first-time contributor (GitHub says
+    /// so; on Gitea and GitLab, anyone's fork who is not a member) runs
+    /// at once (`run`, the default) or waits for approval (`approve`).
+    pub first_time_contributors: FirstTime,
     /// Where its name was written.
     #[serde(skip)]
     pub span: Span,
@@ -300,6 +316,16 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
     let submodules = get(entries, "submodules")
         .map(|s| pick(c, s, &join(path, "submodules"), &[("true", true), ("false", false)]))
         .unwrap_or(Some(false));
+    let first_time_contributors = get(entries, "first_time_contributors")
+        .map(|s| {
+            pick(
+                c,
+                s,
+                &join(path, "first_time_contributors"),
+                &[("run", FirstTime::Run), ("approve", FirstTime::Approve)],
+            )
+        })
+        .unwrap_or(Some(FirstTime::Run));
     Some(Repository {
         forge: forge?,
         url: url?,
@@ -311,6 +337,7 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
         trusted,
         pull_requests: pull_requests?,
         submodules: submodules?,
+        first_time_contributors: first_time_contributors?,
         span,
     })
 }
@@ -356,7 +383,7 @@ fn http_url(c: &mut Checker<'_>, node: &Node, path: &str, what: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use crate::policy::load_policy;
-    use crate::policy::{CredentialSource, Forge, PullRequests};
+    use crate::policy::{CredentialSource, FirstTime, Forge, PullRequests};
 
     #[test]
     fn a_repository_with_its_defaults() {
@@ -369,6 +396,7 @@ mod tests {
         assert_eq!(r.webhook_secret.source, CredentialSource::Env("BLINKY_HOOK".into()));
         assert_eq!(r.pipelines, [".airlock/*.yaml", ".airlock/*.yml"]);
         assert_eq!((r.pull_requests, r.submodules, r.token.is_none()), (PullRequests::Members, false, true));
+        assert_eq!(r.first_time_contributors, FirstTime::Run);
         assert!(!r.trusted.trusts("main", false), "no ref is trusted unless the policy says so");
     }
 
@@ -377,7 +405,7 @@ mod tests {
         let src = "repositories:\n  a:\n    forge: forgejo\n    url: http://127.0.0.1:3000/team/a.git\n    \
                    webhook_secret: { file: hook.secret }\n    token: { env: A_TOKEN }\n    \
                    trusted: { branches: [main, 'release/*'], tags: ['v*'] }\n    pull_requests: forks\n    \
-                   submodules: true\n  b:\n    forge: gitlab\n    url: https://gitlab.example/group/sub/b.git\n    \
+                   submodules: true\n    first_time_contributors: approve\n  b:\n    forge: gitlab\n    url: https://gitlab.example/group/sub/b.git\n    \
                    api: https://gitlab.example/api/v4/\n    webhook_secret: { env: B }\n    pipelines: [ci/*.yaml]\n";
         let p = load_policy("policy.yaml", src).unwrap_or_else(|d| panic!("{d:#?}"));
         let a = &p.repositories["a"];
@@ -386,6 +414,7 @@ mod tests {
         assert!(!a.trusted.trusts("release/1.0/hotfix", false), "`*` stays within one part");
         assert!(!a.trusted.trusts("v1", false) && a.trusted.trusts("v1.2", true) && !a.trusted.trusts("main", true));
         assert_eq!((a.pull_requests, a.submodules), (PullRequests::Forks, true));
+        assert_eq!(a.first_time_contributors, FirstTime::Approve);
         let b = &p.repositories["b"];
         assert_eq!((b.project.as_str(), b.api_base()), ("group/sub/b", "https://gitlab.example/api/v4".into()));
         assert_eq!(b.pipelines, ["ci/*.yaml"]);
