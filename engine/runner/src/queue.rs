@@ -240,6 +240,7 @@ impl RunQueue {
         if self.shutdown.is_cancelled() {
             return Err(QueueError::Stopping);
         }
+        let repository = run.origin.repository.clone();
         let submission = Submission {
             pipeline: run.pipeline.clone(),
             source: run.source,
@@ -251,6 +252,7 @@ impl RunQueue {
         let base = self.base_of(&submission);
         let invalid = match self.load(&run.pipeline, &base, &submission.source, true) {
             Ok(pipeline) if !pipeline.on.starts(event) => return Ok(None),
+            Ok(pipeline) if let Some(why) = self.foreign_tool(&pipeline, &repository) => why,
             Ok(pipeline) => match self.record(&pipeline, submission.clone()) {
                 Ok((record, _)) => return Ok(Some(record)),
                 Err(QueueError::Invalid(d) | QueueError::Params(d)) => d.join("\n"),
@@ -272,6 +274,24 @@ impl RunQueue {
             record
         };
         Ok(Some(record))
+    }
+
+    /// Why a repository's pipeline may not run: a tool it would have the
+    /// host fetch from a place the repository's `tool_sources` do not
+    /// list. A commit chooses its tools' URLs, and the host must not
+    /// fetch wherever a commit says (a service inside the network, say).
+    fn foreign_tool(&self, pipeline: &airlock_model::Pipeline, repository: &str) -> Option<String> {
+        let policy = self.engine.policy.as_ref();
+        let repo = policy.and_then(|p| p.0.repositories.get(repository));
+        pipeline.tools.iter().find(|(_, tool)| repo.is_none_or(|r| !r.allows_tool_url(&tool.url))).map(
+            |(name, tool)| {
+                format!(
+                    "tool `{name}` comes from `{}`, which is not under any of the `tool_sources` of repository \
+                 `{repository}` in the server's policy; an admin who trusts that place adds a prefix of it there",
+                    airlock_model::text::one_line(&tool.url, 300)
+                )
+            },
+        )
     }
 
     /// Checks a loaded pipeline's parameters and environment against the

@@ -214,14 +214,47 @@ impl GithubStatuses {
     }
 }
 
+/// A loopback web server with the tick plugin at `/allowed/tick.wasm`
+/// that records every path asked for.
+fn tool_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", server.server_addr().to_ip().expect("ip"));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    let tick = std::fs::read(crate::server::tick()).expect("plugin");
+    std::thread::spawn(move || {
+        for req in server.incoming_requests() {
+            seen.lock().expect("lock").push(req.url().to_owned());
+            let answer = if req.url() == "/allowed/tick.wasm" {
+                tiny_http::Response::from_data(tick.clone())
+            } else {
+                tiny_http::Response::from_data(b"instance secrets".to_vec())
+            };
+            let _ = req.respond(answer);
+        }
+    });
+    (url, asked)
+}
+
 /// Polls the run API until a run of `commit` has ended.
 fn run_of(server: &Server, token: &str, commit: &str) -> serde_json::Value {
+    run_of_file(server, token, commit, None)
+}
+
+/// Polls the run API until a run of `commit` (of the pipeline `file`,
+/// when given) has ended.
+fn run_of_file(server: &Server, token: &str, commit: &str, file: Option<&str>) -> serde_json::Value {
     let (agent, url) = (http(), server.url.as_str());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let (_, list) =
             crate::support::call(&agent, "GET", &format!("{url}/api/v1/runs"), Some(token), None, &[]).expect("runs");
-        let found = list["runs"].as_array().expect("runs").iter().find(|r| r["origin"]["commit"] == commit).cloned();
+        let found = list["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .find(|r| r["origin"]["commit"] == commit && file.is_none_or(|f| r["file"] == f))
+            .cloned();
         if let Some(run) = found {
             let id = run["id"].as_str().expect("id");
             return crate::support::wait_for_end(&agent, url, token, id);
@@ -261,7 +294,26 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     let second = git(&work, &["rev-parse", "HEAD"]).expect("git");
     git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "main"]).expect("git");
     // A fork's commit, under the pull request's ref, as GitHub keeps it.
+    // Besides its `ci`, it has a pipeline whose tool comes from a place
+    // the policy lists, and one that would make the server fetch from a
+    // service inside its network.
+    let (tools_url, fetched) = tool_server();
     scratch.file("work/.airlock/ci.yaml", pipeline);
+    let tick = std::fs::read(crate::server::tick()).expect("plugin");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tick));
+    let step = "steps:\n  a:\n    uses: tool:t\n    args: [\"1\", \"1\"]\n";
+    scratch.file(
+        "work/.airlock/tools.yaml",
+        format!("name: tools\non: pull_request\ntools:\n  t: {{ url: {tools_url}/allowed/tick.wasm, sha256: {digest} }}\n{step}"),
+    );
+    scratch.file(
+        "work/.airlock/probe.yaml",
+        format!(
+            "name: probe\non: pull_request\ntools:\n  t: {{ url: {tools_url}/internal/meta-data, sha256: {} }}\n{step}",
+            "0".repeat(64)
+        ),
+    );
+    git(&work, &["add", "-A"]).expect("git");
     git(&work, &["commit", "--quiet", "-am", "from a fork"]).expect("git");
     let forked = git(&work, &["rev-parse", "HEAD"]).expect("git");
     git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "HEAD:refs/pull/7/head"])
@@ -277,7 +329,8 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
              environments:\n  www:\n    provider: {{ type: directory, path: www }}\n    pipelines: [ci]\n\
              repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    api: {}\n    \
              project: team/blinky\n    webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    \
-             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n    pull_requests: forks\n",
+             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n    pull_requests: forks\n    \
+             tool_sources: ['{tools_url}/allowed/']\n",
             viewer.digest, forge.url, statuses.url
         ),
     );
@@ -372,7 +425,7 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     let body = serde_json::to_vec(&pr).expect("JSON");
     let before = crate::support::files_below(&scratch.path().join("www")).len();
     assert_eq!(deliver(&hook, "pull_request", "pr-1", &body, Some(&sign(&body))).0, 202);
-    let run = run_of(&server, &viewer.token, &forked);
+    let run = run_of_file(&server, &viewer.token, &forked, Some(".airlock/ci.yaml"));
     assert_eq!(run["run"]["state"], "failed", "{run}");
     assert_eq!(run["run"]["origin"]["pull_request"], 7);
     assert!(run["run"]["origin"]["untrusted"].as_str().expect("untrusted").contains("fork"), "{run}");
@@ -383,6 +436,18 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     assert_eq!(ship["state"], "failed", "{run}");
     assert!(ship["reason"].as_str().expect("reason").contains("untrusted"), "{ship}");
     assert_eq!(crate::support::files_below(&scratch.path().join("www")).len(), before, "a fork deployed");
+    // A tool from a source the policy lists is fetched and runs; one
+    // from anywhere else fails the run before the host fetches a byte.
+    let tools = run_of_file(&server, &viewer.token, &forked, Some(".airlock/tools.yaml"));
+    assert_eq!(tools["run"]["state"], "succeeded", "{tools}");
+    let probe = run_of_file(&server, &viewer.token, &forked, Some(".airlock/probe.yaml"));
+    assert_eq!(probe["run"]["state"], "failed", "{probe}");
+    let reason = probe["run"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("tool `t` comes from") && reason.contains("`tool_sources` of repository `blinky`"),
+        "{reason}"
+    );
+    assert_eq!(*fetched.lock().expect("lock"), ["/allowed/tick.wasm"], "the server fetched only the listed tool");
 
     // A push whose commit a force push removed before the fetch: the
     // delivery fails, saying so, and starts nothing.

