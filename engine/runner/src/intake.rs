@@ -179,10 +179,11 @@ impl Intake {
         let mut runs = Vec::new();
         for file in pipelines {
             let source = match self.checkouts.read_file(name, &commit, file) {
-                Ok(Some(bytes)) => String::from_utf8(bytes)
-                    .unwrap_or_else(|_| "# this file is not UTF-8 text; airlock reads pipelines as UTF-8\n".into()),
+                Ok(Some(bytes)) => {
+                    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text, as pipeline files must be".to_owned())
+                }
                 Ok(None) => continue,
-                Err(e) => format!("# {}\n", airlock_model::text::one_line(&e.to_string(), 500)),
+                Err(e) => Err(airlock_model::text::one_line(&e.to_string(), 500)),
             };
             let origin = Origin {
                 repository: name.clone(),

@@ -45,8 +45,9 @@ pub struct Submit {
 pub struct RepositoryRun {
     /// The file's path in the repository.
     pub pipeline: String,
-    /// Its text at the commit.
-    pub source: String,
+    /// Its text at the commit, or why it cannot be read as text (too
+    /// large, not UTF-8): then the run fails at once with that reason.
+    pub source: Result<String, String>,
     /// Where the run comes from; its tree is the checkout it runs in.
     pub origin: Origin,
     /// Who the run is for (`forge:REPOSITORY`).
@@ -241,16 +242,24 @@ impl RunQueue {
             return Err(QueueError::Stopping);
         }
         let repository = run.origin.repository.clone();
+        let (source, unreadable) = match run.source {
+            Ok(text) => (text, None),
+            Err(why) => (String::new(), Some(why)),
+        };
         let submission = Submission {
             pipeline: run.pipeline.clone(),
-            source: run.source,
+            source,
             params: Vec::new(),
             requester: run.requester,
             key: Some(run.key),
             origin: Some(run.origin),
         };
         let base = self.base_of(&submission);
-        let invalid = match self.load(&run.pipeline, &base, &submission.source, true) {
+        let loaded = match unreadable {
+            Some(why) => Err(QueueError::Policy(format!("the pipeline file cannot be read at this commit: {why}"))),
+            None => self.load(&run.pipeline, &base, &submission.source, true),
+        };
+        let invalid = match loaded {
             Ok(pipeline) if !pipeline.on.starts(event) => return Ok(None),
             Ok(pipeline) if let Some(why) = self.foreign_tool(&pipeline, &repository) => why,
             Ok(pipeline) => match self.record(&pipeline, submission.clone()) {
@@ -260,6 +269,7 @@ impl RunQueue {
                 Err(e) => return Err(e),
             },
             Err(QueueError::Invalid(d)) => format!("the pipeline is not valid at this commit:\n{}", d.join("\n")),
+            Err(QueueError::Policy(why)) => why,
             Err(e) => return Err(e),
         };
         let store = self.engine.store();

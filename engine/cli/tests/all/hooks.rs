@@ -290,6 +290,8 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     // The branch moves on to a commit whose pipeline is broken: the
     // delivery of the first commit must still run the first commit's.
     scratch.file("work/.airlock/ci.yaml", pipeline.replace("steps:", "stepz:"));
+    scratch.file("work/.airlock/latin1.yaml", b"name: caf\xe9\n");
+    git(&work, &["add", "-A"]).expect("git");
     git(&work, &["commit", "--quiet", "-am", "second"]).expect("git");
     let second = git(&work, &["rev-parse", "HEAD"]).expect("git");
     git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "main"]).expect("git");
@@ -299,6 +301,7 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     // service inside its network.
     let (tools_url, fetched) = tool_server();
     scratch.file("work/.airlock/ci.yaml", pipeline);
+    git(&work, &["rm", "--quiet", ".airlock/latin1.yaml"]).expect("git");
     let tick = std::fs::read(crate::server::tick()).expect("plugin");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&tick));
     let step = "steps:\n  a:\n    uses: tool:t\n    args: [\"1\", \"1\"]\n";
@@ -404,10 +407,13 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     push["before"] = first.as_str().into();
     let body = serde_json::to_vec(&push).expect("JSON");
     assert_eq!(deliver(&hook, "push", "push-2", &body, Some(&sign(&body))).0, 202);
-    let broken = run_of(&server, &viewer.token, &second);
+    let broken = run_of_file(&server, &viewer.token, &second, Some(".airlock/ci.yaml"));
     assert_eq!(broken["run"]["state"], "failed", "{broken}");
     let reason = broken["run"]["reason"].as_str().expect("reason");
     assert!(reason.contains("not valid at this commit") && reason.contains("stepz"), "{reason}");
+    let latin1 = run_of_file(&server, &viewer.token, &second, Some(".airlock/latin1.yaml"));
+    let reason = latin1["run"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("cannot be read at this commit: it is not UTF-8 text"), "{reason}");
     let got = statuses.until_final(&second);
     assert_eq!(got.last().expect("status").2["state"], "failure", "{got:?}");
 
