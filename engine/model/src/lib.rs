@@ -49,6 +49,11 @@ pub trait Lookup {
     fn plugin_exists(&self, path: &str) -> bool;
     /// Whether a source directory exists at `path`.
     fn dir_exists(&self, path: &str) -> bool;
+    /// Where the paths of the pipeline start, said in the hint when a
+    /// plugin or source is not found, if not beside the pipeline file.
+    fn paths_hint(&self) -> Option<&'static str> {
+        None
+    }
     /// Whether the admin policy has a publish target `name`: `Ok`, or an
     /// error saying why not (no policy, or which targets there are).
     fn publish_target(&self, name: &str) -> Result<(), String> {

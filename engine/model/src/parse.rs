@@ -541,7 +541,7 @@ fn parse_sources(c: &mut Checker<'_>, node: &Node, lookup: &dyn Lookup) -> Index
                 &path,
                 value.span,
                 format!("source directory `{dir}` does not exist"),
-                Some("paths are relative to the pipeline file".into()),
+                Some(lookup.paths_hint().unwrap_or("paths are relative to the pipeline file").into()),
             );
         }
         out.insert(name.to_owned(), Source { path: dir.to_owned() });
@@ -650,10 +650,9 @@ fn parse_plugin_step(
                     &field("uses"),
                     u.span,
                     format!("plugin file `{plugin}` not found"),
-                    Some(
-                        "paths are relative to the pipeline file; build the example plugins with `plugins/build`"
-                            .into(),
-                    ),
+                    Some(known.lookup.paths_hint().map(str::to_owned).unwrap_or_else(|| {
+                        "paths are relative to the pipeline file; build the example plugins with `plugins/build`".into()
+                    })),
                 );
             }
             (plugin.map(str::to_owned), u.span)

@@ -53,6 +53,11 @@ impl Lookup for FsLookup {
     fn dir_exists(&self, path: &str) -> bool {
         self.base.join(path).is_dir() && self.reachable(path)
     }
+    fn paths_hint(&self) -> Option<&'static str> {
+        self.confined.then_some(
+            "in a repository's pipeline, paths start at the repository's root and must stay inside its commit",
+        )
+    }
     fn environment(&self, name: &str, pipeline: &str) -> Result<(), String> {
         let Some(policy) = &self.policy else {
             return Err(format!(
@@ -93,6 +98,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, tree.join("out")).expect("link");
         let open = FsLookup::new(&tree);
         let confined = FsLookup::new(&tree).confined();
+        assert!(confined.paths_hint().expect("a hint").contains("repository's root"));
         for (path, plugin) in [("step.wasm", true), ("src", false)] {
             let found = if plugin { confined.plugin_exists(path) } else { confined.dir_exists(path) };
             assert!(found, "{path} is inside");
