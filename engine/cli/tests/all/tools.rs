@@ -328,6 +328,58 @@ fn validate_checks_the_modules_it_can_see() {
 /// `wkg` pushes WebAssembly: the host pulls the layer the pipeline pins.
 /// A tag moved to other bytes is refused, naming what it has now; an
 /// image that is not there says to check the reference.
+/// Public registries (ghcr.io, Docker Hub) answer an anonymous pull with
+/// `401` and a `Bearer` challenge naming a token service; the client asks
+/// it for a token for the repository and pulls with that. Here the
+/// registry is Debian's, set to take only tokens its token service
+/// signed.
+#[test]
+fn a_registry_that_wants_a_bearer_token_is_pulled_from_with_one() {
+    let mut registry = crate::registry::Registry::start();
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    registry.push_wasm("airlock/wc", "1.0", &wasm);
+    let tokens = crate::registry::TokenService::start();
+    registry.require_tokens(&tokens);
+    let manifest = format!("http://{}/v2/airlock/wc/manifests/1.0", registry.addr);
+    let anonymous = ureq::get(&manifest).config().http_status_as_error(false).build().call().expect("ask");
+    assert_eq!(anonymous.status(), 401, "the registry takes only tokens now");
+    let challenge = anonymous.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(challenge.starts_with("Bearer realm=") && challenge.contains(&tokens.realm), "{challenge}");
+    let forged = ureq::get(&manifest)
+        .header("authorization", "Bearer eyJhbGciOiJub25lIn0.e30.")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .expect("ask");
+    assert_eq!(forged.status(), 401, "a token the service did not sign is refused");
+
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two three\n");
+    s.pipeline(&format!(
+        "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: oci+http://{}/airlock/wc:1.0\n    sha256: {}\n\
+         steps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    \
+         outputs: [counts.txt]\n",
+        registry.addr,
+        hex::encode(Sha256::digest(&wasm))
+    ));
+    let (code, _, err) = output(
+        airlock(&s.state())
+            .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
+            .arg("run")
+            .arg(s.path().join("pipeline.yaml")),
+    );
+    assert_eq!(code, 0, "{err}");
+    let asked = tokens.asked();
+    assert!(
+        asked
+            .iter()
+            .any(|q| q.contains("scope=repository%3Aairlock%2Fwc%3Apull")
+                || q.contains("scope=repository:airlock/wc:pull")),
+        "the client asked for a pull token of the repository: {asked:?}"
+    );
+}
+
 #[test]
 fn a_tool_from_an_oci_registry_is_pulled_by_its_pinned_layer() {
     let registry = crate::registry::Registry::start();
