@@ -4,6 +4,7 @@
 //! work happens in the library crates (model, runner, store).
 
 mod approve;
+mod cache;
 mod diagnostics;
 mod env;
 mod fetch;
@@ -60,6 +61,7 @@ Environment:
   AIRLOCK_TOKEN      the token `airlock publish` sends
   AIRLOCK_USER_TOKEN your user API token (`airlock run [--server]`, `airlock approve`)
   AIRLOCK_TOOL_CACHE where fetched tools are kept [default: the state directory's tools/]
+  AIRLOCK_TOOL_CACHE_LIMIT  fetched tools kept, least recently used dropped first [default: 16GiB]
   AIRLOCK_COMPILE_CACHE_LIMIT  compiled plugins kept, least recently used dropped first [default: 4GiB]
   AIRLOCK_STEP_PROCESS_MIN_SIZE  core modules this big run each in a process of their own, or `off`
   [default: 8MiB]
@@ -137,6 +139,11 @@ enum Command {
     },
     /// Fetch (and compile) the tools of pipelines ahead of their first run.
     Fetch(fetch::FetchArgs),
+    /// List the tools fetched to this machine, or keep their cache to a size.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
     /// Print the JSON Schema of the pipeline format.
     Schema,
     /// Run pipelines for a team: the run API, web pages, publish targets.
@@ -205,6 +212,27 @@ enum UserCommand {
     /// `token_sha256:` line for the user's entry in the policy.
     Token {
         /// Print both as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Every fetched tool (by the sha256 it is pinned by), its size with
+    /// its unpacked files, and when a run last used it; least recent first.
+    Ls {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the tools least recently used until the cache fits a size;
+    /// a tool used within the last hour stays (a run may be using it).
+    Gc {
+        /// The size to keep to [default: AIRLOCK_TOOL_CACHE_LIMIT, or 16GiB].
+        #[arg(long, value_name = "SIZE")]
+        max_size: Option<String>,
+        /// Print what was removed as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -380,6 +408,10 @@ fn main() -> ExitCode {
         }
         Command::Logs { run, step, server: None, .. } => output::logs(&cli.state_dir, &run, step.as_deref()),
         Command::Fetch(args) => fetch::fetch(&cli.state_dir, cli.policy.as_deref(), args),
+        Command::Cache { command: CacheCommand::Ls { json } } => cache::ls(&cli.state_dir, json),
+        Command::Cache { command: CacheCommand::Gc { max_size, json } } => {
+            cache::gc(&cli.state_dir, max_size.as_deref(), json)
+        }
         Command::Schema => {
             print!("{}", airlock_model::schema::pipeline_schema_json());
             Ok(exit::OK)
@@ -417,6 +449,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// What AIRLOCK_TOOL_CACHE_LIMIT says, or the default.
+pub(crate) fn tool_cache_limit() -> anyhow::Result<u64> {
+    match std::env::var("AIRLOCK_TOOL_CACHE_LIMIT").ok().filter(|v| !v.is_empty()) {
+        Some(text) => airlock_model::parse_size(&text).map_err(|e| anyhow::anyhow!("AIRLOCK_TOOL_CACHE_LIMIT: {e}")),
+        None => Ok(airlock_host::tools::DEFAULT_TOOL_CACHE_LIMIT),
+    }
+}
+
 /// The engine on a state directory, fetching tools into the cache that
 /// AIRLOCK_TOOL_CACHE names, if it names one, and keeping as much compiled
 /// code as AIRLOCK_COMPILE_CACHE_LIMIT says.
@@ -428,10 +468,12 @@ pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock
         }
         None => None,
     };
+    let tool_limit = tool_cache_limit()?;
     let mut engine = airlock_runner::Engine::open(state_dir)?;
     if let Some(dir) = std::env::var_os("AIRLOCK_TOOL_CACHE").filter(|d| !d.is_empty()) {
         engine = engine.with_tool_cache(std::path::Path::new(&dir))?;
     }
+    engine = engine.with_tool_cache_limit(tool_limit);
     if let Some(bytes) = limit {
         engine = engine.with_compile_cache_limit(bytes);
     }

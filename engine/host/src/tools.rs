@@ -17,6 +17,13 @@
 //!
 //! Two processes may fetch the same tool at once: each works in its own
 //! partial entry and the first rename wins; the other's is the same bytes.
+//!
+//! Every use of a tool touches its file. After each download, and on
+//! `airlock cache gc`, the tools least recently used are removed until
+//! the cache fits its bound ([`DEFAULT_TOOL_CACHE_LIMIT`], or
+//! `AIRLOCK_TOOL_CACHE_LIMIT`); a tool used within [`IN_USE`] is never
+//! removed, since a step may be running it. A removed tree is first
+//! renamed into `partial/`, so it is there whole or not at all.
 //! The cache holds what the state directory holds, by the same trust: it
 //! is the host's own, and no step can write to it (tool trees are mounted
 //! read-only).
@@ -39,6 +46,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Partial entries older than this are left by a process that stopped.
 const PARTIAL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Bytes of fetched tools (files and unpacked trees) kept by default:
+/// the big toolchains several times over.
+pub const DEFAULT_TOOL_CACHE_LIMIT: u64 = 16 << 30;
+/// A tool used this recently is never evicted: a step may be running it.
+pub const IN_USE: Duration = Duration::from_secs(3600);
 /// How airlock introduces itself to the servers it fetches from.
 const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
 
@@ -105,6 +117,18 @@ pub enum FetchProgress {
 #[derive(Debug, Clone)]
 pub struct ToolCache {
     dir: PathBuf,
+    limit: u64,
+}
+
+/// One tool in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// The sha256 of the file fetched.
+    pub sha256: String,
+    /// Bytes on disk: the file, and its unpacked tree if it has one.
+    pub bytes: u64,
+    /// When a run last used it (or it was fetched).
+    pub last_used: SystemTime,
 }
 
 impl ToolCache {
@@ -128,12 +152,76 @@ impl ToolCache {
                 }
             }
         }
-        Ok(Self { dir: dir.to_owned() })
+        Ok(Self { dir: dir.to_owned(), limit: DEFAULT_TOOL_CACHE_LIMIT })
+    }
+
+    /// The same cache, bounded to `bytes` after each download.
+    pub fn with_limit(mut self, bytes: u64) -> Self {
+        self.limit = bytes;
+        self
     }
 
     /// Where the cache is.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The bound it keeps to after each download.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Every tool in the cache, least recently used first.
+    pub fn entries(&self) -> std::io::Result<Vec<CacheEntry>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("sha256"))? {
+            let entry = entry?;
+            let sha256 = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata()?;
+            let tree = self.tree_of(&sha256);
+            let bytes = meta.len() + if tree.is_dir() { size_of_tree(&tree) } else { 0 };
+            out.push(CacheEntry { sha256, bytes, last_used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
+        }
+        out.sort_by(|a, b| (a.last_used, &a.sha256).cmp(&(b.last_used, &b.sha256)));
+        Ok(out)
+    }
+
+    /// Removes tools, least recently used first, until what is left
+    /// holds at most `limit` bytes; none used within `spare` goes.
+    /// Answers those removed.
+    pub fn evict(&self, limit: u64, spare: Duration) -> std::io::Result<Vec<CacheEntry>> {
+        let entries = self.entries()?;
+        let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+        let mut removed = Vec::new();
+        for entry in entries {
+            if total <= limit {
+                break;
+            }
+            let recent = entry.last_used.elapsed().map_or(true, |age| age < spare);
+            if recent {
+                continue;
+            }
+            let tree = self.tree_of(&entry.sha256);
+            if tree.is_dir() {
+                // Out of sight at once, then deleted at leisure.
+                let gone = self.dir.join("partial").join(format!("evicted-{}-{}", entry.sha256, std::process::id()));
+                std::fs::rename(&tree, &gone)?;
+                std::fs::remove_dir_all(&gone)?;
+            }
+            std::fs::remove_file(self.file_of(&entry.sha256))?;
+            tracing::debug!(tool = entry.sha256, bytes = entry.bytes, "tool evicted from the cache");
+            total -= entry.bytes;
+            removed.push(entry);
+        }
+        Ok(removed)
+    }
+
+    /// Marks a tool used now. The file is read-only; its owner may still
+    /// set its times.
+    fn touch(&self, sha256: &str) {
+        if let Ok(f) = std::fs::File::open(self.file_of(sha256)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
     }
 
     /// The tool if the cache has it whole (fetched and, for an archive,
@@ -143,6 +231,7 @@ impl ToolCache {
         if !file.is_file() {
             return Ok(None);
         }
+        self.touch(&tool.sha256);
         if tool.module.is_none() && is_module(&file) {
             return Ok(Some(Fetched { module: Some(file), tree: None, fetched: None }));
         }
@@ -164,6 +253,10 @@ impl ToolCache {
         let mut fetched = None;
         if !file.is_file() {
             fetched = Some(self.download(name, tool, progress)?);
+            // This one was used just now: the bound is kept by others.
+            if let Err(e) = self.evict(self.limit, IN_USE) {
+                tracing::warn!("cannot keep the tool cache {} to its bound: {e}", self.dir.display());
+            }
         }
         if tool.module.is_none() && is_module(&file) {
             return Ok(Fetched { module: Some(file), tree: None, fetched });
@@ -250,6 +343,22 @@ impl ToolCache {
             sink.write(&buf[..n])?;
         }
     }
+}
+
+/// Bytes of the regular files below `dir`.
+fn size_of_tree(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 /// A download on its way into the cache: written to a partial file and
@@ -590,6 +699,54 @@ mod tests {
         assert_eq!(e.to_string(), "tool `t`: its archive has no directory `t/shar` (it has t/share/, t/tool.wasm)");
         assert!(got.dir("t", "t/tool.wasm").expect_err("a file").message.contains("is a file"));
         assert!(got.dir("t", "../x").is_err());
+    }
+
+    /// Sets a tool's last use `hours` ago.
+    fn used_ago(cache: &ToolCache, sha256: &str, hours: u64) {
+        let f = std::fs::File::open(cache.file_of(sha256)).expect("open");
+        f.set_modified(SystemTime::now() - Duration::from_secs(hours * 3600)).expect("set time");
+    }
+
+    #[test]
+    fn the_least_recently_used_tools_go_first_and_none_in_use_goes() {
+        let wheel = zip_of(&[("t/tool.wasm", WASM), ("t/share/data.txt", &[7; 5000])]);
+        let other = [WASM, b"\0".as_slice()].concat();
+        let third = [WASM, b"\0\0".as_slice()].concat();
+        let (base, hits) =
+            serve(vec![("/a.whl", wheel.clone()), ("/b.wasm", other.clone()), ("/c.wasm", third.clone())]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ToolCache::open(dir.path()).expect("cache");
+        let a = tool(format!("{base}/a.whl"), &wheel, Some("t/tool.wasm"));
+        let b = tool(format!("{base}/b.wasm"), &other, None);
+        let c = tool(format!("{base}/c.wasm"), &third, None);
+        for t in [&a, &b, &c] {
+            cache.fetch("t", t, &|_| {}).expect("fetched");
+        }
+        // An archive counts with its unpacked tree.
+        let sizes: Vec<(String, u64)> =
+            cache.entries().expect("entries").into_iter().map(|e| (e.sha256, e.bytes)).collect();
+        let of = |t: &Tool| sizes.iter().find(|(s, _)| *s == t.sha256).expect("listed").1;
+        assert_eq!(of(&a), wheel.len() as u64 + WASM.len() as u64 + 5000);
+        // Used just now, all three stay, whatever the bound.
+        assert!(cache.evict(0, IN_USE).expect("evicted").is_empty());
+        // Used 3, 2 and 5 hours ago: over a bound that fits two of them,
+        // the one used longest ago (c) goes, then a.
+        used_ago(&cache, &a.sha256, 3);
+        used_ago(&cache, &b.sha256, 2);
+        used_ago(&cache, &c.sha256, 5);
+        let bound = of(&a) + of(&b);
+        let gone: Vec<String> = cache.evict(bound, IN_USE).expect("evicted").into_iter().map(|e| e.sha256).collect();
+        assert_eq!(gone, std::slice::from_ref(&c.sha256));
+        let gone: Vec<String> = cache.evict(of(&b), IN_USE).expect("evicted").into_iter().map(|e| e.sha256).collect();
+        assert_eq!(gone, std::slice::from_ref(&a.sha256));
+        assert!(!cache.tree_of(&a.sha256).exists(), "its tree went with it");
+        assert!(std::fs::read_dir(dir.path().join("partial")).expect("partial").next().is_none(), "nothing left over");
+        // Used again, a tool is touched; one evicted is fetched again.
+        assert!(cache.cached("t", &b).expect("looked").is_some());
+        assert!(cache.entries().expect("entries")[0].last_used.elapsed().expect("age") < Duration::from_secs(60));
+        let before = hits.load(Ordering::SeqCst);
+        cache.fetch("t", &a, &|_| {}).expect("fetched again");
+        assert_eq!(hits.load(Ordering::SeqCst), before + 1);
     }
 
     #[test]

@@ -242,6 +242,13 @@ impl Engine {
         Ok(self)
     }
 
+    /// Bounds the tool cache to `bytes`, kept after each download; the
+    /// tools least recently used are removed past it.
+    pub fn with_tool_cache_limit(mut self, bytes: u64) -> Self {
+        self.tool_cache = self.tool_cache.with_limit(bytes);
+        self
+    }
+
     /// Bounds the cache of compiled plugins to `bytes`; the least
     /// recently used are removed past it.
     pub fn with_compile_cache_limit(mut self, bytes: u64) -> Self {

@@ -228,11 +228,8 @@ impl TokenService {
             for req in server.incoming_requests() {
                 let query = req.url().split_once('?').map(|(_, q)| q.to_owned()).unwrap_or_default();
                 seen.lock().expect("lock").push(query.clone());
-                let scope = query
-                    .split('&')
-                    .find_map(|p| p.strip_prefix("scope="))
-                    .map(percent_decode)
-                    .unwrap_or_default();
+                let scope =
+                    query.split('&').find_map(|p| p.strip_prefix("scope=")).map(percent_decode).unwrap_or_default();
                 let access: Vec<serde_json::Value> = scope
                     .split(' ')
                     .filter_map(|s| {

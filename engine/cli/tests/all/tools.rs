@@ -91,6 +91,74 @@ fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
     assert_eq!(s.step("count")["outputs"][0]["path"], "counts.txt");
 }
 
+/// The tool cache lists what it holds and keeps to a size: the tools
+/// least recently used go first, one used within the hour never, and a
+/// run fetches what went again.
+#[test]
+fn the_tool_cache_keeps_to_its_size_least_recently_used_first() {
+    let wc = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let printenv = std::fs::read(plugins().join("wasm32-wasip1/release/printenv.wasm")).expect("printenv");
+    let (wc_url, printenv_url) = (serve(wc.clone()), serve(printenv.clone()));
+    let (wc_sha, printenv_sha) = (hex::encode(Sha256::digest(&wc)), hex::encode(Sha256::digest(&printenv)));
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two\n");
+    s.pipeline(&format!(
+        "name: t\nsources: {{ src: src }}\ntools:\n  wc: {{ url: '{wc_url}', sha256: {wc_sha} }}\n  \
+         env: {{ url: '{printenv_url}', sha256: {printenv_sha} }}\nsteps:\n  count:\n    uses: tool:wc\n    \
+         mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n  show:\n    uses: tool:env\n"
+    ));
+    let cache = s.path().join("tools");
+    let airlock_here = |args: &[&str]| output(airlock(&s.state()).env("AIRLOCK_TOOL_CACHE", &cache).args(args));
+    let run = || airlock_here(&["run", s.path().join("pipeline.yaml").to_str().expect("path")]);
+    let (code, _, err) = run();
+    assert_eq!(code, 0, "{err}");
+    let listed = |args: &[&str]| {
+        let (code, out, err) = airlock_here(args);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("JSON")
+    };
+    let ls = listed(&["cache", "ls", "--json"]);
+    let tools = ls["tools"].as_array().expect("tools");
+    assert_eq!(tools.len(), 2, "{ls}");
+    assert_eq!(ls["bytes"], (wc.len() + printenv.len()) as u64);
+    // Just used: nothing goes, whatever the size asked.
+    let gc = listed(&["cache", "gc", "--max-size", "0", "--json"]);
+    assert_eq!(gc["removed"], serde_json::json!([]), "{gc}");
+    // wc used two hours ago, printenv three: to fit the larger alone, printenv goes.
+    let age = |sha: &str, hours: u64| {
+        let f = std::fs::File::open(cache.join("sha256").join(sha)).expect("open");
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600)).expect("time");
+    };
+    age(&wc_sha, 2);
+    age(&printenv_sha, 3);
+    let fit = wc.len().max(printenv.len()).to_string();
+    let gc = listed(&["cache", "gc", "--max-size", &fit, "--json"]);
+    assert_eq!(gc["removed"][0]["sha256"], printenv_sha.as_str(), "{gc}");
+    assert_eq!(gc["removed"].as_array().map(Vec::len), Some(1), "{gc}");
+    assert!(!cache.join("sha256").join(&printenv_sha).exists());
+    let (code, table, _) = airlock_here(&["cache", "ls"]);
+    assert_eq!(code, 0);
+    assert!(table.contains(&wc_sha[..16]) && !table.contains(&printenv_sha[..16]), "{table}");
+    // A run that needs printenv fetches it again; with the cache bounded
+    // to one byte, the download evicts wc, unused for two hours.
+    let only_env = s.file(
+        "only-env.yaml",
+        format!("name: e\ntools:\n  env: {{ url: '{printenv_url}', sha256: {printenv_sha} }}\nsteps:\n  show:\n    uses: tool:env\n"),
+    );
+    let (code, _, err) = output(
+        airlock(&s.state())
+            .env("AIRLOCK_TOOL_CACHE", &cache)
+            .env("AIRLOCK_TOOL_CACHE_LIMIT", "1B")
+            .arg("run")
+            .arg(&only_env),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(cache.join("sha256").join(&printenv_sha).exists() && !cache.join("sha256").join(&wc_sha).exists());
+    let (code, _, err) = airlock_here(&["cache", "gc", "--max-size", "lots"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--max-size"), "{err}");
+}
+
 /// An environment that lists its plugins runs a tool only if it names
 /// the tool's digest: the admin approves the exact file.
 #[test]

@@ -1,0 +1,96 @@
+//! `airlock cache`: the tools this machine has fetched, and keeping their
+//! cache to a size.
+//!
+//! The tool cache is the state directory's `tools/` unless
+//! AIRLOCK_TOOL_CACHE names another. It keeps itself to its bound after
+//! each download; `gc` does the same now, to the bound or a smaller one,
+//! and never removes a tool a run used within the last hour.
+
+use crate::exit;
+use airlock_host::tools::{CacheEntry, IN_USE, ToolCache};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The tool cache of this state directory (or AIRLOCK_TOOL_CACHE's).
+fn open(state_dir: &Path) -> anyhow::Result<ToolCache> {
+    let dir = std::env::var_os("AIRLOCK_TOOL_CACHE")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| state_dir.join("tools"), PathBuf::from);
+    let limit = crate::tool_cache_limit()?;
+    Ok(ToolCache::open(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot open the tool cache {}: {e}", dir.display()))?
+        .with_limit(limit))
+}
+
+fn json_of(entries: &[CacheEntry]) -> Vec<serde_json::Value> {
+    let ms = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    entries
+        .iter()
+        .map(|e| serde_json::json!({ "sha256": e.sha256, "bytes": e.bytes, "last_used_ms": ms(e.last_used) }))
+        .collect()
+}
+
+fn print_table(entries: &[CacheEntry]) {
+    println!("{:<16} {:>10}  LAST USED", "SHA256", "SIZE");
+    for e in entries {
+        let ms = e.last_used.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        println!("{:<16} {:>10}  {}", &e.sha256[..e.sha256.len().min(16)], size(e.bytes), crate::output::time(ms));
+    }
+}
+
+fn size(bytes: u64) -> String {
+    airlock_model::format_size(bytes)
+}
+
+/// `airlock cache ls`: every tool in the cache, least recently used first.
+pub fn ls(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let cache = open(state_dir)?;
+    let entries = cache.entries()?;
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    if json {
+        let out = serde_json::json!({
+            "dir": cache.dir(), "bytes": total, "limit": cache.limit(), "tools": json_of(&entries)
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(exit::OK);
+    }
+    if entries.is_empty() {
+        eprintln!("the tool cache {} is empty", cache.dir().display());
+        return Ok(exit::OK);
+    }
+    print_table(&entries);
+    eprintln!("{} tools, {} of {} in {}", entries.len(), size(total), size(cache.limit()), cache.dir().display());
+    Ok(exit::OK)
+}
+
+/// `airlock cache gc`: removes the tools least recently used until the
+/// cache fits `max_size` (its bound if not given).
+pub fn gc(state_dir: &Path, max_size: Option<&str>, json: bool) -> anyhow::Result<u8> {
+    let cache = open(state_dir)?;
+    let limit = match max_size {
+        // Zero asks for everything not in use to go.
+        Some("0") => 0,
+        Some(text) => match airlock_model::parse_size(text) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("error: --max-size: {e}");
+                eprintln!("hint: write a size such as 2GiB or 500MB");
+                return Ok(exit::USAGE);
+            }
+        },
+        None => cache.limit(),
+    };
+    let removed = cache.evict(limit, IN_USE)?;
+    let left: u64 = cache.entries()?.iter().map(|e| e.bytes).sum();
+    if json {
+        let out = serde_json::json!({ "removed": json_of(&removed), "bytes": left, "limit": limit });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let freed: u64 = removed.iter().map(|e| e.bytes).sum();
+        eprintln!("removed {} tools ({}); {} left, bound {}", removed.len(), size(freed), size(left), size(limit));
+        if left > limit {
+            eprintln!("the rest was used within the last hour and stays; a run may be using it");
+        }
+    }
+    Ok(exit::OK)
+}
