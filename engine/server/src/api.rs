@@ -779,20 +779,27 @@ fn list_runs(app: &App, query: Option<&str>) -> Response<Body> {
     }
 }
 
+/// The request's `Idempotency-Key`, if it sent one; a bad one is
+/// answered 400.
+pub(crate) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, Response<Body>> {
+    match req.headers().get("idempotency-key").map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Ok(Some(k.to_owned())),
+        Some(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_idempotency_key",
+            "`Idempotency-Key` must be 1 to 200 visible ASCII characters".into(),
+        )),
+    }
+}
+
 async fn submit(app: &App, user: &str, req: Request<Incoming>) -> Response<Body> {
     let Some(queue) = app.runs.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     };
-    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_idempotency_key",
-                "`Idempotency-Key` must be 1 to 200 visible ASCII characters".into(),
-            );
-        }
+    let key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(r) => return r,
     };
     let body: SubmitBody = match crate::read_json(app, req, MAX_BODY).await {
         Ok(b) => b,

@@ -54,6 +54,15 @@ struct Accepted {
     detail: Option<String>,
 }
 
+/// The answer for a repository the policy does not have.
+fn no_repository(name: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        "no_repository",
+        format!("no repository `{}` in this server's policy", crate::short(name)),
+    )
+}
+
 pub(crate) async fn receive(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::POST {
         let mut r =
@@ -62,11 +71,7 @@ pub(crate) async fn receive(app: &App, name: &str, req: Request<Incoming>) -> Re
         return r;
     }
     let Some(repository) = app.repositories.get(name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no_repository",
-            format!("no repository `{}` in this server's policy", crate::short(name)),
-        );
+        return no_repository(name);
     };
     let secret = match forge::read_secret(&repository.webhook_secret, "the webhook secret", &app.policy_dir) {
         Ok(s) => s,
@@ -156,22 +161,11 @@ pub(crate) async fn trigger(app: &App, name: &str, user: &str, req: Request<Inco
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     }
     if !app.repositories.contains_key(name) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no_repository",
-            format!("no repository `{}` in this server's policy", crate::short(name)),
-        );
+        return no_repository(name);
     }
-    let key = match req.headers().get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Some(k.to_owned()),
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_idempotency_key",
-                "`Idempotency-Key` must be 1 to 200 visible ASCII characters".into(),
-            );
-        }
+    let key = match crate::api::idempotency_key(&req) {
+        Ok(k) => k,
+        Err(r) => return r,
     };
     let body: crate::api::TriggerBody = match crate::read_json(app, req, 4 << 10).await {
         Ok(b) => b,
@@ -202,11 +196,7 @@ pub(crate) async fn trigger(app: &App, name: &str, user: &str, req: Request<Inco
 
 pub(crate) fn list_deliveries(app: &App, name: &str, query: Option<&str>) -> Response<Body> {
     if !app.repositories.contains_key(name) {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no_repository",
-            format!("no repository `{}` in this server's policy", crate::short(name)),
-        );
+        return no_repository(name);
     }
     let limit =
         crate::api::query_value(query, "limit").and_then(|v| v.parse().ok()).unwrap_or(100).min(crate::api::MAX_LIST);

@@ -140,45 +140,50 @@ impl Store {
         runs: Vec<String>,
         detail: Option<String>,
     ) -> Result<DeliveryRecord> {
-        let key = key(repository, id);
-        (&self.deliveries, &self.received)
-            .transaction(|(deliveries, pending)| {
-                let missing = || StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() };
-                let bytes = deliveries.get(&key)?.ok_or_else(|| ConflictableTransactionError::Abort(missing()))?;
-                let mut record: DeliveryRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                record.state = state;
-                record.runs = runs.clone();
-                record.detail = detail.clone();
-                deliveries.insert(key.as_slice(), encode(&record))?;
-                if state != DeliveryState::Received {
-                    pending.remove(key.as_slice())?;
-                }
-                Ok(record)
-            })
-            .map_err(abort)
+        self.change_delivery(repository, id, |record| {
+            record.state = state;
+            record.runs = runs.clone();
+            record.detail = detail.clone();
+            Ok(())
+        })
     }
 
     /// Lets a waiting delivery start its runs, as `user`: it is
     /// `received` again, and the intake takes it.
     pub fn approve_delivery(&self, repository: &str, id: &str, user: &str) -> Result<DeliveryRecord> {
+        self.change_delivery(repository, id, |record| {
+            if record.state != DeliveryState::Waiting {
+                return Err(StoreError::NotWaiting { id: id.to_owned(), state: record.state.as_str() });
+            }
+            record.state = DeliveryState::Received;
+            record.approved_by = Some(user.to_owned());
+            record.detail = None;
+            Ok(())
+        })
+    }
+
+    /// Changes a delivery's record with `change`, in one transaction that
+    /// also keeps its place among those left to do in step with its
+    /// state; `change` refusing leaves everything as it was.
+    fn change_delivery(
+        &self,
+        repository: &str,
+        id: &str,
+        change: impl Fn(&mut DeliveryRecord) -> Result<()>,
+    ) -> Result<DeliveryRecord> {
         let key = key(repository, id);
         (&self.deliveries, &self.received)
             .transaction(|(deliveries, pending)| {
                 let missing = || StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() };
                 let bytes = deliveries.get(&key)?.ok_or_else(|| ConflictableTransactionError::Abort(missing()))?;
                 let mut record: DeliveryRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                if record.state != DeliveryState::Waiting {
-                    let state = record.state.as_str();
-                    return Err(ConflictableTransactionError::Abort(StoreError::NotWaiting {
-                        id: id.to_owned(),
-                        state,
-                    }));
-                }
-                record.state = DeliveryState::Received;
-                record.approved_by = Some(user.to_owned());
-                record.detail = None;
+                change(&mut record).map_err(ConflictableTransactionError::Abort)?;
                 deliveries.insert(key.as_slice(), encode(&record))?;
-                pending.insert(key.as_slice(), &[][..])?;
+                if record.state == DeliveryState::Received {
+                    pending.insert(key.as_slice(), &[][..])?;
+                } else {
+                    pending.remove(key.as_slice())?;
+                }
                 Ok(record)
             })
             .map_err(abort)

@@ -214,6 +214,19 @@ impl GithubStatuses {
     }
 }
 
+/// An empty bare repository `served/blinky.git` for the git server, and
+/// a work tree `work` to commit from, with the tick plugin at
+/// `tools/tick.wasm`: answers both directories.
+fn blinky(scratch: &Scratch) -> (std::path::PathBuf, std::path::PathBuf) {
+    use airlock_bench::git_http::git;
+    let (served, work) = (scratch.path().join("served"), scratch.path().join("work"));
+    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
+    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
+    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
+    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    (served, work)
+}
+
 /// A loopback web server with the tick plugin at `/allowed/tick.wasm`
 /// that records every path asked for.
 fn tool_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
@@ -272,12 +285,7 @@ fn a_push_runs_its_exact_commit_and_a_forks_pull_request_may_not_deploy() {
     use airlock_bench::git_http::{GitServer, git};
     const TOKEN: &str = "canary-forge-token-41c7a0";
     let scratch = Scratch::new();
-    let served = scratch.path().join("served");
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
-    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
-    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
-    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    let (served, work) = blinky(&scratch);
     // The step writes `out.txt`; `ship` deploys it, as only a trusted
     // run may.
     let pipeline = "name: ci\non:\n  push: { branches: [main] }\n  pull_request: {}\nsteps:\n  \
@@ -506,12 +514,7 @@ fn people_run_by_hand_what_a_ref_holds_and_let_first_time_contributors_in() {
     use airlock_bench::git_http::{GitServer, git};
     const TOKEN: &str = "canary-forge-token-5e0b11";
     let scratch = Scratch::new();
-    let served = scratch.path().join("served");
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
-    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
-    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
-    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    let (served, work) = blinky(&scratch);
     let step = "steps:\n  a:\n    uses: tools/tick.wasm\n    args: [\"1\", \"1\"]\n";
     scratch.file("work/.airlock/ci.yaml", format!("name: ci\non:\n  push: {{}}\n{step}"));
     scratch.file("work/.airlock/nightly.yaml", format!("name: nightly\non:\n  manual: {{}}\n{step}"));
@@ -685,12 +688,7 @@ fn deliveries_survive_sigkills_between_the_answer_and_their_runs() {
     eprintln!("crash seed: {seed} (AIRLOCK_CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let scratch = Scratch::new();
-    let served = scratch.path().join("served");
-    let work = scratch.path().join("work");
-    std::fs::create_dir_all(work.join("tools")).expect("mkdir");
-    git(scratch.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "served/blinky.git"]).expect("git");
-    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
-    std::fs::copy(crate::server::tick(), work.join("tools/tick.wasm")).expect("plugin");
+    let (served, work) = blinky(&scratch);
     for name in ["build", "lint"] {
         scratch.file(
             &format!("work/.airlock/{name}.yaml"),

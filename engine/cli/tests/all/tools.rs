@@ -53,6 +53,14 @@ fn serve(bytes: Vec<u8>) -> String {
     url
 }
 
+/// `pipeline.yaml` in `s`: the wordcount tool from `url`, pinned by
+/// `digest`, counts the words of the source `src/a.txt`.
+fn wordcount_pipeline(s: &Scratch, url: &str, digest: &str) -> PathBuf {
+    s.pipeline(&format!(
+        "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {digest}\nsteps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    outputs: [counts.txt]\n"
+    ))
+}
+
 #[test]
 fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
     let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
@@ -60,11 +68,7 @@ fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
     let right = hex::encode(Sha256::digest(&wasm));
     let s = Scratch::new();
     s.file("src/a.txt", "one two three\n");
-    let pipeline = |digest: &str| {
-        s.pipeline(&format!(
-            "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {digest}\nsteps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    outputs: [counts.txt]\n"
-        ))
-    };
+    let pipeline = |digest: &str| wordcount_pipeline(&s, &url, digest);
     let cache = s.path().join("tools");
     pipeline(&"0".repeat(64));
     let (code, _, err) =
@@ -424,13 +428,11 @@ fn a_registry_that_wants_a_bearer_token_is_pulled_from_with_one() {
 
     let s = Scratch::new();
     s.file("src/a.txt", "one two three\n");
-    s.pipeline(&format!(
-        "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: oci+http://{}/airlock/wc:1.0\n    sha256: {}\n\
-         steps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    \
-         outputs: [counts.txt]\n",
-        registry.addr,
-        hex::encode(Sha256::digest(&wasm))
-    ));
+    wordcount_pipeline(
+        &s,
+        &format!("oci+http://{}/airlock/wc:1.0", registry.addr),
+        &hex::encode(Sha256::digest(&wasm)),
+    );
     let (code, _, err) = output(
         airlock(&s.state())
             .env("AIRLOCK_TOOL_CACHE", s.path().join("tools"))
@@ -456,12 +458,8 @@ fn a_tool_from_an_oci_registry_is_pulled_by_its_pinned_layer() {
     let right = hex::encode(Sha256::digest(&wasm));
     let s = Scratch::new();
     s.file("src/a.txt", "one two three\n");
-    let pipeline = |reference: &str| {
-        s.pipeline(&format!(
-            "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: oci+http://{}/{reference}\n    sha256: {right}\nsteps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    outputs: [counts.txt]\n",
-            registry.addr
-        ))
-    };
+    let pipeline =
+        |reference: &str| wordcount_pipeline(&s, &format!("oci+http://{}/{reference}", registry.addr), &right);
     let run = |cache: &str| {
         output(
             airlock(&s.state())
