@@ -154,8 +154,7 @@ impl Checkouts {
         if has_commit(mirror, commit) {
             return Ok(());
         }
-        let args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, commit];
-        match git(mirror, Some(remote), &args, "fetch", false) {
+        match fetch_shallow(mirror, remote, commit) {
             Ok(_) => Ok(()),
             Err(CheckoutError::Git { message, .. }) if gone(&message) => {
                 Err(CheckoutError::Gone { commit: commit.to_owned(), url: remote.url.to_owned() })
@@ -253,9 +252,7 @@ impl Checkouts {
         // fetched shallow; if it is gone, what changed is not known.
         let changed = since.and_then(|since| {
             if !has_commit(&mirror, since) {
-                let args =
-                    ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, since];
-                git(&mirror, Some(remote), &args, "fetch", false).ok()?;
+                fetch_shallow(&mirror, remote, since).ok()?;
             }
             let out = git(
                 &mirror,
@@ -367,6 +364,54 @@ fn init_mirror(mirror: &Path, root: &Path) -> Result<(), CheckoutError> {
         git(mirror, None, &["init", "--quiet", "--bare", "."], "init", true)?;
     }
     Ok(())
+}
+
+/// Fetches `commit` from the remote into `mirror`, one commit deep,
+/// while holding the mirror's fetch lock.
+///
+/// Two fetches into one shallow mirror break each other ("shallow file
+/// has changed since we read it"), whether they come from two threads or
+/// from two processes: a server killed mid-fetch leaves its git running,
+/// and the server started after it fetches too. So each fetch takes an
+/// exclusive lock on `MIRROR/airlock-fetch.lock` and hands the locked file
+/// to git as its standard input, which git never reads: the lock is held
+/// as long as any process holding that file lives, the orphaned git of a
+/// killed server included, and no longer.
+fn fetch_shallow(mirror: &Path, remote: &Remote<'_>, commit: &str) -> Result<Vec<u8>, CheckoutError> {
+    let path = mirror.join("airlock-fetch.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| CheckoutError::Io(format!("{}: {e}", path.display())))?;
+    let started = Instant::now();
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < FETCH_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(CheckoutError::Git {
+                    what: "fetch",
+                    message: format!(
+                        "another fetch into {} held it for {}s; if no git is running, remove {}",
+                        mirror.display(),
+                        FETCH_TIMEOUT.as_secs(),
+                        path.display()
+                    ),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(CheckoutError::Io(format!("{}: {e}", path.display())));
+            }
+        }
+    }
+    let args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, commit];
+    let mut command = git_command(mirror, Some(remote));
+    command.args(args).stdin(Stdio::from(lock));
+    run_git(command, "fetch")
 }
 
 fn has_commit(mirror: &Path, commit: &str) -> bool {
@@ -492,8 +537,16 @@ fn git(
     if create {
         std::fs::create_dir_all(mirror).map_err(|e| CheckoutError::Io(format!("{}: {e}", mirror.display())))?;
     }
-    let mut child = git_command(mirror, remote)
-        .args(args)
+    let mut command = git_command(mirror, remote);
+    command.args(args);
+    run_git(command, what)
+}
+
+/// Runs a prepared git command to its end (or [`FETCH_TIMEOUT`]) and
+/// returns its output.
+fn run_git(mut command: Command, what: &'static str) -> Result<Vec<u8>, CheckoutError> {
+    let started = Instant::now();
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -507,9 +560,12 @@ fn git(
         let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         err
     });
-    let mut out = Vec::new();
-    let read = stdout.read_to_end(&mut out);
-    let started = Instant::now();
+    // Read on a thread of its own, so a git that hangs without closing
+    // its output still meets the timeout below.
+    let output = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).map(|_| out)
+    });
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -526,7 +582,10 @@ fn git(
         }
     };
     let err = reader.join().unwrap_or_default();
-    read.map_err(|e| CheckoutError::Io(e.to_string()))?;
+    let out = output
+        .join()
+        .map_err(|_| CheckoutError::Io("reading git's output failed".into()))?
+        .map_err(|e| CheckoutError::Io(e.to_string()))?;
     if status.success() {
         return Ok(out);
     }

@@ -174,3 +174,55 @@ fn submodules_are_written_in_when_asked_and_only_from_the_same_forge() {
         files_below(state.path()).iter().flat_map(|f| std::fs::read(f).unwrap_or_default()).collect();
     assert!(!written.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()), "the clone token was written to disk");
 }
+
+#[test]
+fn fetches_into_one_mirror_take_turns_even_across_processes() {
+    let served = tempfile::tempdir().expect("dir");
+    let work = served.path().join("work");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(served.path(), &["init", "--quiet", "--bare", "--initial-branch=main", "blinky.git"]).expect("git");
+    git(&work, &["init", "--quiet", "--initial-branch=main"]).expect("git");
+    let mut commits = Vec::new();
+    for i in 0..8 {
+        std::fs::write(work.join("n"), format!("{i}\n")).expect("write");
+        git(&work, &["add", "-A"]).expect("git");
+        git(&work, &["commit", "--quiet", "-m", &format!("{i}")]).expect("git");
+        commits.push(git(&work, &["rev-parse", "HEAD"]).expect("git"));
+    }
+    git(&work, &["push", "--quiet", &served.path().join("blinky.git").display().to_string(), "main"]).expect("git");
+    let server = GitServer::start(served.path(), "x-access-token", TOKEN).expect("git server");
+    let url = format!("{}/blinky.git", server.url);
+    let state = tempfile::tempdir().expect("state");
+    let checkouts = Checkouts::new(state.path().join("checkouts"));
+    let remote = Remote { forge: Forge::Github, url: &url, token: Some(TOKEN), submodules: false };
+    checkouts.fetch("blinky", &remote, &commits[0], None).expect("first fetch");
+
+    // Another process (say the git a killed server left running) holds
+    // the mirror's fetch lock: a fetch waits for it, then goes ahead.
+    let lock = std::fs::File::open(state.path().join("checkouts/mirrors/blinky.git/airlock-fetch.lock"))
+        .expect("the mirror has a fetch lock");
+    lock.lock().expect("lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| tx.send(checkouts.fetch("blinky", &remote, &commits[1], None).map(|c| c.commit)));
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(500)).is_err(),
+            "a fetch went ahead while another held the mirror"
+        );
+        lock.unlock().expect("unlock");
+        let fetched = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the fetch went on once it was free");
+        assert_eq!(fetched.expect("fetch"), commits[1]);
+    });
+
+    // Fetches from many threads at once: each waits its turn, none
+    // breaks another's shallow file.
+    std::thread::scope(|s| {
+        let handles: Vec<_> = commits[2..]
+            .iter()
+            .map(|commit| s.spawn(|| checkouts.fetch("blinky", &remote, commit, None).map(|c| c.commit)))
+            .collect();
+        for (handle, commit) in handles.into_iter().zip(&commits[2..]) {
+            assert_eq!(&handle.join().expect("thread").expect("fetch"), commit);
+        }
+    });
+}
