@@ -24,6 +24,7 @@ fn attack_read_secrets_from_the_environment() {
             "declared: DECLARED=visible",
             "declared: PWD=/workspace",
             &format!("declared: RUN={run}"),
+            "declared: SOURCE_DATE_EPOCH=946684800",
             "declared: TMPDIR=/tmp"
         ]
     );

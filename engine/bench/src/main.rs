@@ -9,7 +9,10 @@
 //! a step: scheduling, state writes, workspace, WASI context, instantiate,
 //! run, recording the end), and the wall time of a 1,000-step chain and a
 //! 1,000-step fan-out; beside each, the cost of spawning a native process
-//! (`/bin/true`) measured in the same run.
+//! (`/bin/true`) measured in the same run. Then the step cache: what it
+//! adds to a step that misses (beside steps with no key), a chain whose
+//! every step is cached (beside the run that made them), and the example
+//! site run twice.
 
 use airlock_bench::{Stats, fmt};
 use airlock_runner::{CancellationToken, Engine, FsLookup, Progress, RunOptions};
@@ -67,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     println!();
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let chain = rt.block_on(pipeline_run(scratch.path().to_owned(), noop.clone(), Shape::Chain))?;
+    let chain = rt.block_on(pipeline_run(scratch.path().to_owned(), noop.clone(), Shape::Chain, Fresh::Yes))?;
     let per_step = Stats::of(chain.gaps.clone());
     row("per-step engine overhead (chain)", &per_step, "target p50 <= 250 µs");
 
@@ -99,7 +102,7 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })?;
     row("  state writes (start and end)", &writes, "");
-    let fan = rt.block_on(pipeline_run(scratch.path().to_owned(), noop.clone(), Shape::FanOut))?;
+    let fan = rt.block_on(pipeline_run(scratch.path().to_owned(), noop.clone(), Shape::FanOut, Fresh::Yes))?;
     println!();
     println!("{:<38} {:>10}   target < 2 s", format!("{}-step chain, wall", steps()), fmt(chain.wall));
     println!("{:<38} {:>10}   jobs = {cores}", format!("{}-step fan-out, wall", steps()), fmt(fan.wall));
@@ -108,6 +111,74 @@ fn main() -> anyhow::Result<()> {
         "same chain as native processes",
         fmt(spawn.p50 * steps() as u32),
         steps()
+    );
+    step_cache(&rt, &repo, scratch.path(), &noop)?;
+    Ok(())
+}
+
+/// The step cache: what it adds to a step that misses, what a chain of
+/// hits costs, and the example site run twice.
+fn step_cache(rt: &tokio::runtime::Runtime, repo: &Path, scratch: &Path, noop: &Path) -> anyhow::Result<()> {
+    println!();
+    println!("step cache:");
+    let dir = scratch.to_owned();
+    // The baseline: steps with the host's clocks have no key, and the
+    // cache is neither asked nor written.
+    let real = rt.block_on(pipeline_run(dir.clone(), noop.to_owned(), Shape::Chain, Fresh::Real))?;
+    let state = tempfile::tempdir_in(scratch)?;
+    let misses =
+        rt.block_on(pipeline_run(dir.clone(), noop.to_owned(), Shape::Chain, Fresh::In(state.path().to_owned())))?;
+    let hits = rt.block_on(pipeline_run(dir, noop.to_owned(), Shape::Chain, Fresh::In(state.path().to_owned())))?;
+    let (real, missed) = (Stats::of(real.gaps), Stats::of(misses.gaps));
+    row("per step, deterministic: false", &real, "baseline: no key, no cache");
+    row("per step, a miss (key, look, record)", &missed, "");
+    println!(
+        "{:<38} {:>10}   target < 20 µs",
+        "  the cache's cost to a miss, p50",
+        fmt(missed.p50.saturating_sub(real.p50))
+    );
+    let per_hit = hits.wall / steps() as u32;
+    println!(
+        "{:<38} {:>10}   {} per step (target < 50 ms for 1,000, < 50 µs each); {} when they ran",
+        format!("{}-step chain, every step cached", steps()),
+        fmt(hits.wall),
+        fmt(per_hit),
+        fmt(misses.wall)
+    );
+
+    // The example site, as `airlock run` runs it, twice.
+    let file = repo.join("pipelines/site.yaml");
+    let text = std::fs::read_to_string(&file)?;
+    let base = repo.join("pipelines");
+    let pipeline = airlock_model::load("site.yaml", &text, &FsLookup::new(&base))
+        .map_err(|d| anyhow::anyhow!("pipelines/site.yaml is invalid: {}", d[0]))?;
+    let state = tempfile::tempdir_in(scratch)?;
+    let engine = Engine::open(state.path())?;
+    let mut walls = Vec::new();
+    for _ in 0..2 {
+        let start = Instant::now();
+        let summary = rt.block_on(engine.run(
+            &pipeline,
+            &base,
+            "site.yaml",
+            RunOptions::default(),
+            |_: &Progress| {},
+            CancellationToken::new(),
+        ))?;
+        walls.push(start.elapsed());
+        anyhow::ensure!(summary.run.state == airlock_store::RunState::Succeeded, "the site run failed");
+        let cached = summary.steps.iter().filter(|s| s.cached.is_some()).count();
+        anyhow::ensure!(
+            walls.len() == 1 || cached == summary.steps.len(),
+            "the second site run took {cached} of {} steps from the cache",
+            summary.steps.len()
+        );
+    }
+    println!(
+        "{:<38} {:>10}   first run (compiled plugins cached): {}",
+        "site, second run, every step cached",
+        fmt(walls[1]),
+        fmt(walls[0])
     );
     Ok(())
 }
@@ -139,16 +210,31 @@ struct Measured {
     gaps: Vec<Duration>,
 }
 
-/// Runs a generated pipeline the way `airlock run` does: the scheduler is
-/// a task on the runtime, beside the steps it starts.
-async fn pipeline_run(dir: PathBuf, plugin: PathBuf, shape: Shape) -> anyhow::Result<Measured> {
-    tokio::spawn(async move { pipeline_run_inner(&dir, &plugin, shape).await }).await?
+/// Where a benchmark run keeps its state, and what its steps are.
+enum Fresh {
+    /// A state directory of its own.
+    Yes,
+    /// A state directory of its own, and steps with the host's clocks
+    /// (no cache key, nothing cached).
+    Real,
+    /// This state directory: a second run there finds the first's steps
+    /// in the cache.
+    In(PathBuf),
 }
 
-async fn pipeline_run_inner(dir: &Path, plugin: &Path, shape: Shape) -> anyhow::Result<Measured> {
+/// Runs a generated pipeline the way `airlock run` does: the scheduler is
+/// a task on the runtime, beside the steps it starts.
+async fn pipeline_run(dir: PathBuf, plugin: PathBuf, shape: Shape, fresh: Fresh) -> anyhow::Result<Measured> {
+    tokio::spawn(async move { pipeline_run_inner(&dir, &plugin, shape, fresh).await }).await?
+}
+
+async fn pipeline_run_inner(dir: &Path, plugin: &Path, shape: Shape, fresh: Fresh) -> anyhow::Result<Measured> {
     let mut yaml = String::from("name: bench\nsteps:\n");
     for i in 0..steps() {
         yaml.push_str(&format!("  s{i:04}:\n    uses: {}\n", plugin.display()));
+        if matches!(fresh, Fresh::Real) {
+            yaml.push_str("    deterministic: false\n");
+        }
         match shape {
             Shape::Chain if i > 0 => yaml.push_str(&format!("    needs: [s{:04}]\n", i - 1)),
             Shape::FanOut if i > 0 => yaml.push_str("    needs: [s0000]\n"),
@@ -157,8 +243,12 @@ async fn pipeline_run_inner(dir: &Path, plugin: &Path, shape: Shape) -> anyhow::
     }
     let pipeline = airlock_model::load("bench.yaml", &yaml, &FsLookup::new(dir))
         .map_err(|d| anyhow::anyhow!("generated pipeline is invalid: {}", d[0]))?;
-    let state = tempfile::tempdir_in(dir)?;
-    let engine = Engine::open(state.path())?;
+    let own = tempfile::tempdir_in(dir)?;
+    let state = match &fresh {
+        Fresh::In(state) => state.clone(),
+        Fresh::Yes | Fresh::Real => own.path().to_owned(),
+    };
+    let engine = Engine::open(&state)?;
     // Warm the compile cache so the run measures the engine, not cranelift.
     engine.sandbox().load(plugin)?;
     let ends = Arc::new(Mutex::new(Vec::with_capacity(steps())));

@@ -1,5 +1,5 @@
-//! `airlock cache`: the tools this machine has fetched, and keeping their
-//! cache to a size.
+//! `airlock cache`: the tools this machine has fetched and the step
+//! cache's entries, and keeping each to a size.
 //!
 //! The tool cache is the state directory's `tools/` unless
 //! AIRLOCK_TOOL_CACHE names another. It keeps itself to its bound after
@@ -63,20 +63,93 @@ pub fn ls(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// A size given on the command line; `0` is a size too.
+fn parse_limit(text: &str) -> Result<u64, u8> {
+    match text {
+        "0" => Ok(0),
+        text => airlock_model::parse_size(text).map_err(|e| {
+            eprintln!("error: --max-size: {e}");
+            eprintln!("hint: write a size such as 2GiB or 500MB");
+            exit::USAGE
+        }),
+    }
+}
+
+fn step_json(entries: &[airlock_store::CacheEntry]) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "key": e.key, "scope": e.scope, "run": e.run, "step": e.step, "bytes": e.bytes(),
+                "outputs": e.outputs.len(), "hits": e.hits, "created_ms": e.created_ms, "last_used_ms": e.last_used_ms,
+            })
+        })
+        .collect()
+}
+
+/// `airlock cache ls --steps`: the step cache's entries, least recently
+/// used first.
+pub fn ls_steps(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let store = crate::output::open(state_dir)?;
+    let entries = store.cache_entries()?;
+    let total: u64 = entries.iter().map(airlock_store::CacheEntry::bytes).sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "bytes": total, "steps": step_json(&entries) }))?
+        );
+        return Ok(exit::OK);
+    }
+    if entries.is_empty() {
+        eprintln!("the step cache is empty");
+        return Ok(exit::OK);
+    }
+    println!("{:<16} {:<20} {:>10} {:>5}  LAST USED  MADE BY", "KEY", "SCOPE", "SIZE", "HITS");
+    for e in &entries {
+        println!(
+            "{:<16} {:<20} {:>10} {:>5}  {}  run {} step `{}`",
+            &e.key[..e.key.len().min(16)],
+            e.scope,
+            size(e.bytes()),
+            e.hits,
+            crate::output::time(e.last_used_ms),
+            e.run,
+            e.step
+        );
+    }
+    eprintln!("{} entries, outputs of {}", entries.len(), size(total));
+    Ok(exit::OK)
+}
+
+/// `airlock cache gc --steps`: drops the step cache's entries least
+/// recently used until the outputs of the rest come to `max_size`.
+pub fn gc_steps(state_dir: &Path, max_size: &str, json: bool) -> anyhow::Result<u8> {
+    let limit = match parse_limit(max_size) {
+        Ok(limit) => limit,
+        Err(code) => return Ok(code),
+    };
+    let store = crate::output::open(state_dir)?;
+    let removed = store.cache_trim(limit)?;
+    store.flush()?;
+    let left: u64 = store.cache_entries()?.iter().map(airlock_store::CacheEntry::bytes).sum();
+    if json {
+        let out = serde_json::json!({ "removed": step_json(&removed), "bytes": left, "limit": limit });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        eprintln!("removed {} entries; {} of outputs left, bound {}", removed.len(), size(left), size(limit));
+    }
+    Ok(exit::OK)
+}
+
 /// `airlock cache gc`: removes the tools least recently used until the
 /// cache fits `max_size` (its bound if not given).
 pub fn gc(state_dir: &Path, max_size: Option<&str>, json: bool) -> anyhow::Result<u8> {
     let cache = open(state_dir)?;
     let limit = match max_size {
         // Zero asks for everything not in use to go.
-        Some("0") => 0,
-        Some(text) => match airlock_model::parse_size(text) {
+        Some(text) => match parse_limit(text) {
             Ok(bytes) => bytes,
-            Err(e) => {
-                eprintln!("error: --max-size: {e}");
-                eprintln!("hint: write a size such as 2GiB or 500MB");
-                return Ok(exit::USAGE);
-            }
+            Err(code) => return Ok(code),
         },
         None => cache.limit(),
     };

@@ -139,7 +139,7 @@ enum Command {
     },
     /// Fetch (and compile) the tools of pipelines ahead of their first run.
     Fetch(fetch::FetchArgs),
-    /// List the tools fetched to this machine, or keep their cache to a size.
+    /// List the tools fetched to this machine or the step cache, or keep either to a size.
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
@@ -221,15 +221,27 @@ enum UserCommand {
 enum CacheCommand {
     /// Every fetched tool (by the sha256 it is pinned by), its size with
     /// its unpacked files, and when a run last used it; least recent first.
+    /// With `--steps`, the step cache's entries instead.
     Ls {
+        /// List the step cache: each entry's key, scope, the step that
+        /// made it, the bytes of its outputs and how often runs took it.
+        #[arg(long)]
+        steps: bool,
         /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Remove the tools least recently used until the cache fits a size;
     /// a tool used within the last hour stays (a run may be using it).
+    /// With `--steps`, the step cache's entries instead.
     Gc {
-        /// The size to keep to [default: AIRLOCK_TOOL_CACHE_LIMIT, or 16GiB].
+        /// Trim the step cache: drop the entries least recently used until
+        /// the outputs of the rest come to SIZE (their files stay in the
+        /// artifact store, where runs list them).
+        #[arg(long, requires = "max_size")]
+        steps: bool,
+        /// The size to keep to [default for tools: AIRLOCK_TOOL_CACHE_LIMIT,
+        /// or 16GiB].
         #[arg(long, value_name = "SIZE")]
         max_size: Option<String>,
         /// Print what was removed as JSON on stdout.
@@ -315,6 +327,10 @@ struct RunArgs {
     /// Keep step workspaces under the state directory after the run.
     #[arg(long)]
     keep_workspaces: bool,
+    /// Run every step, taking nothing from the step cache; what the steps
+    /// make is still recorded for later runs.
+    #[arg(long, conflicts_with = "server")]
+    no_cache: bool,
 }
 
 fn parse_param(text: &str) -> Result<(String, String), String> {
@@ -408,9 +424,13 @@ fn main() -> ExitCode {
         }
         Command::Logs { run, step, server: None, .. } => output::logs(&cli.state_dir, &run, step.as_deref()),
         Command::Fetch(args) => fetch::fetch(&cli.state_dir, cli.policy.as_deref(), args),
-        Command::Cache { command: CacheCommand::Ls { json } } => cache::ls(&cli.state_dir, json),
-        Command::Cache { command: CacheCommand::Gc { max_size, json } } => {
+        Command::Cache { command: CacheCommand::Ls { steps: false, json } } => cache::ls(&cli.state_dir, json),
+        Command::Cache { command: CacheCommand::Ls { steps: true, json } } => cache::ls_steps(&cli.state_dir, json),
+        Command::Cache { command: CacheCommand::Gc { steps: false, max_size, json } } => {
             cache::gc(&cli.state_dir, max_size.as_deref(), json)
+        }
+        Command::Cache { command: CacheCommand::Gc { steps: true, max_size, json } } => {
+            cache::gc_steps(&cli.state_dir, max_size.as_deref().unwrap_or_default(), json)
         }
         Command::Schema => {
             print!("{}", airlock_model::schema::pipeline_schema_json());

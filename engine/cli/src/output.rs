@@ -23,7 +23,7 @@ pub fn error(e: &anyhow::Error) {
     }
 }
 
-fn open(state_dir: &Path) -> anyhow::Result<Store> {
+pub(crate) fn open(state_dir: &Path) -> anyhow::Result<Store> {
     if !state_dir.join("db").exists() {
         anyhow::bail!("no airlock state in `{}`: run a pipeline first, or pass `--state-dir`", state_dir.display());
     }
@@ -133,10 +133,13 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
         println!(
             "{:<width$}  {:<10} {:>9} {:>8}  {}",
             s.name,
-            s.state.as_str(),
+            if s.cached.is_some() { "cached" } else { s.state.as_str() },
             step_duration(s),
             s.attempts,
-            s.reason.as_deref().unwrap_or("")
+            match &s.cached {
+                Some(c) => format!("outputs of run {} step `{}`", c.run, c.step),
+                None => s.reason.clone().unwrap_or_default(),
+            }
         );
     }
     for s in &steps {

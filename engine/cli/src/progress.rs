@@ -62,6 +62,7 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
         params: args.params.clone(),
         keep_workspaces: args.keep_workspaces,
         requester,
+        no_cache: args.no_cache,
         ..RunOptions::default()
     };
     if let Some(jobs) = args.jobs {
@@ -227,6 +228,7 @@ impl View {
                 log_truncated,
                 published,
                 deployed,
+                cached,
             } => {
                 if let Some(s) = self.spinners.remove(step) {
                     s.finish_and_clear();
@@ -235,6 +237,7 @@ impl View {
                     total.inc(1);
                 }
                 let (code, word) = match state {
+                    StepState::Succeeded if cached.is_some() => ("36", "cached"),
                     StepState::Succeeded => ("32", "done"),
                     StepState::Failed => ("31", "failed"),
                     StepState::Skipped => ("2", "skipped"),
@@ -247,6 +250,9 @@ impl View {
                 }
                 if !outputs.is_empty() {
                     text.push_str(&format!(", {} output{}", outputs.len(), if outputs.len() == 1 { "" } else { "s" }));
+                }
+                if let Some(c) = cached {
+                    text.push_str(&format!(", from run {} step `{}`", c.run, c.step));
                 }
                 if *log_truncated {
                     text.push_str(", log truncated");

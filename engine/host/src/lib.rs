@@ -16,6 +16,8 @@
 //!   credential and writes it out as a plain tree, no `.git`.
 //! - [`forge`] checks the signatures of webhooks from git forges and
 //!   reads their payloads into events.
+//! - [`tree_digest`] names a directory tree by its contents, for the
+//!   step cache's keys.
 //! - [`deploy`] holds the credentials and the providers that deploy
 //!   artifacts to an environment; credentials never leave it.
 //!
@@ -39,6 +41,8 @@ pub mod forge;
 pub mod forge_status;
 pub mod publish;
 pub mod tools;
+mod tree;
 
 pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};
+pub use tree::tree_digest;

@@ -109,6 +109,26 @@ impl Checker<'_> {
         }
     }
 
+    /// One of the named values of a field, or an error listing them.
+    pub(crate) fn pick<T: Copy>(&mut self, node: &Node, path: &str, options: &[(&str, T)]) -> Option<T> {
+        let text = self.scalar(node, path)?;
+        if let Some((_, v)) = options.iter().find(|(n, _)| *n == text) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let hint = match closest(text, &names) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => format!("one of: {}", names.join(", ")),
+        };
+        self.error("bad-value", path, node.span, format!("`{text}` is not a value `{path}` takes"), Some(hint));
+        None
+    }
+
+    /// `true` or `false`.
+    pub(crate) fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        self.pick(node, path, &[("true", true), ("false", false)])
+    }
+
     /// A list of scalars; a single scalar counts as a list of one.
     pub(crate) fn list<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(&'n str, Span, String)> {
         match &node.kind {
@@ -745,6 +765,8 @@ fn parse_plugin_step(
     }
 
     let retries = get(entries, "retries").map(|r| parse_retries(c, r, &field("retries"))).unwrap_or_default();
+    let deterministic = get(entries, "deterministic").map_or(Some(true), |d| c.boolean(d, &field("deterministic")));
+    let cache = get(entries, "cache").map_or(Some(true), |d| c.boolean(d, &field("cache")));
     let (limits, limits_written) =
         get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
 
@@ -760,6 +782,8 @@ fn parse_plugin_step(
             outputs,
             env,
             retries,
+            deterministic: deterministic.unwrap_or(true),
+            cache: cache.unwrap_or(true),
             limits,
             limits_written,
         }))
@@ -1302,7 +1326,21 @@ mod tests {
         let plugin = keys::<PluginStep>();
         assert_eq!(
             plugin,
-            ["args", "argv0", "entry", "env", "inputs", "limits", "mounts", "outputs", "retries", "uses", "with"]
+            [
+                "args",
+                "argv0",
+                "cache",
+                "deterministic",
+                "entry",
+                "env",
+                "inputs",
+                "limits",
+                "mounts",
+                "outputs",
+                "retries",
+                "uses",
+                "with"
+            ]
         );
         assert_eq!(*TOOL_KEYS, ["entry", "module", "mounts", "sha256", "url"]);
         // Every key of a step is common, a plugin step's, or a host kind.

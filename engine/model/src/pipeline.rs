@@ -502,6 +502,19 @@ pub struct PluginStep {
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::retries")]
     pub retries: Retries,
+    /// Whether the step's clocks and randomness are the host's fixed ones
+    /// (the default), so that the same step makes the same bytes: both
+    /// clocks start at 2000-01-01T00:00:00Z (monotonic: zero) and move
+    /// one microsecond per reading, and its random bytes come from a
+    /// seed derived from the step's cache key. `false` gives it the real
+    /// clocks and random bytes; such a step is never cached.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub deterministic: bool,
+    /// Whether the step may be taken from the step cache when the same
+    /// step ran before (default `true`). A step is cached only when it
+    /// is deterministic.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub cache: bool,
     /// Resource limits of the sandbox.
     #[serde(default)]
     pub limits: Limits,
@@ -717,4 +730,12 @@ impl Pipeline {
         }
         if errors.is_empty() { Ok(values) } else { Err(errors) }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }

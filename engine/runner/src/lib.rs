@@ -122,6 +122,9 @@ pub struct RunOptions {
     /// branch the policy does not trust): its publish and deploy steps
     /// are refused with this reason. None for a trusted run.
     pub untrusted: Option<String>,
+    /// Run every step, taking nothing from the step cache (what they make
+    /// is still recorded for later runs).
+    pub no_cache: bool,
 }
 
 impl Default for RunOptions {
@@ -132,6 +135,7 @@ impl Default for RunOptions {
             keep_workspaces: false,
             requester: "local".into(),
             untrusted: None,
+            no_cache: false,
         }
     }
 }

@@ -469,6 +469,7 @@ impl RunQueue {
             keep_workspaces: false,
             requester: submission.requester.clone(),
             untrusted: submission.origin.as_ref().and_then(|o| o.untrusted.clone()),
+            no_cache: false,
         };
         let (codes, run_id) = (self.codes.clone(), id.to_owned());
         let observer = move |p: &Progress| {

@@ -34,6 +34,7 @@
 
 mod cache;
 pub mod deploy;
+pub mod determinism;
 mod error;
 mod limits;
 mod link;
@@ -64,6 +65,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use airlock_model::DEFAULT_PLUGIN_LIMIT;
+
+/// What a step's cache key says of the sandbox that ran it. A step
+/// recorded by one sandbox is taken by another only if this is the same:
+/// it names airlock's sandbox, the wasmtime it builds on (checked against
+/// `Cargo.lock` by a test), and the revision of what [`determinism`]
+/// gives a step.
+pub const SANDBOX_VERSION: &str =
+    concat!("airlock-sandbox ", env!("CARGO_PKG_VERSION"), "; wasmtime 48.0.8; determinism 1");
 
 /// How often the engine's epoch advances: the granularity of deadlines and
 /// of the points where a running guest yields to other steps.

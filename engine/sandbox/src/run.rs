@@ -67,6 +67,11 @@ pub struct Invocation {
     /// Where the guest's output goes, when the caller wants to read it
     /// while the step runs; otherwise a new log of `log_limit` bytes.
     pub live_log: Option<LogSink>,
+    /// The seed of a deterministic step: its clocks start at a fixed
+    /// instant and its random bytes come from this seed (see
+    /// [`crate::determinism`]). `None` gives it the host's clocks and
+    /// random bytes.
+    pub seed: Option<[u8; 32]>,
 }
 
 impl Invocation {
@@ -96,6 +101,7 @@ impl Invocation {
             timeout: airlock_model::DEFAULT_TIMEOUT,
             quota: Quota { bytes: airlock_model::DEFAULT_DISK_LIMIT, entries: airlock_model::DEFAULT_FILES_LIMIT },
             live_log: None,
+            seed: None,
         }
     }
 }
@@ -253,6 +259,9 @@ impl Sandbox {
             }
         }
         b.envs(&inv.env);
+        if let Some(seed) = &inv.seed {
+            crate::determinism::apply(&mut b, seed, &inv.env);
+        }
         b.env("PWD", GUEST_WORKSPACE);
         b.initial_cwd(GUEST_WORKSPACE);
         let mut argv = vec![inv.argv0.clone().unwrap_or_else(|| plugin.name.clone())];

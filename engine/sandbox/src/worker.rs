@@ -77,6 +77,7 @@ struct Spec {
     args: Vec<String>,
     env: Vec<(String, String)>,
     memory: u64,
+    seed: Option<[u8; 32]>,
     result: PathBuf,
 }
 
@@ -151,6 +152,7 @@ pub(crate) async fn run(
         args: inv.args.clone(),
         env: inv.env.clone(),
         memory: inv.memory,
+        seed: inv.seed,
         result: result.path().to_owned(),
     };
     let spec = serde_json::to_vec(&spec).map_err(|e| Failure::Setup(format!("cannot describe the step: {e}")))?;
@@ -302,6 +304,7 @@ fn serve(spec: &Spec) -> Result<(), Failure> {
     inv.args = spec.args.clone();
     inv.env = spec.env.clone();
     inv.memory = spec.memory;
+    inv.seed = spec.seed;
     // The host keeps the deadline, by killing this process.
     inv.timeout = Duration::from_secs(10 * 365 * 24 * 3600);
     runtime.block_on(sandbox.execute(&plugin, &inv, &log, &mut Vec::new()))

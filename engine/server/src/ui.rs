@@ -116,7 +116,7 @@ fn page(title: &str, body: &str, refresh: bool) -> Response<Body> {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{t} · airlock</title><style>{style}\
-         .state{{font-weight:600}}.succeeded{{color:#137333}}.failed{{color:#b3261e}}.running,.retrying{{color:#0b57d0}}\
+         .state{{font-weight:600}}.succeeded,.cached{{color:#137333}}.failed{{color:#b3261e}}.running,.retrying{{color:#0b57d0}}\
          .queued,.pending{{color:#667}}.skipped,.cancelled{{color:#8a6d00}}\
          pre{{background:#0f1419;color:#e6e1cf;padding:1rem;overflow:auto;min-height:8rem;white-space:pre-wrap}}\
          .box{{border:1px solid #ccd;padding:1rem;margin:1rem 0}}input{{font:inherit;padding:.3rem}}\
@@ -351,9 +351,19 @@ fn run_page(app: &App, run: &str, user: &str) -> Response<Body> {
         let _ = write!(
             body,
             "<tr data-step=\"{n}\"><td><a href=\"/ui/runs/{run}/steps/{n}/log\">{n}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            state_span(s.state.as_str()),
+            match &s.cached {
+                Some(_) => state_span("cached"),
+                None => state_span(s.state.as_str()),
+            },
             s.attempts,
-            escape(s.reason.as_deref().unwrap_or("")),
+            match &s.cached {
+                Some(c) => format!(
+                    "outputs of step <a href=\"/ui/runs/{r}\">{r}</a> / {st}",
+                    r = escape(&c.run),
+                    st = escape(&c.step)
+                ),
+                None => escape(s.reason.as_deref().unwrap_or("")),
+            },
             run = escape(&r.id),
             n = escape(&s.name),
         );

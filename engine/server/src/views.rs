@@ -142,6 +142,25 @@ pub struct Step {
     /// on the deployment may have happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect_started_ms: Option<u64>,
+    /// The step's cache key: the sha256 of everything it saw (a
+    /// deterministic plugin step's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// The step whose outputs it took, when the step cache had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<Cached>,
+}
+
+/// Where a cached step's outputs came from.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Cached {
+    /// The run whose step made them.
+    pub run: String,
+    /// That step's name.
+    pub step: String,
+    /// The cache scope they were in: `trusted`, or `untrusted:WHO` for
+    /// an entry an untrusted run of WHO wrote.
+    pub scope: String,
 }
 
 impl From<&airlock_store::StepRecord> for Step {
@@ -176,6 +195,12 @@ impl From<&airlock_store::StepRecord> for Step {
                 approval: d.approval.clone(),
             }),
             effect_started_ms: s.effect_started_ms,
+            cache_key: s.cache_key.clone(),
+            cached: s.cached.as_ref().map(|c| Cached {
+                run: c.run.clone(),
+                step: c.step.clone(),
+                scope: c.scope.clone(),
+            }),
         }
     }
 }

@@ -24,10 +24,12 @@
 
 mod approvals;
 mod deliveries;
+mod step_cache;
 mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
 pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
+pub use step_cache::{CacheEntry, TRUSTED_SCOPE, untrusted_scope};
 
 pub use tokens::{
     ACTIONS, MAX_TTL_MS, Scope, TOKEN_PREFIX, TokenError, TokenRecord, TokenSpec, TokenUsage, TokenUse,
@@ -309,6 +311,24 @@ pub struct StepRecord {
     /// set and no end state may have deployed, so it is never repeated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effect_started_ms: Option<u64>,
+    /// The step's cache key: the sha256 of everything it saw (a
+    /// deterministic plugin step's only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
+    /// Where its outputs came from, when the step cache had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<CachedRecord>,
+}
+
+/// The step whose outputs a cached step took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedRecord {
+    /// Its run.
+    pub run: String,
+    /// Its name there.
+    pub step: String,
+    /// The scope of the entry: `trusted` or `untrusted:WHO`.
+    pub scope: String,
 }
 
 /// What a deploy step deployed (or an approval step had approved). Never
@@ -362,6 +382,8 @@ impl StepRecord {
             published: None,
             deployed: None,
             effect_started_ms: None,
+            cache_key: None,
+            cached: None,
         }
     }
 }
@@ -433,6 +455,8 @@ pub struct Store {
     received: sled::Tree,
     /// What the forge was last told of each run of a repository's commit.
     statuses: sled::Tree,
+    /// The step cache, by scope and key.
+    step_cache: sled::Tree,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -488,6 +512,7 @@ impl Store {
             deliveries: db.open_tree("deliveries")?,
             received: db.open_tree("deliveries_received")?,
             statuses: db.open_tree("forge_statuses")?,
+            step_cache: db.open_tree("step_cache")?,
             db,
         })
     }

@@ -811,3 +811,99 @@ fn deliveries_survive_sigkills_between_the_answer_and_their_runs() {
     runs_of_deliveries.sort();
     assert_eq!(all, runs_of_deliveries, "runs other than one per delivery and pipeline");
 }
+
+/// The poisoning attack on a step cache: an untrusted run (here a tag
+/// the policy does not trust) runs a step whose key is the same as a
+/// later trusted run's, and makes something else (its output carries
+/// the modification time of its input, which the key does not cover).
+/// The trusted run must not take it: it runs the step itself.
+#[test]
+fn an_untrusted_run_cannot_poison_the_step_cache_of_a_trusted_one() {
+    use airlock_bench::git_http::{GitServer, git};
+    const TOKEN: &str = "canary-forge-token-9a3c2e";
+    let scratch = Scratch::new();
+    let (served, work) = blinky(&scratch);
+    std::fs::copy(
+        crate::support::plugins().join("wasm32-wasip2/release/entropy.wasm"),
+        work.join("tools/entropy.wasm"),
+    )
+    .expect("plugin");
+    scratch.file(
+        "work/.airlock/ci.yaml",
+        "name: ci\non:\n  manual: {}\nsources:\n  rtl: rtl\nsteps:\n  stamp:\n    uses: tools/entropy.wasm\n    \
+         inputs: [rtl]\n    args: [out.txt, '${{ inputs.rtl }}/top.v']\n    outputs: [out.txt]\n",
+    );
+    scratch.file("work/rtl/top.v", "module top(); endmodule\n");
+    // Commits a day apart: their trees are written out with their
+    // commit times, so the step's input has another modification time.
+    let commit = |message: &str, date: &str| {
+        git(&work, &["add", "-A"]).expect("git");
+        let status = std::process::Command::new("git")
+            .current_dir(&work)
+            .env("GIT_COMMITTER_DATE", date)
+            .args(["commit", "--quiet", "--date", date, "-m", message])
+            .status()
+            .expect("git");
+        assert!(status.success());
+        git(&work, &["rev-parse", "HEAD"]).expect("git")
+    };
+    let tagged = commit("first", "2024-01-01T00:00:00Z");
+    git(&work, &["tag", "v1"]).expect("git");
+    scratch.file("work/notes.txt", "the design is the same; only this file is new");
+    let tip = commit("second", "2024-01-02T00:00:00Z");
+    git(&work, &["push", "--quiet", "--tags", &served.join("blinky.git").display().to_string(), "main"]).expect("git");
+    let forge = GitServer::start(&served, "x-access-token", TOKEN).expect("git server");
+    let rita = crate::support::user_token(scratch.path());
+    let policy = scratch.file(
+        "policy.yaml",
+        format!(
+            "users:\n  rita: {{ token_sha256: {}, roles: [runner] }}\n\
+             repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    project: team/blinky\n    \
+             webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    token: {{ env: BLINKY_TOKEN }}\n    \
+             trusted: {{ branches: [main] }}\n",
+            rita.digest, forge.url
+        ),
+    );
+    let pipelines = scratch.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("mkdir");
+    let server = Server::start(
+        &scratch.state(),
+        &policy,
+        &pipelines,
+        &[("HELLO_WEBHOOK_SECRET", SECRET), ("BLINKY_TOKEN", TOKEN)],
+    );
+    let agent = http();
+    let stamp = |git_ref: &str| {
+        let (code, stdout, stderr) = trigger(&scratch, &server, &rita.token, &["blinky", git_ref, "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let delivery: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        let run =
+            crate::support::wait_for_end(&agent, &server.url, &rita.token, delivery["runs"][0].as_str().expect("run"));
+        assert_eq!(run["run"]["state"], "succeeded", "{run}");
+        let step = run["steps"][0].clone();
+        (run["run"]["id"].as_str().expect("id").to_owned(), run["run"]["origin"].clone(), step)
+    };
+
+    // The untrusted run goes first and records what its step made.
+    let (poisoner, origin, poisoned) = stamp("refs/tags/v1");
+    assert_eq!(origin["commit"], tagged.as_str());
+    assert!(origin["untrusted"].is_string(), "{origin}");
+    assert!(poisoned["cached"].is_null(), "{poisoned}");
+
+    // The trusted run's step has the very same key, and runs anyway.
+    let (trusted, origin, step) = stamp("main");
+    assert_eq!((origin["commit"].as_str(), origin["untrusted"].as_str()), (Some(tip.as_str()), None));
+    assert_eq!(step["cache_key"], poisoned["cache_key"], "the attack needs the same key");
+    assert!(step["cached"].is_null(), "the trusted run took the untrusted run's outputs: {step}");
+    let digest = |s: &serde_json::Value| s["outputs"][0]["sha256"].as_str().expect("digest").to_owned();
+    assert_ne!(digest(&step), digest(&poisoned), "the two runs made the same bytes; the test attacks nothing");
+
+    // Later runs of either kind take the trusted run's outputs.
+    for git_ref in ["main", "refs/tags/v1"] {
+        let (_, _, again) = stamp(git_ref);
+        assert_eq!(again["cached"]["run"], trusted.as_str(), "{git_ref}: {again}");
+        assert_eq!(again["cached"]["scope"], "trusted", "{git_ref}: {again}");
+        assert_eq!(digest(&again), digest(&step));
+    }
+    assert_ne!(poisoner, trusted);
+}

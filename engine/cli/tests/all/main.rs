@@ -17,6 +17,7 @@ mod schemathesis;
 mod secrets;
 mod server;
 mod snapshots;
+mod step_cache;
 mod step_process;
 mod support;
 mod tokens;

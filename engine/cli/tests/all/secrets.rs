@@ -40,7 +40,15 @@ steps:
     let env_lines: Vec<&str> = logs.lines().filter(|l| l.starts_with("env: ")).collect();
     assert_eq!(
         env_lines,
-        ["env: DECLARED=visible", "env: PWD=/workspace", "env: TMPDIR=/tmp", "env: PWD=/workspace", "env: TMPDIR=/tmp"],
+        [
+            "env: DECLARED=visible",
+            "env: PWD=/workspace",
+            "env: SOURCE_DATE_EPOCH=946684800",
+            "env: TMPDIR=/tmp",
+            "env: PWD=/workspace",
+            "env: SOURCE_DATE_EPOCH=946684800",
+            "env: TMPDIR=/tmp"
+        ],
         "{logs}"
     );
     // No inputs were declared: `/inputs` is there, and empty.

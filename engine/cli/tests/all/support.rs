@@ -190,7 +190,9 @@ impl Server {
         let mut before = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|e| panic!("airlock serve did not start: {e}"));
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("airlock serve did not start ({e}); it said:\n{}", before.join("\n")));
             if let Some(rest) = line.strip_prefix("serving on ") {
                 let url = rest.split_whitespace().next().expect("url").trim_end_matches('/').to_owned();
                 return Self { child, url, before, stderr: rx };

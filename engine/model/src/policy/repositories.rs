@@ -17,7 +17,7 @@
 
 use super::environments::{Credential, credential, secret_in_url};
 use crate::Span;
-use crate::parse::{Checker, closest, get, join};
+use crate::parse::{Checker, get, join};
 use crate::schema::keys;
 use crate::yaml::Node;
 use indexmap::IndexMap;
@@ -236,7 +236,7 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
         );
     };
     let forge = match get(entries, "forge") {
-        Some(f) => pick(c, f, &join(path, "forge"), Forge::ALL),
+        Some(f) => c.pick(f, &join(path, "forge"), Forge::ALL),
         None => {
             missing(c, "forge", "`forge: github`, `gitea`, `forgejo` or `gitlab`");
             None
@@ -328,17 +328,14 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
     }
     let pull_requests = get(entries, "pull_requests")
         .map(|p| {
-            pick(
-                c,
+            c.pick(
                 p,
                 &join(path, "pull_requests"),
                 &[("off", PullRequests::Off), ("members", PullRequests::Members), ("forks", PullRequests::Forks)],
             )
         })
         .unwrap_or(Some(PullRequests::Members));
-    let submodules = get(entries, "submodules")
-        .map(|s| pick(c, s, &join(path, "submodules"), &[("true", true), ("false", false)]))
-        .unwrap_or(Some(false));
+    let submodules = get(entries, "submodules").map(|s| c.boolean(s, &join(path, "submodules"))).unwrap_or(Some(false));
     let mut tool_sources = Vec::new();
     for (source, sspan, spath) in
         get(entries, "tool_sources").map(|n| c.list(n, &join(path, "tool_sources"))).unwrap_or_default()
@@ -365,8 +362,7 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
     }
     let first_time_contributors = get(entries, "first_time_contributors")
         .map(|s| {
-            pick(
-                c,
+            c.pick(
                 s,
                 &join(path, "first_time_contributors"),
                 &[("run", FirstTime::Run), ("approve", FirstTime::Approve)],
@@ -388,20 +384,6 @@ fn repository(c: &mut Checker<'_>, name: &str, span: Span, node: &Node, path: &s
         first_time_contributors: first_time_contributors?,
         span,
     })
-}
-
-fn pick<T: Copy>(c: &mut Checker<'_>, node: &Node, path: &str, options: &[(&str, T)]) -> Option<T> {
-    let text = c.scalar(node, path)?;
-    if let Some((_, v)) = options.iter().find(|(n, _)| *n == text) {
-        return Some(*v);
-    }
-    let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-    let hint = match closest(text, &names) {
-        Some(k) => format!("did you mean `{k}`?"),
-        None => format!("one of: {}", names.join(", ")),
-    };
-    c.error("bad-value", path, node.span, format!("`{text}` is not a value `{path}` takes"), Some(hint));
-    None
 }
 
 /// An http(s) URL with no credential in it.

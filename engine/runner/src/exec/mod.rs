@@ -6,6 +6,7 @@
 //! sandbox; publish, deploy and approval steps in the host), and
 //! [`resume`] deals with what an engine that stopped left behind.
 
+mod cache;
 mod grants;
 mod outputs;
 mod plugins;
@@ -55,6 +56,10 @@ pub(crate) struct Shared {
     pub(crate) tool_cache: airlock_host::tools::ToolCache,
     /// Tools fetched (or found in the cache) in this run, by name; each once.
     pub(crate) fetched: Mutex<HashMap<String, Arc<tools::ToolCell>>>,
+    /// Digests of plugin files and source trees, each worked out once.
+    pub(crate) digests: cache::Digests,
+    /// Whether the run takes nothing from the step cache.
+    pub(crate) no_cache: bool,
     /// An empty directory, mounted read-only at `/inputs` itself.
     pub(crate) inputs_root: PathBuf,
     pub(crate) observer: Box<dyn Fn(&Progress) + Send + Sync>,
@@ -243,6 +248,8 @@ impl Engine {
             tools: pipeline.tools.clone(),
             tool_cache: self.tool_cache.clone(),
             fetched: Mutex::new(HashMap::new()),
+            digests: Default::default(),
+            no_cache: options.no_cache,
             inputs_root,
             observer,
             spare_workspaces: (!options.keep_workspaces).then(Default::default),

@@ -2,7 +2,8 @@
 
 use super::Shared;
 use airlock_store::{
-    ApprovalArtifact, DeployedRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord, StepState,
+    ApprovalArtifact, CachedRecord, DeployedRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord,
+    StepState,
 };
 use serde::Serialize;
 
@@ -69,6 +70,9 @@ pub enum Progress {
         /// What a deploy or approval step did.
         #[serde(skip_serializing_if = "Option::is_none")]
         deployed: Option<DeployedRecord>,
+        /// The step whose outputs it took, when the step cache had them.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cached: Option<CachedRecord>,
     },
     /// A step asks people to approve a deployment. The one-time code is
     /// shown here and nowhere else; the store keeps only its digest.
@@ -130,5 +134,6 @@ pub(crate) fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated:
         log_truncated,
         published: record.published.clone(),
         deployed: record.deployed.clone(),
+        cached: record.cached.clone(),
     });
 }

@@ -130,6 +130,8 @@ pub(crate) async fn run_step(
             published: None,
             deployed: None,
             effect_started_ms: None,
+            cache_key: None,
+            cached: None,
         }
     });
     Finished { index, record, log_truncated }
@@ -167,6 +169,31 @@ pub(crate) async fn attempts(
     if let (Some(grants), Some(tool)) = (&shared.grants, step.tool()) {
         grants.check_tool(tool, &shared.tools[tool].sha256).map_err(|e| failed(format!("step `{name}`: {e}")))?;
     }
+    let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
+    // A deterministic step's key names what it will make: if the cache
+    // has that, nothing is fetched, compiled or run.
+    let keyed =
+        super::cache::key(shared, name, step, &invocation).await.map_err(|e| failed(format!("step `{name}`: {e}")))?;
+    if let Some(keyed) = &keyed {
+        let key = keyed.key.clone();
+        let hit = super::cache::take(shared, name, keyed).await;
+        store
+            .update_step(
+                &shared.run_id,
+                name,
+                hit.as_ref().map(|(_, c)| format!("cached: from run {} step `{}`", c.run, c.step)),
+                |s| {
+                    s.cache_key = Some(key.clone());
+                    s.cached = hit.as_ref().map(|(_, c)| c.clone());
+                },
+            )
+            .map_err(record_error)?;
+        if let Some((outputs, _)) = hit {
+            return Ok((outputs, Vec::new()));
+        }
+        invocation.seed = Some(keyed.seed());
+        invocation.run_id = keyed.run_id();
+    }
     // Fetching and compiling can take minutes; a cancelled run does not
     // wait for them (they finish in the background, for the caches).
     let prepared = async {
@@ -189,7 +216,6 @@ pub(crate) async fn attempts(
     if !shared.prepared(name, cancel).await {
         return Err(StepError::Cancelled);
     }
-    let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
     invocation.mounts = resolved.mounts;
     invocation.argv0 = step.argv0.clone().or(resolved.argv0);
     invocation.entry = entry;
@@ -262,7 +288,16 @@ pub(crate) async fn attempts(
             discard_workspace(shared, workspace).await;
         }
         match result {
-            Ok(outputs) => return Ok((outputs, requests)),
+            Ok(outputs) => {
+                // A step that asked for a deployment had an effect: a
+                // later run must ask again, not take its outputs.
+                if let Some(keyed) = &keyed
+                    && requests.is_empty()
+                {
+                    super::cache::record(shared, name, keyed, &outputs);
+                }
+                return Ok((outputs, requests));
+            }
             Err(reason) if attempt <= step.retries.count => {
                 let reason = one_line(&reason, MAX_REASON_BYTES);
                 let backoff = step.retries.backoff.saturating_mul(1 << (attempt - 1).min(16));

@@ -1,0 +1,146 @@
+//! The step cache and deterministic steps, end to end: the example site
+//! run again takes every step from the cache with the same artifacts, a
+//! changed page runs again only what follows from it, and a step's clock
+//! and random bytes are the same in every run unless it asks otherwise.
+
+use crate::support::{Scratch, airlock, output, plugins, repo};
+
+/// The steps of the last run as (name, cached-from run, output digests).
+fn steps(scratch: &Scratch) -> Vec<(String, Option<String>, Vec<String>)> {
+    let show = scratch.show();
+    show["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            assert_eq!(s["state"], "succeeded", "{show}");
+            (
+                s["name"].as_str().expect("name").to_owned(),
+                s["cached"]["run"].as_str().map(str::to_owned),
+                s["outputs"].as_array().expect("outputs").iter().map(|o| o["sha256"].to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+fn last_run(scratch: &Scratch) -> String {
+    scratch.show()["run"]["id"].as_str().expect("id").to_owned()
+}
+
+#[test]
+fn the_site_run_again_is_taken_from_the_cache_and_a_changed_page_runs_only_what_follows() {
+    let scratch = Scratch::new();
+    let site = repo().join("pipelines/site");
+    for file in crate::support::files_below(&site) {
+        let rel = file.strip_prefix(&site).expect("below");
+        scratch.file(&format!("site/{}", rel.display()), std::fs::read(&file).expect("read"));
+    }
+    let yaml = std::fs::read_to_string(repo().join("pipelines/site.yaml")).expect("site.yaml");
+    scratch.pipeline(&yaml.replace("../plugins/target", "{plugins}"));
+    plugins();
+
+    let (code, _, stderr) = scratch.run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    let first_run = last_run(&scratch);
+    let first = steps(&scratch);
+    assert!(first.iter().all(|(_, cached, _)| cached.is_none()), "{first:?}");
+
+    // Unchanged: every step is the first run's, with its artifacts.
+    let (code, _, stderr) = scratch.run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    for line in ["cached    render", "cached    lint", "cached    pack", "cached    checksum"] {
+        assert!(stderr.contains(line), "no `{line}` in {stderr}");
+    }
+    let again = steps(&scratch);
+    for ((name, cached, digests), (_, _, before)) in again.iter().zip(&first) {
+        assert_eq!(cached.as_deref(), Some(first_run.as_str()), "{name}");
+        assert_eq!(digests, before, "{name} took other artifacts");
+    }
+    let (_, shown, _) = output(airlock(&scratch.state()).args(["show", "last"]));
+    assert!(shown.contains(&format!("outputs of run {first_run} step `pack`")), "{shown}");
+
+    // One page changes: what reads the pages runs again; `lint`, which
+    // mounts only the data files, is taken from the cache.
+    let page = scratch.path().join("site/guide/why.md");
+    let text = std::fs::read_to_string(&page).expect("page");
+    std::fs::write(&page, format!("{text}\nOne more line.\n")).expect("write");
+    let (code, _, stderr) = scratch.run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    let changed = steps(&scratch);
+    let cached: Vec<&str> = changed.iter().filter(|s| s.1.is_some()).map(|s| s.0.as_str()).collect();
+    assert_eq!(cached, ["lint"], "{changed:?}");
+    let archive =
+        |s: &[(String, Option<String>, Vec<String>)]| s.iter().find(|x| x.0 == "pack").expect("pack").2.clone();
+    assert_ne!(archive(&changed), archive(&first), "the archive holds the changed page");
+
+    // `--no-cache` runs every step, and they make the same bytes.
+    let (code, _, stderr) = scratch.run(&["--no-cache"]);
+    assert_eq!(code, 0, "{stderr}");
+    let fresh = steps(&scratch);
+    assert!(fresh.iter().all(|(_, cached, _)| cached.is_none()), "{fresh:?}");
+    for ((name, _, digests), (_, _, before)) in fresh.iter().zip(&changed) {
+        assert_eq!(digests, before, "{name} is not reproducible");
+    }
+
+    // The entries, listed; trimmed to nothing, the next run runs all.
+    let cache = |args: &[&str]| {
+        let (code, stdout, stderr) = output(airlock(&scratch.state()).arg("cache").args(args));
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("JSON")
+    };
+    let listed = cache(&["ls", "--steps", "--json"]);
+    let entries = listed["steps"].as_array().expect("entries");
+    // lint once; render, pack and checksum for each version of the page.
+    assert_eq!(entries.len(), 7, "{listed}");
+    assert!(entries.iter().all(|e| e["scope"] == "trusted" && e["key"].as_str().is_some_and(|k| k.len() == 64)));
+    let lint = entries.iter().find(|e| e["step"] == "lint").expect("lint");
+    assert_eq!((lint["run"].as_str(), lint["hits"].as_u64()), (Some(first_run.as_str()), Some(2)), "{lint}");
+    let trimmed = cache(&["gc", "--steps", "--max-size", "0", "--json"]);
+    assert_eq!(trimmed["removed"].as_array().map(Vec::len), Some(7), "{trimmed}");
+    let (code, _, stderr) = output(airlock(&scratch.state()).args(["cache", "gc", "--steps"]));
+    assert_eq!(code, 2, "a bound is needed: {stderr}");
+    let (code, _, stderr) = scratch.run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(steps(&scratch).iter().all(|(_, cached, _)| cached.is_none()));
+}
+
+#[test]
+fn a_steps_clocks_and_random_bytes_are_fixed_unless_it_asks_for_real_ones() {
+    let scratch = Scratch::new();
+    scratch.pipeline(
+        "name: entropy\nsteps:\n  \
+         fixed:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n  \
+         other:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n  \
+         real:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n    \
+         deterministic: false\n  \
+         uncached:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n    \
+         cache: false\n",
+    );
+    let said = |scratch: &Scratch, step: &str| {
+        let (code, log, stderr) = output(airlock(&scratch.state()).args(["logs", "last", step]));
+        assert_eq!(code, 0, "{stderr}");
+        log
+    };
+    let (code, _, stderr) = scratch.run(&["--no-cache"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (fixed, other, real) = (said(&scratch, "fixed"), said(&scratch, "other"), said(&scratch, "real"));
+    // 2000-01-01T00:00:00Z, read once before anything else.
+    assert!(fixed.starts_with("time 946684800000000000\n"), "{fixed}");
+    assert!(!real.starts_with("time 946684800"), "{real}");
+    let random = |log: &str| log.lines().find(|l| l.starts_with("random ")).expect("random").to_owned();
+    assert_ne!(random(&fixed), random(&other), "two steps share their random bytes");
+
+    let (code, _, stderr) = scratch.run(&["--no-cache"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(said(&scratch, "fixed"), fixed, "a deterministic step differed between runs");
+    assert_eq!(said(&scratch, "other"), other);
+    assert_ne!(said(&scratch, "real"), real, "a step with the real clocks saw the same time twice");
+
+    // From the cache: the deterministic steps, not the others.
+    let (code, _, stderr) = scratch.run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    for (step, cached) in [("fixed", true), ("other", true), ("real", false), ("uncached", false)] {
+        assert_eq!(scratch.step(step)["cached"].is_object(), cached, "{step}: {}", scratch.step(step));
+    }
+    assert!(scratch.step("real")["cache_key"].is_null(), "a step with the real clocks has no key");
+}
