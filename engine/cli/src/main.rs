@@ -4,6 +4,7 @@
 //! work happens in the library crates (model, runner, store).
 
 mod approve;
+mod attest;
 mod cache;
 mod diagnostics;
 mod env;
@@ -16,6 +17,7 @@ mod publish;
 mod remote;
 mod serve;
 mod tokens;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -114,6 +116,9 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Run a run's plugin steps again from the same inputs and say, for
+    /// each, whether it made the same bytes; exits 1 if any did not.
+    Verify(verify::VerifyArgs),
     /// Show a run: its steps, their state, reasons and outputs.
     Show {
         /// Run id, a unique prefix of one, or `last`.
@@ -176,6 +181,11 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Approve (or deny) a deployment waiting for approval.
     Approve(approve::ApproveArgs),
+    /// Signed provenance: the key that checks it, and checking a file.
+    Attest {
+        #[command(subcommand)]
+        command: AttestCommand,
+    },
     /// Check the environments of the admin policy.
     Env {
         #[command(subcommand)]
@@ -204,6 +214,17 @@ enum EnvCommand {
         /// The environment.
         environment: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AttestCommand {
+    /// Print the public key (PEM) of the policy's provenance signing key,
+    /// for those who verify what this airlock publishes.
+    Key,
+    /// Check a provenance file (a DSSE envelope of an in-toto statement)
+    /// against a public key, and optionally the files it names; exits 1
+    /// if anything does not match.
+    Verify(attest::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -419,6 +440,12 @@ fn main() -> ExitCode {
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish::publish(&cli.state_dir, args))),
         Command::Runs { json, limit } => output::runs(&cli.state_dir, json, limit),
         Command::Show { run, json } => output::show(&cli.state_dir, &run, json),
+        Command::Verify(args) => runtime().and_then(|rt| {
+            let (state_dir, policy) = (cli.state_dir.clone(), cli.policy.clone());
+            rt.block_on(async move {
+                tokio::spawn(async move { verify::verify(&state_dir, policy.as_deref(), args).await }).await?
+            })
+        }),
         Command::Logs { run, step, server: Some(server), follow } => {
             runtime().and_then(|rt| rt.block_on(remote::logs(&server, &run, step.as_deref(), follow)))
         }
@@ -440,6 +467,8 @@ fn main() -> ExitCode {
             tokens::create(&cli.state_dir, cli.policy.as_deref(), args)
         }
         Command::Approve(args) => approve::approve(&cli.state_dir, cli.policy.as_deref(), args),
+        Command::Attest { command: AttestCommand::Key } => attest::key(cli.policy.as_deref()),
+        Command::Attest { command: AttestCommand::Verify(args) } => attest::verify_file(&args),
         Command::Env { command: EnvCommand::Check(args) } => env::check(cli.policy.as_deref(), args),
         Command::Env { command: EnvCommand::Rollback { environment } } => {
             env::rollback(cli.policy.as_deref(), &environment)

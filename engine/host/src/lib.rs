@@ -18,6 +18,8 @@
 //!   reads their payloads into events.
 //! - [`tree_digest`] names a directory tree by its contents, for the
 //!   step cache's keys.
+//! - [`provenance`] signs in-toto statements of what a run made (SLSA
+//!   provenance in a DSSE envelope) and checks them.
 //! - [`deploy`] holds the credentials and the providers that deploy
 //!   artifacts to an environment; credentials never leave it.
 //!
@@ -39,6 +41,7 @@ pub mod deploy;
 mod extract;
 pub mod forge;
 pub mod forge_status;
+pub mod provenance;
 pub mod publish;
 pub mod tools;
 mod tree;

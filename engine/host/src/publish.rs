@@ -52,6 +52,10 @@ pub struct Published {
     pub created_ms: u64,
     /// Its files, sorted by path.
     pub files: Vec<ManifestEntry>,
+    /// The sha256 of its signed provenance (a DSSE envelope, a blob of
+    /// the target), when the run that published it made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 impl Published {
@@ -205,12 +209,17 @@ pub enum PublishError {
     Artifact(#[from] ArtifactError),
 }
 
+/// What a build's provenance is served as, after its id, beside its tree.
+pub const PROVENANCE_SUFFIX: &str = ".intoto.jsonl";
+
 /// Checks a build id: 1 to 128 of letters, digits, `.`, `-`, `_`, not
-/// starting with `.` (so never `.` or `..`).
+/// starting with `.` (so never `.` or `..`), not ending with
+/// [`PROVENANCE_SUFFIX`] (that names a build's provenance).
 pub fn check_build_id(id: &str) -> Result<(), PublishError> {
     let ok = !id.is_empty()
         && id.len() <= MAX_BUILD_ID
         && !id.starts_with('.')
+        && !id.ends_with(PROVENANCE_SUFFIX)
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if ok { Ok(()) } else { Err(PublishError::BadBuildId(airlock_model::text::one_line(id, 200))) }
 }
@@ -522,9 +531,27 @@ impl TargetStore {
     /// a caller that charges a quota for a commit can charge it only once
     /// the manifest is known to be good.
     pub fn commit_checked(&self, build: &str, files: Checked) -> Result<(Committed, Published), PublishError> {
+        self.commit_attested(build, files, None)
+    }
+
+    /// [`commit_checked`](Self::commit_checked) with the signed provenance
+    /// of the tree: stored as a blob first, and named in the manifest, so
+    /// the tree and its provenance appear together. A tree already there
+    /// keeps the provenance it was published with.
+    pub fn commit_attested(
+        &self,
+        build: &str,
+        files: Checked,
+        provenance: Option<&[u8]>,
+    ) -> Result<(Committed, Published), PublishError> {
         check_build_id(build)?;
         let files = files.0;
-        let published = Published { target: self.name.clone(), build: build.to_owned(), created_ms: now_ms(), files };
+        let provenance = match provenance {
+            Some(bytes) => Some(self.blobs.put(bytes)?.0),
+            None => None,
+        };
+        let published =
+            Published { target: self.name.clone(), build: build.to_owned(), created_ms: now_ms(), files, provenance };
         let dir = self.builds_dir();
         std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
         let final_path = dir.join(format!("{build}.json"));
@@ -570,6 +597,15 @@ impl TargetStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io(e)),
         }
+    }
+
+    /// The signed provenance of the tree published under `build` (a DSSE
+    /// envelope, its JSON text), read back checked against its digest;
+    /// `None` when there is no such tree or it has none.
+    pub fn provenance(&self, build: &str) -> Result<Option<Vec<u8>>, PublishError> {
+        let Some(published) = self.published(build)? else { return Ok(None) };
+        let Some(digest) = published.provenance else { return Ok(None) };
+        Ok(Some(self.blobs.read_verified(&digest)?))
     }
 
     /// Build ids published here, with when, newest first.

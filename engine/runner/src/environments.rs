@@ -66,6 +66,7 @@ pub(crate) async fn approval(
         detail: format!("approved by {}", approvers_of(&record)),
         artifacts: artifacts.len() as u64,
         approval: Some(record.state.as_str().to_owned()),
+        provenance: None,
     })
 }
 
@@ -141,6 +142,18 @@ async fn deliver(
         artifacts,
     };
     let count = deployment.artifacts.len() as u64;
+    // Signed before anything is deployed: a policy that signs never
+    // deploys without provenance.
+    let subjects: Vec<(String, String)> =
+        deployment.artifacts.iter().map(|a| (a.path.clone(), a.sha256.clone())).collect();
+    let provenance = match crate::provenance::envelope(shared, &subjects).await.map_err(&failed)? {
+        Some(bytes) => {
+            let (digest, size, _) = shared.artifacts.put(bytes.as_slice()).map_err(|e| failed(e.to_string()))?;
+            shared.store.index_artifact(&digest, size).map_err(|e| failed(e.to_string()))?;
+            Some(digest)
+        }
+        None => None,
+    };
     // The point of no return, on disk before the provider is called: an
     // engine that dies from here on does not know whether the deployment
     // happened, and a resumed run fails the step instead of repeating it.
@@ -169,6 +182,7 @@ async fn deliver(
         detail: done.detail,
         artifacts: count,
         approval: approval.map(|r| format!("{} by {}", r.state.as_str(), approvers_of(&r))),
+        provenance,
     })
 }
 

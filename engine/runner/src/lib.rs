@@ -36,6 +36,7 @@ mod environments;
 mod exec;
 pub mod intake;
 mod lookup;
+mod provenance;
 mod publish;
 pub mod queue;
 mod statuses;
@@ -251,6 +252,13 @@ impl Engine {
     pub fn with_tool_cache_limit(mut self, bytes: u64) -> Self {
         self.tool_cache = self.tool_cache.with_limit(bytes);
         self
+    }
+
+    /// Keeps compiled plugins in `dir` instead of the state directory's
+    /// own cache (another engine's, so as not to compile them again).
+    pub fn with_compile_cache(mut self, dir: &Path) -> Result<Self, RunnerError> {
+        self.sandbox = Arc::new(Sandbox::new(Some(dir.to_owned()))?);
+        Ok(self)
     }
 
     /// Bounds the cache of compiled plugins to `bytes`; the least

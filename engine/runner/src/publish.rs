@@ -39,6 +39,10 @@ pub(crate) async fn run(
         ))
     })?;
     let files = upstream_outputs(shared, &publish.from).map_err(&failed)?;
+    // Signed before anything is published: a policy that signs never
+    // publishes a tree without its provenance.
+    let subjects: Vec<(String, String)> = files.iter().map(|f| (f.path.clone(), f.sha256.clone())).collect();
+    let provenance = crate::provenance::envelope(shared, &subjects).await.map_err(&failed)?;
 
     let ttl_ms = (step.timeout.as_millis() as u64).clamp(1, MAX_TTL_MS);
     let mut spec = TokenSpec::new(
@@ -54,7 +58,7 @@ pub(crate) async fn run(
         let (store, artifacts) = (shared.store.clone(), shared.artifacts.clone());
         let (build, token_id) = (build.clone(), record.id.clone());
         tokio::task::spawn_blocking(move || {
-            publish_blocking(&store, &artifacts, &target, &token, &build, files, token_id)
+            publish_blocking(&store, &artifacts, &target, &token, &build, files, provenance.as_deref(), token_id)
         })
     };
     let revoke = || {
@@ -107,8 +111,9 @@ pub(crate) fn upstream_outputs(shared: &Shared, from_steps: &[String]) -> Result
 }
 
 /// What the server does for a client, done in-process: ask what is
-/// missing, copy it from the artifact store, commit. Each call is a use
-/// of the token.
+/// missing, copy it from the artifact store, commit (with the tree's
+/// provenance). Each call is a use of the token.
+#[allow(clippy::too_many_arguments)]
 fn publish_blocking(
     store: &airlock_store::Store,
     artifacts: &airlock_host::ArtifactStore,
@@ -116,6 +121,7 @@ fn publish_blocking(
     token: &str,
     build: &str,
     files: Vec<ManifestEntry>,
+    provenance: Option<&[u8]>,
     token_id: String,
 ) -> Result<PublishedRecord, String> {
     let call = |files: u64, bytes: u64| {
@@ -143,7 +149,8 @@ fn publish_blocking(
         target.put_local(digest, &path).map_err(|e| e.to_string())?;
     }
     call(files.len() as u64, 0)?;
-    let (committed, published) = target.commit(build, files).map_err(|e| e.to_string())?;
+    let checked = target.check(files).map_err(|e| e.to_string())?;
+    let (committed, published) = target.commit_attested(build, checked, provenance).map_err(|e| e.to_string())?;
     Ok(PublishedRecord {
         target: published.target.clone(),
         build: published.build.clone(),
@@ -152,5 +159,6 @@ fn publish_blocking(
         uploaded: missing.len() as u64,
         created: committed == Committed::Created,
         token: token_id,
+        provenance: published.provenance.clone(),
     })
 }

@@ -177,6 +177,18 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "GET",
+        path: "/api/v1/runs/{run}/steps/{step}/provenance",
+        operation: "getProvenance",
+        need: Need::Viewer,
+        summary: "The signed provenance of what a publish or deploy step published or deployed: a DSSE envelope of \
+                  an in-toto statement with a SLSA provenance predicate (for a publish, as served beside the tree).",
+        request: None,
+        response: None,
+        produces: "application/json",
+        success: OK,
+    },
+    Endpoint {
+        method: "GET",
         path: "/api/v1/runs/{run}/artifacts",
         operation: "listArtifacts",
         need: Need::Viewer,
@@ -680,6 +692,7 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             Err(e) => queue_error(&e),
         }),
         "getLog" => log(app, &var(0), &var(1), req.uri().query()).await,
+        "getProvenance" => provenance(app, &var(0), &var(1)),
         "listArtifacts" => list_artifacts(app, &var(0)),
         "getArtifact" => artifact(app, &var(0)).await,
         "listApprovals" => match app.store.pending_approvals() {
@@ -859,6 +872,36 @@ fn get_run(app: &App, id: &str, user: &str) -> Response<Body> {
     match run_detail(app, id, user) {
         Ok(detail) => json(StatusCode::OK, &detail),
         Err(r) => r,
+    }
+}
+
+fn provenance(app: &App, id: &str, step: &str) -> Response<Body> {
+    let record = match app.store.find_run(id).and_then(|run| app.store.step(&run.id, step)) {
+        Ok(r) => r,
+        Err(e) => return store_error(&e),
+    };
+    let none = |why: String| error(StatusCode::NOT_FOUND, "no_provenance", why);
+    if let Some(digest) = record.deployed.and_then(|d| d.provenance) {
+        return match app.artifacts.as_ref().map(|a| a.read_verified(&digest)) {
+            Some(Ok(bytes)) => crate::respond(StatusCode::OK, "application/json", bytes),
+            Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "artifact_missing", e.to_string()),
+            None => none("this server keeps no artifacts".into()),
+        };
+    }
+    let Some(published) = record.published.filter(|p| p.provenance.is_some()) else {
+        return none(format!(
+            "step `{}` published or deployed nothing signed (provenance is made for publish and deploy steps \
+             when the policy has `provenance:`)",
+            crate::short(step)
+        ));
+    };
+    let Some(target) = app.targets.get(&published.target) else {
+        return none(format!("this server does not serve target `{}`", published.target));
+    };
+    match target.provenance(&published.build) {
+        Ok(Some(bytes)) => crate::respond(StatusCode::OK, "application/json", bytes),
+        Ok(None) => none(format!("`{}/{}` has no provenance", published.target, published.build)),
+        Err(e) => crate::publish_error(&e),
     }
 }
 

@@ -84,6 +84,21 @@ pub(crate) async fn browse(app: &App, raw_path: &str, head: bool) -> Response<Bo
         return builds_page(target);
     }
     let (build, inner) = rest.split_once('/').map_or((rest, None), |(b, r)| (b, Some(r)));
+    // A build's provenance, beside its tree.
+    if inner.is_none()
+        && let Some(build) = build.strip_suffix(airlock_host::publish::PROVENANCE_SUFFIX)
+        && airlock_host::publish::check_build_id(build).is_ok()
+    {
+        return match target.provenance(build) {
+            Ok(Some(bytes)) => {
+                let mut r = respond(StatusCode::OK, "application/json", if head { Vec::new() } else { bytes });
+                r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                r
+            }
+            Ok(None) => not_found(format!("`{target_name}/{build}` has no provenance (or is not published)")),
+            Err(e) => publish_error(&e),
+        };
+    }
     if airlock_host::publish::check_build_id(build).is_err() {
         return not_found(format!("nothing is published as `{target_name}/{}`", short(build)));
     }

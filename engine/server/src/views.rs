@@ -185,6 +185,7 @@ impl From<&airlock_store::StepRecord> for Step {
                 bytes: p.bytes,
                 uploaded: p.uploaded,
                 created: p.created,
+                provenance: p.provenance.clone(),
             }),
             deployed: s.deployed.as_ref().map(|d| Deployed {
                 environment: d.environment.clone(),
@@ -193,6 +194,7 @@ impl From<&airlock_store::StepRecord> for Step {
                 detail: d.detail.clone(),
                 artifacts: d.artifacts,
                 approval: d.approval.clone(),
+                provenance: d.provenance.clone(),
             }),
             effect_started_ms: s.effect_started_ms,
             cache_key: s.cache_key.clone(),
@@ -231,6 +233,10 @@ pub struct Published {
     pub uploaded: u64,
     /// False when the same tree was published under the build id before.
     pub created: bool,
+    /// The sha256 of its signed provenance (served beside the tree, as
+    /// `/TARGET/BUILD.intoto.jsonl`), when the policy signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// What a deploy or approval step did.
@@ -248,6 +254,10 @@ pub struct Deployed {
     pub artifacts: u64,
     /// How the approval ended, and by whom, when one was needed.
     pub approval: Option<String>,
+    /// The sha256 of the deployment's signed provenance (an artifact),
+    /// when the policy signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// Where an approval request is.

@@ -347,6 +347,10 @@ pub struct DeployedRecord {
     pub artifacts: u64,
     /// How the approval ended, and by whom, when one was needed.
     pub approval: Option<String>,
+    /// The sha256 of the deployment's signed provenance (an artifact),
+    /// when the policy has a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// What a publish step published, and with which token.
@@ -366,6 +370,10 @@ pub struct PublishedRecord {
     pub created: bool,
     /// The id of the token the engine minted for it (revoked since).
     pub token: String,
+    /// The sha256 of the tree's signed provenance, when the policy has a
+    /// signing key (a blob of the target, served beside the tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 impl StepRecord {

@@ -10,6 +10,7 @@ mod docs;
 mod failures;
 mod hooks;
 mod hostile;
+mod provenance;
 mod publish;
 mod registry;
 mod run;

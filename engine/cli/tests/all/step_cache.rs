@@ -144,3 +144,57 @@ fn a_steps_clocks_and_random_bytes_are_fixed_unless_it_asks_for_real_ones() {
     }
     assert!(scratch.step("real")["cache_key"].is_null(), "a step with the real clocks has no key");
 }
+
+#[test]
+fn verify_runs_steps_again_and_says_loudly_when_the_same_inputs_made_other_bytes() {
+    let scratch = Scratch::new();
+    scratch.file("src/a.txt", "one\n");
+    scratch.pipeline(
+        "name: v\nsources: { src: src }\nsteps:\n  \
+         fixed:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n  \
+         stamp:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    inputs: [src]\n    needs: [fixed]\n    \
+         args: [out.txt, '${{ inputs.src }}/a.txt']\n    outputs: [out.txt]\n  \
+         real:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n    \
+         deterministic: false\n",
+    );
+    let (code, _, stderr) = scratch.run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    let run = last_run(&scratch);
+    let verify = |args: &[&str]| {
+        let (code, stdout, stderr) = output(airlock(&scratch.state()).args(["verify", "--json"]).args(args));
+        let verdicts: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stderr}"));
+        let of = |step: &str| {
+            verdicts["steps"]
+                .as_array()
+                .expect("steps")
+                .iter()
+                .find(|v| v["step"] == step)
+                .map(|v| v["verdict"].clone())
+        };
+        (code, of("fixed"), of("stamp"), of("real"))
+    };
+    let same = Some(serde_json::Value::from("same"));
+    assert_eq!(verify(&[&run]), (0, same.clone(), same.clone(), Some("not-deterministic".into())));
+    // The verify left no run behind, and took nothing from the cache.
+    let (_, runs, _) = output(airlock(&scratch.state()).args(["runs", "--json"]));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&runs).expect("JSON").as_array().map(Vec::len), Some(1));
+
+    // The input's bytes stay, its modification time moves: the key is the
+    // same, and `stamp` (which prints that time) makes other bytes.
+    let file = std::fs::File::options().write(true).open(scratch.path().join("src/a.txt")).expect("open");
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(86_400)).expect("touch");
+    let (code, fixed, stamp, _) = verify(&[&run]);
+    assert_eq!((code, fixed, stamp), (1, same.clone(), Some("different".into())));
+    let (code, table, stderr) = output(airlock(&scratch.state()).args(["verify", &run, "stamp"]));
+    assert_eq!(code, 1);
+    assert!(table.contains("DIFFERENT") && table.contains("out.txt: recorded "), "{table}");
+    assert!(stderr.contains("made other bytes from the same inputs"), "{stderr}");
+    assert!(!table.contains("real"), "only the step asked for (and those it needs) is judged: {table}");
+
+    // Its bytes change: the step saw something else, and is not judged.
+    std::fs::write(scratch.path().join("src/a.txt"), "two\n").expect("write");
+    let (code, fixed, stamp, _) = verify(&[&run]);
+    assert_eq!((code, fixed, stamp), (1, same, Some("inputs-changed".into())));
+    let (code, _, stderr) = output(airlock(&scratch.state()).args(["verify", &run, "nope"]));
+    assert_eq!(code, 2, "{stderr}");
+}

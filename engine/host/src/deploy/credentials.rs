@@ -109,6 +109,15 @@ pub fn read(
     })
 }
 
+/// The value at a credential's source (see [`read_source`]); why there
+/// is none in words that finish "the policy's `KEY` …".
+pub fn read_credential(source: &CredentialSource, policy_dir: &Path) -> Result<Secret, String> {
+    read_source(source, policy_dir).map_err(|missing| match missing {
+        Unreadable::Env(var) => format!("is in the environment variable {var}, which is not set or empty"),
+        Unreadable::File { file, why } => format!("is in {file}, which cannot be read: {why}"),
+    })
+}
+
 /// Why a credential's source gave no value.
 pub(crate) enum Unreadable {
     /// The engine's environment variable is not set or is empty.

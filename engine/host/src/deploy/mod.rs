@@ -28,7 +28,7 @@ pub(crate) mod credentials;
 pub mod directory;
 mod http;
 
-pub use credentials::{CredentialError, CredentialStatus, Secret, check_all, read, redact};
+pub use credentials::{CredentialError, CredentialStatus, Secret, check_all, read, read_credential, redact};
 
 use crate::ArtifactStore;
 use airlock_model::policy::{Environment, Provider};

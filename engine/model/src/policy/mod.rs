@@ -70,6 +70,21 @@ pub struct Policy {
     /// Git repositories whose pushes and pull requests start runs, by name.
     #[serde(skip_serializing_if = "IndexMap::is_empty")]
     pub repositories: IndexMap<String, Repository>,
+    /// How what runs publish and deploy is attested: signed provenance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+}
+
+/// Signed provenance for every publish and deployment: an in-toto
+/// statement with a SLSA provenance predicate, signed with this key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Provenance {
+    /// The ed25519 private key (PKCS#8 PEM), by reference: `{ env: VAR }`
+    /// or `{ file: PATH }`, never inline.
+    pub key: Credential,
+    /// Who vouches for the builds: a URI naming this airlock (SLSA's
+    /// `builder.id`), e.g. `https://ci.example.org/airlock`.
+    pub builder_id: String,
 }
 
 /// A place published trees go: `DIR` holds every build published to it.
@@ -103,7 +118,8 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
         let environments =
             get(top, "environments").map(|e| environments::environments(&mut c, e, &groups)).unwrap_or_default();
         let repositories = get(top, "repositories").map(|r| repositories::repositories(&mut c, r)).unwrap_or_default();
-        Policy { targets, users, groups, environments, repositories }
+        let provenance = get(top, "provenance").and_then(|p| provenance(&mut c, p));
+        Policy { targets, users, groups, environments, repositories, provenance }
     });
     let mut diags = c.diags;
     diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)).unwrap_or((0, 0)));
@@ -111,6 +127,55 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
         Some(p) if diags.is_empty() => Ok(p),
         _ => Err(diags),
     }
+}
+
+static PROVENANCE_KEYS: std::sync::LazyLock<Vec<&str>> =
+    std::sync::LazyLock::new(crate::schema::own_keys::<Provenance>);
+
+fn provenance(c: &mut Checker<'_>, node: &Node) -> Option<Provenance> {
+    let entries = c.map(node, "provenance", Some(&PROVENANCE_KEYS));
+    let key = match get(entries, "key") {
+        Some(k) => environments::credential(c, "key", k.span, k, "provenance.key"),
+        None => {
+            c.error(
+                "missing-key",
+                "provenance.key",
+                node.span,
+                "`provenance` has no `key`".into(),
+                Some("name the ed25519 signing key: `key: { file: PATH }` or `key: { env: VAR }`".into()),
+            );
+            None
+        }
+    };
+    let builder_id = match get(entries, "builder_id") {
+        Some(b) => c.scalar(b, "provenance.builder_id").and_then(|text| {
+            let scheme = text.split_once(':').map(|(s, _)| s).unwrap_or_default();
+            let uri = !scheme.is_empty()
+                && scheme.chars().all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch))
+                && !text.contains(char::is_whitespace);
+            if !uri {
+                c.error(
+                    "bad-value",
+                    "provenance.builder_id",
+                    b.span,
+                    format!("`{text}` is not a URI"),
+                    Some("name this airlock by a URI you control, e.g. `https://ci.example.org/airlock`".into()),
+                );
+            }
+            uri.then(|| text.to_owned())
+        }),
+        None => {
+            c.error(
+                "missing-key",
+                "provenance.builder_id",
+                node.span,
+                "`provenance` has no `builder_id`".into(),
+                Some("name this airlock by a URI you control, e.g. `https://ci.example.org/airlock`".into()),
+            );
+            None
+        }
+    };
+    Some(Provenance { key: key?, builder_id: builder_id? })
 }
 
 fn targets(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, PublishTarget> {
@@ -189,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_top_keys_and_a_users_are_the_fields_of_the_types() {
-        assert_eq!(*TOP_KEYS, ["environments", "groups", "repositories", "targets", "users"]);
+        assert_eq!(*TOP_KEYS, ["environments", "groups", "provenance", "repositories", "targets", "users"]);
         assert_eq!(*people::USER_KEYS, ["roles", "token_sha256"]);
     }
 

@@ -131,7 +131,7 @@ async fn digest_of(shared: &Shared, path: &Path, kind: Tree) -> Result<String, S
     cell.get_or_init(|| async {
         let p = path.to_owned();
         tokio::task::spawn_blocking(move || match kind {
-            Tree::File => file_digest(&p),
+            Tree::File => sha256_of_file(&p),
             Tree::Dir => airlock_host::tree_digest(&p),
         })
         .await
@@ -142,7 +142,17 @@ async fn digest_of(shared: &Shared, path: &Path, kind: Tree) -> Result<String, S
     .clone()
 }
 
-fn file_digest(path: &Path) -> std::io::Result<String> {
+/// The sha256 of a plugin file, worked out once per run.
+pub(crate) async fn file_digest(shared: &Shared, path: &Path) -> Result<String, String> {
+    digest_of(shared, path, Tree::File).await
+}
+
+/// The digest of a directory tree, worked out once per run.
+pub(crate) async fn tree_digest_of(shared: &Shared, dir: &Path) -> Result<String, String> {
+    digest_of(shared, dir, Tree::Dir).await
+}
+
+fn sha256_of_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
     Ok(hex::encode(hasher.finalize()))

@@ -17,6 +17,7 @@ mod step;
 mod tools;
 mod workspace;
 
+pub(crate) use cache::{file_digest, tree_digest_of};
 pub use progress::{Progress, RunSummary};
 pub(crate) use step::{StepError, host_step_started};
 
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) fetched: Mutex<HashMap<String, Arc<tools::ToolCell>>>,
     /// Digests of plugin files and source trees, each worked out once.
     pub(crate) digests: cache::Digests,
+    /// Each plugin step's `uses:`, in pipeline order.
+    pub(crate) plugins_used: Vec<(String, String)>,
     /// Whether the run takes nothing from the step cache.
     pub(crate) no_cache: bool,
     /// An empty directory, mounted read-only at `/inputs` itself.
@@ -249,6 +252,11 @@ impl Engine {
             tool_cache: self.tool_cache.clone(),
             fetched: Mutex::new(HashMap::new()),
             digests: Default::default(),
+            plugins_used: pipeline
+                .steps
+                .iter()
+                .filter_map(|(name, step)| Some((name.clone(), step.plugin()?.uses.clone())))
+                .collect(),
             no_cache: options.no_cache,
             inputs_root,
             observer,

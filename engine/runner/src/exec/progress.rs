@@ -69,7 +69,7 @@ pub enum Progress {
         published: Option<PublishedRecord>,
         /// What a deploy or approval step did.
         #[serde(skip_serializing_if = "Option::is_none")]
-        deployed: Option<DeployedRecord>,
+        deployed: Option<Box<DeployedRecord>>,
         /// The step whose outputs it took, when the step cache had them.
         #[serde(skip_serializing_if = "Option::is_none")]
         cached: Option<CachedRecord>,
@@ -133,7 +133,7 @@ pub(crate) fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated:
         outputs: record.outputs.clone(),
         log_truncated,
         published: record.published.clone(),
-        deployed: record.deployed.clone(),
+        deployed: record.deployed.clone().map(Box::new),
         cached: record.cached.clone(),
     });
 }
