@@ -136,9 +136,12 @@ pub fn show(state_dir: &Path, run: &str, json: bool) -> anyhow::Result<u8> {
             if s.cached.is_some() { "cached" } else { s.state.as_str() },
             step_duration(s),
             s.attempts,
-            match &s.cached {
-                Some(c) => format!("outputs of run {} step `{}`", c.run, c.step),
-                None => s.reason.clone().unwrap_or_default(),
+            match (&s.cached, &s.cache_check) {
+                (Some(c), _) => format!("outputs of run {} step `{}`", c.run, c.step),
+                (None, Some(c)) if c.same => format!("cache check: the same bytes as run {}", c.run),
+                (None, Some(c)) =>
+                    format!("CACHE CHECK FAILED: other bytes than run {} step `{}` from the same inputs", c.run, c.step),
+                (None, None) => s.reason.clone().unwrap_or_default(),
             }
         );
     }

@@ -229,6 +229,7 @@ impl View {
                 published,
                 deployed,
                 cached,
+                cache_check,
             } => {
                 if let Some(s) = self.spinners.remove(step) {
                     s.finish_and_clear();
@@ -253,6 +254,17 @@ impl View {
                 }
                 if let Some(c) = cached {
                     text.push_str(&format!(", from run {} step `{}`", c.run, c.step));
+                }
+                match cache_check {
+                    Some(c) if c.same => text.push_str(&format!(", checked: the same bytes as run {}", c.run)),
+                    Some(c) => {
+                        let loud = self.paint("31", "CACHE CHECK FAILED");
+                        text.push_str(&format!(
+                            ", {loud}: other bytes than run {} step `{}` from the same inputs",
+                            c.run, c.step
+                        ));
+                    }
+                    None => {}
                 }
                 if *log_truncated {
                     text.push_str(", log truncated");

@@ -358,11 +358,19 @@ fn run_page(app: &App, run: &str, user: &str) -> Response<Body> {
             s.attempts,
             match &s.cached {
                 Some(c) => format!(
-                    "outputs of step <a href=\"/ui/runs/{r}\">{r}</a> / {st}",
+                    "outputs of run <a href=\"/ui/runs/{r}\">{r}</a> / {st}",
                     r = escape(&c.run),
                     st = escape(&c.step)
                 ),
-                None => escape(s.reason.as_deref().unwrap_or("")),
+                None => match &s.cache_check {
+                    Some(c) if !c.same => format!(
+                        "<span class=\"failed\">CACHE CHECK FAILED</span>: other bytes than run \
+                         <a href=\"/ui/runs/{r}\">{r}</a> / {st} from the same inputs",
+                        r = escape(&c.run),
+                        st = escape(&c.step)
+                    ),
+                    _ => escape(s.reason.as_deref().unwrap_or("")),
+                },
             },
             run = escape(&r.id),
             n = escape(&s.name),

@@ -149,6 +149,21 @@ pub struct Step {
     /// The step whose outputs it took, when the step cache had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached: Option<Cached>,
+    /// A cache hit run anyway to check the cache (the policy's
+    /// `step_cache.verify_percent`), and whether it made the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_check: Option<CacheCheck>,
+}
+
+/// A step run although the cache had it, to check the cache.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct CacheCheck {
+    /// The run whose step's outputs the cache held.
+    pub run: String,
+    /// That step's name.
+    pub step: String,
+    /// Whether the step made the same bytes again.
+    pub same: bool,
 }
 
 /// Where a cached step's outputs came from.
@@ -202,6 +217,11 @@ impl From<&airlock_store::StepRecord> for Step {
                 run: c.run.clone(),
                 step: c.step.clone(),
                 scope: c.scope.clone(),
+            }),
+            cache_check: s.cache_check.as_ref().map(|c| CacheCheck {
+                run: c.run.clone(),
+                step: c.step.clone(),
+                same: c.same,
             }),
         }
     }

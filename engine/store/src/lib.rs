@@ -318,6 +318,21 @@ pub struct StepRecord {
     /// Where its outputs came from, when the step cache had them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached: Option<CachedRecord>,
+    /// A cache hit that was run anyway (the policy's `step_cache`
+    /// check), and whether it made the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_check: Option<CacheCheck>,
+}
+
+/// A step run although the cache had it, to check the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheCheck {
+    /// The step whose outputs the cache held: its run.
+    pub run: String,
+    /// Its name there.
+    pub step: String,
+    /// Whether this run made the same bytes.
+    pub same: bool,
 }
 
 /// The step whose outputs a cached step took.
@@ -392,6 +407,7 @@ impl StepRecord {
             effect_started_ms: None,
             cache_key: None,
             cached: None,
+            cache_check: None,
         }
     }
 }

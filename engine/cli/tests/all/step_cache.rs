@@ -198,3 +198,45 @@ fn verify_runs_steps_again_and_says_loudly_when_the_same_inputs_made_other_bytes
     let (code, _, stderr) = output(airlock(&scratch.state()).args(["verify", &run, "nope"]));
     assert_eq!(code, 2, "{stderr}");
 }
+
+#[test]
+fn a_policy_sample_of_hits_runs_again_and_a_difference_is_loud_and_drops_the_entry() {
+    let scratch = Scratch::new();
+    scratch.file("src/a.txt", "one\n");
+    let policy = scratch.file("policy.yaml", "step_cache: { verify_percent: 100 }\n");
+    scratch.pipeline(
+        "name: v\nsources: { src: src }\nsteps:\n  \
+         stamp:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    inputs: [src]\n    \
+         args: [out.txt, '${{ inputs.src }}/a.txt']\n    outputs: [out.txt]\n",
+    );
+    let run = |with_policy: bool| {
+        let mut cmd = airlock(&scratch.state());
+        if with_policy {
+            cmd.arg("--policy").arg(&policy);
+        }
+        let (code, _, stderr) = output(cmd.arg("run").arg(scratch.path().join("pipeline.yaml")));
+        assert_eq!(code, 0, "{stderr}");
+        (scratch.step("stamp"), stderr)
+    };
+    let (first, _) = run(true);
+    assert!(first["cache_check"].is_null() && first["cached"].is_null(), "{first}");
+    let first_run = last_run(&scratch);
+    // Every hit is sampled: the step runs, and made the same bytes.
+    let (checked, stderr) = run(true);
+    assert!(checked["cached"].is_null(), "{checked}");
+    assert_eq!(checked["cache_check"]["same"], true, "{checked}");
+    assert!(stderr.contains(&format!("checked: the same bytes as run {first_run}")), "{stderr}");
+    // Its input's modification time moves: other bytes, said loudly.
+    let file = std::fs::File::options().write(true).open(scratch.path().join("src/a.txt")).expect("open");
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).expect("touch");
+    let (differs, stderr) = run(true);
+    assert_eq!(differs["cache_check"]["same"], false, "{differs}");
+    assert!(stderr.contains("CACHE CHECK FAILED"), "{stderr}");
+    let (_, shown, _) = output(airlock(&scratch.state()).args(["show", "last"]));
+    assert!(shown.contains("CACHE CHECK FAILED: other bytes than run"), "{shown}");
+    // The entry is gone: the next run, unsampled, runs the step.
+    let (after, _) = run(false);
+    assert!(after["cached"].is_null(), "{after}");
+    let (again, _) = run(false);
+    assert!(again["cached"].is_object(), "recorded again by the run after: {again}");
+}

@@ -73,6 +73,19 @@ pub struct Policy {
     /// How what runs publish and deploy is attested: signed provenance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
+    /// How the step cache is checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_cache: Option<StepCache>,
+}
+
+/// Checks of the step cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct StepCache {
+    /// Of the steps a run would take from the cache, the percentage (0
+    /// to 100) it runs anyway, to compare what they make with what the
+    /// cache holds. A difference is recorded loudly on the step, and the
+    /// entry is dropped.
+    pub verify_percent: u64,
 }
 
 /// Signed provenance for every publish and deployment: an in-toto
@@ -119,7 +132,13 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
             get(top, "environments").map(|e| environments::environments(&mut c, e, &groups)).unwrap_or_default();
         let repositories = get(top, "repositories").map(|r| repositories::repositories(&mut c, r)).unwrap_or_default();
         let provenance = get(top, "provenance").and_then(|p| provenance(&mut c, p));
-        Policy { targets, users, groups, environments, repositories, provenance }
+        let step_cache = get(top, "step_cache").and_then(|n| {
+            let entries = c.map(n, "step_cache", Some(&STEP_CACHE_KEYS));
+            let percent =
+                get(entries, "verify_percent").and_then(|v| count(&mut c, v, "step_cache.verify_percent", 100));
+            Some(StepCache { verify_percent: percent? })
+        });
+        Policy { targets, users, groups, environments, repositories, provenance, step_cache }
     });
     let mut diags = c.diags;
     diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)).unwrap_or((0, 0)));
@@ -128,6 +147,8 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
         _ => Err(diags),
     }
 }
+
+static STEP_CACHE_KEYS: std::sync::LazyLock<Vec<&str>> = std::sync::LazyLock::new(crate::schema::own_keys::<StepCache>);
 
 static PROVENANCE_KEYS: std::sync::LazyLock<Vec<&str>> =
     std::sync::LazyLock::new(crate::schema::own_keys::<Provenance>);
@@ -254,7 +275,10 @@ mod tests {
 
     #[test]
     fn the_top_keys_and_a_users_are_the_fields_of_the_types() {
-        assert_eq!(*TOP_KEYS, ["environments", "groups", "provenance", "repositories", "targets", "users"]);
+        assert_eq!(
+            *TOP_KEYS,
+            ["environments", "groups", "provenance", "repositories", "step_cache", "targets", "users"]
+        );
         assert_eq!(*people::USER_KEYS, ["roles", "token_sha256"]);
     }
 

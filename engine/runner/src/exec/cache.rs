@@ -220,6 +220,57 @@ pub(crate) async fn take(shared: &Shared, name: &str, keyed: &Keyed) -> Option<(
     Some((entry.outputs, CachedRecord { run: entry.run, step: entry.step, scope: entry.scope }))
 }
 
+/// Whether the policy's sample picks this step of this run to be run
+/// although the cache has it. The pick is a digest of the run and step,
+/// not a draw: the same run and step are picked again when it resumes.
+pub(crate) fn sampled(shared: &Shared, name: &str) -> bool {
+    let Some(percent) = shared.policy.as_ref().and_then(|p| p.0.step_cache).map(|c| c.verify_percent) else {
+        return false;
+    };
+    let digest = Sha256::new().chain_update(shared.run_id.as_bytes()).chain_update(b"\0").chain_update(name).finalize();
+    u64::from(digest[0]) * 100 < percent * 256
+}
+
+/// Compares what a sampled step made with what the cache held, records
+/// the outcome on the step, and drops an entry that differs; answers
+/// whether they were the same.
+pub(crate) fn compare(
+    shared: &Shared,
+    name: &str,
+    keyed: &Keyed,
+    cached: &[OutputRecord],
+    from: &CachedRecord,
+    made: &[OutputRecord],
+) -> Result<bool, super::StepError> {
+    let same = outputs_digest(cached) == outputs_digest(made);
+    let detail = if same {
+        format!("cache check: the same bytes as run {} step `{}`", from.run, from.step)
+    } else {
+        tracing::error!(
+            "step `{name}` of run {} made other bytes than run {} step `{}` from the same inputs (key {}): a \
+             nondeterministic tool, or a bug in airlock; the cache entry is dropped",
+            shared.run_id,
+            from.run,
+            from.step,
+            keyed.key
+        );
+        if let Err(e) = shared.store.cache_remove(&from.scope, &keyed.key) {
+            tracing::warn!("cannot drop the cache entry {}: {e}", keyed.key);
+        }
+        format!(
+            "CACHE CHECK FAILED: other bytes than run {} step `{}` from the same inputs (a nondeterministic tool, \
+             or a bug in airlock); the entry is dropped",
+            from.run, from.step
+        )
+    };
+    let check = airlock_store::CacheCheck { run: from.run.clone(), step: from.step.clone(), same };
+    shared
+        .store
+        .update_step(&shared.run_id, name, Some(detail), |s| s.cache_check = Some(check.clone()))
+        .map_err(|e| super::StepError::Failed(format!("cannot record the step: {e}")))?;
+    Ok(same)
+}
+
 /// Records what a step that ran made, in the scope its run writes.
 pub(crate) fn record(shared: &Shared, name: &str, keyed: &Keyed, outputs: &[OutputRecord]) {
     if !keyed.cacheable {

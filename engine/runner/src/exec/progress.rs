@@ -2,8 +2,8 @@
 
 use super::Shared;
 use airlock_store::{
-    ApprovalArtifact, CachedRecord, DeployedRecord, OutputRecord, PublishedRecord, RunRecord, RunState, StepRecord,
-    StepState,
+    ApprovalArtifact, CacheCheck, CachedRecord, DeployedRecord, OutputRecord, PublishedRecord, RunRecord, RunState,
+    StepRecord, StepState,
 };
 use serde::Serialize;
 
@@ -73,6 +73,9 @@ pub enum Progress {
         /// The step whose outputs it took, when the step cache had them.
         #[serde(skip_serializing_if = "Option::is_none")]
         cached: Option<CachedRecord>,
+        /// A cache hit run anyway to check the cache, and its outcome.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_check: Option<CacheCheck>,
     },
     /// A step asks people to approve a deployment. The one-time code is
     /// shown here and nowhere else; the store keeps only its digest.
@@ -135,5 +138,6 @@ pub(crate) fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated:
         published: record.published.clone(),
         deployed: record.deployed.clone().map(Box::new),
         cached: record.cached.clone(),
+        cache_check: record.cache_check.clone(),
     });
 }

@@ -132,6 +132,7 @@ pub(crate) async fn run_step(
             effect_started_ms: None,
             cache_key: None,
             cached: None,
+            cache_check: None,
         }
     });
     Finished { index, record, log_truncated }
@@ -174,9 +175,15 @@ pub(crate) async fn attempts(
     // has that, nothing is fetched, compiled or run.
     let keyed =
         super::cache::key(shared, name, step, &invocation).await.map_err(|e| failed(format!("step `{name}`: {e}")))?;
+    // A hit the policy's sample picks is run anyway, and what it makes
+    // compared with what the cache held.
+    let mut check = None;
     if let Some(keyed) = &keyed {
         let key = keyed.key.clone();
-        let hit = super::cache::take(shared, name, keyed).await;
+        let mut hit = super::cache::take(shared, name, keyed).await;
+        if hit.is_some() && super::cache::sampled(shared, name) {
+            check = hit.take();
+        }
         store
             .update_step(
                 &shared.run_id,
@@ -289,10 +296,19 @@ pub(crate) async fn attempts(
         }
         match result {
             Ok(outputs) => {
+                let same = match (&keyed, &check) {
+                    (Some(keyed), Some((cached, from))) => {
+                        Some(super::cache::compare(shared, name, keyed, cached, from, &outputs)?)
+                    }
+                    _ => None,
+                };
                 // A step that asked for a deployment had an effect: a
-                // later run must ask again, not take its outputs.
+                // later run must ask again, not take its outputs. One
+                // that made other bytes than the cache held is not
+                // recorded either.
                 if let Some(keyed) = &keyed
                     && requests.is_empty()
+                    && same != Some(false)
                 {
                     super::cache::record(shared, name, keyed, &outputs);
                 }
