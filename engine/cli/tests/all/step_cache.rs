@@ -240,3 +240,43 @@ fn a_policy_sample_of_hits_runs_again_and_a_difference_is_loud_and_drops_the_ent
     let (again, _) = run(false);
     assert!(again["cached"].is_object(), "recorded again by the run after: {again}");
 }
+
+#[test]
+fn a_plugin_the_environment_stops_allowing_is_refused_even_when_cached() {
+    let scratch = Scratch::new();
+    let entropy = plugins().join("wasm32-wasip2/release/entropy.wasm");
+    let policy = |allowed: &std::path::Path| {
+        scratch.file(
+            "policy.yaml",
+            format!(
+                "environments:\n  ci:\n    provider: {{ type: command, argv: [/bin/true] }}\n    pipelines: [e]\n    \
+                 grants:\n      plugins: ['{}']\n",
+                allowed.display()
+            ),
+        )
+    };
+    scratch.pipeline(
+        "name: e\nenvironment: ci\nsteps:\n  a:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    \
+         args: [out.txt]\n    outputs: [out.txt]\n",
+    );
+    let run = |policy: &std::path::Path| {
+        output(
+            airlock(&scratch.state()).arg("--policy").arg(policy).arg("run").arg(scratch.path().join("pipeline.yaml")),
+        )
+    };
+    let allowing = policy(&entropy);
+    let (code, _, stderr) = run(&allowing);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = run(&allowing);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(scratch.step("a")["cached"].is_object());
+    let refusing = policy(&plugins().join("wasm32-wasip2/release/noop.wasm"));
+    let (code, _, stderr) = run(&refusing);
+    assert_eq!(code, 1, "{stderr}");
+    let step = scratch.step("a");
+    assert!(step["cached"].is_null(), "{step}");
+    assert!(
+        step["reason"].as_str().is_some_and(|r| r.contains("is not among the plugins environment `ci` allows")),
+        "{step}"
+    );
+}

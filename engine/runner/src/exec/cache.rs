@@ -211,8 +211,14 @@ pub(crate) async fn take(shared: &Shared, name: &str, keyed: &Keyed) -> Option<(
         }
     };
     let (artifacts, dest, outputs) = (shared.artifacts.clone(), outputs_dir(shared, name), entry.outputs.clone());
-    let laid_out = tokio::task::spawn_blocking(move || lay_out(&artifacts, &dest, &outputs)).await;
-    if let Err(e) = laid_out.unwrap_or_else(|e| Err(e.to_string())) {
+    // Nothing to copy is done here and now; files, on a blocking thread.
+    let laid_out = match outputs.is_empty() {
+        true => lay_out(&artifacts, &dest, &outputs),
+        false => tokio::task::spawn_blocking(move || lay_out(&artifacts, &dest, &outputs))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+    };
+    if let Err(e) = laid_out {
         tracing::warn!("step `{name}`: the cached outputs of run {} are unusable ({e}); running it", entry.run);
         let _ = shared.store.cache_remove(&entry.scope, &entry.key);
         return None;

@@ -19,6 +19,9 @@ pub(crate) fn lay_out(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot clear {}: {e}", dest.display())),
     }
+    // No outputs, no directory: a step that reads them gets an empty one
+    // made then (see `invocation`), and a cached step with nothing to lay
+    // out costs no inode.
     for o in outputs {
         let to = dest.join(&o.path);
         if let Some(parent) = to.parent() {
@@ -26,7 +29,7 @@ pub(crate) fn lay_out(
         }
         artifacts.copy_verified(&o.sha256, &to).map_err(|e| e.to_string())?;
     }
-    std::fs::create_dir_all(dest).map_err(|e| format!("cannot lay out outputs: {e}"))
+    Ok(())
 }
 
 /// Where a succeeded step's outputs are laid out for the steps downstream.

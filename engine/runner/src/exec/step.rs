@@ -156,60 +156,58 @@ pub(crate) async fn attempts(
     let store = &shared.store;
     let failed = |reason: String| StepError::Failed(reason);
     let record_error = |e: airlock_store::StoreError| StepError::Failed(format!("cannot record the step: {e}"));
-    // Preparing (fetching a tool, compiling it) is part of the step's
-    // first attempt, and of the time it reports.
-    store
-        .update_step(&shared.run_id, name, Some("attempt 1".into()), |s| {
-            // No attempt yet: a plugin refused now never started.
-            s.state = StepState::Running;
-            s.started_ms.get_or_insert_with(now_ms);
-        })
-        .map_err(record_error)?;
     // A tool is allowed by the digest the pipeline pins, before anything
-    // is fetched; a plugin file by where it is.
+    // is fetched; a plugin file by where it is, before the cache is asked
+    // too: a plugin the environment no longer allows is refused, whatever
+    // it made before.
+    let started = now_ms();
+    let refused = |e: String| failed(format!("step `{name}`: {e}"));
     if let (Some(grants), Some(tool)) = (&shared.grants, step.tool()) {
-        grants.check_tool(tool, &shared.tools[tool].sha256).map_err(|e| failed(format!("step `{name}`: {e}")))?;
+        grants.check_tool(tool, &shared.tools[tool].sha256).map_err(|e| refused(e.to_string()))?;
+    }
+    if let Some(grants) = &shared.grants
+        && step.tool().is_none()
+    {
+        grants.check_plugin(&shared.base_dir.join(&step.uses), &step.uses).map_err(|e| refused(e.to_string()))?;
     }
     let mut invocation = invocation(shared, name, step, timeout).map_err(failed)?;
     // A deterministic step's key names what it will make: if the cache
-    // has that, nothing is fetched, compiled or run.
-    let keyed =
-        super::cache::key(shared, name, step, &invocation).await.map_err(|e| failed(format!("step `{name}`: {e}")))?;
-    // A hit the policy's sample picks is run anyway, and what it makes
-    // compared with what the cache held.
+    // has that, nothing is fetched, compiled or run. A hit the policy's
+    // sample picks is run anyway, and what it makes compared with what
+    // the cache held.
+    let keyed = super::cache::key(shared, name, step, &invocation).await.map_err(refused)?;
     let mut check = None;
+    let mut hit = None;
     if let Some(keyed) = &keyed {
-        let key = keyed.key.clone();
-        let mut hit = super::cache::take(shared, name, keyed).await;
+        hit = super::cache::take(shared, name, keyed).await;
         if hit.is_some() && super::cache::sampled(shared, name) {
             check = hit.take();
         }
-        store
-            .update_step(
-                &shared.run_id,
-                name,
-                hit.as_ref().map(|(_, c)| format!("cached: from run {} step `{}`", c.run, c.step)),
-                |s| {
-                    s.cache_key = Some(key.clone());
-                    s.cached = hit.as_ref().map(|(_, c)| c.clone());
-                },
-            )
-            .map_err(record_error)?;
-        if let Some((outputs, _)) = hit {
-            return Ok((outputs, Vec::new()));
-        }
         invocation.seed = Some(keyed.seed());
         invocation.run_id = keyed.run_id();
+    }
+    // Preparing (fetching a tool, compiling it) is part of the step's
+    // first attempt, and of the time it reports.
+    let detail = match &hit {
+        Some((_, c)) => format!("cached: from run {} step `{}`", c.run, c.step),
+        None => "attempt 1".into(),
+    };
+    store
+        .update_step(&shared.run_id, name, Some(detail), |s| {
+            // No attempt yet: a plugin refused now never started.
+            s.state = StepState::Running;
+            s.started_ms.get_or_insert(started);
+            s.cache_key = keyed.as_ref().map(|k| k.key.clone());
+            s.cached = hit.as_ref().map(|(_, c)| c.clone());
+        })
+        .map_err(record_error)?;
+    if let Some((outputs, _)) = hit {
+        return Ok((outputs, Vec::new()));
     }
     // Fetching and compiling can take minutes; a cancelled run does not
     // wait for them (they finish in the background, for the caches).
     let prepared = async {
         let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
-        if let Some(grants) = &shared.grants
-            && step.tool().is_none()
-        {
-            grants.check_plugin(&resolved.plugin, &step.uses).map_err(|e| failed(format!("step `{name}`: {e}")))?;
-        }
         let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
         Ok::<_, StepError>((resolved, plugin))
     };
