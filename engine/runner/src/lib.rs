@@ -126,6 +126,11 @@ pub struct RunOptions {
     /// Run every step, taking nothing from the step cache (what they make
     /// is still recorded for later runs).
     pub no_cache: bool,
+    /// Whose untrusted step cache scope an untrusted run reads and writes
+    /// (`untrusted:WHO`): the requester unless given. A repository's runs
+    /// are all the forge's; they give the author of the push or pull
+    /// request, so that one fork's runs never feed another's.
+    pub untrusted_author: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -137,6 +142,7 @@ impl Default for RunOptions {
             requester: "local".into(),
             untrusted: None,
             no_cache: false,
+            untrusted_author: None,
         }
     }
 }

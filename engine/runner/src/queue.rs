@@ -470,6 +470,7 @@ impl RunQueue {
             requester: submission.requester.clone(),
             untrusted: submission.origin.as_ref().and_then(|o| o.untrusted.clone()),
             no_cache: false,
+            untrusted_author: submission.origin.as_ref().map(|o| format!("{}/{}", o.repository, o.sender)),
         };
         let (codes, run_id) = (self.codes.clone(), id.to_owned());
         let observer = move |p: &Progress| {

@@ -109,8 +109,10 @@ pub fn read(
     })
 }
 
-/// The value at a credential's source (see [`read_source`]); why there
-/// is none in words that finish "the policy's `KEY` …".
+/// The value at a credential's source: the engine's environment
+/// variable, or a file (relative to the policy's directory) without its
+/// trailing line break; never empty. Why there is none, in words that
+/// finish "the policy's `KEY` …".
 pub fn read_credential(source: &CredentialSource, policy_dir: &Path) -> Result<Secret, String> {
     read_source(source, policy_dir).map_err(|missing| match missing {
         Unreadable::Env(var) => format!("is in the environment variable {var}, which is not set or empty"),

@@ -54,7 +54,7 @@ pub(crate) fn scopes(shared: &Shared) -> (Vec<String>, String) {
     match &shared.untrusted {
         None => (vec![TRUSTED_SCOPE.to_owned()], TRUSTED_SCOPE.to_owned()),
         Some(_) => {
-            let own = airlock_store::untrusted_scope(&shared.requester);
+            let own = airlock_store::untrusted_scope(&shared.untrusted_author);
             (vec![TRUSTED_SCOPE.to_owned(), own.clone()], own)
         }
     }

@@ -79,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) requester: String,
     /// Why the run may not publish or deploy, if it may not.
     pub(crate) untrusted: Option<String>,
+    /// Whose untrusted cache scope the run uses, if it is untrusted.
+    pub(crate) untrusted_author: String,
     /// What the pipeline's environment grants its plugin steps.
     pub(crate) grants: Option<EnvironmentGrants>,
     /// Logs of the steps running now, for readers who follow them.
@@ -266,6 +268,7 @@ impl Engine {
             pipeline: pipeline.name.clone(),
             requester: options.requester.clone(),
             untrusted: options.untrusted.clone(),
+            untrusted_author: options.untrusted_author.clone().unwrap_or_else(|| options.requester.clone()),
             grants,
             live: self.live.clone(),
             slots: Arc::new(tokio::sync::Semaphore::new(options.jobs.clamp(1, airlock_sandbox::MAX_CONCURRENT_STEPS))),
