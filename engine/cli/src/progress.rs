@@ -36,6 +36,7 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
         },
         _ => format!("local:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into())),
     };
+    let untrusted = policy.as_ref().and_then(|p| p.policy.untrusted_user(&requester));
     let mut engine = crate::open_engine(state_dir)?;
     let mut users = Vec::new();
     let mut targets = Vec::new();
@@ -62,6 +63,7 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
         params: args.params.clone(),
         keep_workspaces: args.keep_workspaces,
         requester,
+        untrusted,
         no_cache: args.no_cache,
         ..RunOptions::default()
     };

@@ -194,7 +194,12 @@ impl Intake {
                 sender: plan.sender.clone(),
                 delivery: Some(delivery.id.clone()),
                 tree: checkout.tree.clone(),
-                untrusted: plan.untrusted.clone(),
+                // A run by hand of a user the policy does not trust is
+                // untrusted, whatever its ref.
+                untrusted: plan.untrusted.clone().or_else(|| {
+                    let user = plan.requester.as_deref()?;
+                    policy.as_ref().and_then(|p| p.0.untrusted_user(user))
+                }),
             };
             let run = RepositoryRun {
                 pipeline: file.clone(),

@@ -468,7 +468,11 @@ impl RunQueue {
             params: submission.params.clone(),
             keep_workspaces: false,
             requester: submission.requester.clone(),
-            untrusted: submission.origin.as_ref().and_then(|o| o.untrusted.clone()),
+            untrusted: submission
+                .origin
+                .as_ref()
+                .and_then(|o| o.untrusted.clone())
+                .or_else(|| self.engine.policy.as_ref().and_then(|p| p.0.untrusted_user(&submission.requester))),
             no_cache: false,
             untrusted_author: submission.origin.as_ref().map(|o| format!("{}/{}", o.repository, o.sender)),
         };

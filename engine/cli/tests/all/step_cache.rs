@@ -280,3 +280,72 @@ fn a_plugin_the_environment_stops_allowing_is_refused_even_when_cached() {
         "{step}"
     );
 }
+
+/// A user the policy does not trust (`trusted: false`) runs untrusted,
+/// through the API and with `airlock run`: no publishing, and a cache
+/// scope of their own that the trusted user's runs never read.
+#[test]
+fn runs_of_a_user_the_policy_does_not_trust_are_untrusted_and_cannot_feed_trusted_runs() {
+    use crate::support::{Server, call, http, submit_run, user_token, wait_for_end};
+    let scratch = Scratch::new();
+    let (mallory, rita) = (user_token(scratch.path()), user_token(scratch.path()));
+    let policy = scratch.file(
+        "policy.yaml",
+        format!(
+            "users:\n  mallory: {{ token_sha256: {}, roles: [runner], trusted: false }}\n  \
+             rita: {{ token_sha256: {}, roles: [runner] }}\ntargets:\n  site:\n    dir: published\n",
+            mallory.digest, rita.digest
+        ),
+    );
+    scratch.file("pipelines/src/a.txt", "one\n");
+    scratch.file(
+        "pipelines/stamp.yaml",
+        format!(
+            "name: stamp\nsources: {{ src: src }}\nsteps:\n  stamp:\n    uses: {}\n    inputs: [src]\n    \
+             args: [out.txt, '${{{{ inputs.src }}}}/a.txt']\n    outputs: [out.txt]\n  \
+             ship:\n    needs: [stamp]\n    publish: {{ target: site, build: '${{{{ run.id }}}}', from: [stamp] }}\n",
+            plugins().join("wasm32-wasip2/release/entropy.wasm").display()
+        ),
+    );
+    let mut server = Server::start(&scratch.state(), &policy, &scratch.path().join("pipelines"), &[]);
+    let agent = http();
+    let run_as = |token: &str| {
+        let id = submit_run(&agent, &server.url, token, "stamp.yaml");
+        wait_for_end(&agent, &server.url, token, &id)
+    };
+    let step = |run: &serde_json::Value, name: &str| {
+        run["steps"].as_array().expect("steps").iter().find(|s| s["name"] == name).expect("step").clone()
+    };
+    let untrusted = run_as(&mallory.token);
+    assert_eq!(untrusted["run"]["state"], "failed", "{untrusted}");
+    let refused = step(&untrusted, "ship")["reason"].as_str().expect("reason").to_owned();
+    assert!(refused.contains("user `mallory` is one the policy does not trust"), "{refused}");
+    // The input's modification time moves: the same key, other bytes.
+    let file = std::fs::File::options().write(true).open(scratch.path().join("pipelines/src/a.txt")).expect("open");
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)).expect("touch");
+    let trusted = run_as(&rita.token);
+    assert_eq!(trusted["run"]["state"], "succeeded", "{trusted}");
+    let (theirs, ours) = (step(&untrusted, "stamp"), step(&trusted, "stamp"));
+    assert_eq!(theirs["cache_key"], ours["cache_key"]);
+    assert!(ours["cached"].is_null(), "a trusted run took an untrusted user's outputs: {ours}");
+    assert_ne!(theirs["outputs"], ours["outputs"]);
+    // Mallory's next run may take what a trusted run made.
+    let again = run_as(&mallory.token);
+    assert_eq!(step(&again, "stamp")["cached"]["scope"], "trusted", "{again}");
+    let (status, _) =
+        call(&agent, "GET", &format!("{}/api/v1/runs", server.url), Some(&rita.token), None, &[]).expect("runs");
+    assert_eq!(status, 200);
+    server.stop();
+
+    // With `airlock run` and mallory's token: untrusted too.
+    let (code, _, stderr) = output(
+        airlock(&scratch.state())
+            .env("AIRLOCK_USER_TOKEN", &mallory.token)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("run")
+            .arg(scratch.path().join("pipelines/stamp.yaml")),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is one the policy does not trust"), "{stderr}");
+}

@@ -88,6 +88,17 @@ pub struct StepCache {
     pub verify_percent: u64,
 }
 
+impl Policy {
+    /// Why the runs `requester` starts are untrusted, when the policy
+    /// says they are (`trusted: false` on the user).
+    pub fn untrusted_user(&self, requester: &str) -> Option<String> {
+        self.users
+            .get(requester)
+            .filter(|u| !u.trusted)
+            .map(|_| format!("user `{requester}` is one the policy does not trust (`trusted: false`)"))
+    }
+}
+
 /// Signed provenance for every publish and deployment: an in-toto
 /// statement with a SLSA provenance predicate, signed with this key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -279,7 +290,7 @@ mod tests {
             *TOP_KEYS,
             ["environments", "groups", "provenance", "repositories", "step_cache", "targets", "users"]
         );
-        assert_eq!(*people::USER_KEYS, ["roles", "token_sha256"]);
+        assert_eq!(*people::USER_KEYS, ["roles", "token_sha256", "trusted"]);
     }
 
     #[test]

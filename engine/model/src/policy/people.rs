@@ -47,6 +47,12 @@ pub struct User {
     pub token_sha256: String,
     /// What the user may do.
     pub roles: Vec<Role>,
+    /// Whether the runs the user starts (by hand, through the API or with
+    /// `airlock run` and the user's token) are trusted: `false` makes them
+    /// untrusted, as a fork's pull request is (no publishing, no
+    /// deploying, a step cache scope of their own).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub trusted: bool,
     /// Where the user's name was written.
     #[serde(skip)]
     pub span: Span,
@@ -115,7 +121,8 @@ pub(crate) fn users(c: &mut Checker<'_>, node: &Node) -> IndexMap<String, User> 
                 }
             }
         }
-        out.insert(name.to_owned(), User { token_sha256, roles, span: key.span });
+        let trusted = get(entries, "trusted").map_or(Some(true), |t| c.boolean(t, &join(&path, "trusted")));
+        out.insert(name.to_owned(), User { token_sha256, roles, trusted: trusted.unwrap_or(true), span: key.span });
     }
     out
 }
@@ -148,4 +155,12 @@ pub(crate) fn groups(
         out.insert(name.to_owned(), members);
     }
     out
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
