@@ -3,7 +3,6 @@
 
 use crate::exit;
 use airlock_host::provenance::{Signer, public_key_from_pem, subjects, verify};
-use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 
 /// `airlock attest verify`'s arguments.
@@ -87,11 +86,7 @@ pub fn verify_file(args: &VerifyArgs) -> anyhow::Result<u8> {
         for statement in &statements {
             for (name, sha256) in subjects(statement) {
                 let path = tree.join(&name);
-                match std::fs::File::open(&path).and_then(|mut f| {
-                    let mut hasher = Sha256::new();
-                    std::io::copy(&mut f, &mut hasher)?;
-                    Ok(hex::encode(hasher.finalize()))
-                }) {
+                match airlock_host::file_digest(&path) {
                     Ok(found) if found == sha256 => {}
                     Ok(found) => problems.push(format!("`{name}` has sha256 {found}, the statement says {sha256}")),
                     Err(e) => problems.push(format!("`{name}`: {e}")),

@@ -8,14 +8,12 @@
 
 use crate::exit;
 use airlock_host::tools::{CacheEntry, IN_USE, ToolCache};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 /// The tool cache of this state directory (or AIRLOCK_TOOL_CACHE's).
 fn open(state_dir: &Path) -> anyhow::Result<ToolCache> {
-    let dir = std::env::var_os("AIRLOCK_TOOL_CACHE")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| state_dir.join("tools"), PathBuf::from);
+    let dir = crate::tool_cache_dir(state_dir);
     let limit = crate::tool_cache_limit()?;
     Ok(ToolCache::open(&dir)
         .map_err(|e| anyhow::anyhow!("cannot open the tool cache {}: {e}", dir.display()))?

@@ -188,9 +188,7 @@ fn inspect_plugins(
         .as_ref()
         .and_then(|env| policy?.environments.get(env)?.grants.limits.plugin)
         .unwrap_or(airlock_model::DEFAULT_PLUGIN_LIMIT);
-    let tools_dir = std::env::var_os("AIRLOCK_TOOL_CACHE")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| state_dir.join("tools"), PathBuf::from);
+    let tools_dir = crate::tool_cache_dir(state_dir);
     let cache = tools_dir.is_dir().then(|| airlock_host::tools::ToolCache::open(&tools_dir).ok()).flatten();
     let base = base_dir(path);
     let mut seen = std::collections::HashSet::new();

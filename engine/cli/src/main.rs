@@ -509,6 +509,14 @@ pub(crate) fn tool_cache_limit() -> anyhow::Result<u64> {
 /// The engine on a state directory, fetching tools into the cache that
 /// AIRLOCK_TOOL_CACHE names, if it names one, and keeping as much compiled
 /// code as AIRLOCK_COMPILE_CACHE_LIMIT says.
+/// Where fetched tools are kept: AIRLOCK_TOOL_CACHE, or the state
+/// directory's `tools`.
+pub(crate) fn tool_cache_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("AIRLOCK_TOOL_CACHE")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| state_dir.join("tools"), std::path::PathBuf::from)
+}
+
 pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock_runner::Engine> {
     // A bad limit is refused before the state directory is touched.
     let limit = match std::env::var("AIRLOCK_COMPILE_CACHE_LIMIT").ok().filter(|v| !v.is_empty()) {
@@ -519,10 +527,7 @@ pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock
     };
     let tool_limit = tool_cache_limit()?;
     let mut engine = airlock_runner::Engine::open(state_dir)?;
-    if let Some(dir) = std::env::var_os("AIRLOCK_TOOL_CACHE").filter(|d| !d.is_empty()) {
-        engine = engine.with_tool_cache(std::path::Path::new(&dir))?;
-    }
-    engine = engine.with_tool_cache_limit(tool_limit);
+    engine = engine.with_tool_cache(&tool_cache_dir(state_dir))?.with_tool_cache_limit(tool_limit);
     if let Some(bytes) = limit {
         engine = engine.with_compile_cache_limit(bytes);
     }

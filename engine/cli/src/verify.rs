@@ -137,10 +137,7 @@ pub async fn verify(state_dir: &Path, policy: Option<&Path>, args: VerifyArgs) -
         dir
     })?;
     let mut engine = Engine::open(scratch.path())?.with_compile_cache(&state_dir.join("cache"))?;
-    let tools = std::env::var_os("AIRLOCK_TOOL_CACHE")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| state_dir.join("tools"), PathBuf::from);
-    engine = engine.with_tool_cache(&tools)?;
+    engine = engine.with_tool_cache(&crate::tool_cache_dir(state_dir))?;
     if let Some(p) = policy {
         engine = engine.with_policy(p.policy, p.dir);
     }

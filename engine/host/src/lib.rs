@@ -48,4 +48,4 @@ mod tree;
 
 pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};
-pub use tree::tree_digest;
+pub use tree::{file_digest, tree_digest};

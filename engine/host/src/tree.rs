@@ -4,6 +4,13 @@ use sha2::{Digest as _, Sha256};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
+/// The sha256 (hex) of a file's bytes, read as they stream.
+pub fn file_digest(path: &Path) -> std::io::Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// The sha256 (hex) of a directory tree: every entry's path, kind and
 /// content (a file's bytes, a link's target), in name order. Two trees
 /// with the same digest look the same to a step that mounts them, except
@@ -30,9 +37,7 @@ fn walk(dir: &Path, prefix: &mut Vec<u8>, hasher: &mut Sha256) -> std::io::Resul
             let target = std::fs::read_link(entry.path())?;
             record(hasher, b'l', prefix, target.as_os_str().as_bytes());
         } else if kind.is_file() {
-            let mut file = Sha256::new();
-            std::io::copy(&mut std::fs::File::open(entry.path())?, &mut file)?;
-            record(hasher, b'f', prefix, hex::encode(file.finalize()).as_bytes());
+            record(hasher, b'f', prefix, file_digest(&entry.path())?.as_bytes());
         } else {
             record(hasher, b'o', prefix, b"");
         }

@@ -732,10 +732,12 @@ impl Pipeline {
     }
 }
 
-fn yes() -> bool {
+/// `serde` default for switches that are on unless written off.
+pub(crate) fn yes() -> bool {
     true
 }
 
-fn is_yes(b: &bool) -> bool {
+/// Whether a switch is at its default, on (then it is not written).
+pub(crate) fn is_yes(b: &bool) -> bool {
     *b
 }

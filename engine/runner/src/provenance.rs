@@ -62,10 +62,10 @@ async fn predicate(shared: &Shared, builder_id: &str) -> Result<serde_json::Valu
         };
         dependencies.push(dependency);
     }
-    let mut sources: Vec<(&String, &std::path::PathBuf)> = shared.sources.iter().collect();
+    let mut sources: Vec<&String> = shared.sources.keys().collect();
     sources.sort();
-    for (name, dir) in sources {
-        let digest = crate::exec::tree_digest_of(shared, dir).await?;
+    for name in sources {
+        let digest = crate::exec::tree_digest(shared, name, "").await?;
         dependencies
             .push(serde_json::json!({ "name": format!("source:{name}"), "digest": { "airlockTreeSha256": digest } }));
     }

@@ -51,7 +51,7 @@ pub struct User {
     /// `airlock run` and the user's token) are trusted: `false` makes them
     /// untrusted, as a fork's pull request is (no publishing, no
     /// deploying, a step cache scope of their own).
-    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    #[serde(default = "crate::pipeline::yes", skip_serializing_if = "crate::pipeline::is_yes")]
     pub trusted: bool,
     /// Where the user's name was written.
     #[serde(skip)]
@@ -155,12 +155,4 @@ pub(crate) fn groups(
         out.insert(name.to_owned(), members);
     }
     out
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_yes(b: &bool) -> bool {
-    *b
 }

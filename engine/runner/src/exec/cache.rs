@@ -131,7 +131,7 @@ async fn digest_of(shared: &Shared, path: &Path, kind: Tree) -> Result<String, S
     cell.get_or_init(|| async {
         let p = path.to_owned();
         tokio::task::spawn_blocking(move || match kind {
-            Tree::File => sha256_of_file(&p),
+            Tree::File => airlock_host::file_digest(&p),
             Tree::Dir => airlock_host::tree_digest(&p),
         })
         .await
@@ -147,21 +147,10 @@ pub(crate) async fn file_digest(shared: &Shared, path: &Path) -> Result<String, 
     digest_of(shared, path, Tree::File).await
 }
 
-/// The digest of a directory tree, worked out once per run.
-pub(crate) async fn tree_digest_of(shared: &Shared, dir: &Path) -> Result<String, String> {
-    digest_of(shared, dir, Tree::Dir).await
-}
-
-fn sha256_of_file(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// The digest of a source's tree, or of an upstream step's outputs (by
 /// their recorded digests, which their laid-out copies were checked
 /// against); of its directory `dir` only, unless that is empty.
-async fn tree_digest(shared: &Shared, name: &str, dir: &str) -> Result<String, String> {
+pub(crate) async fn tree_digest(shared: &Shared, name: &str, dir: &str) -> Result<String, String> {
     if let Some(root) = shared.sources.get(name) {
         let path = if dir.is_empty() { root.clone() } else { root.join(dir) };
         return digest_of(shared, &path, Tree::Dir).await;

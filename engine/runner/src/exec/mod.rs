@@ -17,7 +17,7 @@ mod step;
 mod tools;
 mod workspace;
 
-pub(crate) use cache::{file_digest, tree_digest_of};
+pub(crate) use cache::{file_digest, tree_digest};
 pub use progress::{Progress, RunSummary};
 pub(crate) use step::{StepError, host_step_started};
 
