@@ -124,3 +124,17 @@ fn link_targets(text: &str) -> Vec<String> {
         .filter(|t| !t.is_empty() && !t.contains("://"))
         .collect()
 }
+
+/// The policy snippets of the book's sections on provenance and the step
+/// cache are whole policies, and they load.
+#[test]
+fn the_policy_snippets_of_provenance_and_the_step_cache_load() {
+    let text = std::fs::read_to_string(repo().join("book/src/reference/policy.md")).expect("policy.md");
+    for section in ["## `provenance`", "## `step_cache`"] {
+        let after = &text[text.find(section).unwrap_or_else(|| panic!("no {section}"))..];
+        let block = after.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block");
+        if let Err(diagnostics) = airlock_model::policy::load_policy(section, block) {
+            panic!("{section}: {block}\n{diagnostics:?}");
+        }
+    }
+}

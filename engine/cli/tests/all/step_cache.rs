@@ -106,16 +106,10 @@ fn the_site_run_again_is_taken_from_the_cache_and_a_changed_page_runs_only_what_
 
 #[test]
 fn a_steps_clocks_and_random_bytes_are_fixed_unless_it_asks_for_real_ones() {
+    // The example pipeline of the book's step cache page.
     let scratch = Scratch::new();
-    scratch.pipeline(
-        "name: entropy\nsteps:\n  \
-         fixed:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n  \
-         other:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n  \
-         real:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n    \
-         deterministic: false\n  \
-         uncached:\n    uses: {plugins}/wasm32-wasip2/release/entropy.wasm\n    args: [out.txt]\n    outputs: [out.txt]\n    \
-         cache: false\n",
-    );
+    let yaml = std::fs::read_to_string(repo().join("pipelines/reproducible.yaml")).expect("reproducible.yaml");
+    scratch.pipeline(&yaml.replace("../plugins/target", "{plugins}"));
     let said = |scratch: &Scratch, step: &str| {
         let (code, log, stderr) = output(airlock(&scratch.state()).args(["logs", "last", step]));
         assert_eq!(code, 0, "{stderr}");
