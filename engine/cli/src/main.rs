@@ -59,6 +59,7 @@ Exit codes:
 
 Environment:
   AIRLOCK_STATE_DIR  where runs, logs and artifacts are kept (default .airlock)
+  AIRLOCK_DATABASE_URL  keep runs, logs, tokens and approvals in PostgreSQL instead
   AIRLOCK_POLICY     the admin policy file (users, targets, environments)
   AIRLOCK_TOKEN      the token `airlock publish` sends
   AIRLOCK_USER_TOKEN your user API token (`airlock run [--server]`, `airlock approve`)
@@ -90,8 +91,31 @@ struct Cli {
     #[arg(long, global = true, env = "AIRLOCK_POLICY", value_name = "FILE")]
     policy: Option<PathBuf>,
 
+    /// Keep runs, steps, logs, tokens and approvals in this PostgreSQL
+    /// database (`postgres://USER:PASSWORD@HOST:PORT/DB`) instead of the
+    /// state directory's sled. Artifacts and caches stay in the state
+    /// directory. Prefer the environment variable: a flag shows in
+    /// process lists.
+    #[arg(long, global = true, env = "AIRLOCK_DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    database: Option<String>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// The `--database` of this process, set once at start.
+static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Opens the store: the `--database` one if given, else the state
+/// directory's.
+pub(crate) fn open_store(state_dir: &std::path::Path) -> anyhow::Result<airlock_store::Store> {
+    match DATABASE.get().and_then(Option::as_deref) {
+        Some(url) => {
+            airlock_store::Store::open_postgres(url).map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))
+        }
+        None => airlock_store::Store::open(state_dir)
+            .map_err(|e| anyhow::anyhow!("cannot open the state in `{}`: {e}", state_dir.display())),
+    }
 }
 
 #[derive(Subcommand)]
@@ -375,6 +399,7 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(airlock_sandbox::worker::main()).unwrap_or(2));
     }
     let cli = Cli::parse();
+    let _ = DATABASE.set(cli.database.clone());
     // The server logs each request (never a token) unless RUST_LOG says otherwise.
     let quiet =
         if matches!(cli.command, Command::Serve(_)) { "warn,airlock_server=info,airlock_runner=info" } else { "warn" };
@@ -526,7 +551,9 @@ pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock
         None => None,
     };
     let tool_limit = tool_cache_limit()?;
-    let mut engine = airlock_runner::Engine::open(state_dir)?;
+    std::fs::create_dir_all(state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot make the state directory `{}`: {e}", state_dir.display()))?;
+    let mut engine = airlock_runner::Engine::open_on(state_dir, open_store(state_dir)?)?;
     engine = engine.with_tool_cache(&tool_cache_dir(state_dir))?.with_tool_cache_limit(tool_limit);
     if let Some(bytes) = limit {
         engine = engine.with_compile_cache_limit(bytes);

@@ -24,10 +24,10 @@ pub fn error(e: &anyhow::Error) {
 }
 
 pub(crate) fn open(state_dir: &Path) -> anyhow::Result<Store> {
-    if !state_dir.join("db").exists() {
+    if crate::DATABASE.get().is_none_or(Option::is_none) && !state_dir.join("db").exists() {
         anyhow::bail!("no airlock state in `{}`: run a pipeline first, or pass `--state-dir`", state_dir.display());
     }
-    Store::open(state_dir).map_err(|e| anyhow::anyhow!("cannot open the state in `{}`: {e}", state_dir.display()))
+    crate::open_store(state_dir)
 }
 
 /// `12:03:04 UTC` style times for people.

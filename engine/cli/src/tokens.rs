@@ -172,7 +172,7 @@ pub fn admin_request(
 /// Opens the state store of `state_dir`, creating the directory.
 pub fn open(state_dir: &Path) -> anyhow::Result<Store> {
     std::fs::create_dir_all(state_dir)?;
-    Store::open(state_dir).map_err(|e| anyhow::anyhow!("cannot open the state in `{}`: {e}", state_dir.display()))
+    crate::open_store(state_dir)
 }
 
 /// `airlock token create`: prints the token once, on stdout.

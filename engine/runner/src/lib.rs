@@ -197,7 +197,14 @@ impl Engine {
     pub fn open(state_dir: &Path) -> Result<Self, RunnerError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| RunnerError::StateDir { path: state_dir.to_owned(), source })?;
-        let store = Store::open(state_dir)?;
+        Self::open_on(state_dir, Store::open(state_dir)?)
+    }
+
+    /// Opens the engine on a state directory (artifacts, caches) and a
+    /// store opened already (the state directory's own, or a database),
+    /// which it claims: one engine per store.
+    pub fn open_on(state_dir: &Path, store: Store) -> Result<Self, RunnerError> {
+        store.claim_engine()?;
         // A run-minted token still live now belongs to a run whose engine
         // died (this process holds the store alone): it dies too.
         for id in store.revoke_run_tokens(None)? {

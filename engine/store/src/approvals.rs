@@ -10,6 +10,7 @@
 //! before anyone is told: of two decisions racing for the last approval,
 //! exactly one counts; once a request is decided, nothing changes it.
 
+use crate::kv::Tree;
 use crate::{Result, Store, StoreError, now_ms};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -243,12 +244,12 @@ impl Store {
     pub fn request_approval(&self, record: &ApprovalRecord) -> Result<ApprovalRecord> {
         let k = key(&record.run, &record.step);
         let value = serde_json::to_vec(record).unwrap_or_default();
-        match self.approvals.compare_and_swap(&k, None as Option<&[u8]>, Some(value))? {
+        match self.db.cas(Tree::Approvals, &k, None, Some(value))? {
             Ok(()) => {
-                self.approvals.flush()?;
+                self.db.flush()?;
                 Ok(record.clone())
             }
-            Err(current) => match current.current {
+            Err(current) => match current {
                 Some(v) => crate::decode(&k, &v),
                 None => Err(StoreError::NoStep { run: record.run.clone(), step: record.step.clone() }),
             },
@@ -261,12 +262,12 @@ impl Store {
     pub fn discard_pending_approval(&self, run: &str, step: &str) -> Result<()> {
         let k = key(run, step);
         loop {
-            let Some(old) = self.approvals.get(&k)? else { return Ok(()) };
+            let Some(old) = self.db.get(Tree::Approvals, &k)? else { return Ok(()) };
             let r: ApprovalRecord = crate::decode(&k, &old)?;
             if r.state != ApprovalState::Pending {
                 return Ok(());
             }
-            if self.approvals.compare_and_swap(&k, Some(old), None as Option<&[u8]>)?.is_ok() {
+            if self.db.cas(Tree::Approvals, &k, Some(&old), None)?.is_ok() {
                 return Ok(());
             }
         }
@@ -275,26 +276,19 @@ impl Store {
     /// The request of a step, if there is one.
     pub fn approval(&self, run: &str, step: &str) -> Result<Option<ApprovalRecord>> {
         let k = key(run, step);
-        self.approvals.get(&k)?.map(|v| crate::decode(&k, &v)).transpose()
+        self.db.get(Tree::Approvals, &k)?.map(|v| crate::decode(&k, &v)).transpose()
     }
 
     /// Every request of a run.
     pub fn approvals(&self, run: &str) -> Result<Vec<ApprovalRecord>> {
         let prefix = [run.as_bytes(), b"\0"].concat();
-        self.approvals
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (k, v) = item?;
-                crate::decode(&k, &v)
-            })
-            .collect()
+        self.db.scan_prefix(Tree::Approvals, &prefix, None)?.iter().map(|(k, v)| crate::decode(k, v)).collect()
     }
 
     /// Every request still pending, across runs.
     pub fn pending_approvals(&self) -> Result<Vec<ApprovalRecord>> {
         let mut out = Vec::new();
-        for item in self.approvals.iter() {
-            let (k, v) = item?;
+        for (k, v) in self.db.all(Tree::Approvals)? {
             let r: ApprovalRecord = crate::decode(&k, &v)?;
             if r.state == ApprovalState::Pending {
                 out.push(r);
@@ -316,14 +310,14 @@ impl Store {
     ) -> Result<ApprovalRecord, ApprovalError> {
         let k = key(run, step);
         loop {
-            let Some(old) = self.approvals.get(&k).map_err(StoreError::from)? else {
+            let Some(old) = self.db.get(Tree::Approvals, &k)? else {
                 return Err(ApprovalError::NoRequest { run: run.to_owned(), step: step.to_owned() });
             };
             let record: ApprovalRecord = crate::decode(&k, &old)?;
             let new = apply(record, user, code, approve, reason, now_ms())?;
             let value = serde_json::to_vec(&new).unwrap_or_default();
-            if self.approvals.compare_and_swap(&k, Some(old), Some(value)).map_err(StoreError::from)?.is_ok() {
-                self.approvals.flush().map_err(StoreError::from)?;
+            if self.db.cas(Tree::Approvals, &k, Some(&old), Some(value))?.is_ok() {
+                self.db.flush()?;
                 return Ok(new);
             }
         }
@@ -334,7 +328,7 @@ impl Store {
     pub fn cancel_approval(&self, run: &str, step: &str) -> Result<()> {
         let k = key(run, step);
         loop {
-            let Some(old) = self.approvals.get(&k)? else { return Ok(()) };
+            let Some(old) = self.db.get(Tree::Approvals, &k)? else { return Ok(()) };
             let mut r: ApprovalRecord = crate::decode(&k, &old)?;
             if r.state != ApprovalState::Pending {
                 return Ok(());
@@ -342,8 +336,8 @@ impl Store {
             r.state = ApprovalState::Cancelled;
             r.decided_ms = Some(now_ms());
             let value = serde_json::to_vec(&r).unwrap_or_default();
-            if self.approvals.compare_and_swap(&k, Some(old), Some(value))?.is_ok() {
-                self.approvals.flush()?;
+            if self.db.cas(Tree::Approvals, &k, Some(&old), Some(value))?.is_ok() {
+                self.db.flush()?;
                 return Ok(());
             }
         }
@@ -354,7 +348,7 @@ impl Store {
     pub fn expire_approval(&self, run: &str, step: &str) -> Result<Option<ApprovalRecord>> {
         let k = key(run, step);
         loop {
-            let Some(old) = self.approvals.get(&k)? else { return Ok(None) };
+            let Some(old) = self.db.get(Tree::Approvals, &k)? else { return Ok(None) };
             let mut r: ApprovalRecord = crate::decode(&k, &old)?;
             let now = now_ms();
             if r.state != ApprovalState::Pending || now < r.deadline_ms {
@@ -363,8 +357,8 @@ impl Store {
             r.state = ApprovalState::TimedOut;
             r.decided_ms = Some(now);
             let value = serde_json::to_vec(&r).unwrap_or_default();
-            if self.approvals.compare_and_swap(&k, Some(old), Some(value))?.is_ok() {
-                self.approvals.flush()?;
+            if self.db.cas(Tree::Approvals, &k, Some(&old), Some(value))?.is_ok() {
+                self.db.flush()?;
                 return Ok(Some(r));
             }
         }
@@ -416,80 +410,85 @@ mod tests {
         }
     }
 
-    fn open_store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        (dir, store)
-    }
-
     #[test]
     fn every_rule_has_its_reason() {
-        let (_dir, store) = open_store();
-        let code = new_code();
-        assert_eq!(code.len(), 10);
-        store.request_approval(&request(&code, 2, false, now_ms() + 60_000)).expect("request");
-        let err = |user: &str, code: &str, approve: bool| {
-            store.decide("r1", "deploy", user, code, approve, None).expect_err("refused").to_string()
-        };
-        assert!(err("mallory", &code, true).contains("`mallory` may not decide for environment `prod`"));
-        assert_eq!(
-            err("mallory", "WRONGCODE1", true),
-            err("mallory", &code, true),
-            "a code tells a non-approver nothing"
-        );
-        assert!(err("alice", &code, true).contains("`alice` asked for this deployment"));
-        assert!(err("bob", "WRONGCODE1", true).contains("not the code of this request"));
-        assert!(matches!(store.decide("r1", "nope", "bob", &code, true, None), Err(ApprovalError::NoRequest { .. })));
+        crate::on_each_backend(|store| {
+            let code = new_code();
+            assert_eq!(code.len(), 10);
+            store.request_approval(&request(&code, 2, false, now_ms() + 60_000)).expect("request");
+            let err = |user: &str, code: &str, approve: bool| {
+                store.decide("r1", "deploy", user, code, approve, None).expect_err("refused").to_string()
+            };
+            assert!(err("mallory", &code, true).contains("`mallory` may not decide for environment `prod`"));
+            assert_eq!(
+                err("mallory", "WRONGCODE1", true),
+                err("mallory", &code, true),
+                "a code tells a non-approver nothing"
+            );
+            assert!(err("alice", &code, true).contains("`alice` asked for this deployment"));
+            assert!(err("bob", "WRONGCODE1", true).contains("not the code of this request"));
+            assert!(matches!(
+                store.decide("r1", "nope", "bob", &code, true, None),
+                Err(ApprovalError::NoRequest { .. })
+            ));
 
-        let r = store.decide("r1", "deploy", "bob", &code, true, Some("looks right")).expect("bob approves");
-        assert_eq!((r.state, r.decisions.len()), (ApprovalState::Pending, 1), "two approvals are required");
-        assert!(err("bob", &code, true).contains("`bob` already decided"));
-        let r = store.decide("r1", "deploy", "carol", &code, true, None).expect("carol approves");
-        assert_eq!(r.state, ApprovalState::Approved);
-        assert!(r.decided_ms.is_some());
-        // The code is stale now, for everyone.
-        assert!(err("alice", &code, false).contains("already approved; its code no longer works"));
-        // Asking again (a resumed run) keeps the decided request.
-        let again = store.request_approval(&request("OTHERCODE1", 2, false, now_ms() + 60_000)).expect("request");
-        assert_eq!(again.state, ApprovalState::Approved);
+            let r = store.decide("r1", "deploy", "bob", &code, true, Some("looks right")).expect("bob approves");
+            assert_eq!((r.state, r.decisions.len()), (ApprovalState::Pending, 1), "two approvals are required");
+            assert!(err("bob", &code, true).contains("`bob` already decided"));
+            let r = store.decide("r1", "deploy", "carol", &code, true, None).expect("carol approves");
+            assert_eq!(r.state, ApprovalState::Approved);
+            assert!(r.decided_ms.is_some());
+            // The code is stale now, for everyone.
+            assert!(err("alice", &code, false).contains("already approved; its code no longer works"));
+            // Asking again (a resumed run) keeps the decided request.
+            let again = store.request_approval(&request("OTHERCODE1", 2, false, now_ms() + 60_000)).expect("request");
+            assert_eq!(again.state, ApprovalState::Approved);
+        });
     }
 
     #[test]
     fn a_denial_ends_it_and_a_deadline_denies() {
-        let (_dir, store) = open_store();
-        store.request_approval(&request("CODE234567", 1, true, now_ms() + 60_000)).expect("request");
-        let r = store.decide("r1", "deploy", "carol", "CODE234567", false, Some("not today")).expect("deny");
-        assert_eq!(r.state, ApprovalState::Denied);
-        assert_eq!(r.decisions[0].reason.as_deref(), Some("not today"));
+        crate::on_each_backend(|store| {
+            store.request_approval(&request("CODE234567", 1, true, now_ms() + 60_000)).expect("request");
+            let r = store.decide("r1", "deploy", "carol", "CODE234567", false, Some("not today")).expect("deny");
+            assert_eq!(r.state, ApprovalState::Denied);
+            assert_eq!(r.decisions[0].reason.as_deref(), Some("not today"));
 
-        let (_dir, store) = open_store();
-        store.request_approval(&request("CODE234567", 1, true, now_ms() - 1)).expect("request");
-        assert!(matches!(store.decide("r1", "deploy", "bob", "CODE234567", true, None), Err(ApprovalError::TimedOut)));
-        let r = store.expire_approval("r1", "deploy").expect("expire").expect("there");
-        assert_eq!(r.state, ApprovalState::TimedOut);
+            let mut late = request("CODE234567", 1, true, now_ms() - 1);
+            late.run = "r2".into();
+            store.request_approval(&late).expect("request");
+            assert!(matches!(
+                store.decide("r2", "deploy", "bob", "CODE234567", true, None),
+                Err(ApprovalError::TimedOut)
+            ));
+            let r = store.expire_approval("r2", "deploy").expect("expire").expect("there");
+            assert_eq!(r.state, ApprovalState::TimedOut);
+        });
     }
 
     #[test]
     fn racing_approvers_cannot_both_take_the_last_approval() {
-        for _ in 0..20 {
-            let (_dir, store) = open_store();
-            let mut r = request("CODE234567", 1, true, now_ms() + 60_000);
-            r.approvers = (0..8).map(|i| format!("u{i}")).collect();
-            store.request_approval(&r).expect("request");
-            let winners = std::sync::atomic::AtomicUsize::new(0);
-            std::thread::scope(|s| {
-                for i in 0..8 {
-                    let (store, winners) = (&store, &winners);
-                    s.spawn(move || {
-                        if store.decide("r1", "deploy", &format!("u{i}"), "CODE234567", true, None).is_ok() {
-                            winners.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    });
-                }
-            });
-            assert_eq!(winners.into_inner(), 1);
-            let r = store.approval("r1", "deploy").expect("read").expect("there");
-            assert_eq!((r.state, r.decisions.len()), (ApprovalState::Approved, 1));
-        }
+        crate::on_each_backend(|store| {
+            for n in 0..20 {
+                let mut r = request("CODE234567", 1, true, now_ms() + 60_000);
+                r.run = format!("r{n}");
+                r.approvers = (0..8).map(|i| format!("u{i}")).collect();
+                store.request_approval(&r).expect("request");
+                let winners = std::sync::atomic::AtomicUsize::new(0);
+                std::thread::scope(|s| {
+                    for i in 0..8 {
+                        let (run, winners) = (&r.run, &winners);
+                        s.spawn(move || {
+                            if store.decide(run, "deploy", &format!("u{i}"), "CODE234567", true, None).is_ok() {
+                                winners.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        });
+                    }
+                });
+                assert_eq!(winners.into_inner(), 1);
+                let r = store.approval(&r.run, "deploy").expect("read").expect("there");
+                assert_eq!((r.state, r.decisions.len()), (ApprovalState::Approved, 1));
+            }
+        });
     }
 }

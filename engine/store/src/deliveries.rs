@@ -6,10 +6,9 @@
 //! `(repository, delivery id)` wins, in one compare-and-swap, and every
 //! later copy is answered as a duplicate and starts nothing.
 
-use crate::{Result, Store, StoreError, abort, decode, encode, now_ms};
+use crate::kv::{Tree, TxError};
+use crate::{Result, Store, StoreError, decode, encode, now_ms};
 use serde::{Deserialize, Serialize};
-use sled::Transactional as _;
-use sled::transaction::ConflictableTransactionError;
 
 /// Where a delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,18 +111,16 @@ impl Store {
         let key = key(repository, id);
         let received = record.state == DeliveryState::Received;
         // The record and its place among those left to do, together.
-        let earlier = (&self.deliveries, &self.received)
-            .transaction(|(deliveries, pending)| {
-                if let Some(bytes) = deliveries.get(&key)? {
-                    return Ok(Some(bytes));
-                }
-                deliveries.insert(key.as_slice(), encode(&record))?;
-                if received {
-                    pending.insert(key.as_slice(), &[][..])?;
-                }
-                Ok(None)
-            })
-            .map_err(abort)?;
+        let earlier = self.db.transaction(&[Tree::Deliveries, Tree::Received], |tx| {
+            if let Some(bytes) = tx.get(Tree::Deliveries, &key)? {
+                return Ok(Some(bytes));
+            }
+            tx.insert(Tree::Deliveries, &key, encode(&record))?;
+            if received {
+                tx.insert(Tree::Received, &key, Vec::new())?;
+            }
+            Ok(None)
+        })?;
         match earlier {
             None => Ok((record, true)),
             Some(bytes) => Ok((decode(&key, &bytes)?, false)),
@@ -172,27 +169,25 @@ impl Store {
         change: impl Fn(&mut DeliveryRecord) -> Result<()>,
     ) -> Result<DeliveryRecord> {
         let key = key(repository, id);
-        (&self.deliveries, &self.received)
-            .transaction(|(deliveries, pending)| {
-                let missing = || StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() };
-                let bytes = deliveries.get(&key)?.ok_or_else(|| ConflictableTransactionError::Abort(missing()))?;
-                let mut record: DeliveryRecord = decode(&key, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                change(&mut record).map_err(ConflictableTransactionError::Abort)?;
-                deliveries.insert(key.as_slice(), encode(&record))?;
-                if record.state == DeliveryState::Received {
-                    pending.insert(key.as_slice(), &[][..])?;
-                } else {
-                    pending.remove(key.as_slice())?;
-                }
-                Ok(record)
-            })
-            .map_err(abort)
+        self.db.transaction(&[Tree::Deliveries, Tree::Received], |tx| {
+            let missing = || StoreError::NoDelivery { repository: repository.to_owned(), id: id.to_owned() };
+            let bytes = tx.get(Tree::Deliveries, &key)?.ok_or_else(|| TxError::Abort(missing()))?;
+            let mut record: DeliveryRecord = decode(&key, &bytes)?;
+            change(&mut record)?;
+            tx.insert(Tree::Deliveries, &key, encode(&record))?;
+            if record.state == DeliveryState::Received {
+                tx.insert(Tree::Received, &key, Vec::new())?;
+            } else {
+                tx.remove(Tree::Received, &key)?;
+            }
+            Ok(record)
+        })
     }
 
     /// The delivery `id` of `repository`, if it was recorded.
     pub fn delivery(&self, repository: &str, id: &str) -> Result<Option<DeliveryRecord>> {
         let key = key(repository, id);
-        match self.deliveries.get(&key)? {
+        match self.db.get(Tree::Deliveries, &key)? {
             Some(bytes) => decode(&key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -201,9 +196,8 @@ impl Store {
     /// The deliveries still `received`, oldest first.
     pub fn received_deliveries(&self) -> Result<Vec<DeliveryRecord>> {
         let mut out = Vec::new();
-        for entry in self.received.iter() {
-            let (key, _) = entry?;
-            if let Some(value) = self.deliveries.get(&key)? {
+        for (key, _) in self.db.all(Tree::Received)? {
+            if let Some(value) = self.db.get(Tree::Deliveries, &key)? {
                 out.push(decode::<DeliveryRecord>(&key, &value)?);
             }
         }
@@ -215,8 +209,7 @@ impl Store {
     /// The deliveries of `repository`, oldest first.
     pub fn deliveries_of(&self, repository: &str) -> Result<Vec<DeliveryRecord>> {
         let mut out = Vec::new();
-        for entry in self.deliveries.scan_prefix([repository.as_bytes(), b"\0"].concat()) {
-            let (key, value) = entry?;
+        for (key, value) in self.db.scan_prefix(Tree::Deliveries, &[repository.as_bytes(), b"\0"].concat(), None)? {
             out.push(decode::<DeliveryRecord>(&key, &value)?);
         }
         out.sort_by_key(|d| d.received_ms);
@@ -226,8 +219,7 @@ impl Store {
     /// Every delivery recorded, oldest first.
     pub fn deliveries(&self) -> Result<Vec<DeliveryRecord>> {
         let mut out = Vec::new();
-        for entry in self.deliveries.iter() {
-            let (key, value) = entry?;
+        for (key, value) in self.db.all(Tree::Deliveries)? {
             out.push(decode::<DeliveryRecord>(&key, &value)?);
         }
         out.sort_by_key(|d| d.received_ms);
@@ -238,13 +230,12 @@ impl Store {
 impl Store {
     /// Records what the forge was told (or not) of a run's commit.
     pub fn set_forge_status(&self, run: &str, status: &ForgeStatus) -> Result<()> {
-        self.statuses.insert(run.as_bytes(), encode(status))?;
-        Ok(())
+        self.db.insert(Tree::Statuses, run.as_bytes(), encode(status))
     }
 
     /// What the forge was last told of a run's commit, if anything.
     pub fn forge_status(&self, run: &str) -> Result<Option<ForgeStatus>> {
-        match self.statuses.get(run.as_bytes())? {
+        match self.db.get(Tree::Statuses, run.as_bytes())? {
             Some(bytes) => decode(run.as_bytes(), &bytes).map(Some),
             None => Ok(None),
         }
@@ -257,44 +248,45 @@ mod tests {
 
     #[test]
     fn a_delivery_is_recorded_once_and_its_replays_start_nothing() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("open");
-        let event = serde_json::json!({ "kind": "push", "commit": "abc" });
-        let (first, new) = store.record_delivery("blinky", "d-1", event.clone(), None).expect("record");
-        assert!(new && first.state == DeliveryState::Received);
-        let (again, new) = store.record_delivery("blinky", "d-1", serde_json::json!({}), None).expect("replay");
-        assert!(!new && again == first, "a replay answers the first record");
-        // Another repository may use the same id.
-        assert!(store.record_delivery("other", "d-1", event, None).expect("record").1);
-        let ignored =
-            store.record_delivery("blinky", "d-2", serde_json::json!({}), Some("a star".into())).expect("x").0;
-        assert_eq!(ignored.state, DeliveryState::Ignored);
-        let done =
-            store.finish_delivery("blinky", "d-1", DeliveryState::Started, vec!["run-1".into()], None).expect("finish");
-        assert_eq!((done.state, done.runs.as_slice()), (DeliveryState::Started, ["run-1".to_owned()].as_slice()));
-        assert_eq!(store.deliveries().expect("list").len(), 3);
-        assert_eq!(store.deliveries_of("blinky").expect("list").len(), 2);
-        // Of those, only `other`'s d-1 is left to do.
-        let left: Vec<(String, String)> =
-            store.received_deliveries().expect("left").into_iter().map(|d| (d.repository, d.id)).collect();
-        assert_eq!(left, [("other".to_owned(), "d-1".to_owned())]);
-        assert!(store.finish_delivery("blinky", "nope", DeliveryState::Failed, vec![], None).is_err());
+        crate::on_each_backend(|store| {
+            let event = serde_json::json!({ "kind": "push", "commit": "abc" });
+            let (first, new) = store.record_delivery("blinky", "d-1", event.clone(), None).expect("record");
+            assert!(new && first.state == DeliveryState::Received);
+            let (again, new) = store.record_delivery("blinky", "d-1", serde_json::json!({}), None).expect("replay");
+            assert!(!new && again == first, "a replay answers the first record");
+            // Another repository may use the same id.
+            assert!(store.record_delivery("other", "d-1", event, None).expect("record").1);
+            let ignored =
+                store.record_delivery("blinky", "d-2", serde_json::json!({}), Some("a star".into())).expect("x").0;
+            assert_eq!(ignored.state, DeliveryState::Ignored);
+            let done = store
+                .finish_delivery("blinky", "d-1", DeliveryState::Started, vec!["run-1".into()], None)
+                .expect("finish");
+            assert_eq!((done.state, done.runs.as_slice()), (DeliveryState::Started, ["run-1".to_owned()].as_slice()));
+            assert_eq!(store.deliveries().expect("list").len(), 3);
+            assert_eq!(store.deliveries_of("blinky").expect("list").len(), 2);
+            // Of those, only `other`'s d-1 is left to do.
+            let left: Vec<(String, String)> =
+                store.received_deliveries().expect("left").into_iter().map(|d| (d.repository, d.id)).collect();
+            assert_eq!(left, [("other".to_owned(), "d-1".to_owned())]);
+            assert!(store.finish_delivery("blinky", "nope", DeliveryState::Failed, vec![], None).is_err());
+        });
     }
 
     #[test]
     fn only_a_waiting_delivery_is_approved_and_then_taken_again() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("open");
-        store.record_delivery("blinky", "pr-1", serde_json::json!({}), None).expect("record");
-        let e = store.approve_delivery("blinky", "pr-1", "rita").expect_err("not waiting yet");
-        assert!(matches!(e, StoreError::NotWaiting { state: "received", .. }), "{e}");
-        let why = Some("first-time contributor".to_owned());
-        store.finish_delivery("blinky", "pr-1", DeliveryState::Waiting, vec![], why).expect("hold");
-        assert!(store.received_deliveries().expect("left").is_empty(), "a waiting delivery is not taken");
-        let approved = store.approve_delivery("blinky", "pr-1", "rita").expect("approve");
-        assert_eq!((approved.state, approved.approved_by.as_deref()), (DeliveryState::Received, Some("rita")));
-        assert_eq!(store.received_deliveries().expect("left"), [approved]);
-        assert!(matches!(store.approve_delivery("blinky", "pr-1", "rita"), Err(StoreError::NotWaiting { .. })));
-        assert!(matches!(store.approve_delivery("blinky", "nope", "rita"), Err(StoreError::NoDelivery { .. })));
+        crate::on_each_backend(|store| {
+            store.record_delivery("blinky", "pr-1", serde_json::json!({}), None).expect("record");
+            let e = store.approve_delivery("blinky", "pr-1", "rita").expect_err("not waiting yet");
+            assert!(matches!(e, StoreError::NotWaiting { state: "received", .. }), "{e}");
+            let why = Some("first-time contributor".to_owned());
+            store.finish_delivery("blinky", "pr-1", DeliveryState::Waiting, vec![], why).expect("hold");
+            assert!(store.received_deliveries().expect("left").is_empty(), "a waiting delivery is not taken");
+            let approved = store.approve_delivery("blinky", "pr-1", "rita").expect("approve");
+            assert_eq!((approved.state, approved.approved_by.as_deref()), (DeliveryState::Received, Some("rita")));
+            assert_eq!(store.received_deliveries().expect("left"), [approved]);
+            assert!(matches!(store.approve_delivery("blinky", "pr-1", "rita"), Err(StoreError::NotWaiting { .. })));
+            assert!(matches!(store.approve_delivery("blinky", "nope", "rita"), Err(StoreError::NoDelivery { .. })));
+        });
     }
 }

@@ -3,8 +3,11 @@
 //! the engine has issued (by digest; see [`Scope`]), and approval
 //! requests with their decisions (see [`ApprovalRecord`]).
 //!
-//! This is the only crate that touches sled. Records are JSON, so a state
-//! directory can be inspected and migrated with ordinary tools.
+//! This is the only crate that touches the database: sled in the state
+//! directory by default, or PostgreSQL (see [`postgres`]). Each of the
+//! store's operations is written once, against ordered trees of keys and
+//! values that both provide, and its tests run on both. Records are
+//! JSON, so they can be inspected and migrated with ordinary tools.
 //!
 //! A transition is written before the engine acts on it. A step's record
 //! and its history are one sled value, so a write changes both or neither
@@ -24,7 +27,11 @@
 
 mod approvals;
 mod deliveries;
+mod kv;
+pub mod postgres;
 mod step_cache;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
@@ -36,9 +43,8 @@ pub use tokens::{
     USER_TOKEN_PREFIX, new_user_token, user_token_digest,
 };
 
+use kv::{Tree, TxError};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -50,6 +56,9 @@ pub enum StoreError {
     /// airlock process).
     #[error("state store: {0}")]
     Sled(#[from] sled::Error),
+    /// PostgreSQL failed, or could not be reached.
+    #[error("state database: {0}")]
+    Database(String),
     /// A record could not be read back.
     #[error("state store record `{key}` is damaged: {source}")]
     Corrupt {
@@ -455,32 +464,19 @@ pub struct LogRecord {
 }
 
 /// The state store. Cheap to clone; all clones share one database.
+///
+/// Its records live in ordered trees of keys and values, in sled or in
+/// PostgreSQL ([`Store::open_postgres`]): runs; steps (a step's
+/// record and its history, by run and step); the run-level events; logs;
+/// the artifact index; tokens by the sha256 of their secret, and their
+/// ids (claimed first, so no two tokens share one); approval requests by
+/// run and step; run ids by submitter and idempotency key; deliveries by
+/// repository and id, and the keys of those still `received` (what the
+/// intake has left to do, without a walk over every delivery); what the
+/// forge was last told of each run; the step cache by scope and key.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    runs: sled::Tree,
-    steps: sled::Tree,
-    events: sled::Tree,
-    logs: sled::Tree,
-    artifacts: sled::Tree,
-    /// Tokens by the sha256 of their secret.
-    tokens: sled::Tree,
-    /// The sha256 of each token's secret by the token's id: ids are
-    /// claimed here first, so no two tokens share one.
-    token_ids: sled::Tree,
-    /// Approval requests by run and step.
-    approvals: sled::Tree,
-    /// Run ids by submitter and idempotency key.
-    keys: sled::Tree,
-    /// Webhook deliveries by repository and delivery id.
-    deliveries: sled::Tree,
-    /// The keys of the deliveries still `received`: what the intake
-    /// has left to do, without a walk over every delivery ever recorded.
-    received: sled::Tree,
-    /// What the forge was last told of each run of a repository's commit.
-    statuses: sled::Tree,
-    /// The step cache, by scope and key.
-    step_cache: sled::Tree,
+    db: std::sync::Arc<kv::Db>,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -497,54 +493,32 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
         .map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).replace('\0', "/"), source })
 }
 
-fn abort(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
-    }
-}
-
 impl Store {
-    /// Opens (or creates) the store in `dir`.
-    ///
-    /// A store dropped in this process lets go of its file lock only
-    /// when sled's flusher thread next wakes, a moment later; so a lock
-    /// held is waited for, briefly, before it is an error. (Processes are
-    /// kept apart by the state directory's own lock, taken before this.)
+    /// Opens (or creates) the store in `dir`, in sled.
     pub fn open(dir: &Path) -> Result<Self> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let db = loop {
-            match sled::Config::new().path(dir.join("db")).open() {
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                opened => break opened?,
-            }
-        };
-        Ok(Self {
-            runs: db.open_tree("runs")?,
-            steps: db.open_tree("steps")?,
-            events: db.open_tree("events")?,
-            logs: db.open_tree("logs")?,
-            artifacts: db.open_tree("artifacts")?,
-            tokens: db.open_tree("tokens")?,
-            token_ids: db.open_tree("token_ids")?,
-            approvals: db.open_tree("approvals")?,
-            keys: db.open_tree("idempotency")?,
-            deliveries: db.open_tree("deliveries")?,
-            received: db.open_tree("deliveries_received")?,
-            statuses: db.open_tree("forge_statuses")?,
-            step_cache: db.open_tree("step_cache")?,
-            db,
-        })
+        Ok(Self { db: std::sync::Arc::new(kv::Db::sled(&dir.join("db"))?) })
+    }
+
+    /// Opens the store in a PostgreSQL database (`postgres://…`),
+    /// creating its tables or bringing them up to this airlock's schema
+    /// first; refused if the database holds a newer schema.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        Ok(Self { db: std::sync::Arc::new(kv::Db::Postgres(Box::new(postgres::PgDb::open(url)?))) })
     }
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+        self.db.flush()
+    }
+
+    /// Claims the store for this process's engine. sled's directory is
+    /// held by one process anyway; a PostgreSQL database is refused when
+    /// another engine holds it (see [`postgres`]).
+    pub fn claim_engine(&self) -> Result<()> {
+        match &*self.db {
+            kv::Db::Sled(_) => Ok(()),
+            kv::Db::Postgres(p) => p.claim_engine(),
+        }
     }
 
     fn new_run_id(&self) -> String {
@@ -601,43 +575,38 @@ impl Store {
             steps: steps.to_vec(),
             submission,
         };
-        let event_id = self.db.generate_id()?;
-        (&self.runs, &self.steps, &self.events, &self.keys)
-            .transaction(|(runs, step_tree, events, keys)| {
-                if let Some(key) = &key
-                    && let Some(id) = keys.get(key)?
-                    && let Some(existing) = runs.get(&id)?
-                {
-                    let existing: RunRecord = decode(&id, &existing).map_err(ConflictableTransactionError::Abort)?;
-                    return Ok((existing, false));
-                }
-                if runs.get(run.id.as_bytes())?.is_some() {
-                    // Two runs in the same second with the same random
-                    // suffix: let the caller try again.
-                    return Err(ConflictableTransactionError::Abort(StoreError::Ambiguous {
-                        prefix: run.id.clone(),
-                        count: 2,
-                    }));
-                }
-                runs.insert(run.id.as_bytes(), encode(&run))?;
-                if let Some(key) = &key {
-                    keys.insert(key.as_slice(), run.id.as_bytes())?;
-                }
-                for step in steps {
-                    let stored = StoredStep { record: StepRecord::new(step), history: Vec::new() };
-                    step_tree.insert(step_key(&run.id, step), encode(&stored))?;
-                }
-                let event = Event {
-                    seq: event_id,
-                    at_ms: run.created_ms,
-                    step: None,
-                    state: run.state.as_str().into(),
-                    detail: None,
-                };
-                events.insert(event_key(&run.id, event_id), encode(&event))?;
-                Ok((run.clone(), true))
-            })
-            .map_err(abort)
+        let event_id = self.db.next_id()?;
+        self.db.transaction(&[Tree::Runs, Tree::Steps, Tree::Events, Tree::Keys], |tx| {
+            if let Some(key) = &key
+                && let Some(id) = tx.get(Tree::Keys, key)?
+                && let Some(existing) = tx.get(Tree::Runs, &id)?
+            {
+                let existing: RunRecord = decode(&id, &existing)?;
+                return Ok((existing, false));
+            }
+            if tx.get(Tree::Runs, run.id.as_bytes())?.is_some() {
+                // Two runs in the same second with the same random
+                // suffix: let the caller try again.
+                return Err(TxError::Abort(StoreError::Ambiguous { prefix: run.id.clone(), count: 2 }));
+            }
+            tx.insert(Tree::Runs, run.id.as_bytes(), encode(&run))?;
+            if let Some(key) = &key {
+                tx.insert(Tree::Keys, key, run.id.as_bytes().to_vec())?;
+            }
+            for step in steps {
+                let stored = StoredStep { record: StepRecord::new(step), history: Vec::new() };
+                tx.insert(Tree::Steps, &step_key(&run.id, step), encode(&stored))?;
+            }
+            let event = Event {
+                seq: event_id,
+                at_ms: run.created_ms,
+                step: None,
+                state: run.state.as_str().into(),
+                detail: None,
+            };
+            tx.insert(Tree::Events, &event_key(&run.id, event_id), encode(&event))?;
+            Ok((run.clone(), true))
+        })
     }
 
     /// Moves a run that has not ended to `state` (`running` when its turn
@@ -652,30 +621,28 @@ impl Store {
     }
 
     fn transition(&self, id: &str, state: RunState, detail: Option<String>, end: bool) -> Result<RunRecord> {
-        let event_id = self.db.generate_id()?;
-        (&self.runs, &self.events)
-            .transaction(|(runs, events)| {
-                let Some(bytes) = runs.get(id.as_bytes())? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::NoRun(id.to_owned())));
-                };
-                let mut run: RunRecord = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
-                run.state = state;
-                if end {
-                    run.reason = detail.clone();
-                    run.ended_ms = Some(now_ms());
-                }
-                runs.insert(id.as_bytes(), encode(&run))?;
-                let event = Event {
-                    seq: event_id,
-                    at_ms: now_ms(),
-                    step: None,
-                    state: state.as_str().into(),
-                    detail: detail.clone(),
-                };
-                events.insert(event_key(id, event_id), encode(&event))?;
-                Ok(run)
-            })
-            .map_err(abort)
+        let event_id = self.db.next_id()?;
+        self.db.transaction(&[Tree::Runs, Tree::Events], |tx| {
+            let Some(bytes) = tx.get(Tree::Runs, id.as_bytes())? else {
+                return Err(TxError::Abort(StoreError::NoRun(id.to_owned())));
+            };
+            let mut run: RunRecord = decode(id.as_bytes(), &bytes)?;
+            run.state = state;
+            if end {
+                run.reason = detail.clone();
+                run.ended_ms = Some(now_ms());
+            }
+            tx.insert(Tree::Runs, id.as_bytes(), encode(&run))?;
+            let event = Event {
+                seq: event_id,
+                at_ms: now_ms(),
+                step: None,
+                state: state.as_str().into(),
+                detail: detail.clone(),
+            };
+            tx.insert(Tree::Events, &event_key(id, event_id), encode(&event))?;
+            Ok(run)
+        })
     }
 
     /// Applies `change` to a step's record and records the transition, in
@@ -689,7 +656,7 @@ impl Store {
     ) -> Result<StepRecord> {
         let key = step_key(run, step);
         loop {
-            let Some(old) = self.steps.get(&key)? else {
+            let Some(old) = self.db.get(Tree::Steps, &key)? else {
                 return Err(StoreError::NoStep { run: run.into(), step: step.into() });
             };
             let mut stored: StoredStep = decode(&key, &old)?;
@@ -697,7 +664,7 @@ impl Store {
             change(&mut stored.record);
             if stored.record.state != before || detail.is_some() {
                 stored.history.push(Event {
-                    seq: self.db.generate_id()?,
+                    seq: self.db.next_id()?,
                     at_ms: now_ms(),
                     step: Some(step.into()),
                     state: stored.record.state.as_str().into(),
@@ -707,7 +674,7 @@ impl Store {
             // Only the step's own task writes its record, so the swap fails
             // only if that rule is broken; applying the change again to
             // what is there now is still right.
-            if self.steps.compare_and_swap(&key, Some(old), Some(encode(&stored)))?.is_ok() {
+            if self.db.cas(Tree::Steps, &key, Some(&old), Some(encode(&stored)))?.is_ok() {
                 return Ok(stored.record);
             }
         }
@@ -718,11 +685,10 @@ impl Store {
         if id_or_prefix == "last" {
             // Ids sort by their second, then by a random suffix: of the
             // runs of the newest second, the last created is the newest.
-            let Some((k, _)) = self.runs.last()? else { return Err(StoreError::NoRun("last".into())) };
+            let Some((k, _)) = self.db.last(Tree::Runs)? else { return Err(StoreError::NoRun("last".into())) };
             let second = &k[..k.len().min(15)];
             let mut newest: Option<RunRecord> = None;
-            for item in self.runs.scan_prefix(second) {
-                let (k, v) = item?;
+            for (k, v) in self.db.scan_prefix(Tree::Runs, second, None)? {
                 let run: RunRecord = decode(&k, &v)?;
                 if newest.as_ref().is_none_or(|n| run.created_ms >= n.created_ms) {
                     newest = Some(run);
@@ -734,8 +700,7 @@ impl Store {
             return Ok(run);
         }
         let mut found = Vec::new();
-        for item in self.runs.scan_prefix(id_or_prefix.as_bytes()).take(2) {
-            let (k, v) = item?;
+        for (k, v) in self.db.scan_prefix(Tree::Runs, id_or_prefix.as_bytes(), Some(2))? {
             found.push(decode::<RunRecord>(&k, &v)?);
         }
         match found.len() {
@@ -743,24 +708,20 @@ impl Store {
             1 => Ok(found.remove(0)),
             _ => Err(StoreError::Ambiguous {
                 prefix: id_or_prefix.into(),
-                count: self.runs.scan_prefix(id_or_prefix.as_bytes()).count(),
+                count: self.db.scan_prefix(Tree::Runs, id_or_prefix.as_bytes(), None)?.len(),
             }),
         }
     }
 
     /// A run by exact id.
     pub fn run(&self, id: &str) -> Result<Option<RunRecord>> {
-        self.runs.get(id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
+        self.db.get(Tree::Runs, id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
     }
 
     /// All runs, newest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
-        let mut runs: Vec<RunRecord> = self
-            .runs
-            .iter()
-            .rev()
-            .map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
-            .collect::<Result<_>>()?;
+        let mut runs: Vec<RunRecord> =
+            self.db.all(Tree::Runs)?.iter().rev().map(|(k, v)| decode(k, v)).collect::<Result<_>>()?;
         // Within one second, ids are in random order; creation times are not.
         runs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
         Ok(runs)
@@ -772,7 +733,7 @@ impl Store {
             .iter()
             .map(|s| {
                 let key = step_key(&run.id, s);
-                match self.steps.get(&key)? {
+                match self.db.get(Tree::Steps, &key)? {
                     Some(v) => decode::<StoredStep>(&key, &v).map(|s| s.record),
                     None => Err(StoreError::NoStep { run: run.id.clone(), step: s.clone() }),
                 }
@@ -783,7 +744,7 @@ impl Store {
     /// One step of a run.
     pub fn step(&self, run: &str, step: &str) -> Result<StepRecord> {
         let key = step_key(run, step);
-        match self.steps.get(&key)? {
+        match self.db.get(Tree::Steps, &key)? {
             Some(v) => decode::<StoredStep>(&key, &v).map(|s| s.record),
             None => Err(StoreError::NoStep { run: run.into(), step: step.into() }),
         }
@@ -794,12 +755,12 @@ impl Store {
     pub fn events(&self, run: &str) -> Result<Vec<Event>> {
         let prefix = [run.as_bytes(), b"\0"].concat();
         let mut events = self
-            .events
-            .scan_prefix(&prefix)
-            .map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
+            .db
+            .scan_prefix(Tree::Events, &prefix, None)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
             .collect::<Result<Vec<Event>>>()?;
-        for item in self.steps.scan_prefix(&prefix) {
-            let (k, v) = item?;
+        for (k, v) in self.db.scan_prefix(Tree::Steps, &prefix, None)? {
             events.extend(decode::<StoredStep>(&k, &v)?.history);
         }
         events.sort_by_key(|e| e.seq);
@@ -811,17 +772,16 @@ impl Store {
         let key = log_key(run, step, log.attempt);
         let mut value = log.written.to_be_bytes().to_vec();
         value.extend_from_slice(&log.bytes);
-        self.logs.insert(key, value)?;
-        Ok(())
+        self.db.insert(Tree::Logs, &key, value)
     }
 
     /// Every attempt's log of a step, in order.
     pub fn logs(&self, run: &str, step: &str) -> Result<Vec<LogRecord>> {
         let prefix = [run.as_bytes(), b"\0", step.as_bytes(), b"\0"].concat();
-        self.logs
-            .scan_prefix(&prefix)
-            .map(|item| {
-                let (k, v) = item?;
+        self.db
+            .scan_prefix(Tree::Logs, &prefix, None)?
+            .into_iter()
+            .map(|(k, v)| {
                 let attempt =
                     k.get(prefix.len()..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
                 let (written, bytes) = v.split_at(8.min(v.len()));
@@ -834,24 +794,21 @@ impl Store {
     /// Records that a blob is in the artifact store. Returns whether it was new.
     pub fn index_artifact(&self, sha256: &str, size: u64) -> Result<bool> {
         let record = ArtifactRecord { size, first_seen_ms: now_ms() };
-        let previous =
-            self.artifacts.compare_and_swap(sha256.as_bytes(), None as Option<&[u8]>, Some(encode(&record)))?;
+        let previous = self.db.cas(Tree::Artifacts, sha256.as_bytes(), None, Some(encode(&record)))?;
         Ok(previous.is_ok())
     }
 
     /// What the index knows of a blob.
     pub fn artifact(&self, sha256: &str) -> Result<Option<ArtifactRecord>> {
-        self.artifacts.get(sha256.as_bytes())?.map(|v| decode(sha256.as_bytes(), &v)).transpose()
+        self.db.get(Tree::Artifacts, sha256.as_bytes())?.map(|v| decode(sha256.as_bytes(), &v)).transpose()
     }
 
     /// Every indexed blob: (sha256, record).
     pub fn artifacts(&self) -> Result<Vec<(String, ArtifactRecord)>> {
-        self.artifacts
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?))
-            })
+        self.db
+            .all(Tree::Artifacts)?
+            .into_iter()
+            .map(|(k, v)| Ok((String::from_utf8_lossy(&k).into_owned(), decode(&k, &v)?)))
             .collect()
     }
 }
@@ -883,6 +840,22 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Runs `test` on a store of each backend: sled in a temporary
+/// directory, and a new database on a PostgreSQL server of its own.
+#[cfg(test)]
+pub(crate) fn on_each_backend(test: impl Fn(&Store)) {
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open sled");
+        eprintln!("--- on sled");
+        test(&store);
+    }
+    let server = testing::TestPostgres::start().expect("a PostgreSQL server for the test");
+    let store = Store::open_postgres(&server.database().expect("database")).expect("open postgres");
+    eprintln!("--- on PostgreSQL");
+    test(&store);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -895,32 +868,67 @@ mod tests {
 
     #[test]
     fn transitions_are_recorded_in_order() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into(), "b".into()]).expect("run");
-        store.update_step(&run.id, "a", None, |s| s.state = StepState::Running).expect("update");
-        store.update_step(&run.id, "a", Some("done".into()), |s| s.state = StepState::Succeeded).expect("update");
-        let states: Vec<_> = store.events(&run.id).expect("events").into_iter().map(|e| (e.step, e.state)).collect();
-        assert_eq!(
-            states,
-            vec![
-                (None, "running".into()),
-                (Some("a".into()), "running".into()),
-                (Some("a".into()), "succeeded".into())
-            ]
-        );
-        assert!(matches!(store.update_step(&run.id, "zz", None, |_| {}), Err(StoreError::NoStep { .. })));
+        crate::on_each_backend(|store| {
+            let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into(), "b".into()]).expect("run");
+            store.update_step(&run.id, "a", None, |s| s.state = StepState::Running).expect("update");
+            store.update_step(&run.id, "a", Some("done".into()), |s| s.state = StepState::Succeeded).expect("update");
+            let states: Vec<_> =
+                store.events(&run.id).expect("events").into_iter().map(|e| (e.step, e.state)).collect();
+            assert_eq!(
+                states,
+                vec![
+                    (None, "running".into()),
+                    (Some("a".into()), "running".into()),
+                    (Some("a".into()), "succeeded".into())
+                ]
+            );
+            assert!(matches!(store.update_step(&run.id, "zz", None, |_| {}), Err(StoreError::NoStep { .. })));
+        });
+    }
+
+    /// Eight submissions with one idempotency key, at once, make one run:
+    /// the check and the insert are one transaction (on PostgreSQL,
+    /// serializable, and run again when it loses).
+    #[test]
+    fn one_idempotency_key_makes_one_run_however_many_race() {
+        on_each_backend(|store| {
+            for round in 0..5 {
+                let made = std::sync::atomic::AtomicUsize::new(0);
+                let ids = std::sync::Mutex::new(std::collections::BTreeSet::new());
+                std::thread::scope(|s| {
+                    for _ in 0..8 {
+                        s.spawn(|| {
+                            let submission = Submission {
+                                pipeline: "p.yaml".into(),
+                                source: String::new(),
+                                params: Vec::new(),
+                                requester: "alice".into(),
+                                key: Some(format!("key-{round}")),
+                                origin: None,
+                            };
+                            let (run, new) =
+                                store.submit_run("p", BTreeMap::new(), &["a".into()], submission).expect("submit");
+                            made.fetch_add(usize::from(new), std::sync::atomic::Ordering::Relaxed);
+                            ids.lock().expect("ids").insert(run.id);
+                        });
+                    }
+                });
+                assert_eq!(made.into_inner(), 1, "round {round}");
+                assert_eq!(ids.into_inner().expect("ids").len(), 1, "round {round}: every caller got the same run");
+            }
+            assert_eq!(store.runs().expect("runs").len(), 5);
+        });
     }
 
     #[test]
     fn last_is_the_newest_run_even_within_one_second() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        for _ in 0..20 {
-            let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
-            assert_eq!(store.find_run("last").expect("last").id, run.id);
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        crate::on_each_backend(|store| {
+            for _ in 0..20 {
+                let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
+                assert_eq!(store.find_run("last").expect("last").id, run.id);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        });
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! store, which a hit reads verified. Entries are kept in `step_cache`,
 //! keyed `SCOPE\0KEY`.
 
+use crate::kv::Tree;
 use crate::{OutputRecord, Result, Store, decode, encode, now_ms};
 use serde::{Deserialize, Serialize};
 
@@ -61,13 +62,13 @@ impl Store {
     pub fn cache_lookup(&self, scopes: &[&str], key: &str) -> Result<Option<CacheEntry>> {
         for scope in scopes {
             let k = entry_key(scope, key);
-            let Some(bytes) = self.step_cache.get(&k)? else { continue };
+            let Some(bytes) = self.db.get(Tree::StepCache, &k)? else { continue };
             let mut entry: CacheEntry = decode(&k, &bytes)?;
             entry.last_used_ms = now_ms();
             entry.hits += 1;
             // Losing a use time to a race costs nothing but a little
             // eviction order: no transaction for it.
-            self.step_cache.insert(&k, encode(&entry))?;
+            self.db.insert(Tree::StepCache, &k, encode(&entry))?;
             return Ok(Some(entry));
         }
         Ok(None)
@@ -79,24 +80,21 @@ impl Store {
     /// written.
     pub fn cache_record(&self, entry: &CacheEntry) -> Result<bool> {
         let k = entry_key(&entry.scope, &entry.key);
-        Ok(self.step_cache.compare_and_swap(&k, None as Option<&[u8]>, Some(encode(entry)))?.is_ok())
+        Ok(self.db.cas(Tree::StepCache, &k, None, Some(encode(entry)))?.is_ok())
     }
 
     /// Removes an entry (one whose outputs are gone, or by eviction).
     pub fn cache_remove(&self, scope: &str, key: &str) -> Result<()> {
-        self.step_cache.remove(entry_key(scope, key))?;
-        Ok(())
+        self.db.remove(Tree::StepCache, &entry_key(scope, key))
     }
 
     /// Every entry, least recently used first.
     pub fn cache_entries(&self) -> Result<Vec<CacheEntry>> {
         let mut entries = self
-            .step_cache
+            .db
+            .all(Tree::StepCache)?
             .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode::<CacheEntry>(&k, &v)
-            })
+            .map(|(k, v)| decode::<CacheEntry>(k, v))
             .collect::<Result<Vec<_>>>()?;
         entries.sort_by(|a, b| a.last_used_ms.cmp(&b.last_used_ms).then_with(|| a.key.cmp(&b.key)));
         Ok(entries)
@@ -139,36 +137,36 @@ mod tests {
 
     #[test]
     fn an_untrusted_entry_is_never_read_by_a_trusted_run() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("open");
-        let fork = untrusted_scope("mallory");
-        assert!(store.cache_record(&entry(&fork, "k", "run-fork", 1)).expect("record"));
-        assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE], "k").expect("lookup"), None);
-        // The fork's own later runs use it; another requester's do not.
-        assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE, &fork], "k").expect("lookup").expect("hit").run, "run-fork");
-        let other = untrusted_scope("bob");
-        assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE, &other], "k").expect("lookup"), None);
-        // A trusted entry is read by everyone, before the run's own.
-        assert!(store.cache_record(&entry(TRUSTED_SCOPE, "k", "run-main", 1)).expect("record"));
-        assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE, &fork], "k").expect("lookup").expect("hit").run, "run-main");
-        // The first entry of a key in a scope stays.
-        assert!(!store.cache_record(&entry(TRUSTED_SCOPE, "k", "run-later", 1)).expect("record"));
-        let hit = store.cache_lookup(&[TRUSTED_SCOPE], "k").expect("lookup").expect("hit");
-        assert_eq!((hit.run.as_str(), hit.hits), ("run-main", 2));
+        crate::on_each_backend(|store| {
+            let fork = untrusted_scope("mallory");
+            assert!(store.cache_record(&entry(&fork, "k", "run-fork", 1)).expect("record"));
+            assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE], "k").expect("lookup"), None);
+            // The fork's own later runs use it; another requester's do not.
+            assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE, &fork], "k").expect("lookup").expect("hit").run, "run-fork");
+            let other = untrusted_scope("bob");
+            assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE, &other], "k").expect("lookup"), None);
+            // A trusted entry is read by everyone, before the run's own.
+            assert!(store.cache_record(&entry(TRUSTED_SCOPE, "k", "run-main", 1)).expect("record"));
+            assert_eq!(store.cache_lookup(&[TRUSTED_SCOPE, &fork], "k").expect("lookup").expect("hit").run, "run-main");
+            // The first entry of a key in a scope stays.
+            assert!(!store.cache_record(&entry(TRUSTED_SCOPE, "k", "run-later", 1)).expect("record"));
+            let hit = store.cache_lookup(&[TRUSTED_SCOPE], "k").expect("lookup").expect("hit");
+            assert_eq!((hit.run.as_str(), hit.hits), ("run-main", 2));
+        });
     }
 
     #[test]
     fn trimming_removes_the_least_recently_used_first() {
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(dir.path()).expect("open");
-        for (i, key) in ["a", "b", "c"].iter().enumerate() {
-            let mut e = entry(TRUSTED_SCOPE, key, "r", 100);
-            e.last_used_ms = i as u64;
-            store.cache_record(&e).expect("record");
-        }
-        store.cache_lookup(&[TRUSTED_SCOPE], "a").expect("lookup").expect("hit");
-        let removed: Vec<String> = store.cache_trim(150).expect("trim").into_iter().map(|e| e.key).collect();
-        assert_eq!(removed, ["b", "c"]);
-        assert_eq!(store.cache_entries().expect("entries").len(), 1);
+        crate::on_each_backend(|store| {
+            for (i, key) in ["a", "b", "c"].iter().enumerate() {
+                let mut e = entry(TRUSTED_SCOPE, key, "r", 100);
+                e.last_used_ms = i as u64;
+                store.cache_record(&e).expect("record");
+            }
+            store.cache_lookup(&[TRUSTED_SCOPE], "a").expect("lookup").expect("hit");
+            let removed: Vec<String> = store.cache_trim(150).expect("trim").into_iter().map(|e| e.key).collect();
+            assert_eq!(removed, ["b", "c"]);
+            assert_eq!(store.cache_entries().expect("entries").len(), 1);
+        });
     }
 }

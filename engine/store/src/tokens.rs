@@ -8,6 +8,7 @@
 //! is checked and charged in one compare-and-swap, so two uses racing for
 //! the last call cannot both have it.
 
+use crate::kv::Tree;
 use crate::{Result, Store, StoreError, now_ms};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -365,17 +366,16 @@ impl Store {
             run: spec.run.clone(),
         };
         let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        self.tokens.insert(key, value).map_err(|e| format!("state store: {e}"))?;
+        self.db.insert(Tree::Tokens, key.as_bytes(), value).map_err(|e| e.to_string())?;
         // A token must be on disk before anyone is handed it.
-        self.tokens.flush().map_err(|e| format!("state store: {e}"))?;
+        self.db.flush().map_err(|e| e.to_string())?;
         Ok((secret, record))
     }
 
     /// Every token, newest first.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
         let mut all = Vec::new();
-        for item in self.tokens.iter() {
-            let (key, value) = item?;
+        for (key, value) in self.db.all(Tree::Tokens)? {
             all.push(crate::decode::<TokenRecord>(&key, &value)?);
         }
         all.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| a.id.cmp(&b.id)));
@@ -388,7 +388,7 @@ impl Store {
     fn claim_token_id(&self, key: &str) -> Result<String> {
         loop {
             let id = format!("tok-{}", hex::encode(rand::random::<[u8; 16]>()));
-            if self.token_ids.compare_and_swap(id.as_bytes(), None::<&[u8]>, Some(key.as_bytes()))?.is_ok() {
+            if self.db.cas(Tree::TokenIds, id.as_bytes(), None, Some(key.as_bytes().to_vec()))?.is_ok() {
                 return Ok(id);
             }
         }
@@ -397,13 +397,12 @@ impl Store {
     /// The key of the token with this id: from the id index, or, for
     /// tokens made before there was one, by looking at every token (and
     /// refusing an id that several of those share).
-    fn token_key(&self, id: &str) -> Result<sled::IVec> {
-        if let Some(key) = self.token_ids.get(id.as_bytes())? {
+    fn token_key(&self, id: &str) -> Result<Vec<u8>> {
+        if let Some(key) = self.db.get(Tree::TokenIds, id.as_bytes())? {
             return Ok(key);
         }
         let mut found = Vec::new();
-        for item in self.tokens.iter() {
-            let (key, value) = item?;
+        for (key, value) in self.db.all(Tree::Tokens)? {
             if crate::decode::<TokenRecord>(&key, &value)?.id == id {
                 found.push(key);
             }
@@ -422,13 +421,13 @@ impl Store {
         // either lands before it or sees it.
         // A record that does not decode is left as it is (returning
         // nothing here would delete it); reading it back reports it.
-        let updated = self.tokens.update_and_fetch(&key, |old| {
+        let updated = self.db.update(Tree::Tokens, &key, |old| {
             let old = old?;
             let Ok(mut t) = serde_json::from_slice::<TokenRecord>(old) else { return Some(old.to_vec()) };
             t.revoked_ms.get_or_insert_with(now_ms);
             Some(serde_json::to_vec(&t).unwrap_or_else(|_| old.to_vec()))
         })?;
-        self.tokens.flush()?;
+        self.db.flush()?;
         let value = updated.ok_or_else(|| StoreError::NoToken(id.to_owned()))?;
         crate::decode(&key, &value)
     }
@@ -461,7 +460,7 @@ impl Store {
     /// charged for with [`use_token`](Self::use_token).
     pub fn peek_token(&self, token: &str, u: &TokenUse<'_>) -> std::result::Result<TokenRecord, TokenError> {
         let key = token_key(token)?;
-        let Some(old) = self.tokens.get(&key).map_err(StoreError::from)? else {
+        let Some(old) = self.db.get(Tree::Tokens, key.as_bytes())? else {
             return Err(TokenError::Unknown);
         };
         let record = crate::decode::<TokenRecord>(key.as_bytes(), &old)?;
@@ -474,13 +473,13 @@ impl Store {
     pub fn use_token(&self, token: &str, u: &TokenUse<'_>) -> std::result::Result<TokenRecord, TokenError> {
         let key = token_key(token)?;
         loop {
-            let Some(old) = self.tokens.get(&key).map_err(StoreError::from)? else {
+            let Some(old) = self.db.get(Tree::Tokens, key.as_bytes())? else {
                 return Err(TokenError::Unknown);
             };
             let record = crate::decode::<TokenRecord>(key.as_bytes(), &old)?;
             let charged = check(record, u)?;
             let new = serde_json::to_vec(&charged).map_err(|e| StoreError::Corrupt { key: key.clone(), source: e })?;
-            match self.tokens.compare_and_swap(&key, Some(old), Some(new)).map_err(StoreError::from)? {
+            match self.db.cas(Tree::Tokens, key.as_bytes(), Some(&old), Some(new))? {
                 Ok(()) => return Ok(charged),
                 // Another use got there first: check again against it.
                 Err(_) => continue,
@@ -557,142 +556,158 @@ mod tests {
     /// so revoking by id could hit another token.
     #[test]
     fn token_ids_are_long_unique_and_revoke_only_their_token() {
-        let (_dir, store) = store();
-        let mut ids = std::collections::HashSet::new();
-        let mut secrets = Vec::new();
-        for _ in 0..200 {
-            let (secret, record) = store.create_token(&spec()).expect("create");
-            let random = record.id.strip_prefix("tok-").expect("prefix");
-            assert_eq!(random.len(), 32, "an id carries 128 random bits: {}", record.id);
-            assert!(ids.insert(record.id.clone()), "id {} given twice", record.id);
-            secrets.push((secret, record.id));
-        }
-        let (victim, id) = &secrets[17];
-        store.revoke_token(id).expect("revoke");
-        for (secret, other) in &secrets {
-            let revoked =
-                matches!(store.use_token(secret, &publish("pr-1-x", now_ms())), Err(TokenError::Revoked { .. }));
-            assert_eq!(revoked, secret == victim, "token {other}");
-        }
-        // An id is claimed before its token is stored: it cannot be claimed twice.
-        let claimed = store.token_ids.compare_and_swap(id.as_bytes(), None::<&[u8]>, Some(&b"x"[..])).expect("cas");
-        assert!(claimed.is_err(), "an id in use was claimed again");
+        crate::on_each_backend(|store| {
+            let mut ids = std::collections::HashSet::new();
+            let mut secrets = Vec::new();
+            for _ in 0..200 {
+                let (secret, record) = store.create_token(&spec()).expect("create");
+                let random = record.id.strip_prefix("tok-").expect("prefix");
+                assert_eq!(random.len(), 32, "an id carries 128 random bits: {}", record.id);
+                assert!(ids.insert(record.id.clone()), "id {} given twice", record.id);
+                secrets.push((secret, record.id));
+            }
+            let (victim, id) = &secrets[17];
+            store.revoke_token(id).expect("revoke");
+            for (secret, other) in &secrets {
+                let revoked =
+                    matches!(store.use_token(secret, &publish("pr-1-x", now_ms())), Err(TokenError::Revoked { .. }));
+                assert_eq!(revoked, secret == victim, "token {other}");
+            }
+            // An id is claimed before its token is stored: it cannot be claimed twice.
+            let claimed = store.db.cas(Tree::TokenIds, id.as_bytes(), None, Some(b"x".to_vec())).expect("cas");
+            assert!(claimed.is_err(), "an id in use was claimed again");
+        });
     }
 
     /// Tokens from before the id index may share a short id: revoking
     /// by it is refused instead of picking one of them.
     #[test]
     fn a_shared_legacy_id_revokes_nothing() {
-        let (_dir, store) = store();
-        let mut keys = Vec::new();
-        for _ in 0..2 {
-            let (secret, mut record) = store.create_token(&spec()).expect("create");
-            store.token_ids.remove(record.id.as_bytes()).expect("unindex");
-            record.id = "tok-0badf00d".into();
-            store.tokens.insert(digest(&secret), serde_json::to_vec(&record).expect("json")).expect("insert");
-            keys.push(secret);
-        }
-        let refused = store.revoke_token("tok-0badf00d");
-        assert!(matches!(refused, Err(StoreError::AmbiguousToken { count: 2, .. })), "{refused:?}");
-        for secret in &keys {
-            store.use_token(secret, &publish("pr-1-x", now_ms())).expect("still usable");
-        }
+        crate::on_each_backend(|store| {
+            let mut keys = Vec::new();
+            for _ in 0..2 {
+                let (secret, mut record) = store.create_token(&spec()).expect("create");
+                store.db.remove(Tree::TokenIds, record.id.as_bytes()).expect("unindex");
+                record.id = "tok-0badf00d".into();
+                store
+                    .db
+                    .insert(Tree::Tokens, digest(&secret).as_bytes(), serde_json::to_vec(&record).expect("json"))
+                    .expect("insert");
+                keys.push(secret);
+            }
+            let refused = store.revoke_token("tok-0badf00d");
+            assert!(matches!(refused, Err(StoreError::AmbiguousToken { count: 2, .. })), "{refused:?}");
+            for secret in &keys {
+                store.use_token(secret, &publish("pr-1-x", now_ms())).expect("still usable");
+            }
+        });
     }
 
     /// A peek checks like a use and charges nothing.
     #[test]
     fn peeking_at_a_token_charges_nothing() {
-        let (_dir, store) = store();
-        let mut spec = spec();
-        spec.max_calls = Some(1);
-        let (secret, _) = store.create_token(&spec).expect("create");
-        for _ in 0..3 {
-            store.peek_token(&secret, &publish("pr-1-x", now_ms())).expect("peek");
-        }
-        assert!(matches!(store.peek_token(&secret, &publish("pr-2-x", now_ms())), Err(TokenError::OutOfScope { .. })));
-        store.use_token(&secret, &publish("pr-1-x", now_ms())).expect("the one call");
-        assert!(matches!(store.peek_token(&secret, &publish("pr-1-x", now_ms())), Err(TokenError::QuotaUsedUp { .. })));
+        crate::on_each_backend(|store| {
+            let mut spec = spec();
+            spec.max_calls = Some(1);
+            let (secret, _) = store.create_token(&spec).expect("create");
+            for _ in 0..3 {
+                store.peek_token(&secret, &publish("pr-1-x", now_ms())).expect("peek");
+            }
+            assert!(matches!(
+                store.peek_token(&secret, &publish("pr-2-x", now_ms())),
+                Err(TokenError::OutOfScope { .. })
+            ));
+            store.use_token(&secret, &publish("pr-1-x", now_ms())).expect("the one call");
+            assert!(matches!(
+                store.peek_token(&secret, &publish("pr-1-x", now_ms())),
+                Err(TokenError::QuotaUsedUp { .. })
+            ));
+        });
     }
 
     #[test]
     fn every_constraint_has_its_reason() {
-        let (_dir, store) = store();
-        // A moment from now: every token below exists by then.
-        let now = now_ms() + 1000;
-        let (t, _) = store.create_token(&spec()).expect("create");
-        assert!(store.use_token(&t, &publish("pr-1-a", now)).is_ok());
-        let err = |t: &str, u: TokenUse<'_>| store.use_token(t, &u).expect_err("refused").to_string();
+        crate::on_each_backend(|store| {
+            // A moment from now: every token below exists by then.
+            let now = now_ms() + 1000;
+            let (t, _) = store.create_token(&spec()).expect("create");
+            assert!(store.use_token(&t, &publish("pr-1-a", now)).is_ok());
+            let err = |t: &str, u: TokenUse<'_>| store.use_token(t, &u).expect_err("refused").to_string();
 
-        assert!(
-            err(&t, publish("pr-2-a", now))
-                .contains("allows `publish:snapshots/pr-1-`, not publish to `snapshots/pr-2-a`")
-        );
-        assert!(err(&t, publish("pr-1-a", now + 61_000)).contains("expired"));
-        assert_eq!(err("not-a-token", publish("pr-1-a", now)), TokenError::Malformed.to_string());
-        let other = format!("{TOKEN_PREFIX}{}", "0".repeat(64));
-        assert_eq!(err(&other, publish("pr-1-a", now)), TokenError::Unknown.to_string());
+            assert!(
+                err(&t, publish("pr-2-a", now))
+                    .contains("allows `publish:snapshots/pr-1-`, not publish to `snapshots/pr-2-a`")
+            );
+            assert!(err(&t, publish("pr-1-a", now + 61_000)).contains("expired"));
+            assert_eq!(err("not-a-token", publish("pr-1-a", now)), TokenError::Malformed.to_string());
+            let other = format!("{TOKEN_PREFIX}{}", "0".repeat(64));
+            assert_eq!(err(&other, publish("pr-1-a", now)), TokenError::Unknown.to_string());
 
-        let later = TokenSpec { not_before_ms: Some(now + 3_600_000), ..spec() };
-        let (t, _) = store.create_token(&later).expect("create");
-        assert!(err(&t, publish("pr-1-a", now)).contains("is not valid yet; it will be in 3600 s"));
+            let later = TokenSpec { not_before_ms: Some(now + 3_600_000), ..spec() };
+            let (t, _) = store.create_token(&later).expect("create");
+            assert!(err(&t, publish("pr-1-a", now)).contains("is not valid yet; it will be in 3600 s"));
 
-        let (t, _) = store
-            .create_token(&TokenSpec { cidr: Some("10.0.0.0/8".parse().expect("cidr")), ..spec() })
-            .expect("create");
-        let e = err(&t, publish("pr-1-a", now));
-        assert!(e.contains("may only be used from 10.0.0.0/8, not from 127.0.0.1"), "{e}");
+            let (t, _) = store
+                .create_token(&TokenSpec { cidr: Some("10.0.0.0/8".parse().expect("cidr")), ..spec() })
+                .expect("create");
+            let e = err(&t, publish("pr-1-a", now));
+            assert!(e.contains("may only be used from 10.0.0.0/8, not from 127.0.0.1"), "{e}");
 
-        let (t, _) = store.create_token(&TokenSpec { max_calls: Some(1), ..spec() }).expect("create");
-        assert!(store.use_token(&t, &publish("pr-1-a", now)).is_ok());
-        assert!(err(&t, publish("pr-1-a", now)).contains("has used up its calls: 1 of 1 used"));
+            let (t, _) = store.create_token(&TokenSpec { max_calls: Some(1), ..spec() }).expect("create");
+            assert!(store.use_token(&t, &publish("pr-1-a", now)).is_ok());
+            assert!(err(&t, publish("pr-1-a", now)).contains("has used up its calls: 1 of 1 used"));
 
-        let (t, _) = store.create_token(&TokenSpec { max_files: Some(15), ..spec() }).expect("create");
-        assert!(store.use_token(&t, &publish("pr-1-a", now)).is_ok());
-        assert!(
-            err(&t, publish("pr-1-a", now)).contains("has used up its files: 10 of 15 used, and this asks for 10 more")
-        );
+            let (t, _) = store.create_token(&TokenSpec { max_files: Some(15), ..spec() }).expect("create");
+            assert!(store.use_token(&t, &publish("pr-1-a", now)).is_ok());
+            assert!(
+                err(&t, publish("pr-1-a", now))
+                    .contains("has used up its files: 10 of 15 used, and this asks for 10 more")
+            );
 
-        let (t, _) = store.create_token(&TokenSpec { max_bytes: Some(999), ..spec() }).expect("create");
-        assert!(err(&t, publish("pr-1-a", now)).contains("has used up its bytes: 0 of 999 used"));
+            let (t, _) = store.create_token(&TokenSpec { max_bytes: Some(999), ..spec() }).expect("create");
+            assert!(err(&t, publish("pr-1-a", now)).contains("has used up its bytes: 0 of 999 used"));
 
-        let (t, record) = store.create_token(&spec()).expect("create");
-        store.revoke_token(&record.id).expect("revoke");
-        assert_eq!(err(&t, publish("pr-1-a", now)), format!("token {} was revoked", record.id));
-        assert!(matches!(store.revoke_token("tok-nope"), Err(StoreError::NoToken(_))));
+            let (t, record) = store.create_token(&spec()).expect("create");
+            store.revoke_token(&record.id).expect("revoke");
+            assert_eq!(err(&t, publish("pr-1-a", now)), format!("token {} was revoked", record.id));
+            assert!(matches!(store.revoke_token("tok-nope"), Err(StoreError::NoToken(_))));
+        });
     }
 
     #[test]
     fn run_tokens_are_revoked_by_run() {
-        let (_dir, store) = store();
-        let (_, mine) = store.create_token(&TokenSpec { run: Some("r1".into()), ..spec() }).expect("create");
-        let (_, other) = store.create_token(&TokenSpec { run: Some("r2".into()), ..spec() }).expect("create");
-        let (_, admin) = store.create_token(&spec()).expect("create");
-        assert_eq!(store.revoke_run_tokens(Some("r1")).expect("revoke"), vec![mine.id.clone()]);
-        assert_eq!(store.revoke_run_tokens(None).expect("revoke"), vec![other.id.clone()]);
-        let live: Vec<String> =
-            store.tokens().expect("tokens").into_iter().filter(|t| t.revoked_ms.is_none()).map(|t| t.id).collect();
-        assert_eq!(live, vec![admin.id], "a token made by a person is left alone");
+        crate::on_each_backend(|store| {
+            let (_, mine) = store.create_token(&TokenSpec { run: Some("r1".into()), ..spec() }).expect("create");
+            let (_, other) = store.create_token(&TokenSpec { run: Some("r2".into()), ..spec() }).expect("create");
+            let (_, admin) = store.create_token(&spec()).expect("create");
+            assert_eq!(store.revoke_run_tokens(Some("r1")).expect("revoke"), vec![mine.id.clone()]);
+            assert_eq!(store.revoke_run_tokens(None).expect("revoke"), vec![other.id.clone()]);
+            let live: Vec<String> =
+                store.tokens().expect("tokens").into_iter().filter(|t| t.revoked_ms.is_none()).map(|t| t.id).collect();
+            assert_eq!(live, vec![admin.id], "a token made by a person is left alone");
+        });
     }
 
     #[test]
     fn racing_uses_share_the_last_call_fairly() {
-        let (_dir, store) = store();
-        let (t, record) = store.create_token(&TokenSpec { max_calls: Some(50), ..spec() }).expect("create");
-        let now = now_ms() + 1000;
-        let granted = std::sync::atomic::AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    for _ in 0..20 {
-                        if store.use_token(&t, &publish("pr-1-a", now)).is_ok() {
-                            granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::on_each_backend(|store| {
+            let (t, record) = store.create_token(&TokenSpec { max_calls: Some(50), ..spec() }).expect("create");
+            let now = now_ms() + 1000;
+            let granted = std::sync::atomic::AtomicU64::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        for _ in 0..20 {
+                            if store.use_token(&t, &publish("pr-1-a", now)).is_ok() {
+                                granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                         }
-                    }
-                });
-            }
+                    });
+                }
+            });
+            assert_eq!(granted.into_inner(), 50);
+            let stored = store.tokens().expect("tokens").into_iter().find(|r| r.id == record.id).expect("listed");
+            assert_eq!(stored.used.calls, 50);
         });
-        assert_eq!(granted.into_inner(), 50);
-        let stored = store.tokens().expect("tokens").into_iter().find(|r| r.id == record.id).expect("listed");
-        assert_eq!(stored.used.calls, 50);
     }
 }

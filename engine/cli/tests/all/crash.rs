@@ -1,5 +1,6 @@
 //! The crash harness: `airlock serve` killed with SIGKILL at random points
-//! while runs go on, fifty times, and started again each time.
+//! while runs go on, fifty times, and started again each time; once with
+//! its records in sled, once in PostgreSQL.
 //!
 //! The pipeline has four parallel steps, a join, a publish, a deploy to
 //! an HTTP receiver on loopback that honours idempotency keys, and a
@@ -67,6 +68,24 @@ fn receiver() -> (String, Seen) {
 
 #[test]
 fn runs_survive_fifty_sigkills_of_the_server() {
+    harness(None);
+}
+
+/// The same fifty kills with the records in PostgreSQL: each server
+/// takes over the database the killed one held.
+#[test]
+fn runs_survive_fifty_sigkills_of_a_server_on_postgresql() {
+    let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    harness(Some(&url));
+    let everything = pg.dump(&url).expect("the database's records");
+    assert!(memchr::memmem::find(&everything, CANARY.as_bytes()).is_none(), "the database holds the credential");
+}
+
+/// Kills a server [`KILLS`] times while runs go on (see the module's
+/// documentation), with its records in `database` or else in the state
+/// directory, and checks what it left.
+fn harness(database: Option<&str>) {
     let seed = std::env::var("AIRLOCK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("crash harness seed: {seed} (AIRLOCK_CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -100,7 +119,10 @@ fn runs_survive_fifty_sigkills_of_the_server() {
     ));
     s.file("pipes/crash.yaml", yaml);
     let (state, pipes) = (s.state(), s.path().join("pipes"));
-    let env = [("CRASH_DEPLOY_KEY", CANARY)];
+    let mut env = vec![("CRASH_DEPLOY_KEY", CANARY)];
+    if let Some(url) = database {
+        env.push(("AIRLOCK_DATABASE_URL", url));
+    }
     let agent = http();
     let submit = |url: &str, key: &str| -> Option<String> {
         let answer = call(
@@ -175,7 +197,11 @@ fn runs_survive_fifty_sigkills_of_the_server() {
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let mut resent = 0;
     for id in &ids {
-        let (code, shown, stderr) = output(airlock(&state).args(["show", id, "--json"]));
+        let mut show = airlock(&state);
+        if let Some(url) = database {
+            show.env("AIRLOCK_DATABASE_URL", url);
+        }
+        let (code, shown, stderr) = output(show.args(["show", id, "--json"]));
         assert_eq!(code, 0, "{stderr}");
         let shown: Value = serde_json::from_str(&shown).expect("json");
         let run = &shown["run"];
@@ -232,7 +258,10 @@ fn runs_survive_fifty_sigkills_of_the_server() {
     assert!(resumed >= 5, "only {resumed} runs were resumed: the kills did not land while runs ran");
 
     // Every digest the index knows is in the artifact store, intact.
-    let store = airlock_store::Store::open(&state).expect("store");
+    let store = match database {
+        Some(url) => airlock_store::Store::open_postgres(url).expect("store"),
+        None => airlock_store::Store::open(&state).expect("store"),
+    };
     let artifacts = airlock_host::ArtifactStore::new(state.join("artifacts"));
     let indexed = store.artifacts().expect("index");
     assert!(!indexed.is_empty());

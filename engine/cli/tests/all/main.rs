@@ -5,6 +5,7 @@
 mod browser;
 mod checkout;
 mod crash;
+mod database;
 mod deploy;
 mod docs;
 mod failures;

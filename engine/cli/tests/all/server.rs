@@ -61,7 +61,7 @@ pub fn gate_pipeline(s: &Scratch) {
 }
 
 /// Writes the test pipelines into `pipes/`.
-fn pipelines(s: &Scratch) -> PathBuf {
+pub fn pipelines(s: &Scratch) -> PathBuf {
     let tick = tick();
     s.file(
         "pipes/two.yaml",

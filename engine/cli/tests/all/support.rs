@@ -43,7 +43,12 @@ pub fn interrupt_at(mut cmd: Command, event: &str) -> (std::process::ExitStatus,
 /// clean environment (no colour, no inherited state directory).
 pub fn airlock(state: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_airlock"));
-    cmd.arg("--state-dir").arg(state).env("NO_COLOR", "1").env_remove("AIRLOCK_STATE_DIR").env_remove("RUST_LOG");
+    cmd.arg("--state-dir")
+        .arg(state)
+        .env("NO_COLOR", "1")
+        .env_remove("AIRLOCK_STATE_DIR")
+        .env_remove("AIRLOCK_DATABASE_URL")
+        .env_remove("RUST_LOG");
     cmd
 }
 

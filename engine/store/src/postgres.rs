@@ -1,0 +1,569 @@
+//! The store's trees in PostgreSQL: one table, `airlock_kv (tree, key,
+//! value)`, keyed by tree and key, both compared as bytes, so a tree
+//! reads in the order sled keeps it; ids from a sequence.
+//!
+//! The store is synchronous (sled is), and it is called from the
+//! engine's threads and from async tasks alike. The client here is
+//! tokio-postgres on a runtime of its own: each operation is a task on
+//! that runtime, and the caller waits for its answer on a channel, which
+//! is safe from any thread, an async task's included. A connection pool
+//! (deadpool) holds up to [`MAX_CONNECTIONS`]; a connection PostgreSQL
+//! closed (a restart) is dropped when it comes back and replaced.
+//!
+//! Transactions run `SERIALIZABLE`, reading the rows they will change
+//! `FOR UPDATE`; PostgreSQL refuses one of two that would interleave
+//! badly, and it is run again, as sled runs a conflicting transaction
+//! again. Every statement and every wait for a connection is bounded in
+//! time, so a database that stops answering is an error, not a hang.
+
+use crate::kv::{Pair, Tree, TxError, TxResult, Txn};
+use crate::{Result, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+/// Connections one store holds open at most.
+pub const MAX_CONNECTIONS: usize = 16;
+/// The longest wait for a connection, or for one statement's answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Times a transaction PostgreSQL refused for a conflict is run again.
+const ATTEMPTS: u32 = 200;
+
+/// The schema this airlock writes. A database with a newer one is
+/// refused; an older one is migrated at open.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The migrations, in order: the one at index `i` takes the schema from
+/// version `i` to `i + 1`.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["CREATE TABLE airlock_kv (
+         tree text NOT NULL,
+         key bytea NOT NULL,
+         value bytea NOT NULL,
+         PRIMARY KEY (tree, key)
+     );
+     CREATE SEQUENCE airlock_ids;"];
+
+/// A failure of PostgreSQL or of the way to it.
+#[derive(Debug)]
+pub(crate) struct PgError {
+    message: String,
+    /// A conflict with another transaction: running it again may succeed.
+    retry: bool,
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl PgError {
+    fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retry: false }
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let retry = matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED);
+        let message = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.severity(), db.message()),
+            None => e.to_string(),
+        };
+        Self { message, retry }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::new(format!("no connection: {e}"))
+    }
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::Database(e.message)
+    }
+}
+
+/// `url` without a password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // The `key=value` form: its password goes.
+        return url
+            .split_whitespace()
+            .map(|kv| if kv.starts_with("password=") { "password=…" } else { kv })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The first key after every key that starts with `prefix`, if there
+/// is one.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The store's trees in one PostgreSQL database.
+pub(crate) struct PgDb {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    config: tokio_postgres::Config,
+    /// The connection holding the engine's lock, once claimed.
+    engine_lock: std::sync::Mutex<Option<tokio_postgres::Client>>,
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        // Dropping a runtime inside an async task would panic; its
+        // threads are told to stop instead.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn bounded<T>(what: impl Future<Output = std::result::Result<T, PgError>>) -> std::result::Result<T, PgError> {
+    tokio::time::timeout(TIMEOUT, what)
+        .await
+        .unwrap_or_else(|_| Err(PgError::new(format!("no answer within {} s", TIMEOUT.as_secs()))))
+}
+
+impl PgDb {
+    /// Connects to `url` (`postgres://USER:PASSWORD@HOST:PORT/DB`, or any
+    /// form libpq takes), applies the migrations this airlock knows and
+    /// refuses a database whose schema is newer.
+    pub(crate) fn open(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("the database URL `{}` is not valid: {e}", redact(url))))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("airlock-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot start the database client: {e}")))?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(MAX_CONNECTIONS)
+            .wait_timeout(Some(TIMEOUT))
+            .create_timeout(Some(TIMEOUT))
+            .recycle_timeout(Some(TIMEOUT))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot make a connection pool: {e}")))?;
+        let db = Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            pool,
+            config,
+            engine_lock: std::sync::Mutex::new(None),
+        };
+        db.migrate().map_err(|e| StoreError::Database(format!("{} at {}", e.message, redact(url))))?;
+        Ok(db)
+    }
+
+    /// Takes the database for this process's engine, until the store is
+    /// dropped: a session lock on a connection of its own. A second
+    /// engine on the same database is refused, for now: what an engine
+    /// does at start (ending the runs and tokens an engine left behind)
+    /// is right only when it is the only one.
+    pub(crate) fn claim_engine(&self) -> Result<()> {
+        let mut held = self.engine_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
+            return Ok(());
+        }
+        let config = self.config.clone();
+        let client = self.call(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(connection);
+            let row = client.query_one("SELECT pg_try_advisory_lock(4242424243)", &[]).await?;
+            Ok(row.get::<_, bool>(0).then_some(client))
+        })?;
+        match client {
+            Some(client) => {
+                *held = Some(client);
+                Ok(())
+            }
+            None => Err(StoreError::Database(
+                "another airlock engine (a server or `airlock run`) is using this database; \
+                 one engine per database is supported for now"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Runs `what` on the client's runtime and waits for its answer.
+    fn call<T: Send + 'static>(
+        &self,
+        what: impl Future<Output = std::result::Result<T, PgError>> + Send + 'static,
+    ) -> std::result::Result<T, PgError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(bounded(what).await);
+        });
+        rx.recv().unwrap_or_else(|_| Err(PgError::new("the database client stopped")))
+    }
+
+    /// Runs one statement on a pooled connection.
+    fn with<T: Send + 'static, F>(&self, what: impl FnOnce(Object) -> F + Send + 'static) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, PgError>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        Ok(self.call(async move { what(pool.get().await?).await })?)
+    }
+
+    fn migrate(&self) -> std::result::Result<(), PgError> {
+        let pool = self.pool.clone();
+        self.call(async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            // One server migrates at a time; the others wait, then find
+            // the work done.
+            tx.execute("SELECT pg_advisory_xact_lock(4242424242)", &[]).await?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS airlock_schema (version integer NOT NULL)").await?;
+            let found: Option<i32> = tx.query_opt("SELECT version FROM airlock_schema", &[]).await?.map(|r| r.get(0));
+            let from = found.unwrap_or(0);
+            if from > SCHEMA_VERSION {
+                return Err(PgError::new(format!(
+                    "the database holds airlock's schema version {from}, newer than this airlock's \
+                     ({SCHEMA_VERSION}); run a newer airlock against it"
+                )));
+            }
+            for migration in &MIGRATIONS[from as usize..] {
+                tx.batch_execute(migration).await?;
+            }
+            if found.is_none() {
+                tx.execute("INSERT INTO airlock_schema (version) VALUES ($1)", &[&SCHEMA_VERSION]).await?;
+            } else if from < SCHEMA_VERSION {
+                tx.execute("UPDATE airlock_schema SET version = $1", &[&SCHEMA_VERSION]).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = key.to_vec();
+        self.with(move |c| async move {
+            let st = c.prepare_cached("SELECT value FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+            Ok(c.query_opt(&st, &[&tree.name(), &key]).await?.map(|r| r.get(0)))
+        })
+    }
+
+    pub(crate) fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<()> {
+        let key = key.to_vec();
+        self.with(move |c| async move {
+            let st = c.prepare_cached(UPSERT).await?;
+            c.execute(&st, &[&tree.name(), &key, &value]).await?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn remove(&self, tree: Tree, key: &[u8]) -> Result<()> {
+        let key = key.to_vec();
+        self.with(move |c| async move {
+            let st = c.prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+            c.execute(&st, &[&tree.name(), &key]).await?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn cas(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
+        let (owned, old) = (key.to_vec(), old.map(<[u8]>::to_vec));
+        let swapped = self.with(move |c| async move {
+            let (name, key) = (tree.name(), owned);
+            let changed = match (&old, &new) {
+                (None, Some(new)) => {
+                    let st = c
+                        .prepare_cached(
+                            "INSERT INTO airlock_kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        )
+                        .await?;
+                    c.execute(&st, &[&name, &key, new]).await?
+                }
+                (Some(old), Some(new)) => {
+                    let st = c
+                        .prepare_cached("UPDATE airlock_kv SET value = $4 WHERE tree = $1 AND key = $2 AND value = $3")
+                        .await?;
+                    c.execute(&st, &[&name, &key, old, new]).await?
+                }
+                (Some(old), None) => {
+                    let st =
+                        c.prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2 AND value = $3").await?;
+                    c.execute(&st, &[&name, &key, old]).await?
+                }
+                (None, None) => {
+                    let st = c.prepare_cached("SELECT 1 FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+                    u64::from(c.query_opt(&st, &[&name, &key]).await?.is_none())
+                }
+            };
+            Ok(changed == 1)
+        })?;
+        // Not atomic with the swap, as sled's answer is: it is what was
+        // there a moment after, which is all a caller may assume anyway.
+        if swapped { Ok(Ok(())) } else { Ok(Err(self.get(tree, key)?)) }
+    }
+
+    pub(crate) fn scan_prefix(&self, tree: Tree, prefix: &[u8], limit: Option<usize>) -> Result<Vec<Pair>> {
+        let (from, to) = (prefix.to_vec(), prefix_end(prefix));
+        let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.with(move |c| async move {
+            let rows = match &to {
+                Some(to) => {
+                    let st = c
+                        .prepare_cached(
+                            "SELECT key, value FROM airlock_kv WHERE tree = $1 AND key >= $2 AND key < $3 \
+                             ORDER BY key LIMIT $4",
+                        )
+                        .await?;
+                    c.query(&st, &[&tree.name(), &from, to, &limit]).await?
+                }
+                None => {
+                    let st = c
+                        .prepare_cached(
+                            "SELECT key, value FROM airlock_kv WHERE tree = $1 AND key >= $2 ORDER BY key LIMIT $3",
+                        )
+                        .await?;
+                    c.query(&st, &[&tree.name(), &from, &limit]).await?
+                }
+            };
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    pub(crate) fn last(&self, tree: Tree) -> Result<Option<Pair>> {
+        self.with(move |c| async move {
+            let st =
+                c.prepare_cached("SELECT key, value FROM airlock_kv WHERE tree = $1 ORDER BY key DESC LIMIT 1").await?;
+            Ok(c.query_opt(&st, &[&tree.name()]).await?.map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    pub(crate) fn next_id(&self) -> Result<u64> {
+        self.with(move |c| async move {
+            let st = c.prepare_cached("SELECT nextval('airlock_ids')").await?;
+            let n: i64 = c.query_one(&st, &[]).await?.get(0);
+            Ok(n.unsigned_abs())
+        })
+    }
+
+    /// See [`Db::transaction`](crate::kv::Db::transaction).
+    pub(crate) fn transaction<T>(&self, f: &impl Fn(&mut Txn<'_>) -> TxResult<T>) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pool = self.pool.clone();
+            let client = Arc::new(self.call(async move { Ok(pool.get().await?) })?);
+            let mut open = Open { client: Some(client.clone()), done: false };
+            self.exec(&client, "BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+            let outcome = f(&mut Txn::Pg(PgTxn { db: self, client: &client }));
+            let failed = match outcome {
+                Ok(value) => match self.exec(&client, "COMMIT") {
+                    Ok(()) => {
+                        open.done = true;
+                        return Ok(value);
+                    }
+                    // A failed commit has ended the transaction.
+                    Err(e) => {
+                        open.done = true;
+                        e
+                    }
+                },
+                Err(e) => {
+                    if self.exec(&client, "ROLLBACK").is_ok() {
+                        open.done = true;
+                    }
+                    match e {
+                        TxError::Abort(e) => return Err(e),
+                        TxError::Pg(e) => e,
+                        TxError::Sled(e) => PgError::new(format!("{e:?}")),
+                    }
+                }
+            };
+            if !failed.retry || attempt >= ATTEMPTS {
+                return Err(failed.into());
+            }
+            drop(open);
+            // Let the transaction that won finish before trying again.
+            std::thread::sleep(Duration::from_micros(
+                200 * u64::from(attempt.min(50)) + u64::from(rand::random::<u8>()),
+            ));
+        }
+    }
+
+    fn exec(&self, client: &Arc<Object>, sql: &'static str) -> std::result::Result<(), PgError> {
+        let client = client.clone();
+        self.call(async move { Ok(client.batch_execute(sql).await?) })
+    }
+}
+
+/// A pooled connection in a transaction. Unless the transaction ended,
+/// the connection is closed, not returned to the pool: no one else may
+/// run statements inside a transaction left open (by a panic, say).
+struct Open {
+    client: Option<Arc<Object>>,
+    done: bool,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(client) = self.client.take().and_then(|c| Arc::try_unwrap(c).ok())
+        {
+            drop(Object::take(client));
+        }
+    }
+}
+
+const UPSERT: &str = "INSERT INTO airlock_kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value";
+
+/// The statements of one transaction.
+pub(crate) struct PgTxn<'a> {
+    db: &'a PgDb,
+    client: &'a Arc<Object>,
+}
+
+impl PgTxn<'_> {
+    pub(crate) fn get(&mut self, tree: Tree, key: &[u8]) -> std::result::Result<Option<Vec<u8>>, PgError> {
+        let (c, key) = (self.client.clone(), key.to_vec());
+        self.db.call(async move {
+            let st = c.prepare_cached("SELECT value FROM airlock_kv WHERE tree = $1 AND key = $2 FOR UPDATE").await?;
+            Ok(c.query_opt(&st, &[&tree.name(), &key]).await?.map(|r| r.get(0)))
+        })
+    }
+
+    pub(crate) fn insert(&mut self, tree: Tree, key: &[u8], value: Vec<u8>) -> std::result::Result<(), PgError> {
+        let (c, key) = (self.client.clone(), key.to_vec());
+        self.db.call(async move {
+            let st = c.prepare_cached(UPSERT).await?;
+            c.execute(&st, &[&tree.name(), &key, &value]).await?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn remove(&mut self, tree: Tree, key: &[u8]) -> std::result::Result<(), PgError> {
+        let (c, key) = (self.client.clone(), key.to_vec());
+        self.db.call(async move {
+            let st = c.prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+            c.execute(&st, &[&tree.name(), &key]).await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What one connection wrote, another sees after reopening: the
+    /// records are in the database, not in the process.
+    #[test]
+    fn records_outlive_the_store_that_wrote_them() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let id = {
+            let store = crate::Store::open_postgres(&url).expect("open");
+            let run = store.create_run("p", "p.yaml", Default::default(), &["a".into()]).expect("run");
+            let log = crate::LogRecord { attempt: 1, bytes: b"hello".to_vec(), written: 9 };
+            store.put_log(&run.id, "a", &log).expect("log");
+            run.id
+        };
+        let store = crate::Store::open_postgres(&url).expect("reopen");
+        assert_eq!(store.find_run(&id[..8]).expect("by prefix").id, id);
+        assert_eq!(store.logs(&id, "a").expect("logs")[0].bytes, b"hello");
+    }
+
+    /// A database migrated by a newer airlock is refused, saying so,
+    /// and left as it is.
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let db = PgDb::open(&url).expect("open");
+        let pool = db.pool.clone();
+        db.call(async move {
+            pool.get().await?.batch_execute("UPDATE airlock_schema SET version = 99").await?;
+            Ok(())
+        })
+        .expect("bump");
+        let err = crate::Store::open_postgres(&url).err().expect("refused").to_string();
+        assert!(err.contains("schema version 99, newer than this airlock's (1)"), "{err}");
+        assert!(!err.contains("s3cret"));
+    }
+
+    /// A server that is not there is an error naming it, without its
+    /// password, and soon.
+    #[test]
+    fn an_unreachable_database_is_a_clear_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let err = crate::Store::open_postgres(&format!("postgres://ci:s3cret@127.0.0.1:{port}/airlock"))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(&format!("postgres://ci@127.0.0.1:{port}/airlock")), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    /// Two engines on one database are refused until several servers
+    /// are supported; the database is free again once the first is gone.
+    #[test]
+    fn one_engine_per_database() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let first = crate::Store::open_postgres(&url).expect("open");
+        first.claim_engine().expect("claim");
+        let second = crate::Store::open_postgres(&url).expect("open");
+        let err = second.claim_engine().expect_err("refused").to_string();
+        assert!(err.contains("another airlock engine"), "{err}");
+        drop(first);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while second.claim_engine().is_err() {
+            assert!(std::time::Instant::now() < deadline, "the lock outlived its engine");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(redact("postgres://ci:s3cret@127.0.0.1:5432/airlock"), "postgres://ci@127.0.0.1:5432/airlock");
+        assert_eq!(redact("postgres://ci@host/db?sslmode=disable"), "postgres://ci@host/db?sslmode=disable");
+        assert_eq!(redact("host=/tmp dbname=x"), "host=/tmp dbname=x");
+        assert_eq!(redact("host=db password=s3cret dbname=x"), "host=db password=… dbname=x");
+    }
+
+    #[test]
+    fn prefixes_end_where_they_should() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}
