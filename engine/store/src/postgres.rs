@@ -31,6 +31,19 @@ pub const MAX_CONNECTIONS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Times a transaction PostgreSQL refused for a conflict is run again.
 const ATTEMPTS: u32 = 200;
+/// How long an operation waits for a database that went away to come
+/// back before it fails.
+const OUTAGE: Duration = Duration::from_secs(120);
+
+/// Says, once in a while, that the database is out of reach.
+fn tracing_lost(e: &PgError) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+        *last = Some(std::time::Instant::now());
+        tracing::warn!("the database is out of reach ({e}); trying again");
+    }
+}
 
 /// The schema this airlock writes. A database with a newer one is
 /// refused; an older one is migrated at open.
@@ -52,6 +65,10 @@ pub(crate) struct PgError {
     message: String,
     /// A conflict with another transaction: running it again may succeed.
     retry: bool,
+    /// The connection was lost, or none could be made (a restart of
+    /// PostgreSQL, a network cut): the same again, a moment later, may
+    /// succeed.
+    lost: bool,
 }
 
 impl std::fmt::Display for PgError {
@@ -62,24 +79,28 @@ impl std::fmt::Display for PgError {
 
 impl PgError {
     fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retry: false }
+        Self { message: message.into(), retry: false, lost: false }
     }
 }
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
         let retry = matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED);
-        let message = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.severity(), db.message()),
-            None => e.to_string(),
+        let (message, lost) = match e.as_db_error() {
+            // PostgreSQL shutting down ends its sessions with an error.
+            Some(db) => (
+                format!("{}: {}", db.severity(), db.message()),
+                *db.code() == SqlState::ADMIN_SHUTDOWN || *db.code() == SqlState::CANNOT_CONNECT_NOW,
+            ),
+            None => (e.to_string(), true),
         };
-        Self { message, retry }
+        Self { message, retry, lost }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::new(format!("no connection: {e}"))
+        Self { lost: true, ..Self::new(format!("no connection: {e}")) }
     }
 }
 
@@ -226,12 +247,33 @@ impl PgDb {
     }
 
     /// Runs one statement on a pooled connection.
-    fn with<T: Send + 'static, F>(&self, what: impl FnOnce(Object) -> F + Send + 'static) -> Result<T>
+    fn with<T: Send + 'static, F>(
+        &self,
+        what: impl FnOnce(Object) -> F + Send + 'static,
+    ) -> std::result::Result<T, PgError>
     where
         F: Future<Output = std::result::Result<T, PgError>> + Send + 'static,
     {
         let pool = self.pool.clone();
-        Ok(self.call(async move { what(pool.get().await?).await })?)
+        self.call(async move { what(pool.get().await?).await })
+    }
+
+    /// Runs `op` again while the database is out of reach, for up to
+    /// [`OUTAGE`]: a restart of PostgreSQL holds the engine up rather
+    /// than failing its runs. A statement whose answer was lost with the
+    /// connection may have been applied: every write here is an upsert,
+    /// a delete or a compare-and-swap, which a caller checks again.
+    fn retrying<T>(&self, op: impl Fn() -> std::result::Result<T, PgError>) -> Result<T> {
+        let started = std::time::Instant::now();
+        loop {
+            match op() {
+                Err(e) if e.lost && started.elapsed() < OUTAGE => {
+                    tracing_lost(&e);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                done => return Ok(done?),
+            }
+        }
     }
 
     fn migrate(&self) -> std::result::Result<(), PgError> {
@@ -265,28 +307,34 @@ impl PgDb {
     }
 
     pub(crate) fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let key = key.to_vec();
-        self.with(move |c| async move {
-            let st = c.prepare_cached("SELECT value FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
-            Ok(c.query_opt(&st, &[&tree.name(), &key]).await?.map(|r| r.get(0)))
+        self.retrying(|| {
+            let key = key.to_vec();
+            self.with(move |c| async move {
+                let st = c.prepare_cached("SELECT value FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+                Ok(c.query_opt(&st, &[&tree.name(), &key]).await?.map(|r| r.get(0)))
+            })
         })
     }
 
     pub(crate) fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<()> {
-        let key = key.to_vec();
-        self.with(move |c| async move {
-            let st = c.prepare_cached(UPSERT).await?;
-            c.execute(&st, &[&tree.name(), &key, &value]).await?;
-            Ok(())
+        self.retrying(|| {
+            let (key, value) = (key.to_vec(), value.clone());
+            self.with(move |c| async move {
+                let st = c.prepare_cached(UPSERT).await?;
+                c.execute(&st, &[&tree.name(), &key, &value]).await?;
+                Ok(())
+            })
         })
     }
 
     pub(crate) fn remove(&self, tree: Tree, key: &[u8]) -> Result<()> {
-        let key = key.to_vec();
-        self.with(move |c| async move {
-            let st = c.prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
-            c.execute(&st, &[&tree.name(), &key]).await?;
-            Ok(())
+        self.retrying(|| {
+            let key = key.to_vec();
+            self.with(move |c| async move {
+                let st = c.prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+                c.execute(&st, &[&tree.name(), &key]).await?;
+                Ok(())
+            })
         })
     }
 
@@ -297,35 +345,40 @@ impl PgDb {
         old: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
-        let (owned, old) = (key.to_vec(), old.map(<[u8]>::to_vec));
-        let swapped = self.with(move |c| async move {
-            let (name, key) = (tree.name(), owned);
-            let changed = match (&old, &new) {
-                (None, Some(new)) => {
-                    let st = c
-                        .prepare_cached(
-                            "INSERT INTO airlock_kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        )
-                        .await?;
-                    c.execute(&st, &[&name, &key, new]).await?
-                }
-                (Some(old), Some(new)) => {
-                    let st = c
-                        .prepare_cached("UPDATE airlock_kv SET value = $4 WHERE tree = $1 AND key = $2 AND value = $3")
-                        .await?;
-                    c.execute(&st, &[&name, &key, old, new]).await?
-                }
-                (Some(old), None) => {
-                    let st =
-                        c.prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2 AND value = $3").await?;
-                    c.execute(&st, &[&name, &key, old]).await?
-                }
-                (None, None) => {
-                    let st = c.prepare_cached("SELECT 1 FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
-                    u64::from(c.query_opt(&st, &[&name, &key]).await?.is_none())
-                }
-            };
-            Ok(changed == 1)
+        let swapped = self.retrying(|| {
+            let (owned, old, new) = (key.to_vec(), old.map(<[u8]>::to_vec), new.clone());
+            self.with(move |c| async move {
+                let (name, key) = (tree.name(), owned);
+                let changed = match (&old, &new) {
+                    (None, Some(new)) => {
+                        let st = c
+                            .prepare_cached(
+                                "INSERT INTO airlock_kv (tree, key, value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                            )
+                            .await?;
+                        c.execute(&st, &[&name, &key, new]).await?
+                    }
+                    (Some(old), Some(new)) => {
+                        let st = c
+                            .prepare_cached(
+                                "UPDATE airlock_kv SET value = $4 WHERE tree = $1 AND key = $2 AND value = $3",
+                            )
+                            .await?;
+                        c.execute(&st, &[&name, &key, old, new]).await?
+                    }
+                    (Some(old), None) => {
+                        let st = c
+                            .prepare_cached("DELETE FROM airlock_kv WHERE tree = $1 AND key = $2 AND value = $3")
+                            .await?;
+                        c.execute(&st, &[&name, &key, old]).await?
+                    }
+                    (None, None) => {
+                        let st = c.prepare_cached("SELECT 1 FROM airlock_kv WHERE tree = $1 AND key = $2").await?;
+                        u64::from(c.query_opt(&st, &[&name, &key]).await?.is_none())
+                    }
+                };
+                Ok(changed == 1)
+            })
         })?;
         // Not atomic with the swap, as sled's answer is: it is what was
         // there a moment after, which is all a caller may assume anyway.
@@ -333,89 +386,105 @@ impl PgDb {
     }
 
     pub(crate) fn scan_prefix(&self, tree: Tree, prefix: &[u8], limit: Option<usize>) -> Result<Vec<Pair>> {
-        let (from, to) = (prefix.to_vec(), prefix_end(prefix));
-        let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        self.with(move |c| async move {
-            let rows = match &to {
-                Some(to) => {
-                    let st = c
-                        .prepare_cached(
-                            "SELECT key, value FROM airlock_kv WHERE tree = $1 AND key >= $2 AND key < $3 \
-                             ORDER BY key LIMIT $4",
-                        )
-                        .await?;
-                    c.query(&st, &[&tree.name(), &from, to, &limit]).await?
-                }
-                None => {
-                    let st = c
-                        .prepare_cached(
-                            "SELECT key, value FROM airlock_kv WHERE tree = $1 AND key >= $2 ORDER BY key LIMIT $3",
-                        )
-                        .await?;
-                    c.query(&st, &[&tree.name(), &from, &limit]).await?
-                }
-            };
-            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        self.retrying(|| {
+            let (from, to) = (prefix.to_vec(), prefix_end(prefix));
+            let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+            self.with(move |c| async move {
+                let rows = match &to {
+                    Some(to) => {
+                        let st = c
+                            .prepare_cached(
+                                "SELECT key, value FROM airlock_kv WHERE tree = $1 AND key >= $2 AND key < $3 \
+                                 ORDER BY key LIMIT $4",
+                            )
+                            .await?;
+                        c.query(&st, &[&tree.name(), &from, to, &limit]).await?
+                    }
+                    None => {
+                        let st = c
+                            .prepare_cached(
+                                "SELECT key, value FROM airlock_kv WHERE tree = $1 AND key >= $2 ORDER BY key LIMIT $3",
+                            )
+                            .await?;
+                        c.query(&st, &[&tree.name(), &from, &limit]).await?
+                    }
+                };
+                Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            })
         })
     }
 
     pub(crate) fn last(&self, tree: Tree) -> Result<Option<Pair>> {
-        self.with(move |c| async move {
-            let st =
-                c.prepare_cached("SELECT key, value FROM airlock_kv WHERE tree = $1 ORDER BY key DESC LIMIT 1").await?;
-            Ok(c.query_opt(&st, &[&tree.name()]).await?.map(|r| (r.get(0), r.get(1))))
+        self.retrying(|| {
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached("SELECT key, value FROM airlock_kv WHERE tree = $1 ORDER BY key DESC LIMIT 1")
+                    .await?;
+                Ok(c.query_opt(&st, &[&tree.name()]).await?.map(|r| (r.get(0), r.get(1))))
+            })
         })
     }
 
     pub(crate) fn next_id(&self) -> Result<u64> {
-        self.with(move |c| async move {
-            let st = c.prepare_cached("SELECT nextval('airlock_ids')").await?;
-            let n: i64 = c.query_one(&st, &[]).await?.get(0);
-            Ok(n.unsigned_abs())
+        self.retrying(|| {
+            self.with(move |c| async move {
+                let st = c.prepare_cached("SELECT nextval('airlock_ids')").await?;
+                let n: i64 = c.query_one(&st, &[]).await?.get(0);
+                Ok(n.unsigned_abs())
+            })
         })
     }
 
     /// See [`Db::transaction`](crate::kv::Db::transaction).
     pub(crate) fn transaction<T>(&self, f: &impl Fn(&mut Txn<'_>) -> TxResult<T>) -> Result<T> {
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let pool = self.pool.clone();
-            let client = Arc::new(self.call(async move { Ok(pool.get().await?) })?);
-            let mut open = Open { client: Some(client.clone()), done: false };
-            self.exec(&client, "BEGIN ISOLATION LEVEL SERIALIZABLE")?;
-            let outcome = f(&mut Txn::Pg(PgTxn { db: self, client: &client }));
-            let failed = match outcome {
-                Ok(value) => match self.exec(&client, "COMMIT") {
-                    Ok(()) => {
-                        open.done = true;
-                        return Ok(value);
-                    }
-                    // A failed commit has ended the transaction.
-                    Err(e) => {
-                        open.done = true;
-                        e
-                    }
-                },
-                Err(e) => {
-                    if self.exec(&client, "ROLLBACK").is_ok() {
-                        open.done = true;
-                    }
-                    match e {
-                        TxError::Abort(e) => return Err(e),
-                        TxError::Pg(e) => e,
-                        TxError::Sled(e) => PgError::new(format!("{e:?}")),
-                    }
-                }
+            let failed = match self.attempt(f) {
+                Ok(value) => return Ok(value),
+                Err(TxError::Abort(e)) => return Err(e),
+                Err(TxError::Pg(e)) => e,
+                Err(TxError::Sled(e)) => PgError::new(format!("{e:?}")),
             };
+            if failed.lost && started.elapsed() < OUTAGE {
+                // A commit whose answer was lost may have been applied:
+                // the transaction runs again and finds its own writes,
+                // as it would find another's.
+                tracing_lost(&failed);
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            }
             if !failed.retry || attempt >= ATTEMPTS {
                 return Err(failed.into());
             }
-            drop(open);
             // Let the transaction that won finish before trying again.
             std::thread::sleep(Duration::from_micros(
                 200 * u64::from(attempt.min(50)) + u64::from(rand::random::<u8>()),
             ));
+        }
+    }
+
+    /// One try of a transaction: begin, `f`, commit (or roll back).
+    fn attempt<T>(&self, f: &impl Fn(&mut Txn<'_>) -> TxResult<T>) -> TxResult<T> {
+        let pool = self.pool.clone();
+        let client = Arc::new(self.call(async move { Ok(pool.get().await?) }).map_err(TxError::Pg)?);
+        let mut open = Open { client: Some(client.clone()), done: false };
+        self.exec(&client, "BEGIN ISOLATION LEVEL SERIALIZABLE").map_err(TxError::Pg)?;
+        match f(&mut Txn::Pg(PgTxn { db: self, client: &client })) {
+            Ok(value) => {
+                let committed = self.exec(&client, "COMMIT");
+                // A failed commit has ended the transaction too.
+                open.done = true;
+                committed.map_err(TxError::Pg)?;
+                Ok(value)
+            }
+            Err(e) => {
+                if self.exec(&client, "ROLLBACK").is_ok() {
+                    open.done = true;
+                }
+                Err(e)
+            }
         }
     }
 

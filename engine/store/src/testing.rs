@@ -18,11 +18,25 @@ pub struct TestPostgres {
     _dir: Option<tempfile::TempDir>,
     base: String,
     next: std::sync::atomic::AtomicU32,
+    /// How to start it again.
+    spawn: Option<Spawn>,
 }
+
+/// What starts a server: its programs, the user it runs as, its
+/// directory (data, socket, log) and port.
+type Spawn = (PathBuf, Option<(u32, u32)>, PathBuf, u16);
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
+        self.stop();
+    }
+}
+
+impl TestPostgres {
+    /// Stops the server (a fast shutdown: sessions are ended), as an
+    /// operator's restart or a crash of the database would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             // SIGINT: PostgreSQL's fast shutdown.
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -35,6 +49,49 @@ impl Drop for TestPostgres {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts a stopped server again, on the same port and data.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        let Some((bin, user, dir, port)) = self.spawn.clone() else { return Ok(()) };
+        if self.child.is_none() {
+            self.child = Some(spawn(&bin, user, &dir, port)?);
+            wait_ready(&bin, &dir, port)?;
+        }
+        Ok(())
+    }
+}
+
+fn spawn(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log")).map_err(|e| e.to_string())?;
+    command(&bin.join("postgres"), user)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start postgres: {e}"))
+}
+
+fn wait_ready(bin: &Path, dir: &Path, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = command(&bin.join("pg_isready"), None)
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+            return Err(format!("postgres did not start: {log}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -74,7 +131,7 @@ impl TestPostgres {
     /// Starts a server (or takes `AIRLOCK_TEST_DATABASE_URL`'s).
     pub fn start() -> Result<Self, String> {
         if let Ok(url) = std::env::var("AIRLOCK_TEST_DATABASE_URL") {
-            return Ok(Self { child: None, _dir: None, base: url, next: 0.into() });
+            return Ok(Self { child: None, _dir: None, base: url, next: 0.into(), spawn: None });
         }
         let bin = bin_dir()?;
         let user = run_as();
@@ -92,39 +149,17 @@ impl TestPostgres {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let log = std::fs::File::create(dir.path().join("log")).map_err(|e| e.to_string())?;
-        let child = command(&bin.join("postgres"), user)
-            .arg("-D")
-            .arg(&data)
-            .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start postgres: {e}"))?;
+        let child = spawn(&bin, user, dir.path(), port)?;
+        let spawn = Some((bin.clone(), user, dir.path().to_owned(), port));
         let pg = Self {
             child: Some(child),
             base: format!("postgres://airlock@127.0.0.1:{port}/postgres"),
             _dir: Some(dir),
             next: 0.into(),
+            spawn,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = command(&bin.join("pg_isready"), None)
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return Ok(pg);
-            }
-            if Instant::now() > deadline {
-                let log = pg._dir.as_ref().and_then(|d| std::fs::read_to_string(d.path().join("log")).ok());
-                return Err(format!("postgres did not start: {}", log.unwrap_or_default()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(&bin, pg._dir.as_ref().map_or(Path::new("/"), |d| d.path()), port)?;
+        Ok(pg)
     }
 
     /// Every key and value in the database at `url`, one after the

@@ -77,3 +77,45 @@ fn a_server_keeps_its_runs_in_postgresql_and_a_new_one_resumes_them() {
     assert!(!said.iter().any(|l| l.contains(CANARY)), "the database password is in the server's log");
     assert!(!runs.to_string().contains(CANARY));
 }
+
+/// PostgreSQL restarted in the middle of a run, and down while a run is
+/// submitted: the server waits for it and goes on; the run under way
+/// ends as if nothing happened, and the submission made while the
+/// database was down is answered once it is back, and runs.
+#[test]
+fn runs_go_on_through_a_restart_of_postgresql() {
+    let mut pg = TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file("policy.yaml", people.yaml());
+    let pipes = pipelines(&s);
+    let server = Server::start(&s.state(), &policy, &pipes, &[("AIRLOCK_DATABASE_URL", url.as_str())]);
+    let (agent, base) = (http(), server.url.clone());
+    let runner = people.runner.token.as_str();
+
+    let slow = submit_run(&agent, &base, runner, "slow.yaml");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, detail) =
+            call(&agent, "GET", &format!("{base}/api/v1/runs/{slow}"), Some(runner), None, &[]).expect("get");
+        if detail["steps"][0]["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow run never started: {detail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.stop();
+    let submitted = std::thread::scope(|scope| {
+        let submission = scope.spawn(|| submit_run(&agent, &base, runner, "two.yaml"));
+        std::thread::sleep(Duration::from_secs(2));
+        pg.start_again().expect("PostgreSQL starts again");
+        submission.join().expect("the submission")
+    });
+    for id in [&slow, &submitted] {
+        let detail = wait_for_end(&agent, &base, runner, id);
+        assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    }
+    let said: Vec<String> = server.stderr.try_iter().collect();
+    assert!(said.iter().any(|l| l.contains("the database is out of reach")), "{said:#?}");
+}
