@@ -112,7 +112,48 @@ fn main() -> anyhow::Result<()> {
         fmt(spawn.p50 * steps() as u32),
         steps()
     );
+    postgres(&rt, scratch.path(), &noop, &per_step, &writes)?;
     step_cache(&rt, &repo, scratch.path(), &noop)?;
+    Ok(())
+}
+
+/// The same chain and state writes with the records in PostgreSQL (a
+/// server of the benchmark's own on loopback, syncing every commit),
+/// beside sled's figures of this run.
+fn postgres(
+    rt: &tokio::runtime::Runtime,
+    scratch: &Path,
+    noop: &Path,
+    chain: &Stats,
+    writes: &Stats,
+) -> anyhow::Result<()> {
+    println!();
+    println!("the records in PostgreSQL (loopback, every commit synced):");
+    let server = match airlock_store::testing::TestPostgres::start_durable() {
+        Ok(server) => server,
+        Err(e) => {
+            println!("  skipped: {e}");
+            return Ok(());
+        }
+    };
+    let url = server.database().map_err(|e| anyhow::anyhow!(e))?;
+    let on_pg =
+        rt.block_on(pipeline_run(scratch.to_owned(), noop.to_owned(), Shape::Chain, Fresh::Postgres(url.clone())))?;
+    let pg_chain = Stats::of(on_pg.gaps);
+    row("per-step engine overhead (chain)", &pg_chain, &format!("sled p50 {}", fmt(chain.p50)));
+    let store = Store::open_postgres(&server.database().map_err(|e| anyhow::anyhow!(e))?)?;
+    let names: Vec<String> = (0..steps()).map(|i| format!("s{i:04}")).collect();
+    let run = store.create_run("bench", "bench.yaml", Default::default(), &names)?;
+    let mut i = 0;
+    let pg_writes = sample(steps(), || {
+        let name = &names[i];
+        i += 1;
+        store.update_step(&run.id, name, Some("attempt 1".into()), |s| s.state = StepState::Running)?;
+        store.update_step(&run.id, name, None, |s| s.state = StepState::Succeeded)?;
+        Ok(())
+    })?;
+    row("  state writes (start and end)", &pg_writes, &format!("sled p50 {}", fmt(writes.p50)));
+    println!("{:<38} {:>10}", format!("{}-step chain, wall", steps()), fmt(on_pg.wall));
     Ok(())
 }
 
@@ -220,6 +261,9 @@ enum Fresh {
     /// This state directory: a second run there finds the first's steps
     /// in the cache.
     In(PathBuf),
+    /// A state directory of its own, with the records in this
+    /// PostgreSQL database.
+    Postgres(String),
 }
 
 /// Runs a generated pipeline the way `airlock run` does: the scheduler is
@@ -246,9 +290,12 @@ async fn pipeline_run_inner(dir: &Path, plugin: &Path, shape: Shape, fresh: Fres
     let own = tempfile::tempdir_in(dir)?;
     let state = match &fresh {
         Fresh::In(state) => state.clone(),
-        Fresh::Yes | Fresh::Real => own.path().to_owned(),
+        Fresh::Yes | Fresh::Real | Fresh::Postgres(_) => own.path().to_owned(),
     };
-    let engine = Engine::open(&state)?;
+    let engine = match &fresh {
+        Fresh::Postgres(url) => Engine::open_on(&state, Store::open_postgres(url)?)?,
+        _ => Engine::open(&state)?,
+    };
     // Warm the compile cache so the run measures the engine, not cranelift.
     engine.sandbox().load(plugin)?;
     let ends = Arc::new(Mutex::new(Vec::with_capacity(steps())));

@@ -24,7 +24,7 @@ pub struct TestPostgres {
 
 /// What starts a server: its programs, the user it runs as, its
 /// directory (data, socket, log) and port.
-type Spawn = (PathBuf, Option<(u32, u32)>, PathBuf, u16);
+type Spawn = (PathBuf, Option<(u32, u32)>, PathBuf, u16, bool);
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
@@ -53,23 +53,26 @@ impl TestPostgres {
 
     /// Starts a stopped server again, on the same port and data.
     pub fn start_again(&mut self) -> Result<(), String> {
-        let Some((bin, user, dir, port)) = self.spawn.clone() else { return Ok(()) };
+        let Some((bin, user, dir, port, durable)) = self.spawn.clone() else { return Ok(()) };
         if self.child.is_none() {
-            self.child = Some(spawn(&bin, user, &dir, port)?);
+            self.child = Some(spawn(&bin, user, &dir, port, durable)?);
             wait_ready(&bin, &dir, port)?;
         }
         Ok(())
     }
 }
 
-fn spawn(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16) -> Result<Child, String> {
+fn spawn(bin: &Path, user: Option<(u32, u32)>, dir: &Path, port: u16, durable: bool) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log")).map_err(|e| e.to_string())?;
-    command(&bin.join("postgres"), user)
-        .arg("-D")
+    let mut cmd = command(&bin.join("postgres"), user);
+    if !durable {
+        cmd.args(["-c", "fsync=off", "-c", "full_page_writes=off"]);
+    }
+    cmd.arg("-D")
         .arg(dir.join("data"))
         .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string(), "-k"])
         .arg(dir)
-        .args(["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(["-c", "max_connections=200"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -128,8 +131,20 @@ fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
 }
 
 impl TestPostgres {
-    /// Starts a server (or takes `AIRLOCK_TEST_DATABASE_URL`'s).
+    /// Starts a server (or takes `AIRLOCK_TEST_DATABASE_URL`'s) that
+    /// does not sync its writes to disk: tests need no durability
+    /// across a power cut, and run faster without.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(false)
+    }
+
+    /// Starts a server that syncs every commit, as a production one
+    /// does: what a benchmark measures.
+    pub fn start_durable() -> Result<Self, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self, String> {
         if let Ok(url) = std::env::var("AIRLOCK_TEST_DATABASE_URL") {
             return Ok(Self { child: None, _dir: None, base: url, next: 0.into(), spawn: None });
         }
@@ -149,8 +164,8 @@ impl TestPostgres {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let child = spawn(&bin, user, dir.path(), port)?;
-        let spawn = Some((bin.clone(), user, dir.path().to_owned(), port));
+        let child = spawn(&bin, user, dir.path(), port, durable)?;
+        let spawn = Some((bin.clone(), user, dir.path().to_owned(), port, durable));
         let pg = Self {
             child: Some(child),
             base: format!("postgres://airlock@127.0.0.1:{port}/postgres"),
