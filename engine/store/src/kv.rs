@@ -271,14 +271,14 @@ impl Db {
         }
     }
 
-    /// Makes every write so far durable. (PostgreSQL's are at commit.)
+    /// Makes every write so far durable.
     pub(crate) fn flush(&self) -> Result<()> {
         match self {
             Db::Sled(s) => {
                 s.db.flush()?;
                 Ok(())
             }
-            Db::Postgres(_) => Ok(()),
+            Db::Postgres(p) => p.flush(),
         }
     }
 

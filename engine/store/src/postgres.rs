@@ -47,17 +47,25 @@ fn tracing_lost(e: &PgError) {
 
 /// The schema this airlock writes. A database with a newer one is
 /// refused; an older one is migrated at open.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The migrations, in order: the one at index `i` takes the schema from
 /// version `i` to `i + 1`.
-const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = ["CREATE TABLE airlock_kv (
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    "CREATE TABLE airlock_kv (
          tree text NOT NULL,
          key bytea NOT NULL,
          value bytea NOT NULL,
          PRIMARY KEY (tree, key)
      );
-     CREATE SEQUENCE airlock_ids;"];
+     CREATE SEQUENCE airlock_ids;",
+    // Ids are taken from the sequence a block at a time: one round trip
+    // per `ID_BLOCK` ids rather than one per state transition.
+    "ALTER SEQUENCE airlock_ids INCREMENT BY 1024;",
+];
+
+/// Ids a store takes from the sequence at once (its increment).
+const ID_BLOCK: u64 = 1024;
 
 /// A failure of PostgreSQL or of the way to it.
 #[derive(Debug)]
@@ -151,6 +159,8 @@ pub(crate) struct PgDb {
     config: tokio_postgres::Config,
     /// The connection holding the engine's lock, once claimed.
     engine_lock: std::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// The ids left of the block taken last: (next, end).
+    ids: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Drop for PgDb {
@@ -183,8 +193,17 @@ impl PgDb {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Database(format!("cannot start the database client: {e}")))?;
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        // Commits do not wait for the disk, as sled's writes do not:
+        // [`flush`](Self::flush) waits for every commit before it, and
+        // callers flush before anyone is told or anything happens (see
+        // the crate's documentation). PostgreSQL never applies part of a
+        // transaction; a crash of the database itself may lose the last
+        // few hundred milliseconds of what was not flushed, as a crash
+        // of the machine may with sled.
+        let mut pooled = config.clone();
+        let options = pooled.get_options().map(|o| format!("{o} -c synchronous_commit=off"));
+        pooled.options(options.as_deref().unwrap_or("-c synchronous_commit=off"));
+        let manager = Manager::from_config(pooled, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(MAX_CONNECTIONS)
             .wait_timeout(Some(TIMEOUT))
@@ -199,6 +218,7 @@ impl PgDb {
             pool,
             config,
             engine_lock: std::sync::Mutex::new(None),
+            ids: std::sync::Mutex::new((0, 0)),
         };
         db.migrate().map_err(|e| StoreError::Database(format!("{} at {}", e.message, redact(url))))?;
         Ok(db)
@@ -425,14 +445,37 @@ impl PgDb {
         })
     }
 
-    pub(crate) fn next_id(&self) -> Result<u64> {
+    /// Makes every commit so far durable: a commit that waits for the
+    /// disk waits for every commit before it.
+    pub(crate) fn flush(&self) -> Result<()> {
         self.retrying(|| {
-            self.with(move |c| async move {
-                let st = c.prepare_cached("SELECT nextval('airlock_ids')").await?;
-                let n: i64 = c.query_one(&st, &[]).await?.get(0);
-                Ok(n.unsigned_abs())
+            self.with(|c| async move {
+                c.batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit = on; \
+                     UPDATE airlock_schema SET version = version; COMMIT",
+                )
+                .await?;
+                Ok(())
             })
         })
+    }
+
+    pub(crate) fn next_id(&self) -> Result<u64> {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.0 >= ids.1 {
+            // `nextval` answers the first of a block of ID_BLOCK that no
+            // one else is given, after every block taken before.
+            let first = self.retrying(|| {
+                self.with(move |c| async move {
+                    let st = c.prepare_cached("SELECT nextval('airlock_ids')").await?;
+                    let n: i64 = c.query_one(&st, &[]).await?.get(0);
+                    Ok(n.unsigned_abs())
+                })
+            })?;
+            *ids = (first, first + ID_BLOCK);
+        }
+        ids.0 += 1;
+        Ok(ids.0 - 1)
     }
 
     /// See [`Db::transaction`](crate::kv::Db::transaction).
@@ -570,6 +613,45 @@ mod tests {
         assert_eq!(store.logs(&id, "a").expect("logs")[0].bytes, b"hello");
     }
 
+    /// A database of schema 1 (ids one at a time) is brought to this
+    /// airlock's schema at open, and ids go on growing past those it gave.
+    #[test]
+    fn an_older_schema_is_migrated_and_ids_keep_growing() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let db = PgDb::open(&url).expect("open");
+        let pool = db.pool.clone();
+        db.call(async move {
+            let c = pool.get().await?;
+            c.batch_execute(
+                "ALTER SEQUENCE airlock_ids INCREMENT BY 1; UPDATE airlock_schema SET version = 1; \
+                     SELECT setval('airlock_ids', 5000)",
+            )
+            .await?;
+            Ok(())
+        })
+        .expect("back to schema 1");
+        let given = 5000;
+        drop(db);
+        let db = PgDb::open(&url).expect("migrated");
+        let mut last = given;
+        for _ in 0..3000 {
+            let id = db.next_id().expect("id");
+            assert!(id > last, "{id} after {last}");
+            last = id;
+        }
+        let other = PgDb::open(&url).expect("a second store");
+        let theirs = other.next_id().expect("id");
+        assert!(theirs > given && !(given..=last).contains(&theirs), "{theirs} was given already");
+        let pool = db.pool.clone();
+        let version = db
+            .call(async move {
+                Ok(pool.get().await?.query_one("SELECT version FROM airlock_schema", &[]).await?.get::<_, i32>(0))
+            })
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
     /// A database migrated by a newer airlock is refused, saying so,
     /// and left as it is.
     #[test]
@@ -584,7 +666,7 @@ mod tests {
         })
         .expect("bump");
         let err = crate::Store::open_postgres(&url).err().expect("refused").to_string();
-        assert!(err.contains("schema version 99, newer than this airlock's (1)"), "{err}");
+        assert!(err.contains(&format!("schema version 99, newer than this airlock's ({SCHEMA_VERSION})")), "{err}");
         assert!(!err.contains("s3cret"));
     }
 
