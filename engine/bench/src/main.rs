@@ -118,8 +118,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The same chain and state writes with the records in PostgreSQL (a
-/// server of the benchmark's own on loopback, syncing every commit),
-/// beside sled's figures of this run.
+/// server of the benchmark's own on loopback, fsync on), beside sled's
+/// figures of this run.
 fn postgres(
     rt: &tokio::runtime::Runtime,
     scratch: &Path,
@@ -128,7 +128,7 @@ fn postgres(
     writes: &Stats,
 ) -> anyhow::Result<()> {
     println!();
-    println!("the records in PostgreSQL (loopback, every commit synced):");
+    println!("the records in PostgreSQL (a server of its own on loopback, fsync on):");
     let server = match airlock_store::testing::TestPostgres::start_durable() {
         Ok(server) => server,
         Err(e) => {

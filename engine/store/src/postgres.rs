@@ -1,6 +1,7 @@
 //! The store's trees in PostgreSQL: one table, `airlock_kv (tree, key,
 //! value)`, keyed by tree and key, both compared as bytes, so a tree
-//! reads in the order sled keeps it; ids from a sequence.
+//! reads in the order sled keeps it; ids from a sequence, taken a block
+//! at a time; the schema's version in `airlock_schema`.
 //!
 //! The store is synchronous (sled is), and it is called from the
 //! engine's threads and from async tasks alike. The client here is
@@ -14,7 +15,9 @@
 //! `FOR UPDATE`; PostgreSQL refuses one of two that would interleave
 //! badly, and it is run again, as sled runs a conflicting transaction
 //! again. Every statement and every wait for a connection is bounded in
-//! time, so a database that stops answering is an error, not a hang.
+//! time, so a database that stops answering is an error, not a hang; a
+//! database out of reach (restarted, cut off) is waited for, for a while,
+//! and each operation is then tried again.
 
 use crate::kv::{Pair, Tree, TxError, TxResult, Txn};
 use crate::{Result, StoreError};
