@@ -90,17 +90,7 @@ fn main() -> anyhow::Result<()> {
         outcome.result.map_err(|f| anyhow::anyhow!("the no-op plugin failed: {f:?}"))
     })?;
     row("  WASI context, instantiate, run", &sandbox, "");
-    let store = Store::open(&scratch.path().join("state-writes"))?;
-    let names: Vec<String> = (0..steps()).map(|i| format!("s{i:04}")).collect();
-    let run = store.create_run("bench", "bench.yaml", Default::default(), &names)?;
-    let mut i = 0;
-    let writes = sample(steps(), || {
-        let name = &names[i];
-        i += 1;
-        store.update_step(&run.id, name, Some("attempt 1".into()), |s| s.state = StepState::Running)?;
-        store.update_step(&run.id, name, None, |s| s.state = StepState::Succeeded)?;
-        Ok(())
-    })?;
+    let writes = state_writes(&Store::open(&scratch.path().join("state-writes"))?)?;
     row("  state writes (start and end)", &writes, "");
     let fan = rt.block_on(pipeline_run(scratch.path().to_owned(), noop.clone(), Shape::FanOut, Fresh::Yes))?;
     println!();
@@ -115,6 +105,22 @@ fn main() -> anyhow::Result<()> {
     postgres(&rt, scratch.path(), &noop, &per_step, &writes)?;
     step_cache(&rt, &repo, scratch.path(), &noop)?;
     Ok(())
+}
+
+/// What a step's two state transitions (started, succeeded) cost in
+/// `store`, apart from the rest of the engine.
+fn state_writes(store: &Store) -> anyhow::Result<Stats> {
+    let names: Vec<String> = (0..steps()).map(|i| format!("s{i:04}")).collect();
+    let run = store.create_run("bench", "bench.yaml", Default::default(), &names)?;
+    let mut i = 0;
+    let writes = sample(steps(), || {
+        let name = &names[i];
+        i += 1;
+        store.update_step(&run.id, name, Some("attempt 1".into()), |s| s.state = StepState::Running)?;
+        store.update_step(&run.id, name, None, |s| s.state = StepState::Succeeded)?;
+        Ok(())
+    })?;
+    Ok(writes)
 }
 
 /// The same chain and state writes with the records in PostgreSQL (a
@@ -141,17 +147,7 @@ fn postgres(
         rt.block_on(pipeline_run(scratch.to_owned(), noop.to_owned(), Shape::Chain, Fresh::Postgres(url.clone())))?;
     let pg_chain = Stats::of(on_pg.gaps);
     row("per-step engine overhead (chain)", &pg_chain, &format!("sled p50 {}", fmt(chain.p50)));
-    let store = Store::open_postgres(&server.database().map_err(|e| anyhow::anyhow!(e))?)?;
-    let names: Vec<String> = (0..steps()).map(|i| format!("s{i:04}")).collect();
-    let run = store.create_run("bench", "bench.yaml", Default::default(), &names)?;
-    let mut i = 0;
-    let pg_writes = sample(steps(), || {
-        let name = &names[i];
-        i += 1;
-        store.update_step(&run.id, name, Some("attempt 1".into()), |s| s.state = StepState::Running)?;
-        store.update_step(&run.id, name, None, |s| s.state = StepState::Succeeded)?;
-        Ok(())
-    })?;
+    let pg_writes = state_writes(&Store::open_postgres(&server.database().map_err(|e| anyhow::anyhow!(e))?)?)?;
     row("  state writes (start and end)", &pg_writes, &format!("sled p50 {}", fmt(writes.p50)));
     println!("{:<38} {:>10}", format!("{}-step chain, wall", steps()), fmt(on_pg.wall));
     Ok(())

@@ -52,16 +52,7 @@ fn a_server_keeps_its_runs_in_postgresql_and_a_new_one_resumes_them() {
 
     // SIGKILL in the middle of a run; a new server resumes it.
     let slow = submit_run(&agent, &base, runner, "slow.yaml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, detail) =
-            call(&agent, "GET", &format!("{base}/api/v1/runs/{slow}"), Some(runner), None, &[]).expect("get");
-        if detail["steps"][0]["state"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slow run never started: {detail}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_running(&agent, &base, runner, &slow);
     server.kill();
     let mut said: Vec<String> = server.before.clone();
     said.extend(server.stderr.try_iter());
@@ -95,16 +86,7 @@ fn runs_go_on_through_a_restart_of_postgresql() {
     let runner = people.runner.token.as_str();
 
     let slow = submit_run(&agent, &base, runner, "slow.yaml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, detail) =
-            call(&agent, "GET", &format!("{base}/api/v1/runs/{slow}"), Some(runner), None, &[]).expect("get");
-        if detail["steps"][0]["state"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the slow run never started: {detail}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_running(&agent, &base, runner, &slow);
     pg.stop();
     let submitted = std::thread::scope(|scope| {
         let submission = scope.spawn(|| submit_run(&agent, &base, runner, "two.yaml"));
@@ -118,4 +100,18 @@ fn runs_go_on_through_a_restart_of_postgresql() {
     }
     let said: Vec<String> = server.stderr.try_iter().collect();
     assert!(said.iter().any(|l| l.contains("the database is out of reach")), "{said:#?}");
+}
+
+/// Waits until the first step of `run` is running.
+fn wait_until_running(agent: &ureq::Agent, base: &str, token: &str, run: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, detail) =
+            call(agent, "GET", &format!("{base}/api/v1/runs/{run}"), Some(token), None, &[]).expect("get");
+        if detail["steps"][0]["state"] == "running" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "run {run} never started: {detail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
