@@ -34,7 +34,9 @@ impl Drop for TestPostgres {
 
 impl TestPostgres {
     /// Stops the server (a fast shutdown: sessions are ended), as an
-    /// operator's restart or a crash of the database would.
+    /// operator's restart or a crash of the database would. A server of
+    /// `AIRLOCK_TEST_DATABASE_URL` is not stopped, and
+    /// [`start_again`](Self::start_again) then says so.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGINT: PostgreSQL's fast shutdown.
@@ -53,7 +55,11 @@ impl TestPostgres {
 
     /// Starts a stopped server again, on the same port and data.
     pub fn start_again(&mut self) -> Result<(), String> {
-        let Some((bin, user, dir, port, durable)) = self.spawn.clone() else { return Ok(()) };
+        let Some((bin, user, dir, port, durable)) = self.spawn.clone() else {
+            return Err("the server of AIRLOCK_TEST_DATABASE_URL is not the test's own: it was not stopped, \
+                        and cannot be started again; unset the variable for this test"
+                .into());
+        };
         if self.child.is_none() {
             self.child = Some(spawn(&bin, user, &dir, port, durable)?);
             wait_ready(&bin, &dir, port)?;
