@@ -307,3 +307,16 @@ impl Db {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sled's trees are found by a tree's place in `Tree::ALL`.
+    #[test]
+    fn every_tree_is_in_its_place() {
+        for (i, tree) in Tree::ALL.iter().enumerate() {
+            assert_eq!(*tree as usize, i, "{tree:?}");
+        }
+    }
+}

@@ -721,7 +721,7 @@ impl Store {
     /// All runs, newest first.
     pub fn runs(&self) -> Result<Vec<RunRecord>> {
         let mut runs: Vec<RunRecord> =
-            self.db.all(Tree::Runs)?.iter().rev().map(|(k, v)| decode(k, v)).collect::<Result<_>>()?;
+            self.db.all(Tree::Runs)?.iter().map(|(k, v)| decode(k, v)).collect::<Result<_>>()?;
         // Within one second, ids are in random order; creation times are not.
         runs.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then_with(|| b.id.cmp(&a.id)));
         Ok(runs)

@@ -598,6 +598,16 @@ impl PgTxn<'_> {
 mod tests {
     use super::*;
 
+    /// Runs `sql` on the database of `db`, as a test's set-up.
+    fn execute(db: &PgDb, sql: &'static str) {
+        let pool = db.pool.clone();
+        db.call(async move {
+            pool.get().await?.batch_execute(sql).await?;
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// What one connection wrote, another sees after reopening: the
     /// records are in the database, not in the process.
     #[test]
@@ -623,17 +633,11 @@ mod tests {
         let server = crate::testing::TestPostgres::start().expect("postgres");
         let url = server.database().expect("database");
         let db = PgDb::open(&url).expect("open");
-        let pool = db.pool.clone();
-        db.call(async move {
-            let c = pool.get().await?;
-            c.batch_execute(
-                "ALTER SEQUENCE airlock_ids INCREMENT BY 1; UPDATE airlock_schema SET version = 1; \
-                     SELECT setval('airlock_ids', 5000)",
-            )
-            .await?;
-            Ok(())
-        })
-        .expect("back to schema 1");
+        execute(
+            &db,
+            "ALTER SEQUENCE airlock_ids INCREMENT BY 1; UPDATE airlock_schema SET version = 1; \
+             SELECT setval('airlock_ids', 5000)",
+        );
         let given = 5000;
         drop(db);
         let db = PgDb::open(&url).expect("migrated");
@@ -660,17 +664,13 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused() {
         let server = crate::testing::TestPostgres::start().expect("postgres");
-        let url = server.database().expect("database");
+        // The test server trusts loopback: the password is taken, unused.
+        let url = server.database().expect("database").replacen("airlock@", "airlock:s3cret@", 1);
         let db = PgDb::open(&url).expect("open");
-        let pool = db.pool.clone();
-        db.call(async move {
-            pool.get().await?.batch_execute("UPDATE airlock_schema SET version = 99").await?;
-            Ok(())
-        })
-        .expect("bump");
+        execute(&db, "UPDATE airlock_schema SET version = 99");
         let err = crate::Store::open_postgres(&url).err().expect("refused").to_string();
         assert!(err.contains(&format!("schema version 99, newer than this airlock's ({SCHEMA_VERSION})")), "{err}");
-        assert!(!err.contains("s3cret"));
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     /// A server that is not there is an error naming it, without its

@@ -171,60 +171,64 @@ impl TestPostgres {
         }
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let child = spawn(&bin, user, dir.path(), port, durable)?;
-        let spawn = Some((bin.clone(), user, dir.path().to_owned(), port, durable));
+        let home = dir.path().to_owned();
         let pg = Self {
             child: Some(child),
             base: format!("postgres://airlock@127.0.0.1:{port}/postgres"),
             _dir: Some(dir),
             next: 0.into(),
-            spawn,
+            spawn: Some((bin.clone(), user, home.clone(), port, durable)),
         };
-        wait_ready(&bin, pg._dir.as_ref().map_or(Path::new("/"), |d| d.path()), port)?;
+        wait_ready(&bin, &home, port)?;
         Ok(pg)
     }
 
     /// Every key and value in the database at `url`, one after the
     /// other: what a test searches for a secret that must not be there.
     pub fn dump(&self, url: &str) -> Result<Vec<u8>, String> {
-        let url = url.to_owned();
-        std::thread::spawn(move || -> Result<Vec<u8>, String> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let (client, conn) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                let rows = client.query("SELECT key, value FROM airlock_kv", &[]).await.map_err(|e| e.to_string())?;
-                let mut out = Vec::new();
-                for row in rows {
-                    out.extend_from_slice(row.get::<_, &[u8]>(0));
-                    out.extend_from_slice(row.get::<_, &[u8]>(1));
-                }
-                Ok(out)
-            })
+        on_connection(url.to_owned(), |client| async move {
+            let rows = client.query("SELECT key, value FROM airlock_kv", &[]).await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.extend_from_slice(row.get::<_, &[u8]>(0));
+                out.extend_from_slice(row.get::<_, &[u8]>(1));
+            }
+            Ok(out)
         })
-        .join()
-        .map_err(|_| "reading the database panicked".to_string())?
     }
 
     /// The URL of a new, empty database on the server.
     pub fn database(&self) -> Result<String, String> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("airlock_test_{}_{n}", std::process::id());
-        let base = self.base.clone();
-        let create = format!("CREATE DATABASE {name}");
-        // A thread of its own: the caller may be inside an async runtime.
-        std::thread::spawn(move || -> Result<String, String> {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let (client, conn) =
-                    tokio_postgres::connect(&base, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
-                client.batch_execute(&create).await.map_err(|e| e.to_string())?;
-                let (head, _) = base.rsplit_once('/').ok_or("the database URL has no database name")?;
-                Ok(format!("{head}/{name}"))
-            })
+        let (head, _) = self.base.rsplit_once('/').ok_or("the database URL has no database name")?;
+        let url = format!("{head}/{name}");
+        on_connection(self.base.clone(), move |client| async move {
+            client.batch_execute(&format!("CREATE DATABASE {name}")).await.map_err(|e| e.to_string())?;
+            Ok(url)
         })
-        .join()
-        .map_err(|_| "creating a test database panicked".to_string())?
     }
+}
+
+/// Connects to `url` and does `work` with the connection, on a thread and
+/// runtime of its own: the caller may be inside an async runtime.
+fn on_connection<T, F>(
+    url: String,
+    work: impl FnOnce(tokio_postgres::Client) -> F + Send + 'static,
+) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    std::thread::spawn(move || -> Result<T, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            let (client, conn) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            work(client).await
+        })
+    })
+    .join()
+    .map_err(|_| "a test's database work panicked".to_string())?
 }
