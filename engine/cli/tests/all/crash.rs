@@ -326,12 +326,17 @@ fn a_deploy_cut_off_by_a_kill_is_not_sent_again_unless_its_provider_is_idempoten
     server.kill();
 
     let server = Server::start(&state, &policy, &pipes, &[]);
-    let said =
-        server.before.iter().chain(server.stderr.try_iter().collect::<Vec<_>>().iter()).cloned().collect::<Vec<_>>();
-    assert!(
-        said.iter().any(|l| l.contains(&id) && l.contains("goes on")),
-        "the server did not say it resumed the run: {said:?}"
-    );
+    // The server may say it resumes the run after it says where it
+    // listens: its lines are waited for, not only those already read.
+    let mut said = server.before.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !said.iter().any(|l| l.contains(&id) && l.contains("goes on")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.stderr.recv_timeout(left) {
+            Ok(line) => said.push(line),
+            Err(_) => panic!("the server did not say it resumed the run: {said:?}"),
+        }
+    }
     let detail = wait_for_end(&agent, &server.url, &user.token, &id);
     assert_eq!(detail["run"]["state"], "failed", "{detail}");
     let ship = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "ship").cloned().expect("ship");
