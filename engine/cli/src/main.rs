@@ -543,6 +543,14 @@ pub(crate) fn tool_cache_dir(state_dir: &std::path::Path) -> std::path::PathBuf 
 }
 
 pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock_runner::Engine> {
+    open_engine_leased(state_dir, airlock_store::DEFAULT_LEASE)
+}
+
+/// [`open_engine`], holding runs with leases of `lease`.
+pub(crate) fn open_engine_leased(
+    state_dir: &std::path::Path,
+    lease: std::time::Duration,
+) -> anyhow::Result<airlock_runner::Engine> {
     // A bad limit is refused before the state directory is touched.
     let limit = match std::env::var("AIRLOCK_COMPILE_CACHE_LIMIT").ok().filter(|v| !v.is_empty()) {
         Some(text) => {
@@ -553,7 +561,7 @@ pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock
     let tool_limit = tool_cache_limit()?;
     std::fs::create_dir_all(state_dir)
         .map_err(|e| anyhow::anyhow!("cannot make the state directory `{}`: {e}", state_dir.display()))?;
-    let mut engine = airlock_runner::Engine::open_on(state_dir, open_store(state_dir)?)?;
+    let mut engine = airlock_runner::Engine::open_leased(state_dir, open_store(state_dir)?, lease)?;
     engine = engine.with_tool_cache(&tool_cache_dir(state_dir))?.with_tool_cache_limit(tool_limit);
     if let Some(bytes) = limit {
         engine = engine.with_compile_cache_limit(bytes);

@@ -51,6 +51,25 @@ pub struct ServeArgs {
     /// before the connection is closed.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     write_timeout: std::time::Duration,
+    /// How long this server's hold on a run lasts without being renewed
+    /// (it is renewed every third of it). When servers share a database
+    /// (`--database`), another takes over the runs of one that stopped
+    /// answering this long ago.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
+    lease: std::time::Duration,
+    /// Where artifacts are kept [default: the state directory's
+    /// `artifacts`]. Servers sharing a database share this directory (on
+    /// a shared filesystem), so that a run one began another can finish.
+    #[arg(long, value_name = "DIR")]
+    artifacts: Option<PathBuf>,
+}
+
+fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
+    let d = airlock_model::parse_duration(text)?;
+    if d < std::time::Duration::from_millis(300) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("`{text}` is not between 300ms and 1h"));
+    }
+    Ok(d)
 }
 
 fn parse_public_url(text: &str) -> Result<String, String> {
@@ -121,11 +140,15 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let repositories = loaded.policy.repositories.clone();
     let has_repositories = !repositories.is_empty();
     let policy_dir = loaded.dir.clone();
-    // Opening the engine resumes nothing yet; it revokes the tokens of
-    // runs that died with the last engine. The queue then picks up the
-    // submitted runs that had not ended.
-    let engine =
-        crate::open_engine(state_dir)?.with_targets(loaded.targets.clone()).with_policy(loaded.policy, loaded.dir);
+    // Opening the engine resumes nothing yet; it takes back the runs this
+    // state directory's last engine held. The queue then goes on with
+    // them, and claims the runs waiting.
+    let mut engine = crate::open_engine_leased(state_dir, args.lease)?
+        .with_targets(loaded.targets.clone())
+        .with_policy(loaded.policy, loaded.dir);
+    if let Some(dir) = &args.artifacts {
+        engine = engine.with_artifacts(dir);
+    }
     let shutdown = airlock_runner::CancellationToken::new();
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     let limits = airlock_server::conn::Limits {
@@ -145,6 +168,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let addr = listener.local_addr()?;
     // Runs come from the pipelines directory, from the repositories'
     // webhooks, or both.
+    let mut runs = None;
     if pipelines.is_some() || has_repositories {
         let queue = airlock_runner::queue::RunQueue::start(
             std::sync::Arc::new(engine),
@@ -158,6 +182,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
             let intake = std::sync::Arc::new(airlock_runner::intake::Intake::new(queue.clone()));
             tokio::spawn(intake.serve(app.deliveries_recorded(), shutdown.clone()));
         }
+        runs = Some(queue.clone());
         app = app.with_runs(queue);
     }
     let app = std::sync::Arc::new(app);
@@ -207,10 +232,14 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let served = joined.await?.map_err(|_| anyhow::anyhow!("the HTTP server's thread panicked"))?;
     let _ = admin.await;
     let _ = std::fs::remove_file(&socket);
+    if let Some(queue) = runs {
+        tokio::task::spawn_blocking(move || queue.let_go_all()).await?;
+    }
     served?;
-    // Runs under way stay `running` in the store; the next start resumes
-    // them. Nobody may be reading stderr any more: a failed write is not
-    // a failed stop.
+    // Runs under way stay `running` in the store, let go of: another
+    // server on the database takes them over, or the next start here
+    // resumes them. Nobody may be reading stderr any more: a failed
+    // write is not a failed stop.
     let _ = writeln!(std::io::stderr(), "stopped");
     Ok(exit::OK)
 }

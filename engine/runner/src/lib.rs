@@ -81,7 +81,7 @@ pub enum RunnerError {
 
 /// Ends a run whose engine stopped: every step that had not ended, and
 /// every approval request still waiting, with the run.
-fn end_orphan(store: &Store, run: &RunRecord) -> Result<(), RunnerError> {
+pub(crate) fn end_orphan(store: &Store, run: &RunRecord) -> Result<(), RunnerError> {
     for step in store.steps(run)? {
         if step.state.is_final() {
             continue;
@@ -158,6 +158,67 @@ pub struct Engine {
     pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
     pub(crate) live: LiveLogs,
     pub(crate) tool_cache: airlock_host::tools::ToolCache,
+    /// Leases taken back at open, for the queue.
+    reclaimed: std::sync::Mutex<Vec<airlock_store::Lease>>,
+    /// The state directory's lock, held while the engine lives.
+    _lock: std::fs::File,
+}
+
+/// Takes the state directory for this process: its `engine.lock`,
+/// locked until the file is dropped.
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, RunnerError> {
+    let path = state_dir.join("engine.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| RunnerError::StateDir { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RunnerError::StateDir {
+            path: state_dir.to_owned(),
+            source: std::io::Error::other(
+                "another airlock engine (`airlock serve` or `airlock run`) is using it; \
+                 give each engine a state directory of its own (--state-dir)",
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(RunnerError::StateDir { path, source }),
+    }
+}
+
+/// The state directory's name among the engines sharing a database,
+/// made once: its host's name and a random part.
+fn engine_name(state_dir: &Path) -> Result<String, RunnerError> {
+    let path = state_dir.join("engine-name");
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(RunnerError::StateDir { path, source }),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String =
+        host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).take(40).collect();
+    let name = format!("{}-{:08x}", if host.is_empty() { "engine" } else { &host }, rand::random::<u32>());
+    // Written whole or not at all: a name must not change once used.
+    let partial = state_dir.join(".engine-name.new");
+    std::fs::write(&partial, &name)
+        .and_then(|()| std::fs::rename(&partial, &path))
+        .map_err(|source| RunnerError::StateDir { path, source })?;
+    Ok(name)
+}
+
+/// Removes half-written artifacts of an engine that was killed: all of
+/// them when this process holds the store alone, else only those long
+/// untouched (another engine may be writing into a shared directory).
+fn remove_partial(artifacts: &ArtifactStore, store: &Store) {
+    let untouched = if store.is_shared() { std::time::Duration::from_secs(600) } else { std::time::Duration::ZERO };
+    match artifacts.remove_partial(untouched) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} partial artifacts left by an engine that stopped"),
+        Err(e) => tracing::warn!("could not remove partial artifacts: {e}"),
+    }
 }
 
 /// Running attempts by (run, step): the attempt's number and its log.
@@ -201,33 +262,60 @@ impl Engine {
     }
 
     /// Opens the engine on a state directory (artifacts, caches) and a
-    /// store opened already (the state directory's own, or a database),
-    /// which it claims: one engine per store.
+    /// store opened already (the state directory's own, or a database
+    /// other engines may share), with leases of the default length.
     pub fn open_on(state_dir: &Path, store: Store) -> Result<Self, RunnerError> {
-        store.claim_engine()?;
-        // A run-minted token still live now belongs to a run whose engine
-        // died (this process holds the store alone): it dies too.
-        for id in store.revoke_run_tokens(None)? {
-            tracing::warn!("revoked token {id}: its run ended with its engine");
+        Self::open_leased(state_dir, store, airlock_store::DEFAULT_LEASE)
+    }
+
+    /// Opens the engine as [`open_on`](Self::open_on) does, holding its
+    /// runs with leases of `lease` (see [`airlock_store::Lease`]): another
+    /// engine on the same database takes over a run whose engine has not
+    /// renewed its lease for that long.
+    ///
+    /// The state directory is this process's alone while the engine
+    /// lives (a lock on `engine.lock`), and its name in the leases is the
+    /// state directory's: runs it held when it last stopped are taken back
+    /// at once, and runs of `airlock run` among them, which nobody
+    /// follows any more, end failed.
+    pub fn open_leased(state_dir: &Path, store: Store, lease: std::time::Duration) -> Result<Self, RunnerError> {
+        let lock = lock_state_dir(state_dir)?;
+        store.identify(&engine_name(state_dir)?, lease);
+        if !store.is_shared() {
+            // This process holds the store alone: a run-minted token still
+            // live now belongs to a run whose engine died, and dies too.
+            for id in store.revoke_run_tokens(None)? {
+                tracing::warn!("revoked token {id}: its run ended with its engine");
+            }
+            // Runs of `airlock run` recorded before leases, still
+            // `running`: their engine was killed or crashed.
+            let orphans = store.runs()?.into_iter().filter(|r| r.state == RunState::Running && r.submission.is_none());
+            for run in orphans {
+                if store.fence(&run.id).is_none() {
+                    end_orphan(&store, &run)?;
+                    tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
+                }
+            }
         }
-        // Likewise a run of `airlock run` still `running`: its engine was
-        // killed or crashed, and nobody is there to follow it again. It is
-        // ended now, failed, with a reason, rather than left running for
-        // ever. Runs submitted to a server are the server's to resume.
-        let orphans = store.runs()?.into_iter().filter(|r| r.state == RunState::Running && r.submission.is_none());
-        for run in orphans {
-            end_orphan(&store, &run)?;
-            tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
+        // What this state directory's engine held when it stopped: runs
+        // of `airlock run` end (nobody follows them again); submitted
+        // runs go on when the queue starts.
+        let mut reclaimed = Vec::new();
+        for lease in store.reclaim_runs()? {
+            match store.run(&lease.run)? {
+                Some(run) if run.submission.is_none() && !run.state.is_final() => {
+                    for id in store.revoke_run_tokens(Some(&run.id))? {
+                        tracing::warn!("revoked token {id}: its run ended with its engine");
+                    }
+                    end_orphan(&store, &run)?;
+                    tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
+                }
+                _ => reclaimed.push(lease),
+            }
         }
         let sandbox = Sandbox::new(Some(state_dir.join("cache")))?;
         let artifacts = ArtifactStore::new(state_dir.join("artifacts"));
-        // Half-written artifacts of an engine that was killed: nothing else
-        // writes here while this process holds the store.
-        match artifacts.remove_partial(std::time::Duration::ZERO) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("removed {n} partial artifacts left by an engine that stopped"),
-            Err(e) => tracing::warn!("could not remove partial artifacts: {e}"),
-        }
+        remove_partial(&artifacts, &store);
         let tools = state_dir.join("tools");
         let tool_cache = airlock_host::tools::ToolCache::open(&tools)
             .map_err(|source| RunnerError::StateDir { path: tools, source })?;
@@ -240,7 +328,25 @@ impl Engine {
             targets: Arc::default(),
             policy: None,
             live: LiveLogs::default(),
+            reclaimed: std::sync::Mutex::new(reclaimed),
+            _lock: lock,
         })
+    }
+
+    /// Keeps artifacts in `dir` rather than the state directory's
+    /// `artifacts/`: a directory the engines sharing a database share
+    /// (on a shared filesystem), so that a run one engine began another
+    /// can finish.
+    pub fn with_artifacts(mut self, dir: &Path) -> Self {
+        self.artifacts = ArtifactStore::new(dir.to_owned());
+        remove_partial(&self.artifacts, &self.store);
+        self
+    }
+
+    /// The submitted runs this engine's state directory held when it
+    /// last stopped, taken back at open: the queue resumes them first.
+    pub fn take_reclaimed(&self) -> Vec<airlock_store::Lease> {
+        std::mem::take(&mut *self.reclaimed.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Gives deploy and approval steps the admin policy's environments,

@@ -1,10 +1,14 @@
 //! The run queue of `airlock serve`: submitted runs wait here for their
 //! turn and run on the same engine as `airlock run`.
 //!
-//! A submission is recorded `queued` and flushed before it is answered,
-//! so a run a client was told about survives the server. A server that
-//! starts again picks up every submitted run that had not ended, oldest
-//! first, from where it was (see [`Engine::run_recorded`]).
+//! A submission is recorded `queued`, with a free lease, and flushed
+//! before it is answered, so a run a client was told about survives the
+//! server. Servers claim runs through their leases (see
+//! [`airlock_store::Lease`]), oldest first: several servers on one
+//! database share the queue, a run is worked on by one at a time, and a
+//! run whose server stopped renewing its lease is taken over by another
+//! and resumed from where it was (see [`Engine::run_recorded`]). A server
+//! that starts again takes back its own runs at once.
 //!
 //! Runs come from two places: a pipeline file of the server's pipelines
 //! directory, named by a client; or a pipeline file of a repository at
@@ -15,11 +19,11 @@
 use crate::{Engine, FsLookup, Progress, RunOptions, RunnerError};
 use airlock_host::checkout::Checkouts;
 use airlock_model::TriggerEvent;
-use airlock_store::{Origin, RunRecord, RunState, Submission};
-use std::collections::{BTreeMap, HashMap};
+use airlock_store::{Lease, Origin, RunRecord, RunState, Signal, Submission};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 /// Longest pipeline file a submission may name.
@@ -98,7 +102,9 @@ pub struct RunQueue {
     /// The repositories' mirrors and the trees their runs run in.
     checkouts: Checkouts,
     jobs: usize,
-    sender: mpsc::UnboundedSender<String>,
+    /// Rings when there may be a run to claim.
+    work: Notify,
+    /// The runs this server works on, by id.
     cancels: Mutex<HashMap<String, CancellationToken>>,
     /// One-time approval codes of the waiting steps, by (run, step): shown
     /// to the user who submitted the run and to no one else.
@@ -113,10 +119,12 @@ pub struct RunQueue {
 impl RunQueue {
     /// Starts the queue: at most `max_runs` runs at once, `jobs` steps at
     /// once within each. Clients may name the files of `pipelines`; with
-    /// none, only repositories' pipelines run. Runs submitted before and not ended (the server
-    /// stopped) are queued again first, oldest first. Stops taking new
-    /// runs when `shutdown` is cancelled; runs under way are left to the
-    /// next start, which resumes them.
+    /// none, only repositories' pipelines run. Runs this server's state
+    /// directory held when it stopped go on first; then it claims the
+    /// runs waiting longest. Stops taking new runs when `shutdown` is
+    /// cancelled, and lets go of the runs under way: another server on
+    /// the same database takes them over at once, or this one when it
+    /// starts again.
     pub fn start(
         engine: Arc<Engine>,
         pipelines: Option<&Path>,
@@ -130,33 +138,30 @@ impl RunQueue {
                     .map_err(|e| QueueError::NoPipeline(format!("the pipelines directory `{}`: {e}", dir.display())))
             })
             .transpose()?;
-        let (sender, receiver) = mpsc::unbounded_channel();
         let checkouts = Checkouts::new(engine.state_dir.join("checkouts"));
         let queue = Arc::new(Self {
             engine,
             pipelines,
             checkouts,
             jobs: jobs.max(1),
-            sender,
+            work: Notify::new(),
             cancels: Mutex::new(HashMap::new()),
             codes: Arc::default(),
             reports: Arc::default(),
             public_url: std::sync::OnceLock::new(),
             shutdown,
         });
-        let mut unfinished: Vec<RunRecord> = queue
-            .engine
-            .store()
-            .runs()?
-            .into_iter()
-            .filter(|r| !r.state.is_final() && r.submission.is_some())
-            .collect();
-        unfinished.sort_by_key(|r| r.created_ms);
-        for run in unfinished {
-            tracing::info!("run {} was {} when the server stopped; it goes on", run.id, run.state.as_str());
-            queue.enqueue(&run.id);
+        let store = queue.engine.store();
+        // Runs recorded by an airlock from before leases.
+        store.offer_unleased_runs()?;
+        let reclaimed = queue.engine.take_reclaimed();
+        for lease in &reclaimed {
+            if let Some(run) = store.run(&lease.run)? {
+                tracing::info!("run {} was {} when the server stopped; it goes on", run.id, run.state.as_str());
+            }
         }
-        tokio::spawn(queue.clone().work(receiver, max_runs.max(1)));
+        tokio::spawn(queue.clone().listen(store.signals()));
+        tokio::spawn(queue.clone().claim(reclaimed.into(), max_runs.max(1)));
         Ok(queue)
     }
 
@@ -197,13 +202,6 @@ impl RunQueue {
             }
             (None, None) => PathBuf::from("/nonexistent"),
         }
-    }
-
-    fn enqueue(&self, id: &str) {
-        self.cancels.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), CancellationToken::new());
-        // The receiver lives as long as the worker; a send fails only when
-        // the server is stopping, and the run stays queued for the next start.
-        let _ = self.sender.send(id.to_owned());
     }
 
     /// Validates a submission against the pipelines directory and the
@@ -326,13 +324,15 @@ impl RunQueue {
         store.flush()?;
         if created {
             self.report_status(&run);
-            self.enqueue(&run.id);
+            // This server's own claim loop may be the first to hear.
+            self.work.notify_one();
         }
         Ok((run, created))
     }
 
     /// Cancels a run: a queued one ends at once, a running one stops
-    /// its steps and ends `cancelled`.
+    /// its steps and ends `cancelled` (told through the store when
+    /// another server works on it).
     pub fn cancel(&self, id: &str) -> Result<RunRecord, QueueError> {
         let store = self.engine.store();
         let run = store.find_run(id)?;
@@ -343,13 +343,15 @@ impl RunQueue {
             let ended = store.finish_run(&run.id, RunState::Cancelled, Some("cancelled before it started".into()))?;
             store.flush()?;
             self.report_status(&ended);
-            if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).remove(&run.id) {
+            if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).get(&run.id) {
                 token.cancel();
             }
             return Ok(ended);
         }
-        if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).get(&run.id) {
-            token.cancel();
+        let here = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).get(&run.id).cloned();
+        match here {
+            Some(token) => token.cancel(),
+            None => store.signal(&Signal::Cancel(run.id.clone()))?,
         }
         Ok(run)
     }
@@ -408,42 +410,140 @@ impl RunQueue {
             .map_err(|diagnostics| QueueError::Invalid(diagnostics.iter().map(|d| d.to_string()).collect()))
     }
 
-    async fn work(self: Arc<Self>, mut receiver: mpsc::UnboundedReceiver<String>, max_runs: usize) {
-        let slots = Arc::new(Semaphore::new(max_runs));
+    /// Acts on what other servers say: a cancellation of a run this
+    /// server works on, work to claim.
+    async fn listen(self: Arc<Self>, mut signals: tokio::sync::broadcast::Receiver<Signal>) {
+        use tokio::sync::broadcast::error::RecvError;
         loop {
-            let id = tokio::select! {
-                id = receiver.recv() => match id {
-                    Some(id) => id,
-                    None => return,
-                },
+            let signal = tokio::select! {
+                s = signals.recv() => s,
                 () = self.shutdown.cancelled() => return,
             };
+            match signal {
+                Ok(Signal::Cancel(run)) => {
+                    if let Some(token) = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).get(&run) {
+                        tracing::info!("run {run}: cancelled through another server");
+                        token.cancel();
+                    }
+                }
+                // Signals missed are at worst work: look for it.
+                Ok(Signal::Work) | Err(RecvError::Lagged(_)) => self.work.notify_one(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Claims runs while a slot is free: first those taken back at
+    /// start, then the oldest whose lease is free or expired. With none,
+    /// waits for a signal, or for a lease to expire.
+    async fn claim(self: Arc<Self>, mut reclaimed: VecDeque<Lease>, max_runs: usize) {
+        let slots = Arc::new(Semaphore::new(max_runs));
+        let store = self.engine.store().clone();
+        // An expired lease sends no signal: look at least this often.
+        let look =
+            (store.lease_time() / 4).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(5));
+        loop {
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => match p {
                     Ok(p) => p,
-                    Err(_) => return,
+                    Err(_) => break,
                 },
-                () = self.shutdown.cancelled() => return,
+                () = self.shutdown.cancelled() => break,
             };
+            let claimed = match reclaimed.pop_front() {
+                Some(lease) => Ok(Some(lease)),
+                None => {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.claim_run())
+                        .await
+                        .unwrap_or_else(|e| Err(airlock_store::StoreError::Database(e.to_string())))
+                }
+            };
+            let lease = match claimed {
+                Ok(Some(lease)) => lease,
+                Ok(None) | Err(_) => {
+                    if let Err(e) = claimed {
+                        tracing::error!("cannot claim a run: {e}");
+                    }
+                    drop(permit);
+                    tokio::select! {
+                        () = self.work.notified() => {}
+                        () = tokio::time::sleep(look) => {}
+                        () = self.shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            let token = CancellationToken::new();
+            self.cancels.lock().unwrap_or_else(PoisonError::into_inner).insert(lease.run.clone(), token.clone());
             let queue = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = queue.execute(&id).await {
-                    tracing::error!("run {id}: {e}");
+                let id = lease.run.clone();
+                match queue.execute(lease, token).await {
+                    Ok(()) => {}
+                    Err(QueueError::Runner(RunnerError::Store(e @ airlock_store::StoreError::LeaseLost(_)))) => {
+                        tracing::warn!("{e}");
+                    }
+                    Err(e) => tracing::error!("run {id}: {e}"),
                 }
                 queue.cancels.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+                // A run that did not end (the database failed under it)
+                // is left to whoever claims it next.
+                let store = queue.engine.store();
+                if store.fence(&id).is_some()
+                    && let Err(e) = store.let_go(&id)
+                {
+                    tracing::warn!("run {id}: cannot let go of its lease: {e}");
+                }
                 drop(permit);
             });
         }
     }
 
-    /// Runs (or resumes) one recorded run to its end.
-    async fn execute(&self, id: &str) -> Result<(), QueueError> {
+    /// Lets go of the runs under way, for a server that stops: whichever
+    /// server claims them next (another on the same database, or this
+    /// one when it starts again) takes them over at once, rather than
+    /// when their leases expire.
+    pub fn let_go_all(&self) {
         let store = self.engine.store();
-        let Some(run) = store.run(id)? else { return Ok(()) };
-        let Some(submission) = run.submission.clone() else { return Ok(()) };
+        let held: Vec<String> = self.cancels.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        for run in held {
+            match store.let_go(&run) {
+                Ok(()) => tracing::info!("run {run}: let go; it goes on wherever it is claimed next"),
+                Err(e) => tracing::warn!("run {run}: cannot let go of its lease: {e}"),
+            }
+        }
+    }
+
+    /// Runs (or resumes) the run of a lease this server claimed to its
+    /// end.
+    async fn execute(&self, lease: Lease, cancel: CancellationToken) -> Result<(), QueueError> {
+        let store = self.engine.store();
+        let id = lease.run.as_str();
+        let Some(run) = store.run(id)? else {
+            store.end_lease(id)?;
+            return Ok(());
+        };
         if run.state.is_final() {
+            // A lease offered again for a run that had ended meanwhile.
+            store.end_lease(id)?;
             return Ok(());
         }
+        if lease.taken_over {
+            // Tokens minted for the run by the engine that stopped die
+            // with it; steps that need one get a new one.
+            for token in store.revoke_run_tokens(Some(id))? {
+                tracing::warn!("revoked token {token}: its run's engine stopped");
+            }
+            tracing::info!("run {id} was taken over from an engine that stopped; it goes on here");
+        }
+        let Some(submission) = run.submission.clone() else {
+            // A run of `airlock run` whose engine stopped: nobody
+            // follows it any more.
+            crate::end_orphan(store, &run)?;
+            tracing::warn!("run {id} was left running by an engine that stopped; recorded failed");
+            return Ok(());
+        };
         // What was submitted runs, even if the file changed since; its
         // plugins and sources are found where the file is now (or in the
         // checkout of its commit).
@@ -461,8 +561,6 @@ impl RunQueue {
                 return Ok(());
             }
         };
-        let cancel =
-            self.cancels.lock().unwrap_or_else(PoisonError::into_inner).entry(id.to_owned()).or_default().clone();
         let options = RunOptions {
             jobs: self.jobs,
             params: submission.params.clone(),

@@ -31,10 +31,12 @@ pub(crate) enum Tree {
     Received,
     Statuses,
     StepCache,
+    /// sled's leases (PostgreSQL keeps them in a table of their own).
+    Leases,
 }
 
 impl Tree {
-    pub(crate) const ALL: [Tree; 13] = [
+    pub(crate) const ALL: [Tree; 14] = [
         Tree::Runs,
         Tree::Steps,
         Tree::Events,
@@ -48,6 +50,7 @@ impl Tree {
         Tree::Received,
         Tree::Statuses,
         Tree::StepCache,
+        Tree::Leases,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Tree {
             Tree::Received => "deliveries_received",
             Tree::Statuses => "forge_statuses",
             Tree::StepCache => "step_cache",
+            Tree::Leases => "leases",
         }
     }
 }
@@ -216,6 +220,38 @@ impl Db {
                 Ok(Self::tree(s, tree).compare_and_swap(key, old, new)?.map_err(|e| e.current.map(|v| v.to_vec())))
             }
             Db::Postgres(p) => p.cas(tree, key, old, new),
+        }
+    }
+
+    /// [`cas`](Self::cas) from `old` to `new`, on PostgreSQL only while
+    /// the lease of `fence`'s run still has its fence (else
+    /// [`StoreError::LeaseLost`]). sled's leases need no fence: one
+    /// process holds a sled store.
+    pub(crate) fn cas_fenced(
+        &self,
+        fence: Option<(&str, u64)>,
+        tree: Tree,
+        key: &[u8],
+        old: &[u8],
+        new: Vec<u8>,
+    ) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
+        match (self, fence) {
+            (Db::Postgres(p), Some((run, fence))) => p.cas_fenced(run, fence, tree, key, old, new),
+            _ => self.cas(tree, key, Some(old), Some(new)),
+        }
+    }
+
+    /// [`insert`](Self::insert), fenced as [`cas_fenced`](Self::cas_fenced) is.
+    pub(crate) fn insert_fenced(
+        &self,
+        fence: Option<(&str, u64)>,
+        tree: Tree,
+        key: &[u8],
+        value: Vec<u8>,
+    ) -> Result<()> {
+        match (self, fence) {
+            (Db::Postgres(p), Some((run, fence))) => p.insert_fenced(run, fence, tree, key, value),
+            _ => self.insert(tree, key, value),
         }
     }
 

@@ -28,6 +28,7 @@
 mod approvals;
 mod deliveries;
 mod kv;
+mod leases;
 pub mod postgres;
 mod step_cache;
 #[cfg(any(test, feature = "testing"))]
@@ -36,6 +37,7 @@ mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
 pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
+pub use leases::{DEFAULT_LEASE, Lease, Signal};
 pub use step_cache::{CacheEntry, TRUSTED_SCOPE, untrusted_scope};
 
 pub use tokens::{
@@ -108,6 +110,12 @@ pub enum StoreError {
         /// Where it is.
         state: &'static str,
     },
+    /// This engine no longer holds the run it wrote to: its lease
+    /// expired and another engine claimed the run (see [`Lease`]).
+    #[error(
+        "run `{0}` is now in the hands of another engine (this one's lease on it expired); this engine stops working on it"
+    )]
+    LeaseLost(String),
     /// No step with that name in the run.
     #[error("run `{run}` has no step `{step}`")]
     NoStep {
@@ -477,6 +485,7 @@ pub struct LogRecord {
 #[derive(Clone)]
 pub struct Store {
     db: std::sync::Arc<kv::Db>,
+    leases: std::sync::Arc<leases::Leases>,
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -496,14 +505,15 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
 impl Store {
     /// Opens (or creates) the store in `dir`, in sled.
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self { db: std::sync::Arc::new(kv::Db::sled(&dir.join("db"))?) })
+        Ok(Self { db: std::sync::Arc::new(kv::Db::sled(&dir.join("db"))?), leases: Default::default() })
     }
 
     /// Opens the store in a PostgreSQL database (`postgres://…`),
     /// creating its tables or bringing them up to this airlock's schema
     /// first; refused if the database holds a newer schema.
     pub fn open_postgres(url: &str) -> Result<Self> {
-        Ok(Self { db: std::sync::Arc::new(kv::Db::Postgres(Box::new(postgres::PgDb::open(url)?))) })
+        let db = kv::Db::Postgres(Box::new(postgres::PgDb::open(url)?));
+        Ok(Self { db: std::sync::Arc::new(db), leases: Default::default() })
     }
 
     /// Makes every write so far durable.
@@ -511,14 +521,17 @@ impl Store {
         self.db.flush()
     }
 
-    /// Claims the store for this process's engine. sled's directory is
-    /// held by one process anyway; a PostgreSQL database is refused when
-    /// another engine holds it (see [`postgres`]).
-    pub fn claim_engine(&self) -> Result<()> {
-        match &*self.db {
-            kv::Db::Sled(_) => Ok(()),
-            kv::Db::Postgres(p) => p.claim_engine(),
-        }
+    /// The same records, as another process would see them: no leases
+    /// held, no name.
+    #[cfg(test)]
+    pub(crate) fn clone_unidentified(&self) -> Self {
+        Self { db: self.db.clone(), leases: Default::default() }
+    }
+
+    /// Whether the records are in a database several engines share
+    /// (PostgreSQL), rather than in sled, which one process holds.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.db, kv::Db::Postgres(_))
     }
 
     fn new_run_id(&self) -> String {
@@ -576,37 +589,54 @@ impl Store {
             submission,
         };
         let event_id = self.db.next_id()?;
-        self.db.transaction(&[Tree::Runs, Tree::Steps, Tree::Events, Tree::Keys], |tx| {
-            if let Some(key) = &key
-                && let Some(id) = tx.get(Tree::Keys, key)?
-                && let Some(existing) = tx.get(Tree::Runs, &id)?
-            {
-                let existing: RunRecord = decode(&id, &existing)?;
-                return Ok((existing, false));
-            }
-            if tx.get(Tree::Runs, run.id.as_bytes())?.is_some() {
-                // Two runs in the same second with the same random
-                // suffix: let the caller try again.
-                return Err(TxError::Abort(StoreError::Ambiguous { prefix: run.id.clone(), count: 2 }));
-            }
-            tx.insert(Tree::Runs, run.id.as_bytes(), encode(&run))?;
-            if let Some(key) = &key {
-                tx.insert(Tree::Keys, key, run.id.as_bytes().to_vec())?;
-            }
-            for step in steps {
-                let stored = StoredStep { record: StepRecord::new(step), history: Vec::new() };
-                tx.insert(Tree::Steps, &step_key(&run.id, step), encode(&stored))?;
-            }
-            let event = Event {
-                seq: event_id,
-                at_ms: run.created_ms,
-                step: None,
-                state: run.state.as_str().into(),
-                detail: None,
-            };
-            tx.insert(Tree::Events, &event_key(&run.id, event_id), encode(&event))?;
-            Ok((run.clone(), true))
-        })
+        // A submitted run waits for an engine to claim it; a run of
+        // `airlock run` is its engine's from the start (an engine that
+        // has not said who it is takes no lease).
+        let lease = match (&run.submission, self.me()) {
+            (Some(_), _) => Some(None),
+            (None, me) => me.map(Some),
+        };
+        let (record, created) =
+            self.db.transaction(&[Tree::Runs, Tree::Steps, Tree::Events, Tree::Keys, Tree::Leases], |tx| {
+                if let Some(key) = &key
+                    && let Some(id) = tx.get(Tree::Keys, key)?
+                    && let Some(existing) = tx.get(Tree::Runs, &id)?
+                {
+                    let existing: RunRecord = decode(&id, &existing)?;
+                    return Ok((existing, false));
+                }
+                if tx.get(Tree::Runs, run.id.as_bytes())?.is_some() {
+                    // Two runs in the same second with the same random
+                    // suffix: let the caller try again.
+                    return Err(TxError::Abort(StoreError::Ambiguous { prefix: run.id.clone(), count: 2 }));
+                }
+                tx.insert(Tree::Runs, run.id.as_bytes(), encode(&run))?;
+                if let Some(key) = &key {
+                    tx.insert(Tree::Keys, key, run.id.as_bytes().to_vec())?;
+                }
+                for step in steps {
+                    let stored = StoredStep { record: StepRecord::new(step), history: Vec::new() };
+                    tx.insert(Tree::Steps, &step_key(&run.id, step), encode(&stored))?;
+                }
+                let event = Event {
+                    seq: event_id,
+                    at_ms: run.created_ms,
+                    step: None,
+                    state: run.state.as_str().into(),
+                    detail: None,
+                };
+                tx.insert(Tree::Events, &event_key(&run.id, event_id), encode(&event))?;
+                if let Some(holder) = lease {
+                    tx.offer_lease(&run.id, holder, event_id)?;
+                }
+                Ok((run.clone(), true))
+            })?;
+        match lease {
+            Some(Some(_)) if created => self.hold(&Lease { run: record.id.clone(), fence: 1, taken_over: false }),
+            Some(None) if created => self.signal(&Signal::Work)?,
+            _ => {}
+        }
+        Ok((record, created))
     }
 
     /// Moves a run that has not ended to `state` (`running` when its turn
@@ -622,7 +652,9 @@ impl Store {
 
     fn transition(&self, id: &str, state: RunState, detail: Option<String>, end: bool) -> Result<RunRecord> {
         let event_id = self.db.next_id()?;
-        self.db.transaction(&[Tree::Runs, Tree::Events], |tx| {
+        let fence = self.fence(id);
+        let run = self.db.transaction(&[Tree::Runs, Tree::Events, Tree::Leases], |tx| {
+            tx.check_fence(id, fence)?;
             let Some(bytes) = tx.get(Tree::Runs, id.as_bytes())? else {
                 return Err(TxError::Abort(StoreError::NoRun(id.to_owned())));
             };
@@ -641,8 +673,15 @@ impl Store {
                 detail: detail.clone(),
             };
             tx.insert(Tree::Events, &event_key(id, event_id), encode(&event))?;
+            if end {
+                tx.end_lease(id)?;
+            }
             Ok(run)
-        })
+        })?;
+        if end {
+            self.forget(id);
+        }
+        Ok(run)
     }
 
     /// Applies `change` to a step's record and records the transition, in
@@ -674,7 +713,8 @@ impl Store {
             // Only the step's own task writes its record, so the swap fails
             // only if that rule is broken; applying the change again to
             // what is there now is still right.
-            if self.db.cas(Tree::Steps, &key, Some(&old), Some(encode(&stored)))?.is_ok() {
+            if self.db.cas_fenced(self.fence(run).map(|f| (run, f)), Tree::Steps, &key, &old, encode(&stored))?.is_ok()
+            {
                 return Ok(stored.record);
             }
         }
@@ -772,7 +812,7 @@ impl Store {
         let key = log_key(run, step, log.attempt);
         let mut value = log.written.to_be_bytes().to_vec();
         value.extend_from_slice(&log.bytes);
-        self.db.insert(Tree::Logs, &key, value)
+        self.db.insert_fenced(self.fence(run).map(|f| (run, f)), Tree::Logs, &key, value)
     }
 
     /// Every attempt's log of a step, in order.

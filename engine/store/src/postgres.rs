@@ -50,7 +50,7 @@ fn tracing_lost(e: &PgError) {
 
 /// The schema this airlock writes. A database with a newer one is
 /// refused; an older one is migrated at open.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The migrations, in order: the one at index `i` takes the schema from
 /// version `i` to `i + 1`.
@@ -65,7 +65,27 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     // Ids are taken from the sequence a block at a time: one round trip
     // per `ID_BLOCK` ids rather than one per state transition.
     "ALTER SEQUENCE airlock_ids INCREMENT BY 1024;",
+    // Leases on runs (see `crate::leases`): free while `holder` is null
+    // or `expires_at` has passed; `fence` grows by one at each claim.
+    "CREATE TABLE airlock_leases (
+         run text PRIMARY KEY,
+         holder text,
+         fence bigint NOT NULL DEFAULT 0,
+         expires_at timestamptz NOT NULL DEFAULT '-infinity',
+         queued_at timestamptz NOT NULL DEFAULT clock_timestamp()
+     );
+     CREATE INDEX airlock_leases_queue ON airlock_leases (queued_at);",
 ];
+
+/// The `NOTIFY` channel of engines sharing a database.
+const CHANNEL: &str = "airlock";
+
+/// `now() + ms milliseconds`, with `ms` the parameter `n`, in SQL.
+macro_rules! expires {
+    ($n:literal) => {
+        concat!("now() + $", $n, "::float8 * interval '1 millisecond'")
+    };
+}
 
 /// Ids a store takes from the sequence at once (its increment).
 const ID_BLOCK: u64 = 1024;
@@ -160,8 +180,6 @@ pub(crate) struct PgDb {
     handle: tokio::runtime::Handle,
     pool: Pool,
     config: tokio_postgres::Config,
-    /// The connection holding the engine's lock, once claimed.
-    engine_lock: std::sync::Mutex<Option<tokio_postgres::Client>>,
     /// The ids left of the block taken last: (next, end).
     ids: std::sync::Mutex<(u64, u64)>,
 }
@@ -220,41 +238,10 @@ impl PgDb {
             runtime: Some(runtime),
             pool,
             config,
-            engine_lock: std::sync::Mutex::new(None),
             ids: std::sync::Mutex::new((0, 0)),
         };
         db.migrate().map_err(|e| StoreError::Database(format!("{} at {}", e.message, redact(url))))?;
         Ok(db)
-    }
-
-    /// Takes the database for this process's engine, until the store is
-    /// dropped: a session lock on a connection of its own. A second
-    /// engine on the same database is refused, for now: what an engine
-    /// does at start (ending the runs and tokens an engine left behind)
-    /// is right only when it is the only one.
-    pub(crate) fn claim_engine(&self) -> Result<()> {
-        let mut held = self.engine_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if held.is_some() {
-            return Ok(());
-        }
-        let config = self.config.clone();
-        let client = self.call(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(connection);
-            let row = client.query_one("SELECT pg_try_advisory_lock(4242424243)", &[]).await?;
-            Ok(row.get::<_, bool>(0).then_some(client))
-        })?;
-        match client {
-            Some(client) => {
-                *held = Some(client);
-                Ok(())
-            }
-            None => Err(StoreError::Database(
-                "another airlock engine (a server or `airlock run`) is using this database; \
-                 one engine per database is supported for now"
-                    .into(),
-            )),
-        }
     }
 
     /// Runs `what` on the client's runtime and waits for its answer.
@@ -481,6 +468,196 @@ impl PgDb {
         Ok(ids.0 - 1)
     }
 
+    /// See [`Store::claim_run`](crate::Store::claim_run): the oldest lease
+    /// free or expired, skipping those another engine is claiming at
+    /// this moment (`SKIP LOCKED`) and those this process holds.
+    pub(crate) fn claim_lease(&self, holder: &str, ttl: u64, mine: Vec<String>) -> Result<Option<crate::Lease>> {
+        self.retrying(|| {
+            let (holder, mine) = (holder.to_owned(), mine.clone());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(concat!(
+                        "WITH next AS (SELECT run FROM airlock_leases \
+                         WHERE expires_at < now() AND NOT (run = ANY($3)) \
+                         ORDER BY queued_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                         UPDATE airlock_leases l SET holder = $1, fence = l.fence + 1, expires_at = ",
+                        expires!(2),
+                        " FROM next WHERE l.run = next.run RETURNING l.run, l.fence"
+                    ))
+                    .await?;
+                let row = c.query_opt(&st, &[&holder, &(ttl as f64), &mine]).await?;
+                Ok(row.map(|r| {
+                    let fence = r.get::<_, i64>(1).unsigned_abs();
+                    crate::Lease { run: r.get(0), fence, taken_over: fence > 1 }
+                }))
+            })
+        })
+    }
+
+    /// See [`Store::reclaim_runs`](crate::Store::reclaim_runs).
+    pub(crate) fn reclaim_leases(&self, holder: &str, ttl: u64) -> Result<Vec<crate::Lease>> {
+        self.retrying(|| {
+            let holder = holder.to_owned();
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(concat!(
+                        "UPDATE airlock_leases SET fence = fence + 1, expires_at = ",
+                        expires!(2),
+                        " WHERE holder = $1 RETURNING run, fence"
+                    ))
+                    .await?;
+                let rows = c.query(&st, &[&holder, &(ttl as f64)]).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| crate::Lease { run: r.get(0), fence: r.get::<_, i64>(1).unsigned_abs(), taken_over: true })
+                    .collect())
+            })
+        })
+    }
+
+    /// See [`Store::renew_lease`](crate::Store::renew_lease).
+    pub(crate) fn renew_lease(&self, run: &str, holder: &str, fence: u64, ttl: u64) -> Result<bool> {
+        self.retrying(|| {
+            let (run, holder) = (run.to_owned(), holder.to_owned());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(concat!(
+                        "UPDATE airlock_leases SET expires_at = ",
+                        expires!(4),
+                        " WHERE run = $1 AND holder = $2 AND fence = $3"
+                    ))
+                    .await?;
+                Ok(c.execute(&st, &[&run, &holder, &(fence as i64), &(ttl as f64)]).await? == 1)
+            })
+        })
+    }
+
+    /// See [`Store::let_go`](crate::Store::let_go).
+    pub(crate) fn let_go(&self, run: &str, holder: &str, fence: u64) -> Result<()> {
+        self.retrying(|| {
+            let (run, holder) = (run.to_owned(), holder.to_owned());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "UPDATE airlock_leases SET expires_at = '-infinity' \
+                         WHERE run = $1 AND holder = $2 AND fence = $3",
+                    )
+                    .await?;
+                c.execute(&st, &[&run, &holder, &(fence as i64)]).await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Whether `run`'s lease has `fence`, outside any transaction.
+    fn has_fence(&self, run: &str, fence: u64) -> Result<bool> {
+        self.retrying(|| {
+            let run = run.to_owned();
+            self.with(move |c| async move {
+                let st = c.prepare_cached("SELECT 1 FROM airlock_leases WHERE run = $1 AND fence = $2").await?;
+                Ok(c.query_opt(&st, &[&run, &(fence as i64)]).await?.is_some())
+            })
+        })
+    }
+
+    /// A compare-and-swap applied only while `run`'s lease has `fence`:
+    /// the lease row is share-locked by the statement, so a claim that
+    /// raises the fence waits for it, or it for the claim, and then
+    /// finds the new fence.
+    pub(crate) fn cas_fenced(
+        &self,
+        run: &str,
+        fence: u64,
+        tree: Tree,
+        key: &[u8],
+        old: &[u8],
+        new: Vec<u8>,
+    ) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
+        let swapped = self.retrying(|| {
+            let (run, key, old, new) = (run.to_owned(), key.to_vec(), old.to_vec(), new.clone());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "UPDATE airlock_kv SET value = $4 WHERE tree = $1 AND key = $2 AND value = $3 \
+                         AND EXISTS (SELECT 1 FROM airlock_leases WHERE run = $5 AND fence = $6 FOR SHARE)",
+                    )
+                    .await?;
+                Ok(c.execute(&st, &[&tree.name(), &key, &old, &new, &run, &(fence as i64)]).await? == 1)
+            })
+        })?;
+        if swapped {
+            return Ok(Ok(()));
+        }
+        if !self.has_fence(run, fence)? {
+            return Err(StoreError::LeaseLost(run.to_owned()));
+        }
+        Ok(Err(self.get(tree, key)?))
+    }
+
+    /// An upsert applied only while `run`'s lease has `fence` (see
+    /// [`cas_fenced`](Self::cas_fenced)).
+    pub(crate) fn insert_fenced(&self, run: &str, fence: u64, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<()> {
+        let written = self.retrying(|| {
+            let (run, key, value) = (run.to_owned(), key.to_vec(), value.clone());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "INSERT INTO airlock_kv (tree, key, value) SELECT $1, $2, $3 \
+                         WHERE EXISTS (SELECT 1 FROM airlock_leases WHERE run = $4 AND fence = $5 FOR SHARE) \
+                         ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
+                    )
+                    .await?;
+                Ok(c.execute(&st, &[&tree.name(), &key, &value, &run, &(fence as i64)]).await? == 1)
+            })
+        })?;
+        if written { Ok(()) } else { Err(StoreError::LeaseLost(run.to_owned())) }
+    }
+
+    /// Tells every engine listening on this database.
+    pub(crate) fn notify(&self, signal: &crate::Signal) -> Result<()> {
+        let payload = crate::leases::payload(signal);
+        self.retrying(|| {
+            let payload = payload.clone();
+            self.with(move |c| async move {
+                let st = c.prepare_cached("SELECT pg_notify($1, $2)").await?;
+                c.execute(&st, &[&CHANNEL, &payload]).await?;
+                Ok(())
+            })
+        })
+    }
+
+    /// Listens for other engines' signals on a connection of its own,
+    /// until the store is dropped, passing them to `to`. A connection
+    /// lost is made again a second later, and then [`Signal::Work`]
+    /// (crate::Signal::Work) is passed on: what was sent meanwhile is
+    /// lost, and there may be work.
+    pub(crate) fn listen(&self, to: tokio::sync::broadcast::Sender<crate::Signal>) {
+        let config = self.config.clone();
+        self.handle.spawn(async move {
+            loop {
+                if let Ok((client, mut connection)) = config.connect(NoTls).await {
+                    let sender = to.clone();
+                    let messages = tokio::spawn(async move {
+                        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            if let tokio_postgres::AsyncMessage::Notification(n) = message
+                                && let Some(signal) = crate::leases::parse_payload(n.payload())
+                            {
+                                let _ = sender.send(signal);
+                            }
+                        }
+                    });
+                    if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_ok() {
+                        let _ = to.send(crate::Signal::Work);
+                        let _ = messages.await;
+                    } else {
+                        messages.abort();
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
     /// See [`Db::transaction`](crate::kv::Db::transaction).
     pub(crate) fn transaction<T>(&self, f: &impl Fn(&mut Txn<'_>) -> TxResult<T>) -> Result<T> {
         let started = std::time::Instant::now();
@@ -584,6 +761,60 @@ impl PgTxn<'_> {
         })
     }
 
+    /// See [`Txn::offer_lease`].
+    pub(crate) fn offer_lease(&mut self, run: &str, holder: Option<(&str, u64)>) -> std::result::Result<(), PgError> {
+        let (c, run, holder) = (self.client.clone(), run.to_owned(), holder.map(|(h, t)| (h.to_owned(), t)));
+        self.db.call(async move {
+            match holder {
+                None => {
+                    let st =
+                        c.prepare_cached("INSERT INTO airlock_leases (run) VALUES ($1) ON CONFLICT DO NOTHING").await?;
+                    c.execute(&st, &[&run]).await?;
+                }
+                Some((holder, ttl)) => {
+                    let st = c
+                        .prepare_cached(concat!(
+                            "INSERT INTO airlock_leases (run, holder, fence, expires_at) VALUES ($1, $2, 1, ",
+                            expires!(3),
+                            ")"
+                        ))
+                        .await?;
+                    c.execute(&st, &[&run, &holder, &(ttl as f64)]).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether `run`'s lease has `fence`, locking it until the
+    /// transaction ends.
+    pub(crate) fn has_fence(&mut self, run: &str, fence: u64) -> std::result::Result<bool, PgError> {
+        let (c, run) = (self.client.clone(), run.to_owned());
+        self.db.call(async move {
+            let st = c.prepare_cached("SELECT 1 FROM airlock_leases WHERE run = $1 AND fence = $2 FOR UPDATE").await?;
+            Ok(c.query_opt(&st, &[&run, &(fence as i64)]).await?.is_some())
+        })
+    }
+
+    /// Whether `run` has a lease.
+    pub(crate) fn has_lease(&mut self, run: &str) -> std::result::Result<bool, PgError> {
+        let (c, run) = (self.client.clone(), run.to_owned());
+        self.db.call(async move {
+            let st = c.prepare_cached("SELECT 1 FROM airlock_leases WHERE run = $1 FOR UPDATE").await?;
+            Ok(c.query_opt(&st, &[&run]).await?.is_some())
+        })
+    }
+
+    /// Ends `run`'s lease.
+    pub(crate) fn end_lease(&mut self, run: &str) -> std::result::Result<(), PgError> {
+        let (c, run) = (self.client.clone(), run.to_owned());
+        self.db.call(async move {
+            let st = c.prepare_cached("DELETE FROM airlock_leases WHERE run = $1").await?;
+            c.execute(&st, &[&run]).await?;
+            Ok(())
+        })
+    }
+
     pub(crate) fn remove(&mut self, tree: Tree, key: &[u8]) -> std::result::Result<(), PgError> {
         let (c, key) = (self.client.clone(), key.to_vec());
         self.db.call(async move {
@@ -626,7 +857,7 @@ mod tests {
         assert_eq!(store.logs(&id, "a").expect("logs")[0].bytes, b"hello");
     }
 
-    /// A database of schema 1 (ids one at a time) is brought to this
+    /// A database of schema 1 (ids one at a time, no leases) is brought to this
     /// airlock's schema at open, and ids go on growing past those it gave.
     #[test]
     fn an_older_schema_is_migrated_and_ids_keep_growing() {
@@ -635,7 +866,7 @@ mod tests {
         let db = PgDb::open(&url).expect("open");
         execute(
             &db,
-            "ALTER SEQUENCE airlock_ids INCREMENT BY 1; UPDATE airlock_schema SET version = 1; \
+            "ALTER SEQUENCE airlock_ids INCREMENT BY 1; DROP TABLE airlock_leases; UPDATE airlock_schema SET version = 1; \
              SELECT setval('airlock_ids', 5000)",
         );
         let given = 5000;
@@ -684,25 +915,6 @@ mod tests {
             .to_string();
         assert!(err.contains(&format!("postgres://ci@127.0.0.1:{port}/airlock")), "{err}");
         assert!(!err.contains("s3cret"), "{err}");
-    }
-
-    /// Two engines on one database are refused until several servers
-    /// are supported; the database is free again once the first is gone.
-    #[test]
-    fn one_engine_per_database() {
-        let server = crate::testing::TestPostgres::start().expect("postgres");
-        let url = server.database().expect("database");
-        let first = crate::Store::open_postgres(&url).expect("open");
-        first.claim_engine().expect("claim");
-        let second = crate::Store::open_postgres(&url).expect("open");
-        let err = second.claim_engine().expect_err("refused").to_string();
-        assert!(err.contains("another airlock engine"), "{err}");
-        drop(first);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while second.claim_engine().is_err() {
-            assert!(std::time::Instant::now() < deadline, "the lock outlived its engine");
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The crash harness: `airlock serve` killed with SIGKILL at random points
 //! while runs go on, fifty times, and started again each time; once with
-//! its records in sled, once in PostgreSQL.
+//! its records in sled, once in PostgreSQL; and two servers sharing a
+//! PostgreSQL database and an artifact directory, one of them killed at
+//! random a hundred times while the other goes on, takes over the killed
+//! one's runs when their leases expire, and the killed one comes back.
 //!
 //! The pipeline has four parallel steps, a join, a publish, a deploy to
 //! an HTTP receiver on loopback that honours idempotency keys, and a
@@ -68,24 +71,35 @@ fn receiver() -> (String, Seen) {
 
 #[test]
 fn runs_survive_fifty_sigkills_of_the_server() {
-    harness(None);
+    harness(None, 1, KILLS);
 }
 
 /// The same fifty kills with the records in PostgreSQL: each server
-/// takes over the database the killed one held.
+/// takes back the runs the killed one held.
 #[test]
 fn runs_survive_fifty_sigkills_of_a_server_on_postgresql() {
     let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
     let url = pg.database().expect("a database");
-    harness(Some(&url));
+    harness(Some(&url), 1, KILLS);
     let everything = pg.dump(&url).expect("the database's records");
     assert!(memchr::memmem::find(&everything, CANARY.as_bytes()).is_none(), "the database holds the credential");
 }
 
-/// Kills a server [`KILLS`] times while runs go on (see the module's
-/// documentation), with its records in `database` or else in the state
-/// directory, and checks what it left.
-fn harness(database: Option<&str>) {
+/// Two servers on one PostgreSQL database, a hundred kills between them.
+#[test]
+fn runs_survive_a_hundred_sigkills_among_two_servers_on_postgresql() {
+    let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    harness(Some(&url), 2, 2 * KILLS);
+    let everything = pg.dump(&url).expect("the database's records");
+    assert!(memchr::memmem::find(&everything, CANARY.as_bytes()).is_none(), "the database holds the credential");
+}
+
+/// Kills one of `servers` servers `kills` times while runs go on (see
+/// the module's documentation), with their records in `database` (which
+/// several servers need) or else in the state directory, and checks
+/// what they left.
+fn harness(database: Option<&str>, servers: usize, kills: usize) {
     let seed = std::env::var("AIRLOCK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("crash harness seed: {seed} (AIRLOCK_CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -118,7 +132,14 @@ fn harness(database: Option<&str>) {
          www:\n    needs: [deploy]\n    deploy: {{ environment: www, from: [join] }}\n"
     ));
     s.file("pipes/crash.yaml", yaml);
-    let (state, pipes) = (s.state(), s.path().join("pipes"));
+    let pipes = s.path().join("pipes");
+    // Each server a state directory of its own; with several, they share
+    // one artifact directory, and their leases are short so that the
+    // survivors take a killed server's runs over soon.
+    let states: Vec<std::path::PathBuf> = (0..servers).map(|i| s.path().join(format!("state-{i}"))).collect();
+    let artifacts_dir = if servers > 1 { s.path().join("artifacts") } else { states[0].join("artifacts") };
+    let artifacts_arg = artifacts_dir.to_string_lossy().into_owned();
+    let shared: Vec<&str> = if servers > 1 { vec!["--lease", "1s", "--artifacts", &artifacts_arg] } else { Vec::new() };
     let mut env = vec![("CRASH_DEPLOY_KEY", CANARY)];
     if let Some(url) = database {
         env.push(("AIRLOCK_DATABASE_URL", url));
@@ -143,13 +164,30 @@ fn harness(database: Option<&str>) {
 
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     let mut unanswered: Vec<String> = Vec::new();
-    for round in 0..KILLS {
-        let mut server = Server::start(&state, &policy, &pipes, &env);
+    let start = |i: usize| Server::start_with(&states[i], &policy, &pipes, &env, &shared);
+    let mut running: Vec<Option<Server>> = (0..servers).map(|_| None).collect();
+    // Runs one server took over from another whose lease expired.
+    let mut taken_over = 0;
+    let mut count_takeovers = |server: &Server| {
+        taken_over += server.stderr.try_iter().filter(|l| l.contains("was taken over from an engine")).count();
+    };
+    for round in 0..kills {
+        // A server killed comes back, at once, or (when another is up)
+        // maybe only next round, after its leases expired; then one, at
+        // random, is killed while the others go on.
+        let down = running.iter().filter(|s| s.is_none()).count();
+        for (i, server) in running.iter_mut().enumerate() {
+            if server.is_none() && (down == servers || rng.random_bool(0.5)) {
+                *server = Some(start(i));
+            }
+        }
+        let urls: Vec<String> = running.iter().flatten().map(|s| s.url.clone()).collect();
         unanswered.push(format!("key-{round}"));
         let started = Instant::now();
         let kill_after = Duration::from_millis(rng.random_range(0..700));
         for key in std::mem::take(&mut unanswered) {
-            match submit(&server.url, &key) {
+            // Any server takes a submission: they share the queue.
+            match submit(&urls[rng.random_range(0..urls.len())], &key) {
                 Some(id) => {
                     if let Some(before) = acked.insert(key.clone(), id.clone()) {
                         assert_eq!(before, id, "key {key} answered two different runs");
@@ -159,16 +197,26 @@ fn harness(database: Option<&str>) {
             }
         }
         std::thread::sleep(kill_after.saturating_sub(started.elapsed()));
-        server.kill();
+        let up: Vec<usize> = (0..servers).filter(|i| running[*i].is_some()).collect();
+        if let Some(mut victim) = running[up[rng.random_range(0..up.len())]].take() {
+            victim.kill();
+            count_takeovers(&victim);
+        }
     }
 
     // The last start: everything left goes on to its end.
-    let server = Server::start(&state, &policy, &pipes, &env);
+    for (i, server) in running.iter_mut().enumerate() {
+        if server.is_none() {
+            *server = Some(start(i));
+        }
+    }
+    let mut running: Vec<Server> = running.into_iter().flatten().collect();
+    let server = running.remove(0);
     for key in std::mem::take(&mut unanswered) {
         let id = submit(&server.url, &key).expect("the last server answers");
         acked.insert(key, id);
     }
-    assert_eq!(acked.len(), KILLS);
+    assert_eq!(acked.len(), kills);
     let deadline = Instant::now() + Duration::from_secs(300);
     let runs = loop {
         let (status, list) =
@@ -184,6 +232,12 @@ fn harness(database: Option<&str>) {
     };
     let mut server = server;
     server.stop();
+    count_takeovers(&server);
+    for server in &mut running {
+        server.stop();
+        count_takeovers(server);
+    }
+    let state = &states[0];
 
     // One run per key, no more.
     let mut ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().expect("id")).collect();
@@ -197,7 +251,7 @@ fn harness(database: Option<&str>) {
     let mut failures: BTreeMap<String, u32> = BTreeMap::new();
     let mut resent = 0;
     for id in &ids {
-        let mut show = airlock(&state);
+        let mut show = airlock(state);
         if let Some(url) = database {
             show.env("AIRLOCK_DATABASE_URL", url);
         }
@@ -249,27 +303,30 @@ fn harness(database: Option<&str>) {
         }
     }
     eprintln!(
-        "{KILLS} kills: {succeeded} runs succeeded, {resumed} were resumed after a kill, \
-         {resent} deployments were sent again with their key; failures: {failures:#?}"
+        "{kills} kills of {servers} servers: {succeeded} runs succeeded, {resumed} were resumed after a kill \
+         ({taken_over} by another server), {resent} deployments were sent again with their key; failures: {failures:#?}"
     );
     // Every provider here may be sent a deployment again, so nothing a kill
     // interrupts has to fail: a failed run is a bug.
-    assert!(failures.is_empty(), "{} of {KILLS} runs failed", KILLS - succeeded);
+    assert!(failures.is_empty(), "{} of {kills} runs failed", kills - succeeded);
     assert!(resumed >= 5, "only {resumed} runs were resumed: the kills did not land while runs ran");
+    if servers > 1 {
+        assert!(taken_over >= 3, "only {taken_over} runs were taken over by another server");
+    }
 
     // Every digest the index knows is in the artifact store, intact.
     let store = match database {
         Some(url) => airlock_store::Store::open_postgres(url).expect("store"),
-        None => airlock_store::Store::open(&state).expect("store"),
+        None => airlock_store::Store::open(state).expect("store"),
     };
-    let artifacts = airlock_host::ArtifactStore::new(state.join("artifacts"));
+    let artifacts = airlock_host::ArtifactStore::new(artifacts_dir.clone());
     let indexed = store.artifacts().expect("index");
     assert!(!indexed.is_empty());
     for (sha, record) in indexed {
         artifacts.verify(&sha).unwrap_or_else(|e| panic!("indexed artifact {sha} ({} bytes): {e}", record.size));
     }
     // And the credential went to the receiver only.
-    for file in crate::support::files_below(&state) {
+    for file in states.iter().flat_map(|state| crate::support::files_below(state)) {
         if !file.is_file() {
             continue;
         }

@@ -239,6 +239,10 @@ impl Engine {
         std::fs::create_dir_all(&inputs_root)
             .map_err(|source| RunnerError::StateDir { path: run_dir.clone(), source })?;
         observer(&Progress::RunStarted { run: run.id.clone(), steps: names.clone() });
+        // While the run goes on, its lease is renewed; an engine that
+        // finds it gone (it was frozen or cut off for longer than the
+        // lease, and another engine took the run over) stops the run here.
+        let _renewing = self.store.fence(&run.id).map(|_| Renewing::start(self.store.clone(), &run.id, cancel.clone()));
 
         let shared = Arc::new(Shared {
             sandbox: self.sandbox.clone(),
@@ -365,6 +369,41 @@ impl Engine {
         (shared.observer)(&Progress::RunFinished { run: run.id.clone(), state, reason });
         let steps = self.store.steps(&run)?;
         Ok(RunSummary { run, steps })
+    }
+}
+
+/// Renews a run's lease until dropped.
+struct Renewing(tokio::task::JoinHandle<()>);
+
+impl Renewing {
+    fn start(store: airlock_store::Store, run: &str, cancel: tokio_util::sync::CancellationToken) -> Self {
+        let run = run.to_owned();
+        Self(tokio::spawn(async move {
+            let every = store.lease_time() / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let (s, r) = (store.clone(), run.clone());
+                match tokio::task::spawn_blocking(move || s.renew_lease(&r)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => {
+                        tracing::warn!(
+                            "run {run}: this engine's lease on it expired and another engine took it over; \
+                             this engine stops working on it"
+                        );
+                        cancel.cancel();
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::warn!("run {run}: cannot renew its lease: {e}"),
+                    Err(_) => return,
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
