@@ -291,7 +291,7 @@ impl Engine {
             // `running`: their engine was killed or crashed.
             let orphans = store.runs()?.into_iter().filter(|r| r.state == RunState::Running && r.submission.is_none());
             for run in orphans {
-                if store.fence(&run.id).is_none() {
+                if !store.holds(&run.id) {
                     end_orphan(&store, &run)?;
                     tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
                 }

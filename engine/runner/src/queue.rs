@@ -490,7 +490,7 @@ impl RunQueue {
                 // A run that did not end (the database failed under it)
                 // is left to whoever claims it next.
                 let store = queue.engine.store();
-                if store.fence(&id).is_some()
+                if store.holds(&id)
                     && let Err(e) = store.let_go(&id)
                 {
                     tracing::warn!("run {id}: cannot let go of its lease: {e}");

@@ -77,8 +77,11 @@ struct LeaseRecord {
 pub(crate) struct Leases {
     /// This engine's name and how long its leases last.
     me: OnceLock<(String, u64)>,
-    /// The runs this process holds, with their fences.
-    held: Mutex<HashMap<String, u64>>,
+    /// The runs this process holds, with their fences, and those it held
+    /// until it found its lease gone (true): its writes to those are
+    /// still fenced with the old fence, and so refused, for whatever of
+    /// the run is still under way here.
+    held: Mutex<HashMap<String, (u64, bool)>>,
     signals: tokio::sync::broadcast::Sender<Signal>,
     listening: OnceLock<()>,
 }
@@ -95,13 +98,8 @@ impl Default for Leases {
 }
 
 impl Leases {
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, bool)>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The fence this process holds `run` with, if it holds it.
-    pub(crate) fn fence(&self, run: &str) -> Option<u64> {
-        self.held().get(run).copied()
     }
 }
 
@@ -167,9 +165,16 @@ impl crate::Store {
         Duration::from_millis(self.me().map_or(DEFAULT_LEASE.as_millis() as u64, |(_, t)| t))
     }
 
-    /// The fence this process holds `run` with, if it holds it.
-    pub fn fence(&self, run: &str) -> Option<u64> {
-        self.leases.fence(run)
+    /// The fence this process's writes to `run` carry: the one it
+    /// claimed the run with, while it holds it and after it lost it.
+    pub(crate) fn fence(&self, run: &str) -> Option<u64> {
+        self.leases.held().get(run).map(|(fence, _)| *fence)
+    }
+
+    /// Whether this process holds `run` (claimed it, and has not found
+    /// its lease gone since).
+    pub fn holds(&self, run: &str) -> bool {
+        self.leases.held().get(run).is_some_and(|(_, lost)| !lost)
     }
 
     fn holder(&self) -> Result<(&str, u64)> {
@@ -177,11 +182,20 @@ impl crate::Store {
     }
 
     pub(crate) fn hold(&self, lease: &Lease) {
-        self.leases.held().insert(lease.run.clone(), lease.fence);
+        self.leases.held().insert(lease.run.clone(), (lease.fence, false));
     }
 
+    /// The run ended: its lease is gone with it.
     pub(crate) fn forget(&self, run: &str) {
         self.leases.held().remove(run);
+    }
+
+    /// The lease on `run` is no longer this process's: it may claim the
+    /// run again, and until then its writes to it are refused.
+    fn lose(&self, run: &str) {
+        if let Some(entry) = self.leases.held().get_mut(run) {
+            entry.1 = true;
+        }
     }
 
     /// Claims the run that has waited longest among those whose lease is
@@ -189,7 +203,8 @@ impl crate::Store {
     /// engine holds it now, with a new fence. None when there is none.
     pub fn claim_run(&self) -> Result<Option<Lease>> {
         let (me, ttl) = self.holder()?;
-        let mine: Vec<String> = self.leases.held().keys().cloned().collect();
+        let mine: Vec<String> =
+            self.leases.held().iter().filter(|(_, (_, lost))| !lost).map(|(run, _)| run.clone()).collect();
         let lease = match &*self.db {
             Db::Postgres(p) => p.claim_lease(me, ttl, mine)?,
             Db::Sled(_) => loop {
@@ -265,7 +280,7 @@ impl crate::Store {
     /// stop working on the run.
     pub fn renew_lease(&self, run: &str) -> Result<bool> {
         let (me, ttl) = self.holder()?;
-        let Some(fence) = self.fence(run) else { return Ok(false) };
+        let Some(fence) = self.fence(run).filter(|_| self.holds(run)) else { return Ok(false) };
         let renewed = match &*self.db {
             Db::Postgres(p) => p.renew_lease(run, me, fence, ttl)?,
             Db::Sled(_) => {
@@ -282,7 +297,7 @@ impl crate::Store {
             }
         };
         if !renewed {
-            self.forget(run);
+            self.lose(run);
         }
         Ok(renewed)
     }
@@ -291,7 +306,7 @@ impl crate::Store {
     /// lease expires now, so another engine may claim it at once.
     pub fn let_go(&self, run: &str) -> Result<()> {
         let (me, _) = self.holder()?;
-        if let Some(fence) = self.fence(run) {
+        if let Some(fence) = self.fence(run).filter(|_| self.holds(run)) {
             match &*self.db {
                 Db::Postgres(p) => p.let_go(run, me, fence)?,
                 Db::Sled(_) => {
@@ -304,7 +319,7 @@ impl crate::Store {
                     })?;
                 }
             }
-            self.forget(run);
+            self.lose(run);
             self.signal(&Signal::Work)?;
         }
         Ok(())
@@ -419,6 +434,7 @@ mod tests {
             store.identify("engine-a", Duration::from_secs(60));
             let local = store.create_run("p", "p.yaml", Default::default(), &["a".into()]).expect("local");
             assert_eq!(store.fence(&local.id), Some(1));
+            assert!(store.holds(&local.id));
             let (first, second) = (submit(store), submit(store));
             let claimed = store.claim_run().expect("claim").expect("a run");
             assert_eq!(claimed, Lease { run: first.clone(), fence: 1, taken_over: false });
@@ -428,6 +444,7 @@ mod tests {
             start(store, &first).expect("the holder writes");
             store.finish_run(&first, RunState::Succeeded, None).expect("finish");
             assert_eq!(store.fence(&first), None);
+            assert!(!store.holds(&first));
             assert!(!store.renew_lease(&first).expect("renew"), "an ended run's lease is gone");
         });
     }
@@ -456,6 +473,9 @@ mod tests {
         let log = crate::LogRecord { attempt: 1, bytes: b"late".to_vec(), written: 4 };
         assert!(refused(a.put_log(&run, "a", &log).err()));
         assert!(!a.renew_lease(&run).expect("renew"));
+        // Having found its lease gone, it is still refused, not let through.
+        assert!(refused(a.update_step(&run, "a", None, |s| s.state = StepState::Succeeded).err()));
+        assert!(refused(a.finish_run(&run, RunState::Cancelled, None).err()));
         assert_eq!(b.step(&run, "a").expect("step").state, StepState::Running, "the late write did not land");
         assert!(b.logs(&run, "a").expect("logs").is_empty());
         b.update_step(&run, "a", None, |s| s.state = StepState::Succeeded).expect("the new holder writes");

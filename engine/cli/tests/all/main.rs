@@ -18,6 +18,7 @@ mod run;
 mod schemathesis;
 mod secrets;
 mod server;
+mod servers;
 mod snapshots;
 mod step_cache;
 mod step_process;

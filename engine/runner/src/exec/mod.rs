@@ -242,7 +242,7 @@ impl Engine {
         // While the run goes on, its lease is renewed; an engine that
         // finds it gone (it was frozen or cut off for longer than the
         // lease, and another engine took the run over) stops the run here.
-        let _renewing = self.store.fence(&run.id).map(|_| Renewing::start(self.store.clone(), &run.id, cancel.clone()));
+        let _renewing = self.store.holds(&run.id).then(|| Renewing::start(self.store.clone(), &run.id, cancel.clone()));
 
         let shared = Arc::new(Shared {
             sandbox: self.sandbox.clone(),

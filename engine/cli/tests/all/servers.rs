@@ -1,0 +1,166 @@
+//! Several `airlock serve` processes on one PostgreSQL database: they
+//! share the queue, one takes over the runs of another that stopped
+//! renewing its leases, and one that was frozen past its lease writes
+//! nothing when it wakes.
+
+use crate::database::wait_until_running;
+use crate::server::{People, pipelines, tick};
+use crate::support::{Scratch, Server, call, http, submit_run, wait_for_end};
+use airlock_store::testing::TestPostgres;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Starts a server on `state` sharing the database at `url` and the
+/// artifact directory of `s`, with leases of `lease`.
+fn server(s: &Scratch, state: &str, policy: &Path, url: &str, lease: &str) -> Server {
+    let artifacts = s.path().join("artifacts");
+    Server::start_with(
+        &s.path().join(state),
+        policy,
+        &s.path().join("pipes"),
+        &[("AIRLOCK_DATABASE_URL", url)],
+        &["--lease", lease, "--artifacts", &artifacts.to_string_lossy()],
+    )
+}
+
+/// Sends the signal `name` (`STOP`, `CONT`) to a server.
+fn signal(server: &Server, name: &str) {
+    let sent = std::process::Command::new("kill").arg(format!("-{name}")).arg(server.child.id().to_string()).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -{name}");
+}
+
+/// Waits for a line of the server's stderr with one of `needles`.
+fn wait_for_line(server: &Server, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match server.stderr.recv_timeout(left) {
+            Ok(line) if needles.iter().any(|n| line.contains(n)) => return line,
+            Ok(line) => said.push(line),
+            Err(_) => panic!("the server never said any of {needles:?}: {said:#?}"),
+        }
+    }
+}
+
+/// A server frozen (SIGSTOP) in the middle of a step, for longer than its
+/// lease: the other server takes the run over, runs the step again and
+/// deploys, once, to a provider that cannot tell a second deployment
+/// from a first. Woken (SIGCONT), the frozen server finds its lease gone
+/// and stops; nothing it does then reaches the records.
+#[test]
+fn a_frozen_server_is_fenced_off_and_the_other_finishes_its_run() {
+    let pg = TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let log = s.path().join("deployed.log");
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "{}environments:\n  ops:\n    provider: {{ type: command, argv: [/bin/sh, -c, 'echo \"$AIRLOCK_IDEMPOTENCY_KEY\" >> {}'], timeout: 30s }}\n    pipelines: [once]\n",
+            people.yaml(),
+            log.display()
+        ),
+    );
+    pipelines(&s);
+    s.file(
+        "pipes/once.yaml",
+        format!(
+            "name: once\nsteps:\n  a:\n    uses: {}\n    args: [\"30\", \"100\", out.txt]\n    outputs: [out.txt]\n  \
+             ship:\n    needs: [a]\n    deploy: {{ environment: ops, from: [a] }}\n",
+            tick()
+        ),
+    );
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let frozen = server(&s, "state-a", &policy, &url, "1s");
+    let id = submit_run(&agent, &frozen.url, runner, "once.yaml");
+    wait_until_running(&agent, &frozen.url, runner, &id);
+    signal(&frozen, "STOP");
+
+    let other = server(&s, "state-b", &policy, &url, "1s");
+    let detail = wait_for_end(&agent, &other.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    let took = wait_for_line(&other, &[&format!("run {id} was taken over")]);
+    assert!(took.contains("goes on here"), "{took}");
+
+    signal(&frozen, "CONT");
+    let said = wait_for_line(&frozen, &["another engine took it over", "in the hands of another engine"]);
+    assert!(said.contains(&id), "{said}");
+    // Whatever the woken server had under way ends there: give it time
+    // to try, then check that the records are as the other left them.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, after) =
+        call(&agent, "GET", &format!("{}/api/v1/runs/{id}", other.url), Some(runner), None, &[]).expect("get");
+    assert_eq!(after, detail, "the frozen server changed the run after the other ended it");
+    let deployed = std::fs::read_to_string(&log).expect("the deployment log");
+    assert_eq!(deployed, format!("{id}/ship\n"), "deployed other than once");
+}
+
+/// A cancellation sent to one server stops the run another works on.
+#[test]
+fn a_run_is_cancelled_through_any_server() {
+    let pg = TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file("policy.yaml", people.yaml());
+    pipelines(&s);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let working = server(&s, "state-a", &policy, &url, "30s");
+    let id = submit_run(&agent, &working.url, runner, "slow.yaml");
+    wait_until_running(&agent, &working.url, runner, &id);
+    let other = server(&s, "state-b", &policy, &url, "30s");
+    let (status, body) =
+        call(&agent, "POST", &format!("{}/api/v1/runs/{id}/cancel", other.url), Some(runner), None, &[])
+            .expect("cancel");
+    assert!(status < 300, "{status} {body}");
+    let detail = wait_for_end(&agent, &other.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "cancelled", "{detail}");
+    wait_for_line(&working, &[&format!("run {id}: cancelled through another server")]);
+}
+
+/// A run submitted to a server that is busy is started by an idle one at
+/// once: the submission wakes it (`NOTIFY`), well before it would look
+/// for work on its own (every 5 s with these leases).
+#[test]
+fn a_submission_wakes_an_idle_server() {
+    let pg = TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file("policy.yaml", people.yaml());
+    pipelines(&s);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let artifacts = s.path().join("artifacts").to_string_lossy().into_owned();
+    let busy = Server::start_with(
+        &s.path().join("state-a"),
+        &policy,
+        &s.path().join("pipes"),
+        &[("AIRLOCK_DATABASE_URL", url.as_str())],
+        &["--lease", "10m", "--artifacts", &artifacts, "--max-runs", "1"],
+    );
+    let first = submit_run(&agent, &busy.url, runner, "slow.yaml");
+    wait_until_running(&agent, &busy.url, runner, &first);
+    let idle = server(&s, "state-b", &policy, &url, "10m");
+    // The idle server has looked for work once, at start, and found none.
+    std::thread::sleep(Duration::from_millis(500));
+    let submitted = Instant::now();
+    let second = submit_run(&agent, &busy.url, runner, "two.yaml");
+    let deadline = submitted + Duration::from_secs(4);
+    loop {
+        let (_, detail) =
+            call(&agent, "GET", &format!("{}/api/v1/runs/{second}", idle.url), Some(runner), None, &[]).expect("get");
+        if detail["run"]["state"] != "queued" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the idle server did not take the run at once: {detail}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let detail = wait_for_end(&agent, &idle.url, runner, &second);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    // The busy server is still on its first run: the idle one ran it.
+    let (_, first_now) =
+        call(&agent, "GET", &format!("{}/api/v1/runs/{first}", busy.url), Some(runner), None, &[]).expect("get");
+    assert_eq!(first_now["run"]["state"], "running", "{first_now}");
+}
