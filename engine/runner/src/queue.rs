@@ -544,6 +544,24 @@ impl RunQueue {
             tracing::warn!("run {id} was left running by an engine that stopped; recorded failed");
             return Ok(());
         };
+        // A repository's run begun by another server (or before this
+        // one's checkouts were cleared) needs its commit's files here.
+        if let Some(origin) = submission.origin.clone()
+            && !self.checkouts.tree_dir(&origin.tree).is_dir()
+        {
+            let (policy, checkouts) = (self.engine.policy.clone(), self.checkouts.clone());
+            let fetched = tokio::task::spawn_blocking(move || fetch_checkout(policy.as_deref(), &checkouts, &origin))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(why) = fetched {
+                let reason = format!("the files of its commit cannot be fetched on this server: {why}");
+                let failed =
+                    store.finish_run(id, RunState::Failed, Some(airlock_model::text::one_line(&reason, 2000)))?;
+                store.flush()?;
+                self.report_status(&failed);
+                return Ok(());
+            }
+        }
         // What was submitted runs, even if the file changed since; its
         // plugins and sources are found where the file is now (or in the
         // checkout of its commit).
@@ -593,4 +611,37 @@ impl RunQueue {
         self.report_status(&summary.run);
         Ok(())
     }
+}
+
+/// Fetches the commit of a repository's run and writes its tree out, as
+/// the intake did on the server that made the run; the tree must be the
+/// one the run was made with.
+fn fetch_checkout(
+    policy: Option<&(airlock_model::policy::Policy, PathBuf)>,
+    checkouts: &Checkouts,
+    origin: &Origin,
+) -> Result<(), String> {
+    let name = &origin.repository;
+    let Some((policy, policy_dir)) = policy else { return Err("the server has no policy".into()) };
+    let Some(repository) = policy.repositories.get(name) else {
+        return Err(format!("the policy has no repository `{name}` any more"));
+    };
+    let token = match &repository.token {
+        Some(t) => Some(airlock_host::forge::read_secret(t, "the repository's token", policy_dir)?),
+        None => None,
+    };
+    let remote = airlock_host::checkout::Remote {
+        forge: repository.forge,
+        url: &repository.url,
+        token: token.as_ref().map(|t| t.expose()),
+        submodules: repository.submodules,
+    };
+    let checkout = checkouts.fetch(name, &remote, &origin.commit, None).map_err(|e| e.to_string())?;
+    if checkout.tree != origin.tree {
+        return Err(format!(
+            "commit {} has the tree {} here, not {} as when the run was made",
+            origin.commit, checkout.tree, origin.tree
+        ));
+    }
+    Ok(())
 }

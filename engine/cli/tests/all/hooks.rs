@@ -812,6 +812,90 @@ fn deliveries_survive_sigkills_between_the_answer_and_their_runs() {
     assert_eq!(all, runs_of_deliveries, "runs other than one per delivery and pipeline");
 }
 
+/// A repository's run whose server died is taken over by another server
+/// on the same database, which has never seen the repository: it fetches
+/// the run's commit itself, checks it is the same tree, and finishes the
+/// run.
+#[test]
+fn a_repository_run_taken_over_by_another_server_fetches_its_commit() {
+    use airlock_bench::git_http::{GitServer, git};
+    let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let scratch = Scratch::new();
+    let (served, work) = blinky(&scratch);
+    scratch.file(
+        "work/.airlock/build.yaml",
+        "name: build\non: push\nsteps:\n  a:\n    uses: tools/tick.wasm\n    args: [\"30\", \"100\"]\n",
+    );
+    git(&work, &["add", "-A"]).expect("git");
+    git(&work, &["commit", "--quiet", "-m", "build"]).expect("git");
+    let commit = git(&work, &["rev-parse", "HEAD"]).expect("git");
+    git(&work, &["push", "--quiet", &served.join("blinky.git").display().to_string(), "main"]).expect("git");
+    let forge = GitServer::start(&served, "x-access-token", "t").expect("git server");
+    let viewer = crate::support::user_token(scratch.path());
+    let policy = scratch.file(
+        "policy.yaml",
+        format!(
+            "users:\n  vic: {{ token_sha256: {}, roles: [viewer] }}\n\
+             repositories:\n  blinky:\n    forge: github\n    url: {}/blinky.git\n    api: http://127.0.0.1:9\n    \
+             project: team/blinky\n    webhook_secret: {{ env: HELLO_WEBHOOK_SECRET }}\n    \
+             token: {{ env: BLINKY_TOKEN }}\n    trusted: {{ branches: [main] }}\n",
+            viewer.digest, forge.url
+        ),
+    );
+    let pipelines = scratch.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines).expect("mkdir");
+    let artifacts = scratch.path().join("artifacts").to_string_lossy().into_owned();
+    let env = [("HELLO_WEBHOOK_SECRET", SECRET), ("BLINKY_TOKEN", "t"), ("AIRLOCK_DATABASE_URL", url.as_str())];
+    let start = |state: &str| {
+        Server::start_with(
+            &scratch.path().join(state),
+            &policy,
+            &pipelines,
+            &env,
+            &["--lease", "1s", "--artifacts", &artifacts],
+        )
+    };
+    let mut first = start("state-a");
+    let mut push = example("push", |e| e["ref"] == "refs/heads/master");
+    push["ref"] = "refs/heads/main".into();
+    push["after"] = commit.as_str().into();
+    push["before"] = "0".repeat(40).into();
+    let body = serde_json::to_vec(&push).expect("JSON");
+    let (status, answer) = deliver(&format!("{}/hooks/blinky", first.url), "push", "push-1", &body, Some(&sign(&body)));
+    assert_eq!(status, 202, "{answer}");
+    // Killed once the run is under way there.
+    let agent = http();
+    let delivery = format!("{}/api/v1/repositories/blinky/deliveries/push-1", first.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let id = loop {
+        let (_, d) = crate::support::call(&agent, "GET", &delivery, Some(&viewer.token), None, &[]).expect("get");
+        if let Some(id) = d["runs"][0].as_str() {
+            let (_, run) = crate::support::call(
+                &agent,
+                "GET",
+                &format!("{}/api/v1/runs/{id}", first.url),
+                Some(&viewer.token),
+                None,
+                &[],
+            )
+            .expect("run");
+            if run["steps"][0]["state"] == "running" {
+                break id.to_owned();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never started: {d}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    first.kill();
+    let second = start("state-b");
+    let run = crate::support::wait_for_end(&agent, &second.url, &viewer.token, &id);
+    assert_eq!(run["run"]["state"], "succeeded", "{run}");
+    assert_eq!(run["run"]["origin"]["commit"], commit.as_str(), "{run}");
+    let trees: Vec<_> = std::fs::read_dir(scratch.path().join("state-b/checkouts/trees")).expect("trees").collect();
+    assert_eq!(trees.len(), 1, "the second server did not write the commit's tree out: {trees:?}");
+}
+
 /// The poisoning attack on a step cache: an untrusted run (here a tag
 /// the policy does not trust) runs a step whose key is the same as a
 /// later trusted run's, and makes something else (its output carries
