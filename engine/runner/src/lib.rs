@@ -36,6 +36,7 @@ mod environments;
 mod exec;
 pub mod intake;
 mod lookup;
+pub mod metrics;
 mod provenance;
 mod publish;
 pub mod queue;
@@ -158,6 +159,8 @@ pub struct Engine {
     pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
     pub(crate) live: LiveLogs,
     pub(crate) tool_cache: airlock_host::tools::ToolCache,
+    /// What it tells a monitoring system.
+    pub(crate) metrics: Arc<metrics::Metrics>,
     /// Leases taken back at open, for the queue.
     reclaimed: std::sync::Mutex<Vec<airlock_store::Lease>>,
     /// The state directory's lock, held while the engine lives.
@@ -328,6 +331,7 @@ impl Engine {
             targets: Arc::default(),
             policy: None,
             live: LiveLogs::default(),
+            metrics: Arc::default(),
             reclaimed: std::sync::Mutex::new(reclaimed),
             _lock: lock,
         })
@@ -419,6 +423,11 @@ impl Engine {
     /// The artifact store.
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.artifacts
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.metrics
     }
 
     /// The logs of the steps running now.

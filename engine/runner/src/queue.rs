@@ -356,6 +356,11 @@ impl RunQueue {
         Ok(run)
     }
 
+    /// How many runs this server works on now.
+    pub fn working(&self) -> usize {
+        self.cancels.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// The one-time code of a step waiting for approval, while it waits.
     pub fn approval_code(&self, run: &str, step: &str) -> Option<String> {
         self.codes.lock().unwrap_or_else(PoisonError::into_inner).get(&(run.to_owned(), step.to_owned())).cloned()
@@ -474,6 +479,7 @@ impl RunQueue {
                     continue;
                 }
             };
+            self.engine.metrics.claimed(lease.taken_over);
             let token = CancellationToken::new();
             self.cancels.lock().unwrap_or_else(PoisonError::into_inner).insert(lease.run.clone(), token.clone());
             let queue = self.clone();

@@ -108,6 +108,19 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "GET",
+        path: "/api/v1/metrics",
+        operation: "getMetrics",
+        need: Need::Viewer,
+        summary: "The server's metrics for Prometheus, in the OpenMetrics text format: runs waiting and held over \
+                  every server on the database, this server's runs, claims and take-overs, its steps' ends and \
+                  durations. Scrape it with a viewer's token.",
+        request: None,
+        response: None,
+        produces: airlock_runner::metrics::CONTENT_TYPE,
+        success: OK,
+    },
+    Endpoint {
+        method: "GET",
         path: "/api/v1/pipelines",
         operation: "listPipelines",
         need: Need::Viewer,
@@ -603,6 +616,7 @@ pub struct ApiUser {
 pub fn is_run_api(path: &str) -> bool {
     [
         "/api/v1/whoami",
+        "/api/v1/metrics",
         "/api/v1/pipelines",
         "/api/v1/runs",
         "/api/v1/artifacts",
@@ -685,6 +699,19 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             json(StatusCode::OK, &PipelineList { pipelines: q.pipelines_dir().map(list_pipelines).unwrap_or_default() })
         }),
         "listRuns" => list_runs(app, req.uri().query()),
+        "getMetrics" => {
+            let working = app.runs.as_ref().map_or(0, |q| q.working());
+            match app.metrics.encode(&app.store, working) {
+                Ok(text) => {
+                    let mut r = Response::new(full(text));
+                    r.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static(airlock_runner::metrics::CONTENT_TYPE));
+                    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    r
+                }
+                Err(e) => store_error(&e),
+            }
+        }
         "submitRun" => submit(app, &user.name, req).await,
         "getRun" => get_run(app, &var(0), &user.name),
         "cancelRun" => with_runs(app, |q| match q.cancel(&var(0)) {

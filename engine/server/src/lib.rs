@@ -123,6 +123,9 @@ pub struct App {
     policy_dir: std::path::PathBuf,
     /// Woken for each delivery recorded.
     deliveries: Arc<tokio::sync::Notify>,
+    /// What it tells a monitoring system: its engine's, when it runs
+    /// pipelines.
+    metrics: Arc<airlock_runner::metrics::Metrics>,
 }
 
 impl App {
@@ -144,6 +147,7 @@ impl App {
             repositories: BTreeMap::new(),
             policy_dir: std::path::PathBuf::from("."),
             deliveries: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -184,6 +188,7 @@ impl App {
     pub fn with_runs(mut self, queue: Arc<airlock_runner::queue::RunQueue>) -> Self {
         self.artifacts = Some(queue.engine().artifacts().clone());
         self.live = Some(queue.engine().live_logs().clone());
+        self.metrics = queue.engine().metrics().clone();
         self.runs = Some(queue);
         self
     }

@@ -53,6 +53,15 @@ pub struct Lease {
     pub taken_over: bool,
 }
 
+/// Runs waiting and held, over every engine on a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseCounts {
+    /// Runs whose lease is free or expired.
+    pub waiting: u64,
+    /// Runs an engine holds.
+    pub held: u64,
+}
+
 /// What engines tell each other through the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Signal {
@@ -325,6 +334,29 @@ impl crate::Store {
         Ok(())
     }
 
+    /// How many runs wait for an engine (their lease is free, or expired
+    /// with the engine that held it), and how many an engine holds now:
+    /// the queue's depth and its work under way, over every engine on
+    /// the store.
+    pub fn lease_counts(&self) -> Result<LeaseCounts> {
+        match &*self.db {
+            Db::Postgres(p) => p.lease_counts(),
+            Db::Sled(_) => {
+                let now = now_ms();
+                let mut counts = LeaseCounts::default();
+                for (key, value) in self.db.all(Tree::Leases)? {
+                    let record: LeaseRecord = decode(&key, &value)?;
+                    if record.holder.is_none() || record.expires_ms <= now {
+                        counts.waiting += 1;
+                    } else {
+                        counts.held += 1;
+                    }
+                }
+                Ok(counts)
+            }
+        }
+    }
+
     /// Ends the lease of a run that ended (or that is not there): what a
     /// run's end does in the same transaction, for a lease left behind.
     pub fn end_lease(&self, run: &str) -> Result<()> {
@@ -436,10 +468,12 @@ mod tests {
             assert_eq!(store.fence(&local.id), Some(1));
             assert!(store.holds(&local.id));
             let (first, second) = (submit(store), submit(store));
+            assert_eq!(store.lease_counts().expect("counts"), LeaseCounts { waiting: 2, held: 1 });
             let claimed = store.claim_run().expect("claim").expect("a run");
             assert_eq!(claimed, Lease { run: first.clone(), fence: 1, taken_over: false });
             assert_eq!(store.claim_run().expect("claim").expect("a run").run, second);
             assert_eq!(store.claim_run().expect("claim"), None);
+            assert_eq!(store.lease_counts().expect("counts"), LeaseCounts { waiting: 0, held: 3 });
             assert!(store.renew_lease(&first).expect("renew"));
             start(store, &first).expect("the holder writes");
             store.finish_run(&first, RunState::Succeeded, None).expect("finish");

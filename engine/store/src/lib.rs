@@ -37,7 +37,7 @@ mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
 pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
-pub use leases::{DEFAULT_LEASE, Lease, Signal};
+pub use leases::{DEFAULT_LEASE, Lease, LeaseCounts, Signal};
 pub use step_cache::{CacheEntry, TRUSTED_SCOPE, untrusted_scope};
 
 pub use tokens::{

@@ -515,6 +515,25 @@ impl PgDb {
         })
     }
 
+    /// See [`Store::lease_counts`](crate::Store::lease_counts).
+    pub(crate) fn lease_counts(&self) -> Result<crate::LeaseCounts> {
+        self.retrying(|| {
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "SELECT count(*) FILTER (WHERE holder IS NULL OR expires_at < now()), \
+                         count(*) FILTER (WHERE holder IS NOT NULL AND expires_at >= now()) FROM airlock_leases",
+                    )
+                    .await?;
+                let row = c.query_one(&st, &[]).await?;
+                Ok(crate::LeaseCounts {
+                    waiting: row.get::<_, i64>(0).unsigned_abs(),
+                    held: row.get::<_, i64>(1).unsigned_abs(),
+                })
+            })
+        })
+    }
+
     /// See [`Store::renew_lease`](crate::Store::renew_lease).
     pub(crate) fn renew_lease(&self, run: &str, holder: &str, fence: u64, ttl: u64) -> Result<bool> {
         self.retrying(|| {

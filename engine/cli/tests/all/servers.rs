@@ -164,3 +164,87 @@ fn a_submission_wakes_an_idle_server() {
         call(&agent, "GET", &format!("{}/api/v1/runs/{first}", busy.url), Some(runner), None, &[]).expect("get");
     assert_eq!(first_now["run"]["state"], "running", "{first_now}");
 }
+
+/// Reads OpenMetrics text as Prometheus's own client library does (the
+/// pinned Python client `.ci/test-setup` installs), refusing anything
+/// malformed: each sample as `name{labels}` and its value.
+fn read_openmetrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    use std::io::Write as _;
+    let python = crate::support::repo().join("target/tools/openmetrics/bin/python");
+    let script = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = {}\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       labels = ','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))\n\
+        \x20       out[s.name + ('{' + labels + '}' if labels else '')] = s.value\n\
+        print(json.dumps(out))\n";
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}; run `bash .ci/test-setup`", python.display()));
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("parser");
+    assert!(out.status.success(), "not OpenMetrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `/api/v1/metrics`, read as Prometheus reads it: the queue's depth and
+/// the runs held over both servers of a database, each server's own
+/// runs, claims and steps; a caller without a token gets nothing.
+#[test]
+fn metrics_show_the_queue_over_every_server_and_each_servers_work() {
+    let pg = TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file("policy.yaml", people.yaml());
+    pipelines(&s);
+    let (agent, runner, viewer) = (http(), people.runner.token.as_str(), people.viewer.token.as_str());
+    let artifacts = s.path().join("artifacts").to_string_lossy().into_owned();
+    let busy = Server::start_with(
+        &s.path().join("state-a"),
+        &policy,
+        &s.path().join("pipes"),
+        &[("AIRLOCK_DATABASE_URL", url.as_str())],
+        &["--lease", "30s", "--artifacts", &artifacts, "--max-runs", "1"],
+    );
+    let done = submit_run(&agent, &busy.url, runner, "two.yaml");
+    assert_eq!(wait_for_end(&agent, &busy.url, runner, &done)["run"]["state"], "succeeded");
+    let slow = submit_run(&agent, &busy.url, runner, "slow.yaml");
+    wait_until_running(&agent, &busy.url, runner, &slow);
+    // A second server that is not running yet: this one waits.
+    let waiting = submit_run(&agent, &busy.url, runner, "two.yaml");
+
+    let scrape = |base: &str, token: Option<&str>| {
+        let (status, body) = call(&agent, "GET", &format!("{base}/api/v1/metrics"), token, None, &[]).expect("scrape");
+        (status, body.as_str().map(str::to_owned).unwrap_or_else(|| body.to_string()))
+    };
+    let (status, _) = scrape(&busy.url, None);
+    assert_eq!(status, 401);
+    let (status, text) = scrape(&busy.url, Some(viewer));
+    assert_eq!(status, 200, "{text}");
+    let metrics = read_openmetrics(&text);
+    let value = |name: &str| metrics.get(name).copied().unwrap_or_else(|| panic!("no {name} in {metrics:#?}"));
+    assert_eq!(value("airlock_runs_waiting"), 1.0, "{text}");
+    assert_eq!(value("airlock_runs_held"), 1.0, "{text}");
+    assert_eq!(value("airlock_runs_held_here"), 1.0, "{text}");
+    assert_eq!(value("airlock_run_claims_total"), 2.0, "{text}");
+    assert_eq!(value("airlock_steps_finished_total{state=succeeded}"), 2.0, "{text}");
+    assert_eq!(value("airlock_step_duration_seconds_count"), 2.0, "{text}");
+
+    // The other server sees the same queue, and empties it.
+    let other = server(&s, "state-b", &policy, &url, "30s");
+    assert_eq!(wait_for_end(&agent, &other.url, runner, &waiting)["run"]["state"], "succeeded");
+    let (_, text) = scrape(&other.url, Some(viewer));
+    let metrics = read_openmetrics(&text);
+    let value = |name: &str| metrics.get(name).copied().unwrap_or_else(|| panic!("no {name} in {metrics:#?}"));
+    assert_eq!(value("airlock_runs_waiting"), 0.0, "{text}");
+    assert_eq!(value("airlock_runs_held"), 1.0, "{text}");
+    assert_eq!(value("airlock_runs_held_here"), 0.0, "{text}");
+    assert_eq!(value("airlock_run_claims_total"), 1.0, "{text}");
+    assert_eq!(value("airlock_steps_finished_total{state=succeeded}"), 2.0, "{text}");
+}

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Everything the step tasks share.
 pub(crate) struct Shared {
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) sandbox: Arc<Sandbox>,
     pub(crate) store: airlock_store::Store,
     pub(crate) artifacts: airlock_host::ArtifactStore,
@@ -245,6 +246,7 @@ impl Engine {
         let _renewing = self.store.holds(&run.id).then(|| Renewing::start(self.store.clone(), &run.id, cancel.clone()));
 
         let shared = Arc::new(Shared {
+            metrics: self.metrics.clone(),
             sandbox: self.sandbox.clone(),
             store: self.store.clone(),
             artifacts: self.artifacts.clone(),

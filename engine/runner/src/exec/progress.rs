@@ -128,6 +128,7 @@ pub(crate) fn emit_finished(shared: &Shared, record: &StepRecord, log_truncated:
         (Some(a), Some(b)) => b.saturating_sub(a),
         _ => 0,
     };
+    shared.metrics.step_finished(record.state, duration_ms);
     (shared.observer)(&Progress::StepFinished {
         step: record.name.clone(),
         state: record.state,

@@ -1,0 +1,95 @@
+//! What a server tells a monitoring system (Prometheus, in the
+//! OpenMetrics text format): the queue's depth and the runs under way
+//! over every server on the store, this server's share of them, its
+//! claims and take-overs, and how its steps end and how long they take.
+
+use airlock_store::{StepState, Store};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: &'static str,
+}
+
+/// An engine's metrics.
+pub struct Metrics {
+    registry: Registry,
+    waiting: Gauge,
+    held: Gauge,
+    held_here: Gauge,
+    claims: Counter,
+    takeovers: Counter,
+    steps: Family<State, Counter>,
+    durations: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let waiting = Gauge::default();
+        let held = Gauge::default();
+        let held_here = Gauge::default();
+        let claims = Counter::default();
+        let takeovers = Counter::default();
+        let steps = Family::<State, Counter>::default();
+        // 5 ms to about 20 minutes.
+        let durations = Histogram::new(exponential_buckets(0.005, 4.0, 10));
+        registry.register(
+            "airlock_runs_waiting",
+            "Runs waiting for a server to claim them (their lease is free or expired), over every server on the store",
+            waiting.clone(),
+        );
+        registry.register("airlock_runs_held", "Runs a server holds, over every server on the store", held.clone());
+        registry.register("airlock_runs_held_here", "Runs this server works on now", held_here.clone());
+        registry.register("airlock_run_claims", "Runs this server claimed", claims.clone());
+        registry.register(
+            "airlock_run_takeovers",
+            "Runs this server took over from a server that stopped renewing their leases",
+            takeovers.clone(),
+        );
+        registry.register("airlock_steps_finished", "Steps of this server's runs that ended, by state", steps.clone());
+        registry.register(
+            "airlock_step_duration_seconds",
+            "How long the steps of this server's runs took, from start to end",
+            durations.clone(),
+        );
+        Self { registry, waiting, held, held_here, claims, takeovers, steps, durations }
+    }
+}
+
+impl Metrics {
+    /// A run was claimed; `taken_over` when another engine had it.
+    pub(crate) fn claimed(&self, taken_over: bool) {
+        self.claims.inc();
+        if taken_over {
+            self.takeovers.inc();
+        }
+    }
+
+    /// A step ended in `state` after `duration_ms`.
+    pub(crate) fn step_finished(&self, state: StepState, duration_ms: u64) {
+        self.steps.get_or_create(&State { state: state.as_str() }).inc();
+        self.durations.observe(duration_ms as f64 / 1000.0);
+    }
+
+    /// The metrics as text, with the store's counts as they are now and
+    /// `held_here` runs under way in this server.
+    pub fn encode(&self, store: &Store, held_here: usize) -> Result<String, airlock_store::StoreError> {
+        let counts = store.lease_counts()?;
+        self.waiting.set(i64::try_from(counts.waiting).unwrap_or(i64::MAX));
+        self.held.set(i64::try_from(counts.held).unwrap_or(i64::MAX));
+        self.held_here.set(i64::try_from(held_here).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        Ok(text)
+    }
+}
