@@ -3,6 +3,7 @@
 //! The binary is thin: argument parsing, rendering and exit codes. The
 //! work happens in the library crates (model, runner, store).
 
+mod agent;
 mod approve;
 mod attest;
 mod cache;
@@ -177,6 +178,9 @@ enum Command {
     Schema,
     /// Run pipelines for a team: the run API, web pages, publish targets.
     Serve(serve::ServeArgs),
+    /// Run sandboxed steps for an `airlock serve` on this machine (steps
+    /// with `runs_on:`), as an agent of one of its policy's pools.
+    Agent(agent::AgentArgs),
     /// Run a repository's `manual` pipelines at a branch or tag, on a server.
     Trigger {
         /// The repository, by the server policy's name for it.
@@ -452,6 +456,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             runtime().and_then(|rt| rt.block_on(serve::serve(&cli.state_dir, cli.policy.as_deref(), args)))
         }
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::agent(&cli.state_dir, args))),
         Command::Trigger { repository, git_ref, server, no_wait, json } => {
             runtime().and_then(|rt| rt.block_on(remote::trigger(&server, &repository, &git_ref, no_wait, json)))
         }

@@ -138,6 +138,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     }
     let users = crate::policy::users(&loaded.policy);
     let repositories = loaded.policy.repositories.clone();
+    let agents = loaded.policy.agents.clone();
     let has_repositories = !repositories.is_empty();
     let policy_dir = loaded.dir.clone();
     // Opening the engine resumes nothing yet; it takes back the runs this
@@ -160,6 +161,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         ..Default::default()
     };
     let mut app = airlock_server::App::new(engine.store().clone(), loaded.targets)
+        .with_agents(agents)
         .with_users(users)
         .with_limits(limits)
         .with_repositories(repositories, policy_dir);

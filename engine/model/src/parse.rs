@@ -769,6 +769,25 @@ fn parse_plugin_step(
     let cache = get(entries, "cache").map_or(Some(true), |d| c.boolean(d, &field("cache")));
     let (limits, limits_written) =
         get(entries, "limits").map(|l| parse_limits(c, l, &field("limits"))).unwrap_or_default();
+    let mut runs_on: Vec<String> = Vec::new();
+    for (label, span, p) in get(entries, "runs_on").map(|n| c.list(n, &field("runs_on"))).unwrap_or_default() {
+        c.name(label, "label", &p, span);
+        if runs_on.iter().any(|l| l == label) {
+            c.error("duplicate-entry", &p, span, format!("`{label}` is listed twice"), None);
+        }
+        runs_on.push(label.to_owned());
+    }
+    if let Some(node) = get(entries, "runs_on")
+        && (tool.is_some() || mounts.as_ref().is_some_and(|m| !m.is_empty()))
+    {
+        c.error(
+            "agent-with-tool",
+            &field("runs_on"),
+            node.span,
+            format!("step `{name}` runs on an agent, which cannot take tools or mounts yet"),
+            Some("run the step on the server (drop `runs_on`), or make it a plugin without mounts".into()),
+        );
+    }
 
     let step = uses.map(|uses| {
         StepKind::Plugin(Box::new(PluginStep {
@@ -785,6 +804,7 @@ fn parse_plugin_step(
             deterministic: deterministic.unwrap_or(true),
             cache: cache.unwrap_or(true),
             limits,
+            runs_on,
             limits_written,
         }))
     });
@@ -1338,6 +1358,7 @@ mod tests {
                 "mounts",
                 "outputs",
                 "retries",
+                "runs_on",
                 "uses",
                 "with"
             ]

@@ -518,6 +518,13 @@ pub struct PluginStep {
     /// Resource limits of the sandbox.
     #[serde(default)]
     pub limits: Limits,
+    /// Labels of the agent to run the step on, e.g. `[linux, big]`: the
+    /// server hands the step to an `airlock agent` of the policy's pools
+    /// that has all of them, and the step runs there, in the same
+    /// sandbox. Without `runs_on`, the step runs on the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::list")]
+    pub runs_on: Vec<String>,
     /// Which limits the pipeline wrote (the rest are airlock's defaults,
     /// which an environment's limits replace).
     #[serde(skip)]

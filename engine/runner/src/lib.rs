@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 mod environments;
 mod exec;
 pub mod intake;

@@ -956,7 +956,7 @@ fn list_artifacts(app: &App, id: &str) -> Response<Body> {
     }
 }
 
-async fn artifact(app: &App, sha256: &str) -> Response<Body> {
+pub(crate) async fn artifact(app: &App, sha256: &str) -> Response<Body> {
     let Some(artifacts) = app.artifacts.clone() else {
         return error(StatusCode::NOT_FOUND, "no_artifact", "this server keeps no artifacts".into());
     };

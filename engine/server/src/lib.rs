@@ -38,6 +38,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+mod agents;
 pub mod api;
 pub mod conn;
 mod hooks;
@@ -126,6 +127,8 @@ pub struct App {
     /// What it tells a monitoring system: its engine's, when it runs
     /// pipelines.
     metrics: Arc<airlock_runner::metrics::Metrics>,
+    /// The policy's pools of agents, whose agents claim jobs here.
+    agents: indexmap::IndexMap<String, airlock_model::policy::AgentPool>,
 }
 
 impl App {
@@ -148,7 +151,14 @@ impl App {
             policy_dir: std::path::PathBuf::from("."),
             deliveries: Arc::default(),
             metrics: Arc::default(),
+            agents: indexmap::IndexMap::new(),
         }
+    }
+
+    /// Takes the agents of these pools (the policy's `agents:`).
+    pub fn with_agents(mut self, pools: indexmap::IndexMap<String, airlock_model::policy::AgentPool>) -> Self {
+        self.agents = pools;
+        self
     }
 
     /// Takes the webhooks of the policy's repositories at
@@ -446,6 +456,9 @@ async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<
     }
     if let Some(api) = path.strip_prefix("/api/v1/") {
         let parts: Vec<&str> = api.split('/').collect();
+        if let ["agent", rest @ ..] = parts.as_slice() {
+            return agents::route(app, rest, req).await;
+        }
         return match (req.method(), parts.as_slice()) {
             (&Method::GET, ["targets"]) => publish::list_targets(app),
             (&Method::GET, ["targets", t, "builds"]) => with_target(app, t, publish::list_builds),

@@ -33,10 +33,11 @@ pub(crate) enum Tree {
     StepCache,
     /// sled's leases (PostgreSQL keeps them in a table of their own).
     Leases,
+    Jobs,
 }
 
 impl Tree {
-    pub(crate) const ALL: [Tree; 14] = [
+    pub(crate) const ALL: [Tree; 15] = [
         Tree::Runs,
         Tree::Steps,
         Tree::Events,
@@ -51,6 +52,7 @@ impl Tree {
         Tree::Statuses,
         Tree::StepCache,
         Tree::Leases,
+        Tree::Jobs,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -69,6 +71,7 @@ impl Tree {
             Tree::Statuses => "forge_statuses",
             Tree::StepCache => "step_cache",
             Tree::Leases => "leases",
+            Tree::Jobs => "jobs",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `plugins/`, a real sled store in a temporary state directory, real
 //! processes and signals.
 
+mod agents;
 mod browser;
 mod checkout;
 mod crash;

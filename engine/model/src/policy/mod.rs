@@ -21,10 +21,12 @@
 //!     dir: releases          # relative to the policy file
 //! ```
 
+mod agents;
 pub(crate) mod environments;
 mod people;
 pub(crate) mod repositories;
 
+pub use agents::AgentPool;
 pub use environments::{
     Approvals, Credential, CredentialSource, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_COMMAND_TIMEOUT, DEFAULT_KEEP,
     Environment, Grants, HostInterface, HttpAuth, HttpMethod, LimitCaps, Payload, Provider, ProviderKind,
@@ -76,6 +78,9 @@ pub struct Policy {
     /// How the step cache is checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_cache: Option<StepCache>,
+    /// Pools of agents that run sandboxed steps on other machines, by name.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub agents: IndexMap<String, AgentPool>,
 }
 
 /// Checks of the step cache.
@@ -133,7 +138,7 @@ pub struct PublishTarget {
 /// Parses and checks a policy file, reporting every error found.
 pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
     let mut c = Checker { file, diags: Vec::new() };
-    let needs = "a policy has `targets:`, `users:`, `groups:`, `environments:` and `repositories:`";
+    let needs = "a policy has `targets:`, `users:`, `groups:`, `environments:`, `repositories:` and `agents:`";
     let policy = document(&mut c, src, "a policy", needs).map(|root| {
         let top = c.map(&root, "", Some(&TOP_KEYS));
         let targets = get(top, "targets").map(|t| targets(&mut c, t)).unwrap_or_default();
@@ -149,7 +154,8 @@ pub fn load_policy(file: &str, src: &str) -> Result<Policy, Vec<Diagnostic>> {
                 get(entries, "verify_percent").and_then(|v| count(&mut c, v, "step_cache.verify_percent", 100));
             Some(StepCache { verify_percent: percent? })
         });
-        Policy { targets, users, groups, environments, repositories, provenance, step_cache }
+        let agents = get(top, "agents").map(|a| agents::agents(&mut c, a, &environments, &users)).unwrap_or_default();
+        Policy { targets, users, groups, environments, repositories, provenance, step_cache, agents }
     });
     let mut diags = c.diags;
     diags.sort_by_key(|d| d.span.map(|s| (s.line, s.col)).unwrap_or((0, 0)));
@@ -288,7 +294,7 @@ mod tests {
     fn the_top_keys_and_a_users_are_the_fields_of_the_types() {
         assert_eq!(
             *TOP_KEYS,
-            ["environments", "groups", "provenance", "repositories", "step_cache", "targets", "users"]
+            ["agents", "environments", "groups", "provenance", "repositories", "step_cache", "targets", "users"]
         );
         assert_eq!(*people::USER_KEYS, ["roles", "token_sha256", "trusted"]);
     }
@@ -414,6 +420,42 @@ mod tests {
         );
         let secret = diags.iter().find(|d| d.code == "inline-secret").expect("inline secret");
         assert!(!secret.message.contains("s3cret"), "a secret written inline is not echoed: {}", secret.message);
+    }
+
+    /// Pools of agents: their tokens, labels and environments, and what
+    /// is wrong with them.
+    #[test]
+    fn reads_agent_pools_and_their_mistakes() {
+        let pool = "b".repeat(64);
+        let src = format!(
+            "users:\n  alice: {{ token_sha256: {ALICE}, roles: [viewer] }}\n\
+             environments:\n  prod:\n    provider: {{ type: directory, path: www }}\n    pipelines: ['*']\n\
+             agents:\n  builders: {{ token_sha256: {pool}, labels: [linux, big], environments: [prod] }}\n"
+        );
+        let p = load_policy("policy.yaml", &src).unwrap_or_else(|d| panic!("{d:#?}"));
+        let builders = &p.agents["builders"];
+        assert_eq!(
+            (builders.labels.as_slice(), builders.environments.as_slice()),
+            (&["linux".to_owned(), "big".to_owned()][..], &["prod".to_owned()][..])
+        );
+        assert!(builders.serves(None) && builders.serves(Some("prod")) && !builders.serves(Some("staging")));
+        let src = format!(
+            "users:\n  alice: {{ token_sha256: {ALICE}, roles: [viewer] }}\n\
+             agents:\n  same: {{ token_sha256: {ALICE} }}\n  bad: {{ token_sha256: nope, labels: [a, a, 'x y'], environments: [prd] }}\n  none: {{ labels: [] }}\n"
+        );
+        let diags = load_policy("policy.yaml", &src).expect_err("invalid");
+        let shown: Vec<String> = diags.iter().map(|d| format!("{} {}", d.code, d.path)).collect();
+        assert_eq!(
+            shown,
+            [
+                "duplicate-token agents.same.token_sha256",
+                "bad-digest agents.bad.token_sha256",
+                "duplicate-entry agents.bad.labels[1]",
+                "bad-name agents.bad.labels[2]",
+                "unknown-environment agents.bad.environments[0]",
+                "missing-key agents.none.token_sha256",
+            ]
+        );
     }
 
     /// Issue 12, item 8: a provider URL with a password or an API key in

@@ -36,6 +36,11 @@ impl EnvironmentGrants {
         Ok(Self { environment: environment.to_owned(), grants: grants.clone(), plugins })
     }
 
+    /// The environment's name.
+    pub(crate) fn environment(&self) -> &str {
+        &self.environment
+    }
+
     /// Whether the environment lets this tool run: its `plugins:` must
     /// name the digest of what was fetched, as `sha256:HEX`.
     pub(crate) fn check_tool(&self, tool: &str, sha256: &str) -> Result<(), String> {

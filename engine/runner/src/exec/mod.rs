@@ -11,6 +11,7 @@ mod grants;
 mod outputs;
 mod plugins;
 mod progress;
+mod remote;
 mod resume;
 mod schedule;
 mod step;
@@ -18,8 +19,9 @@ mod tools;
 mod workspace;
 
 pub(crate) use cache::{file_digest, tree_digest};
+pub(crate) use outputs::lay_out;
 pub use progress::{Progress, RunSummary};
-pub(crate) use step::{StepError, host_step_started};
+pub(crate) use step::{StepError, describe, host_step_started, last_lines};
 
 use crate::{Engine, RunOptions, RunnerError};
 use airlock_model::text::one_line;

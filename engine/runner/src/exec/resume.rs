@@ -49,6 +49,11 @@ pub(crate) async fn resume_step(shared: &Shared, name: &str, step: &Step) -> Res
             // A wait for approval asks again, with a new code: the old
             // one was shown to a process that is gone.
             shared.store.discard_pending_approval(&shared.run_id, name)?;
+            // A job an agent may still hold goes: the attempt starts again,
+            // and an agent completing the old one is refused.
+            for job in shared.store.jobs()?.into_iter().filter(|j| j.run == shared.run_id && j.step == name) {
+                shared.store.remove_job(&job.id)?;
+            }
             for dir in [shared.run_dir.join(name), outputs_dir(shared, name)] {
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => {}

@@ -138,6 +138,13 @@ pub(crate) async fn run_step(
     Finished { index, record, log_truncated }
 }
 
+/// Where a plugin step's attempts run: here, with the plugin loaded, or
+/// on an agent, which fetches the plugin by its digest.
+enum Place {
+    Here(airlock_sandbox::Plugin),
+    Agent(OutputRecord),
+}
+
 pub(crate) enum StepError {
     /// The step failed, with the reason.
     Failed(String),
@@ -204,30 +211,43 @@ pub(crate) async fn attempts(
     if let Some((outputs, _)) = hit {
         return Ok((outputs, Vec::new()));
     }
-    // Fetching and compiling can take minutes; a cancelled run does not
-    // wait for them (they finish in the background, for the caches).
-    let prepared = async {
-        let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
-        let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
-        Ok::<_, StepError>((resolved, plugin))
+    let place = if !step.runs_on.is_empty() {
+        // A step on an agent: its plugin goes there by digest, and is
+        // compiled there; nothing is fetched or compiled here.
+        let plugin = super::remote::store_plugin(shared, name, step).await.map_err(failed)?;
+        invocation.argv0 = step.argv0.clone();
+        invocation.entry = step.entry.clone();
+        Place::Agent(plugin)
+    } else {
+        // Fetching and compiling can take minutes; a cancelled run does
+        // not wait for them (they finish in the background, for the caches).
+        let prepared = async {
+            let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
+            let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
+            Ok::<_, StepError>((resolved, plugin))
+        };
+        let (resolved, plugin) = tokio::select! {
+            prepared = prepared => prepared?,
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+        };
+        let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
+        check_kind(name, step, &plugin, entry.as_deref()).map_err(failed)?;
+        // Ready: a step that gave its job up to prepare takes one back.
+        if !shared.prepared(name, cancel).await {
+            return Err(StepError::Cancelled);
+        }
+        invocation.mounts = resolved.mounts;
+        invocation.argv0 = step.argv0.clone().or(resolved.argv0);
+        invocation.entry = entry;
+        Place::Here(plugin)
     };
-    let (resolved, plugin) = tokio::select! {
-        prepared = prepared => prepared?,
-        () = cancel.cancelled() => return Err(StepError::Cancelled),
-    };
-    let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
-    check_kind(name, step, &plugin, entry.as_deref()).map_err(failed)?;
-    // Ready: a step that gave its job up to prepare takes one back.
-    if !shared.prepared(name, cancel).await {
-        return Err(StepError::Cancelled);
-    }
-    invocation.mounts = resolved.mounts;
-    invocation.argv0 = step.argv0.clone().or(resolved.argv0);
-    invocation.entry = entry;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let digest = plugin.digest.clone();
+        let digest = match &place {
+            Place::Here(plugin) => plugin.digest.clone(),
+            Place::Agent(plugin) => plugin.sha256.clone(),
+        };
         store
             // The first attempt was recorded as it began preparing.
             .update_step(&shared.run_id, name, (attempt > 1).then(|| format!("attempt {attempt}")), |s| {
@@ -239,59 +259,53 @@ pub(crate) async fn attempts(
             .map_err(record_error)?;
         (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt });
 
-        let workspace = fresh_workspace(shared, name, attempt).map_err(failed)?;
-        let live = airlock_sandbox::LogSink::new(usize::try_from(invocation.log_limit).unwrap_or(usize::MAX));
-        let live_key = (shared.run_id.clone(), name.to_owned());
-        shared.live.insert(live_key.clone(), attempt, live.clone());
-        let inv = Invocation {
-            workspace: workspace.clone(),
-            tmp: Some(scratch_of(&workspace)),
-            live_log: Some(live),
-            ..invocation.clone()
-        };
-
-        let outcome = tokio::select! {
-            outcome = shared.sandbox.run(&plugin, inv) => outcome,
-            () = cancel.cancelled() => return Err(StepError::Cancelled),
-        };
-        let requests = outcome.deploy_requests;
-        // A program that exits non-zero says why in its last lines.
-        let said = matches!(outcome.result, Err(Failure::Exit(_))).then(|| last_lines(&outcome.log)).flatten();
-        let truncated = outcome.log_written > outcome.log.len() as u64;
-        *log_truncated |= truncated;
-        if outcome.log_written > 0 {
-            let mut bytes = outcome.log;
-            if truncated {
-                bytes.extend_from_slice(
-                    format!(
-                        "\n[airlock: log truncated: kept {} of {} written]\n",
-                        airlock_model::format_size(bytes.len() as u64),
-                        airlock_model::format_size(outcome.log_written)
-                    )
-                    .as_bytes(),
-                );
+        let (result, requests) = match &place {
+            Place::Agent(plugin) => {
+                let ran = super::remote::run_on_agent(shared, name, step, plugin, &invocation, attempt, cancel).await?;
+                *log_truncated |= store_log(shared, name, attempt, ran.log, ran.log_written).map_err(record_error)?;
+                (ran.result, ran.requests)
             }
-            store
-                .put_log(&shared.run_id, name, &LogRecord { attempt, bytes, written: outcome.log_written })
-                .map_err(record_error)?;
-        }
-        // From here on, readers find the attempt's log in the store.
-        shared.live.remove(&live_key);
-        let result = match outcome.result {
-            Ok(()) => match clear_scratch(&workspace).await {
-                Ok(()) => take_outputs(shared, name, step, &workspace).await,
-                Err(e) => Err(e),
-            },
-            Err(failure) => Err(match said {
-                Some(lines) => format!("{}: {lines}", describe(name, timeout, &failure)),
-                None => describe(name, timeout, &failure),
-            }),
+            Place::Here(plugin) => {
+                let workspace = fresh_workspace(shared, name, attempt).map_err(failed)?;
+                let live = airlock_sandbox::LogSink::new(usize::try_from(invocation.log_limit).unwrap_or(usize::MAX));
+                let live_key = (shared.run_id.clone(), name.to_owned());
+                shared.live.insert(live_key.clone(), attempt, live.clone());
+                let inv = Invocation {
+                    workspace: workspace.clone(),
+                    tmp: Some(scratch_of(&workspace)),
+                    live_log: Some(live),
+                    ..invocation.clone()
+                };
+
+                let outcome = tokio::select! {
+                    outcome = shared.sandbox.run(plugin, inv) => outcome,
+                    () = cancel.cancelled() => return Err(StepError::Cancelled),
+                };
+                let requests = outcome.deploy_requests;
+                // A program that exits non-zero says why in its last lines.
+                let said = matches!(outcome.result, Err(Failure::Exit(_))).then(|| last_lines(&outcome.log)).flatten();
+                *log_truncated |=
+                    store_log(shared, name, attempt, outcome.log, outcome.log_written).map_err(record_error)?;
+                // From here on, readers find the attempt's log in the store.
+                shared.live.remove(&live_key);
+                let result = match outcome.result {
+                    Ok(()) => match clear_scratch(&workspace).await {
+                        Ok(()) => take_outputs(shared, name, step, &workspace).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(failure) => Err(match said {
+                        Some(lines) => format!("{}: {lines}", describe(name, timeout, &failure)),
+                        None => describe(name, timeout, &failure),
+                    }),
+                };
+                if result.is_ok() {
+                    recycle_workspace(shared, workspace);
+                } else if attempt <= step.retries.count {
+                    discard_workspace(shared, workspace).await;
+                }
+                (result, requests)
+            }
         };
-        if result.is_ok() {
-            recycle_workspace(shared, workspace);
-        } else if attempt <= step.retries.count {
-            discard_workspace(shared, workspace).await;
-        }
         match result {
             Ok(outputs) => {
                 let same = match (&keyed, &check) {
@@ -335,6 +349,32 @@ pub(crate) async fn attempts(
             Err(reason) => return Err(StepError::Failed(reason)),
         }
     }
+}
+
+/// Stores an attempt's log, with a note when it was cut short; answers
+/// whether it was.
+fn store_log(
+    shared: &Shared,
+    name: &str,
+    attempt: u32,
+    mut bytes: Vec<u8>,
+    written: u64,
+) -> airlock_store::Result<bool> {
+    let truncated = written > bytes.len() as u64;
+    if written > 0 {
+        if truncated {
+            bytes.extend_from_slice(
+                format!(
+                    "\n[airlock: log truncated: kept {} of {} written]\n",
+                    airlock_model::format_size(bytes.len() as u64),
+                    airlock_model::format_size(written)
+                )
+                .as_bytes(),
+            );
+        }
+        shared.store.put_log(&shared.run_id, name, &LogRecord { attempt, bytes, written })?;
+    }
+    Ok(truncated)
 }
 
 /// Lines of a log's end shown in a failed step's reason, at most.

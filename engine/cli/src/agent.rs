@@ -1,0 +1,296 @@
+//! `airlock agent`: runs sandboxed steps for an `airlock serve`, on this
+//! machine. It asks the server for a job its labels fit (waiting up to
+//! 20 seconds at a time), fetches what the job names by digest (checking
+//! each), runs the step in the same sandbox as a server, uploads the
+//! outputs and completes the job with the fence it claimed it with,
+//! renewing its lease as it works. It holds no credential but its pool's
+//! token, and no address but the server's.
+
+use crate::exit;
+use crate::http::{Body, CallError, Server, bytes_body, error_of};
+use airlock_host::ArtifactStore;
+use airlock_runner::agent::{JobResult, JobSpec, run_job};
+use futures_util::TryStreamExt as _;
+use http_body_util::BodyExt as _;
+use hyper::{Method, StatusCode};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `airlock agent` asks for.
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// The `airlock serve` to take jobs from (e.g. http://127.0.0.1:8480).
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// This agent's name among its pool's (letters, digits, `.`, `-`,
+    /// `_`) [default: the host's name].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// A label this agent has (repeat for more); each must be one of its
+    /// pool's in the server's policy. A step that `runs_on` labels runs
+    /// on an agent with all of them.
+    #[arg(long = "label", value_name = "LABEL")]
+    labels: Vec<String>,
+    /// Stop after this many jobs (for tests and one-shot machines)
+    /// [default: never].
+    #[arg(long, value_name = "N", hide = true)]
+    max_jobs: Option<u64>,
+}
+
+/// How the server answered a claim.
+#[derive(serde::Deserialize)]
+struct Claimed {
+    job: String,
+    fence: u64,
+    lease_ms: u64,
+    spec: JobSpec,
+}
+
+/// Runs jobs until stopped (Ctrl-C, SIGTERM).
+pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
+    let Some(token) = std::env::var("AIRLOCK_AGENT_TOKEN").ok().filter(|t| !t.trim().is_empty()) else {
+        eprintln!("error: `airlock agent` needs its pool's token");
+        eprintln!("hint: set AIRLOCK_AGENT_TOKEN to the token whose sha256 is the pool's `token_sha256` in the policy");
+        return Ok(exit::USAGE);
+    };
+    let server = match Server::new(&args.server, token.trim(), 4) {
+        Ok(s) => Arc::new(s),
+        Err(bad) => {
+            eprintln!("error: {}", bad.message);
+            eprintln!("hint: {}", bad.hint);
+            return Ok(exit::USAGE);
+        }
+    };
+    drop(token);
+    let name = match args.name.clone() {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default(),
+    };
+    let root = state_dir.join("agent");
+    std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("cannot make `{}`: {e}", root.display()))?;
+    let blobs = ArtifactStore::new(root.join("blobs"));
+    let sandbox = Arc::new(airlock_sandbox::Sandbox::new(Some(state_dir.join("cache")))?);
+    let stop = airlock_runner::CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = terminated => {}
+            }
+            stop.cancel();
+        });
+    }
+    eprintln!(
+        "agent {name} takes jobs from {} (labels: {})",
+        server.base(),
+        if args.labels.is_empty() { "none".into() } else { args.labels.join(", ") }
+    );
+    let claim_body = serde_json::json!({ "labels": args.labels, "wait_ms": 20_000 }).to_string();
+    let mut done = 0u64;
+    let mut quiet = Duration::from_millis(200);
+    let headers = [("x-airlock-agent", name.as_str())];
+    while !stop.is_cancelled() && args.max_jobs.is_none_or(|m| done < m) {
+        let answer = tokio::select! {
+            a = server.call(Method::POST, "/api/v1/agent/claim", Some(claim_body.clone().into_bytes()), &headers) => a,
+            () = stop.cancelled() => break,
+        };
+        let (status, body) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                // The server is restarting, or out of reach: try again.
+                eprintln!("agent {name}: {e}; trying again in {} ms", quiet.as_millis());
+                tokio::time::sleep(quiet).await;
+                quiet = (quiet * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        quiet = Duration::from_millis(200);
+        match status {
+            StatusCode::NO_CONTENT => continue,
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST => {
+                let why =
+                    error_of(&body).map(|e| e.message).unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                eprintln!("error: the server refuses this agent: {why}");
+                return Ok(exit::USAGE);
+            }
+            other => {
+                let why = error_of(&body).map(|e| e.message).unwrap_or_default();
+                eprintln!("agent {name}: the server answered {other} to a claim: {why}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        let claimed: Claimed = match serde_json::from_slice(&body) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("agent {name}: the server's job cannot be read: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        done += 1;
+        let job = Job { server: server.clone(), name: name.clone(), claimed };
+        job.work(&sandbox, &root, &blobs).await;
+    }
+    Ok(exit::OK)
+}
+
+/// One claimed job.
+struct Job {
+    server: Arc<Server>,
+    name: String,
+    claimed: Claimed,
+}
+
+impl Job {
+    fn path(&self, rest: &str) -> String {
+        format!("/api/v1/agent/jobs/{}/{rest}", self.claimed.job)
+    }
+
+    async fn work(&self, sandbox: &Arc<airlock_sandbox::Sandbox>, root: &Path, blobs: &ArtifactStore) {
+        let id = &self.claimed.job;
+        eprintln!("job {id}: claimed (fence {})", self.claimed.fence);
+        let lost = airlock_runner::CancellationToken::new();
+        let renewing = tokio::spawn(renew(
+            self.server.clone(),
+            self.name.clone(),
+            self.path("renew"),
+            self.claimed.fence,
+            self.claimed.lease_ms,
+            lost.clone(),
+        ));
+        let outcome = async {
+            for sha in self.claimed.spec.digests() {
+                if !blobs.contains(sha) {
+                    self.fetch(blobs, sha).await?;
+                }
+            }
+            let dir: PathBuf = root.join("jobs").join(id.replace('/', "_"));
+            let result = run_job(sandbox, &dir, blobs, &self.claimed.spec).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            for output in &result.outputs {
+                self.upload(blobs, &output.sha256, output.size).await?;
+            }
+            Ok::<JobResult, String>(result)
+        };
+        let result = tokio::select! {
+            r = outcome => r,
+            () = lost.cancelled() => {
+                eprintln!("job {id}: the lease went to another agent; this agent drops the job");
+                renewing.abort();
+                return;
+            }
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(why) => JobResult {
+                failure: Some(format!("step `{}`: on agent `{}`: {why}", self.claimed.spec.step, self.name)),
+                log: String::new(),
+                log_written: 0,
+                outputs: Vec::new(),
+                deploy_requests: Vec::new(),
+            },
+        };
+        let body = serde_json::json!({ "fence": self.claimed.fence, "result": result }).to_string();
+        let answer = self
+            .server
+            .call(Method::POST, &self.path("complete"), Some(body.into_bytes()), &[("x-airlock-agent", &self.name)])
+            .await;
+        renewing.abort();
+        match answer {
+            Ok((StatusCode::OK, _)) => {
+                eprintln!("job {id}: completed ({})", if result.failure.is_some() { "failed" } else { "succeeded" })
+            }
+            Ok((status, body)) => {
+                let why = error_of(&body).map(|e| e.message).unwrap_or_default();
+                eprintln!("job {id}: the completion was refused ({status}): {why}");
+            }
+            Err(e) => eprintln!("job {id}: the completion was not delivered: {e}"),
+        }
+    }
+
+    /// Fetches a blob the job names into `blobs`, checked against its digest.
+    async fn fetch(&self, blobs: &ArtifactStore, sha: &str) -> Result<(), String> {
+        let req = self
+            .server
+            .request(Method::GET, &self.path(&format!("blobs/{sha}")))
+            .header("x-airlock-agent", &self.name)
+            .body(bytes_body(Vec::new()))
+            .map_err(|e| e.to_string())?;
+        let resp = self.server.open(req).await.map_err(|e: CallError| e.to_string())?;
+        if resp.status() != StatusCode::OK {
+            return Err(format!("the server answered {} for blob {sha}", resp.status()));
+        }
+        let mut writer = blobs.writer(None).map_err(|e| e.to_string())?;
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("blob {sha}: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                writer.write(data).map_err(|e| e.to_string())?;
+            }
+        }
+        let (got, _, _) = writer.finish().map_err(|e| e.to_string())?;
+        if got != sha {
+            return Err(format!("blob {sha} arrived as other bytes ({got})"));
+        }
+        Ok(())
+    }
+
+    /// Uploads an output from `blobs`.
+    async fn upload(&self, blobs: &ArtifactStore, sha: &str, size: u64) -> Result<(), String> {
+        let path = blobs.path(sha).map_err(|e| e.to_string())?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        let stream = tokio_util::io::ReaderStream::new(file).map_ok(hyper::body::Frame::data);
+        let body: Body = http_body_util::StreamBody::new(stream).boxed();
+        let req = self
+            .server
+            .request(Method::PUT, &self.path(&format!("blobs/{sha}")))
+            .header("x-airlock-agent", &self.name)
+            .header(hyper::header::CONTENT_LENGTH, size)
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        let (status, answer) = self.server.send(req).await.map_err(|e| e.to_string())?;
+        if status != StatusCode::OK {
+            let why = error_of(&answer).map(|e| e.message).unwrap_or_default();
+            return Err(format!("the upload of output {sha} was refused ({status}): {why}"));
+        }
+        Ok(())
+    }
+}
+
+/// Renews the lease every third of it until aborted; cancels `lost` when
+/// the server says the job is no longer this agent's.
+async fn renew(
+    server: Arc<Server>,
+    name: String,
+    path: String,
+    fence: u64,
+    lease_ms: u64,
+    lost: airlock_runner::CancellationToken,
+) {
+    let body = serde_json::json!({ "fence": fence }).to_string();
+    loop {
+        tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(50))).await;
+        match server.call(Method::POST, &path, Some(body.clone().into_bytes()), &[("x-airlock-agent", &name)]).await {
+            Ok((StatusCode::OK, _)) => {}
+            Ok((StatusCode::CONFLICT | StatusCode::NOT_FOUND, _)) => {
+                lost.cancel();
+                return;
+            }
+            Ok((status, _)) => eprintln!("agent {name}: renewing answered {status}; trying again"),
+            Err(e) => eprintln!("agent {name}: cannot renew: {e}; trying again"),
+        }
+    }
+}

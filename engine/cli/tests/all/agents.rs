@@ -1,0 +1,330 @@
+//! `airlock agent`: steps with `runs_on:` run on agent processes of the
+//! policy's pools, which fetch what a job names by digest and upload its
+//! outputs; a killed agent's job goes to another once its lease
+//! expires; a frozen agent's late completion is refused; uploads that do
+//! not match their digests are refused.
+
+use crate::server::{People, tick};
+use crate::support::{Scratch, Server, User, airlock, call, http, plugins, submit_run, user_token, wait_for_end};
+use std::io::BufRead as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// An `airlock agent` process, killed when dropped.
+struct Agent {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Agent {
+    fn start(state: &Path, server: &str, token: &str, name: &str, labels: &[&str]) -> Self {
+        let mut cmd = airlock(state);
+        cmd.args(["agent", "--server", server, "--name", name])
+            .env("AIRLOCK_AGENT_TOKEN", token)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for label in labels {
+            cmd.args(["--label", label]);
+        }
+        let mut child = cmd.spawn().expect("airlock agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a line with `needle`; answers it.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut said = Vec::new();
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => said.push(line),
+                Err(_) => panic!("the agent never said `{needle}`: {said:#?}"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name}");
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A policy with the usual people and a pool `builders` of `agent`'s
+/// token with labels `linux` and `big`.
+fn policy(s: &Scratch, people: &People, agent: &User) -> std::path::PathBuf {
+    s.file(
+        "policy.yaml",
+        format!(
+            "{}agents:\n  builders:\n    token_sha256: {}\n    labels: [linux, big]\n",
+            people.yaml(),
+            agent.digest
+        ),
+    )
+}
+
+/// Writes `pipes/remote.yaml`: `make` (3 ticks of `ms` on an agent) makes
+/// `out.txt`; `sums` (on an agent) writes the sha256 of its input, and
+/// `here` (on the server) reads both. Nothing is taken from the step
+/// cache: each run runs every step.
+fn remote_pipeline(s: &Scratch, ms: u32) {
+    let sums = plugins().join("wasm32-wasip2/release/sha256sum.wasm").display().to_string();
+    s.file(
+        "pipes/remote.yaml",
+        format!(
+            "name: remote\nsteps:\n  make:\n    uses: {tick}\n    runs_on: [big]\n    cache: false\n    args: [\"3\", \"{ms}\", out.txt]\n    \
+             outputs: [out.txt]\n  sums:\n    uses: {sums}\n    runs_on: [linux]\n    cache: false\n    needs: [make]\n    inputs: [make]\n    \
+             with: {{ dir: \"${{{{ inputs.make }}}}\", output: SUMS }}\n    outputs: [SUMS]\n  \
+             here:\n    uses: {tick}\n    needs: [sums]\n    inputs: [make, sums]\n    args: [\"1\", \"1\"]\n",
+            tick = tick()
+        ),
+    );
+}
+
+fn outputs(agent: &ureq::Agent, base: &str, token: &str, run: &str) -> serde_json::Value {
+    let (status, list) =
+        call(agent, "GET", &format!("{base}/api/v1/runs/{run}/artifacts"), Some(token), None, &[]).expect("artifacts");
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
+/// Two steps on an agent and one on the server: the agent fetches the
+/// plugin and the input by digest, its outputs come back and go
+/// downstream, its logs are the run's, and what it made is what the
+/// server would have made.
+#[test]
+fn steps_run_on_an_agent_and_their_outputs_go_downstream() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    remote_pipeline(&s, 10);
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let worker = Agent::start(&s.path().join("agent-state"), &server.url, &token.token, "a1", &["linux", "big"]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let id = submit_run(&agent, &server.url, runner, "remote.yaml");
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    worker.wait_for(&format!("job {id}/make/1: completed (succeeded)"));
+    worker.wait_for(&format!("job {id}/sums/1: completed (succeeded)"));
+
+    // The step's log is the run's, as if it had run on the server.
+    let (status, log) =
+        call(&agent, "GET", &format!("{}/api/v1/runs/{id}/steps/make/log", server.url), Some(runner), None, &[])
+            .expect("log");
+    assert_eq!((status, log), (200, serde_json::json!("tick 1\ntick 2\ntick 3\n")));
+    // `sums` read `make`'s output on the agent: its sums name that digest.
+    let list = outputs(&agent, &server.url, runner, &id);
+    let artifacts = list["artifacts"].as_array().expect("artifacts");
+    let digest_of = |step: &str, path: &str| {
+        artifacts
+            .iter()
+            .find(|a| a["step"] == step && a["path"] == path)
+            .unwrap_or_else(|| panic!("{step}/{path}: {list}"))["sha256"]
+            .as_str()
+            .expect("sha256")
+            .to_owned()
+    };
+    let made = digest_of("make", "out.txt");
+    let sums = digest_of("sums", "SUMS");
+    let (status, text) =
+        call(&agent, "GET", &format!("{}/api/v1/artifacts/{sums}", server.url), Some(runner), None, &[]).expect("get");
+    assert_eq!(status, 200);
+    assert_eq!(text.as_str().expect("text").trim(), format!("{made}  out.txt"));
+
+    // The same pipeline without `runs_on` makes the same bytes here.
+    let yaml = std::fs::read_to_string(s.path().join("pipes/remote.yaml")).expect("yaml");
+    s.file(
+        "pipes/local.yaml",
+        yaml.replace("name: remote", "name: local")
+            .replace("    runs_on: [big]\n", "")
+            .replace("    runs_on: [linux]\n", ""),
+    );
+    let local = submit_run(&agent, &server.url, runner, "local.yaml");
+    assert_eq!(wait_for_end(&agent, &server.url, runner, &local)["run"]["state"], "succeeded");
+    let list = outputs(&agent, &server.url, runner, &local);
+    let here: Vec<&str> =
+        list["artifacts"].as_array().expect("artifacts").iter().map(|a| a["sha256"].as_str().expect("sha")).collect();
+    assert!(here.contains(&made.as_str()) && here.contains(&sums.as_str()), "{list}");
+}
+
+/// A step whose labels no pool has fails at once, saying so; an agent
+/// that says it has a label its pool does not is refused, and one with
+/// a wrong token too.
+#[test]
+fn labels_and_tokens_are_the_policys() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    s.file(
+        "pipes/gpu.yaml",
+        format!("name: gpu\nsteps:\n  a:\n    uses: {}\n    runs_on: [gpu]\n    args: [\"1\", \"1\"]\n", tick()),
+    );
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let id = submit_run(&agent, &server.url, runner, "gpu.yaml");
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "failed", "{detail}");
+    let reason = detail["steps"][0]["reason"].as_str().expect("reason");
+    assert!(reason.contains("no pool of the policy's `agents:` has those labels"), "{reason}");
+
+    let (code, _, stderr) = crate::support::output(
+        airlock(&s.path().join("a"))
+            .args(["agent", "--server", &server.url, "--label", "gpu"])
+            .env("AIRLOCK_AGENT_TOKEN", &token.token),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("label `gpu` is not one of pool `builders`'s"), "{stderr}");
+    let (code, _, stderr) = crate::support::output(
+        airlock(&s.path().join("b")).args(["agent", "--server", &server.url]).env("AIRLOCK_AGENT_TOKEN", "alu_nobodys"),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("refuses this agent"), "{stderr}");
+}
+
+/// An agent killed in the middle of a step: its lease expires, another
+/// agent claims the job and runs the step again, and the run succeeds.
+/// An agent frozen past its lease and woken finds its job gone: its
+/// completion is refused and changes nothing.
+#[test]
+fn a_killed_agents_job_runs_elsewhere_and_a_late_one_is_refused() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    remote_pipeline(&s, 300);
+    let server = Server::start_with(&s.state(), &policy, &s.path().join("pipes"), &[], &["--lease", "1s"]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+
+    // Killed.
+    let mut first = Agent::start(&s.path().join("agent-1"), &server.url, &token.token, "a1", &["linux", "big"]);
+    let id = submit_run(&agent, &server.url, runner, "remote.yaml");
+    first.wait_for(&format!("job {id}/make/1: claimed"));
+    first.kill();
+    let second = Agent::start(&s.path().join("agent-2"), &server.url, &token.token, "a2", &["linux", "big"]);
+    second.wait_for(&format!("job {id}/make/1: claimed (fence 2)"));
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    drop(second);
+
+    // Frozen past its lease, then woken.
+    let frozen = Agent::start(&s.path().join("agent-3"), &server.url, &token.token, "a3", &["linux", "big"]);
+    let id = submit_run(&agent, &server.url, runner, "remote.yaml");
+    frozen.wait_for(&format!("job {id}/make/1: claimed"));
+    frozen.signal("STOP");
+    let other = Agent::start(&s.path().join("agent-4"), &server.url, &token.token, "a4", &["linux", "big"]);
+    other.wait_for(&format!("job {id}/make/1: claimed (fence 2)"));
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    frozen.signal("CONT");
+    let said = frozen.wait_for(&format!("job {id}/make/1: "));
+    let said = if said.contains("claimed") { frozen.wait_for(&format!("job {id}/make/1: ")) } else { said };
+    assert!(
+        said.contains("the lease went to another agent") || said.contains("the completion was refused (409"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, after) =
+        call(&agent, "GET", &format!("{}/api/v1/runs/{id}", server.url), Some(runner), None, &[]).expect("get");
+    assert_eq!(after, detail, "the late agent changed the run");
+}
+
+/// An upload whose bytes are not those of its digest is refused and
+/// kept nowhere; a completion naming an output that was not uploaded is
+/// refused; a blob the job does not name cannot be fetched.
+#[test]
+fn an_agent_cannot_slip_in_other_bytes() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    remote_pipeline(&s, 10);
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let id = submit_run(&agent, &server.url, runner, "remote.yaml");
+    // This test is the agent: it claims the job over HTTP itself.
+    let headers = [("x-airlock-agent", "hand")];
+    let (status, claimed) = call(
+        &agent,
+        "POST",
+        &format!("{}/api/v1/agent/claim", server.url),
+        Some(&token.token),
+        Some(serde_json::json!({ "labels": ["big"], "wait_ms": 10000 })),
+        &headers,
+    )
+    .expect("claim");
+    assert_eq!(status, 200, "{claimed}");
+    let job = claimed["job"].as_str().expect("job").to_owned();
+    assert_eq!(job, format!("{id}/make/1"));
+    let fence = claimed["fence"].as_u64().expect("fence");
+    let base = format!("{}/api/v1/agent/jobs/{job}", server.url);
+
+    let claimed_digest = "a".repeat(64);
+    let put = |sha: &str, bytes: &[u8]| {
+        let req = ureq::http::Request::builder()
+            .method("PUT")
+            .uri(format!("{base}/blobs/{sha}"))
+            .header("authorization", format!("Bearer {}", token.token))
+            .header("x-airlock-agent", "hand")
+            .body(bytes.to_vec())
+            .expect("request");
+        let resp = agent.run(req).expect("put");
+        let status = resp.status().as_u16();
+        (status, resp.into_body().read_to_string().expect("body"))
+    };
+    let (status, body) = put(&claimed_digest, b"not those bytes");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("digest_mismatch"), "{body}");
+    let stored = s.state().join(format!("artifacts/sha256/aa/{}", &claimed_digest[2..]));
+    assert!(!stored.exists(), "the wrong bytes were kept");
+
+    let result = serde_json::json!({
+        "fence": fence,
+        "result": { "failure": null, "log": "", "log_written": 0, "deploy_requests": [],
+                    "outputs": [{ "path": "out.txt", "sha256": claimed_digest, "size": 15 }] }
+    });
+    let (status, body) = call(&agent, "POST", &format!("{base}/complete"), Some(&token.token), Some(result), &headers)
+        .expect("complete");
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("missing_output")), "{body}");
+
+    let (status, body) =
+        call(&agent, "GET", &format!("{base}/blobs/{}", "b".repeat(64)), Some(&token.token), None, &headers)
+            .expect("get");
+    assert_eq!(status, 403, "{body}");
+    // Another agent of the pool cannot act on this one's job.
+    let (status, body) = call(
+        &agent,
+        "POST",
+        &format!("{base}/renew"),
+        Some(&token.token),
+        Some(serde_json::json!({"fence": fence})),
+        &[("x-airlock-agent", "other")],
+    )
+    .expect("renew");
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("lease_lost")), "{body}");
+
+    let (status, _) = call(&agent, "POST", &format!("{}/api/v1/runs/{id}/cancel", server.url), Some(runner), None, &[])
+        .expect("cancel");
+    assert_eq!(status, 200);
+    assert_eq!(wait_for_end(&agent, &server.url, runner, &id)["run"]["state"], "cancelled");
+}

@@ -1,0 +1,207 @@
+//! Steps on agents: what a server hands an `airlock agent` to run a
+//! sandboxed step on another machine ([`JobSpec`]), what the agent sends
+//! back ([`JobResult`]), and how the agent runs it ([`run_job`]).
+//!
+//! A job names everything by digest: the plugin, and every file of every
+//! input. The agent fetches what it lacks from the server, checks each
+//! against its digest, runs the step in the same sandbox as a server
+//! does, takes the outputs out of the workspace as a server does, and
+//! uploads them; the server checks every upload against its digest
+//! before it takes the result. An agent never holds a credential, a
+//! publish token or the database's address: what needs trust (publishing,
+//! deploying, the step cache) stays on the server.
+
+use airlock_host::{ArtifactStore, ExtractLimits, extract};
+use airlock_sandbox::{Failure, HostGrants, HostInterface, Invocation, Quota, Sandbox};
+use airlock_store::OutputRecord;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What an agent needs to run one attempt of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The plugin's sha256 and size.
+    pub plugin: OutputRecord,
+    /// How the pipeline names the plugin, for messages.
+    pub uses: String,
+    /// Whether it is compiled with fuel metering.
+    pub fuel_metered: bool,
+    /// The host interfaces the step's environment grants.
+    pub interfaces: Vec<String>,
+    /// The largest plugin the environment admits.
+    pub max_plugin_bytes: u64,
+    /// `argv[0]` of a command program.
+    pub argv0: Option<String>,
+    /// The function a core module starts from.
+    pub entry: Option<String>,
+    /// `with:` parameters.
+    pub params: Vec<(String, String)>,
+    /// `args:` of a command program.
+    pub args: Vec<String>,
+    /// The guest's environment.
+    pub env: Vec<(String, String)>,
+    /// The run's id and the step's name, as a step plugin is told.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// Linear memory limit, bytes.
+    pub memory: u64,
+    /// Bytes of log kept.
+    pub log_limit: u64,
+    /// Instruction budget.
+    pub fuel: Option<u64>,
+    /// Wall-clock limit, milliseconds.
+    pub timeout_ms: u64,
+    /// Bytes the workspace may hold.
+    pub disk: u64,
+    /// Files and directories the workspace may hold.
+    pub files: u64,
+    /// The seed of a deterministic step (hex).
+    pub seed: Option<String>,
+    /// The inputs, each a tree of files by digest, at `/inputs/NAME`.
+    pub inputs: Vec<JobInput>,
+    /// Glob patterns of the outputs.
+    pub outputs: Vec<String>,
+}
+
+/// One input of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInput {
+    /// Its name under `/inputs`.
+    pub name: String,
+    /// Its files.
+    pub files: Vec<OutputRecord>,
+}
+
+impl JobSpec {
+    /// Every digest the job names: what an agent may fetch for it.
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.plugin.sha256.as_str())
+            .chain(self.inputs.iter().flat_map(|i| i.files.iter().map(|f| f.sha256.as_str())))
+    }
+}
+
+/// What an agent reports of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Why the attempt failed, in words; None when it succeeded.
+    pub failure: Option<String>,
+    /// The guest's output as kept (base64).
+    pub log: String,
+    /// Bytes the guest wrote in all.
+    pub log_written: u64,
+    /// The outputs, uploaded to the server before the result.
+    pub outputs: Vec<OutputRecord>,
+    /// Deployments the step asked for: (environment, workspace paths).
+    pub deploy_requests: Vec<(String, Vec<String>)>,
+}
+
+/// Runs a job in `dir` (made empty first), with every file it names
+/// already in `blobs`; its outputs go into `blobs` too.
+pub async fn run_job(sandbox: &Arc<Sandbox>, dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> JobResult {
+    let failed = |failure: String| JobResult {
+        failure: Some(failure),
+        log: String::new(),
+        log_written: 0,
+        outputs: Vec::new(),
+        deploy_requests: Vec::new(),
+    };
+    let name = spec.step.as_str();
+    let (workspace, scratch, inputs_root) = (dir.join("workspace"), dir.join("tmp"), dir.join("inputs"));
+    let laid_out = {
+        let (dir, blobs, spec) = (dir.to_owned(), blobs.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || lay_out_job(&dir, &blobs, &spec)).await
+    };
+    let inputs = match laid_out.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(inputs) => inputs,
+        Err(e) => return failed(format!("step `{name}`: cannot lay out its inputs on the agent: {e}")),
+    };
+    let interfaces: Vec<HostInterface> =
+        spec.interfaces.iter().filter_map(|n| HostInterface::ALL.iter().find(|i| i.name() == n).copied()).collect();
+    let grants = HostGrants::of(interfaces);
+    let path = match blobs.path(&spec.plugin.sha256) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("plugin `{}`: {e}", spec.uses)),
+    };
+    let loaded = {
+        let (sandbox, fuel, max) = (sandbox.clone(), spec.fuel_metered, spec.max_plugin_bytes);
+        tokio::task::spawn_blocking(move || sandbox.load_reporting(&path, fuel, &grants, max, &|_| {})).await
+    };
+    let plugin = match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        Ok(p) => p,
+        Err(e) => return failed(format!("plugin `{}` could not be loaded: {e}", spec.uses)),
+    };
+    let mut inv = Invocation::new(workspace.clone());
+    inv.inputs = inputs;
+    inv.inputs_root = Some(inputs_root);
+    inv.tmp = Some(scratch);
+    inv.argv0 = spec.argv0.clone();
+    inv.entry = spec.entry.clone();
+    inv.params = spec.params.clone();
+    inv.args = spec.args.clone();
+    inv.env = spec.env.clone();
+    inv.run_id = spec.run_id.clone();
+    inv.step = spec.step.clone();
+    inv.memory = spec.memory;
+    inv.log_limit = spec.log_limit;
+    inv.fuel = spec.fuel;
+    let timeout = Duration::from_millis(spec.timeout_ms);
+    inv.timeout = timeout;
+    inv.quota = Quota { bytes: spec.disk, entries: spec.files };
+    inv.seed = spec.seed.as_deref().and_then(|s| hex::decode(s).ok()).and_then(|b| b.try_into().ok());
+    let outcome = sandbox.run(&plugin, inv).await;
+    use base64::Engine as _;
+    let log = base64::engine::general_purpose::STANDARD.encode(&outcome.log);
+    let deploy_requests = outcome.deploy_requests.into_iter().map(|r| (r.environment, r.paths)).collect();
+    let failure = match outcome.result {
+        Ok(()) => None,
+        Err(failure) => {
+            let said = matches!(failure, Failure::Exit(_)).then(|| crate::exec::last_lines(&outcome.log)).flatten();
+            let described = crate::exec::describe(name, timeout, &failure);
+            Some(match said {
+                Some(lines) => format!("{described}: {lines}"),
+                None => described,
+            })
+        }
+    };
+    let mut result = JobResult { failure, log, log_written: outcome.log_written, outputs: Vec::new(), deploy_requests };
+    if result.failure.is_none() && !spec.outputs.is_empty() {
+        let (ws, patterns, blobs) = (workspace, spec.outputs.clone(), blobs.clone());
+        let extracted =
+            tokio::task::spawn_blocking(move || extract(&ws, &patterns, &ExtractLimits::default(), &blobs)).await;
+        match extracted.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+            Ok(outputs) => {
+                result.outputs = outputs
+                    .into_iter()
+                    .map(|o| OutputRecord { path: o.path, sha256: o.sha256, size: o.size })
+                    .collect();
+            }
+            Err(e) => result.failure = Some(format!("step `{name}`: {e}")),
+        }
+    }
+    result
+}
+
+/// Makes `dir` hold an empty workspace and scratch directory, and each
+/// input's files (copied from `blobs`, each checked against its digest)
+/// under `inputs/NAME`. Answers the inputs for the invocation.
+fn lay_out_job(dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    for sub in ["workspace", "tmp", "inputs"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut inputs = Vec::new();
+    for input in &spec.inputs {
+        let to = dir.join("inputs").join(&input.name);
+        crate::exec::lay_out(blobs, &to, &input.files)?;
+        std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+        inputs.push((input.name.clone(), to));
+    }
+    Ok(inputs)
+}

@@ -1,0 +1,356 @@
+//! The agents' API: `airlock agent` processes of the policy's pools claim
+//! jobs (sandboxed steps) here, fetch what a job names by digest, upload
+//! its outputs, renew their lease on it and complete it.
+//!
+//! An agent presents its pool's token (`Authorization: Bearer`) and its
+//! own name (`x-airlock-agent`); the token is checked from the headers
+//! before any body is read. An agent may fetch only the blobs its job
+//! names, upload only for a job it holds, and complete a job only with
+//! the fence it claimed it with: one whose lease expired and went to
+//! another agent is refused (409 `lease_lost`). Every upload is checked
+//! against the digest it is sent under before it is kept (422
+//! `digest_mismatch`), and a completion naming an output that is not
+//! there is refused (422 `missing_output`).
+
+use crate::{App, Body, body_error, conn, error, json, read_json};
+use airlock_runner::agent::{JobResult, JobSpec};
+use airlock_store::{JobRecord, JobRefusal, JobState};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// The longest a claim waits for a job before it answers 204.
+const LONGEST_WAIT: Duration = Duration::from_secs(20);
+/// Largest claim request.
+const CLAIM_BYTES: usize = 16 << 10;
+/// Largest renewal.
+const RENEW_BYTES: usize = 1 << 10;
+
+/// An agent, as its request says and its token proves.
+struct Agent {
+    /// `POOL/NAME`.
+    id: String,
+    pool: String,
+    labels: Vec<String>,
+}
+
+/// What a claim asks for.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    /// The labels the agent has (all of them its pool's).
+    #[serde(default)]
+    labels: Vec<String>,
+    /// How long to wait for a job, in milliseconds (at most 20 s).
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// A job handed to an agent.
+#[derive(Serialize)]
+struct Claimed {
+    job: String,
+    fence: u64,
+    lease_ms: u64,
+    spec: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    fence: u64,
+}
+
+#[derive(Serialize)]
+struct Renewed {
+    lease_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteBody {
+    fence: u64,
+    result: JobResult,
+}
+
+#[derive(Serialize)]
+struct Completed {
+    job: String,
+}
+
+/// The agent a request comes from, or the refusal.
+fn agent(app: &App, req: &Request<Incoming>) -> Result<Agent, Response<Body>> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let unauthenticated = || {
+        error(StatusCode::UNAUTHORIZED, "unauthenticated", "give the pool's token: `Authorization: Bearer …`".into())
+    };
+    let Some(token) = token else { return Err(unauthenticated()) };
+    let digest = airlock_store::user_token_digest(token);
+    let Some((pool, spec)) = app.agents.iter().find(|(_, p)| p.token_sha256 == digest) else {
+        return Err(unauthenticated());
+    };
+    let name = req.headers().get("x-airlock-agent").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if !valid {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_agent_name",
+            "name the agent in `x-airlock-agent`: 1 to 64 letters, digits, `.`, `-` or `_`".into(),
+        ));
+    }
+    Ok(Agent { id: format!("{pool}/{name}"), pool: pool.clone(), labels: spec.labels.clone() })
+}
+
+/// Answers a request under `/api/v1/agent/`; `parts` is the path after it.
+pub(crate) async fn route(app: &App, parts: &[&str], req: Request<Incoming>) -> Response<Body> {
+    let agent = match agent(app, &req) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let method = req.method().clone();
+    match (method.as_str(), parts) {
+        ("POST", ["claim"]) => claim(app, &agent, req).await,
+        (m, ["jobs", run, step, attempt, rest @ ..]) => {
+            let id = format!("{run}/{step}/{attempt}");
+            let job = match held(app, &agent, &id) {
+                Ok(job) => job,
+                Err(r) => return r,
+            };
+            match (m, rest) {
+                ("GET", ["blobs", sha]) => fetch(app, &job, sha).await,
+                ("PUT", ["blobs", sha]) => upload(app, &job, sha, req).await,
+                ("POST", ["renew"]) => renew(app, &agent, &job, req).await,
+                ("POST", ["complete"]) => complete(app, &agent, &job, req).await,
+                _ => not_found(parts),
+            }
+        }
+        _ => not_found(parts),
+    }
+}
+
+fn not_found(parts: &[&str]) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not_found", format!("no agent call `{}`", parts.join("/")))
+}
+
+/// The job `id`, if `agent` holds it.
+fn held(app: &App, agent: &Agent, id: &str) -> Result<JobRecord, Response<Body>> {
+    match app.store.job(id) {
+        Ok(Some(job)) if job.state == JobState::Leased && job.agent.as_deref() == Some(agent.id.as_str()) => Ok(job),
+        Ok(Some(_)) => Err(lease_lost(&JobRefusal::NotYours(id.to_owned()))),
+        Ok(None) => Err(error(StatusCode::NOT_FOUND, "no_job", JobRefusal::Unknown(id.to_owned()).to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string())),
+    }
+}
+
+fn lease_lost(e: &JobRefusal) -> Response<Body> {
+    match e {
+        JobRefusal::Unknown(_) => error(StatusCode::NOT_FOUND, "no_job", e.to_string()),
+        JobRefusal::NotYours(_) => error(StatusCode::CONFLICT, "lease_lost", e.to_string()),
+    }
+}
+
+fn spec_of(job: &JobRecord) -> Result<JobSpec, Response<Body>> {
+    serde_json::from_value(job.spec.clone())
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "bad_job", format!("job `{}`: {e}", job.id)))
+}
+
+async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Body> {
+    let body: ClaimBody = match read_json(app, req, CLAIM_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if let Some(label) = body.labels.iter().find(|l| !agent.labels.contains(l)) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "label `{label}` is not one of pool `{}`'s; the policy's `agents:` gives a pool its labels",
+                agent.pool
+            ),
+        );
+    }
+    let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(LONGEST_WAIT);
+    let ttl = u64::try_from(app.store.lease_time().as_millis()).unwrap_or(u64::MAX);
+    let mut signals = app.store.signals();
+    loop {
+        let (store, id, pool, labels) = (app.store.clone(), agent.id.clone(), agent.pool.clone(), body.labels.clone());
+        let claimed = tokio::task::spawn_blocking(move || store.claim_job(&id, &pool, &labels, ttl)).await;
+        match claimed {
+            Ok(Ok(Some(job))) => {
+                tracing::info!("job {} claimed by agent {}", job.id, agent.id);
+                return json(StatusCode::OK, &Claimed { job: job.id, fence: job.fence, lease_ms: ttl, spec: job.spec });
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let mut r = Response::new(crate::full(Vec::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            return r;
+        }
+        // A new job signals; an expired lease does not, so look again
+        // now and then.
+        let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), signals.recv()).await;
+    }
+}
+
+async fn fetch(app: &App, job: &JobRecord, sha: &str) -> Response<Body> {
+    let spec = match spec_of(job) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !spec.digests().any(|d| d == sha) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("job `{}` names no blob `{}`; an agent fetches only what its job names", job.id, crate::short(sha)),
+        );
+    }
+    crate::api::artifact(app, sha).await
+}
+
+async fn upload(app: &App, job: &JobRecord, sha: &str, req: Request<Incoming>) -> Response<Body> {
+    let Some(artifacts) = app.artifacts.clone() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
+    };
+    let spec = match spec_of(job) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let length =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let Some(length) = length else {
+        return error(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "an upload states its length (`Content-Length`)".into(),
+        );
+    };
+    // An output is a file of the workspace, which its quota bounds.
+    if length > spec.disk {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "upload_too_large",
+            format!("{length} bytes is more than the step's workspace may hold ({} bytes)", spec.disk),
+        );
+    }
+    let writer = match artifacts.writer(Some((sha, length))) {
+        Ok(w) => w,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_digest", e.to_string()),
+    };
+    let mut body = req.into_body();
+    let mut writer = Some(writer);
+    let mut pending = bytes::BytesMut::new();
+    let mut received = 0u64;
+    loop {
+        let chunk = match conn::next_chunk(&mut body, app.limits.body_timeout).await {
+            Ok(c) => c,
+            Err(e) => return body_error(e),
+        };
+        let last = chunk.is_none();
+        if let Some(chunk) = chunk {
+            received += chunk.len() as u64;
+            if received > length {
+                return error(StatusCode::BAD_REQUEST, "bad_length", format!("more than the {length} bytes stated"));
+            }
+            pending.extend_from_slice(&chunk);
+        }
+        if pending.len() >= 256 << 10 || (last && !pending.is_empty()) {
+            let (mut w, bytes) = (writer.take().expect("a writer between chunks"), pending.split().freeze());
+            match tokio::task::spawn_blocking(move || w.write(&bytes).map(|()| w)).await {
+                Ok(Ok(w)) => writer = Some(w),
+                Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    let Some(w) = writer else { return error(StatusCode::INTERNAL_SERVER_ERROR, "store", "no writer".into()) };
+    // Kept only if the bytes are those of the digest (else deleted).
+    match tokio::task::spawn_blocking(move || w.finish()).await {
+        Ok(Ok((digest, size, _))) if digest == sha && size == length => {
+            json(StatusCode::OK, &serde_json::json!({ "sha256": sha, "size": length }))
+        }
+        Ok(Ok((digest, size, _))) => {
+            tracing::warn!("job {}: an upload sent as {sha} was {size} bytes hashing to {digest}; refused", job.id);
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "digest_mismatch",
+                format!("the {size} bytes sent as `{sha}` hash to `{digest}`; nothing was kept"),
+            )
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+async fn renew(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incoming>) -> Response<Body> {
+    let body: RenewBody = match read_json(app, req, RENEW_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ttl = u64::try_from(app.store.lease_time().as_millis()).unwrap_or(u64::MAX);
+    match app.store.renew_job(&job.id, &agent.id, body.fence, ttl) {
+        Ok(Ok(_)) => json(StatusCode::OK, &Renewed { lease_ms: ttl }),
+        Ok(Err(refusal)) => lease_lost(&refusal),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+async fn complete(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incoming>) -> Response<Body> {
+    let Some(artifacts) = app.artifacts.clone() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
+    };
+    let spec = match spec_of(job) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    // The log, in base64, and the list of outputs and requests.
+    let limit = usize::try_from(spec.log_limit.saturating_mul(2)).unwrap_or(usize::MAX).saturating_add(1 << 20);
+    let body: CompleteBody = match read_json(app, req, limit).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    for output in &body.result.outputs {
+        let there = artifacts.path(&output.sha256).ok().and_then(|p| std::fs::metadata(p).ok());
+        if there.is_none_or(|m| m.len() != output.size) {
+            return error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_output",
+                format!(
+                    "output `{}` ({}) was not uploaded with its bytes; upload every output before completing",
+                    airlock_model::text::one_line(&output.path, 200),
+                    crate::short(&output.sha256)
+                ),
+            );
+        }
+    }
+    let result = match serde_json::to_value(&body.result) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
+    };
+    match app.store.complete_job(&job.id, &agent.id, body.fence, result) {
+        Ok(Ok(_)) => {
+            tracing::info!("job {} completed by agent {}", job.id, agent.id);
+            json(StatusCode::OK, &Completed { job: job.id.clone() })
+        }
+        Ok(Err(refusal)) => {
+            tracing::warn!("job {}: a completion from agent {} was refused: {refusal}", job.id, agent.id);
+            lease_lost(&refusal)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}

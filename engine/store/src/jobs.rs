@@ -1,0 +1,304 @@
+//! Jobs: sandboxed steps handed to agents (`airlock agent`), which run
+//! them on other machines.
+//!
+//! The engine working on a run offers a job for a step attempt that
+//! should run on an agent, with the labels an agent needs and what it
+//! needs to run it (the job's spec, which the store does not read). An
+//! agent claims the oldest job its labels cover, which leases it to that
+//! agent for a while and raises the job's fence; the agent renews the
+//! lease as it works, and completes the job with the fence it claimed
+//! it with. An agent that stops renewing (killed, frozen, cut off) loses
+//! the job when the lease expires: another agent claims it, with a
+//! greater fence, and the first one's completion, should it come, is
+//! refused. The engine waits for the job to be done, takes its result,
+//! and removes it.
+//!
+//! Every change is a compare-and-swap of the job's record, so servers
+//! sharing a database hand out each job once.
+
+use crate::kv::Tree;
+use crate::{Result, StoreError, decode, encode, now_ms};
+use serde::{Deserialize, Serialize};
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for an agent.
+    Waiting,
+    /// An agent holds it (until `expires_ms`).
+    Leased,
+    /// An agent completed it; its result is there.
+    Done,
+}
+
+/// A step attempt handed to agents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// `RUN/STEP/ATTEMPT`.
+    pub id: String,
+    /// The run.
+    pub run: String,
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// Labels an agent must all have to run it.
+    pub labels: Vec<String>,
+    /// The pools (of the policy's `agents`) whose agents may run it.
+    pub pools: Vec<String>,
+    /// What the agent needs to run it (the engine's; the store does not
+    /// read it).
+    pub spec: serde_json::Value,
+    /// Where it is.
+    pub state: JobState,
+    /// The agent holding it, or that completed it.
+    pub agent: Option<String>,
+    /// Grows by one at each claim.
+    pub fence: u64,
+    /// When the lease of the agent holding it ends.
+    pub expires_ms: u64,
+    /// When it was offered.
+    pub created_ms: u64,
+    /// What the agent reported (the engine's; the store does not read it).
+    pub result: Option<serde_json::Value>,
+}
+
+impl JobRecord {
+    /// A job waiting for an agent.
+    pub fn new(
+        run: &str,
+        step: &str,
+        attempt: u32,
+        labels: Vec<String>,
+        pools: Vec<String>,
+        spec: serde_json::Value,
+    ) -> Self {
+        Self {
+            id: job_id(run, step, attempt),
+            run: run.to_owned(),
+            step: step.to_owned(),
+            attempt,
+            labels,
+            pools,
+            spec,
+            state: JobState::Waiting,
+            agent: None,
+            fence: 0,
+            expires_ms: 0,
+            created_ms: now_ms(),
+            result: None,
+        }
+    }
+
+    /// Whether an agent of `pool` with `labels` may run it.
+    pub fn fits(&self, pool: &str, labels: &[String]) -> bool {
+        self.pools.iter().any(|p| p == pool) && self.labels.iter().all(|l| labels.contains(l))
+    }
+}
+
+/// The id of a step attempt's job.
+pub fn job_id(run: &str, step: &str, attempt: u32) -> String {
+    format!("{run}/{step}/{attempt}")
+}
+
+/// Why a completion or a renewal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobRefusal {
+    /// No such job (it was never offered, or its run took it back).
+    #[error("no job `{0}`: its step ended or was never handed to an agent")]
+    Unknown(String),
+    /// The job's lease went to another agent, or was never this one's.
+    #[error("job `{0}` is no longer this agent's: its lease expired and another agent claimed it")]
+    NotYours(String),
+}
+
+impl crate::Store {
+    /// Offers a job to the agents, replacing one of the same id (an
+    /// attempt offered again after its engine stopped), and tells them.
+    pub fn offer_job(&self, job: &JobRecord) -> Result<()> {
+        // Offered again, it keeps its fence: an agent that held it before
+        // is refused, as after any claim.
+        self.db.update(Tree::Jobs, job.id.as_bytes(), |old| {
+            let fence = old.and_then(|o| serde_json::from_slice::<JobRecord>(o).ok()).map_or(0, |o| o.fence);
+            Some(encode(&JobRecord { fence: fence.max(job.fence), ..job.clone() }))
+        })?;
+        self.signal(&crate::Signal::Work)
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        self.db.get(Tree::Jobs, id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
+    }
+
+    /// Every job: waiting, leased and done.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>> {
+        self.db.all(Tree::Jobs)?.iter().map(|(k, v)| decode(k, v)).collect()
+    }
+
+    /// Removes a job: its engine took the result, or gave it up.
+    pub fn remove_job(&self, id: &str) -> Result<()> {
+        self.db.remove(Tree::Jobs, id.as_bytes())
+    }
+
+    /// Claims, for `agent` of `pool` with `labels`, the job waiting
+    /// longest among those it fits that are waiting or whose lease
+    /// expired: leased to it for `ttl_ms`, with a new fence.
+    pub fn claim_job(&self, agent: &str, pool: &str, labels: &[String], ttl_ms: u64) -> Result<Option<JobRecord>> {
+        loop {
+            let now = now_ms();
+            let mut oldest: Option<(Vec<u8>, Vec<u8>, JobRecord)> = None;
+            for (key, value) in self.db.all(Tree::Jobs)? {
+                let job: JobRecord = decode(&key, &value)?;
+                let free = job.state == JobState::Waiting || (job.state == JobState::Leased && job.expires_ms <= now);
+                if free
+                    && job.fits(pool, labels)
+                    && oldest.as_ref().is_none_or(|(_, _, o)| job.created_ms < o.created_ms)
+                {
+                    oldest = Some((key, value, job));
+                }
+            }
+            let Some((key, old, job)) = oldest else { return Ok(None) };
+            let claimed = JobRecord {
+                state: JobState::Leased,
+                agent: Some(agent.to_owned()),
+                fence: job.fence + 1,
+                expires_ms: now + ttl_ms,
+                ..job
+            };
+            if self.db.cas(Tree::Jobs, &key, Some(&old), Some(encode(&claimed)))?.is_ok() {
+                return Ok(Some(claimed));
+            }
+        }
+    }
+
+    /// Changes a job `agent` holds with `fence`, if it still does.
+    fn change_job(
+        &self,
+        id: &str,
+        agent: &str,
+        fence: u64,
+        change: impl Fn(&mut JobRecord),
+    ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
+        loop {
+            let Some(old) = self.db.get(Tree::Jobs, id.as_bytes())? else {
+                return Ok(Err(JobRefusal::Unknown(id.to_owned())));
+            };
+            let mut job: JobRecord = decode(id.as_bytes(), &old)?;
+            // An expired lease nobody claimed since is still this agent's:
+            // nobody else has acted on the job.
+            if job.state != JobState::Leased || job.fence != fence || job.agent.as_deref() != Some(agent) {
+                return Ok(Err(JobRefusal::NotYours(id.to_owned())));
+            }
+            change(&mut job);
+            if self.db.cas(Tree::Jobs, id.as_bytes(), Some(&old), Some(encode(&job)))?.is_ok() {
+                return Ok(Ok(job));
+            }
+        }
+    }
+
+    /// Makes `agent`'s lease on a job last `ttl_ms` from now.
+    pub fn renew_job(
+        &self,
+        id: &str,
+        agent: &str,
+        fence: u64,
+        ttl_ms: u64,
+    ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
+        self.change_job(id, agent, fence, |job| job.expires_ms = now_ms() + ttl_ms)
+    }
+
+    /// Records what `agent` reports of a job it holds with `fence`: the
+    /// job is done. Refused when the job is no longer its.
+    pub fn complete_job(
+        &self,
+        id: &str,
+        agent: &str,
+        fence: u64,
+        result: serde_json::Value,
+    ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
+        let done = self.change_job(id, agent, fence, |job| {
+            job.state = JobState::Done;
+            job.result = Some(result.clone());
+        })?;
+        if done.is_ok() {
+            // Acknowledged to the agent only once it is on disk.
+            self.flush()?;
+        }
+        Ok(done)
+    }
+}
+
+impl From<JobRefusal> for StoreError {
+    fn from(e: JobRefusal) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    fn offer(store: &Store, step: &str, labels: &[&str]) -> String {
+        let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        let job = JobRecord::new("r1", step, 1, labels, vec!["pool".into()], serde_json::json!({"step": step}));
+        store.offer_job(&job).expect("offer");
+        job.id
+    }
+
+    fn labels(l: &[&str]) -> Vec<String> {
+        l.iter().map(|l| (*l).to_owned()).collect()
+    }
+
+    /// Jobs go oldest first to agents whose pool and labels fit, each to
+    /// one agent; a completion with the claim's fence is taken.
+    #[test]
+    fn jobs_go_once_to_agents_that_fit() {
+        crate::on_each_backend(|store| {
+            let big = offer(store, "big", &["linux", "big"]);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            let small = offer(store, "small", &["linux"]);
+            assert_eq!(store.claim_job("a1", "other-pool", &labels(&["linux", "big"]), 60_000).expect("claim"), None);
+            let first = store.claim_job("a1", "pool", &labels(&["linux"]), 60_000).expect("claim").expect("a job");
+            assert_eq!((first.id.as_str(), first.fence), (small.as_str(), 1));
+            assert_eq!(store.claim_job("a2", "pool", &labels(&["linux"]), 60_000).expect("claim"), None);
+            let second =
+                store.claim_job("a2", "pool", &labels(&["big", "linux"]), 60_000).expect("claim").expect("job");
+            assert_eq!(second.id, big);
+            let done = store.complete_job(&small, "a1", 1, serde_json::json!({"ok": true})).expect("complete");
+            let done = done.expect("taken");
+            assert_eq!((done.state, done.result), (JobState::Done, Some(serde_json::json!({"ok": true}))));
+            assert_eq!(store.claim_job("a3", "pool", &labels(&["linux", "big"]), 60_000).expect("claim"), None);
+            store.remove_job(&small).expect("remove");
+            assert_eq!(store.jobs().expect("jobs").len(), 1);
+        });
+    }
+
+    /// An agent whose lease expired loses the job to the next claim; its
+    /// renewal and its completion are refused from then on, and the new
+    /// holder's are taken.
+    #[test]
+    fn a_late_agent_is_refused() {
+        crate::on_each_backend(|store| {
+            let id = offer(store, "s", &[]);
+            let first = store.claim_job("a1", "pool", &[], 1).expect("claim").expect("job");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let second = store.claim_job("a2", "pool", &[], 60_000).expect("claim").expect("the expired job");
+            assert_eq!((second.fence, second.agent.as_deref()), (first.fence + 1, Some("a2")));
+            let late = store.complete_job(&id, "a1", first.fence, serde_json::json!("late")).expect("complete");
+            assert_eq!(late, Err(JobRefusal::NotYours(id.clone())));
+            assert_eq!(
+                store.renew_job(&id, "a1", first.fence, 60_000).expect("renew"),
+                Err(JobRefusal::NotYours(id.clone()))
+            );
+            assert!(store.renew_job(&id, "a2", second.fence, 60_000).expect("renew").is_ok());
+            assert!(store.complete_job(&id, "a2", second.fence, serde_json::json!("ok")).expect("complete").is_ok());
+            assert_eq!(store.job(&id).expect("job").expect("there").result, Some(serde_json::json!("ok")));
+            assert_eq!(
+                store.complete_job("r1/nothing/1", "a2", 1, serde_json::json!("x")).expect("complete"),
+                Err(JobRefusal::Unknown("r1/nothing/1".into()))
+            );
+        });
+    }
+}
