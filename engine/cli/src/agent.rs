@@ -9,7 +9,7 @@
 use crate::exit;
 use crate::http::{Body, CallError, Server, bytes_body, error_of};
 use airlock_host::ArtifactStore;
-use airlock_runner::agent::{JobResult, JobSpec, run_job};
+use airlock_runner::agent::{JobResult, JobSpec, Plugins, run_job};
 use futures_util::TryStreamExt as _;
 use http_body_util::BodyExt as _;
 use hyper::{Method, StatusCode};
@@ -32,6 +32,9 @@ pub struct AgentArgs {
     /// on an agent with all of them.
     #[arg(long = "label", value_name = "LABEL")]
     labels: Vec<String>,
+    /// Jobs at once, at most [default: number of cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
     /// Stop after this many jobs (for tests and one-shot machines)
     /// [default: never].
     #[arg(long, value_name = "N", hide = true)]
@@ -91,60 +94,124 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
             stop.cancel();
         });
     }
+    let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     eprintln!(
-        "agent {name} takes jobs from {} (labels: {})",
+        "agent {name} takes jobs from {} ({jobs} at once; labels: {})",
         server.base(),
         if args.labels.is_empty() { "none".into() } else { args.labels.join(", ") }
     );
-    let claim_body = serde_json::json!({ "labels": args.labels, "wait_ms": 20_000 }).to_string();
-    let mut done = 0u64;
-    let mut quiet = Duration::from_millis(200);
-    let headers = [("x-airlock-agent", name.as_str())];
-    while !stop.is_cancelled() && args.max_jobs.is_none_or(|m| done < m) {
-        let answer = tokio::select! {
-            a = server.call(Method::POST, "/api/v1/agent/claim", Some(claim_body.clone().into_bytes()), &headers) => a,
-            () = stop.cancelled() => break,
-        };
-        let (status, body) = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                // The server is restarting, or out of reach: try again.
-                eprintln!("agent {name}: {e}; trying again in {} ms", quiet.as_millis());
-                tokio::time::sleep(quiet).await;
-                quiet = (quiet * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        quiet = Duration::from_millis(200);
-        match status {
-            StatusCode::NO_CONTENT => continue,
-            StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST => {
-                let why =
-                    error_of(&body).map(|e| e.message).unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-                eprintln!("error: the server refuses this agent: {why}");
-                return Ok(exit::USAGE);
-            }
-            other => {
-                let why = error_of(&body).map(|e| e.message).unwrap_or_default();
-                eprintln!("agent {name}: the server answered {other} to a claim: {why}; trying again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        }
-        let claimed: Claimed = match serde_json::from_slice(&body) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("agent {name}: the server's job cannot be read: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        done += 1;
-        let job = Job { server: server.clone(), name: name.clone(), claimed };
-        job.work(&sandbox, &root, &blobs).await;
+    let worker = Arc::new(Worker {
+        server,
+        name,
+        claim: serde_json::json!({ "labels": args.labels, "wait_ms": 20_000 }).to_string(),
+        sandbox,
+        plugins: Plugins::default(),
+        root,
+        blobs,
+        stop,
+        left: args.max_jobs.map(std::sync::atomic::AtomicU64::new),
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..jobs {
+        workers.spawn(worker.clone().work());
     }
-    Ok(exit::OK)
+    let mut code = exit::OK;
+    while let Some(done) = workers.join_next().await {
+        if let Ok(c) = done
+            && c != exit::OK
+        {
+            code = c;
+            worker.stop.cancel();
+        }
+    }
+    Ok(code)
+}
+
+/// What the agent's workers share; each claims and runs one job at a time.
+struct Worker {
+    server: Arc<Server>,
+    name: String,
+    claim: String,
+    sandbox: Arc<airlock_sandbox::Sandbox>,
+    plugins: Plugins,
+    root: PathBuf,
+    blobs: ArtifactStore,
+    stop: airlock_runner::CancellationToken,
+    /// Jobs left to take, when bounded.
+    left: Option<std::sync::atomic::AtomicU64>,
+}
+
+impl Worker {
+    /// Claims and runs jobs until stopped; answers the exit code.
+    async fn work(self: Arc<Self>) -> u8 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let name = self.name.as_str();
+        let headers = [("x-airlock-agent", name)];
+        let mut quiet = Duration::from_millis(200);
+        while !self.stop.is_cancelled() {
+            if let Some(left) = &self.left
+                && left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_err()
+            {
+                break;
+            }
+            let claim = Some(self.claim.clone().into_bytes());
+            let answer = tokio::select! {
+                a = self.server.call(Method::POST, "/api/v1/agent/claim", claim, &headers) => a,
+                () = self.stop.cancelled() => break,
+            };
+            let (status, body) = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    // The server is restarting, or out of reach: try again.
+                    eprintln!("agent {name}: {e}; trying again in {} ms", quiet.as_millis());
+                    tokio::time::sleep(quiet).await;
+                    quiet = (quiet * 2).min(Duration::from_secs(5));
+                    self.give_back();
+                    continue;
+                }
+            };
+            quiet = Duration::from_millis(200);
+            match status {
+                StatusCode::OK => {}
+                StatusCode::NO_CONTENT => {
+                    self.give_back();
+                    continue;
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::BAD_REQUEST => {
+                    let why = error_of(&body)
+                        .map(|e| e.message)
+                        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+                    eprintln!("error: the server refuses this agent: {why}");
+                    return exit::USAGE;
+                }
+                other => {
+                    let why = error_of(&body).map(|e| e.message).unwrap_or_default();
+                    eprintln!("agent {name}: the server answered {other} to a claim: {why}; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    self.give_back();
+                    continue;
+                }
+            }
+            let claimed: Claimed = match serde_json::from_slice(&body) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("agent {name}: the server's job cannot be read: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let job = Job { server: self.server.clone(), name: self.name.clone(), claimed };
+            job.work(&self.sandbox, &self.plugins, &self.root, &self.blobs).await;
+        }
+        exit::OK
+    }
+
+    /// A claim that brought no job does not count against `--max-jobs`.
+    fn give_back(&self) {
+        if let Some(left) = &self.left {
+            left.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 /// One claimed job.
@@ -159,7 +226,13 @@ impl Job {
         format!("/api/v1/agent/jobs/{}/{rest}", self.claimed.job)
     }
 
-    async fn work(&self, sandbox: &Arc<airlock_sandbox::Sandbox>, root: &Path, blobs: &ArtifactStore) {
+    async fn work(
+        &self,
+        sandbox: &Arc<airlock_sandbox::Sandbox>,
+        plugins: &Plugins,
+        root: &Path,
+        blobs: &ArtifactStore,
+    ) {
         let id = &self.claimed.job;
         eprintln!("job {id}: claimed (fence {})", self.claimed.fence);
         let lost = airlock_runner::CancellationToken::new();
@@ -178,7 +251,7 @@ impl Job {
                 }
             }
             let dir: PathBuf = root.join("jobs").join(id.replace('/', "_"));
-            let result = run_job(sandbox, &dir, blobs, &self.claimed.spec).await;
+            let result = run_job(sandbox, plugins, &dir, blobs, &self.claimed.spec).await;
             let _ = std::fs::remove_dir_all(&dir);
             for output in &result.outputs {
                 self.upload(blobs, &output.sha256, output.size).await?;

@@ -98,9 +98,19 @@ pub struct JobResult {
     pub deploy_requests: Vec<(String, Vec<String>)>,
 }
 
+/// Plugins an agent has loaded, by digest, metering and grants: a step
+/// of a plugin run before starts without loading it again.
+pub type Plugins = std::sync::Mutex<std::collections::HashMap<(String, bool, Vec<String>), airlock_sandbox::Plugin>>;
+
 /// Runs a job in `dir` (made empty first), with every file it names
 /// already in `blobs`; its outputs go into `blobs` too.
-pub async fn run_job(sandbox: &Arc<Sandbox>, dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> JobResult {
+pub async fn run_job(
+    sandbox: &Arc<Sandbox>,
+    plugins: &Plugins,
+    dir: &Path,
+    blobs: &ArtifactStore,
+    spec: &JobSpec,
+) -> JobResult {
     let failed = |failure: String| JobResult {
         failure: Some(failure),
         log: String::new(),
@@ -118,20 +128,33 @@ pub async fn run_job(sandbox: &Arc<Sandbox>, dir: &Path, blobs: &ArtifactStore, 
         Ok(inputs) => inputs,
         Err(e) => return failed(format!("step `{name}`: cannot lay out its inputs on the agent: {e}")),
     };
-    let interfaces: Vec<HostInterface> =
-        spec.interfaces.iter().filter_map(|n| HostInterface::ALL.iter().find(|i| i.name() == n).copied()).collect();
-    let grants = HostGrants::of(interfaces);
-    let path = match blobs.path(&spec.plugin.sha256) {
-        Ok(p) => p,
-        Err(e) => return failed(format!("plugin `{}`: {e}", spec.uses)),
-    };
-    let loaded = {
-        let (sandbox, fuel, max) = (sandbox.clone(), spec.fuel_metered, spec.max_plugin_bytes);
-        tokio::task::spawn_blocking(move || sandbox.load_reporting(&path, fuel, &grants, max, &|_| {})).await
-    };
-    let plugin = match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-        Ok(p) => p,
-        Err(e) => return failed(format!("plugin `{}` could not be loaded: {e}", spec.uses)),
+    let key = (spec.plugin.sha256.clone(), spec.fuel_metered, spec.interfaces.clone());
+    let known = plugins.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key).cloned();
+    let plugin = match known {
+        Some(p) => p,
+        None => {
+            let interfaces: Vec<HostInterface> = spec
+                .interfaces
+                .iter()
+                .filter_map(|n| HostInterface::ALL.iter().find(|i| i.name() == n).copied())
+                .collect();
+            let grants = HostGrants::of(interfaces);
+            let path = match blobs.path(&spec.plugin.sha256) {
+                Ok(p) => p,
+                Err(e) => return failed(format!("plugin `{}`: {e}", spec.uses)),
+            };
+            let loaded = {
+                let (sandbox, fuel, max) = (sandbox.clone(), spec.fuel_metered, spec.max_plugin_bytes);
+                tokio::task::spawn_blocking(move || sandbox.load_reporting(&path, fuel, &grants, max, &|_| {})).await
+            };
+            match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                Ok(p) => {
+                    plugins.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, p.clone());
+                    p
+                }
+                Err(e) => return failed(format!("plugin `{}` could not be loaded: {e}", spec.uses)),
+            }
+        }
     };
     let mut inv = Invocation::new(workspace.clone());
     inv.inputs = inputs;

@@ -433,6 +433,8 @@ impl RunQueue {
                 }
                 // Signals missed are at worst work: look for it.
                 Ok(Signal::Work) | Err(RecvError::Lagged(_)) => self.work.notify_one(),
+                // For the step that waits for that job.
+                Ok(Signal::Done(_)) => {}
                 Err(RecvError::Closed) => return,
             }
         }

@@ -224,6 +224,7 @@ impl crate::Store {
         if done.is_ok() {
             // Acknowledged to the agent only once it is on disk.
             self.flush()?;
+            self.signal(&crate::Signal::Done(id.to_owned()))?;
         }
         Ok(done)
     }

@@ -70,6 +70,8 @@ pub enum Signal {
     /// Someone asked for this run to be cancelled: whoever works on it
     /// stops it.
     Cancel(String),
+    /// An agent completed this job: the engine waiting for it goes on.
+    Done(String),
 }
 
 /// A lease in sled's `leases` tree.
@@ -424,6 +426,7 @@ pub(crate) fn payload(signal: &Signal) -> String {
     match signal {
         Signal::Work => "work".into(),
         Signal::Cancel(run) => format!("cancel {run}"),
+        Signal::Done(job) => format!("done {job}"),
     }
 }
 
@@ -432,6 +435,7 @@ pub(crate) fn parse_payload(payload: &str) -> Option<Signal> {
     match payload.split_once(' ') {
         None if payload == "work" => Some(Signal::Work),
         Some(("cancel", run)) => Some(Signal::Cancel(run.to_owned())),
+        Some(("done", job)) => Some(Signal::Done(job.to_owned())),
         _ => None,
     }
 }
@@ -606,7 +610,7 @@ mod tests {
 
     #[test]
     fn payloads_read_back() {
-        for signal in [Signal::Work, Signal::Cancel("r 1".into())] {
+        for signal in [Signal::Work, Signal::Cancel("r 1".into()), Signal::Done("r/s/1".into())] {
             assert_eq!(parse_payload(&payload(&signal)), Some(signal));
         }
         assert_eq!(parse_payload("stop"), None);

@@ -13,8 +13,9 @@ use airlock_store::{JobRecord, JobState, OutputRecord};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How often the engine looks whether an agent completed a job.
-const POLL: Duration = Duration::from_millis(25);
+/// How often the engine looks whether an agent completed a job, when no
+/// signal says so (one may be lost with a database connection).
+const POLL: Duration = Duration::from_millis(500);
 
 /// What an attempt on an agent came to.
 pub(crate) struct Ran {
@@ -166,10 +167,19 @@ pub(crate) async fn run_on_agent(
     };
     let spec = serde_json::to_value(&spec).map_err(|e| failed(e.to_string()))?;
     let job = JobRecord::new(&shared.run_id, name, attempt, step.runs_on.clone(), pools, spec);
+    // Listening before the offer: the completion's signal cannot come
+    // before it.
+    let mut signals = shared.store.signals();
     shared.store.offer_job(&job).map_err(|e| failed(format!("step `{name}`: cannot offer it to agents: {e}")))?;
     let done = loop {
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
+            signal = signals.recv() => match signal {
+                Ok(airlock_store::Signal::Done(id)) if id == job.id => {}
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => tokio::time::sleep(POLL).await,
+            },
             () = cancel.cancelled() => {
                 if let Err(e) = shared.store.remove_job(&job.id) {
                     tracing::warn!("job {}: cannot take it back: {e}", job.id);

@@ -1,0 +1,197 @@
+//! Steps dispatched to agents: runs of many short steps through one
+//! `airlock serve` on PostgreSQL and 1, 2 and 4 `airlock agent`s, beside
+//! the same work on a single server (sled, then PostgreSQL) that runs
+//! its steps itself, all in the same run. Build in release mode:
+//!
+//! ```text
+//! bash .ci/setup && cargo build --release -p airlock-cli -p airlock-bench
+//! target/release/agent-dispatch [--runs N] [--steps N]
+//! ```
+//!
+//! Every step is the no-op plugin, so what is measured is what airlock
+//! adds: for each setup, steps per second, and each step's time from
+//! start to end as the run records it (on an agent: offered, claimed,
+//! fetched, run, uploaded, completed, noticed), p50 and p99. The
+//! difference to the single server's is the dispatch overhead of a step
+//! on an agent.
+
+use airlock_bench::{Stats, fmt};
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn flag(name: &str) -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+}
+
+/// A setup measured.
+struct Setup {
+    name: String,
+    database: bool,
+    agents: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let airlock =
+        std::env::var_os("AIRLOCK_BIN").map(PathBuf::from).unwrap_or_else(|| repo.join("target/release/airlock"));
+    anyhow::ensure!(airlock.is_file(), "no airlock binary at {}; build it first", airlock.display());
+    let noop = repo.join("plugins/target/wasm32-wasip2/release/noop.wasm").canonicalize()?;
+    let runs = flag("--runs").unwrap_or(airlock_bench::scaled(100, 2));
+    let steps = flag("--steps").unwrap_or(airlock_bench::scaled(100, 3));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "airlock agent dispatch: {runs} runs of {steps} independent no-op steps, 4 runs at once, 16 steps at once \
+         each; one server; {cores} cores"
+    );
+    println!();
+    let pg = airlock_store::testing::TestPostgres::start().map_err(|e| anyhow::anyhow!(e))?;
+    let mut baseline = None;
+    let setups = [
+        Setup { name: "single server, sled".into(), database: false, agents: 0 },
+        Setup { name: "single server, PostgreSQL".into(), database: true, agents: 0 },
+        Setup { name: "server + 1 agent".into(), database: true, agents: 1 },
+        Setup { name: "server + 2 agents".into(), database: true, agents: 2 },
+        Setup { name: "server + 4 agents".into(), database: true, agents: 4 },
+    ];
+    println!("{:<28} {:>10} {:>12} {:>12} {:>14}", "", "steps/s", "step p50", "step p99", "p50 vs server");
+    for setup in setups {
+        let url = if setup.database { Some(pg.database().map_err(|e| anyhow::anyhow!(e))?) } else { None };
+        let (rate, stats) = measure(&airlock, &noop, url.as_deref(), setup.agents, runs, steps)?;
+        let versus = match (setup.agents, baseline) {
+            (0, _) if setup.database => {
+                baseline = Some(stats.p50);
+                "-".to_owned()
+            }
+            (0, _) => "-".to_owned(),
+            (_, Some(base)) => format!("+{}", fmt(stats.p50.saturating_sub(base))),
+            (_, None) => "-".to_owned(),
+        };
+        println!("{:<28} {:>10.0} {:>12} {:>12} {:>14}", setup.name, rate, fmt(stats.p50), fmt(stats.p99), versus);
+    }
+    println!();
+    println!("(on agents, steps/s is also the PostgreSQL job claims per second)");
+    Ok(())
+}
+
+/// Runs the work on a fresh server (and `agents` agents); answers steps
+/// per second and the steps' recorded durations.
+fn measure(
+    airlock: &Path,
+    noop: &Path,
+    database: Option<&str>,
+    agents: usize,
+    runs: usize,
+    steps: usize,
+) -> anyhow::Result<(f64, Stats)> {
+    let work = tempfile::tempdir()?;
+    let tokens = |what: &str| -> anyhow::Result<(String, String)> {
+        let out = Command::new(airlock)
+            .arg("--state-dir")
+            .arg(work.path().join(what))
+            .args(["user", "token", "--json"])
+            .output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("airlock user token")?;
+        Ok((v["token"].as_str().context("token")?.to_owned(), v["token_sha256"].as_str().context("digest")?.to_owned()))
+    };
+    let (user, user_digest) = tokens("user")?;
+    let (pool, pool_digest) = tokens("pool")?;
+    let policy = work.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "users:\n  bench: {{ token_sha256: {user_digest}, roles: [runner] }}\n\
+             agents:\n  bench: {{ token_sha256: {pool_digest}, labels: [bench] }}\n"
+        ),
+    )?;
+    let pipes = work.path().join("pipes");
+    std::fs::create_dir_all(&pipes)?;
+    let mut yaml = String::from("name: dispatch\nsteps:\n");
+    for i in 0..steps {
+        yaml.push_str(&format!("  s{i}:\n    uses: {}\n    cache: false\n", noop.display()));
+        if agents > 0 {
+            yaml.push_str("    runs_on: [bench]\n");
+        }
+    }
+    std::fs::write(pipes.join("dispatch.yaml"), yaml)?;
+    let mut serve = Command::new(airlock);
+    serve
+        .arg("--state-dir")
+        .arg(work.path().join("state"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["serve", "--listen", "127.0.0.1:0", "--max-runs", "4", "--jobs", "16", "--pipelines"])
+        .arg(&pipes)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    if let Some(url) = database {
+        serve.env("AIRLOCK_DATABASE_URL", url);
+    }
+    let (_serve, server) = airlock_bench::start_serve(serve)?;
+    let _agents: Vec<airlock_bench::Guard> = (0..agents)
+        .map(|i| {
+            Command::new(airlock)
+                .arg("--state-dir")
+                .arg(work.path().join(format!("agent-{i}")))
+                .args(["agent", "--server", &server, "--name", &format!("a{i}"), "--label", "bench"])
+                .env("AIRLOCK_AGENT_TOKEN", &pool)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map(airlock_bench::Guard)
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let http: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+    let submit = || -> anyhow::Result<String> {
+        let mut resp = http
+            .post(&format!("{server}/api/v1/runs"))
+            .header("authorization", &format!("Bearer {user}"))
+            .header("content-type", "application/json")
+            .send(r#"{"pipeline": "dispatch.yaml"}"#)?;
+        let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+        Ok(v["run"]["id"].as_str().context("run id")?.to_owned())
+    };
+    // A first run compiles the plugin (on the server, or on each agent
+    // that takes one of its steps); it is not measured.
+    let warm = submit()?;
+    wait(&http, &server, &user, std::slice::from_ref(&warm))?;
+    let started = Instant::now();
+    let ids: Vec<String> = (0..runs).map(|_| submit()).collect::<anyhow::Result<_>>()?;
+    let details = wait(&http, &server, &user, &ids)?;
+    let wall = started.elapsed();
+    let mut durations = Vec::new();
+    for detail in &details {
+        anyhow::ensure!(detail["run"]["state"] == "succeeded", "a run did not succeed: {detail}");
+        for step in detail["steps"].as_array().context("steps")? {
+            let (a, b) = (step["started_ms"].as_u64().context("started")?, step["ended_ms"].as_u64().context("ended")?);
+            durations.push(Duration::from_millis(b.saturating_sub(a)));
+        }
+    }
+    anyhow::ensure!(durations.len() == runs * steps, "{} steps recorded, not {}", durations.len(), runs * steps);
+    Ok(((runs * steps) as f64 / wall.as_secs_f64(), Stats::of(durations)))
+}
+
+/// Waits until every run ended; answers their details.
+fn wait(http: &ureq::Agent, server: &str, user: &str, ids: &[String]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut done = Vec::new();
+    for id in ids {
+        loop {
+            let mut resp = http
+                .get(&format!("{server}/api/v1/runs/{id}"))
+                .header("authorization", &format!("Bearer {user}"))
+                .call()?;
+            let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
+            if !matches!(v["run"]["state"].as_str(), Some("queued" | "running")) {
+                done.push(v);
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "run {id} did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(done)
+}
