@@ -29,6 +29,9 @@ pub struct Metrics {
     takeovers: Counter,
     steps: Family<State, Counter>,
     durations: Histogram,
+    agents: Gauge,
+    jobs_waiting: Gauge,
+    jobs_leased: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,7 +64,33 @@ impl Default for Metrics {
             "How long the steps of this server's runs took, from start to end",
             durations.clone(),
         );
-        Self { registry, waiting, held, held_here, claims, takeovers, steps, durations }
+        let agents = Gauge::default();
+        let jobs_waiting = Gauge::default();
+        let jobs_leased = Gauge::default();
+        registry.register(
+            "airlock_agents",
+            "Agents that asked this server for work in the last minute",
+            agents.clone(),
+        );
+        registry.register(
+            "airlock_jobs_waiting",
+            "Steps waiting for an agent (their job is not leased, or its lease expired), over every server",
+            jobs_waiting.clone(),
+        );
+        registry.register("airlock_jobs_leased", "Steps an agent holds now, over every server", jobs_leased.clone());
+        Self {
+            registry,
+            waiting,
+            held,
+            held_here,
+            claims,
+            takeovers,
+            steps,
+            durations,
+            agents,
+            jobs_waiting,
+            jobs_leased,
+        }
     }
 }
 
@@ -80,10 +109,23 @@ impl Metrics {
         self.durations.observe(duration_ms as f64 / 1000.0);
     }
 
-    /// The metrics as text, with the store's counts as they are now and
-    /// `held_here` runs under way in this server.
-    pub fn encode(&self, store: &Store, held_here: usize) -> Result<String, airlock_store::StoreError> {
+    /// The metrics as text, with the store's counts as they are now,
+    /// `held_here` runs under way in this server and `agents` agents that
+    /// asked it for work lately.
+    pub fn encode(&self, store: &Store, held_here: usize, agents: usize) -> Result<String, airlock_store::StoreError> {
         let counts = store.lease_counts()?;
+        let now = airlock_store::now_ms();
+        let (mut waiting, mut leased) = (0i64, 0i64);
+        for job in store.jobs()? {
+            match job.state {
+                airlock_store::JobState::Leased if job.expires_ms > now => leased += 1,
+                airlock_store::JobState::Done => {}
+                _ => waiting += 1,
+            }
+        }
+        self.jobs_waiting.set(waiting);
+        self.jobs_leased.set(leased);
+        self.agents.set(i64::try_from(agents).unwrap_or(i64::MAX));
         self.waiting.set(i64::try_from(counts.waiting).unwrap_or(i64::MAX));
         self.held.set(i64::try_from(counts.held).unwrap_or(i64::MAX));
         self.held_here.set(i64::try_from(held_here).unwrap_or(i64::MAX));

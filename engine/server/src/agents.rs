@@ -178,6 +178,7 @@ async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Bod
             ),
         );
     }
+    app.agent_seen(&agent.id, &body.labels);
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(LONGEST_WAIT);
     let ttl = u64::try_from(app.store.lease_time().as_millis()).unwrap_or(u64::MAX);
     let mut signals = app.store.signals();
@@ -352,5 +353,26 @@ async fn complete(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incomi
             lease_lost(&refusal)
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
+    }
+}
+
+/// Agents that asked for work within this long count as there.
+const SEEN_WITHIN: Duration = Duration::from_secs(60);
+
+impl App {
+    fn agent_seen(&self, id: &str, labels: &[String]) {
+        let mut seen = self.agents_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded by the pools' agents that asked lately: those gone a
+        // while are forgotten.
+        seen.retain(|_, (_, at)| at.elapsed() < SEEN_WITHIN);
+        if seen.len() < 10_000 || seen.contains_key(id) {
+            seen.insert(id.to_owned(), (labels.to_vec(), Instant::now()));
+        }
+    }
+
+    /// How many agents asked this server for work lately.
+    pub(crate) fn agents_here(&self) -> usize {
+        let seen = self.agents_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.values().filter(|(_, at)| at.elapsed() < SEEN_WITHIN).count()
     }
 }

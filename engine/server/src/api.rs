@@ -701,7 +701,7 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         "listRuns" => list_runs(app, req.uri().query()),
         "getMetrics" => {
             let working = app.runs.as_ref().map_or(0, |q| q.working());
-            match app.metrics.encode(&app.store, working) {
+            match app.metrics.encode(&app.store, working, app.agents_here()) {
                 Ok(text) => {
                     let mut r = Response::new(full(text));
                     r.headers_mut()

@@ -129,6 +129,9 @@ pub struct App {
     metrics: Arc<airlock_runner::metrics::Metrics>,
     /// The policy's pools of agents, whose agents claim jobs here.
     agents: indexmap::IndexMap<String, airlock_model::policy::AgentPool>,
+    /// The agents that asked for work, by `POOL/NAME`: their labels and
+    /// when they last asked.
+    agents_seen: Mutex<HashMap<String, (Vec<String>, std::time::Instant)>>,
 }
 
 impl App {
@@ -152,6 +155,7 @@ impl App {
             deliveries: Arc::default(),
             metrics: Arc::default(),
             agents: indexmap::IndexMap::new(),
+            agents_seen: Mutex::new(HashMap::new()),
         }
     }
 

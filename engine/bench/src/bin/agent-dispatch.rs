@@ -9,11 +9,13 @@
 //! ```
 //!
 //! Every step is the no-op plugin, so what is measured is what airlock
-//! adds: for each setup, steps per second, and each step's time from
-//! start to end as the run records it (on an agent: offered, claimed,
-//! fetched, run, uploaded, completed, noticed), p50 and p99. The
-//! difference to the single server's is the dispatch overhead of a step
-//! on an agent.
+//! adds. For each setup: steps per second through the runs of
+//! independent steps (many at once: the throughput), and, in one run of
+//! a chain of steps (one at a time, nothing queued), each step's time
+//! from start to end as the run records it (on an agent: offered,
+//! claimed, run, completed, noticed), p50 and p99. The difference to the
+//! single server's on the same database is the dispatch overhead of a
+//! step on an agent.
 
 use airlock_bench::{Stats, fmt};
 use anyhow::Context as _;
@@ -56,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         Setup { name: "server + 2 agents".into(), database: true, agents: 2 },
         Setup { name: "server + 4 agents".into(), database: true, agents: 4 },
     ];
-    println!("{:<28} {:>10} {:>12} {:>12} {:>14}", "", "steps/s", "step p50", "step p99", "p50 vs server");
+    println!("{:<28} {:>10} {:>16} {:>16} {:>14}", "", "steps/s", "chain step p50", "chain step p99", "p50 vs server");
     for setup in setups {
         let url = if setup.database { Some(pg.database().map_err(|e| anyhow::anyhow!(e))?) } else { None };
         let (rate, stats) = measure(&airlock, &noop, url.as_deref(), setup.agents, runs, steps)?;
@@ -69,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             (_, Some(base)) => format!("+{}", fmt(stats.p50.saturating_sub(base))),
             (_, None) => "-".to_owned(),
         };
-        println!("{:<28} {:>10.0} {:>12} {:>12} {:>14}", setup.name, rate, fmt(stats.p50), fmt(stats.p99), versus);
+        println!("{:<28} {:>10.0} {:>16} {:>16} {:>14}", setup.name, rate, fmt(stats.p50), fmt(stats.p99), versus);
     }
     println!();
     println!("(on agents, steps/s is also the PostgreSQL job claims per second)");
@@ -116,6 +118,17 @@ fn measure(
         }
     }
     std::fs::write(pipes.join("dispatch.yaml"), yaml)?;
+    let mut chain = String::from("name: chain\nsteps:\n");
+    for i in 0..steps {
+        chain.push_str(&format!("  s{i}:\n    uses: {}\n    cache: false\n", noop.display()));
+        if i > 0 {
+            chain.push_str(&format!("    needs: [s{}]\n", i - 1));
+        }
+        if agents > 0 {
+            chain.push_str("    runs_on: [bench]\n");
+        }
+    }
+    std::fs::write(pipes.join("chain.yaml"), chain)?;
     let mut serve = Command::new(airlock);
     serve
         .arg("--state-dir")
@@ -145,15 +158,16 @@ fn measure(
         })
         .collect::<anyhow::Result<_>>()?;
     let http: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
-    let submit = || -> anyhow::Result<String> {
+    let submit_file = |file: &str| -> anyhow::Result<String> {
         let mut resp = http
             .post(&format!("{server}/api/v1/runs"))
             .header("authorization", &format!("Bearer {user}"))
             .header("content-type", "application/json")
-            .send(r#"{"pipeline": "dispatch.yaml"}"#)?;
+            .send(serde_json::json!({ "pipeline": file }).to_string())?;
         let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?)?;
         Ok(v["run"]["id"].as_str().context("run id")?.to_owned())
     };
+    let submit = || submit_file("dispatch.yaml");
     // A first run compiles the plugin (on the server, or on each agent
     // that takes one of its steps); it is not measured.
     let warm = submit()?;
@@ -162,15 +176,20 @@ fn measure(
     let ids: Vec<String> = (0..runs).map(|_| submit()).collect::<anyhow::Result<_>>()?;
     let details = wait(&http, &server, &user, &ids)?;
     let wall = started.elapsed();
-    let mut durations = Vec::new();
+    let mut done = 0;
     for detail in &details {
         anyhow::ensure!(detail["run"]["state"] == "succeeded", "a run did not succeed: {detail}");
-        for step in detail["steps"].as_array().context("steps")? {
-            let (a, b) = (step["started_ms"].as_u64().context("started")?, step["ended_ms"].as_u64().context("ended")?);
-            durations.push(Duration::from_millis(b.saturating_sub(a)));
-        }
+        done += detail["steps"].as_array().context("steps")?.iter().filter(|s| s["state"] == "succeeded").count();
     }
-    anyhow::ensure!(durations.len() == runs * steps, "{} steps recorded, not {}", durations.len(), runs * steps);
+    anyhow::ensure!(done == runs * steps, "{done} steps succeeded, not {}", runs * steps);
+    let chain = submit_file("chain.yaml")?;
+    let detail = wait(&http, &server, &user, std::slice::from_ref(&chain))?.remove(0);
+    anyhow::ensure!(detail["run"]["state"] == "succeeded", "the chain did not succeed: {detail}");
+    let mut durations = Vec::new();
+    for step in detail["steps"].as_array().context("steps")? {
+        let (a, b) = (step["started_ms"].as_u64().context("started")?, step["ended_ms"].as_u64().context("ended")?);
+        durations.push(Duration::from_millis(b.saturating_sub(a)));
+    }
     Ok(((runs * steps) as f64 / wall.as_secs_f64(), Stats::of(durations)))
 }
 

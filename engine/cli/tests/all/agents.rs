@@ -151,6 +151,16 @@ fn steps_run_on_an_agent_and_their_outputs_go_downstream() {
     assert_eq!(status, 200);
     assert_eq!(text.as_str().expect("text").trim(), format!("{made}  out.txt"));
 
+    // The server counts the agent, and no job is left.
+    let (status, text) =
+        call(&agent, "GET", &format!("{}/api/v1/metrics", server.url), Some(&people.viewer.token), None, &[])
+            .expect("metrics");
+    assert_eq!(status, 200);
+    let metrics = crate::servers::read_openmetrics(text.as_str().expect("text"));
+    assert_eq!(metrics.get("airlock_agents"), Some(&1.0), "{metrics:#?}");
+    assert_eq!(metrics.get("airlock_jobs_waiting"), Some(&0.0), "{metrics:#?}");
+    assert_eq!(metrics.get("airlock_jobs_leased"), Some(&0.0), "{metrics:#?}");
+
     // The same pipeline without `runs_on` makes the same bytes here.
     let yaml = std::fs::read_to_string(s.path().join("pipes/remote.yaml")).expect("yaml");
     s.file(

@@ -168,7 +168,7 @@ fn a_submission_wakes_an_idle_server() {
 /// Reads OpenMetrics text as Prometheus's own client library does (the
 /// pinned Python client `.ci/test-setup` installs), refusing anything
 /// malformed: each sample as `name{labels}` and its value.
-fn read_openmetrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+pub fn read_openmetrics(text: &str) -> std::collections::BTreeMap<String, f64> {
     use std::io::Write as _;
     let python = crate::support::repo().join("target/tools/openmetrics/bin/python");
     let script = "import sys, json\n\
