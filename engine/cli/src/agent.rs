@@ -75,25 +75,7 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     let blobs = ArtifactStore::new(root.join("blobs"));
     let sandbox = Arc::new(airlock_sandbox::Sandbox::new(Some(state_dir.join("cache")))?);
     let stop = airlock_runner::CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = terminated => {}
-            }
-            stop.cancel();
-        });
-    }
+    crate::serve::cancel_on_stop_signals(stop.clone());
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     eprintln!(
         "agent {name} takes jobs from {} ({jobs} at once; labels: {})",

@@ -107,6 +107,26 @@ pub(crate) fn admin_listener(socket: &Path) -> anyhow::Result<tokio::net::UnixLi
         .map_err(|e| anyhow::anyhow!("cannot create the admin socket `{}`: {e}", socket.display()))
 }
 
+/// Cancels `stop` on Ctrl-C (SIGINT) or SIGTERM.
+pub(crate) fn cancel_on_stop_signals(stop: airlock_runner::CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated => {}
+        }
+        stop.cancel();
+    });
+}
+
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> anyhow::Result<u8> {
     let Some(policy) = policy else {
@@ -204,23 +224,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         let _ =
             writeln!(err, "no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");
     }
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let terminated = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = terminated => {}
-        }
-        stop.cancel();
-    });
+    cancel_on_stop_signals(shutdown.clone());
     let admin = tokio::spawn(airlock_server::serve_admin(admin, app.clone(), shutdown.clone()));
     // The HTTP server on threads of its own, so a read never queues
     // behind the engine's steps on this runtime's workers.
