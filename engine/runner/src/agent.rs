@@ -133,12 +133,7 @@ pub async fn run_job(
     let plugin = match known {
         Some(p) => p,
         None => {
-            let interfaces: Vec<HostInterface> = spec
-                .interfaces
-                .iter()
-                .filter_map(|n| HostInterface::ALL.iter().find(|i| i.name() == n).copied())
-                .collect();
-            let grants = HostGrants::of(interfaces);
+            let grants = HostGrants::of(spec.interfaces.iter().filter_map(|n| HostInterface::from_name(n)));
             let path = match blobs.path(&spec.plugin.sha256) {
                 Ok(p) => p,
                 Err(e) => return failed(format!("plugin `{}`: {e}", spec.uses)),

@@ -291,14 +291,12 @@ impl Engine {
             for id in store.revoke_run_tokens(None)? {
                 tracing::warn!("revoked token {id}: its run ended with its engine");
             }
-            // Runs of `airlock run` recorded before leases, still
-            // `running`: their engine was killed or crashed.
+            // Runs of `airlock run` still `running`: their engine was
+            // killed or crashed (this process holds no lease yet).
             let orphans = store.runs()?.into_iter().filter(|r| r.state == RunState::Running && r.submission.is_none());
             for run in orphans {
-                if !store.holds(&run.id) {
-                    end_orphan(&store, &run)?;
-                    tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
-                }
+                end_orphan(&store, &run)?;
+                tracing::warn!("run {} was left running by an engine that stopped; recorded failed", run.id);
             }
         }
         // What this state directory's engine held when it stopped: runs

@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 /// Starts a server on `state` sharing the database at `url` and the
 /// artifact directory of `s`, with leases of `lease`.
 fn server(s: &Scratch, state: &str, policy: &Path, url: &str, lease: &str) -> Server {
+    server_with(s, state, policy, url, lease, &[])
+}
+
+/// [`server`], with more `airlock serve` arguments.
+fn server_with(s: &Scratch, state: &str, policy: &Path, url: &str, lease: &str, more: &[&str]) -> Server {
     let artifacts = s.path().join("artifacts");
-    Server::start_with(
-        &s.path().join(state),
-        policy,
-        &s.path().join("pipes"),
-        &[("AIRLOCK_DATABASE_URL", url)],
-        &["--lease", lease, "--artifacts", &artifacts.to_string_lossy()],
-    )
+    let artifacts = artifacts.to_string_lossy();
+    let args: Vec<&str> =
+        ["--lease", lease, "--artifacts", &artifacts].into_iter().chain(more.iter().copied()).collect();
+    Server::start_with(&s.path().join(state), policy, &s.path().join("pipes"), &[("AIRLOCK_DATABASE_URL", url)], &args)
 }
 
 /// Sends the signal `name` (`STOP`, `CONT`) to a server.
@@ -132,14 +134,7 @@ fn a_submission_wakes_an_idle_server() {
     let policy = s.file("policy.yaml", people.yaml());
     pipelines(&s);
     let (agent, runner) = (http(), people.runner.token.as_str());
-    let artifacts = s.path().join("artifacts").to_string_lossy().into_owned();
-    let busy = Server::start_with(
-        &s.path().join("state-a"),
-        &policy,
-        &s.path().join("pipes"),
-        &[("AIRLOCK_DATABASE_URL", url.as_str())],
-        &["--lease", "10m", "--artifacts", &artifacts, "--max-runs", "1"],
-    );
+    let busy = server_with(&s, "state-a", &policy, &url, "10m", &["--max-runs", "1"]);
     let first = submit_run(&agent, &busy.url, runner, "slow.yaml");
     wait_until_running(&agent, &busy.url, runner, &first);
     let idle = server(&s, "state-b", &policy, &url, "10m");
@@ -204,14 +199,7 @@ fn metrics_show_the_queue_over_every_server_and_each_servers_work() {
     let policy = s.file("policy.yaml", people.yaml());
     pipelines(&s);
     let (agent, runner, viewer) = (http(), people.runner.token.as_str(), people.viewer.token.as_str());
-    let artifacts = s.path().join("artifacts").to_string_lossy().into_owned();
-    let busy = Server::start_with(
-        &s.path().join("state-a"),
-        &policy,
-        &s.path().join("pipes"),
-        &[("AIRLOCK_DATABASE_URL", url.as_str())],
-        &["--lease", "30s", "--artifacts", &artifacts, "--max-runs", "1"],
-    );
+    let busy = server_with(&s, "state-a", &policy, &url, "30s", &["--max-runs", "1"]);
     let done = submit_run(&agent, &busy.url, runner, "two.yaml");
     assert_eq!(wait_for_end(&agent, &busy.url, runner, &done)["run"]["state"], "succeeded");
     let slow = submit_run(&agent, &busy.url, runner, "slow.yaml");

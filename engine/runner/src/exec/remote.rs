@@ -26,9 +26,12 @@ pub(crate) struct Ran {
 }
 
 /// Puts the step's plugin into the artifact store, where agents fetch it
-/// by digest; answers its digest and size.
+/// by digest; answers its digest and size. The digest is the one the run
+/// worked out for the file (once per run, as the step cache's key uses
+/// it): a plugin already stored is not read again.
 pub(crate) async fn store_plugin(shared: &Shared, name: &str, step: &PluginStep) -> Result<OutputRecord, String> {
     let path = shared.base_dir.join(&step.uses);
+    let digest = super::cache::file_digest(shared, &path).await?;
     let max =
         shared.grants.as_ref().and_then(|g| g.grants.limits.plugin).unwrap_or(airlock_model::DEFAULT_PLUGIN_LIMIT);
     let artifacts = shared.artifacts.clone();
@@ -42,6 +45,9 @@ pub(crate) async fn store_plugin(shared: &Shared, name: &str, step: &PluginStep)
                 airlock_model::format_size(size),
                 airlock_model::format_size(max)
             ));
+        }
+        if artifacts.contains(&digest) {
+            return Ok(OutputRecord { path: uses, sha256: digest, size });
         }
         let (sha256, size, _) = artifacts.put(file).map_err(|e| format!("plugin `{uses}`: {e}"))?;
         Ok(OutputRecord { path: uses, sha256, size })
