@@ -140,7 +140,7 @@ fn pages_show_runs_and_a_deploy_is_approved_from_the_browser() {
         "pipes/web.yaml",
         format!(
             "name: web\nsteps:\n  build:\n    uses: {tick}\n    args: [\"3\", \"10\", site.txt]\n    outputs: [site.txt]\n  \
-             slow:\n    uses: {tick}\n    args: [\"120\", \"100\"]\n  \
+             slow:\n    uses: {tick}\n    args: [\"300\", \"100\"]\n  \
              ship:\n    needs: [build]\n    deploy: {{ environment: staging, from: [build] }}\n"
         ),
     );
@@ -203,6 +203,8 @@ fn pages_show_runs_and_a_deploy_is_approved_from_the_browser() {
             call(&agent, "GET", &format!("{url}/api/v1/runs/{id}"), Some(&bob.token), None, &[]).expect("get");
         let slow = detail["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "slow").cloned();
         assert_eq!(slow.expect("slow")["state"], "running", "the log was not live");
+        // The page follows the log without being reloaded.
+        wait_text(&client, "#log", |t| t.contains("tick 8")).await;
         shoot(&client, "log.png").await;
 
         // The approval page shows what will be deployed, and takes the code.
