@@ -58,10 +58,36 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease)]
     lease: std::time::Duration,
     /// Where artifacts are kept [default: the state directory's
-    /// `artifacts`]. Servers sharing a database share this directory (on
-    /// a shared filesystem), so that a run one began another can finish.
-    #[arg(long, value_name = "DIR")]
-    artifacts: Option<PathBuf>,
+    /// `artifacts`]: a directory, or an S3-compatible bucket
+    /// (`s3://BUCKET/PREFIX`, reached with the AWS_* environment:
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_ALLOW_HTTP) with the state directory's
+    /// `artifacts` as its local cache. Servers sharing a database share
+    /// it, so that a run one began another can finish.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    artifacts: Option<String>,
+}
+
+/// Where `--artifacts` says artifacts are kept.
+enum Artifacts {
+    Dir(PathBuf),
+    Bucket(airlock_host::ObjectTier),
+}
+
+/// Reads `--artifacts`; an object store is asked for a blob at once, so
+/// a wrong endpoint, bucket or key stops the server before it starts.
+fn artifacts(arg: &str) -> anyhow::Result<Artifacts> {
+    // A URL of any scheme (or a mistyped `s3:`) is an object store; the
+    // store refuses those it does not speak, rather than making a
+    // directory of that name.
+    if !arg.contains("://") && !arg.starts_with("s3:") {
+        return Ok(Artifacts::Dir(PathBuf::from(arg)));
+    }
+    let tier = airlock_host::ObjectTier::s3(arg, std::env::vars())?;
+    tier.check().map_err(|e| {
+        anyhow::anyhow!("{e}\nhint: check the bucket and the AWS_* environment (keys, AWS_ENDPOINT_URL, AWS_REGION)")
+    })?;
+    Ok(Artifacts::Bucket(tier))
 }
 
 fn parse_lease(text: &str) -> Result<std::time::Duration, String> {
@@ -167,9 +193,12 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let mut engine = crate::open_engine_leased(state_dir, args.lease)?
         .with_targets(loaded.targets.clone())
         .with_policy(loaded.policy, loaded.dir);
-    if let Some(dir) = &args.artifacts {
-        engine = engine.with_artifacts(dir);
+    match args.artifacts.as_deref().map(artifacts).transpose()? {
+        Some(Artifacts::Dir(dir)) => engine = engine.with_artifacts(&dir),
+        Some(Artifacts::Bucket(tier)) => engine = engine.with_shared_artifacts(tier),
+        None => {}
     }
+    let bucket = engine.artifacts().shared_url().map(str::to_owned);
     let shutdown = airlock_runner::CancellationToken::new();
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     let limits = airlock_server::conn::Limits {
@@ -220,6 +249,9 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         "serving on http://{addr}/ (runs at /ui; publish targets: {}) (Ctrl-C stops)",
         if names.is_empty() { "none".into() } else { names.join(", ") }
     );
+    if let Some(url) = &bucket {
+        let _ = writeln!(err, "artifacts in {url}, cached in {}", state_dir.join("artifacts").display());
+    }
     if pipelines.is_none() && !has_repositories {
         let _ =
             writeln!(err, "no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");

@@ -46,6 +46,6 @@ pub mod publish;
 pub mod tools;
 mod tree;
 
-pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter};
+pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter, ObjectTier};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};
 pub use tree::{file_digest, tree_digest};

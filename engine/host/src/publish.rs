@@ -410,7 +410,8 @@ impl TargetStore {
     /// Keeps a blob begun with [`blob_writer`](Self::blob_writer) if it is
     /// whole and hashes to its digest; returns whether it was new.
     pub fn finish_blob(&self, writer: BlobWriter) -> Result<bool, PublishError> {
-        let (sha256, len) = writer.expected().map(|(d, len)| (d.to_owned(), len)).unwrap_or_default();
+        let (sha256, len) =
+            writer.expected().map(|(d, len)| (d.to_owned(), len.unwrap_or_default())).unwrap_or_default();
         let (actual, got, new) = writer.finish()?;
         let new = kept(&sha256, len, actual, got, new)?;
         self.remember(&sha256, len);

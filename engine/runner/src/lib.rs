@@ -346,6 +346,15 @@ impl Engine {
         self
     }
 
+    /// Keeps artifacts in a shared object store as well, with the state
+    /// directory's `artifacts/` as the local cache in front of it: a step
+    /// is recorded only once its outputs are there, so any engine sharing
+    /// the database and the bucket can go on with its run.
+    pub fn with_shared_artifacts(mut self, tier: airlock_host::ObjectTier) -> Self {
+        self.artifacts = self.artifacts.clone().with_shared(tier);
+        self
+    }
+
     /// The submitted runs this engine's state directory held when it
     /// last stopped, taken back at open: the queue resumes them first.
     pub fn take_reclaimed(&self) -> Vec<airlock_store::Lease> {

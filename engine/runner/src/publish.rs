@@ -145,7 +145,7 @@ fn publish_blocking(
         call(0, upload)?;
     }
     for digest in &missing {
-        let path = artifacts.path(digest).map_err(|e| e.to_string())?;
+        let path = artifacts.local(digest).map_err(|e| e.to_string())?;
         target.put_local(digest, &path).map_err(|e| e.to_string())?;
     }
     call(files.len() as u64, 0)?;

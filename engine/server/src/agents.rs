@@ -325,19 +325,24 @@ async fn complete(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incomi
         Ok(b) => b,
         Err(r) => return r,
     };
-    for output in &body.result.outputs {
-        let there = artifacts.path(&output.sha256).ok().and_then(|p| std::fs::metadata(p).ok());
-        if there.is_none_or(|m| m.len() != output.size) {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "missing_output",
-                format!(
-                    "output `{}` ({}) was not uploaded with its bytes; upload every output before completing",
-                    airlock_model::text::one_line(&output.path, 200),
-                    crate::short(&output.sha256)
-                ),
-            );
-        }
+    // Here or, with a shared object store, uploaded through another
+    // server (asking it is a request per output: off the server's threads).
+    let outputs: Vec<(String, u64)> = body.result.outputs.iter().map(|o| (o.sha256.clone(), o.size)).collect();
+    let missing = tokio::task::spawn_blocking(move || {
+        outputs.iter().position(|(sha, size)| artifacts.size(sha).ok().flatten() != Some(*size))
+    })
+    .await
+    .unwrap_or(Some(0));
+    if let Some(output) = missing.and_then(|i| body.result.outputs.get(i)) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing_output",
+            format!(
+                "output `{}` ({}) was not uploaded with its bytes; upload every output before completing",
+                airlock_model::text::one_line(&output.path, 200),
+                crate::short(&output.sha256)
+            ),
+        );
     }
     let result = match serde_json::to_value(&body.result) {
         Ok(v) => v,

@@ -969,9 +969,16 @@ pub(crate) async fn artifact(app: &App, sha256: &str) -> Response<Body> {
     };
     // Streamed, and hashed as it goes: an artifact of any size costs a
     // chunk of memory, and a damaged one is cut before its last chunk.
-    let file = artifacts.path(sha256).map_err(|e| e.to_string()).and_then(|path| {
-        std::fs::File::open(&path).map_err(|e| format!("artifact `{sha256}` is indexed but cannot be read: {e}"))
-    });
+    // From a shared object store this is a download: off the server's
+    // threads.
+    let sha = sha256.to_owned();
+    let file = tokio::task::spawn_blocking(move || {
+        artifacts.local(&sha).map_err(|e| e.to_string()).and_then(|path| {
+            std::fs::File::open(&path).map_err(|e| format!("artifact `{sha}` is indexed but cannot be read: {e}"))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     match file {
         Ok(file) => {
             let mut r = Response::new(crate::send_blob(file, sha256.to_owned()));

@@ -12,6 +12,7 @@ mod docs;
 mod failures;
 mod hooks;
 mod hostile;
+mod objects;
 mod provenance;
 mod publish;
 mod registry;

@@ -104,7 +104,7 @@ fn deploy(
                 crate::publish::check_path(&a.path).map_err(|e| fail(url, e.to_string()))?;
                 let target = format!("{base}/{}", utf8_percent_encode(&a.path, SEGMENT));
                 let artifact_error = |source| DeployError::Artifact { path: a.path.clone(), source };
-                let blob = artifacts.path(&a.sha256).map_err(artifact_error)?;
+                let blob = artifacts.local(&a.sha256).map_err(artifact_error)?;
                 // The bytes sent are checked against the digest approved.
                 artifacts.verify(&a.sha256).map_err(artifact_error)?;
                 let file = std::fs::File::open(&blob).map_err(|e| fail(&target, e.to_string()))?;

@@ -166,14 +166,8 @@ pub fn deploy(
     let secrets = preflight(&d.environment, env, policy_dir, now_ms)?;
     // Every artifact is in the store with its digest before anything is sent.
     for a in &d.artifacts {
-        let path =
-            artifacts.path(&a.sha256).map_err(|source| DeployError::Artifact { path: a.path.clone(), source })?;
-        if !path.is_file() {
-            return Err(DeployError::Artifact {
-                path: a.path.clone(),
-                source: crate::ArtifactError::Missing(a.sha256.clone()),
-            });
-        }
+        // Fetched now from a shared object store, so nothing is sent if one is missing.
+        artifacts.local(&a.sha256).map_err(|source| DeployError::Artifact { path: a.path.clone(), source })?;
     }
     let values: Vec<&Secret> = secrets.iter().map(|(_, s)| s).collect();
     let scrub = |e: DeployError| match e {

@@ -1,4 +1,10 @@
-//! The content-addressed artifact store.
+//! The content-addressed artifact store: a local directory, in front of
+//! an S3-compatible object store when servers on several machines share
+//! their artifacts (see [`ObjectTier`]).
+
+mod shared;
+
+pub use shared::ObjectTier;
 
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -31,12 +37,31 @@ pub enum ArtifactError {
     /// A digest that is not 64 lowercase hex characters.
     #[error("`{0}` is not a sha256 digest")]
     BadDigest(String),
+    /// An object store location that cannot be used.
+    #[error("artifact store `{url}`: {why}")]
+    BadLocation {
+        /// As given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The shared object store failed or could not be reached.
+    #[error("object store {url}: {source}")]
+    Shared {
+        /// The store's `s3://` URL.
+        url: String,
+        /// What it answered.
+        source: Box<object_store::Error>,
+    },
 }
 
-/// Blobs stored under `ROOT/sha256/ab/cdef…`, written once, never changed.
+/// Blobs stored under `ROOT/sha256/ab/cdef…`, written once, never
+/// changed; with an [`ObjectTier`], a blob is kept there too, and `ROOT`
+/// is the cache of what this process has read or written.
 #[derive(Debug, Clone)]
 pub struct ArtifactStore {
     root: PathBuf,
+    shared: Option<Arc<ObjectTier>>,
     /// Which of the 256 `sha256/xx/` directories (and, last, `tmp/`) are
     /// known to exist, so storing a blob makes no `mkdir` or `stat` call
     /// after the first in its directory.
@@ -73,14 +98,28 @@ impl ArtifactStore {
     pub fn new(root: PathBuf) -> Self {
         // An absolute root spares a `getcwd` per temporary file.
         let root = std::path::absolute(&root).unwrap_or(root);
-        Self { root, made: Arc::new(std::array::from_fn(|_| AtomicBool::new(false))) }
+        Self { root, shared: None, made: Arc::new(std::array::from_fn(|_| AtomicBool::new(false))) }
+    }
+
+    /// Keeps blobs in `tier` as well, with this store's directory as its
+    /// local cache: a blob is stored once it is in the object store, and
+    /// one missing here is fetched from there, verified.
+    pub fn with_shared(mut self, tier: ObjectTier) -> Self {
+        self.shared = Some(Arc::new(tier));
+        self
+    }
+
+    /// The shared object store's URL, if blobs are kept in one.
+    pub fn shared_url(&self) -> Option<&str> {
+        self.shared.as_deref().map(ObjectTier::url)
     }
 
     fn io(&self, source: std::io::Error) -> ArtifactError {
         ArtifactError::Io { dir: self.root.clone(), source }
     }
 
-    /// Where the blob with this digest lives.
+    /// Where the blob with this digest lives on this machine (it may not
+    /// be there yet; [`local`](Self::local) fetches it).
     pub fn path(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
         if !valid_digest(sha256) {
             return Err(ArtifactError::BadDigest(sha256.to_owned()));
@@ -88,9 +127,37 @@ impl ArtifactStore {
         Ok(self.root.join("sha256").join(&sha256[..2]).join(&sha256[2..]))
     }
 
-    /// Whether a blob is present (not verified).
+    /// Whether a blob is present, here or in the shared object store (not
+    /// verified). An object store that cannot be reached has nothing.
     pub fn contains(&self, sha256: &str) -> bool {
-        self.path(sha256).map(|p| p.is_file()).unwrap_or(false)
+        matches!(self.size(sha256), Ok(Some(_)))
+    }
+
+    /// The size of a blob, if the store has it (here or in the shared
+    /// object store).
+    pub fn size(&self, sha256: &str) -> Result<Option<u64>, ArtifactError> {
+        match std::fs::metadata(self.path(sha256)?) {
+            Ok(meta) => return Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.io(e)),
+        }
+        match &self.shared {
+            Some(tier) => tier.size(sha256),
+            None => Ok(None),
+        }
+    }
+
+    /// The path of a blob on this machine, fetched from the shared object
+    /// store (and verified) if it is not here yet.
+    pub fn local(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
+        let path = self.path(sha256)?;
+        if path.is_file() {
+            return Ok(path);
+        }
+        match &self.shared {
+            Some(tier) => tier.fetch(sha256, self).map(|()| path),
+            None => Err(ArtifactError::Missing(sha256.to_owned())),
+        }
     }
 
     /// Streams `reader` into the store and returns `(sha256, size, new)`.
@@ -173,7 +240,8 @@ impl ArtifactStore {
             tmp,
             hasher: Sha256::new(),
             size: 0,
-            expected: expected.map(|(d, len)| (d.to_owned(), len)),
+            expected: expected.map(|(d, len)| (d.to_owned(), Some(len))),
+            fetched: false,
         })
     }
 
@@ -213,7 +281,7 @@ impl ArtifactStore {
     /// Copies a blob to `dest`, checking its digest on the way. On a
     /// mismatch `dest` is removed and nothing damaged is left behind.
     pub fn copy_verified(&self, sha256: &str, dest: &Path) -> Result<u64, ArtifactError> {
-        let src = self.path(sha256)?;
+        let src = self.local(sha256)?;
         let mut file = match std::fs::File::open(&src) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -234,7 +302,7 @@ impl ArtifactStore {
     /// Checks that a blob is present and still hashes to its digest,
     /// reading it through once.
     pub fn verify(&self, sha256: &str) -> Result<(), ArtifactError> {
-        let mut file = match std::fs::File::open(self.path(sha256)?) {
+        let mut file = match std::fs::File::open(self.local(sha256)?) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ArtifactError::Missing(sha256.to_owned()));
@@ -250,7 +318,7 @@ impl ArtifactStore {
 
     /// Reads a whole blob, verified.
     pub fn read_verified(&self, sha256: &str) -> Result<Vec<u8>, ArtifactError> {
-        let bytes = match std::fs::read(self.path(sha256)?) {
+        let bytes = match std::fs::read(self.local(sha256)?) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ArtifactError::Missing(sha256.to_owned()));
@@ -275,7 +343,10 @@ pub struct BlobWriter {
     tmp: tempfile::NamedTempFile,
     hasher: Sha256,
     size: u64,
-    expected: Option<(String, u64)>,
+    /// The digest it must have, and its length if known.
+    expected: Option<(String, Option<u64>)>,
+    /// Bytes fetched from the shared object store: kept here only.
+    fetched: bool,
 }
 
 impl BlobWriter {
@@ -293,7 +364,7 @@ impl BlobWriter {
     }
 
     /// The digest and length it must have to be kept, if it was given.
-    pub fn expected(&self) -> Option<(&str, u64)> {
+    pub fn expected(&self) -> Option<(&str, Option<u64>)> {
         self.expected.as_ref().map(|(d, len)| (d.as_str(), *len))
     }
 
@@ -301,9 +372,9 @@ impl BlobWriter {
     /// `(sha256, size, new)` of what arrived either way. `new` is false
     /// when the store had these bytes already, or did not keep them.
     pub fn finish(self) -> Result<(String, u64, bool), ArtifactError> {
-        let Self { store, tmp, hasher, size, expected } = self;
+        let Self { store, tmp, hasher, size, expected, fetched } = self;
         let digest = hex::encode(hasher.finalize());
-        if expected.as_ref().is_some_and(|(d, len)| *d != digest || *len != size) {
+        if expected.as_ref().is_some_and(|(d, len)| *d != digest || len.is_some_and(|len| len != size)) {
             // Dropping `tmp` deletes what arrived.
             return Ok((digest, size, false));
         }
@@ -311,12 +382,17 @@ impl BlobWriter {
         if expected.is_none() {
             store.staging_dir(Some(&digest))?;
         }
-        match tmp.persist_noclobber(&dest) {
-            Ok(_) => Ok((digest, size, true)),
+        let new = match tmp.persist_noclobber(&dest) {
+            Ok(_) => true,
             // Someone stored the same bytes first.
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok((digest, size, false)),
-            Err(e) => Err(store.io(e.error)),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(store.io(e.error)),
+        };
+        // Kept only once every server can read it.
+        if let Some(tier) = store.shared.as_deref().filter(|_| !fetched) {
+            tier.keep(&digest, &dest)?;
         }
+        Ok((digest, size, new))
     }
 }
 
