@@ -4,7 +4,9 @@
 //! each), runs the step in the same sandbox as a server, uploads the
 //! outputs and completes the job with the fence it claimed it with,
 //! renewing its lease as it works. It holds no credential but its pool's
-//! token, and no address but the server's.
+//! token, and no address but the servers'. Given several servers (that
+//! share a database), it keeps to one and turns to the next when that one
+//! cannot be reached.
 
 use crate::exit;
 use crate::http::{Body, CallError, Server, bytes_body, error_of};
@@ -15,14 +17,17 @@ use http_body_util::BodyExt as _;
 use hyper::{Method, StatusCode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// What `airlock agent` asks for.
 #[derive(clap::Args)]
 pub struct AgentArgs {
     /// The `airlock serve` to take jobs from (e.g. http://127.0.0.1:8480).
-    #[arg(long, value_name = "URL")]
-    server: String,
+    /// Repeat it for servers that share a database: the agent turns to
+    /// the next when one cannot be reached.
+    #[arg(long = "server", value_name = "URL", required = true)]
+    servers: Vec<String>,
     /// This agent's name among its pool's (letters, digits, `.`, `-`,
     /// `_`) [default: the host's name].
     #[arg(long, value_name = "NAME")]
@@ -57,14 +62,18 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
         eprintln!("hint: set AIRLOCK_AGENT_TOKEN to the token whose sha256 is the pool's `token_sha256` in the policy");
         return Ok(exit::USAGE);
     };
-    let server = match Server::new(&args.server, token.trim(), 4) {
-        Ok(s) => Arc::new(s),
-        Err(bad) => {
-            eprintln!("error: {}", bad.message);
-            eprintln!("hint: {}", bad.hint);
-            return Ok(exit::USAGE);
+    let mut list = Vec::with_capacity(args.servers.len());
+    for url in &args.servers {
+        match Server::new(url, token.trim(), 4) {
+            Ok(s) => list.push(s),
+            Err(bad) => {
+                eprintln!("error: {}", bad.message);
+                eprintln!("hint: {}", bad.hint);
+                return Ok(exit::USAGE);
+            }
         }
-    };
+    }
+    let server = Arc::new(Servers { list, at: AtomicUsize::new(0) });
     drop(token);
     let name = match args.name.clone() {
         Some(n) => n,
@@ -79,7 +88,7 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     eprintln!(
         "agent {name} takes jobs from {} ({jobs} at once; labels: {})",
-        server.base(),
+        server.list.iter().map(Server::base).collect::<Vec<_>>().join(", "),
         if args.labels.is_empty() { "none".into() } else { args.labels.join(", ") }
     );
     let worker = Arc::new(Worker {
@@ -109,9 +118,54 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+/// The servers an agent talks to: one at a time, the next when that one
+/// cannot be reached. Any of them answers for any job, since they share
+/// the database.
+struct Servers {
+    list: Vec<Server>,
+    at: AtomicUsize,
+}
+
+impl Servers {
+    /// The server in use, and its place in the list.
+    fn current(&self) -> (usize, &Server) {
+        let i = self.at.load(Ordering::Relaxed) % self.list.len();
+        (i, &self.list[i])
+    }
+
+    /// Turns from server `i`, which could not be reached, to the next
+    /// (unless another call turned already).
+    fn failed(&self, i: usize) {
+        let _ = self.at.compare_exchange(i, (i + 1) % self.list.len(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// [`Server::call`] on the server in use, then on each other in turn
+    /// while they cannot be reached.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, bytes::Bytes), CallError> {
+        let mut last = CallError::Unreachable("no server".into());
+        for _ in 0..self.list.len() {
+            let (i, server) = self.current();
+            match server.call(method.clone(), path, json.clone(), headers).await {
+                Err(e @ CallError::Unreachable(_)) => {
+                    self.failed(i);
+                    last = e;
+                }
+                answer => return answer,
+            }
+        }
+        Err(last)
+    }
+}
+
 /// What the agent's workers share; each claims and runs one job at a time.
 struct Worker {
-    server: Arc<Server>,
+    server: Arc<Servers>,
     name: String,
     claim: String,
     sandbox: Arc<airlock_sandbox::Sandbox>,
@@ -198,7 +252,7 @@ impl Worker {
 
 /// One claimed job.
 struct Job {
-    server: Arc<Server>,
+    server: Arc<Servers>,
     name: String,
     claimed: Claimed,
 }
@@ -276,59 +330,108 @@ impl Job {
         }
     }
 
-    /// Fetches a blob the job names into `blobs`, checked against its digest.
+    /// Fetches a blob the job names into `blobs`, checked against its
+    /// digest, from the server in use or, if it cannot be reached, the next.
     async fn fetch(&self, blobs: &ArtifactStore, sha: &str) -> Result<(), String> {
-        let req = self
-            .server
+        let mut last = String::new();
+        for _ in 0..self.server.list.len() {
+            let (i, server) = self.server.current();
+            match self.fetch_from(server, blobs, sha).await {
+                Err(Failed::Unreachable(e)) => {
+                    self.server.failed(i);
+                    last = e;
+                }
+                Err(Failed::Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+        Err(last)
+    }
+
+    async fn fetch_from(&self, server: &Server, blobs: &ArtifactStore, sha: &str) -> Result<(), Failed> {
+        let req = server
             .request(Method::GET, &self.path(&format!("blobs/{sha}")))
             .header("x-airlock-agent", &self.name)
             .body(bytes_body(Vec::new()))
-            .map_err(|e| e.to_string())?;
-        let resp = self.server.open(req).await.map_err(|e: CallError| e.to_string())?;
+            .map_err(|e| Failed::Other(e.to_string()))?;
+        let resp = server.open(req).await.map_err(Failed::from)?;
         if resp.status() != StatusCode::OK {
-            return Err(format!("the server answered {} for blob {sha}", resp.status()));
+            return Err(Failed::Other(format!("the server answered {} for blob {sha}", resp.status())));
         }
-        let mut writer = blobs.writer(None).map_err(|e| e.to_string())?;
+        let mut writer = blobs.writer(None).map_err(|e| Failed::Other(e.to_string()))?;
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("blob {sha}: {e}"))?;
+            // A server that dies half-way: the next sends it all again.
+            let frame = frame.map_err(|e| Failed::Unreachable(format!("blob {sha}: {e}")))?;
             if let Some(data) = frame.data_ref() {
-                writer.write(data).map_err(|e| e.to_string())?;
+                writer.write(data).map_err(|e| Failed::Other(e.to_string()))?;
             }
         }
-        let (got, _, _) = writer.finish().map_err(|e| e.to_string())?;
+        let (got, _, _) = writer.finish().map_err(|e| Failed::Other(e.to_string()))?;
         if got != sha {
-            return Err(format!("blob {sha} arrived as other bytes ({got})"));
+            return Err(Failed::Other(format!("blob {sha} arrived as other bytes ({got})")));
         }
         Ok(())
     }
 
-    /// Uploads an output from `blobs`.
+    /// Uploads an output from `blobs` to the server in use or, if it
+    /// cannot be reached, the next.
     async fn upload(&self, blobs: &ArtifactStore, sha: &str, size: u64) -> Result<(), String> {
-        let path = blobs.path(sha).map_err(|e| e.to_string())?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut last = String::new();
+        for _ in 0..self.server.list.len() {
+            let (i, server) = self.server.current();
+            match self.upload_to(server, blobs, sha, size).await {
+                Err(Failed::Unreachable(e)) => {
+                    self.server.failed(i);
+                    last = e;
+                }
+                Err(Failed::Other(e)) => return Err(e),
+                Ok(()) => return Ok(()),
+            }
+        }
+        Err(last)
+    }
+
+    async fn upload_to(&self, server: &Server, blobs: &ArtifactStore, sha: &str, size: u64) -> Result<(), Failed> {
+        let path = blobs.path(sha).map_err(|e| Failed::Other(e.to_string()))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| Failed::Other(format!("{}: {e}", path.display())))?;
         let stream = tokio_util::io::ReaderStream::new(file).map_ok(hyper::body::Frame::data);
         let body: Body = http_body_util::StreamBody::new(stream).boxed();
-        let req = self
-            .server
+        let req = server
             .request(Method::PUT, &self.path(&format!("blobs/{sha}")))
             .header("x-airlock-agent", &self.name)
             .header(hyper::header::CONTENT_LENGTH, size)
             .body(body)
-            .map_err(|e| e.to_string())?;
-        let (status, answer) = self.server.send(req).await.map_err(|e| e.to_string())?;
+            .map_err(|e| Failed::Other(e.to_string()))?;
+        let (status, answer) = server.send(req).await.map_err(Failed::from)?;
         if status != StatusCode::OK {
             let why = error_of(&answer).map(|e| e.message).unwrap_or_default();
-            return Err(format!("the upload of output {sha} was refused ({status}): {why}"));
+            return Err(Failed::Other(format!("the upload of output {sha} was refused ({status}): {why}")));
         }
         Ok(())
+    }
+}
+
+/// Why a fetch or an upload failed: a server that could not be reached
+/// (the next may be), or anything else (no server will do better).
+enum Failed {
+    Unreachable(String),
+    Other(String),
+}
+
+impl From<CallError> for Failed {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Unreachable(_) | CallError::BrokenAnswer(_) => Self::Unreachable(e.to_string()),
+            CallError::BadRequest(_) => Self::Other(e.to_string()),
+        }
     }
 }
 
 /// Renews the lease every third of it until aborted; cancels `lost` when
 /// the server says the job is no longer this agent's.
 async fn renew(
-    server: Arc<Server>,
+    server: Arc<Servers>,
     name: String,
     path: String,
     fence: u64,

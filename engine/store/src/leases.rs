@@ -521,6 +521,31 @@ mod tests {
         assert_eq!(a.claim_run().expect("claim"), None);
     }
 
+    /// A run taken over keeps its history in the order it happened, even
+    /// when the engine taking it over took its block of ids before the
+    /// engine it takes over from took its own.
+    #[test]
+    fn a_run_taken_over_keeps_its_history_in_order() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let (early, late) = (Store::open_postgres(&url).expect("early"), Store::open_postgres(&url).expect("late"));
+        early.identify("engine-early", Duration::from_secs(60));
+        late.identify("engine-late", Duration::from_millis(300));
+        // `early` takes a block of ids, then `late` a later one.
+        let first = submit(&early);
+        let run = submit(&late);
+        let claimed: Vec<String> = std::iter::from_fn(|| late.claim_run().expect("claim")).map(|l| l.run).collect();
+        assert_eq!(claimed, [first.clone(), run.clone()]);
+        late.finish_run(&first, RunState::Succeeded, None).expect("finish");
+        late.update_step(&run, "a", Some("before".into()), |s| s.state = StepState::Running).expect("write");
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(early.claim_run().expect("claim").map(|l| l.run), Some(run.clone()));
+        early.update_step(&run, "a", Some("after".into()), |s| s.state = StepState::Succeeded).expect("write");
+        let details: Vec<Option<String>> =
+            early.events(&run).expect("events").into_iter().filter(|e| e.step.is_some()).map(|e| e.detail).collect();
+        assert_eq!(details.last(), Some(&Some("after".into())), "{details:?}");
+    }
+
     /// Engines claiming at the same time never get the same run.
     #[test]
     fn engines_claiming_at_once_share_the_runs_out() {

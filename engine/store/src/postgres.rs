@@ -472,6 +472,24 @@ impl PgDb {
     /// free or expired, skipping those another engine is claiming at
     /// this moment (`SKIP LOCKED`) and those this process holds.
     pub(crate) fn claim_lease(&self, holder: &str, ttl: u64, mine: Vec<String>) -> Result<Option<crate::Lease>> {
+        let claimed = self.claim_lease_once(holder, ttl, mine)?;
+        if claimed.is_some() {
+            self.fresh_ids();
+        }
+        Ok(claimed)
+    }
+
+    /// Drops what is left of this process's block of ids, so the next id
+    /// comes from a block taken now. A run's history is in the order of
+    /// its ids; the engine that held a run before a claim wrote its
+    /// events with ids of blocks taken before the claim, so every event
+    /// this process writes for the run after it sorts after them, even
+    /// if this process's old block was older than the other's.
+    fn fresh_ids(&self) {
+        *self.ids.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
+    }
+
+    fn claim_lease_once(&self, holder: &str, ttl: u64, mine: Vec<String>) -> Result<Option<crate::Lease>> {
         self.retrying(|| {
             let (holder, mine) = (holder.to_owned(), mine.clone());
             self.with(move |c| async move {
@@ -496,6 +514,12 @@ impl PgDb {
 
     /// See [`Store::reclaim_runs`](crate::Store::reclaim_runs).
     pub(crate) fn reclaim_leases(&self, holder: &str, ttl: u64) -> Result<Vec<crate::Lease>> {
+        let leases = self.reclaim_leases_once(holder, ttl)?;
+        self.fresh_ids();
+        Ok(leases)
+    }
+
+    fn reclaim_leases_once(&self, holder: &str, ttl: u64) -> Result<Vec<crate::Lease>> {
         self.retrying(|| {
             let holder = holder.to_owned();
             self.with(move |c| async move {

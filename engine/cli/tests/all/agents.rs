@@ -11,18 +11,24 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// An `airlock agent` process, killed when dropped.
-struct Agent {
+pub struct Agent {
     child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Agent {
     fn start(state: &Path, server: &str, token: &str, name: &str, labels: &[&str]) -> Self {
+        Self::start_with(state, &[server], token, name, labels)
+    }
+
+    /// An agent of the servers at `servers`.
+    pub fn start_with(state: &Path, servers: &[&str], token: &str, name: &str, labels: &[&str]) -> Self {
         let mut cmd = airlock(state);
-        cmd.args(["agent", "--server", server, "--name", name])
-            .env("AIRLOCK_AGENT_TOKEN", token)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
+        cmd.args(["agent", "--name", name]);
+        for server in servers {
+            cmd.args(["--server", server]);
+        }
+        cmd.env("AIRLOCK_AGENT_TOKEN", token).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         for label in labels {
             cmd.args(["--label", label]);
         }
@@ -57,7 +63,7 @@ impl Agent {
         assert!(sent.is_ok_and(|s| s.success()), "kill -{name}");
     }
 
-    fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

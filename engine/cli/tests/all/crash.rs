@@ -3,7 +3,10 @@
 //! its records in sled, once in PostgreSQL; and two servers sharing a
 //! PostgreSQL database and an artifact directory, one of them killed at
 //! random a hundred times while the other goes on, takes over the killed
-//! one's runs when their leases expire, and the killed one comes back.
+//! one's runs when their leases expire, and the killed one comes back;
+//! and two servers with three agents, artifacts in an S3 bucket, a
+//! hundred kills spread over the five processes (a killed agent's step
+//! runs again on another once its lease expires).
 //!
 //! The pipeline has four parallel steps, a join, a publish, a deploy to
 //! an HTTP receiver on loopback that honours idempotency keys, and a
@@ -71,7 +74,7 @@ fn receiver() -> (String, Seen) {
 
 #[test]
 fn runs_survive_fifty_sigkills_of_the_server() {
-    harness(None, 1, KILLS);
+    harness(None, 1, 0, KILLS);
 }
 
 /// The same fifty kills with the records in PostgreSQL: each server
@@ -80,7 +83,7 @@ fn runs_survive_fifty_sigkills_of_the_server() {
 fn runs_survive_fifty_sigkills_of_a_server_on_postgresql() {
     let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
     let url = pg.database().expect("a database");
-    harness(Some(&url), 1, KILLS);
+    harness(Some(&url), 1, 0, KILLS);
     let everything = pg.dump(&url).expect("the database's records");
     assert!(memchr::memmem::find(&everything, CANARY.as_bytes()).is_none(), "the database holds the credential");
 }
@@ -90,22 +93,40 @@ fn runs_survive_fifty_sigkills_of_a_server_on_postgresql() {
 fn runs_survive_a_hundred_sigkills_among_two_servers_on_postgresql() {
     let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
     let url = pg.database().expect("a database");
-    harness(Some(&url), 2, 2 * KILLS);
+    harness(Some(&url), 2, 0, 2 * KILLS);
     let everything = pg.dump(&url).expect("the database's records");
     assert!(memchr::memmem::find(&everything, CANARY.as_bytes()).is_none(), "the database holds the credential");
 }
 
-/// Kills one of `servers` servers `kills` times while runs go on (see
-/// the module's documentation), with their records in `database` (which
-/// several servers need) or else in the state directory, and checks
-/// what they left.
-fn harness(database: Option<&str>, servers: usize, kills: usize) {
+/// Two servers and three agents on one PostgreSQL database, artifacts in
+/// an S3 bucket, a hundred kills spread over the five.
+#[test]
+fn runs_survive_a_hundred_sigkills_among_two_servers_and_three_agents() {
+    let pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    harness(Some(&url), 2, 3, 2 * KILLS);
+    let everything = pg.dump(&url).expect("the database's records");
+    assert!(memchr::memmem::find(&everything, CANARY.as_bytes()).is_none(), "the database holds the credential");
+}
+
+/// Kills one of `servers` servers (or of `agents` agents) `kills` times
+/// while runs go on (see the module's documentation), with their records
+/// in `database` (which several servers need) or else in the state
+/// directory, and checks what they left. With agents, the four parallel
+/// steps run on them, and artifacts are kept in an S3 bucket.
+fn harness(database: Option<&str>, servers: usize, agents: usize, kills: usize) {
     let seed = std::env::var("AIRLOCK_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("crash harness seed: {seed} (AIRLOCK_CRASH_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let s = Scratch::new();
     let user = user_token(s.path());
+    let pool = user_token(s.path());
     let (deploy_url, deployed) = receiver();
+    let s3 = (agents > 0).then(crate::objects::TestS3::start);
+    let pool_yaml = match agents {
+        0 => String::new(),
+        _ => format!("agents:\n  crash:\n    token_sha256: {}\n    labels: [crash]\n", pool.digest),
+    };
     let policy = s.file(
         "policy.yaml",
         format!(
@@ -113,15 +134,18 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
              targets:\n  snaps: {{ dir: published }}\n\
              environments:\n  prod:\n    provider: {{ type: http, url: '{deploy_url}', auth: bearer, credential: key, idempotent: true }}\n    \
              credentials: {{ key: {{ env: CRASH_DEPLOY_KEY, expires: '2099-01-01' }} }}\n    pipelines: [crash]\n  \
-             www:\n    provider: {{ type: directory, path: www, keep: 1000 }}\n    pipelines: [crash]\n",
+             www:\n    provider: {{ type: directory, path: www, keep: 1000 }}\n    pipelines: [crash]\n{pool_yaml}",
             user.digest
         ),
     );
     let tick = tick();
     let mut yaml = String::from("name: crash\nsteps:\n");
+    // On agents, every run's steps run there: none is taken from the
+    // step cache.
+    let remote = if agents > 0 { "    runs_on: [crash]\n    cache: false\n" } else { "" };
     for i in 1..=4 {
         yaml.push_str(&format!(
-            "  a{i}:\n    uses: {tick}\n    args: [\"3\", \"30\", out-{i}.txt]\n    outputs: [out-{i}.txt]\n"
+            "  a{i}:\n    uses: {tick}\n{remote}    args: [\"3\", \"30\", out-{i}.txt]\n    outputs: [out-{i}.txt]\n"
         ));
     }
     yaml.push_str(&format!(
@@ -138,12 +162,23 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
     // survivors take a killed server's runs over soon.
     let states: Vec<std::path::PathBuf> = (0..servers).map(|i| s.path().join(format!("state-{i}"))).collect();
     let artifacts_dir = if servers > 1 { s.path().join("artifacts") } else { states[0].join("artifacts") };
-    let artifacts_arg = artifacts_dir.to_string_lossy().into_owned();
+    let artifacts_arg = match &s3 {
+        Some(_) => "s3://airlock/ci".to_owned(),
+        None => artifacts_dir.to_string_lossy().into_owned(),
+    };
     let shared: Vec<&str> = if servers > 1 { vec!["--lease", "1s", "--artifacts", &artifacts_arg] } else { Vec::new() };
+    let s3_env = s3.as_ref().map(crate::objects::TestS3::env).unwrap_or_default();
     let mut env = vec![("CRASH_DEPLOY_KEY", CANARY)];
+    env.extend(s3_env.iter().map(|(k, v)| (*k, v.as_str())));
     if let Some(url) = database {
         env.push(("AIRLOCK_DATABASE_URL", url));
     }
+    // Each server comes back on its address, which the agents know.
+    let addresses: Vec<String> = (0..servers)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").to_string())
+        .collect();
+    let bases: Vec<String> = addresses.iter().map(|a| format!("http://{a}")).collect();
+    let bases: Vec<&str> = bases.iter().map(String::as_str).collect();
     let agent = http();
     let submit = |url: &str, key: &str| -> Option<String> {
         let answer = call(
@@ -164,8 +199,21 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
 
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
     let mut unanswered: Vec<String> = Vec::new();
-    let start = |i: usize| Server::start_with(&states[i], &policy, &pipes, &env, &shared);
+    let start = |i: usize| Server::start_on(&addresses[i], &states[i], &policy, &pipes, &env, &shared);
+    let start_agent = |i: usize| {
+        crate::agents::Agent::start_with(
+            &s.path().join(format!("agent-{i}")),
+            &bases,
+            &pool.token,
+            &format!("agent-{i}"),
+            &["crash"],
+        )
+    };
     let mut running: Vec<Option<Server>> = (0..servers).map(|_| None).collect();
+    let mut working: Vec<Option<crate::agents::Agent>> = (0..agents).map(|_| None).collect();
+    // What the agents said of their jobs.
+    let mut agent_lines: Vec<String> = Vec::new();
+    let mut agent_kills = 0;
     // Runs one server took over from another whose lease expired.
     let mut taken_over = 0;
     let mut count_takeovers = |server: &Server| {
@@ -179,6 +227,12 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
         for (i, server) in running.iter_mut().enumerate() {
             if server.is_none() && (down == servers || rng.random_bool(0.5)) {
                 *server = Some(start(i));
+            }
+        }
+        let idle = working.iter().filter(|a| a.is_none()).count();
+        for (i, agent) in working.iter_mut().enumerate() {
+            if agent.is_none() && (idle == agents || rng.random_bool(0.5)) {
+                *agent = Some(start_agent(i));
             }
         }
         let urls: Vec<String> = running.iter().flatten().map(|s| s.url.clone()).collect();
@@ -197,8 +251,17 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
             }
         }
         std::thread::sleep(kill_after.saturating_sub(started.elapsed()));
+        // The victim: any process that is up, server or agent.
         let up: Vec<usize> = (0..servers).filter(|i| running[*i].is_some()).collect();
-        if let Some(mut victim) = running[up[rng.random_range(0..up.len())]].take() {
+        let busy: Vec<usize> = (0..agents).filter(|i| working[*i].is_some()).collect();
+        let pick = rng.random_range(0..up.len() + busy.len());
+        if pick >= up.len() {
+            if let Some(mut victim) = working[busy[pick - up.len()]].take() {
+                victim.kill();
+                agent_kills += 1;
+                agent_lines.extend(victim.lines.try_iter());
+            }
+        } else if let Some(mut victim) = running[up[pick]].take() {
             victim.kill();
             count_takeovers(&victim);
         }
@@ -208,6 +271,11 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
     for (i, server) in running.iter_mut().enumerate() {
         if server.is_none() {
             *server = Some(start(i));
+        }
+    }
+    for (i, agent) in working.iter_mut().enumerate() {
+        if agent.is_none() {
+            *agent = Some(start_agent(i));
         }
     }
     let mut running: Vec<Server> = running.into_iter().flatten().collect();
@@ -237,6 +305,12 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
         server.stop();
         count_takeovers(server);
     }
+    for mut agent in working.into_iter().flatten() {
+        agent.kill();
+        agent_lines.extend(agent.lines.try_iter());
+    }
+    let on_agents = agent_lines.iter().filter(|l| l.ends_with("completed (succeeded)")).count();
+    let dropped = agent_lines.iter().filter(|l| l.contains("drops the job") || l.contains("was refused")).count();
     let state = &states[0];
 
     // One run per key, no more.
@@ -303,8 +377,9 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
         }
     }
     eprintln!(
-        "{kills} kills of {servers} servers: {succeeded} runs succeeded, {resumed} were resumed after a kill \
-         ({taken_over} by another server), {resent} deployments were sent again with their key; failures: {failures:#?}"
+        "{kills} kills ({agent_kills} of agents) of {servers} servers and {agents} agents: {succeeded} runs succeeded, {resumed} were resumed \
+         after a kill ({taken_over} by another server), {resent} deployments were sent again with their key, \
+         {on_agents} steps completed on agents, {dropped} agent jobs were dropped or refused late; failures: {failures:#?}"
     );
     // Every provider here may be sent a deployment again, so nothing a kill
     // interrupts has to fail: a failed run is a bug.
@@ -313,20 +388,30 @@ fn harness(database: Option<&str>, servers: usize, kills: usize) {
     if servers > 1 {
         assert!(taken_over >= 3, "only {taken_over} runs were taken over by another server");
     }
+    if agents > 0 {
+        // Four steps a run ran on agents, at least once each.
+        assert!(on_agents >= 4 * kills, "only {on_agents} steps completed on agents");
+        assert!(agent_kills >= kills / 5, "only {agent_kills} of {kills} kills were of agents");
+    }
 
     // Every digest the index knows is in the artifact store, intact.
     let store = match database {
         Some(url) => airlock_store::Store::open_postgres(url).expect("store"),
         None => airlock_store::Store::open(state).expect("store"),
     };
-    let artifacts = airlock_host::ArtifactStore::new(artifacts_dir.clone());
+    let cache = tempfile::tempdir().expect("tempdir");
+    let artifacts = match &s3 {
+        // Read back from the bucket, through an empty cache.
+        Some(s3) => s3.store(cache.path()),
+        None => airlock_host::ArtifactStore::new(artifacts_dir.clone()),
+    };
     let indexed = store.artifacts().expect("index");
     assert!(!indexed.is_empty());
     for (sha, record) in indexed {
         artifacts.verify(&sha).unwrap_or_else(|e| panic!("indexed artifact {sha} ({} bytes): {e}", record.size));
     }
     // And the credential went to the receiver only.
-    for file in states.iter().flat_map(|state| crate::support::files_below(state)) {
+    for file in crate::support::files_below(s.path()) {
         if !file.is_file() {
             continue;
         }

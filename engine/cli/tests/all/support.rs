@@ -166,14 +166,26 @@ impl Server {
     }
 
     /// Like [`start`](Self::start), with more `airlock serve` arguments.
+    pub fn start_with(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", state, policy, pipelines, env, args)
+    }
+
+    /// [`start_with`](Self::start_with), listening on `listen`.
     // The child is waited for by `kill`, which `Drop` calls.
     #[allow(clippy::zombie_processes)]
-    pub fn start_with(state: &Path, policy: &Path, pipelines: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
+    pub fn start_on(
+        listen: &str,
+        state: &Path,
+        policy: &Path,
+        pipelines: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         use std::io::BufRead;
         let mut cmd = airlock(state);
         cmd.arg("--policy")
             .arg(policy)
-            .args(["serve", "--listen", "127.0.0.1:0", "--pipelines"])
+            .args(["serve", "--listen", listen, "--pipelines"])
             .arg(pipelines)
             .args(args)
             .stdout(std::process::Stdio::null())
