@@ -375,6 +375,19 @@ impl App {
         }
     }
 
+    /// The agents that asked this server for work lately, by name: their
+    /// labels, and how long ago they last asked.
+    pub(crate) fn agents_lately(&self) -> Vec<(String, Vec<String>, Duration)> {
+        let seen = self.agents_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lately: Vec<_> = seen
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < SEEN_WITHIN)
+            .map(|(id, (labels, at))| (id.clone(), labels.clone(), at.elapsed()))
+            .collect();
+        lately.sort();
+        lately
+    }
+
     /// How many agents asked this server for work lately.
     pub(crate) fn agents_here(&self) -> usize {
         let seen = self.agents_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

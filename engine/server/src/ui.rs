@@ -77,6 +77,7 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
             match rest {
                 [] => runs_page(app),
+                ["agents"] => agents_page(app),
                 ["runs", run] => run_page(app, run, &user.name),
                 ["runs", run, "steps", step, "log"] => log_page(app, run, step),
                 ["runs", run, "approvals", step] => approval_page(app, run, step, &user),
@@ -121,7 +122,7 @@ fn page(title: &str, body: &str, refresh: bool) -> Response<Body> {
          pre{{background:#0f1419;color:#e6e1cf;padding:1rem;overflow:auto;min-height:8rem;white-space:pre-wrap}}\
          .box{{border:1px solid #ccd;padding:1rem;margin:1rem 0}}input{{font:inherit;padding:.3rem}}\
          button{{font:inherit;padding:.3rem 1rem;margin-right:.5rem}}#result{{font-weight:600}}\
-         </style></head><body><nav><a href=\"/ui\">runs</a> · <form method=\"post\" action=\"/ui/logout\" \
+         </style></head><body><nav><a href=\"/ui\">runs</a> · <a href=\"/ui/agents\">agents</a> · <form method=\"post\" action=\"/ui/logout\" \
          style=\"display:inline\"><button type=\"submit\" id=\"sign-out\">sign out</button></form></nav><h1>{t}</h1>\n{body}\
          <script src=\"/ui/app.js\"></script></body></html>\n",
         t = escape(title),
@@ -218,6 +219,70 @@ fn runs_page(app: &App) -> Response<Body> {
         body.push_str("<p>No runs yet. <code>airlock run --server URL PIPELINE</code> submits one.</p>");
     }
     page("Runs", &body, live)
+}
+
+/// The agents that asked this server for work lately, with their labels
+/// and the steps they hold; then every step waiting for an agent or held
+/// by one, whichever server offered it.
+fn agents_page(app: &App) -> Response<Body> {
+    let jobs = match app.store.jobs() {
+        Ok(j) => j,
+        Err(e) => return page("Agents", &format!("<p class=\"failed\">{}</p>", escape(&e.to_string())), false),
+    };
+    let open: Vec<_> = jobs.iter().filter(|j| j.state != airlock_store::JobState::Done).collect();
+    let step_link = |j: &airlock_store::JobRecord| {
+        format!(
+            "<a href=\"/ui/runs/{r}\">{r}</a> / <a href=\"/ui/runs/{r}/steps/{s}/log\">{s}</a> (attempt {})",
+            j.attempt,
+            r = escape(&j.run),
+            s = escape(&j.step)
+        )
+    };
+    let mut body = String::from(
+        "<h2>Agents</h2><p>Those that asked this server for work in the last minute.</p>\n\
+         <table id=\"agents\"><tr><th>agent</th><th>labels</th><th>asked</th><th>running</th></tr>\n",
+    );
+    let seen = app.agents_lately();
+    for (agent, labels, ago) in &seen {
+        let running: Vec<String> = open
+            .iter()
+            .filter(|j| j.state == airlock_store::JobState::Leased && j.agent.as_deref() == Some(agent.as_str()))
+            .map(|j| step_link(j))
+            .collect();
+        let _ = writeln!(
+            body,
+            "<tr data-agent=\"{a}\"><td>{a}</td><td>{}</td><td>{}s ago</td><td>{}</td></tr>",
+            escape(&labels.join(", ")),
+            ago.as_secs(),
+            if running.is_empty() { "idle".into() } else { running.join("<br>") },
+            a = escape(agent),
+        );
+    }
+    body.push_str("</table>\n");
+    if seen.is_empty() {
+        body.push_str("<p>No agent asked lately. <code>airlock agent --server URL</code> starts one.</p>");
+    }
+    body.push_str(
+        "<h2>Steps for agents</h2>\n<table id=\"jobs\"><tr><th>step</th><th>state</th><th>agent</th>\
+         <th>labels wanted</th><th>offered</th></tr>\n",
+    );
+    for j in &open {
+        let state = match j.state {
+            airlock_store::JobState::Waiting => "queued",
+            _ => "running",
+        };
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            step_link(j),
+            state_span(state),
+            escape(j.agent.as_deref().unwrap_or("-")),
+            escape(&j.labels.join(", ")),
+            ago(j.created_ms),
+        );
+    }
+    body.push_str("</table>\n");
+    page("Agents", &body, !open.is_empty() || !seen.is_empty())
 }
 
 /// The DAG as SVG: each step in the column of its longest path from a

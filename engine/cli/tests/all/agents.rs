@@ -233,9 +233,14 @@ fn a_killed_agents_job_runs_elsewhere_and_a_late_one_is_refused() {
     let (agent, runner) = (http(), people.runner.token.as_str());
 
     // Killed.
+    let session = ui_session(&server.url, &people.viewer.token);
     let mut first = Agent::start(&s.path().join("agent-1"), &server.url, &token.token, "a1", &["linux", "big"]);
     let id = submit_run(&agent, &server.url, runner, "remote.yaml");
     first.wait_for(&format!("job {id}/make/1: claimed"));
+    // The agents page shows it at work (the step takes most of a second).
+    let page = ui_get(&server.url, &session, "/ui/agents");
+    let row = page.lines().find(|l| l.contains("data-agent=")).unwrap_or_else(|| panic!("no agent listed: {page}"));
+    assert!(row.contains("linux, big") && row.contains(&format!("/ui/runs/{id}/steps/make/log")), "{row}");
     first.kill();
     let second = Agent::start(&s.path().join("agent-2"), &server.url, &token.token, "a2", &["linux", "big"]);
     second.wait_for(&format!("job {id}/make/1: claimed (fence "));
@@ -343,4 +348,23 @@ fn an_agent_cannot_slip_in_other_bytes() {
         .expect("cancel");
     assert_eq!(status, 200);
     assert_eq!(wait_for_end(&agent, &server.url, runner, &id)["run"]["state"], "cancelled");
+}
+
+/// Signs in to the web pages with `token`; answers the session cookie.
+fn ui_session(base: &str, token: &str) -> String {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let resp = agent
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(format!("token={token}"))
+        .expect("sign in");
+    let cookie = resp.headers().get("set-cookie").and_then(|v| v.to_str().ok()).expect("a session cookie");
+    cookie.split(';').next().expect("name=value").to_owned()
+}
+
+/// A web page, as the signed-in user of `cookie`.
+fn ui_get(base: &str, cookie: &str, path: &str) -> String {
+    let resp = http().get(format!("{base}{path}")).header("cookie", cookie).call().expect("page");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().read_to_string().expect("html")
 }
