@@ -368,3 +368,43 @@ fn ui_get(base: &str, cookie: &str, path: &str) -> String {
     assert_eq!(resp.status(), 200);
     resp.into_body().read_to_string().expect("html")
 }
+
+/// PostgreSQL restarted while an agent runs a step: the server waits for
+/// the database (the agent's calls wait with it), the step completes
+/// once, and the run goes on to its end.
+#[test]
+fn a_step_on_an_agent_goes_on_through_a_restart_of_postgresql() {
+    let mut pg = airlock_store::testing::TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    s.file(
+        "pipes/long.yaml",
+        format!(
+            "name: long\nsteps:\n  make:\n    uses: {tick}\n    runs_on: [big]\n    cache: false\n    args: [\"40\", \"100\", out.txt]\n    \
+             outputs: [out.txt]\n  here:\n    uses: {tick}\n    needs: [make]\n    inputs: [make]\n    args: [\"1\", \"1\"]\n",
+            tick = tick()
+        ),
+    );
+    let env = [("AIRLOCK_DATABASE_URL", url.as_str())];
+    let server = Server::start_with(&s.state(), &policy, &s.path().join("pipes"), &env, &["--lease", "10s"]);
+    let worker = Agent::start(&s.path().join("agent-state"), &server.url, &token.token, "a1", &["big"]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let id = submit_run(&agent, &server.url, runner, "long.yaml");
+    worker.wait_for(&format!("job {id}/make/1: claimed"));
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_again().expect("PostgreSQL starts again");
+    worker.wait_for(&format!("job {id}/make/1: completed (succeeded)"));
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    let make = detail["steps"].as_array().expect("steps").iter().find(|st| st["name"] == "make").cloned();
+    assert_eq!(make.expect("make")["attempts"], 1, "{detail}");
+    let (status, log) =
+        call(&agent, "GET", &format!("{}/api/v1/runs/{id}/steps/make/log", server.url), Some(runner), None, &[])
+            .expect("log");
+    assert_eq!(status, 200);
+    assert!(log.as_str().is_some_and(|l| l.ends_with("tick 40\n")), "{log}");
+}
