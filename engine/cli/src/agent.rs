@@ -12,6 +12,7 @@ use crate::exit;
 use crate::http::{Body, CallError, Server, bytes_body, error_of};
 use airlock_host::ArtifactStore;
 use airlock_runner::agent::{JobResult, JobSpec, Plugins, run_job};
+use airlock_runner::metrics::AgentMetrics;
 use futures_util::TryStreamExt as _;
 use http_body_util::BodyExt as _;
 use hyper::{Method, StatusCode};
@@ -40,6 +41,11 @@ pub struct AgentArgs {
     /// Jobs at once, at most [default: number of cores].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
+    /// Serve this agent's metrics for Prometheus at
+    /// `http://ADDR/metrics` (OpenMetrics text, no token: bind it to an
+    /// address only the monitoring system reaches, e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Stop after this many jobs (for tests and one-shot machines)
     /// [default: never].
     #[arg(long, value_name = "N", hide = true)]
@@ -73,7 +79,8 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let server = Arc::new(Servers { list, at: AtomicUsize::new(0) });
+    let metrics = Arc::new(AgentMetrics::default());
+    let server = Arc::new(Servers { list, at: AtomicUsize::new(0), metrics: metrics.clone() });
     drop(token);
     let name = match args.name.clone() {
         Some(n) => n,
@@ -85,6 +92,14 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     let sandbox = Arc::new(airlock_sandbox::Sandbox::new(Some(state_dir.join("cache")))?);
     let stop = airlock_runner::CancellationToken::new();
     crate::serve::cancel_on_stop_signals(stop.clone());
+    if let Some(addr) = args.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+        let at = listener.local_addr()?;
+        tokio::spawn(serve_metrics(listener, metrics, stop.clone()));
+        eprintln!("agent {name}: metrics at http://{at}/metrics");
+    }
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     eprintln!(
         "agent {name} takes jobs from {} ({jobs} at once; labels: {})",
@@ -124,6 +139,7 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
 struct Servers {
     list: Vec<Server>,
     at: AtomicUsize,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Servers {
@@ -136,6 +152,7 @@ impl Servers {
     /// Turns from server `i`, which could not be reached, to the next
     /// (unless another call turned already).
     fn failed(&self, i: usize) {
+        self.metrics.unreachable();
         let _ = self.at.compare_exchange(i, (i + 1) % self.list.len(), Ordering::Relaxed, Ordering::Relaxed);
     }
 
@@ -271,6 +288,9 @@ impl Job {
     ) {
         let id = &self.claimed.job;
         eprintln!("job {id}: claimed (fence {})", self.claimed.fence);
+        let (metrics, began) = (self.server.metrics.clone(), std::time::Instant::now());
+        metrics.job_started();
+        let ended = |outcome| metrics.job_ended(outcome, began.elapsed().as_secs_f64());
         let lost = airlock_runner::CancellationToken::new();
         let renewing = tokio::spawn(renew(
             self.server.clone(),
@@ -299,6 +319,7 @@ impl Job {
             () = lost.cancelled() => {
                 eprintln!("job {id}: the lease went to another agent; this agent drops the job");
                 renewing.abort();
+                ended("dropped");
                 return;
             }
         };
@@ -320,13 +341,19 @@ impl Job {
         renewing.abort();
         match answer {
             Ok((StatusCode::OK, _)) => {
-                eprintln!("job {id}: completed ({})", if result.failure.is_some() { "failed" } else { "succeeded" })
+                let outcome = if result.failure.is_some() { "failed" } else { "succeeded" };
+                eprintln!("job {id}: completed ({outcome})");
+                ended(outcome);
             }
             Ok((status, body)) => {
                 let why = error_of(&body).map(|e| e.message).unwrap_or_default();
                 eprintln!("job {id}: the completion was refused ({status}): {why}");
+                ended("refused");
             }
-            Err(e) => eprintln!("job {id}: the completion was not delivered: {e}"),
+            Err(e) => {
+                eprintln!("job {id}: the completion was not delivered: {e}");
+                ended("undelivered");
+            }
         }
     }
 
@@ -367,10 +394,11 @@ impl Job {
                 writer.write(data).map_err(|e| Failed::Other(e.to_string()))?;
             }
         }
-        let (got, _, _) = writer.finish().map_err(|e| Failed::Other(e.to_string()))?;
+        let (got, size, _) = writer.finish().map_err(|e| Failed::Other(e.to_string()))?;
         if got != sha {
             return Err(Failed::Other(format!("blob {sha} arrived as other bytes ({got})")));
         }
+        self.server.metrics.fetched(size);
         Ok(())
     }
 
@@ -408,6 +436,7 @@ impl Job {
             let why = error_of(&answer).map(|e| e.message).unwrap_or_default();
             return Err(Failed::Other(format!("the upload of output {sha} was refused ({status}): {why}")));
         }
+        self.server.metrics.uploaded(size);
         Ok(())
     }
 }
@@ -450,5 +479,51 @@ async fn renew(
             Ok((status, _)) => eprintln!("agent {name}: renewing answered {status}; trying again"),
             Err(e) => eprintln!("agent {name}: cannot renew: {e}; trying again"),
         }
+    }
+}
+
+/// Most connections to the metrics address at once; more wait to be
+/// accepted.
+const METRICS_CONNECTIONS: usize = 8;
+
+/// Answers `GET /metrics` on `listener` until `stop`: a few connections
+/// at a time, each given a few seconds, whatever a client sends.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<AgentMetrics>,
+    stop: airlock_runner::CancellationToken,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, kind, text) = match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => {
+                            (StatusCode::OK, airlock_runner::metrics::CONTENT_TYPE, metrics.encode())
+                        }
+                        _ => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "GET /metrics\n".to_owned()),
+                    };
+                    hyper::Response::builder()
+                        .status(status)
+                        .header(hyper::header::CONTENT_TYPE, kind)
+                        .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            drop(slot);
+        });
     }
 }

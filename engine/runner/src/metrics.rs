@@ -135,3 +135,89 @@ impl Metrics {
         Ok(text)
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// What an agent tells a monitoring system: the jobs it ran and how they
+/// ended, how long they took, the jobs under way, and the bytes it moved.
+pub struct AgentMetrics {
+    registry: Registry,
+    jobs: Family<Outcome, Counter>,
+    running: Gauge,
+    durations: Histogram,
+    fetched: Counter,
+    uploaded: Counter,
+    unreachable: Counter,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let jobs = Family::<Outcome, Counter>::default();
+        let running = Gauge::default();
+        // 5 ms to about 20 minutes.
+        let durations = Histogram::new(exponential_buckets(0.005, 4.0, 10));
+        let (fetched, uploaded, unreachable) = (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "airlock_agent_jobs",
+            "Jobs this agent claimed, by how they ended: succeeded, failed (the step failed), dropped (the lease \
+             went to another agent), refused (the server refused the completion), undelivered",
+            jobs.clone(),
+        );
+        registry.register("airlock_agent_jobs_running", "Jobs this agent runs now", running.clone());
+        registry.register(
+            "airlock_agent_job_duration_seconds",
+            "How long this agent's jobs took, from claim to completion",
+            durations.clone(),
+        );
+        registry.register("airlock_agent_fetched_bytes", "Bytes of plugins and inputs fetched", fetched.clone());
+        registry.register("airlock_agent_uploaded_bytes", "Bytes of outputs uploaded", uploaded.clone());
+        registry.register(
+            "airlock_agent_servers_unreachable",
+            "Calls that found a server out of reach (the agent turned to the next, or waited)",
+            unreachable.clone(),
+        );
+        Self { registry, jobs, running, durations, fetched, uploaded, unreachable }
+    }
+}
+
+impl AgentMetrics {
+    /// A job was claimed and begins.
+    pub fn job_started(&self) {
+        self.running.inc();
+    }
+
+    /// A job begun with [`job_started`](Self::job_started) ended with
+    /// `outcome` after `seconds`.
+    pub fn job_ended(&self, outcome: &'static str, seconds: f64) {
+        self.running.dec();
+        self.jobs.get_or_create(&Outcome { outcome }).inc();
+        self.durations.observe(seconds);
+    }
+
+    /// Bytes fetched from a server.
+    pub fn fetched(&self, bytes: u64) {
+        self.fetched.inc_by(bytes);
+    }
+
+    /// Bytes uploaded to a server.
+    pub fn uploaded(&self, bytes: u64) {
+        self.uploaded.inc_by(bytes);
+    }
+
+    /// A server could not be reached.
+    pub fn unreachable(&self) {
+        self.unreachable.inc();
+    }
+
+    /// The metrics as OpenMetrics text ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

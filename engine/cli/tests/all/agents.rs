@@ -23,8 +23,13 @@ impl Agent {
 
     /// An agent of the servers at `servers`.
     pub fn start_with(state: &Path, servers: &[&str], token: &str, name: &str, labels: &[&str]) -> Self {
+        Self::start_args(state, servers, token, name, labels, &[])
+    }
+
+    /// [`start_with`](Self::start_with), with more `airlock agent` arguments.
+    fn start_args(state: &Path, servers: &[&str], token: &str, name: &str, labels: &[&str], args: &[&str]) -> Self {
         let mut cmd = airlock(state);
-        cmd.args(["agent", "--name", name]);
+        cmd.args(["agent", "--name", name]).args(args);
         for server in servers {
             cmd.args(["--server", server]);
         }
@@ -125,13 +130,31 @@ fn steps_run_on_an_agent_and_their_outputs_go_downstream() {
     let policy = policy(&s, &people, &token);
     remote_pipeline(&s, 10);
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
-    let worker = Agent::start(&s.path().join("agent-state"), &server.url, &token.token, "a1", &["linux", "big"]);
+    let worker = Agent::start_args(
+        &s.path().join("agent-state"),
+        &[&server.url],
+        &token.token,
+        "a1",
+        &["linux", "big"],
+        &["--metrics", "127.0.0.1:0"],
+    );
+    let said = worker.wait_for("metrics at ");
+    let metrics_url = said.rsplit(' ').next().expect("url").to_owned();
     let (agent, runner) = (http(), people.runner.token.as_str());
     let id = submit_run(&agent, &server.url, runner, "remote.yaml");
     let detail = wait_for_end(&agent, &server.url, runner, &id);
     assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
     worker.wait_for(&format!("job {id}/make/1: completed (succeeded)"));
     worker.wait_for(&format!("job {id}/sums/1: completed (succeeded)"));
+
+    // The agent's own metrics, read as Prometheus reads them.
+    let text = agent.get(&metrics_url).call().expect("metrics").into_body().read_to_string().expect("text");
+    let metrics = crate::servers::read_openmetrics(&text);
+    assert_eq!(metrics.get("airlock_agent_jobs_total{outcome=succeeded}"), Some(&2.0), "{metrics:#?}");
+    assert_eq!(metrics.get("airlock_agent_jobs_running"), Some(&0.0), "{metrics:#?}");
+    assert_eq!(metrics.get("airlock_agent_job_duration_seconds_count"), Some(&2.0), "{metrics:#?}");
+    assert!(metrics.get("airlock_agent_uploaded_bytes_total").is_some_and(|b| *b > 0.0), "{metrics:#?}");
+    assert!(metrics.get("airlock_agent_fetched_bytes_total").is_some_and(|b| *b > 0.0), "{metrics:#?}");
 
     // The step's log is the run's, as if it had run on the server.
     let (status, log) =
