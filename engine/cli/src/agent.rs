@@ -300,32 +300,37 @@ impl Job {
             self.claimed.lease_ms,
             lost.clone(),
         ));
+        // A directory of this claim's own: a job whose lease expired may
+        // be claimed again, by another worker of this same agent, while
+        // the first still runs it.
+        let dir: PathBuf = root.join("jobs").join(format!("{}-{}", id.replace('/', "_"), self.claimed.fence));
         let outcome = async {
             for sha in self.claimed.spec.digests() {
                 if !blobs.contains(sha) {
                     self.fetch(blobs, sha).await?;
                 }
             }
-            let dir: PathBuf = root.join("jobs").join(id.replace('/', "_"));
             let result = run_job(sandbox, plugins, &dir, blobs, &self.claimed.spec).await;
             let _ = std::fs::remove_dir_all(&dir);
             for output in &result.outputs {
                 self.upload(blobs, &output.sha256, output.size).await?;
             }
-            Ok::<JobResult, String>(result)
+            Ok::<JobResult, Failed>(result)
         };
         let result = tokio::select! {
             r = outcome => r,
-            () = lost.cancelled() => {
-                eprintln!("job {id}: the lease went to another agent; this agent drops the job");
-                renewing.abort();
-                ended("dropped");
-                return;
-            }
+            () = lost.cancelled() => Err(Failed::Lost),
         };
         let result = match result {
             Ok(r) => r,
-            Err(why) => JobResult {
+            Err(Failed::Lost) => {
+                eprintln!("job {id}: the lease went to another agent; this agent drops the job");
+                renewing.abort();
+                let _ = std::fs::remove_dir_all(&dir);
+                ended("dropped");
+                return;
+            }
+            Err(Failed::Unreachable(why) | Failed::Other(why)) => JobResult {
                 failure: Some(format!("step `{}`: on agent `{}`: {why}", self.claimed.spec.step, self.name)),
                 log: String::new(),
                 log_written: 0,
@@ -359,7 +364,7 @@ impl Job {
 
     /// Fetches a blob the job names into `blobs`, checked against its
     /// digest, from the server in use or, if it cannot be reached, the next.
-    async fn fetch(&self, blobs: &ArtifactStore, sha: &str) -> Result<(), String> {
+    async fn fetch(&self, blobs: &ArtifactStore, sha: &str) -> Result<(), Failed> {
         let mut last = String::new();
         for _ in 0..self.server.list.len() {
             let (i, server) = self.server.current();
@@ -368,11 +373,11 @@ impl Job {
                     self.server.failed(i);
                     last = e;
                 }
-                Err(Failed::Other(e)) => return Err(e),
+                Err(e) => return Err(e),
                 Ok(()) => return Ok(()),
             }
         }
-        Err(last)
+        Err(Failed::Unreachable(last))
     }
 
     async fn fetch_from(&self, server: &Server, blobs: &ArtifactStore, sha: &str) -> Result<(), Failed> {
@@ -382,6 +387,9 @@ impl Job {
             .body(bytes_body(Vec::new()))
             .map_err(|e| Failed::Other(e.to_string()))?;
         let resp = server.open(req).await.map_err(Failed::from)?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Err(Failed::Lost);
+        }
         if resp.status() != StatusCode::OK {
             return Err(Failed::Other(format!("the server answered {} for blob {sha}", resp.status())));
         }
@@ -404,7 +412,7 @@ impl Job {
 
     /// Uploads an output from `blobs` to the server in use or, if it
     /// cannot be reached, the next.
-    async fn upload(&self, blobs: &ArtifactStore, sha: &str, size: u64) -> Result<(), String> {
+    async fn upload(&self, blobs: &ArtifactStore, sha: &str, size: u64) -> Result<(), Failed> {
         let mut last = String::new();
         for _ in 0..self.server.list.len() {
             let (i, server) = self.server.current();
@@ -413,11 +421,11 @@ impl Job {
                     self.server.failed(i);
                     last = e;
                 }
-                Err(Failed::Other(e)) => return Err(e),
+                Err(e) => return Err(e),
                 Ok(()) => return Ok(()),
             }
         }
-        Err(last)
+        Err(Failed::Unreachable(last))
     }
 
     async fn upload_to(&self, server: &Server, blobs: &ArtifactStore, sha: &str, size: u64) -> Result<(), Failed> {
@@ -432,6 +440,9 @@ impl Job {
             .body(body)
             .map_err(|e| Failed::Other(e.to_string()))?;
         let (status, answer) = server.send(req).await.map_err(Failed::from)?;
+        if status == StatusCode::CONFLICT {
+            return Err(Failed::Lost);
+        }
         if status != StatusCode::OK {
             let why = error_of(&answer).map(|e| e.message).unwrap_or_default();
             return Err(Failed::Other(format!("the upload of output {sha} was refused ({status}): {why}")));
@@ -441,10 +452,12 @@ impl Job {
     }
 }
 
-/// Why a fetch or an upload failed: a server that could not be reached
-/// (the next may be), or anything else (no server will do better).
+/// Why a job's fetch or upload failed: a server that could not be
+/// reached (the next may be), the job no longer this agent's (409), or
+/// anything else (no server will do better).
 enum Failed {
     Unreachable(String),
+    Lost,
     Other(String),
 }
 

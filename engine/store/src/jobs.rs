@@ -118,10 +118,14 @@ impl crate::Store {
     /// attempt offered again after its engine stopped), and tells them.
     pub fn offer_job(&self, job: &JobRecord) -> Result<()> {
         // Offered again, it keeps its fence: an agent that held it before
-        // is refused, as after any claim.
+        // is refused, as after any claim. A job removed and offered anew
+        // (its run taken over, the step restarted under the same id)
+        // starts above every fence it had: the fences of a run's jobs
+        // start from the run's own, which grew when it was taken over.
+        let floor = self.fence(&job.run).unwrap_or(0) << 32;
         self.db.update(Tree::Jobs, job.id.as_bytes(), |old| {
             let fence = old.and_then(|o| serde_json::from_slice::<JobRecord>(o).ok()).map_or(0, |o| o.fence);
-            Some(encode(&JobRecord { fence: fence.max(job.fence), ..job.clone() }))
+            Some(encode(&JobRecord { fence: fence.max(job.fence).max(floor), ..job.clone() }))
         })?;
         self.signal(&crate::Signal::Work)
     }
@@ -300,6 +304,38 @@ mod tests {
                 store.complete_job("r1/nothing/1", "a2", 1, serde_json::json!("x")).expect("complete"),
                 Err(JobRefusal::Unknown("r1/nothing/1".into()))
             );
+        });
+    }
+
+    /// A job removed and offered anew under the same id after its run was
+    /// taken back (the step restarted) gets fences above all it had: the
+    /// agent that held the old job is refused, even when the same agent
+    /// claims the new one.
+    #[test]
+    fn a_job_offered_anew_after_a_takeover_refuses_the_old_claim() {
+        crate::on_each_backend(|store| {
+            store.identify("engine", std::time::Duration::from_secs(60));
+            let submission = crate::Submission {
+                pipeline: "p.yaml".into(),
+                source: String::new(),
+                params: Vec::new(),
+                requester: "ci".into(),
+                key: None,
+                origin: None,
+            };
+            let run = store.submit_run("p", Default::default(), &["s".into()], submission).expect("submit").0.id;
+            store.claim_run().expect("claim").expect("the run");
+            let job = JobRecord::new(&run, "s", 1, Vec::new(), vec!["pool".into()], serde_json::json!({}));
+            store.offer_job(&job).expect("offer");
+            let old = store.claim_job("a1", "pool", &[], 60_000).expect("claim").expect("job");
+            store.remove_job(&job.id).expect("remove");
+            store.reclaim_runs().expect("taken back");
+            store.offer_job(&job).expect("offer anew");
+            let new = store.claim_job("a1", "pool", &[], 60_000).expect("claim").expect("job");
+            assert!(new.fence > old.fence, "{} after {}", new.fence, old.fence);
+            let late = store.complete_job(&job.id, "a1", old.fence, serde_json::json!("late")).expect("complete");
+            assert_eq!(late, Err(JobRefusal::NotYours(job.id.clone())));
+            assert!(store.complete_job(&job.id, "a1", new.fence, serde_json::json!("ok")).expect("complete").is_ok());
         });
     }
 }

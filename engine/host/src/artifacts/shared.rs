@@ -24,6 +24,9 @@ const PART: usize = 16 << 20;
 /// How many parts of one blob are in flight at once.
 const PARTS_IN_FLIGHT: usize = 4;
 
+/// Most digests remembered as being in the object store.
+const PRESENT_AT_MOST: usize = 100_000;
+
 /// An S3-compatible bucket (or a prefix in one) holding blobs under
 /// `PREFIX/sha256/ab/cdef…`, the layout of the local store.
 pub struct ObjectTier {
@@ -142,14 +145,20 @@ impl ObjectTier {
 
     /// Runs `work` on this tier's runtime and waits for it, from any
     /// thread.
-    fn block<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> T {
+    fn block<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T, ArtifactError> {
+        let stopped = || {
+            self.error(object_store::Error::Generic {
+                store: "S3",
+                source: "the task talking to the object store stopped before it answered".into(),
+            })
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let runtime = self.runtime.as_ref().expect("the runtime lives until the tier is dropped");
+        let runtime = self.runtime.as_ref().ok_or_else(stopped)?;
         runtime.spawn(async move {
             let _ = tx.send(work.await);
         });
-        // The task sends before it ends, and the runtime outlives `self`.
-        rx.recv().expect("the object store task ran to its end")
+        // The task sends before it ends, unless it panicked.
+        rx.recv().map_err(|_| stopped())
     }
 
     fn seen(&self, sha256: &str) -> bool {
@@ -157,7 +166,12 @@ impl ObjectTier {
     }
 
     fn mark(&self, sha256: &str) {
-        self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(sha256.to_owned());
+        let mut present = self.present.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: forgetting only costs a request to ask again.
+        if present.len() >= PRESENT_AT_MOST {
+            present.clear();
+        }
+        present.insert(sha256.to_owned());
     }
 
     /// Asks the object store for the blobs under the prefix (one page of
@@ -165,13 +179,13 @@ impl ObjectTier {
     /// key that is refused shows up before anything is stored.
     pub fn check(&self) -> Result<(), ArtifactError> {
         let (store, prefix) = (self.store.clone(), Key::from(self.prefix.as_str()));
-        self.block(async move { store.list_with_delimiter(Some(&prefix)).await }).map(drop).map_err(|e| self.error(e))
+        self.block(async move { store.list_with_delimiter(Some(&prefix)).await })?.map(drop).map_err(|e| self.error(e))
     }
 
     /// The size of the blob in the object store, if it is there.
     pub fn size(&self, sha256: &str) -> Result<Option<u64>, ArtifactError> {
         let (store, key) = (self.store.clone(), self.key(sha256));
-        match self.block(async move { store.head(&key).await }) {
+        match self.block(async move { store.head(&key).await })? {
             Ok(meta) => {
                 self.mark(sha256);
                 Ok(Some(meta.size))
@@ -217,7 +231,7 @@ impl ObjectTier {
                 parts.write(&buf[..n]);
             }
             parts.finish().await.map(drop).map_err(Upload::Store)
-        });
+        })?;
         match uploaded {
             Ok(()) => {
                 self.mark(sha256);
@@ -248,7 +262,7 @@ impl ObjectTier {
                 writer.write(&chunk.map_err(Fetch::Store)?).map_err(Fetch::Local)?;
             }
             writer.finish().map(Some).map_err(Fetch::Local)
-        });
+        })?;
         match fetched {
             Ok(Some((actual, _, _))) if actual == sha256 => {
                 self.mark(sha256);
