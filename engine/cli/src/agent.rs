@@ -88,6 +88,29 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     };
     let root = state_dir.join("agent");
     std::fs::create_dir_all(&root).map_err(|e| anyhow::anyhow!("cannot make `{}`: {e}", root.display()))?;
+    // One agent per state directory: it owns what is in `jobs/`, so what
+    // an agent killed there left behind goes now.
+    let lock_path = root.join("agent.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("cannot open `{}`: {e}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            eprintln!("error: another airlock agent is using the state directory `{}`", state_dir.display());
+            eprintln!("hint: give each agent a state directory of its own (--state-dir)");
+            return Ok(exit::USAGE);
+        }
+        Err(std::fs::TryLockError::Error(e)) => anyhow::bail!("cannot lock `{}`: {e}", lock_path.display()),
+    }
+    match std::fs::remove_dir_all(root.join("jobs")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot remove the jobs a stopped agent left in `{}`: {e}", root.display()),
+    }
     let blobs = ArtifactStore::new(root.join("blobs"));
     let sandbox = Arc::new(airlock_sandbox::Sandbox::new(Some(state_dir.join("cache")))?);
     let stop = airlock_runner::CancellationToken::new();

@@ -431,3 +431,40 @@ fn a_step_on_an_agent_goes_on_through_a_restart_of_postgresql() {
     assert_eq!(status, 200);
     assert!(log.as_str().is_some_and(|l| l.ends_with("tick 40\n")), "{log}");
 }
+
+/// One agent per state directory: a second is refused, saying why; the
+/// first clears what a killed agent there left of its jobs.
+#[test]
+fn an_agent_owns_its_state_directory() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    std::fs::create_dir_all(s.path().join("pipes")).expect("pipes");
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let state = s.path().join("agent-state");
+    let stale = state.join("agent/jobs/RUN_make_1-7/workspace");
+    std::fs::create_dir_all(&stale).expect("a killed agent's job");
+    let first = Agent::start(&state, &server.url, &token.token, "a1", &["linux"]);
+    first.wait_for("takes jobs from");
+    assert!(!state.join("agent/jobs").exists(), "the stale job is still there");
+    let mut second = airlock(&state)
+        .args(["agent", "--server", &server.url, "--name", "a2"])
+        .env("AIRLOCK_AGENT_TOKEN", &token.token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("airlock agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second agent ran on the same state directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("another airlock agent is using the state directory"), "{stderr}");
+}
