@@ -19,6 +19,16 @@ use hyper::{Method, StatusCode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A line of the agent's log on stderr. A log nobody reads any more (a
+/// supervisor's pipe closed) must not stop the agent: a failed write is
+/// dropped, where `eprintln!` would panic the task that wrote it.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 use std::time::Duration;
 
 /// What `airlock agent` asks for.
@@ -64,8 +74,8 @@ struct Claimed {
 /// Runs jobs until stopped (Ctrl-C, SIGTERM).
 pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     let Some(token) = std::env::var("AIRLOCK_AGENT_TOKEN").ok().filter(|t| !t.trim().is_empty()) else {
-        eprintln!("error: `airlock agent` needs its pool's token");
-        eprintln!("hint: set AIRLOCK_AGENT_TOKEN to the token whose sha256 is the pool's `token_sha256` in the policy");
+        say!("error: `airlock agent` needs its pool's token");
+        say!("hint: set AIRLOCK_AGENT_TOKEN to the token whose sha256 is the pool's `token_sha256` in the policy");
         return Ok(exit::USAGE);
     };
     let mut list = Vec::with_capacity(args.servers.len());
@@ -73,8 +83,8 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
         match Server::new(url, token.trim(), 4) {
             Ok(s) => list.push(s),
             Err(bad) => {
-                eprintln!("error: {}", bad.message);
-                eprintln!("hint: {}", bad.hint);
+                say!("error: {}", bad.message);
+                say!("hint: {}", bad.hint);
                 return Ok(exit::USAGE);
             }
         }
@@ -100,8 +110,8 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
-            eprintln!("error: another airlock agent is using the state directory `{}`", state_dir.display());
-            eprintln!("hint: give each agent a state directory of its own (--state-dir)");
+            say!("error: another airlock agent is using the state directory `{}`", state_dir.display());
+            say!("hint: give each agent a state directory of its own (--state-dir)");
             return Ok(exit::USAGE);
         }
         Err(std::fs::TryLockError::Error(e)) => anyhow::bail!("cannot lock `{}`: {e}", lock_path.display()),
@@ -121,10 +131,10 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
             .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
         let at = listener.local_addr()?;
         tokio::spawn(serve_metrics(listener, metrics, stop.clone()));
-        eprintln!("agent {name}: metrics at http://{at}/metrics");
+        say!("agent {name}: metrics at http://{at}/metrics");
     }
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
-    eprintln!(
+    say!(
         "agent {name} takes jobs from {} ({jobs} at once; labels: {})",
         server.list.iter().map(Server::base).collect::<Vec<_>>().join(", "),
         if args.labels.is_empty() { "none".into() } else { args.labels.join(", ") }
@@ -239,7 +249,7 @@ impl Worker {
                 Ok(a) => a,
                 Err(e) => {
                     // The server is restarting, or out of reach: try again.
-                    eprintln!("agent {name}: {e}; trying again in {} ms", quiet.as_millis());
+                    say!("agent {name}: {e}; trying again in {} ms", quiet.as_millis());
                     tokio::time::sleep(quiet).await;
                     quiet = (quiet * 2).min(Duration::from_secs(5));
                     self.give_back();
@@ -257,12 +267,12 @@ impl Worker {
                     let why = error_of(&body)
                         .map(|e| e.message)
                         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-                    eprintln!("error: the server refuses this agent: {why}");
+                    say!("error: the server refuses this agent: {why}");
                     return exit::USAGE;
                 }
                 other => {
                     let why = error_of(&body).map(|e| e.message).unwrap_or_default();
-                    eprintln!("agent {name}: the server answered {other} to a claim: {why}; trying again");
+                    say!("agent {name}: the server answered {other} to a claim: {why}; trying again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     self.give_back();
                     continue;
@@ -271,7 +281,7 @@ impl Worker {
             let claimed: Claimed = match serde_json::from_slice(&body) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("agent {name}: the server's job cannot be read: {e}");
+                    say!("agent {name}: the server's job cannot be read: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -310,7 +320,7 @@ impl Job {
         blobs: &ArtifactStore,
     ) {
         let id = &self.claimed.job;
-        eprintln!("job {id}: claimed (fence {})", self.claimed.fence);
+        say!("job {id}: claimed (fence {})", self.claimed.fence);
         let (metrics, began) = (self.server.metrics.clone(), std::time::Instant::now());
         metrics.job_started();
         let ended = |outcome| metrics.job_ended(outcome, began.elapsed().as_secs_f64());
@@ -334,7 +344,6 @@ impl Job {
                 }
             }
             let result = run_job(sandbox, plugins, &dir, blobs, &self.claimed.spec).await;
-            let _ = std::fs::remove_dir_all(&dir);
             for output in &result.outputs {
                 self.upload(blobs, &output.sha256, output.size).await?;
             }
@@ -347,9 +356,9 @@ impl Job {
         let result = match result {
             Ok(r) => r,
             Err(Failed::Lost) => {
-                eprintln!("job {id}: the lease went to another agent; this agent drops the job");
+                say!("job {id}: the lease went to another agent; this agent drops the job");
                 renewing.abort();
-                let _ = std::fs::remove_dir_all(&dir);
+                forget(dir);
                 ended("dropped");
                 return;
             }
@@ -367,19 +376,22 @@ impl Job {
             .call(Method::POST, &self.path("complete"), Some(body.into_bytes()), &[("x-airlock-agent", &self.name)])
             .await;
         renewing.abort();
+        // The outputs are in the agent's store: the workspace goes, off
+        // the way of the completion (a tree of files takes a while).
+        forget(dir);
         match answer {
             Ok((StatusCode::OK, _)) => {
                 let outcome = if result.failure.is_some() { "failed" } else { "succeeded" };
-                eprintln!("job {id}: completed ({outcome})");
+                say!("job {id}: completed ({outcome})");
                 ended(outcome);
             }
             Ok((status, body)) => {
                 let why = error_of(&body).map(|e| e.message).unwrap_or_default();
-                eprintln!("job {id}: the completion was refused ({status}): {why}");
+                say!("job {id}: the completion was refused ({status}): {why}");
                 ended("refused");
             }
             Err(e) => {
-                eprintln!("job {id}: the completion was not delivered: {e}");
+                say!("job {id}: the completion was not delivered: {e}");
                 ended("undelivered");
             }
         }
@@ -493,6 +505,14 @@ impl From<CallError> for Failed {
     }
 }
 
+/// Removes a job's directory, in the background. What an agent stopped
+/// before it is done leaves is removed when the agent next starts.
+fn forget(dir: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
+
 /// Renews the lease every third of it until aborted; cancels `lost` when
 /// the server says the job is no longer this agent's.
 async fn renew(
@@ -512,8 +532,8 @@ async fn renew(
                 lost.cancel();
                 return;
             }
-            Ok((status, _)) => eprintln!("agent {name}: renewing answered {status}; trying again"),
-            Err(e) => eprintln!("agent {name}: cannot renew: {e}; trying again"),
+            Ok((status, _)) => say!("agent {name}: renewing answered {status}; trying again"),
+            Err(e) => say!("agent {name}: cannot renew: {e}; trying again"),
         }
     }
 }

@@ -201,8 +201,21 @@ async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Bod
             return r;
         }
         // A new job signals; an expired lease does not, so look again
-        // now and then.
-        let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), signals.recv()).await;
+        // now and then. Other signals (a job done, a run cancelled) bring
+        // nothing to claim: waking every waiting agent's claim for them
+        // would only make each read the queue again.
+        let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), async {
+            loop {
+                match signals.recv().await {
+                    Ok(airlock_store::Signal::Work) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        })
+        .await;
     }
 }
 

@@ -13,10 +13,13 @@
 //! refused. The engine waits for the job to be done, takes its result,
 //! and removes it.
 //!
-//! Every change is a compare-and-swap of the job's record, so servers
-//! sharing a database hand out each job once.
+//! On sled every change is a compare-and-swap of the job's record; on
+//! PostgreSQL jobs have a table of their own (`airlock_jobs`), where a
+//! claim is one statement that skips the rows another server is
+//! claiming. Either way, servers sharing a database hand out each job
+//! once.
 
-use crate::kv::Tree;
+use crate::kv::{Db, Tree};
 use crate::{Result, StoreError, decode, encode, now_ms};
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +105,17 @@ pub fn job_id(run: &str, step: &str, attempt: u32) -> String {
     format!("{run}/{step}/{attempt}")
 }
 
+/// What the engine waiting for a job finds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Awaited {
+    /// The job was done; its record, taken out of the store.
+    Done(Box<JobRecord>),
+    /// It is waiting for an agent or held by one.
+    NotYet,
+    /// There is no such job (its run took it back).
+    Gone,
+}
+
 /// Why a completion or a renewal was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobRefusal {
@@ -123,6 +137,9 @@ impl crate::Store {
         // starts above every fence it had: the fences of a run's jobs
         // start from the run's own, which grew when it was taken over.
         let floor = self.fence(&job.run).unwrap_or(0) << 32;
+        if let Db::Postgres(p) = &*self.db {
+            return p.offer_job(job, floor);
+        }
         self.db.update(Tree::Jobs, job.id.as_bytes(), |old| {
             let fence = old.and_then(|o| serde_json::from_slice::<JobRecord>(o).ok()).map_or(0, |o| o.fence);
             Some(encode(&JobRecord { fence: fence.max(job.fence).max(floor), ..job.clone() }))
@@ -132,23 +149,57 @@ impl crate::Store {
 
     /// A job by id.
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        if let Db::Postgres(p) = &*self.db {
+            return p.job(id);
+        }
         self.db.get(Tree::Jobs, id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
     }
 
     /// Every job: waiting, leased and done.
     pub fn jobs(&self) -> Result<Vec<JobRecord>> {
+        if let Db::Postgres(p) = &*self.db {
+            return p.jobs();
+        }
         self.db.all(Tree::Jobs)?.iter().map(|(k, v)| decode(k, v)).collect()
     }
 
     /// Removes a job: its engine took the result, or gave it up.
     pub fn remove_job(&self, id: &str) -> Result<()> {
+        if let Db::Postgres(p) = &*self.db {
+            return p.remove_job(id);
+        }
         self.db.remove(Tree::Jobs, id.as_bytes())
+    }
+
+    /// Takes a done job's record out of the store, in one step: what the
+    /// engine waiting for it does once its agent completed it.
+    pub fn take_done_job(&self, id: &str) -> Result<Awaited> {
+        if let Db::Postgres(p) = &*self.db {
+            return Ok(match p.take_done_job(id)? {
+                Ok(job) => Awaited::Done(Box::new(job)),
+                Err(true) => Awaited::NotYet,
+                Err(false) => Awaited::Gone,
+            });
+        }
+        loop {
+            let Some(old) = self.db.get(Tree::Jobs, id.as_bytes())? else { return Ok(Awaited::Gone) };
+            let job: JobRecord = decode(id.as_bytes(), &old)?;
+            if job.state != JobState::Done {
+                return Ok(Awaited::NotYet);
+            }
+            if self.db.cas(Tree::Jobs, id.as_bytes(), Some(&old), None)?.is_ok() {
+                return Ok(Awaited::Done(Box::new(job)));
+            }
+        }
     }
 
     /// Claims, for `agent` of `pool` with `labels`, the job waiting
     /// longest among those it fits that are waiting or whose lease
     /// expired: leased to it for `ttl_ms`, with a new fence.
     pub fn claim_job(&self, agent: &str, pool: &str, labels: &[String], ttl_ms: u64) -> Result<Option<JobRecord>> {
+        if let Db::Postgres(p) = &*self.db {
+            return p.claim_job(agent, pool, labels, now_ms(), ttl_ms);
+        }
         loop {
             let now = now_ms();
             let mut oldest: Option<(Vec<u8>, Vec<u8>, JobRecord)> = None;
@@ -209,11 +260,22 @@ impl crate::Store {
         fence: u64,
         ttl_ms: u64,
     ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
+        if let Db::Postgres(p) = &*self.db {
+            return p.renew_job(id, agent, fence, now_ms() + ttl_ms);
+        }
         self.change_job(id, agent, fence, |job| job.expires_ms = now_ms() + ttl_ms)
     }
 
     /// Records what `agent` reports of a job it holds with `fence`: the
     /// job is done. Refused when the job is no longer its.
+    ///
+    /// The answer does not wait for the disk. A completion lost with the
+    /// database (a crash of PostgreSQL or of the machine) leaves the job
+    /// leased to the agent until the lease ends, and then another agent
+    /// runs the step again: the step was not recorded as done either
+    /// (the engine's record of it comes after this one, in the same
+    /// log), and nothing the engine does outside the store happens
+    /// before it flushes what it wrote.
     pub fn complete_job(
         &self,
         id: &str,
@@ -221,16 +283,32 @@ impl crate::Store {
         fence: u64,
         result: serde_json::Value,
     ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
-        let done = self.change_job(id, agent, fence, |job| {
-            job.state = JobState::Done;
-            job.result = Some(result.clone());
-        })?;
-        if done.is_ok() {
-            // Acknowledged to the agent only once it is on disk.
-            self.flush()?;
-            self.signal(&crate::Signal::Done(id.to_owned()))?;
+        let done = match &*self.db {
+            Db::Postgres(p) => p.complete_job(id, agent, fence, encode(&result))?,
+            Db::Sled(_) => {
+                let done = self.change_job(id, agent, fence, |job| {
+                    job.state = JobState::Done;
+                    job.result = Some(result.clone());
+                })?;
+                if done.is_ok() {
+                    self.signal(&crate::Signal::Done(id.to_owned()))?;
+                }
+                done
+            }
+        };
+        // The same completion again (the agent sent it once more, after
+        // its answer was lost) is taken: the job is done, and by it.
+        match done {
+            Err(JobRefusal::NotYours(_)) => match self.job(id)? {
+                Some(job)
+                    if job.state == JobState::Done && job.agent.as_deref() == Some(agent) && job.fence == fence =>
+                {
+                    Ok(Ok(job))
+                }
+                _ => Ok(done),
+            },
+            done => Ok(done),
         }
-        Ok(done)
     }
 }
 
@@ -304,6 +382,62 @@ mod tests {
                 store.complete_job("r1/nothing/1", "a2", 1, serde_json::json!("x")).expect("complete"),
                 Err(JobRefusal::Unknown("r1/nothing/1".into()))
             );
+        });
+    }
+
+    /// The engine takes a done job's record out in one step; until then it
+    /// finds the job not yet done, and after, gone. A completion sent
+    /// again by the agent that made it is taken; another agent's is not.
+    #[test]
+    fn a_done_job_is_taken_once_and_a_repeated_completion_is_taken() {
+        crate::on_each_backend(|store| {
+            let id = offer(store, "s", &[]);
+            assert_eq!(store.take_done_job(&id).expect("take"), Awaited::NotYet);
+            let claimed = store.claim_job("a1", "pool", &[], 60_000).expect("claim").expect("job");
+            assert_eq!(store.take_done_job(&id).expect("take"), Awaited::NotYet);
+            let result = serde_json::json!({"ok": 1});
+            assert!(store.complete_job(&id, "a1", claimed.fence, result.clone()).expect("complete").is_ok());
+            let again = store.complete_job(&id, "a1", claimed.fence, result.clone()).expect("complete again");
+            assert_eq!(again.map(|j| j.state), Ok(JobState::Done));
+            let other = store.complete_job(&id, "a2", claimed.fence, result.clone()).expect("another agent");
+            assert_eq!(other, Err(JobRefusal::NotYours(id.clone())));
+            match store.take_done_job(&id).expect("take") {
+                Awaited::Done(job) => {
+                    assert_eq!((job.state, job.result, job.fence), (JobState::Done, Some(result), claimed.fence))
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(store.take_done_job(&id).expect("take"), Awaited::Gone);
+            assert_eq!(store.job(&id).expect("job"), None);
+        });
+    }
+
+    /// Agents claiming from four threads at once get every job exactly
+    /// once.
+    #[test]
+    fn claims_at_once_hand_out_each_job_once() {
+        crate::on_each_backend(|store| {
+            let ids: Vec<String> = (0..40).map(|i| offer(store, &format!("s{i}"), &[])).collect();
+            let claimed: Vec<String> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..4)
+                    .map(|w| {
+                        s.spawn(move || {
+                            let mut got = Vec::new();
+                            while let Some(job) = store.claim_job(&format!("a{w}"), "pool", &[], 60_000).expect("claim")
+                            {
+                                got.push(job.id);
+                            }
+                            got
+                        })
+                    })
+                    .collect();
+                workers.into_iter().flat_map(|w| w.join().expect("worker")).collect()
+            });
+            let mut sorted = claimed.clone();
+            sorted.sort();
+            let mut expected = ids.clone();
+            expected.sort();
+            assert_eq!(sorted, expected, "each job once");
         });
     }
 

@@ -38,7 +38,7 @@ mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
 pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
-pub use jobs::{JobRecord, JobRefusal, JobState, job_id};
+pub use jobs::{Awaited, JobRecord, JobRefusal, JobState, job_id};
 pub use leases::{DEFAULT_LEASE, Lease, LeaseCounts, Signal};
 pub use step_cache::{CacheEntry, TRUSTED_SCOPE, untrusted_scope};
 

@@ -28,6 +28,8 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+mod jobs;
+
 /// Connections one store holds open at most.
 pub const MAX_CONNECTIONS: usize = 16;
 /// The longest wait for a connection, or for one statement's answer.
@@ -50,7 +52,7 @@ fn tracing_lost(e: &PgError) {
 
 /// The schema this airlock writes. A database with a newer one is
 /// refused; an older one is migrated at open.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The migrations, in order: the one at index `i` takes the schema from
 /// version `i` to `i + 1`.
@@ -75,6 +77,35 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
          queued_at timestamptz NOT NULL DEFAULT clock_timestamp()
      );
      CREATE INDEX airlock_leases_queue ON airlock_leases (queued_at);",
+    // Jobs for agents (see `crate::jobs`) in a table of their own, so a
+    // claim is one indexed statement (`FOR UPDATE SKIP LOCKED`) rather
+    // than a read of every job. The columns an agent's claim, renewal and
+    // completion change are the job's state; `record` keeps the rest of
+    // it as the store's JSON. Jobs kept as records before move over.
+    "CREATE TABLE airlock_jobs (
+         id text PRIMARY KEY,
+         run text NOT NULL,
+         pools text[] NOT NULL,
+         labels text[] NOT NULL,
+         state text NOT NULL,
+         agent text,
+         fence bigint NOT NULL,
+         expires_ms bigint NOT NULL,
+         created_ms bigint NOT NULL,
+         record bytea NOT NULL,
+         result bytea
+     );
+     CREATE INDEX airlock_jobs_queue ON airlock_jobs (created_ms) WHERE state <> 'done';
+     INSERT INTO airlock_jobs
+         SELECT convert_from(key, 'UTF8'), j->>'run',
+                ARRAY(SELECT jsonb_array_elements_text(j->'pools')),
+                ARRAY(SELECT jsonb_array_elements_text(j->'labels')),
+                j->>'state', j->>'agent', (j->>'fence')::bigint, (j->>'expires_ms')::bigint,
+                (j->>'created_ms')::bigint, value,
+                CASE WHEN jsonb_typeof(j->'result') IS NULL OR jsonb_typeof(j->'result') = 'null' THEN NULL
+                     ELSE convert_to((j->'result')::text, 'UTF8') END
+         FROM (SELECT key, value, convert_from(value, 'UTF8')::jsonb AS j FROM airlock_kv WHERE tree = 'jobs') old;
+     DELETE FROM airlock_kv WHERE tree = 'jobs';",
 ];
 
 /// The `NOTIFY` channel of engines sharing a database.
@@ -909,7 +940,8 @@ mod tests {
         let db = PgDb::open(&url).expect("open");
         execute(
             &db,
-            "ALTER SEQUENCE airlock_ids INCREMENT BY 1; DROP TABLE airlock_leases; UPDATE airlock_schema SET version = 1; \
+            "ALTER SEQUENCE airlock_ids INCREMENT BY 1; DROP TABLE airlock_leases; DROP TABLE airlock_jobs; \
+             UPDATE airlock_schema SET version = 1; \
              SELECT setval('airlock_ids', 5000)",
         );
         let given = 5000;
@@ -931,6 +963,30 @@ mod tests {
             })
             .expect("version");
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    /// Jobs a database of schema 3 kept as records move to their table
+    /// at open: still there, still claimable, their fences kept.
+    #[test]
+    fn jobs_kept_as_records_move_to_their_table() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let db = PgDb::open(&url).expect("open");
+        let mut job =
+            crate::JobRecord::new("r1", "s", 1, vec!["x".into()], vec!["pool".into()], serde_json::json!({"a": 1}));
+        job.fence = 7;
+        let mut done = crate::JobRecord::new("r1", "t", 1, Vec::new(), vec!["pool".into()], serde_json::json!(null));
+        (done.state, done.agent, done.result) =
+            (crate::JobState::Done, Some("p/a".into()), Some(serde_json::json!("ok")));
+        execute(&db, "DROP TABLE airlock_jobs; UPDATE airlock_schema SET version = 3");
+        for j in [&job, &done] {
+            db.insert(Tree::Jobs, j.id.as_bytes(), crate::encode(j)).expect("insert");
+        }
+        drop(db);
+        let store = crate::Store::open_postgres(&url).expect("migrated");
+        assert_eq!(store.job(&done.id).expect("job"), Some(done.clone()));
+        let claimed = store.claim_job("p/b", "pool", &["x".into()], 60_000).expect("claim").expect("the job");
+        assert_eq!((claimed.id, claimed.fence, claimed.spec), (job.id, 8, serde_json::json!({"a": 1})));
     }
 
     /// A database migrated by a newer airlock is refused, saying so,

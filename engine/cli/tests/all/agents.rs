@@ -468,3 +468,31 @@ fn an_agent_owns_its_state_directory() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("another airlock agent is using the state directory"), "{stderr}");
 }
+
+/// An agent whose stderr nobody reads any more (its supervisor's pipe
+/// closed) goes on running steps: its log lines are dropped, not its jobs.
+#[test]
+fn an_agent_whose_log_is_closed_still_runs_steps() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    remote_pipeline(&s, 1);
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let mut child = airlock(&s.path().join("agent-state"))
+        .args(["agent", "--server", &server.url, "--name", "a1", "--label", "linux", "--label", "big"])
+        .env("AIRLOCK_AGENT_TOKEN", &token.token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("airlock agent");
+    drop(child.stderr.take());
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let id = submit_run(&agent, &server.url, runner, "remote.yaml");
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    let alive = child.try_wait().expect("wait").is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    assert!(alive, "the agent stopped");
+}

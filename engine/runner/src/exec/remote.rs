@@ -9,7 +9,7 @@ use super::step::StepError;
 use crate::agent::{JobInput, JobResult, JobSpec};
 use airlock_model::PluginStep;
 use airlock_sandbox::{DeployRequest, Invocation};
-use airlock_store::{JobRecord, JobState, OutputRecord};
+use airlock_store::{Awaited, JobRecord, OutputRecord};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -193,16 +193,14 @@ pub(crate) async fn run_on_agent(
                 return Err(StepError::Cancelled);
             }
         }
-        match shared.store.job(&job.id) {
-            Ok(Some(j)) if j.state == JobState::Done => break j,
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(failed(format!("step `{name}`: its job on the agents is gone"))),
+        // Taken out of the store as it is read: one statement.
+        match shared.store.take_done_job(&job.id) {
+            Ok(Awaited::Done(j)) => break *j,
+            Ok(Awaited::NotYet) => {}
+            Ok(Awaited::Gone) => return Err(failed(format!("step `{name}`: its job on the agents is gone"))),
             Err(e) => return Err(failed(format!("step `{name}`: {e}"))),
         }
     };
-    if let Err(e) = shared.store.remove_job(&job.id) {
-        tracing::warn!("job {}: cannot remove it: {e}", job.id);
-    }
     let result: JobResult = serde_json::from_value(done.result.unwrap_or_default())
         .map_err(|e| failed(format!("step `{name}`: the agent's result cannot be read: {e}")))?;
     use base64::Engine as _;
