@@ -777,17 +777,6 @@ fn parse_plugin_step(
         }
         runs_on.push(label.to_owned());
     }
-    if let Some(node) = get(entries, "runs_on")
-        && (tool.is_some() || mounts.as_ref().is_some_and(|m| !m.is_empty()))
-    {
-        c.error(
-            "agent-with-tool",
-            &field("runs_on"),
-            node.span,
-            format!("step `{name}` runs on an agent, which cannot take tools or mounts yet"),
-            Some("run the step on the server (drop `runs_on`), or make it a plugin without mounts".into()),
-        );
-    }
 
     let step = uses.map(|uses| {
         StepKind::Plugin(Box::new(PluginStep {

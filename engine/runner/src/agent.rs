@@ -62,6 +62,10 @@ pub struct JobSpec {
     pub seed: Option<String>,
     /// The inputs, each a tree of files by digest, at `/inputs/NAME`.
     pub inputs: Vec<JobInput>,
+    /// The trees mounted read-only at guest paths (a tool's files, a
+    /// source, an upstream step's outputs), each by digest.
+    #[serde(default)]
+    pub mounts: Vec<JobMount>,
     /// Glob patterns of the outputs.
     pub outputs: Vec<String>,
 }
@@ -75,11 +79,21 @@ pub struct JobInput {
     pub files: Vec<OutputRecord>,
 }
 
+/// A tree mounted for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobMount {
+    /// The absolute guest path it is mounted at.
+    pub guest: String,
+    /// Its files.
+    pub files: Vec<OutputRecord>,
+}
+
 impl JobSpec {
     /// Every digest the job names: what an agent may fetch for it.
     pub fn digests(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.plugin.sha256.as_str())
             .chain(self.inputs.iter().flat_map(|i| i.files.iter().map(|f| f.sha256.as_str())))
+            .chain(self.mounts.iter().flat_map(|m| m.files.iter().map(|f| f.sha256.as_str())))
     }
 }
 
@@ -124,8 +138,8 @@ pub async fn run_job(
         let (dir, blobs, spec) = (dir.to_owned(), blobs.clone(), spec.clone());
         tokio::task::spawn_blocking(move || lay_out_job(&dir, &blobs, &spec)).await
     };
-    let inputs = match laid_out.map_err(|e| e.to_string()).and_then(|r| r) {
-        Ok(inputs) => inputs,
+    let (inputs, mounts) = match laid_out.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(laid_out) => laid_out,
         Err(e) => return failed(format!("step `{name}`: cannot lay out its inputs on the agent: {e}")),
     };
     let key = (spec.plugin.sha256.clone(), spec.fuel_metered, spec.interfaces.clone());
@@ -153,6 +167,7 @@ pub async fn run_job(
     };
     let mut inv = Invocation::new(workspace.clone());
     inv.inputs = inputs;
+    inv.mounts = mounts;
     inv.inputs_root = Some(inputs_root);
     inv.tmp = Some(scratch);
     inv.argv0 = spec.argv0.clone();
@@ -202,10 +217,15 @@ pub async fn run_job(
     result
 }
 
-/// Makes `dir` hold an empty workspace and scratch directory, and each
+/// What a job's invocation is given: its inputs by name and its mounts
+/// by guest path, each a directory of the agent's.
+type LaidOut = (Vec<(String, std::path::PathBuf)>, Vec<(String, std::path::PathBuf)>);
+
+/// Makes `dir` hold an empty workspace and scratch directory, each
 /// input's files (copied from `blobs`, each checked against its digest)
-/// under `inputs/NAME`. Answers the inputs for the invocation.
-fn lay_out_job(dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> Result<Vec<(String, std::path::PathBuf)>, String> {
+/// under `inputs/NAME`, and each mount's under `mounts/N`. Answers the
+/// inputs and the mounts for the invocation.
+fn lay_out_job(dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> Result<LaidOut, String> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -221,5 +241,12 @@ fn lay_out_job(dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> Result<Vec<
         std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
         inputs.push((input.name.clone(), to));
     }
-    Ok(inputs)
+    let mut mounts = Vec::new();
+    for (i, mount) in spec.mounts.iter().enumerate() {
+        let to = dir.join("mounts").join(i.to_string());
+        crate::exec::lay_out(blobs, &to, &mount.files)?;
+        std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+        mounts.push((mount.guest.clone(), to));
+    }
+    Ok((inputs, mounts))
 }

@@ -496,3 +496,62 @@ fn an_agent_whose_log_is_closed_still_runs_steps() {
     assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
     assert!(alive, "the agent stopped");
 }
+
+/// A step that uses a tool and mounts trees runs on an agent: the server
+/// fetches the tool by its pinned digest, the agent gets its module and
+/// every mounted file by digest (a source, and an upstream step's outputs
+/// made on an agent), and what it makes is what the server makes.
+#[test]
+fn a_step_with_a_tool_and_mounts_runs_on_an_agent() {
+    use sha2::Digest as _;
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let digest = hex::encode(sha2::Sha256::digest(&wasm));
+    let url = crate::tools::serve(wasm);
+    s.file("pipes/src/a.txt", "one two three\n");
+    let yaml = |name: &str, on: &str| {
+        format!(
+            "name: {name}\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {digest}\nsteps:\n  \
+             make:\n    uses: {tick}\n{on}    cache: false\n    args: [\"2\", \"1\", out.txt]\n    outputs: [out.txt]\n  \
+             count:\n    uses: tool:wc\n{on}    cache: false\n    needs: [make]\n    mounts: {{ /data: src, /made: make }}\n    \
+             args: [counts.txt, /data/a.txt, /made/out.txt]\n    outputs: [counts.txt]\n",
+            tick = tick()
+        )
+    };
+    s.file("pipes/tooled.yaml", yaml("tooled", "    runs_on: [linux]\n"));
+    s.file("pipes/here.yaml", yaml("here", ""));
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let worker = Agent::start(&s.path().join("agent-state"), &server.url, &token.token, "a1", &["linux"]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let id = submit_run(&agent, &server.url, runner, "tooled.yaml");
+    let detail = wait_for_end(&agent, &server.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    worker.wait_for(&format!("job {id}/make/1: completed (succeeded)"));
+    worker.wait_for(&format!("job {id}/count/1: completed (succeeded)"));
+    let counts = |run: &str| -> String {
+        let list = outputs(&agent, &server.url, runner, run);
+        let sha = list["artifacts"]
+            .as_array()
+            .expect("artifacts")
+            .iter()
+            .find(|a| a["step"] == "count")
+            .unwrap_or_else(|| panic!("no counts: {list}"))["sha256"]
+            .as_str()
+            .expect("sha256")
+            .to_owned();
+        let (status, text) =
+            call(&agent, "GET", &format!("{}/api/v1/artifacts/{sha}", server.url), Some(runner), None, &[])
+                .expect("get");
+        assert_eq!(status, 200);
+        text.as_str().expect("text").to_owned()
+    };
+    let there = counts(&id);
+    assert!(there.contains("      1       3        14 /data/a.txt"), "{there}");
+    assert!(there.lines().any(|l| l.ends_with(" /made/out.txt") && !l.starts_with("      0")), "{there}");
+    let local = submit_run(&agent, &server.url, runner, "here.yaml");
+    assert_eq!(wait_for_end(&agent, &server.url, runner, &local)["run"]["state"], "succeeded");
+    assert_eq!(counts(&local), there, "the server made other bytes");
+}

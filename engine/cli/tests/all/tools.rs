@@ -42,7 +42,7 @@ fn the_fpga_pipeline_makes_a_bitstream_with_tools_fetched_by_digest() {
 }
 
 /// A loopback HTTP server that answers every request with `bytes`.
-fn serve(bytes: Vec<u8>) -> String {
+pub(crate) fn serve(bytes: Vec<u8>) -> String {
     let server = tiny_http::Server::http("127.0.0.1:0").expect("server");
     let url = format!("http://{}/tool.wasm", server.server_addr().to_ip().expect("ip"));
     std::thread::spawn(move || {

@@ -6,10 +6,11 @@ use super::Shared;
 use super::grants::effective_limits;
 use super::outputs::{lay_out, outputs_dir};
 use super::step::StepError;
-use crate::agent::{JobInput, JobResult, JobSpec};
+use crate::agent::{JobInput, JobMount, JobResult, JobSpec};
 use airlock_model::PluginStep;
 use airlock_sandbox::{DeployRequest, Invocation};
 use airlock_store::{Awaited, JobRecord, OutputRecord};
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -25,12 +26,18 @@ pub(crate) struct Ran {
     pub(crate) requests: Vec<DeployRequest>,
 }
 
-/// Puts the step's plugin into the artifact store, where agents fetch it
-/// by digest; answers its digest and size. The digest is the one the run
-/// worked out for the file (once per run, as the step cache's key uses
-/// it): a plugin already stored is not read again.
-pub(crate) async fn store_plugin(shared: &Shared, name: &str, step: &PluginStep) -> Result<OutputRecord, String> {
-    let path = shared.base_dir.join(&step.uses);
+/// Puts the step's plugin (the file at `path`: the plugin file, or the
+/// module of the tool it uses) into the artifact store, where agents
+/// fetch it by digest; answers its digest and size. The digest is the one
+/// the run worked out for the file (once per run, as the step cache's key
+/// uses it): a plugin already stored is not read again.
+pub(crate) async fn store_plugin(
+    shared: &Shared,
+    name: &str,
+    step: &PluginStep,
+    path: &Path,
+) -> Result<OutputRecord, String> {
+    let path = path.to_owned();
     let digest = super::cache::file_digest(shared, &path).await?;
     let max =
         shared.grants.as_ref().and_then(|g| g.grants.limits.plugin).unwrap_or(airlock_model::DEFAULT_PLUGIN_LIMIT);
@@ -104,6 +111,21 @@ fn store_tree(artifacts: &airlock_host::ArtifactStore, dir: &std::path::Path) ->
     Ok(files)
 }
 
+/// A tree of this host's (a source, a mounted directory) for an agent:
+/// every file put into the artifact store, where the agent fetches it by
+/// digest, and indexed.
+async fn hand_over(shared: &Shared, dir: &Path) -> Result<Vec<OutputRecord>, String> {
+    let (artifacts, dir) = (shared.artifacts.clone(), dir.to_owned());
+    let files = tokio::task::spawn_blocking(move || store_tree(&artifacts, &dir))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)?;
+    for f in &files {
+        shared.store.index_artifact(&f.sha256, f.size).map_err(|e| e.to_string())?;
+    }
+    Ok(files)
+}
+
 /// Offers one attempt of `step` to the agents and waits for its result.
 pub(crate) async fn run_on_agent(
     shared: &Shared,
@@ -119,18 +141,9 @@ pub(crate) async fn run_on_agent(
     let mut inputs = Vec::new();
     for (input, dir) in &invocation.inputs {
         let files = match shared.sources.get(input) {
-            Some(source) => {
-                let (artifacts, source) = (shared.artifacts.clone(), source.clone());
-                let files = tokio::task::spawn_blocking(move || store_tree(&artifacts, &source))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r)
-                    .map_err(|e| failed(format!("step `{name}`: cannot hand the source `{input}` to an agent: {e}")))?;
-                for f in &files {
-                    shared.store.index_artifact(&f.sha256, f.size).map_err(|e| failed(e.to_string()))?;
-                }
-                files
-            }
+            Some(source) => hand_over(shared, source)
+                .await
+                .map_err(|e| failed(format!("step `{name}`: cannot hand the source `{input}` to an agent: {e}")))?,
             None => {
                 shared
                     .store
@@ -140,6 +153,13 @@ pub(crate) async fn run_on_agent(
             }
         };
         inputs.push(JobInput { name: input.clone(), files });
+    }
+    let mut mounts = Vec::new();
+    for (guest, dir) in &invocation.mounts {
+        let files = hand_over(shared, dir)
+            .await
+            .map_err(|e| failed(format!("step `{name}`: cannot hand the mount `{guest}` to an agent: {e}")))?;
+        mounts.push(JobMount { guest: guest.clone(), files });
     }
     let limits = effective_limits(shared, step);
     let interfaces =
@@ -169,6 +189,7 @@ pub(crate) async fn run_on_agent(
         files: invocation.quota.entries,
         seed: invocation.seed.map(hex::encode),
         inputs,
+        mounts,
         outputs: step.outputs.clone(),
     };
     let spec = serde_json::to_value(&spec).map_err(|e| failed(e.to_string()))?;

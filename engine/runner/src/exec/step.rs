@@ -212,11 +212,17 @@ pub(crate) async fn attempts(
         return Ok((outputs, Vec::new()));
     }
     let place = if !step.runs_on.is_empty() {
-        // A step on an agent: its plugin goes there by digest, and is
-        // compiled there; nothing is fetched or compiled here.
-        let plugin = super::remote::store_plugin(shared, name, step).await.map_err(failed)?;
-        invocation.argv0 = step.argv0.clone();
-        invocation.entry = step.entry.clone();
+        // A step on an agent: its plugin (or its tool's module, fetched
+        // here, by the trusted host) and the trees mounted for it go
+        // there by digest; it is compiled there, not here.
+        let resolved = tokio::select! {
+            resolved = super::tools::resolve(shared, name, step) => resolved.map_err(failed)?,
+            () = cancel.cancelled() => return Err(StepError::Cancelled),
+        };
+        let plugin = super::remote::store_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
+        invocation.mounts = resolved.mounts;
+        invocation.argv0 = step.argv0.clone().or(resolved.argv0);
+        invocation.entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
         Place::Agent(plugin)
     } else {
         // Fetching and compiling can take minutes; a cancelled run does
