@@ -19,6 +19,7 @@ use hyper::{Method, StatusCode};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A line of the agent's log on stderr. A log nobody reads any more (a
 /// supervisor's pipe closed) must not stop the agent: a failed write is
@@ -29,7 +30,6 @@ macro_rules! say {
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
-use std::time::Duration;
 
 /// What `airlock agent` asks for.
 #[derive(clap::Args)]
