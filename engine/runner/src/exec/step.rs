@@ -221,8 +221,8 @@ pub(crate) async fn attempts(
         };
         let plugin = super::remote::store_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
         invocation.mounts = resolved.mounts;
-        invocation.argv0 = step.argv0.clone().or(resolved.argv0);
-        invocation.entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
+        invocation.argv0 = resolved.argv0;
+        invocation.entry = resolved.entry;
         Place::Agent(plugin)
     } else {
         // Fetching and compiling can take minutes; a cancelled run does
@@ -236,15 +236,14 @@ pub(crate) async fn attempts(
             prepared = prepared => prepared?,
             () = cancel.cancelled() => return Err(StepError::Cancelled),
         };
-        let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
-        check_kind(name, step, &plugin, entry.as_deref()).map_err(failed)?;
+        check_kind(name, step, &plugin, resolved.entry.as_deref()).map_err(failed)?;
         // Ready: a step that gave its job up to prepare takes one back.
         if !shared.prepared(name, cancel).await {
             return Err(StepError::Cancelled);
         }
         invocation.mounts = resolved.mounts;
-        invocation.argv0 = step.argv0.clone().or(resolved.argv0);
-        invocation.entry = entry;
+        invocation.argv0 = resolved.argv0;
+        invocation.entry = resolved.entry;
         Place::Here(plugin)
     };
     let mut attempt = 0;

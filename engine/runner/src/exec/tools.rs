@@ -15,8 +15,11 @@ pub(crate) type ToolCell = OnceCell<Result<Fetched, String>>;
 pub(crate) struct Resolved {
     /// The module or component to load.
     pub(crate) plugin: PathBuf,
-    /// `argv[0]` unless the step chooses one: the tool's name.
+    /// `argv[0]`: the step's own, else the tool's name.
     pub(crate) argv0: Option<String>,
+    /// The function a core module starts from: the step's `entry:`, else
+    /// its tool's.
+    pub(crate) entry: Option<String>,
     /// `(guest path, host directory)`, read-only.
     pub(crate) mounts: Vec<(String, PathBuf)>,
 }
@@ -57,7 +60,9 @@ pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> R
         };
         mounts.push((guest.clone(), host));
     }
-    Ok(Resolved { plugin, argv0, mounts })
+    let argv0 = step.argv0.clone().or(argv0);
+    let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
+    Ok(Resolved { plugin, argv0, entry, mounts })
 }
 
 /// `dir` below `root`, which must be a directory there, not a link

@@ -12,7 +12,8 @@ use super::{CHANNEL, PgDb, PgError};
 use crate::Result;
 use crate::jobs::{JobRecord, JobRefusal, JobState};
 
-/// The columns a job is read back from, in order.
+/// The columns a job is read back from, in order (a claim names them
+/// with its table's alias, `j.`, since it joins).
 const COLUMNS: &str = "record, state, agent, fence, expires_ms, result";
 
 /// A job from a row of [`COLUMNS`].
@@ -49,6 +50,27 @@ fn state_name(state: JobState) -> &'static str {
 
 fn signed(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Whether job `id` is there.
+async fn exists(c: &deadpool_postgres::Object, id: &str) -> std::result::Result<bool, PgError> {
+    let st = c.prepare_cached("SELECT 1 FROM airlock_jobs WHERE id = $1").await?;
+    Ok(c.query_opt(&st, &[&id]).await?.is_some())
+}
+
+/// What a change to job `id` by the agent holding it came to: the job as
+/// changed (the `row` of [`COLUMNS`] the change returned), or, when it
+/// found no row to change, why.
+async fn changed(
+    c: &deadpool_postgres::Object,
+    row: Option<tokio_postgres::Row>,
+    id: &str,
+) -> std::result::Result<std::result::Result<JobRecord, JobRefusal>, PgError> {
+    Ok(match row {
+        Some(row) => Ok(job_of(&row)?),
+        None if exists(c, id).await? => Err(JobRefusal::NotYours(id.to_owned())),
+        None => Err(JobRefusal::Unknown(id.to_owned())),
+    })
 }
 
 impl PgDb {
@@ -151,8 +173,7 @@ impl PgDb {
                 if let Some(row) = c.query_opt(&st, &[&id]).await? {
                     return Ok(Ok(job_of(&row)?));
                 }
-                let st = c.prepare_cached("SELECT 1 FROM airlock_jobs WHERE id = $1").await?;
-                Ok(Err(c.query_opt(&st, &[&id]).await?.is_some()))
+                Ok(Err(exists(&c, &id).await?))
             })
         })
     }
@@ -171,7 +192,7 @@ impl PgDb {
             let (agent, pool, labels) = (agent.to_owned(), pool.to_owned(), labels.to_vec());
             self.with(move |c| async move {
                 let st = c
-                    .prepare_cached(&format!(
+                    .prepare_cached(
                         "WITH next AS ( \
                            SELECT id FROM airlock_jobs \
                            WHERE state <> 'done' AND (state = 'waiting' OR expires_ms <= $4) \
@@ -179,23 +200,13 @@ impl PgDb {
                            ORDER BY created_ms, id COLLATE \"C\" LIMIT 1 FOR UPDATE SKIP LOCKED) \
                          UPDATE airlock_jobs j SET state = 'leased', agent = $1, fence = j.fence + 1, \
                            expires_ms = $4 + $5 \
-                         FROM next WHERE j.id = next.id RETURNING {}",
-                        COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
-                    ))
+                         FROM next WHERE j.id = next.id \
+                         RETURNING j.record, j.state, j.agent, j.fence, j.expires_ms, j.result",
+                    )
                     .await?;
                 let row = c.query_opt(&st, &[&agent, &pool, &labels, &signed(now), &signed(ttl)]).await?;
                 row.as_ref().map(job_of).transpose()
             })
-        })
-    }
-
-    /// Why a change to job `id` by `agent` with `fence` found no row to
-    /// change.
-    async fn refusal(c: &deadpool_postgres::Object, id: &str) -> std::result::Result<JobRefusal, PgError> {
-        let st = c.prepare_cached("SELECT 1 FROM airlock_jobs WHERE id = $1").await?;
-        Ok(match c.query_opt(&st, &[&id]).await? {
-            Some(_) => JobRefusal::NotYours(id.to_owned()),
-            None => JobRefusal::Unknown(id.to_owned()),
         })
     }
 
@@ -216,10 +227,8 @@ impl PgDb {
                          WHERE id = $1 AND state = 'leased' AND agent = $2 AND fence = $3 RETURNING {COLUMNS}"
                     ))
                     .await?;
-                match c.query_opt(&st, &[&id, &agent, &signed(fence), &signed(expires)]).await? {
-                    Some(row) => Ok(Ok(job_of(&row)?)),
-                    None => Ok(Err(Self::refusal(&c, &id).await?)),
-                }
+                let row = c.query_opt(&st, &[&id, &agent, &signed(fence), &signed(expires)]).await?;
+                changed(&c, row, &id).await
             })
         })
     }
@@ -245,10 +254,8 @@ impl PgDb {
                          SELECT {COLUMNS}, pg_notify($5, 'done ' || $1) FROM done"
                     ))
                     .await?;
-                match c.query_opt(&st, &[&id, &agent, &signed(fence), &result, &CHANNEL]).await? {
-                    Some(row) => Ok(Ok(job_of(&row)?)),
-                    None => Ok(Err(Self::refusal(&c, &id).await?)),
-                }
+                let row = c.query_opt(&st, &[&id, &agent, &signed(fence), &result, &CHANNEL]).await?;
+                changed(&c, row, &id).await
             })
         })
     }
