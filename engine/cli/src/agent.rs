@@ -149,6 +149,7 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
         blobs,
         stop,
         left: args.max_jobs.map(std::sync::atomic::AtomicU64::new),
+        turn: tokio::sync::Mutex::new(()),
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..jobs {
@@ -225,6 +226,8 @@ struct Worker {
     stop: airlock_runner::CancellationToken,
     /// Jobs left to take, when bounded.
     left: Option<std::sync::atomic::AtomicU64>,
+    /// Held by the worker whose claim is out.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Worker {
@@ -240,6 +243,13 @@ impl Worker {
             {
                 break;
             }
+            // One claim at a time waits at the server, whatever the
+            // number of workers: a new job wakes one claim, not one per
+            // idle worker, and only one asks the database.
+            let turn = tokio::select! {
+                t = self.turn.lock() => t,
+                () = self.stop.cancelled() => break,
+            };
             let claim = Some(self.claim.clone().into_bytes());
             let answer = tokio::select! {
                 a = self.server.call(Method::POST, "/api/v1/agent/claim", claim, &headers) => a,
@@ -286,6 +296,7 @@ impl Worker {
                     continue;
                 }
             };
+            drop(turn);
             let job = Job { server: self.server.clone(), name: self.name.clone(), claimed };
             job.work(&self.sandbox, &self.plugins, &self.root, &self.blobs).await;
         }

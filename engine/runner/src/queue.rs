@@ -433,8 +433,9 @@ impl RunQueue {
                 }
                 // Signals missed are at worst work: look for it.
                 Ok(Signal::Work) | Err(RecvError::Lagged(_)) => self.work.notify_one(),
-                // For the step that waits for that job.
-                Ok(Signal::Done(_)) => {}
+                // For the step that waits for that job, and for the
+                // agents' claims.
+                Ok(Signal::Done(_) | Signal::Job) => {}
                 Err(RecvError::Closed) => return,
             }
         }

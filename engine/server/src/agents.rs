@@ -121,6 +121,11 @@ pub(crate) async fn route(app: &App, parts: &[&str], req: Request<Incoming>) -> 
         ("POST", ["claim"]) => claim(app, &agent, req).await,
         (m, ["jobs", run, step, attempt, rest @ ..]) => {
             let id = format!("{run}/{step}/{attempt}");
+            if let ("POST", ["complete"]) = (m, rest)
+                && let Some(log_limit) = app.claimed_here(&id, &agent.id)
+            {
+                return complete(app, &agent, &id, log_limit, req).await;
+            }
             let job = match held(app, &agent, &id) {
                 Ok(job) => job,
                 Err(r) => return r,
@@ -129,7 +134,10 @@ pub(crate) async fn route(app: &App, parts: &[&str], req: Request<Incoming>) -> 
                 ("GET", ["blobs", sha]) => fetch(app, &job, sha).await,
                 ("PUT", ["blobs", sha]) => upload(app, &job, sha, req).await,
                 ("POST", ["renew"]) => renew(app, &agent, &job, req).await,
-                ("POST", ["complete"]) => complete(app, &agent, &job, req).await,
+                ("POST", ["complete"]) => match spec_of(&job) {
+                    Ok(spec) => complete(app, &agent, &job.id, spec.log_limit, req).await,
+                    Err(r) => r,
+                },
                 _ => not_found(parts),
             }
         }
@@ -188,6 +196,9 @@ async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Bod
         match claimed {
             Ok(Ok(Some(job))) => {
                 tracing::info!("job {} claimed by agent {}", job.id, agent.id);
+                if let Ok(spec) = spec_of(&job) {
+                    app.claimed(&job.id, &agent.id, spec.log_limit);
+                }
                 return json(StatusCode::OK, &Claimed { job: job.id, fence: job.fence, lease_ms: ttl, spec: job.spec });
             }
             Ok(Ok(None)) => {}
@@ -203,11 +214,13 @@ async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Bod
         // A new job signals; an expired lease does not, so look again
         // now and then. Other signals (a job done, a run cancelled) bring
         // nothing to claim: waking every waiting agent's claim for them
-        // would only make each read the queue again.
+        // would only make each read the queue again. `Work` comes after
+        // a lost connection to the database, when signals may be lost.
         let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), async {
             loop {
                 match signals.recv().await {
-                    Ok(airlock_store::Signal::Work) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(airlock_store::Signal::Job | airlock_store::Signal::Work)
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         break;
                     }
                     Ok(_) => {}
@@ -324,16 +337,13 @@ async fn renew(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incoming>
     }
 }
 
-async fn complete(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incoming>) -> Response<Body> {
+/// Completes job `id`, whose log may be `log_limit` bytes long.
+async fn complete(app: &App, agent: &Agent, id: &str, log_limit: u64, req: Request<Incoming>) -> Response<Body> {
     let Some(artifacts) = app.artifacts.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     };
-    let spec = match spec_of(job) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     // The log, in base64, and the list of outputs and requests.
-    let limit = usize::try_from(spec.log_limit.saturating_mul(2)).unwrap_or(usize::MAX).saturating_add(1 << 20);
+    let limit = usize::try_from(log_limit.saturating_mul(2)).unwrap_or(usize::MAX).saturating_add(1 << 20);
     let body: CompleteBody = match read_json(app, req, limit).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -361,23 +371,53 @@ async fn complete(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incomi
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", e.to_string()),
     };
-    match app.store.complete_job(&job.id, &agent.id, body.fence, result) {
-        Ok(Ok(_)) => {
-            tracing::info!("job {} completed by agent {}", job.id, agent.id);
-            json(StatusCode::OK, &Completed { job: job.id.clone() })
+    let (store, job, by, fence) = (app.store.clone(), id.to_owned(), agent.id.clone(), body.fence);
+    let done = tokio::task::spawn_blocking(move || store.complete_job(&job, &by, fence, result)).await;
+    match done {
+        Ok(Ok(Ok(_))) => {
+            app.forget_claim(id);
+            tracing::info!("job {id} completed by agent {}", agent.id);
+            json(StatusCode::OK, &Completed { job: id.to_owned() })
         }
-        Ok(Err(refusal)) => {
-            tracing::warn!("job {}: a completion from agent {} was refused: {refusal}", job.id, agent.id);
+        Ok(Ok(Err(refusal))) => {
+            app.forget_claim(id);
+            tracing::warn!("job {id}: a completion from agent {} was refused: {refusal}", agent.id);
             lease_lost(&refusal)
         }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
     }
 }
+
+/// At most this many claims are remembered (see `App::claims`); past
+/// that, a completion reads its job first.
+const CLAIMS_KEPT: usize = 10_000;
 
 /// Agents that asked for work within this long count as there.
 const SEEN_WITHIN: Duration = Duration::from_secs(60);
 
 impl App {
+    fn claimed(&self, job: &str, agent: &str, log_limit: u64) {
+        let mut claims = self.claims.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if claims.len() >= CLAIMS_KEPT {
+            // Those of agents lost long ago, whose jobs went elsewhere.
+            claims.retain(|_, (_, _, at)| at.elapsed() < Duration::from_secs(3600));
+        }
+        if claims.len() < CLAIMS_KEPT || claims.contains_key(job) {
+            claims.insert(job.to_owned(), (agent.to_owned(), log_limit, Instant::now()));
+        }
+    }
+
+    /// The log limit of job `job`, if `agent` claimed it through here.
+    fn claimed_here(&self, job: &str, agent: &str) -> Option<u64> {
+        let claims = self.claims.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        claims.get(job).filter(|(by, _, _)| by == agent).map(|(_, limit, _)| *limit)
+    }
+
+    fn forget_claim(&self, job: &str) {
+        self.claims.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(job);
+    }
+
     fn agent_seen(&self, id: &str, labels: &[String]) {
         let mut seen = self.agents_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Bounded by the pools' agents that asked lately: those gone a

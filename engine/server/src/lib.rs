@@ -132,6 +132,11 @@ pub struct App {
     /// The agents that asked for work, by `POOL/NAME`: their labels and
     /// when they last asked.
     agents_seen: Mutex<HashMap<String, (Vec<String>, std::time::Instant)>>,
+    /// The jobs claimed through this server and not yet completed: which
+    /// agent claimed each, and its log limit (which bounds the
+    /// completion). A completion sent here needs no read of the job
+    /// first: the store's change checks the agent and the fence itself.
+    claims: Mutex<HashMap<String, (String, u64, std::time::Instant)>>,
 }
 
 impl App {
@@ -156,6 +161,7 @@ impl App {
             metrics: Arc::default(),
             agents: indexmap::IndexMap::new(),
             agents_seen: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
         }
     }
 

@@ -138,13 +138,21 @@ impl crate::Store {
         // start from the run's own, which grew when it was taken over.
         let floor = self.fence(&job.run).unwrap_or(0) << 32;
         if let Db::Postgres(p) = &*self.db {
-            return p.offer_job(job, floor);
+            {
+                let mut awaited = self.recent.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if awaited.len() < crate::RECENT {
+                    awaited.insert(job.id.clone());
+                }
+            }
+            p.offer_job(job, floor)?;
+            self.signal_here(&crate::Signal::Job);
+            return Ok(());
         }
         self.db.update(Tree::Jobs, job.id.as_bytes(), |old| {
             let fence = old.and_then(|o| serde_json::from_slice::<JobRecord>(o).ok()).map_or(0, |o| o.fence);
             Some(encode(&JobRecord { fence: fence.max(job.fence).max(floor), ..job.clone() }))
         })?;
-        self.signal(&crate::Signal::Work)
+        self.signal(&crate::Signal::Job)
     }
 
     /// A job by id.
@@ -165,6 +173,8 @@ impl crate::Store {
 
     /// Removes a job: its engine took the result, or gave it up.
     pub fn remove_job(&self, id: &str) -> Result<()> {
+        self.recent.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.recent.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         if let Db::Postgres(p) = &*self.db {
             return p.remove_job(id);
         }
@@ -173,8 +183,19 @@ impl crate::Store {
 
     /// Takes a done job's record out of the store, in one step: what the
     /// engine waiting for it does once its agent completed it.
+    ///
+    /// On PostgreSQL, a job completed through this same process is
+    /// handed over as it was completed, without asking the database
+    /// again, and its row deleted in the background: until then it is a
+    /// done job, which no agent can claim, and whose completion came
+    /// before the engine records anything of its result.
     pub fn take_done_job(&self, id: &str) -> Result<Awaited> {
         if let Db::Postgres(p) = &*self.db {
+            let here = self.recent.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+            if let Some(job) = here {
+                p.forget_done_job(id);
+                return Ok(Awaited::Done(Box::new(job)));
+            }
             return Ok(match p.take_done_job(id)? {
                 Ok(job) => Awaited::Done(Box::new(job)),
                 Err(true) => Awaited::NotYet,
@@ -284,7 +305,19 @@ impl crate::Store {
         result: serde_json::Value,
     ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
         let done = match &*self.db {
-            Db::Postgres(p) => p.complete_job(id, agent, fence, encode(&result))?,
+            Db::Postgres(p) => {
+                let done = p.complete_job(id, agent, fence, encode(&result))?;
+                if let Ok(job) = &done {
+                    // The engine waiting for it is in this process:
+                    // it takes the job from here.
+                    if self.recent.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id) {
+                        let mut here = self.recent.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        here.insert(id.to_owned(), job.clone());
+                    }
+                    self.signal_here(&crate::Signal::Done(id.to_owned()));
+                }
+                done
+            }
             Db::Sled(_) => {
                 let done = self.change_job(id, agent, fence, |job| {
                     job.state = JobState::Done;
@@ -355,6 +388,34 @@ mod tests {
             assert_eq!(store.claim_job("a3", "pool", &labels(&["linux", "big"]), 60_000).expect("claim"), None);
             store.remove_job(&small).expect("remove");
             assert_eq!(store.jobs().expect("jobs").len(), 1);
+        });
+    }
+
+    /// A job completed through the process that waits for it is taken
+    /// as completed (on PostgreSQL, from memory, its row deleted after);
+    /// one completed through another process is read from the store.
+    #[test]
+    fn a_done_job_is_taken_wherever_it_was_completed() {
+        crate::on_each_backend(|store| {
+            let elsewhere = store.clone_unidentified();
+            for (i, through) in [store, &elsewhere].into_iter().enumerate() {
+                let id = offer(store, &format!("s{i}"), &[]);
+                assert!(matches!(store.take_done_job(&id).expect("take"), Awaited::NotYet));
+                let job = through.claim_job("a1", "pool", &[], 60_000).expect("claim").expect("job");
+                let result = serde_json::json!({ "through": i });
+                through.complete_job(&id, "a1", job.fence, result.clone()).expect("complete").expect("taken");
+                match store.take_done_job(&id).expect("take") {
+                    Awaited::Done(job) => assert_eq!(job.result, Some(result)),
+                    _ => panic!("job {id} was completed"),
+                }
+                // The row deleted in the background goes soon.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while store.job(&id).expect("job").is_some() {
+                    assert!(std::time::Instant::now() < deadline, "job {id} stays in the store");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                assert!(matches!(store.take_done_job(&id).expect("take again"), Awaited::Gone));
+            }
         });
     }
 

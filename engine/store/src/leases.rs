@@ -67,6 +67,8 @@ pub struct LeaseCounts {
 pub enum Signal {
     /// A run was submitted or let go of: an idle engine may claim it.
     Work,
+    /// A job was offered to the agents: a waiting claim may take it.
+    Job,
     /// Someone asked for this run to be cancelled: whoever works on it
     /// stops it.
     Cancel(String),
@@ -387,14 +389,21 @@ impl crate::Store {
 
     /// Tells every engine on this store (this one included) `signal`.
     pub fn signal(&self, signal: &Signal) -> Result<()> {
-        match &*self.db {
-            Db::Postgres(p) => p.notify(signal),
-            Db::Sled(_) => {
-                // No receiver is no one to tell.
-                let _ = self.leases.signals.send(signal.clone());
-                Ok(())
-            }
+        if let Db::Postgres(p) = &*self.db {
+            p.notify(signal)?;
         }
+        self.signal_here(signal);
+        Ok(())
+    }
+
+    /// Delivers `signal` to this process's listeners at once. On
+    /// PostgreSQL the other engines learn of it by `NOTIFY`, whose echo
+    /// here is dropped: a job offered and claimed through the same
+    /// server, or completed through the one that waits for it, does
+    /// not wait for the database to pass the word back.
+    pub(crate) fn signal_here(&self, signal: &Signal) {
+        // No receiver is no one to tell.
+        let _ = self.leases.signals.send(signal.clone());
     }
 
     /// What other engines (and this one) signal from now on. On
@@ -422,22 +431,39 @@ impl Txn<'_> {
 }
 
 /// Encodes a signal as a `NOTIFY` payload.
-pub(crate) fn payload(signal: &Signal) -> String {
+///
+/// A payload starts with `@` and the sending process's origin (see
+/// [`origin`]): a process has its own signals delivered at once, not
+/// after the round trip through the database, and drops their echo.
+pub(crate) fn payload(origin: &str, signal: &Signal) -> String {
     match signal {
-        Signal::Work => "work".into(),
-        Signal::Cancel(run) => format!("cancel {run}"),
-        Signal::Done(job) => format!("done {job}"),
+        Signal::Work => format!("@{origin} work"),
+        Signal::Job => format!("@{origin} job"),
+        Signal::Cancel(run) => format!("@{origin} cancel {run}"),
+        Signal::Done(job) => format!("@{origin} done {job}"),
     }
 }
 
-/// Decodes a `NOTIFY` payload.
-pub(crate) fn parse_payload(payload: &str) -> Option<Signal> {
-    match payload.split_once(' ') {
-        None if payload == "work" => Some(Signal::Work),
-        Some(("cancel", run)) => Some(Signal::Cancel(run.to_owned())),
-        Some(("done", job)) => Some(Signal::Done(job.to_owned())),
-        _ => None,
-    }
+/// Decodes a `NOTIFY` payload: its origin (none from an airlock that did
+/// not send one) and the signal.
+pub(crate) fn parse_payload(payload: &str) -> Option<(Option<&str>, Signal)> {
+    let (origin, payload) = match payload.strip_prefix('@').and_then(|p| p.split_once(' ')) {
+        Some((origin, rest)) => (Some(origin), rest),
+        None => (None, payload),
+    };
+    let signal = match payload.split_once(' ') {
+        None if payload == "work" => Signal::Work,
+        None if payload == "job" => Signal::Job,
+        Some(("cancel", run)) => Signal::Cancel(run.to_owned()),
+        Some(("done", job)) => Signal::Done(job.to_owned()),
+        _ => return None,
+    };
+    Some((origin, signal))
+}
+
+/// A name for this process's signals, different in every process.
+pub(crate) fn origin() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
 }
 
 #[cfg(test)]
@@ -635,9 +661,13 @@ mod tests {
 
     #[test]
     fn payloads_read_back() {
-        for signal in [Signal::Work, Signal::Cancel("r 1".into()), Signal::Done("r/s/1".into())] {
-            assert_eq!(parse_payload(&payload(&signal)), Some(signal));
+        for signal in [Signal::Work, Signal::Job, Signal::Cancel("r 1".into()), Signal::Done("r/s/1".into())] {
+            assert_eq!(parse_payload(&payload("0a1b", &signal)), Some((Some("0a1b"), signal)));
         }
+        // What an airlock that names no origin sends.
+        assert_eq!(parse_payload("work"), Some((None, Signal::Work)));
+        assert_eq!(parse_payload("done r/s/1"), Some((None, Signal::Done("r/s/1".into()))));
         assert_eq!(parse_payload("stop"), None);
+        assert_eq!(parse_payload("@0a1b stop"), None);
     }
 }

@@ -49,7 +49,7 @@ pub use tokens::{
 
 use kv::{Tree, TxError};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -488,6 +488,62 @@ pub struct LogRecord {
 pub struct Store {
     db: std::sync::Arc<kv::Db>,
     leases: std::sync::Arc<leases::Leases>,
+    recent: std::sync::Arc<Recent>,
+}
+
+/// What this process wrote or saw last, so as not to ask the database
+/// again: on PostgreSQL every question is a round trip.
+#[derive(Default)]
+struct Recent {
+    /// Each unfinished step's record as this process last wrote it. A
+    /// step's task is the only writer of its record, so its next change
+    /// swaps from these bytes without reading them first; if anything
+    /// else wrote the record meanwhile, the swap fails and the record is
+    /// read.
+    steps: std::sync::Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+    /// Blobs known to be in the artifact index, which only grows.
+    indexed: std::sync::Mutex<HashSet<String>>,
+    /// Jobs this process offered and waits for; those an agent completed
+    /// through this process, as completed (see [`Store::take_done_job`]).
+    pub(crate) awaited: std::sync::Mutex<HashSet<String>>,
+    pub(crate) done: std::sync::Mutex<HashMap<String, jobs::JobRecord>>,
+}
+
+/// At most this many entries in each of [`Recent`]'s maps; past that
+/// one is emptied, and what it held is asked for again.
+const RECENT: usize = 16_384;
+
+impl Recent {
+    fn step(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.steps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).cloned()
+    }
+
+    fn wrote_step(&self, key: &[u8], value: Option<Vec<u8>>) {
+        let mut steps = self.steps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match value {
+            Some(value) => {
+                if steps.len() >= RECENT {
+                    steps.clear();
+                }
+                steps.insert(key.to_vec(), value);
+            }
+            None => {
+                steps.remove(key);
+            }
+        }
+    }
+
+    fn is_indexed(&self, sha256: &str) -> bool {
+        self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(sha256)
+    }
+
+    fn indexed(&self, sha256: &str) {
+        let mut indexed = self.indexed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if indexed.len() >= RECENT {
+            indexed.clear();
+        }
+        indexed.insert(sha256.to_owned());
+    }
 }
 
 fn step_key(run: &str, step: &str) -> Vec<u8> {
@@ -507,7 +563,11 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
 impl Store {
     /// Opens (or creates) the store in `dir`, in sled.
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Self { db: std::sync::Arc::new(kv::Db::sled(&dir.join("db"))?), leases: Default::default() })
+        Ok(Self {
+            db: std::sync::Arc::new(kv::Db::sled(&dir.join("db"))?),
+            leases: Default::default(),
+            recent: Default::default(),
+        })
     }
 
     /// Opens the store in a PostgreSQL database (`postgres://…`),
@@ -515,7 +575,7 @@ impl Store {
     /// first; refused if the database holds a newer schema.
     pub fn open_postgres(url: &str) -> Result<Self> {
         let db = kv::Db::Postgres(Box::new(postgres::PgDb::open(url)?));
-        Ok(Self { db: std::sync::Arc::new(db), leases: Default::default() })
+        Ok(Self { db: std::sync::Arc::new(db), leases: Default::default(), recent: Default::default() })
     }
 
     /// Makes every write so far durable.
@@ -527,7 +587,7 @@ impl Store {
     /// held, no name.
     #[cfg(test)]
     pub(crate) fn clone_unidentified(&self) -> Self {
-        Self { db: self.db.clone(), leases: Default::default() }
+        Self { db: self.db.clone(), leases: Default::default(), recent: Default::default() }
     }
 
     /// Whether the records are in a database several engines share
@@ -696,9 +756,14 @@ impl Store {
         change: impl Fn(&mut StepRecord),
     ) -> Result<StepRecord> {
         let key = step_key(run, step);
+        let mut known = self.recent.step(&key);
         loop {
-            let Some(old) = self.db.get(Tree::Steps, &key)? else {
-                return Err(StoreError::NoStep { run: run.into(), step: step.into() });
+            let old = match known.take() {
+                Some(old) => old,
+                None => match self.db.get(Tree::Steps, &key)? {
+                    Some(old) => old,
+                    None => return Err(StoreError::NoStep { run: run.into(), step: step.into() }),
+                },
             };
             let mut stored: StoredStep = decode(&key, &old)?;
             let before = stored.record.state;
@@ -713,11 +778,22 @@ impl Store {
                 });
             }
             // Only the step's own task writes its record, so the swap fails
-            // only if that rule is broken; applying the change again to
-            // what is there now is still right.
-            if self.db.cas_fenced(self.fence(run).map(|f| (run, f)), Tree::Steps, &key, &old, encode(&stored))?.is_ok()
-            {
-                return Ok(stored.record);
+            // only if that rule is broken, or if the bytes it swapped from
+            // were this process's last write and another (a server that
+            // took the run over, a cancellation) wrote since; applying the
+            // change again to what is there now is still right.
+            let new = encode(&stored);
+            let swapped = self.db.cas_fenced(self.fence(run).map(|f| (run, f)), Tree::Steps, &key, &old, new.clone());
+            match swapped {
+                Ok(Ok(())) => {
+                    self.recent.wrote_step(&key, (!stored.record.state.is_final()).then_some(new));
+                    return Ok(stored.record);
+                }
+                Ok(Err(_)) => self.recent.wrote_step(&key, None),
+                Err(e) => {
+                    self.recent.wrote_step(&key, None);
+                    return Err(e);
+                }
             }
         }
     }
@@ -835,8 +911,12 @@ impl Store {
 
     /// Records that a blob is in the artifact store. Returns whether it was new.
     pub fn index_artifact(&self, sha256: &str, size: u64) -> Result<bool> {
+        if self.recent.is_indexed(sha256) {
+            return Ok(false);
+        }
         let record = ArtifactRecord { size, first_seen_ms: now_ms() };
         let previous = self.db.cas(Tree::Artifacts, sha256.as_bytes(), None, Some(encode(&record)))?;
+        self.recent.indexed(sha256);
         Ok(previous.is_ok())
     }
 
@@ -925,6 +1005,27 @@ mod tests {
                 ]
             );
             assert!(matches!(store.update_step(&run.id, "zz", None, |_| {}), Err(StoreError::NoStep { .. })));
+        });
+    }
+
+    /// A step's change swaps from what this process wrote last, without
+    /// reading it; a write from elsewhere in between (another server)
+    /// makes the swap fail, and the change is applied to what is there.
+    #[test]
+    fn a_step_written_elsewhere_meanwhile_is_read_again() {
+        crate::on_each_backend(|store| {
+            let run = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
+            store.update_step(&run.id, "a", None, |s| s.state = StepState::Running).expect("update");
+            let elsewhere = store.clone_unidentified();
+            elsewhere.update_step(&run.id, "a", None, |s| s.attempts = 7).expect("update elsewhere");
+            let record = store
+                .update_step(&run.id, "a", Some("done".into()), |s| s.state = StepState::Succeeded)
+                .expect("update after");
+            assert_eq!((record.state, record.attempts), (StepState::Succeeded, 7));
+            let stored = store.step(&run.id, "a").expect("step");
+            assert_eq!((stored.state, stored.attempts), (StepState::Succeeded, 7));
+            // Only unfinished steps are remembered.
+            assert!(store.recent.step(&step_key(&run.id, "a")).is_none());
         });
     }
 

@@ -213,6 +213,9 @@ pub(crate) struct PgDb {
     config: tokio_postgres::Config,
     /// The ids left of the block taken last: (next, end).
     ids: std::sync::Mutex<(u64, u64)>,
+    /// What this process's `NOTIFY`s are signed with: their echo is
+    /// dropped, since the store delivers them here at once.
+    pub(crate) origin: String,
 }
 
 impl Drop for PgDb {
@@ -270,6 +273,7 @@ impl PgDb {
             pool,
             config,
             ids: std::sync::Mutex::new((0, 0)),
+            origin: crate::leases::origin(),
         };
         db.migrate().map_err(|e| StoreError::Database(format!("{} at {}", e.message, redact(url))))?;
         Ok(db)
@@ -689,7 +693,7 @@ impl PgDb {
 
     /// Tells every engine listening on this database.
     pub(crate) fn notify(&self, signal: &crate::Signal) -> Result<()> {
-        let payload = crate::leases::payload(signal);
+        let payload = crate::leases::payload(&self.origin, signal);
         self.retrying(|| {
             let payload = payload.clone();
             self.with(move |c| async move {
@@ -706,15 +710,16 @@ impl PgDb {
     /// (crate::Signal::Work) is passed on: what was sent meanwhile is
     /// lost, and there may be work.
     pub(crate) fn listen(&self, to: tokio::sync::broadcast::Sender<crate::Signal>) {
-        let config = self.config.clone();
+        let (config, me) = (self.config.clone(), self.origin.clone());
         self.handle.spawn(async move {
             loop {
                 if let Ok((client, mut connection)) = config.connect(NoTls).await {
-                    let sender = to.clone();
+                    let (sender, me) = (to.clone(), me.clone());
                     let messages = tokio::spawn(async move {
                         while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                             if let tokio_postgres::AsyncMessage::Notification(n) = message
-                                && let Some(signal) = crate::leases::parse_payload(n.payload())
+                                && let Some((origin, signal)) = crate::leases::parse_payload(n.payload())
+                                && origin != Some(me.as_str())
                             {
                                 let _ = sender.send(signal);
                             }

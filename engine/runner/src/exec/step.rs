@@ -199,15 +199,21 @@ pub(crate) async fn attempts(
         Some((_, c)) => format!("cached: from run {} step `{}`", c.run, c.step),
         None => "attempt 1".into(),
     };
-    store
-        .update_step(&shared.run_id, name, Some(detail), |s| {
-            // No attempt yet: a plugin refused now never started.
-            s.state = StepState::Running;
-            s.started_ms.get_or_insert(started);
-            s.cache_key = keyed.as_ref().map(|k| k.key.clone());
-            s.cached = hit.as_ref().map(|(_, c)| c.clone());
-        })
-        .map_err(record_error)?;
+    // A step on an agent whose plugin is a file here has nothing to
+    // prepare (the agent fetches and compiles it): its start is recorded
+    // with its first attempt, one write rather than two.
+    let prepares = hit.is_some() || step.runs_on.is_empty() || step.tool().is_some();
+    if prepares {
+        store
+            .update_step(&shared.run_id, name, Some(detail), |s| {
+                // No attempt yet: a plugin refused now never started.
+                s.state = StepState::Running;
+                s.started_ms.get_or_insert(started);
+                s.cache_key = keyed.as_ref().map(|k| k.key.clone());
+                s.cached = hit.as_ref().map(|(_, c)| c.clone());
+            })
+            .map_err(record_error)?;
+    }
     if let Some((outputs, _)) = hit {
         return Ok((outputs, Vec::new()));
     }
@@ -253,13 +259,17 @@ pub(crate) async fn attempts(
             Place::Here(plugin) => plugin.digest.clone(),
             Place::Agent(plugin) => plugin.sha256.clone(),
         };
+        // The first attempt was recorded as it began preparing, if it did.
+        let detail = (attempt > 1 || !prepares).then(|| format!("attempt {attempt}"));
         store
-            // The first attempt was recorded as it began preparing.
-            .update_step(&shared.run_id, name, (attempt > 1).then(|| format!("attempt {attempt}")), |s| {
+            .update_step(&shared.run_id, name, detail, |s| {
                 s.state = StepState::Running;
                 s.attempts = attempt;
-                s.started_ms.get_or_insert_with(now_ms);
+                s.started_ms.get_or_insert(started);
                 s.plugin_sha256 = Some(digest.clone());
+                if attempt == 1 {
+                    s.cache_key = keyed.as_ref().map(|k| k.key.clone());
+                }
             })
             .map_err(record_error)?;
         (shared.observer)(&Progress::StepStarted { step: name.to_owned(), attempt });

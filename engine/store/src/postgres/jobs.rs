@@ -80,8 +80,9 @@ impl PgDb {
     /// statement.
     pub(crate) fn offer_job(&self, job: &JobRecord, floor: u64) -> Result<()> {
         let record = crate::encode(job);
+        let payload = crate::leases::payload(&self.origin, &crate::Signal::Job);
         self.retrying(|| {
-            let (job, record) = (job.clone(), record.clone());
+            let (job, record, payload) = (job.clone(), record.clone(), payload.clone());
             self.with(move |c| async move {
                 let st = c
                     .prepare_cached(
@@ -95,7 +96,7 @@ impl PgDb {
                              expires_ms = excluded.expires_ms, created_ms = excluded.created_ms, \
                              record = excluded.record, result = excluded.result \
                            RETURNING 1) \
-                         SELECT pg_notify($12, 'work') FROM offered",
+                         SELECT pg_notify($12, $13) FROM offered",
                     )
                     .await?;
                 let result = job.result.as_ref().map(crate::encode);
@@ -114,6 +115,7 @@ impl PgDb {
                         &record,
                         &result,
                         &CHANNEL,
+                        &payload,
                     ],
                 )
                 .await?;
@@ -176,6 +178,25 @@ impl PgDb {
                 Ok(Err(exists(&c, &id).await?))
             })
         })
+    }
+
+    /// Deletes a done job's row in the background: the engine took its
+    /// result from this process's memory. A row left by a failure here
+    /// is a done job, which nothing claims or counts.
+    pub(crate) fn forget_done_job(&self, id: &str) {
+        let (pool, id) = (self.pool.clone(), id.to_owned());
+        self.handle.spawn(async move {
+            let deleted = super::bounded(async {
+                let c = pool.get().await?;
+                let st = c.prepare_cached("DELETE FROM airlock_jobs WHERE id = $1 AND state = 'done'").await?;
+                c.execute(&st, &[&id]).await?;
+                Ok(())
+            })
+            .await;
+            if let Err(e) = deleted {
+                tracing::warn!("job {id}: its done row stays in the database: {e}");
+            }
+        });
     }
 
     /// See [`Store::claim_job`](crate::Store::claim_job): one statement,
@@ -243,18 +264,19 @@ impl PgDb {
         fence: u64,
         result: Vec<u8>,
     ) -> Result<std::result::Result<JobRecord, JobRefusal>> {
+        let payload = crate::leases::payload(&self.origin, &crate::Signal::Done(id.to_owned()));
         self.retrying(|| {
-            let (id, agent, result) = (id.to_owned(), agent.to_owned(), result.clone());
+            let (id, agent, result, payload) = (id.to_owned(), agent.to_owned(), result.clone(), payload.clone());
             self.with(move |c| async move {
                 let st = c
                     .prepare_cached(&format!(
                         "WITH done AS ( \
                            UPDATE airlock_jobs SET state = 'done', result = $4 \
                            WHERE id = $1 AND state = 'leased' AND agent = $2 AND fence = $3 RETURNING {COLUMNS}) \
-                         SELECT {COLUMNS}, pg_notify($5, 'done ' || $1) FROM done"
+                         SELECT {COLUMNS}, pg_notify($5, $6) FROM done"
                     ))
                     .await?;
-                let row = c.query_opt(&st, &[&id, &agent, &signed(fence), &result, &CHANNEL]).await?;
+                let row = c.query_opt(&st, &[&id, &agent, &signed(fence), &result, &CHANNEL, &payload]).await?;
                 changed(&c, row, &id).await
             })
         })
