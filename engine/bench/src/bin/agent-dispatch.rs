@@ -11,11 +11,15 @@
 //! Every step is the no-op plugin, so what is measured is what airlock
 //! adds. For each setup: steps per second through the runs of
 //! independent steps (many at once: the throughput), and, in one run of
-//! a chain of steps (one at a time, nothing queued), each step's time
-//! from start to end as the run records it (on an agent: offered,
-//! claimed, run, completed, noticed), p50 and p99. The difference to the
-//! single server's on the same database is the dispatch overhead of a
-//! step on an agent.
+//! a chain of steps (one at a time, nothing queued): the time from a
+//! step's being ready (the step before it ended) to its start, p50 and
+//! p99 as the run records them (in whole milliseconds), and the chain's
+//! time per step, from the first step's start to the last one's end
+//! divided by the steps (fine-grained, since it is an average over the
+//! whole chain). A chain step's time on an agent beside the same on the
+//! single server on the same database is the dispatch overhead of a
+//! step on an agent: what offering, claiming, completing and noticing
+//! add to it.
 
 use airlock_bench::{Stats, fmt};
 use anyhow::Context as _;
@@ -58,28 +62,50 @@ fn main() -> anyhow::Result<()> {
         Setup { name: "server + 2 agents".into(), database: true, agents: 2 },
         Setup { name: "server + 4 agents".into(), database: true, agents: 4 },
     ];
-    println!("{:<28} {:>10} {:>16} {:>16} {:>14}", "", "steps/s", "chain step p50", "chain step p99", "p50 vs server");
+    println!(
+        "{:<28} {:>8} {:>14} {:>14} {:>12} {:>16}",
+        "", "steps/s", "ready→started", "p99", "chain step", "vs server"
+    );
     for setup in setups {
         let url = if setup.database { Some(pg.database().map_err(|e| anyhow::anyhow!(e))?) } else { None };
-        let (rate, stats) = measure(&airlock, &noop, url.as_deref(), setup.agents, runs, steps)?;
+        let m = measure(&airlock, &noop, url.as_deref(), setup.agents, runs, steps)?;
         let versus = match (setup.agents, baseline) {
             (0, _) if setup.database => {
-                baseline = Some(stats.p50);
-                "-".to_owned()
+                baseline = Some(m.per_step);
+                "(baseline)".to_owned()
             }
             (0, _) => "-".to_owned(),
-            (_, Some(base)) => format!("+{}", fmt(stats.p50.saturating_sub(base))),
+            (_, Some(base)) if m.per_step >= base => format!("+{}", fmt(m.per_step - base)),
+            (_, Some(base)) => format!("-{}", fmt(base - m.per_step)),
             (_, None) => "-".to_owned(),
         };
-        println!("{:<28} {:>10.0} {:>16} {:>16} {:>14}", setup.name, rate, fmt(stats.p50), fmt(stats.p99), versus);
+        println!(
+            "{:<28} {:>8.0} {:>14} {:>14} {:>12} {:>16}",
+            setup.name,
+            m.rate,
+            fmt(m.ready.p50),
+            fmt(m.ready.p99),
+            fmt(m.per_step),
+            versus
+        );
     }
     println!();
-    println!("(on agents, steps/s is also the PostgreSQL job claims per second)");
+    println!("(on agents, steps/s is also the PostgreSQL job claims per second; \"vs server\" is the dispatch");
+    println!(" overhead: a chain step's time beside the single server's on the same database)");
     Ok(())
 }
 
-/// Runs the work on a fresh server (and `agents` agents); answers steps
-/// per second and the steps' recorded durations.
+/// What one setup measured.
+struct Measured {
+    /// Steps per second through the runs of independent steps.
+    rate: f64,
+    /// From a chain step's being ready to its start, as recorded.
+    ready: Stats,
+    /// The chain's time, first start to last end, per step.
+    per_step: Duration,
+}
+
+/// Runs the work on a fresh server (and `agents` agents).
 fn measure(
     airlock: &Path,
     noop: &Path,
@@ -87,7 +113,7 @@ fn measure(
     agents: usize,
     runs: usize,
     steps: usize,
-) -> anyhow::Result<(f64, Stats)> {
+) -> anyhow::Result<Measured> {
     let work = tempfile::tempdir()?;
     let tokens = |what: &str| -> anyhow::Result<(String, String)> {
         let out = Command::new(airlock)
@@ -185,12 +211,21 @@ fn measure(
     let chain = submit_file("chain.yaml")?;
     let detail = wait(&http, &server, &user, std::slice::from_ref(&chain))?.remove(0);
     anyhow::ensure!(detail["run"]["state"] == "succeeded", "the chain did not succeed: {detail}");
-    let mut durations = Vec::new();
+    let mut times = Vec::new();
     for step in detail["steps"].as_array().context("steps")? {
         let (a, b) = (step["started_ms"].as_u64().context("started")?, step["ended_ms"].as_u64().context("ended")?);
-        durations.push(Duration::from_millis(b.saturating_sub(a)));
+        times.push((a, b));
     }
-    Ok(((runs * steps) as f64 / wall.as_secs_f64(), Stats::of(durations)))
+    // The steps in the order they ran: each one's start follows the end
+    // of the one it needs.
+    times.sort();
+    let ready = times.windows(2).map(|w| Duration::from_millis(w[1].0.saturating_sub(w[0].1))).collect();
+    let (first, last) = (times.first().context("no steps")?.0, times.iter().map(|t| t.1).max().unwrap_or(0));
+    Ok(Measured {
+        rate: (runs * steps) as f64 / wall.as_secs_f64(),
+        ready: Stats::of(ready),
+        per_step: Duration::from_millis(last.saturating_sub(first)) / u32::try_from(times.len()).unwrap_or(1),
+    })
 }
 
 /// Waits until every run ended; answers their details.
@@ -209,7 +244,9 @@ fn wait(http: &ureq::Agent, server: &str, user: &str, ids: &[String]) -> anyhow:
                 break;
             }
             anyhow::ensure!(Instant::now() < deadline, "run {id} did not end");
-            std::thread::sleep(Duration::from_millis(20));
+            // Each look reads every step of the run: looking more often
+            // would take the two cores from the work measured.
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(done)
