@@ -138,12 +138,7 @@ impl crate::Store {
         // start from the run's own, which grew when it was taken over.
         let floor = self.fence(&job.run).unwrap_or(0) << 32;
         if let Db::Postgres(p) = &*self.db {
-            {
-                let mut awaited = self.recent.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if awaited.len() < crate::RECENT {
-                    awaited.insert(job.id.clone());
-                }
-            }
+            self.recent.awaits(&job.id);
             p.offer_job(job, floor)?;
             self.signal_here(&crate::Signal::Job);
             return Ok(());
@@ -173,8 +168,7 @@ impl crate::Store {
 
     /// Removes a job: its engine took the result, or gave it up.
     pub fn remove_job(&self, id: &str) -> Result<()> {
-        self.recent.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
-        self.recent.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.recent.forget(id);
         if let Db::Postgres(p) = &*self.db {
             return p.remove_job(id);
         }
@@ -191,12 +185,17 @@ impl crate::Store {
     /// before the engine records anything of its result.
     pub fn take_done_job(&self, id: &str) -> Result<Awaited> {
         if let Db::Postgres(p) = &*self.db {
-            let here = self.recent.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
-            if let Some(job) = here {
+            if let Some(job) = self.recent.take(id) {
                 p.forget_done_job(id);
                 return Ok(Awaited::Done(Box::new(job)));
             }
-            return Ok(match p.take_done_job(id)? {
+            let taken = p.take_done_job(id)?;
+            if !matches!(taken, Err(true)) {
+                // Completed through another server, or gone: no longer
+                // waited for here either.
+                self.recent.forget(id);
+            }
+            return Ok(match taken {
                 Ok(job) => Awaited::Done(Box::new(job)),
                 Err(true) => Awaited::NotYet,
                 Err(false) => Awaited::Gone,
@@ -308,12 +307,9 @@ impl crate::Store {
             Db::Postgres(p) => {
                 let done = p.complete_job(id, agent, fence, encode(&result))?;
                 if let Ok(job) = &done {
-                    // The engine waiting for it is in this process:
-                    // it takes the job from here.
-                    if self.recent.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id) {
-                        let mut here = self.recent.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                        here.insert(id.to_owned(), job.clone());
-                    }
+                    // If the engine waiting for it is in this process, it
+                    // takes the job from here.
+                    self.recent.completed(job);
                     self.signal_here(&crate::Signal::Done(id.to_owned()));
                 }
                 done
@@ -404,6 +400,9 @@ mod tests {
                 let job = through.claim_job("a1", "pool", &[], 60_000).expect("claim").expect("job");
                 let result = serde_json::json!({ "through": i });
                 through.complete_job(&id, "a1", job.fence, result.clone()).expect("complete").expect("taken");
+                // A look before the completion did not stop the handover.
+                let here = store.recent.done.lock().expect("done").contains_key(&id);
+                assert_eq!(here, store.is_shared() && i == 0, "job {id} handed over in memory");
                 match store.take_done_job(&id).expect("take") {
                     Awaited::Done(job) => assert_eq!(job.result, Some(result)),
                     _ => panic!("job {id} was completed"),

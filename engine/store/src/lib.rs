@@ -505,8 +505,8 @@ struct Recent {
     indexed: std::sync::Mutex<HashSet<String>>,
     /// Jobs this process offered and waits for; those an agent completed
     /// through this process, as completed (see [`Store::take_done_job`]).
-    pub(crate) awaited: std::sync::Mutex<HashSet<String>>,
-    pub(crate) done: std::sync::Mutex<HashMap<String, jobs::JobRecord>>,
+    awaited: std::sync::Mutex<HashSet<String>>,
+    done: std::sync::Mutex<HashMap<String, jobs::JobRecord>>,
 }
 
 /// At most this many entries in each of [`Recent`]'s maps; past that
@@ -543,6 +543,35 @@ impl Recent {
             indexed.clear();
         }
         indexed.insert(sha256.to_owned());
+    }
+
+    /// This process offered job `id` and waits for it.
+    fn awaits(&self, id: &str) {
+        let mut awaited = self.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if awaited.len() >= RECENT {
+            awaited.clear();
+        }
+        awaited.insert(id.to_owned());
+    }
+
+    /// Job `id` was completed through this process: kept for the
+    /// engine here that waits for it, if one does.
+    fn completed(&self, job: &jobs::JobRecord) {
+        if self.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&job.id) {
+            self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(job.id.clone(), job.clone());
+        }
+    }
+
+    /// Job `id`, if it was completed through this process.
+    fn take(&self, id: &str) -> Option<jobs::JobRecord> {
+        self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id)
+    }
+
+    /// Job `id` is no longer waited for here (taken back, or completed
+    /// through another process).
+    fn forget(&self, id: &str) {
+        self.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 }
 
