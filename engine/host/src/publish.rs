@@ -5,20 +5,32 @@
 //!
 //! ```text
 //! DIR/blobs/sha256/ab/cdef…   every file ever uploaded, by content, read-only
-//! DIR/builds/BUILD-ID.json    one manifest per publish: path -> sha256, size
+//! DIR/trees/SHA256.json       every tree ever committed: path -> sha256, size
+//! DIR/builds/BUILD-ID.json    one record per publish, naming its tree
 //! ```
 //!
-//! Uploading a blob makes nothing visible: a tree exists only once its
-//! manifest does, and a manifest appears in one `link(2)`, which fails if
-//! the build id is taken. So readers see a whole tree or none, two
-//! publishers racing for one build id cannot both win, and an interrupted
-//! publish leaves only blobs that the next attempt finds already there.
+//! Uploading a blob makes nothing visible: a tree is published only once
+//! a build's record names it, and a record appears in one `link(2)`,
+//! which fails if the build id is taken. So readers see a whole tree or
+//! none, two publishers racing for one build id cannot both win, and an
+//! interrupted publish leaves only blobs (and perhaps a tree) that the
+//! next attempt finds already there.
+//!
+//! A tree is named by the sha256 of its manifest as a client sends it,
+//! sorted by path (see [`tree_digest`]). Publishing a tree the target
+//! already holds under a new build id (the same files again, the common
+//! case of a release promoted or a build repeated) writes only the small
+//! record: a client that knows the tree's digest sends that instead of
+//! the manifest, and nothing of the tree is checked or written again.
+//! Records written before trees were kept apart hold the files
+//! themselves, and are read as they are.
 
 use crate::ArtifactError;
 use crate::artifacts::{ArtifactStore, BlobWriter};
 use airlock_model::policy::PublishTarget;
 use airlock_model::text::is_hazard;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,7 +53,7 @@ pub struct ManifestEntry {
     pub size: u64,
 }
 
-/// A published tree as stored.
+/// A published tree, as read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     /// The target it is in.
@@ -50,6 +62,9 @@ pub struct Published {
     pub build: String,
     /// When it was committed (ms since the epoch).
     pub created_ms: u64,
+    /// The sha256 of its tree (see [`tree_digest`]).
+    #[serde(default)]
+    pub tree: String,
     /// Its files, sorted by path.
     pub files: Vec<ManifestEntry>,
     /// The sha256 of its signed provenance (a DSSE envelope, a blob of
@@ -65,15 +80,111 @@ impl Published {
     }
 }
 
-/// A manifest that passed [`TargetStore::check`]: sorted by path, every
-/// path plain, every blob present with its size, within the limits.
+/// A build as committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The target it is in.
+    pub target: String,
+    /// Its build id.
+    pub build: String,
+    /// The sha256 of its tree.
+    pub tree: String,
+    /// Files in the tree.
+    pub files: u64,
+    /// Their bytes, all together.
+    pub bytes: u64,
+    /// The sha256 of its signed provenance, if it has one.
+    pub provenance: Option<String>,
+}
+
+/// The digest a tree is named by: the sha256 of its manifest as JSON,
+/// `{"files":[{"path":…,"sha256":…,"size":…},…]}` with the entries
+/// sorted by path (bytewise) and no white space. That is the body of a
+/// commit that lists the files, so a client that sorts what it sends
+/// knows the tree's name without asking.
+pub fn tree_digest(sorted: &[ManifestEntry]) -> String {
+    hex::encode(Sha256::digest(tree_json(sorted)))
+}
+
+/// A tree's manifest as it is stored and named.
+fn tree_json(sorted: &[ManifestEntry]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Tree<'a> {
+        files: &'a [ManifestEntry],
+    }
+    // Cannot fail: strings and numbers only.
+    serde_json::to_vec(&Tree { files: sorted }).unwrap_or_default()
+}
+
+/// What a tree file (`trees/SHA256.json`) holds.
+#[derive(Deserialize)]
+struct TreeFile {
+    files: Vec<ManifestEntry>,
+}
+
+/// What a build's record (`builds/BUILD-ID.json`) holds.
+#[derive(Serialize, Deserialize)]
+struct BuildRecord {
+    target: String,
+    build: String,
+    created_ms: u64,
+    /// Its tree, in `trees/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tree: Option<String>,
+    /// Its files, in a record written before trees were kept apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    files: Vec<ManifestEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provenance: Option<String>,
+}
+
+impl BuildRecord {
+    /// Its tree's digest, also for a record that holds its files.
+    fn tree(&self) -> String {
+        self.tree.clone().unwrap_or_else(|| tree_digest(&self.files))
+    }
+}
+
+/// What the limits of a target are checked against: enough of a tree
+/// to tell whether it may be published, without its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TreeFacts {
+    files: u64,
+    bytes: u64,
+    /// The largest file's size.
+    largest: u64,
+}
+
+impl TreeFacts {
+    fn of(files: &[ManifestEntry]) -> Self {
+        Self {
+            files: files.len() as u64,
+            bytes: files.iter().fold(0u64, |n, f| n.saturating_add(f.size)),
+            largest: files.iter().map(|f| f.size).max().unwrap_or(0),
+        }
+    }
+}
+
+/// A tree that passed [`TargetStore::check`] or [`TargetStore::check_tree`]:
+/// every path plain, every blob present with its size, within the
+/// target's limits, ready for [`TargetStore::commit_checked`].
 #[derive(Debug)]
-pub struct Checked(Vec<ManifestEntry>);
+pub struct Checked {
+    tree: String,
+    facts: TreeFacts,
+    /// The tree file's bytes, when it may not be on disk yet.
+    write: Option<Vec<u8>>,
+}
 
 impl Checked {
-    /// Its files.
-    pub fn files(&self) -> &[ManifestEntry] {
-        &self.0
+    /// The sha256 of the tree.
+    pub fn tree(&self) -> &str {
+        &self.tree
+    }
+
+    /// Files in the tree.
+    pub fn file_count(&self) -> u64 {
+        self.facts.files
     }
 }
 
@@ -188,6 +299,14 @@ pub enum PublishError {
         /// The bytes that came.
         got: u64,
     },
+    /// A commit named a tree by its digest that the target does not hold.
+    #[error("target `{target}` holds no tree sha256:{tree}; send the manifest's files")]
+    UnknownTree {
+        /// The target.
+        target: String,
+        /// The digest named.
+        tree: String,
+    },
     /// The build id is taken by a different tree.
     #[error("`{target}/{build}` is already published with different files; published trees never change")]
     Conflict {
@@ -290,6 +409,11 @@ fn valid_digest(d: &str) -> bool {
     d.len() == 64 && d.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Syncs a directory, so the names made in it survive a power loss.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -298,13 +422,23 @@ fn now_ms() -> u64 {
 /// starts again (about 60 MiB at most).
 const MAX_KNOWN_BLOBS: usize = 1 << 20;
 
+/// Trees a target remembers having checked, at most (about 4 MiB).
+const MAX_KNOWN_TREES: usize = 1 << 16;
+
+/// The prefixes of the temporary files a commit writes before it links
+/// them to their names: left behind only by a process killed meanwhile.
+const TREE_PARTIAL: &str = ".tree-";
+const COMMIT_PARTIAL: &str = ".commit-";
+
 /// One publish target on disk.
 ///
 /// Clones share a record of the blobs this process has seen in the
 /// target (stored, or found on disk) with their sizes, so asking again
-/// whether a tree's blobs are there costs no `stat` per file. Blobs of a
-/// target are never deleted while a server or engine serves it, so what
-/// was there once is there still.
+/// whether a tree's blobs are there costs no `stat` per file, and of the
+/// trees it committed or checked, so publishing one of them again costs
+/// no check of its files at all. Blobs of a target are never deleted
+/// while a server or engine serves it, so what was there once is there
+/// still.
 #[derive(Debug, Clone)]
 pub struct TargetStore {
     name: String,
@@ -312,6 +446,7 @@ pub struct TargetStore {
     blobs: ArtifactStore,
     limits: PublishTarget,
     known: Arc<Mutex<HashMap<[u8; 32], u64>>>,
+    trees: Arc<Mutex<HashMap<[u8; 32], TreeFacts>>>,
 }
 
 impl TargetStore {
@@ -324,7 +459,24 @@ impl TargetStore {
             dir,
             limits,
             known: Default::default(),
+            trees: Default::default(),
         }
+    }
+
+    /// Remembers that the target holds this tree, on disk, with every
+    /// blob it names.
+    fn remember_tree(&self, tree: &str, facts: TreeFacts) {
+        let (Some(key), Ok(mut trees)) = (digest_bytes(tree), self.trees.lock()) else { return };
+        if trees.len() >= MAX_KNOWN_TREES {
+            trees.clear();
+        }
+        trees.insert(key, facts);
+    }
+
+    /// What the target remembers of a tree it holds.
+    fn known_tree(&self, tree: &str) -> Option<TreeFacts> {
+        let key = digest_bytes(tree)?;
+        self.trees.lock().ok()?.get(&key).copied()
     }
 
     /// Remembers that the target holds this blob, of this size.
@@ -375,6 +527,14 @@ impl TargetStore {
 
     fn builds_dir(&self) -> PathBuf {
         self.dir.join("builds")
+    }
+
+    fn trees_dir(&self) -> PathBuf {
+        self.dir.join("trees")
+    }
+
+    fn tree_path(&self, tree: &str) -> PathBuf {
+        self.trees_dir().join(format!("{tree}.json"))
     }
 
     /// Which of `digests` the target does not have yet.
@@ -434,10 +594,30 @@ impl TargetStore {
         Ok(())
     }
 
-    /// Deletes partial uploads that a killed server left in the target's
-    /// blob store; see [`ArtifactStore::remove_partial`].
+    /// Deletes what a killed server left in the target: partial uploads
+    /// in its blob store (see [`ArtifactStore::remove_partial`]) and the
+    /// temporary files of commits, untouched for `untouched`.
     pub fn remove_partial(&self, untouched: std::time::Duration) -> Result<usize, PublishError> {
-        Ok(self.blobs.remove_partial(untouched)?)
+        let mut removed = self.blobs.remove_partial(untouched)?;
+        let now = SystemTime::now();
+        for (dir, prefix) in [(self.trees_dir(), TREE_PARTIAL), (self.builds_dir(), COMMIT_PARTIAL)] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                if !entry.file_name().to_string_lossy().starts_with(prefix) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+                if meta.is_file() && age >= untouched {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(self.io(e)),
+                    }
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Stores a blob from a local file that is known to hash to `sha256`
@@ -487,21 +667,16 @@ impl TargetStore {
                 end += 1;
             }
         }
-        let mut total: u64 = 0;
-        for f in &files {
-            if f.size > self.limits.max_file_size {
-                return Err(PublishError::FileTooLarge {
-                    what: format!("`{}`", f.path),
-                    size: f.size,
-                    target: self.name.clone(),
-                    max: self.limits.max_file_size,
-                });
-            }
-            total = total.saturating_add(f.size);
+        if let Some(f) = files.iter().find(|f| f.size > self.limits.max_file_size) {
+            return Err(PublishError::FileTooLarge {
+                what: format!("`{}`", f.path),
+                size: f.size,
+                target: self.name.clone(),
+                max: self.limits.max_file_size,
+            });
         }
-        if total > self.limits.max_total {
-            return Err(PublishError::TotalTooLarge { target: self.name.clone(), total, max: self.limits.max_total });
-        }
+        let facts = TreeFacts::of(&files);
+        self.check_limits(facts)?;
         let sizes = self.blob_sizes(files.iter().map(|f| f.sha256.as_str()))?;
         for (f, actual) in files.iter().zip(sizes) {
             let Some(actual) = actual else {
@@ -512,92 +687,226 @@ impl TargetStore {
             }
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Checked(files))
+        let json = tree_json(&files);
+        let tree = hex::encode(Sha256::digest(&json));
+        let write = self.known_tree(&tree).is_none().then_some(json);
+        Ok(Checked { tree, facts, write })
+    }
+
+    /// Checks a tree the target holds, named by its digest, for a commit
+    /// under a new build id: against the target's limits as they are now,
+    /// and, unless this process committed or checked it before, every
+    /// file of it as [`check`](Self::check) does. A tree the target does
+    /// not hold is [`PublishError::UnknownTree`]: the client sends the
+    /// files instead.
+    pub fn check_tree(&self, tree: &str) -> Result<Checked, PublishError> {
+        if !valid_digest(tree) {
+            return Err(PublishError::BadDigest(airlock_model::text::one_line(tree, 100)));
+        }
+        if let Some(facts) = self.known_tree(tree) {
+            self.check_limits(facts)?;
+            return Ok(Checked { tree: tree.to_owned(), facts, write: None });
+        }
+        let files = self.read_tree(tree)?;
+        let checked = self.check(files)?;
+        // Sorted already when it was stored; a file that is not is not
+        // what it is named.
+        if checked.tree != tree {
+            return Err(ArtifactError::Corrupt { expected: tree.to_owned(), actual: checked.tree }.into());
+        }
+        self.remember_tree(tree, checked.facts);
+        Ok(Checked { write: None, ..checked })
+    }
+
+    /// A tree's files, read back checked against its digest.
+    fn read_tree(&self, tree: &str) -> Result<Vec<ManifestEntry>, PublishError> {
+        let bytes = match std::fs::read(self.tree_path(tree)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PublishError::UnknownTree { target: self.name.clone(), tree: tree.to_owned() });
+            }
+            Err(e) => return Err(self.io(e)),
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != tree {
+            return Err(ArtifactError::Corrupt { expected: tree.to_owned(), actual }.into());
+        }
+        let parsed: TreeFile = serde_json::from_slice(&bytes).map_err(|e| self.io(e.into()))?;
+        Ok(parsed.files)
+    }
+
+    /// The target's limits on the number of files, the largest file and
+    /// the bytes of one publish.
+    fn check_limits(&self, facts: TreeFacts) -> Result<(), PublishError> {
+        if facts.files > self.limits.max_files {
+            return Err(PublishError::TooManyFiles {
+                target: self.name.clone(),
+                count: facts.files,
+                max: self.limits.max_files,
+            });
+        }
+        if facts.largest > self.limits.max_file_size {
+            return Err(PublishError::FileTooLarge {
+                what: "a file of the tree".into(),
+                size: facts.largest,
+                target: self.name.clone(),
+                max: self.limits.max_file_size,
+            });
+        }
+        if facts.bytes > self.limits.max_total {
+            return Err(PublishError::TotalTooLarge {
+                target: self.name.clone(),
+                total: facts.bytes,
+                max: self.limits.max_total,
+            });
+        }
+        Ok(())
     }
 
     /// Publishes `files` under `build`, all at once or not at all.
     ///
-    /// The manifest is written and synced under a temporary name, then
+    /// The tree is written and synced under its digest (unless the target
+    /// holds it already), then the build's record under a temporary name,
     /// linked to its final name: the link either appears whole or, when
     /// the build id is taken, fails. A taken build id holding the same
     /// tree is [`Committed::AlreadyThere`]; a different one is a
     /// [`PublishError::Conflict`].
-    pub fn commit(&self, build: &str, files: Vec<ManifestEntry>) -> Result<(Committed, Published), PublishError> {
+    pub fn commit(&self, build: &str, files: Vec<ManifestEntry>) -> Result<(Committed, Commit), PublishError> {
         check_build_id(build)?;
         let checked = self.check(files)?;
         self.commit_checked(build, checked)
     }
 
-    /// [`commit`](Self::commit) of a manifest [`check`](Self::check) passed:
-    /// a caller that charges a quota for a commit can charge it only once
-    /// the manifest is known to be good.
-    pub fn commit_checked(&self, build: &str, files: Checked) -> Result<(Committed, Published), PublishError> {
-        self.commit_attested(build, files, None)
+    /// [`commit`](Self::commit) of a tree [`check`](Self::check) or
+    /// [`check_tree`](Self::check_tree) passed: a caller that charges a
+    /// quota for a commit can charge it only once the tree is known to be
+    /// good.
+    pub fn commit_checked(&self, build: &str, checked: Checked) -> Result<(Committed, Commit), PublishError> {
+        self.commit_attested(build, checked, None)
     }
 
     /// [`commit_checked`](Self::commit_checked) with the signed provenance
-    /// of the tree: stored as a blob first, and named in the manifest, so
-    /// the tree and its provenance appear together. A tree already there
-    /// keeps the provenance it was published with.
+    /// of the tree: stored as a blob first, and named in the build's
+    /// record, so the tree and its provenance appear together. A build
+    /// already there keeps the provenance it was published with.
     pub fn commit_attested(
         &self,
         build: &str,
-        files: Checked,
+        checked: Checked,
         provenance: Option<&[u8]>,
-    ) -> Result<(Committed, Published), PublishError> {
+    ) -> Result<(Committed, Commit), PublishError> {
         check_build_id(build)?;
-        let files = files.0;
         let provenance = match provenance {
             Some(bytes) => Some(self.blobs.put(bytes)?.0),
             None => None,
         };
-        let published =
-            Published { target: self.name.clone(), build: build.to_owned(), created_ms: now_ms(), files, provenance };
+        if let Some(existing) = self.record(build)? {
+            return self.same_or_conflict(existing, &checked);
+        }
+        if let Some(json) = &checked.write {
+            self.write_tree(&checked.tree, json)?;
+        }
+        self.remember_tree(&checked.tree, checked.facts);
+        let record = BuildRecord {
+            target: self.name.clone(),
+            build: build.to_owned(),
+            created_ms: now_ms(),
+            tree: Some(checked.tree.clone()),
+            files: Vec::new(),
+            provenance,
+        };
         let dir = self.builds_dir();
         std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
         let final_path = dir.join(format!("{build}.json"));
-        if let Some(existing) = self.published(build)? {
-            return self.same_or_conflict(existing, published);
-        }
-        let mut tmp = tempfile::Builder::new().prefix(".commit-").tempfile_in(&dir).map_err(|e| self.io(e))?;
-        let bytes = serde_json::to_vec(&published).map_err(|e| self.io(e.into()))?;
+        let mut tmp = tempfile::Builder::new().prefix(COMMIT_PARTIAL).tempfile_in(&dir).map_err(|e| self.io(e))?;
+        let bytes = serde_json::to_vec(&record).map_err(|e| self.io(e.into()))?;
         tmp.write_all(&bytes).map_err(|e| self.io(e))?;
         tmp.as_file().sync_all().map_err(|e| self.io(e))?;
         match std::fs::hard_link(tmp.path(), &final_path) {
             Ok(()) => {
                 // The name must survive a power loss before anyone is told.
-                std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
-                Ok((Committed::Created, published))
+                sync_dir(&dir).map_err(|e| self.io(e))?;
+                Ok((Committed::Created, self.summary(record, checked.facts)))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Another publisher won the race.
-                let existing = self.published(build)?.ok_or_else(|| self.io(e))?;
-                self.same_or_conflict(existing, published)
+                let existing = self.record(build)?.ok_or_else(|| self.io(e))?;
+                self.same_or_conflict(existing, &checked)
             }
             Err(e) => Err(self.io(e)),
         }
     }
 
-    fn same_or_conflict(
-        &self,
-        existing: Published,
-        attempted: Published,
-    ) -> Result<(Committed, Published), PublishError> {
-        if existing.files == attempted.files {
-            Ok((Committed::AlreadyThere, existing))
-        } else {
-            Err(PublishError::Conflict { target: self.name.clone(), build: attempted.build })
+    /// Writes a tree file, synced, its name too, unless it is there.
+    fn write_tree(&self, tree: &str, json: &[u8]) -> Result<(), PublishError> {
+        let path = self.tree_path(tree);
+        if path.is_file() {
+            return Ok(());
+        }
+        let dir = self.trees_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
+        let mut tmp = tempfile::Builder::new().prefix(TREE_PARTIAL).tempfile_in(&dir).map_err(|e| self.io(e))?;
+        tmp.write_all(json).map_err(|e| self.io(e))?;
+        tmp.as_file().sync_all().map_err(|e| self.io(e))?;
+        match tmp.persist_noclobber(&path) {
+            Ok(_) => {}
+            // Another commit of the same tree wrote the same bytes.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(self.io(e.error)),
+        }
+        // A build's record must never outlive the tree it names.
+        sync_dir(&dir).map_err(|e| self.io(e))
+    }
+
+    fn summary(&self, record: BuildRecord, facts: TreeFacts) -> Commit {
+        Commit {
+            tree: record.tree(),
+            target: record.target,
+            build: record.build,
+            files: facts.files,
+            bytes: facts.bytes,
+            provenance: record.provenance,
         }
     }
 
-    /// The tree published under `build`, if there is one.
-    pub fn published(&self, build: &str) -> Result<Option<Published>, PublishError> {
+    fn same_or_conflict(
+        &self,
+        existing: BuildRecord,
+        attempted: &Checked,
+    ) -> Result<(Committed, Commit), PublishError> {
+        if existing.tree() == attempted.tree {
+            Ok((Committed::AlreadyThere, self.summary(existing, attempted.facts)))
+        } else {
+            Err(PublishError::Conflict { target: self.name.clone(), build: existing.build })
+        }
+    }
+
+    /// The record of the build `build`, if there is one.
+    fn record(&self, build: &str) -> Result<Option<BuildRecord>, PublishError> {
         check_build_id(build)?;
         match std::fs::read(self.builds_dir().join(format!("{build}.json"))) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| self.io(e.into())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(self.io(e)),
         }
+    }
+
+    /// The tree published under `build`, if there is one.
+    pub fn published(&self, build: &str) -> Result<Option<Published>, PublishError> {
+        let Some(record) = self.record(build)? else { return Ok(None) };
+        let tree = record.tree();
+        let files = match &record.tree {
+            Some(t) => self.read_tree(t)?,
+            None => record.files,
+        };
+        Ok(Some(Published {
+            target: record.target,
+            build: record.build,
+            created_ms: record.created_ms,
+            tree,
+            files,
+            provenance: record.provenance,
+        }))
     }
 
     /// The signed provenance of the tree published under `build` (a DSSE
@@ -759,11 +1068,13 @@ mod tests {
         let b = blob(&t, b"bbbb");
         let files = vec![entry("z/b.txt", &b, 4), entry("a.txt", &a, 3)];
         let (c, p) = t.commit("pr-1", files.clone()).expect("commit");
-        assert_eq!((c, p.files[0].path.as_str(), p.bytes()), (Committed::Created, "a.txt", 7));
+        assert_eq!((c, p.files, p.bytes), (Committed::Created, 2, 7));
         assert_eq!(t.commit("pr-1", files).expect("retry").0, Committed::AlreadyThere);
         let e = t.commit("pr-1", vec![entry("a.txt", &b, 4)]).expect_err("conflict");
         assert!(matches!(e, PublishError::Conflict { .. }), "{e}");
-        assert_eq!(t.published("pr-1").expect("read").expect("there").files, p.files);
+        let read = t.published("pr-1").expect("read").expect("there");
+        assert_eq!(read.files, [entry("a.txt", &a, 3), entry("z/b.txt", &b, 4)], "sorted by path");
+        assert_eq!((read.tree.as_str(), read.bytes()), (p.tree.as_str(), 7));
 
         // Publishers racing for one build id with different trees: one wins.
         let t = &t;
@@ -787,5 +1098,86 @@ mod tests {
             8
         );
         assert!(conflicts >= 1);
+    }
+
+    /// A tree committed once is committed again by its digest alone,
+    /// without its files being read or checked again, and still within
+    /// the target's limits as they are now; a tree the target does not
+    /// hold is refused, as is a damaged one.
+    #[test]
+    fn a_tree_is_committed_again_by_its_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = target(dir.path());
+        let a = blob(&t, b"aaa");
+        let b = blob(&t, b"bbbb");
+        let files = vec![entry("z/b.txt", &b, 4), entry("a.txt", &a, 3)];
+        let mut sorted = files.clone();
+        sorted.sort_by(|x, y| x.path.cmp(&y.path));
+        let tree = tree_digest(&sorted);
+        let unknown = t.check_tree(&tree).expect_err("not committed yet");
+        assert!(matches!(unknown, PublishError::UnknownTree { .. }), "{unknown}");
+        assert!(matches!(t.check_tree("zz"), Err(PublishError::BadDigest(_))));
+
+        let (_, first) = t.commit("b1", files).expect("commit");
+        assert_eq!(first.tree, tree, "named by the digest of its sorted manifest");
+        let stored = std::fs::read(dir.path().join(format!("trees/{tree}.json"))).expect("the tree file");
+        assert_eq!(hex::encode(Sha256::digest(&stored)), tree);
+        let record = std::fs::read(dir.path().join("builds/b1.json")).expect("the record");
+        assert!(record.len() < 200, "the build's record names its tree, not its files");
+
+        let (c, again) = t.commit_checked("b2", t.check_tree(&tree).expect("known")).expect("commit by digest");
+        assert_eq!((c, again.files, again.bytes, again.tree.as_str()), (Committed::Created, 2, 7, tree.as_str()));
+        let read = t.published("b2").expect("read").expect("there");
+        assert_eq!(read.files, sorted);
+        assert_eq!(
+            t.commit_checked("b2", t.check_tree(&tree).expect("known")).expect("retry").0,
+            Committed::AlreadyThere
+        );
+
+        // A server started again knows nothing: it reads the tree, checks
+        // it whole, and refuses it when it no longer fits the target.
+        let limits = PublishTarget { max_files: 1, ..t.limits().clone() };
+        let smaller = TargetStore::new("snapshots", dir.path().to_owned(), limits);
+        let e = smaller.check_tree(&tree).expect_err("over the new limit");
+        assert!(matches!(e, PublishError::TooManyFiles { count: 2, max: 1, .. }), "{e}");
+        let fresh = target(dir.path());
+        std::fs::remove_file(t.blobs.path(&b).expect("path")).expect("lose a blob");
+        let e = fresh.check_tree(&tree).expect_err("a blob is gone");
+        assert!(matches!(e, PublishError::MissingBlob { .. }), "{e}");
+        std::fs::write(dir.path().join(format!("trees/{tree}.json")), b"{\"files\":[]}").expect("damage");
+        let e = target(dir.path()).check_tree(&tree).expect_err("damaged");
+        assert!(matches!(e, PublishError::Artifact(ArtifactError::Corrupt { .. })), "{e}");
+    }
+
+    /// A build recorded with its files, as before trees were kept apart,
+    /// reads as it did, and holds its build id against other trees.
+    #[test]
+    fn a_record_that_holds_its_files_is_read_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = target(dir.path());
+        let a = blob(&t, b"aaa");
+        let files = vec![entry("a.txt", &a, 3)];
+        std::fs::create_dir_all(dir.path().join("builds")).expect("mkdir");
+        let old = serde_json::json!({ "target": "snapshots", "build": "v1", "created_ms": 5, "files": files });
+        std::fs::write(dir.path().join("builds/v1.json"), old.to_string()).expect("write");
+        let read = t.published("v1").expect("read").expect("there");
+        assert_eq!((read.files.as_slice(), read.tree.clone()), (files.as_slice(), tree_digest(&files)));
+        assert_eq!(t.commit("v1", files).expect("the same tree").0, Committed::AlreadyThere);
+        let b = blob(&t, b"b");
+        let e = t.commit("v1", vec![entry("b", &b, 1)]).expect_err("another tree");
+        assert!(matches!(e, PublishError::Conflict { .. }), "{e}");
+    }
+
+    #[test]
+    fn what_a_killed_commit_left_is_cleaned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = target(dir.path());
+        for (sub, name) in [("trees", ".tree-x1"), ("builds", ".commit-x2"), ("builds", "kept.json")] {
+            std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+            std::fs::write(dir.path().join(sub).join(name), b"partial").expect("write");
+        }
+        assert_eq!(t.remove_partial(std::time::Duration::from_secs(3600)).expect("clean"), 0, "too fresh");
+        assert_eq!(t.remove_partial(std::time::Duration::ZERO).expect("clean"), 2);
+        assert!(dir.path().join("builds/kept.json").is_file());
     }
 }

@@ -152,13 +152,13 @@ fn publish_blocking(
     let checked = target.check(files).map_err(|e| e.to_string())?;
     let (committed, published) = target.commit_attested(build, checked, provenance).map_err(|e| e.to_string())?;
     Ok(PublishedRecord {
-        target: published.target.clone(),
-        build: published.build.clone(),
-        files: published.files.len() as u64,
-        bytes: published.bytes(),
+        target: published.target,
+        build: published.build,
+        files: published.files,
+        bytes: published.bytes,
         uploaded: missing.len() as u64,
         created: committed == Committed::Created,
         token: token_id,
-        provenance: published.provenance.clone(),
+        provenance: published.provenance,
     })
 }

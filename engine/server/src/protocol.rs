@@ -14,6 +14,14 @@
 //!    whole or not at all ([`CommitAnswer`]; 201 made now, 200 there
 //!    already with the same files).
 //!
+//! A tree the target already holds (the same files published before
+//! under another build id) can be committed by its digest alone, with
+//! no call before: a [`CommitRequest`] with `tree` instead of `files`.
+//! The digest is that of the manifest the client would send, sorted by
+//! path ([`tree_digest`](airlock_host::publish::tree_digest)); a tree
+//! the server does not hold is refused as `unknown_tree`, and the client
+//! goes the long way.
+//!
 //! Every refusal is an [`ErrorBody`] whose code is one of [`ErrorCode`].
 
 use airlock_host::publish::{ManifestEntry, PublishError};
@@ -52,12 +60,17 @@ pub struct BlobsAnswer {
     pub new: u64,
 }
 
-/// `PUT …`: the manifest of the build.
-#[derive(Debug, Serialize, Deserialize)]
+/// `PUT …`: the manifest of the build, or the digest of a tree the
+/// target holds: one of the two.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
     /// Every file of the build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<ManifestEntry>,
+    /// The sha256 of a tree the target holds, instead of `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<String>,
 }
 
 /// The build, as committed.
@@ -73,6 +86,10 @@ pub struct CommitAnswer {
     pub bytes: u64,
     /// Whether this call made it (else it was there, with the same files).
     pub created: bool,
+    /// The sha256 of its tree: what a later commit of the same files can
+    /// send instead of them.
+    #[serde(default)]
+    pub tree: String,
     /// Where it is browsed, relative to the server.
     pub url: String,
 }
@@ -198,6 +215,7 @@ error_codes! {
     PathClash = "path_clash", UNPROCESSABLE_ENTITY, "A manifest has a file where another has a directory.";
     BadDigest = "bad_digest", UNPROCESSABLE_ENTITY, "A digest is not 64 hex digits.";
     MissingBlob = "missing_blob", UNPROCESSABLE_ENTITY, "The manifest names a blob the server does not have.";
+    UnknownTree = "unknown_tree", UNPROCESSABLE_ENTITY, "The commit names a tree the target does not hold.";
     SizeMismatch = "size_mismatch", UNPROCESSABLE_ENTITY, "A blob's size is not what the manifest says.";
     EmptyManifest = "empty_manifest", UNPROCESSABLE_ENTITY, "The manifest has no files.";
     TooManyFiles = "too_many_files", PAYLOAD_TOO_LARGE, "More files than the target allows in one publish.";
@@ -259,6 +277,7 @@ impl From<&PublishError> for ErrorCode {
             PublishError::TotalTooLarge { .. } => Self::PublishTooLarge,
             PublishError::DigestMismatch { .. } => Self::DigestMismatch,
             PublishError::Truncated { .. } => Self::TruncatedUpload,
+            PublishError::UnknownTree { .. } => Self::UnknownTree,
             PublishError::Conflict { .. } => Self::Conflict,
             PublishError::Io { .. } | PublishError::Artifact(ArtifactError::Io { .. }) => Self::Io,
             PublishError::Artifact(_) => Self::DamagedBlob,

@@ -260,18 +260,26 @@ pub(crate) async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: R
         let most = target.limits().max_files.saturating_mul(MANIFEST_BYTES_PER_FILE).saturating_add(4096);
         let limit = usize::try_from(most).unwrap_or(usize::MAX).min(MAX_MANIFEST_BODY);
         let body: CommitRequest = read_json(app, req, limit).await?;
-        // The manifest is checked before the token is charged for its
-        // files: a refused commit costs the token a call and no files, so
-        // a client can go back, upload what was missing, and commit again.
-        let files = body.files.len() as u64;
+        if body.tree.is_some() && !body.files.is_empty() {
+            authorize(app, peer, &headers, Charge::of(t, b), Check::Charge)?;
+            return Err(refuse(ErrorCode::BadJson, "a commit names its `files` or its `tree`, not both".into()));
+        }
+        // The tree is checked before the token is charged for its files:
+        // a refused commit costs the token a call and no files, so a
+        // client can go back, upload what was missing, and commit again.
         let checking = target.clone();
-        let checked = match blocking(move || checking.check(body.files)).await? {
+        let checked = blocking(move || match body.tree {
+            Some(tree) => checking.check_tree(&tree),
+            None => checking.check(body.files),
+        });
+        let checked = match checked.await? {
             Ok(checked) => checked,
             Err(e) => {
                 authorize(app, peer, &headers, Charge::of(t, b), Check::Charge)?;
                 return Err(publish_error(&e));
             }
         };
+        let files = checked.file_count();
         authorize(app, peer, &headers, Charge { files, ..Charge::of(t, b) }, Check::Charge)?;
         let (target, build) = (target.clone(), b.to_owned());
         let (committed, published) =
@@ -283,12 +291,13 @@ pub(crate) async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: R
         Ok(json(
             status,
             &CommitAnswer {
-                files: published.files.len() as u64,
-                bytes: published.bytes(),
+                files: published.files,
+                bytes: published.bytes,
                 created: committed == Committed::Created,
                 url: format!("/{}/{}/", published.target, published.build),
-                target: published.target.clone(),
-                build: published.build.clone(),
+                tree: published.tree,
+                target: published.target,
+                build: published.build,
             },
         ))
     };

@@ -18,7 +18,9 @@ mod walk;
 use crate::exit;
 use crate::http::{self, Body, Server};
 use airlock_host::publish::check_build_id;
-use airlock_server::protocol::{CommitAnswer, ErrorCode, FrameHeader, MissingAnswer, MissingRequest, build_path};
+use airlock_server::protocol::{
+    CommitAnswer, CommitRequest, ErrorCode, FrameHeader, MissingAnswer, MissingRequest, build_path,
+};
 use bytes::Bytes;
 use cache::{Stat, StatCache};
 use http_body_util::{BodyExt, StreamBody};
@@ -155,7 +157,9 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
 
     // Hash what the cache does not know.
     let total_bytes: u64 = files.iter().map(|f| f.stat.size).sum();
-    let (hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
+    let (mut hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
+    // Sorted as the server keeps it, the manifest's digest names the tree.
+    hashed.sort_unstable_by(|a, b| a.path.cmp(&b.path));
 
     let client = Api { server, build: build_path(&args.target, &args.build_id), jobs: usize::from(args.jobs) };
     let mut unique: BTreeMap<&str, &Local> = BTreeMap::new();
@@ -164,15 +168,26 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     }
     let digests: Vec<[u8; 32]> = unique.values().map(|l| l.digest).collect();
     let manifest = manifest_json(&hashed)?;
+    let tree: [u8; 32] = Sha256::digest(&manifest).into();
 
     let place = format!("{} {}", client.server.base(), args.target);
-    let known = !args.no_cache && cache.all_present(&place, digests.iter());
+    let known = Known {
+        tree: (!args.no_cache && cache.all_present(&place, std::iter::once(&tree))).then(|| hex32(&tree)),
+        blobs: !args.no_cache && cache.all_present(&place, digests.iter()),
+    };
     let sent = send_tree(&client, known, &unique, manifest, &progress).await;
     // The cache is written once, whatever happened: what was hashed is
     // not hashed again. One that learnt nothing new is left as it was.
     let mut dirty = hashed_now > 0;
     match &sent {
-        Ok(_) => dirty |= cache.record_present(&place, digests.iter()),
+        Ok(Sent { committed, .. }) => {
+            dirty |= cache.record_present(&place, digests.iter());
+            // Only a tree the server names as this client does can be
+            // named by its digest next time.
+            if committed.tree == hex32(&tree) {
+                dirty |= cache.record_present(&place, std::iter::once(&tree));
+            }
+        }
         Err(f) if matches!(f.refusal, Some(ErrorCode::MissingBlob | ErrorCode::SizeMismatch)) => {
             dirty = true;
             cache.forget(&place);
@@ -185,7 +200,7 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     {
         tracing::warn!("cannot save the stat cache at {}: {e}", cache_path.display());
     }
-    let (missing, upload_bytes, committed) = sent?;
+    let Sent { missing, upload_bytes, committed, by_digest } = sent?;
     let url = format!("{}{}", args.server.trim_end_matches('/'), committed.url);
     let summary = serde_json::json!({
         "target": committed.target,
@@ -197,6 +212,8 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
         "uploaded_files": missing.len(),
         "uploaded_bytes": upload_bytes,
         "created": committed.created,
+        "tree": committed.tree,
+        "committed_by_digest": by_digest,
         "seconds": started.elapsed().as_secs_f64(),
     });
     if args.json {
@@ -219,22 +236,53 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Gets the tree to the server and commits it: at once when every blob
-/// is `known` to be on the target (if one is gone after all, the commit
-/// is refused with nothing published, and it goes the long way); else by
-/// asking which blobs are missing and uploading them first. Returns the
-/// digests uploaded, their bytes, and the commit's answer.
+/// What this client's cache says the target holds already.
+struct Known {
+    /// The tree (its digest, hex), committed there before.
+    tree: Option<String>,
+    /// Every blob of the tree.
+    blobs: bool,
+}
+
+/// What [`send_tree`] did.
+struct Sent {
+    /// The digests uploaded.
+    missing: Vec<String>,
+    /// Their bytes.
+    upload_bytes: u64,
+    /// The commit's answer.
+    committed: CommitAnswer,
+    /// Whether the tree was committed by its digest alone.
+    by_digest: bool,
+}
+
+/// Gets the tree to the server and commits it: by its digest alone when
+/// the target is `known` to hold the tree, with its manifest when it is
+/// known to hold every blob (either refused, with nothing published, if
+/// the server lost them after all: then it goes the long way); else by
+/// asking which blobs are missing and uploading them first.
 async fn send_tree(
     client: &Api,
-    known: bool,
+    known: Known,
     unique: &BTreeMap<&str, &Local>,
     manifest: Vec<u8>,
     progress: &Progress,
-) -> Result<(Vec<String>, u64, CommitAnswer), Fail> {
-    if known {
+) -> Result<Sent, Fail> {
+    let lost =
+        |f: &Fail| matches!(f.refusal, Some(ErrorCode::UnknownTree | ErrorCode::MissingBlob | ErrorCode::SizeMismatch));
+    if let Some(tree) = known.tree {
+        let by_digest = serde_json::to_vec(&CommitRequest { tree: Some(tree), ..CommitRequest::default() })
+            .map_err(|e| fail(exit::ERROR, e.to_string()))?;
+        match client.call_json::<CommitAnswer>(Method::PUT, "", by_digest).await {
+            Ok(committed) => return Ok(Sent { missing: Vec::new(), upload_bytes: 0, committed, by_digest: true }),
+            Err(f) if lost(&f) => {}
+            Err(f) => return Err(f),
+        }
+    }
+    if known.blobs {
         match client.call_json::<CommitAnswer>(Method::PUT, "", manifest.clone()).await {
-            Ok(c) => return Ok((Vec::new(), 0, c)),
-            Err(f) if matches!(f.refusal, Some(ErrorCode::MissingBlob | ErrorCode::SizeMismatch)) => {}
+            Ok(committed) => return Ok(Sent { missing: Vec::new(), upload_bytes: 0, committed, by_digest: false }),
+            Err(f) if lost(&f) => {}
             Err(f) => return Err(f),
         }
     }
@@ -259,7 +307,7 @@ async fn send_tree(
     client.upload(to_send, progress).await?;
     progress.finish();
     let committed: CommitAnswer = client.call_json(Method::PUT, "", manifest).await?;
-    Ok((missing, upload_bytes, committed))
+    Ok(Sent { missing, upload_bytes, committed, by_digest: false })
 }
 
 /// `1 file`, `2 files`.
@@ -573,7 +621,6 @@ fn server_error(status: StatusCode, body: &[u8]) -> Fail {
 mod tests {
     use super::*;
     use airlock_host::publish::ManifestEntry;
-    use airlock_server::protocol::CommitRequest;
 
     /// What the client writes is what the server reads.
     #[test]
@@ -583,5 +630,29 @@ mod tests {
         let json = manifest_json(&[local]).ok().expect("serializes");
         let read: CommitRequest = serde_json::from_slice(&json).expect("the server's type reads it");
         assert_eq!(read.files, [ManifestEntry { path: "a/b.txt".into(), sha256: "ab".repeat(32), size: 3 }]);
+    }
+
+    /// The digest of what the client sends is the name the server gives
+    /// the tree, also for paths JSON escapes.
+    #[test]
+    fn the_manifest_digest_is_the_tree_the_server_names() {
+        let mut files: Vec<Local> = ["z\"q\u{7f}.txt", "a/ü b.txt", "a/b\tc"]
+            .iter()
+            .zip(1u8..)
+            .map(|(p, i)| Local {
+                path: (*p).into(),
+                file: "x".into(),
+                size: u64::from(i),
+                sha256: hex32(&[i; 32]),
+                digest: [i; 32],
+            })
+            .collect();
+        files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let json = manifest_json(&files).ok().expect("serializes");
+        let entries: Vec<ManifestEntry> = files
+            .iter()
+            .map(|l| ManifestEntry { path: l.path.clone(), sha256: l.sha256.clone(), size: l.size })
+            .collect();
+        assert_eq!(hex::encode(Sha256::digest(&json)), airlock_host::publish::tree_digest(&entries));
     }
 }

@@ -38,7 +38,7 @@ pub(super) fn find(globs: &[String], strip: usize) -> Result<Vec<Found>, Fail> {
             let meta = std::fs::symlink_metadata(&p)
                 .map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", p.display())))?;
             if meta.is_dir() {
-                found.extend(walk(&p, strip, cores())?);
+                found.extend(walk(&p, strip, list_threads())?);
             } else if meta.is_file() {
                 found.push(Found { path: published_path(&p, strip)?, key: key_of(&p), file: p, stat: Stat::of(&meta) });
             } else {
@@ -72,6 +72,15 @@ pub(super) fn find(globs: &[String], strip: usize) -> Result<Vec<Found>, Fail> {
         }
     }
     Ok(out)
+}
+
+/// Threads that list a tree: more than there are cores, because a
+/// `stat` of a file whose inode is not in memory waits for the disk, and
+/// waits overlap. (10,008 files after the page cache was dropped: 0.15 s
+/// listed by 2 threads, 0.10 s by 8; with the inodes in memory 8 cost
+/// no more than 2.)
+fn list_threads() -> usize {
+    (cores() * 4).clamp(4, 32)
 }
 
 /// The absolute path of `file`, `.` parts dropped, as the cache keys it.
@@ -124,8 +133,8 @@ struct Dir {
 }
 
 /// Every regular file under `root`, listed by `threads` threads at once
-/// (a tree of small files costs a `stat` each, and the kernel's part of
-/// that spreads over the cores).
+/// (a tree of small files costs a `stat` each: the kernel's part of that
+/// spreads over the cores, and its waits for the disk overlap).
 fn walk(root: &Path, strip: usize, threads: usize) -> Result<Vec<Found>, Fail> {
     // What every file's published path and key start with, worked out once.
     let root_parts = parts(root)?;
@@ -159,16 +168,21 @@ fn walk(root: &Path, strip: usize, threads: usize) -> Result<Vec<Found>, Fail> {
         for entry in std::fs::read_dir(&d.given).map_err(cannot_list)? {
             let entry = entry.map_err(cannot_list)?;
             let given = entry.path();
-            let meta =
-                entry.metadata().map_err(|e| fail(exit::ERROR, format!("cannot read `{}`: {e}", given.display())))?;
+            let cannot_read = |e: std::io::Error| fail(exit::ERROR, format!("cannot read `{}`: {e}", given.display()));
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
                 return Err(fail(exit::FAILED, format!("`{}` is not UTF-8; published paths are", given.display())));
             };
             let below = format!("{}{name}", d.below);
-            if meta.is_dir() {
+            // The directory's listing tells a directory from a file (a
+            // `stat` only where the file system does not say); only files
+            // need their stat.
+            if entry.file_type().map_err(cannot_read)?.is_dir() {
                 subdirs.push(Dir { given, below: below + "/" });
-            } else if meta.is_file() {
+                continue;
+            }
+            let meta = entry.metadata().map_err(cannot_read)?;
+            if meta.is_file() {
                 let path = publish_as(&given, &below)?;
                 let key = format!("{root_key}/{below}");
                 found.push(Found { path, file: given, key, stat: Stat::of(&meta) });

@@ -66,6 +66,12 @@ impl Server {
         self.log.lock().expect("log").iter().any(|l| l.contains(&format!("{suffix}\"")))
     }
 
+    /// The access log's lines of calls whose path ends with `suffix`.
+    fn calls(&self, suffix: &str) -> Vec<String> {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        self.log.lock().expect("log").iter().filter(|l| l.contains(&format!("{suffix}\""))).cloned().collect()
+    }
+
     fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -211,11 +217,26 @@ fn an_unchanged_tree_is_committed_at_once_and_a_server_that_lost_its_blobs_gets_
     assert_eq!(json(&stdout)["uploaded_files"], 3);
     assert!(server.was_called("/builds/b1/missing"));
 
+    let first = json(&stdout);
+    assert_eq!(first["committed_by_digest"], false, "the server has never seen the tree");
+
     let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "--strip", "1", "b2", "tree"]);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(json(&stdout)["uploaded_files"], 0);
-    assert!(server.was_called("/builds/b2"), "committed");
+    let second = json(&stdout);
+    assert_eq!(second["uploaded_files"], 0);
+    assert_eq!((&second["committed_by_digest"], &second["tree"]), (&true.into(), &first["tree"]));
+    assert_eq!(server.calls("/builds/b2").len(), 1, "an unchanged tree is one call");
     assert!(!server.was_called("/builds/b2/missing"), "an unchanged tree asks nothing first");
+    assert_eq!(server.http("GET", "/snapshots/b2/b/c.txt", None, b"").1, b"c");
+
+    // Two files changed: a new tree, whose blobs are not all there.
+    std::fs::write(s.path().join("tree/a.txt"), "a2").expect("change");
+    let (code, stdout, stderr) = publish(&s, &server, &t, &["--json", "--strip", "1", "b2b", "tree"]);
+    assert_eq!(code, 0, "{stderr}");
+    let changed = json(&stdout);
+    assert_eq!((&changed["committed_by_digest"], &changed["uploaded_files"]), (&false.into(), &1.into()));
+    assert_ne!(changed["tree"], first["tree"]);
+    std::fs::write(s.path().join("tree/a.txt"), "a").expect("change back");
 
     // The server's storage is gone; a new one answers at the same address.
     let addr = server.addr;
@@ -229,6 +250,8 @@ fn an_unchanged_tree_is_committed_at_once_and_a_server_that_lost_its_blobs_gets_
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(json(&stdout)["uploaded_files"], 3, "every blob sent again");
     assert!(server.was_called("/builds/b3/missing"), "after the refused commit");
+    let refused: Vec<String> = server.calls("/builds/b3").into_iter().filter(|l| l.contains("status=422")).collect();
+    assert_eq!(refused.len(), 2, "the tree, then the manifest, refused: {refused:?}");
     assert_eq!(server.http("GET", "/snapshots/b3/b/c.txt", None, b"").1, b"c");
     // What the client now knows of the new server holds for the next time.
     let (code, _, stderr) = publish(&s, &server, &t, &["--strip", "1", "b4", "tree"]);
@@ -322,6 +345,16 @@ fn bad_manifests_and_uploads_are_refused_and_leave_nothing() {
         (manifest("a", &d, 3), 422, "size_mismatch"),
         (manifest("a", "abc", 3), 422, "bad_digest"),
         (b"{\"files\": 7}".to_vec(), 400, "bad_json"),
+        (serde_json::to_vec(&serde_json::json!({ "tree": absent })).expect("json"), 422, "unknown_tree"),
+        (serde_json::to_vec(&serde_json::json!({ "tree": "../x" })).expect("json"), 422, "bad_digest"),
+        (
+            serde_json::to_vec(
+                &serde_json::json!({ "tree": absent, "files": [{ "path": "a", "sha256": d, "size": 10 }] }),
+            )
+            .expect("json"),
+            400,
+            "bad_json",
+        ),
     ] {
         assert_eq!(server.refused("PUT", api, Some(&t), &body), (status, code.to_owned()));
     }
@@ -486,8 +519,14 @@ fn a_publish_step_publishes_artifacts_with_a_token_that_dies_with_the_run() {
     assert_eq!((published["files"].as_u64(), published["created"].as_bool()), (Some(2), Some(true)));
 
     // The tree is there, and holds exactly the upstream artifacts.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.path().join(format!("published/snapshots/builds/site-{run_id}.json"))).expect("record"),
+    )
+    .expect("json");
+    let tree = record["tree"].as_str().expect("the record names its tree");
+    assert_eq!(published["tree"].as_str(), None, "the run's record does not need it");
     let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(s.path().join(format!("published/snapshots/builds/site-{run_id}.json"))).expect("manifest"),
+        &std::fs::read(s.path().join(format!("published/snapshots/trees/{tree}.json"))).expect("manifest"),
     )
     .expect("json");
     let paths: Vec<&str> =
