@@ -246,10 +246,15 @@ impl Sandbox {
                 None => {
                     // Before minutes of compiling: a feature left off is
                     // found by validating, in a fraction of the time.
+                    let t0 = std::time::Instant::now();
                     validate_module(&flavor.engine, &path, bytes)?;
+                    let t1 = std::time::Instant::now();
                     compiling(bytes.len() as u64);
                     let m = wasmtime::Module::new(&flavor.engine, bytes).map_err(compile_error)?;
+                    let t2 = std::time::Instant::now();
                     self.store_in_cache(&digest, &flavor.engine, m.serialize());
+                    let t3 = std::time::Instant::now();
+                    tracing::debug!(validate = ?(t1 - t0), compile = ?(t2 - t1), store = ?(t3 - t2), "compiled {name}");
                     m
                 }
             };

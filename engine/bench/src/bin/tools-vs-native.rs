@@ -284,7 +284,10 @@ impl Bench {
                 let file = self.work.join(format!("{}.yaml", dir.file_name().and_then(|n| n.to_str()).unwrap_or("p")));
                 std::fs::write(&file, yaml)?;
                 let mut cmd = Command::new(&self.airlock);
-                cmd.arg("--state-dir").arg(state).arg("run").arg(&file);
+                // Warm means the compiled tool is cached, not the step's
+                // result: the step cache would answer a repeated run
+                // without running the tool at all.
+                cmd.arg("--state-dir").arg(state).args(["run", "--no-cache"]).arg(&file);
                 cmd.env("AIRLOCK_TOOL_CACHE", &self.tool_cache);
                 cmd
             }
