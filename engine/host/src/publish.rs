@@ -714,6 +714,10 @@ impl TargetStore {
         if checked.tree != tree {
             return Err(ArtifactError::Corrupt { expected: tree.to_owned(), actual: checked.tree }.into());
         }
+        // A process killed between linking the tree and syncing its
+        // directory may have left a name that a power loss would take:
+        // a record about to name it must not outlive it.
+        sync_dir(&self.trees_dir()).map_err(|e| self.io(e))?;
         self.remember_tree(tree, checked.facts);
         Ok(Checked { write: None, ..checked })
     }
@@ -837,13 +841,15 @@ impl TargetStore {
         }
     }
 
-    /// Writes a tree file, synced, its name too, unless it is there.
+    /// Writes a tree file, synced, its name too. One already there (an
+    /// earlier commit's, perhaps of a process killed before it synced the
+    /// name) only has its name synced.
     fn write_tree(&self, tree: &str, json: &[u8]) -> Result<(), PublishError> {
         let path = self.tree_path(tree);
-        if path.is_file() {
-            return Ok(());
-        }
         let dir = self.trees_dir();
+        if path.is_file() {
+            return sync_dir(&dir).map_err(|e| self.io(e));
+        }
         std::fs::create_dir_all(&dir).map_err(|e| self.io(e))?;
         let mut tmp = tempfile::Builder::new().prefix(TREE_PARTIAL).tempfile_in(&dir).map_err(|e| self.io(e))?;
         tmp.write_all(json).map_err(|e| self.io(e))?;
