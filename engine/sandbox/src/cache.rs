@@ -143,17 +143,43 @@ impl CompileCache {
     /// entries while the cache is over its bound. Failing to cache is not
     /// failing to run: the error is returned for the caller to log.
     pub fn put(&self, plugin_digest: &str, engine: &wasmtime::Engine, compiled: &[u8]) -> std::io::Result<()> {
+        let key = self.write(plugin_digest, engine, compiled)?.1;
+        self.evict(&key)
+    }
+
+    /// [`put`](Self::put), and the entry written, open: the very file
+    /// holding `compiled`, whose sum need not be checked by whoever keeps
+    /// it open (or knows it by its id while it is kept open). Failing to
+    /// evict is logged, not returned.
+    pub fn put_open(&self, plugin_digest: &str, engine: &wasmtime::Engine, compiled: &[u8]) -> std::io::Result<Cached> {
+        let (mut file, key) = self.write(plugin_digest, engine, compiled)?;
+        if let Err(e) = self.evict(&key) {
+            tracing::warn!(dir = %self.dir.display(), "cannot evict from the compile cache: {e}");
+        }
+        file.rewind()?;
+        let id = FileId::of(&file).ok_or_else(|| std::io::Error::other("cannot read the identity of a cache entry"))?;
+        Ok(Cached { file, id })
+    }
+
+    /// Writes an entry: its code, then its sum. Returns the code's file,
+    /// still open, and the entry's key.
+    fn write(
+        &self,
+        plugin_digest: &str,
+        engine: &wasmtime::Engine,
+        compiled: &[u8],
+    ) -> std::io::Result<(File, String)> {
         std::fs::create_dir_all(&self.dir)?;
         let key = Self::key(plugin_digest, engine);
         let mut code = tempfile::NamedTempFile::new_in(&self.dir)?;
         // Not synced: after a power cut, a file the kernel had not written
         // fails its sum and is compiled again.
         code.write_all(compiled)?;
-        code.persist(self.dir.join(format!("{key}.cwasm"))).map_err(|e| e.error)?;
+        let file = code.persist(self.dir.join(format!("{key}.cwasm"))).map_err(|e| e.error)?;
         let mut sum = tempfile::NamedTempFile::new_in(&self.dir)?;
         sum.write_all(&Sha256::digest(compiled))?;
         sum.persist(self.dir.join(format!("{key}.sum"))).map_err(|e| e.error)?;
-        self.evict(&key)
+        Ok((file, key))
     }
 
     /// Removes entries, oldest use first, until what is left fits the

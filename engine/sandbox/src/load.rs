@@ -40,8 +40,10 @@ pub struct Plugin {
     /// Whether the compiled form came from the cache.
     pub from_cache: bool,
     pub(crate) flavor: FlavorKind,
-    /// The cache file of a mapped core module, whose sum was checked: a
-    /// step process running it need not read it again.
+    /// The cache file of a mapped core module whose bytes are known to
+    /// be sound (its sum checked, or written from the compiler's output
+    /// by this process): a step process running it need not read it
+    /// again.
     pub(crate) checked: Option<crate::cache::FileId>,
 }
 
@@ -246,19 +248,17 @@ impl Sandbox {
                 None => {
                     // Before minutes of compiling: a feature left off is
                     // found by validating, in a fraction of the time.
-                    let t0 = std::time::Instant::now();
+                    let started = std::time::Instant::now();
                     validate_module(&flavor.engine, &path, bytes)?;
-                    let t1 = std::time::Instant::now();
+                    tracing::debug!(took = ?started.elapsed(), "validated {name}");
                     compiling(bytes.len() as u64);
-                    let m = wasmtime::Module::new(&flavor.engine, bytes).map_err(compile_error)?;
-                    let t2 = std::time::Instant::now();
-                    self.store_in_cache(&digest, &flavor.engine, m.serialize());
-                    let t3 = std::time::Instant::now();
-                    tracing::debug!(validate = ?(t1 - t0), compile = ?(t2 - t1), store = ?(t3 - t2), "compiled {name}");
+                    let (m, written) =
+                        self.compile_module(flavor, kind, &digest, name, bytes).map_err(compile_error)?;
+                    checked = written;
                     m
                 }
             };
-            (Self::link_module(flavor, &module, &path)?, from_cache, checked.filter(|_| from_cache))
+            (Self::link_module(flavor, &module, &path)?, from_cache, checked)
         };
         let (compiled, from_cache, checked) = compiled;
         Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, flavor: kind, checked })
@@ -305,6 +305,51 @@ impl Sandbox {
             flavor: FlavorKind::Unchecked,
             checked: Some(id),
         })
+    }
+
+    /// Compiles a core module. One for a step process of its own (a big
+    /// tool) is compiled straight into its cache entry and mapped from
+    /// it: no second copy of its code in memory, none serialized again,
+    /// and the entry's identity, returned, spares the step process reading
+    /// it through once more.
+    fn compile_module(
+        &self,
+        flavor: &Flavor,
+        kind: FlavorKind,
+        digest: &str,
+        name: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(wasmtime::Module, Option<crate::cache::FileId>)> {
+        let started = std::time::Instant::now();
+        let cache = self.cache.as_ref().filter(|_| kind == FlavorKind::Unchecked);
+        let Some(cache) = cache else {
+            let m = wasmtime::Module::new(&flavor.engine, bytes)?;
+            tracing::debug!(took = ?started.elapsed(), "compiled {name}");
+            self.store_in_cache(digest, &flavor.engine, m.serialize());
+            return Ok((m, None));
+        };
+        let code = flavor.engine.precompile_module(bytes)?;
+        tracing::debug!(took = ?started.elapsed(), bytes = code.len(), "compiled {name}");
+        let stored = std::time::Instant::now();
+        // The step process maps the code from the cache: without an
+        // entry there is nothing for it to run.
+        let entry = cache.put_open(digest, &flavor.engine, &code).map_err(|e| {
+            wasmtime::Error::msg(format!(
+                "cannot keep its compiled form in the compile cache at {}, where its step process maps it from: {e}",
+                cache.dir().display()
+            ))
+        })?;
+        drop(code);
+        tracing::debug!(took = ?stored.elapsed(), "stored {name} in the compile cache");
+        let id = entry.id;
+        // SAFETY: the file holds exactly the bytes this engine's
+        // `precompile_module` made just now, written by this process into
+        // its state directory and open since then (wasmtime keeps it
+        // mapped, so its identity stays its own); wasmtime checks its
+        // version and settings too.
+        #[allow(unsafe_code)]
+        let m = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, entry.file) }?;
+        Ok((m, Some(id)))
     }
 
     fn store_in_cache(&self, digest: &str, engine: &Engine, serialized: wasmtime::Result<Vec<u8>>) {
@@ -490,6 +535,38 @@ mod tests {
         assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
         let err = sandbox.load(&file).err().expect("refused");
         assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
+    }
+
+    /// A big tool is compiled straight into its cache entry and mapped
+    /// from there, and the step process is told which file that is, on
+    /// the first use as on later ones; the entry is what the compiler
+    /// made, by its sum.
+    #[test]
+    fn a_tool_for_a_step_process_is_mapped_from_the_entry_it_was_compiled_into() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache_dir = dir.path().join("cache");
+        let mut sandbox = Sandbox::new(Some(cache_dir.clone())).expect("engine");
+        sandbox.set_step_process(small_process());
+        let bytes = wat::parse_str(r#"(module (memory 1) (func (export "_start")))"#).expect("wat");
+        let cold = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("compiled");
+        assert!(cold.in_own_process() && !cold.from_cache);
+        let cache = crate::cache::CompileCache::new(&cache_dir);
+        let engine = &sandbox.flavor(FlavorKind::Unchecked).engine;
+        let entry = cache.get(&cold.digest, engine).expect("a sound entry, by its sum");
+        assert_eq!(cold.checked, Some(entry.id), "the step process is told the file it maps");
+        let warm = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("loaded");
+        assert!(warm.from_cache);
+        assert_eq!(warm.checked, Some(entry.id));
+        // A plugin for this process is compiled in memory, as before.
+        let mut small = Sandbox::new(Some(dir.path().join("other"))).expect("engine");
+        small.set_step_process(crate::worker::StepProcess { min_bytes: u64::MAX, ..small_process() });
+        let plugin = small.load_bytes(&bytes, "tool.wasm", false).expect("compiled");
+        assert!(!plugin.in_own_process() && plugin.checked.is_none());
+    }
+
+    /// Every core module in a step process (never started here).
+    fn small_process() -> crate::worker::StepProcess {
+        crate::worker::StepProcess { program: "/bin/false".into(), args: Vec::new(), min_bytes: 0 }
     }
 
     #[test]
