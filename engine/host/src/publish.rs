@@ -599,23 +599,8 @@ impl TargetStore {
     /// temporary files of commits, untouched for `untouched`.
     pub fn remove_partial(&self, untouched: std::time::Duration) -> Result<usize, PublishError> {
         let mut removed = self.blobs.remove_partial(untouched)?;
-        let now = SystemTime::now();
         for (dir, prefix) in [(self.trees_dir(), TREE_PARTIAL), (self.builds_dir(), COMMIT_PARTIAL)] {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                if !entry.file_name().to_string_lossy().starts_with(prefix) {
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
-                if meta.is_file() && age >= untouched {
-                    match std::fs::remove_file(entry.path()) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(self.io(e)),
-                    }
-                }
-            }
+            removed += crate::artifacts::remove_stale(&dir, prefix, untouched).map_err(|e| self.io(e))?;
         }
         Ok(removed)
     }

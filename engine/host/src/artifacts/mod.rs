@@ -257,23 +257,8 @@ impl ArtifactStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.io(e)),
         }
-        let now = std::time::SystemTime::now();
         for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                if !entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
-                    continue;
-                }
-                let Ok(meta) = entry.metadata() else { continue };
-                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
-                if meta.is_file() && age >= untouched {
-                    match std::fs::remove_file(entry.path()) {
-                        Ok(()) => removed += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(self.io(e)),
-                    }
-                }
-            }
+            removed += remove_stale(&dir, PARTIAL_PREFIX, untouched).map_err(|e| self.io(e))?;
         }
         Ok(removed)
     }
@@ -331,6 +316,31 @@ impl ArtifactStore {
         }
         Ok(bytes)
     }
+}
+
+/// Deletes the files in `dir` whose names start with `prefix` and that
+/// nothing has touched for `untouched` (what a killed process left
+/// behind); returns how many. A directory that cannot be listed holds
+/// nothing to delete.
+pub(crate) fn remove_stale(dir: &Path, prefix: &str, untouched: std::time::Duration) -> std::io::Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+        if meta.is_file() && age >= untouched {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// What a writer's temporary file is named with, until it is kept.
