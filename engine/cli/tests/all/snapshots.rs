@@ -76,11 +76,12 @@ fn a_run_on_a_server() {
         "pipes/two.yaml",
         format!(
             "name: two\nsteps:\n  a:\n    uses: {tick}\n    args: [\"8\", \"100\", out.txt]\n    outputs: [out.txt]\n  \
-             b:\n    needs: [a]\n    uses: {tick}\n    args: [\"nonsense\"]\n"
+             b:\n    needs: [a]\n    uses: {tick}\n    args: [\"4\", \"100\", no/such/dir/out.txt]\n"
         ),
     );
-    // `a` runs for most of a second, so the client following the run
-    // always sees it running.
+    // `a` runs for most of a second and `b` for almost half of one
+    // before it fails (it cannot write its output), so the client
+    // following the run always sees each running.
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (code, stdout, stderr) =
         output(airlock(&s.path().join("client")).env("AIRLOCK_USER_TOKEN", &people.runner.token).args([
