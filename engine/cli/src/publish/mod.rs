@@ -157,9 +157,11 @@ async fn run(state_dir: &Path, args: &PublishArgs) -> Result<(), Fail> {
 
     // Hash what the cache does not know.
     let total_bytes: u64 = files.iter().map(|f| f.stat.size).sum();
-    let (mut hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
-    // Sorted as the server keeps it, the manifest's digest names the tree.
-    hashed.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    let (hashed, hashed_now) = hash_all(files, &mut cache, usize::from(args.jobs).max(cores()), &progress)?;
+    // `find` returns the files sorted by published path, as the server
+    // keeps a tree, and hashing keeps their order: the manifest's digest
+    // names the tree.
+    debug_assert!(hashed.is_sorted_by(|a, b| a.path < b.path));
 
     let client = Api { server, build: build_path(&args.target, &args.build_id), jobs: usize::from(args.jobs) };
     let mut unique: BTreeMap<&str, &Local> = BTreeMap::new();
