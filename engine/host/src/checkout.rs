@@ -149,13 +149,12 @@ impl Checkouts {
         Ok(mirror)
     }
 
-    /// Fetches `commit` into `mirror` unless it is there.
-    fn fetch_commit(&self, mirror: &Path, remote: &Remote<'_>, commit: &str) -> Result<(), CheckoutError> {
-        if has_commit(mirror, commit) {
-            return Ok(());
-        }
-        match fetch_shallow(mirror, remote, commit) {
-            Ok(_) => Ok(()),
+    /// Fetches `commit` into `mirror` unless it is there (or, with
+    /// `again`, even if it is: to fill in objects a killed fetch left
+    /// out).
+    fn fetch_commit(&self, mirror: &Path, remote: &Remote<'_>, commit: &str, again: bool) -> Result<(), CheckoutError> {
+        match fetch_shallow(mirror, remote, commit, again) {
+            Ok(()) => Ok(()),
             Err(CheckoutError::Git { message, .. }) if gone(&message) => {
                 Err(CheckoutError::Gone { commit: commit.to_owned(), url: remote.url.to_owned() })
             }
@@ -164,18 +163,18 @@ impl Checkouts {
     }
 
     /// The submodules of `commit` (in `mirror`, fetched from `url`), and
-    /// theirs, each fetched into a mirror of its own: where each goes in
-    /// the tree, and what to write there.
+    /// theirs, each fetched into a mirror of its own (again, with
+    /// `again`): where each goes in the tree, and what to write there.
     fn submodules(
         &self,
         repository: &str,
         remote: &Remote<'_>,
         at: (&Path, &str, &str),
-        prefix: &str,
-        depth: usize,
+        walk: Walk<'_>,
         found: &mut Vec<Module>,
     ) -> Result<(), CheckoutError> {
         let (mirror, commit, url) = at;
+        let Walk { prefix, depth, again } = walk;
         let listing = git(mirror, None, &["ls-tree", "-r", "-z", commit], "ls-tree", false)?;
         let links: Vec<(String, String)> = listing
             .split(|b| *b == 0)
@@ -211,10 +210,11 @@ impl Checkouts {
             init_mirror(&module_mirror, &self.root)?;
             // Same forge, so the same token; never sent anywhere else.
             let module_remote = Remote { url: &module_url, ..*remote };
-            self.fetch_commit(&module_mirror, &module_remote, &id).map_err(|e| fail(e.to_string()))?;
+            self.fetch_commit(&module_mirror, &module_remote, &id, again).map_err(|e| fail(e.to_string()))?;
             found.push(Module { path: shown.clone(), mirror: module_mirror.clone(), commit: id.clone() });
             let inner = format!("{shown}/");
-            self.submodules(repository, remote, (&module_mirror, &id, &module_url), &inner, depth + 1, found)?;
+            let walk = Walk { prefix: &inner, depth: depth + 1, again };
+            self.submodules(repository, remote, (&module_mirror, &id, &module_url), walk, found)?;
         }
         Ok(())
     }
@@ -247,13 +247,23 @@ impl Checkouts {
         since: Option<&str>,
     ) -> Result<Checkout, CheckoutError> {
         let mirror = self.open_mirror(repository)?;
-        self.fetch_commit(&mirror, remote, commit)?;
+        self.fetch_commit(&mirror, remote, commit, false)?;
+        let (tree, dir, skipped_links) = match self.write_out(repository, remote, &mirror, commit, false) {
+            // A mirror written before fetches kept their packs whole may
+            // hold a commit without all of its objects (its fetch was
+            // killed while unpacking them one by one): fetching the
+            // commit again, and its submodules, fills them in.
+            Err(CheckoutError::Git { what, message }) if what != "fetch" => {
+                tracing::warn!(repository, commit, "git {what} failed ({message}); fetching the commit again");
+                self.fetch_commit(&mirror, remote, commit, true)?;
+                self.write_out(repository, remote, &mirror, commit, true)?
+            }
+            other => other?,
+        };
         // What changed needs only the other commit's tree, so it too is
         // fetched shallow; if it is gone, what changed is not known.
         let changed = since.and_then(|since| {
-            if !has_commit(&mirror, since) {
-                fetch_shallow(&mirror, remote, since).ok()?;
-            }
+            fetch_shallow(&mirror, remote, since, false).ok()?;
             let out = git(
                 &mirror,
                 None,
@@ -269,8 +279,22 @@ impl Checkouts {
                     .collect(),
             )
         });
+        Ok(Checkout { commit: commit.to_owned(), tree, dir, changed, skipped_links })
+    }
+
+    /// Writes the tree of `commit` (in `mirror`) out unless it is there,
+    /// fetching its submodules (again, with `again`) when the remote asks
+    /// for them: its name, its directory and the links left out.
+    fn write_out(
+        &self,
+        repository: &str,
+        remote: &Remote<'_>,
+        mirror: &Path,
+        commit: &str,
+        again: bool,
+    ) -> Result<(String, PathBuf, Vec<String>), CheckoutError> {
         let tree = String::from_utf8_lossy(&git(
-            &mirror,
+            mirror,
             None,
             &["rev-parse", "--verify", &format!("{commit}^{{tree}}")],
             "rev-parse",
@@ -281,15 +305,16 @@ impl Checkouts {
         // The tree id fixes every submodule's commit, and so theirs.
         let tree = if remote.submodules { format!("{tree}-with-submodules") } else { tree };
         let dir = self.tree_dir(&tree);
-        let mut skipped_links = Vec::new();
-        if !dir.is_dir() {
-            let mut modules = Vec::new();
-            if remote.submodules {
-                self.submodules(repository, remote, (&mirror, commit, remote.url), "", 0, &mut modules)?;
-            }
-            skipped_links = self.write_tree(&mirror, commit, &modules, &dir)?;
+        if dir.is_dir() {
+            return Ok((tree, dir, Vec::new()));
         }
-        Ok(Checkout { commit: commit.to_owned(), tree, dir, changed, skipped_links })
+        let mut modules = Vec::new();
+        if remote.submodules {
+            let walk = Walk { prefix: "", depth: 0, again };
+            self.submodules(repository, remote, (mirror, commit, remote.url), walk, &mut modules)?;
+        }
+        let skipped_links = self.write_tree(mirror, commit, &modules, &dir)?;
+        Ok((tree, dir, skipped_links))
     }
 
     /// Writes the commit's files to `dir`, and each submodule's into it,
@@ -346,6 +371,18 @@ impl Checkouts {
     }
 }
 
+/// Where a walk through submodules is.
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    /// The path of the repository being walked, ending in `/` (empty at
+    /// the top).
+    prefix: &'a str,
+    /// How deep in submodules it is.
+    depth: usize,
+    /// Whether each is fetched even if its mirror has its commit.
+    again: bool,
+}
+
 /// A submodule to write into a checkout.
 struct Module {
     /// Where, relative to the tree's root.
@@ -367,7 +404,8 @@ fn init_mirror(mirror: &Path, root: &Path) -> Result<(), CheckoutError> {
 }
 
 /// Fetches `commit` from the remote into `mirror`, one commit deep,
-/// while holding the mirror's fetch lock.
+/// while holding the mirror's fetch lock, unless (when not `again`) the
+/// mirror has it already.
 ///
 /// Two fetches into one shallow mirror break each other ("shallow file
 /// has changed since we read it"), whether they come from two threads or
@@ -377,7 +415,13 @@ fn init_mirror(mirror: &Path, root: &Path) -> Result<(), CheckoutError> {
 /// to git as its standard input, which git never reads: the lock is held
 /// as long as any process holding that file lives, the orphaned git of a
 /// killed server included, and no longer.
-fn fetch_shallow(mirror: &Path, remote: &Remote<'_>, commit: &str) -> Result<Vec<u8>, CheckoutError> {
+///
+/// Whether the mirror has the commit is asked under the lock too: a
+/// fetch still running writes objects as it goes, and its commit may be
+/// there before the commit's files are. Objects arrive as one pack that
+/// appears whole (`fetch.unpackLimit=1`) rather than one loose object at
+/// a time, so a fetch killed midway leaves no commit without its tree.
+fn fetch_shallow(mirror: &Path, remote: &Remote<'_>, commit: &str, again: bool) -> Result<(), CheckoutError> {
     let path = mirror.join("airlock-fetch.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -408,10 +452,13 @@ fn fetch_shallow(mirror: &Path, remote: &Remote<'_>, commit: &str) -> Result<Vec
             }
         }
     }
+    if !again && has_commit(mirror, commit) {
+        return Ok(());
+    }
     let args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--depth=1", "--", remote.url, commit];
     let mut command = git_command(mirror, Some(remote));
-    command.args(args).stdin(Stdio::from(lock));
-    run_git(command, "fetch")
+    command.args(["-c", "fetch.unpackLimit=1"]).args(args).stdin(Stdio::from(lock));
+    run_git(command, "fetch").map(drop)
 }
 
 fn has_commit(mirror: &Path, commit: &str) -> bool {
@@ -424,17 +471,23 @@ fn archive(mirror: &Path, commit: &str, dir: &Path) -> Result<Vec<String>, Check
     let mut child = git_command(mirror, None)
         .args(["archive", "--format=tar", commit])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| CheckoutError::Io(format!("cannot start git: {e}")))?;
     let stdout = child.stdout.take().ok_or_else(|| CheckoutError::Io("git archive has no output".into()))?;
+    let stderr = child.stderr.take().ok_or_else(|| CheckoutError::Io("git archive has no error output".into()))?;
+    let reader = std::thread::spawn(move || read_bounded(stderr));
     let unpacked = unpack(stdout, dir);
     let status = child.wait().map_err(|e| CheckoutError::Io(e.to_string()))?;
-    let skipped = unpacked?;
+    let err = reader.join().unwrap_or_default();
     if !status.success() {
-        return Err(CheckoutError::Git { what: "archive", message: format!("exit {status}") });
+        let message = airlock_model::text::one_line(String::from_utf8_lossy(&err).trim(), 2000);
+        return Err(CheckoutError::Git {
+            what: "archive",
+            message: if message.is_empty() { format!("exit {status}") } else { message },
+        });
     }
-    Ok(skipped)
+    unpacked
 }
 
 /// The `(path, url)` of each submodule `.gitmodules` at `commit` names;
@@ -552,14 +605,8 @@ fn run_git(mut command: Command, what: &'static str) -> Result<Vec<u8>, Checkout
         .spawn()
         .map_err(|e| CheckoutError::Io(format!("cannot start git (is it installed?): {e}")))?;
     let mut stdout = child.stdout.take().ok_or_else(|| CheckoutError::Io("git has no output".into()))?;
-    let mut stderr = child.stderr.take().ok_or_else(|| CheckoutError::Io("git has no error output".into()))?;
-    let reader = std::thread::spawn(move || {
-        let mut err = Vec::new();
-        let _ = (&mut stderr).take(MAX_STDERR as u64).read_to_end(&mut err);
-        // Whatever is left is drained so git never blocks on it.
-        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-        err
-    });
+    let stderr = child.stderr.take().ok_or_else(|| CheckoutError::Io("git has no error output".into()))?;
+    let reader = std::thread::spawn(move || read_bounded(stderr));
     // Read on a thread of its own, so a git that hangs without closing
     // its output still meets the timeout below.
     let output = std::thread::spawn(move || {
@@ -591,6 +638,15 @@ fn run_git(mut command: Command, what: &'static str) -> Result<Vec<u8>, Checkout
     }
     let message = airlock_model::text::one_line(String::from_utf8_lossy(&err).trim(), 2000);
     Err(CheckoutError::Git { what, message: if message.is_empty() { format!("exit {status}") } else { message } })
+}
+
+/// The first [`MAX_STDERR`] bytes of git's error output; whatever is
+/// left is drained so git never blocks on it.
+fn read_bounded(mut stderr: std::process::ChildStderr) -> Vec<u8> {
+    let mut err = Vec::new();
+    let _ = (&mut stderr).take(MAX_STDERR as u64).read_to_end(&mut err);
+    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+    err
 }
 
 /// Unpacks a tar stream into `dir`: plain files and directories, and

@@ -196,12 +196,21 @@ fn fetches_into_one_mirror_take_turns_even_across_processes() {
     let checkouts = Checkouts::new(state.path().join("checkouts"));
     let remote = Remote { forge: Forge::Github, url: &url, token: Some(TOKEN), submodules: false };
     checkouts.fetch("blinky", &remote, &commits[0], None).expect("first fetch");
+    let mirror = state.path().join("checkouts/mirrors/blinky.git");
+    // What a fetch brings arrives as one pack, which appears whole, not
+    // as loose objects a killed fetch could leave half written.
+    assert_eq!(loose_objects(&mirror), 0, "a fetch left loose objects");
 
     // Another process (say the git a killed server left running) holds
-    // the mirror's fetch lock: a fetch waits for it, then goes ahead.
-    let lock = std::fs::File::open(state.path().join("checkouts/mirrors/blinky.git/airlock-fetch.lock"))
-        .expect("the mirror has a fetch lock");
+    // the mirror's fetch lock, and has written the next commit's object
+    // but not yet its files: a fetch waits for the lock rather than take
+    // the commit for fetched, then goes ahead and fills in what is
+    // missing.
+    let lock = std::fs::File::open(mirror.join("airlock-fetch.lock")).expect("the mirror has a fetch lock");
     lock.lock().expect("lock");
+    let raw = git_bytes(&work, &["cat-file", "commit", &commits[1]]);
+    let planted = git_with_input(&mirror, &["hash-object", "-w", "-t", "commit", "--stdin"], &raw);
+    assert_eq!(planted, commits[1]);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         s.spawn(|| tx.send(checkouts.fetch("blinky", &remote, &commits[1], None).map(|c| c.commit)));
@@ -225,4 +234,39 @@ fn fetches_into_one_mirror_take_turns_even_across_processes() {
             assert_eq!(&handle.join().expect("thread").expect("fetch"), commit);
         }
     });
+}
+
+/// How many loose objects the repository at `dir` holds.
+fn loose_objects(dir: &Path) -> usize {
+    let objects = dir.join("objects");
+    std::fs::read_dir(&objects)
+        .expect("objects")
+        .flatten()
+        .filter(|d| d.file_name().len() == 2)
+        .map(|d| std::fs::read_dir(d.path()).expect("dir").count())
+        .sum()
+}
+
+/// What git prints for `args` in `dir`, as bytes.
+fn git_bytes(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Runs git in `dir` with `input` on its standard input; its output.
+fn git_with_input(dir: &Path, args: &[&str], input: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("git");
+    child.stdin.take().expect("stdin").write_all(input).expect("write");
+    let out = child.wait_with_output().expect("git");
+    assert!(out.status.success(), "git {args:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
