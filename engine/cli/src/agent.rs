@@ -78,6 +78,7 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
         say!("hint: set AIRLOCK_AGENT_TOKEN to the token whose sha256 is the pool's `token_sha256` in the policy");
         return Ok(exit::USAGE);
     };
+    let cache_limit = crate::artifact_cache_limit()?;
     let mut list = Vec::with_capacity(args.servers.len());
     for url in &args.servers {
         match Server::new(url, token.trim(), 4) {
@@ -125,6 +126,8 @@ pub async fn agent(state_dir: &Path, args: AgentArgs) -> anyhow::Result<u8> {
     let sandbox = Arc::new(airlock_sandbox::Sandbox::new(Some(state_dir.join("cache")))?);
     let stop = airlock_runner::CancellationToken::new();
     crate::serve::cancel_on_stop_signals(stop.clone());
+    // The agent's blobs are copies of its server's: a cache.
+    crate::cache::keep_trimmed(blobs.clone(), cache_limit, stop.clone());
     if let Some(addr) = args.metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -350,7 +353,8 @@ impl Job {
         let dir: PathBuf = root.join("jobs").join(format!("{}-{}", id.replace('/', "_"), self.claimed.fence));
         let outcome = async {
             for sha in self.claimed.spec.digests() {
-                if !blobs.contains(sha) {
+                // A blob here is marked used, so the cache keeps it.
+                if blobs.local(sha).is_err() {
                     self.fetch(blobs, sha).await?;
                 }
             }

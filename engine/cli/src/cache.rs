@@ -7,9 +7,48 @@
 //! and never removes a tool a run used within the last hour.
 
 use crate::exit;
+use airlock_host::ArtifactStore;
 use airlock_host::tools::{CacheEntry, IN_USE, ToolCache};
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How often a blob cache (a server's in front of its object store, an
+/// agent's of its server's blobs) is trimmed to its bound.
+const TRIM_EVERY: Duration = Duration::from_secs(600);
+
+/// Keeps `blobs`, a cache of blobs kept elsewhere, to `limit` bytes: now,
+/// and every [`TRIM_EVERY`] until `stop`. A blob used within the last
+/// hour stays whatever the bound.
+pub(crate) fn keep_trimmed(
+    blobs: ArtifactStore,
+    limit: u64,
+    stop: airlock_runner::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let store = blobs.clone();
+            let trimmed =
+                tokio::task::spawn_blocking(move || store.trim_cache(limit, airlock_host::artifacts::IN_USE)).await;
+            match trimmed {
+                Ok(Ok(t)) if t.removed > 0 => tracing::info!(
+                    "artifact cache: removed {} blobs used least recently ({}); {} left ({}, bound {})",
+                    t.removed,
+                    size(t.removed_bytes),
+                    t.kept,
+                    size(t.kept_bytes),
+                    size(limit)
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("cannot trim the artifact cache: {e}"),
+                Err(e) => tracing::warn!("trimming the artifact cache stopped: {e}"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(TRIM_EVERY) => {}
+            }
+        }
+    })
+}
 
 /// The tool cache of this state directory (or AIRLOCK_TOOL_CACHE's).
 fn open(state_dir: &Path) -> anyhow::Result<ToolCache> {

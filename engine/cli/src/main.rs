@@ -67,6 +67,7 @@ Environment:
   AIRLOCK_TOOL_CACHE where fetched tools are kept [default: the state directory's tools/]
   AIRLOCK_TOOL_CACHE_LIMIT  fetched tools kept, least recently used dropped first [default: 16GiB]
   AIRLOCK_COMPILE_CACHE_LIMIT  compiled plugins kept, least recently used dropped first [default: 4GiB]
+  AIRLOCK_ARTIFACT_CACHE_LIMIT  blobs a server keeps in front of its bucket, or an agent of its server's [default: 16GiB]
   AIRLOCK_STEP_PROCESS_MIN_SIZE  core modules this big run each in a process of their own, or `off`
   [default: 8MiB]
   NO_COLOR           disables colour
@@ -405,8 +406,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = DATABASE.set(cli.database.clone());
     // The server logs each request (never a token) unless RUST_LOG says otherwise.
-    let quiet =
-        if matches!(cli.command, Command::Serve(_)) { "warn,airlock_server=info,airlock_runner=info" } else { "warn" };
+    let quiet = match cli.command {
+        Command::Serve(_) => "warn,airlock_server=info,airlock_runner=info,airlock::cache=info",
+        Command::Agent(_) => "warn,airlock::cache=info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| quiet.into());
     // A server's stderr may be a pipe nobody reads any more, or one that
     // is full: its log lines then go through a bounded queue to a thread
@@ -536,9 +540,18 @@ pub(crate) fn tool_cache_limit() -> anyhow::Result<u64> {
     }
 }
 
-/// The engine on a state directory, fetching tools into the cache that
-/// AIRLOCK_TOOL_CACHE names, if it names one, and keeping as much compiled
-/// code as AIRLOCK_COMPILE_CACHE_LIMIT says.
+/// What AIRLOCK_ARTIFACT_CACHE_LIMIT says, or the default: the bytes of
+/// blobs a server keeps in front of its object store, and an agent keeps
+/// of its server's.
+pub(crate) fn artifact_cache_limit() -> anyhow::Result<u64> {
+    match std::env::var("AIRLOCK_ARTIFACT_CACHE_LIMIT").ok().filter(|v| !v.is_empty()) {
+        Some(text) => {
+            airlock_model::parse_size(&text).map_err(|e| anyhow::anyhow!("AIRLOCK_ARTIFACT_CACHE_LIMIT: {e}"))
+        }
+        None => Ok(airlock_host::artifacts::DEFAULT_CACHE_LIMIT),
+    }
+}
+
 /// Where fetched tools are kept: AIRLOCK_TOOL_CACHE, or the state
 /// directory's `tools`.
 pub(crate) fn tool_cache_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
@@ -547,6 +560,9 @@ pub(crate) fn tool_cache_dir(state_dir: &std::path::Path) -> std::path::PathBuf 
         .map_or_else(|| state_dir.join("tools"), std::path::PathBuf::from)
 }
 
+/// The engine on a state directory, fetching tools into the cache that
+/// AIRLOCK_TOOL_CACHE names, if it names one, and keeping as much compiled
+/// code as AIRLOCK_COMPILE_CACHE_LIMIT says.
 pub(crate) fn open_engine(state_dir: &std::path::Path) -> anyhow::Result<airlock_runner::Engine> {
     open_engine_leased(state_dir, airlock_store::DEFAULT_LEASE)
 }

@@ -161,6 +161,7 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         return Ok(exit::USAGE);
     };
     let Some(loaded) = crate::policy::load(policy)? else { return Ok(exit::FAILED) };
+    let cache_limit = crate::artifact_cache_limit()?;
     let pipelines = match args.pipelines {
         Some(dir) if !dir.is_dir() => {
             eprintln!("error: the pipelines directory `{}` does not exist", dir.display());
@@ -199,6 +200,8 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
         None => {}
     }
     let bucket = engine.artifacts().shared_url().map(str::to_owned);
+    // In front of an object store, the artifacts directory is a cache.
+    let cache = bucket.is_some().then(|| engine.artifacts().clone());
     let shutdown = airlock_runner::CancellationToken::new();
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| airlock_runner::RunOptions::default().jobs);
     let limits = airlock_server::conn::Limits {
@@ -257,6 +260,9 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
             writeln!(err, "no pipelines directory: serving publish targets only (`--pipelines DIR` runs pipelines)");
     }
     cancel_on_stop_signals(shutdown.clone());
+    if let Some(cache) = cache {
+        crate::cache::keep_trimmed(cache, cache_limit, shutdown.clone());
+    }
     let admin = tokio::spawn(airlock_server::serve_admin(admin, app.clone(), shutdown.clone()));
     // The HTTP server on threads of its own, so a read never queues
     // behind the engine's steps on this runtime's workers.

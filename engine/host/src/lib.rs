@@ -35,7 +35,7 @@
 //! # Ok::<(), airlock_host::ExtractError>(())
 //! ```
 
-mod artifacts;
+pub mod artifacts;
 pub mod checkout;
 pub mod deploy;
 mod extract;
@@ -46,6 +46,6 @@ pub mod publish;
 pub mod tools;
 mod tree;
 
-pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter, ObjectTier};
+pub use artifacts::{ArtifactError, ArtifactStore, BlobWriter, ObjectTier, Trimmed};
 pub use extract::{ExtractError, ExtractLimits, Extracted, extract};
 pub use tree::{file_digest, tree_digest};

@@ -33,10 +33,16 @@ impl Agent {
         for server in servers {
             cmd.args(["--server", server]);
         }
-        cmd.env("AIRLOCK_AGENT_TOKEN", token).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+        cmd.env("AIRLOCK_AGENT_TOKEN", token);
         for label in labels {
             cmd.args(["--label", label]);
         }
+        Self::launch(cmd)
+    }
+
+    /// Starts `cmd`, an `airlock agent` command, reading its stderr.
+    fn launch(mut cmd: std::process::Command) -> Self {
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("airlock agent");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, lines) = std::sync::mpsc::channel();
@@ -449,9 +455,23 @@ fn an_agent_owns_its_state_directory() {
     let state = s.path().join("agent-state");
     let stale = state.join("agent/jobs/RUN_make_1-7/workspace");
     std::fs::create_dir_all(&stale).expect("a killed agent's job");
-    let first = Agent::start(&state, &server.url, &token.token, "a1", &["linux"]);
-    first.wait_for("takes jobs from");
+    // Its blobs are copies of the server's: a cache, kept to its bound,
+    // the blobs used least recently going first, none used within the
+    // hour.
+    let blobs = airlock_host::ArtifactStore::new(state.join("agent/blobs"));
+    let (old, _, _) = blobs.put(&b"used long ago"[..]).expect("put");
+    let (recent, _, _) = blobs.put(&b"used just now"[..]).expect("put");
+    let ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::open(blobs.path(&old).expect("path")).expect("open").set_modified(ago).expect("set time");
+    let mut cmd = airlock(&state);
+    cmd.args(["agent", "--name", "a1", "--server", &server.url, "--label", "linux"])
+        .env("AIRLOCK_AGENT_TOKEN", &token.token)
+        .env("AIRLOCK_ARTIFACT_CACHE_LIMIT", "1");
+    let first = Agent::launch(cmd);
+    first.wait_for("artifact cache: removed 1 blobs");
     assert!(!state.join("agent/jobs").exists(), "the stale job is still there");
+    assert!(!blobs.contains(&old), "the blob used least recently is still cached");
+    assert!(blobs.contains(&recent), "a blob in use was removed");
     let mut second = airlock(&state)
         .args(["agent", "--server", &server.url, "--name", "a2"])
         .env("AIRLOCK_AGENT_TOKEN", &token.token)

@@ -268,3 +268,38 @@ fn a_run_taken_over_reads_its_outputs_from_the_bucket() {
         assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()), "the secret is in {}", file.display());
     }
 }
+
+/// In front of a bucket, a server's artifacts directory is a cache: it
+/// is kept to AIRLOCK_ARTIFACT_CACHE_LIMIT, the blobs used least recently
+/// going first but none used within the hour, and what went is fetched
+/// from the bucket again when it is needed.
+#[test]
+fn a_servers_cache_of_the_bucket_keeps_to_its_bound() {
+    let s3 = TestS3::start();
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file("policy.yaml", people.yaml());
+    std::fs::create_dir_all(s.path().join("pipes")).expect("pipes");
+    let cache = s.state().join("artifacts");
+    let store = s3.store(&cache);
+    let (old, _, _) = store.put(&b"used long ago"[..]).expect("put");
+    let (recent, _, _) = store.put(&b"used just now"[..]).expect("put");
+    let ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::open(store.path(&old).expect("path")).expect("open").set_modified(ago).expect("set time");
+
+    let env: Vec<(&str, String)> = s3.env().into_iter().chain([("AIRLOCK_ARTIFACT_CACHE_LIMIT", "1".into())]).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server =
+        Server::start_with(&s.state(), &policy, &s.path().join("pipes"), &env, &["--artifacts", "s3://airlock/ci"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut said = server.before.clone();
+    while !said.iter().any(|l| l.contains("artifact cache: removed 1 blobs")) {
+        assert!(Instant::now() < deadline, "the cache was not trimmed: {said:#?}");
+        said.extend(server.stderr.recv_timeout(Duration::from_millis(100)).ok());
+    }
+    server.kill();
+    assert!(!store.path(&old).expect("path").exists(), "the blob used least recently is still cached");
+    assert!(store.path(&recent).expect("path").is_file(), "a blob in use was removed");
+    assert!(s3.object(&old).is_file(), "trimming the cache removed the blob from the bucket");
+    assert_eq!(store.read_verified(&old).expect("fetched again"), b"used long ago");
+}

@@ -148,10 +148,15 @@ impl ArtifactStore {
     }
 
     /// The path of a blob on this machine, fetched from the shared object
-    /// store (and verified) if it is not here yet.
+    /// store (and verified) if it is not here yet. The blob is marked
+    /// used: [`trim_cache`](Self::trim_cache) leaves it for [`IN_USE`] at
+    /// least, so the path stays good for whoever opens it.
     pub fn local(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
         let path = self.path(sha256)?;
-        if path.is_file() {
+        if let Ok(meta) = std::fs::metadata(&path)
+            && meta.is_file()
+        {
+            mark_used(&path, &meta);
             return Ok(path);
         }
         match &self.shared {
@@ -263,6 +268,52 @@ impl ArtifactStore {
         Ok(removed)
     }
 
+    /// Removes the blobs used least recently (by [`local`](Self::local),
+    /// or stored) until the rest come to at most `limit` bytes, but none
+    /// used within `in_use`. Only for a store that is a cache of blobs
+    /// kept elsewhere: the local side of an [`ObjectTier`], or an agent's
+    /// copies of its server's blobs. Partial writes are left to
+    /// [`remove_partial`](Self::remove_partial).
+    pub fn trim_cache(&self, limit: u64, in_use: std::time::Duration) -> Result<Trimmed, ArtifactError> {
+        let mut blobs = Vec::new();
+        let dirs = match std::fs::read_dir(self.root.join("sha256")) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Trimmed::default()),
+            Err(e) => return Err(self.io(e)),
+        };
+        for dir in dirs.flatten() {
+            let Ok(entries) = std::fs::read_dir(dir.path()) else { continue };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_file() {
+                    blobs.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len(), entry.path()));
+                }
+            }
+        }
+        let mut trimmed =
+            Trimmed { kept: blobs.len(), kept_bytes: blobs.iter().map(|b| b.1).sum(), ..Trimmed::default() };
+        blobs.sort();
+        let now = std::time::SystemTime::now();
+        for (used, len, path) in blobs {
+            if trimmed.kept_bytes <= limit || now.duration_since(used).unwrap_or_default() < in_use {
+                break;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(e)),
+            }
+            trimmed.kept -= 1;
+            trimmed.kept_bytes -= len;
+            trimmed.removed += 1;
+            trimmed.removed_bytes += len;
+        }
+        Ok(trimmed)
+    }
+
     /// Copies a blob to `dest`, checking its digest on the way. On a
     /// mismatch `dest` is removed and nothing damaged is left behind.
     pub fn copy_verified(&self, sha256: &str, dest: &Path) -> Result<u64, ArtifactError> {
@@ -343,6 +394,46 @@ pub(crate) fn remove_stale(dir: &Path, prefix: &str, untouched: std::time::Durat
     Ok(removed)
 }
 
+/// The bytes of blobs a cache keeps unless told otherwise
+/// (`AIRLOCK_ARTIFACT_CACHE_LIMIT`).
+pub const DEFAULT_CACHE_LIMIT: u64 = 16 << 30;
+
+/// How long a blob used (or stored) is safe from
+/// [`ArtifactStore::trim_cache`] in the engine's own trimming: far longer
+/// than anyone takes between getting a blob's path and opening it.
+pub const IN_USE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A use is written down (as the blob's modification time) at most this
+/// often, so reading a blob again and again writes nothing.
+const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Marks the blob at `path` (with `meta`) used now, unless that was
+/// written down lately. A blob is read-only, but its owner may set its
+/// times through a handle opened for reading.
+fn mark_used(path: &Path, meta: &std::fs::Metadata) {
+    if meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age < TOUCH_EVERY) {
+        return;
+    }
+    if let Ok(file) = std::fs::File::open(path)
+        && let Err(e) = file.set_modified(std::time::SystemTime::now())
+    {
+        tracing::debug!(path = %path.display(), "cannot mark a blob used: {e}");
+    }
+}
+
+/// What [`ArtifactStore::trim_cache`] removed and left.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Blobs removed.
+    pub removed: usize,
+    /// Their bytes.
+    pub removed_bytes: u64,
+    /// Blobs left.
+    pub kept: usize,
+    /// Their bytes.
+    pub kept_bytes: u64,
+}
+
 /// What a writer's temporary file is named with, until it is kept.
 const PARTIAL_PREFIX: &str = ".new-";
 
@@ -394,8 +485,13 @@ impl BlobWriter {
         }
         let new = match tmp.persist_noclobber(&dest) {
             Ok(_) => true,
-            // Someone stored the same bytes first.
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => false,
+            // Someone stored the same bytes first; they are in use again.
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(meta) = std::fs::metadata(&dest) {
+                    mark_used(&dest, &meta);
+                }
+                false
+            }
             Err(e) => return Err(store.io(e.error)),
         };
         // Kept only once every server can read it.
@@ -428,5 +524,50 @@ mod tests {
         assert!(!out.exists(), "a damaged copy is not left behind");
         assert!(matches!(store.read_verified(&d1), Err(ArtifactError::Corrupt { .. })));
         assert!(matches!(store.verify(&d1), Err(ArtifactError::Corrupt { .. })));
+    }
+
+    /// Sets a blob's last use `ago` back.
+    fn used_ago(store: &ArtifactStore, sha: &str, ago: std::time::Duration) {
+        let file = std::fs::File::open(store.path(sha).expect("path")).expect("open");
+        file.set_modified(std::time::SystemTime::now() - ago).expect("set time");
+    }
+
+    #[test]
+    fn a_cache_is_trimmed_least_recently_used_first_and_never_what_is_in_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ArtifactStore::new(dir.path().join("a"));
+        let hour = std::time::Duration::from_secs(3600);
+        let put = |bytes: &[u8]| store.put(bytes).expect("put").0;
+        let (old, older, oldest, fresh) = (put(b"old--"), put(b"older"), put(b"oldst"), put(b"fresh"));
+        used_ago(&store, &old, 3 * hour);
+        used_ago(&store, &older, 4 * hour);
+        used_ago(&store, &oldest, 5 * hour);
+        // A partial write is no blob: never counted, never removed here.
+        let elsewhere = "ab".repeat(32);
+        let partial = store.writer(Some((&elsewhere, 1))).expect("writer");
+        let staging = store.path(&elsewhere).expect("path").parent().expect("dir").to_owned();
+        for entry in std::fs::read_dir(&staging).expect("dir").flatten() {
+            let file = std::fs::File::open(entry.path()).expect("open");
+            file.set_modified(std::time::SystemTime::now() - 9 * hour).expect("set time");
+        }
+
+        // Reading a blob marks it used, so it stays.
+        store.local(&old).expect("local");
+        let trimmed = store.trim_cache(10, IN_USE).expect("trim");
+        assert_eq!(trimmed, Trimmed { removed: 2, removed_bytes: 10, kept: 2, kept_bytes: 10 });
+        assert!(!store.contains(&oldest) && !store.contains(&older), "the least recently used went first");
+        assert!(store.contains(&old) && store.contains(&fresh));
+        // Under the bound, nothing goes; over it, nothing in use goes.
+        assert_eq!(store.trim_cache(10, IN_USE).expect("trim").removed, 0);
+        assert_eq!(store.trim_cache(0, IN_USE).expect("trim").removed, 0, "a blob in use was removed");
+        // Storing the same bytes again is a use too.
+        used_ago(&store, &fresh, 2 * hour);
+        used_ago(&store, &old, 2 * hour);
+        put(b"fresh");
+        let trimmed = store.trim_cache(0, IN_USE).expect("trim");
+        assert_eq!((trimmed.removed, trimmed.kept), (1, 1));
+        assert!(store.contains(&fresh) && !store.contains(&old));
+        assert_eq!(std::fs::read_dir(&staging).expect("dir").count(), 1, "a partial write was removed");
+        drop(partial);
     }
 }
