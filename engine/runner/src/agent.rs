@@ -237,16 +237,42 @@ fn lay_out_job(dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> Result<Laid
     let mut inputs = Vec::new();
     for input in &spec.inputs {
         let to = dir.join("inputs").join(&input.name);
-        crate::exec::lay_out(blobs, &to, &input.files)?;
-        std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+        link_out(blobs, &to, &input.files)?;
         inputs.push((input.name.clone(), to));
     }
     let mut mounts = Vec::new();
     for (i, mount) in spec.mounts.iter().enumerate() {
         let to = dir.join("mounts").join(i.to_string());
-        crate::exec::lay_out(blobs, &to, &mount.files)?;
-        std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+        link_out(blobs, &to, &mount.files)?;
         mounts.push((mount.guest.clone(), to));
     }
     Ok((inputs, mounts))
+}
+
+/// Lays `files` out under `to` (made empty) as links to the agent's
+/// blobs, which were checked against their digests when they arrived: a
+/// tool's tree of thousands of files costs a link each, not a copy and a
+/// hash each, on every job. The step mounts them read-only, and a blob is
+/// never written, so a link shares nothing a step could change. Where the
+/// file system takes no links (the jobs on another device), each is
+/// copied and checked instead.
+fn link_out(blobs: &ArtifactStore, to: &Path, files: &[OutputRecord]) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for file in files {
+        let dest = to.join(&file.path);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        let blob = blobs.local(&file.sha256).map_err(|e| e.to_string())?;
+        match std::fs::hard_link(&blob, &dest) {
+            Ok(()) => {}
+            // Never over a file there already: that could be a link to a
+            // blob, and copying onto it would change the blob.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::CrossesDevices | std::io::ErrorKind::Unsupported) => {
+                blobs.copy_verified(&file.sha256, &dest).map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(format!("{}: {e}", dest.display())),
+        }
+    }
+    Ok(())
 }

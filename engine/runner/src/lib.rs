@@ -160,6 +160,10 @@ pub struct Engine {
     pub(crate) policy: Option<Arc<(airlock_model::policy::Policy, PathBuf)>>,
     pub(crate) live: LiveLogs,
     pub(crate) tool_cache: airlock_host::tools::ToolCache,
+    /// Trees that never change (a fetched tool's, a commit's checkout),
+    /// by directory, as handed to agents: each file's digest, worked out
+    /// once rather than on every attempt.
+    pub(crate) handed_over: exec::HandedOver,
     /// What it tells a monitoring system.
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// Leases taken back at open, for the queue.
@@ -330,6 +334,7 @@ impl Engine {
             targets: Arc::default(),
             policy: None,
             live: LiveLogs::default(),
+            handed_over: exec::HandedOver::default(),
             metrics: Arc::default(),
             reclaimed: std::sync::Mutex::new(reclaimed),
             _lock: lock,

@@ -578,4 +578,95 @@ fn a_step_with_a_tool_and_mounts_runs_on_an_agent() {
     let local = submit_run(&agent, &server.url, runner, "here.yaml");
     assert_eq!(wait_for_end(&agent, &server.url, runner, &local)["run"]["state"], "succeeded");
     assert_eq!(counts(&local), there, "the server made other bytes");
+
+    // The agent lays mounted files out as links to its blobs: a step that
+    // writes into its mount is refused, and every blob keeps its bytes.
+    s.file(
+        "pipes/poke.yaml",
+        format!(
+            "name: poke\nsteps:\n  make:\n    uses: {tick}\n    runs_on: [linux]\n    cache: false\n    \
+             args: [\"1\", \"1\", out.txt]\n    outputs: [out.txt]\n  \
+             poke:\n    uses: {tick}\n    runs_on: [linux]\n    cache: false\n    needs: [make]\n    \
+             mounts: {{ /made: make }}\n    args: [\"1\", \"1\", /made/out.txt]\n",
+            tick = tick()
+        ),
+    );
+    let poked = submit_run(&agent, &server.url, runner, "poke.yaml");
+    let detail = wait_for_end(&agent, &server.url, runner, &poked);
+    assert_eq!(detail["run"]["state"], "failed", "{detail}");
+    let state = |name: &str| {
+        detail["steps"].as_array().expect("steps").iter().find(|st| st["name"] == name).expect("step")["state"].clone()
+    };
+    assert_eq!((state("make"), state("poke")), ("succeeded".into(), "failed".into()), "{detail}");
+    let blobs = airlock_host::ArtifactStore::new(s.path().join("agent-state/agent/blobs"));
+    let mut checked = 0;
+    for file in crate::support::files_below(&s.path().join("agent-state/agent/blobs/sha256")) {
+        let name = file.iter().rev().take(2).collect::<Vec<_>>();
+        let sha = format!("{}{}", name[1].to_string_lossy(), name[0].to_string_lossy());
+        blobs.verify(&sha).unwrap_or_else(|e| panic!("a step changed a blob of the agent's: {e}"));
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} blobs on the agent");
+}
+
+/// A fetched tool's tree never changes, so the server reads (and hashes)
+/// it once for every run and attempt that hands it to an agent, not on
+/// each: bytes changed behind its back in the tool cache do not reach the
+/// agent, which gets the files as they were when they were fetched.
+#[test]
+fn a_tools_tree_is_read_once_for_every_run_on_agents() {
+    use sha2::Digest as _;
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in [("bin/wc.wasm", wasm.as_slice()), ("share/words.txt", b"four words in here\n".as_slice())] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, path, bytes).expect("append");
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gz");
+    let tgz = gz.finish().expect("gz");
+    let digest = hex::encode(sha2::Sha256::digest(&tgz));
+    let url = crate::tools::serve(tgz);
+    s.file(
+        "pipes/words.yaml",
+        format!(
+            "name: words\ntools:\n  wc:\n    url: {url}\n    sha256: {digest}\n    module: bin/wc.wasm\n    \
+             mounts: {{ /share: share }}\nsteps:\n  count:\n    uses: tool:wc\n    runs_on: [linux]\n    \
+             cache: false\n    args: [counts.txt, /share/words.txt]\n    outputs: [counts.txt]\n"
+        ),
+    );
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let _worker = Agent::start(&s.path().join("agent-state"), &server.url, &token.token, "a1", &["linux"]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let counted = |run: &str| -> String {
+        assert_eq!(wait_for_end(&agent, &server.url, runner, run)["run"]["state"], "succeeded");
+        let list = outputs(&agent, &server.url, runner, run);
+        let sha = list["artifacts"][0]["sha256"].as_str().expect("sha256").to_owned();
+        let (_, text) = call(&agent, "GET", &format!("{}/api/v1/artifacts/{sha}", server.url), Some(runner), None, &[])
+            .expect("get");
+        text.as_str().expect("text").to_owned()
+    };
+    let first = counted(&submit_run(&agent, &server.url, runner, "words.yaml"));
+    assert!(first.contains(" 4 ") || first.contains("       4 "), "{first}");
+
+    let words = crate::support::files_below(&s.state().join("tools"))
+        .into_iter()
+        .find(|f| f.ends_with("share/words.txt"))
+        .expect("the tool's tree in the cache");
+    std::fs::set_permissions(&words, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    std::fs::write(&words, "five words are in here\n").expect("change it");
+    let second = counted(&submit_run(&agent, &server.url, runner, "words.yaml"));
+    assert_eq!(second, first, "the server read the tool's tree again");
+    assert_eq!(
+        std::fs::read_to_string(&words).expect("read"),
+        "five words are in here\n",
+        "the tool was fetched again"
+    );
 }

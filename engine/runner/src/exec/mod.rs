@@ -19,7 +19,6 @@ mod tools;
 mod workspace;
 
 pub(crate) use cache::{file_digest, tree_digest};
-pub(crate) use outputs::lay_out;
 pub use progress::{Progress, RunSummary};
 pub(crate) use step::{StepError, describe, host_step_started, last_lines};
 
@@ -27,7 +26,7 @@ use crate::{Engine, RunOptions, RunnerError};
 use airlock_model::text::one_line;
 use airlock_model::{Dag, ParamValue, Pipeline};
 use airlock_sandbox::{HostGrants, Sandbox};
-use airlock_store::{RunRecord, RunState, StepState, now_ms};
+use airlock_store::{OutputRecord, RunRecord, RunState, StepState, now_ms};
 use grants::EnvironmentGrants;
 use indexmap::IndexMap;
 use plugins::PluginCell;
@@ -101,6 +100,34 @@ pub(crate) struct Shared {
     /// Told whenever a step gives up its job to prepare, so the scheduler
     /// starts the next.
     pub(crate) released: tokio::sync::Notify,
+    /// Trees handed to agents that never change, for every run.
+    pub(crate) handed_over: HandedOver,
+    /// Where those trees are: the tool cache, and the checkouts' trees.
+    pub(crate) lasting: Vec<PathBuf>,
+    /// Trees handed to agents in this run (its sources), which it takes
+    /// as they were when first handed over, as its cache key does.
+    pub(crate) handed_in_run: std::sync::Mutex<HashMap<PathBuf, Arc<Vec<OutputRecord>>>>,
+}
+
+/// Trees handed to agents, by directory: their files and digests.
+#[derive(Clone, Default)]
+pub(crate) struct HandedOver(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<Vec<OutputRecord>>>>>);
+
+impl HandedOver {
+    /// The most trees remembered; past it, the memory starts afresh.
+    const MAX: usize = 1024;
+
+    pub(crate) fn get(&self, dir: &Path) -> Option<Arc<Vec<OutputRecord>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(dir).cloned()
+    }
+
+    pub(crate) fn insert(&self, dir: PathBuf, files: Arc<Vec<OutputRecord>>) {
+        let mut known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.len() >= Self::MAX {
+            known.clear();
+        }
+        known.insert(dir, files);
+    }
 }
 
 impl Shared {
@@ -283,6 +310,12 @@ impl Engine {
             held: Default::default(),
             preparing: Default::default(),
             released: Default::default(),
+            handed_over: self.handed_over.clone(),
+            lasting: [self.tool_cache.dir().to_owned(), self.state_dir.join("checkouts").join("trees")]
+                .into_iter()
+                .map(|dir| std::fs::canonicalize(&dir).unwrap_or(dir))
+                .collect(),
+            handed_in_run: Default::default(),
         });
 
         // Where each step is: all pending for a run made just now; for a

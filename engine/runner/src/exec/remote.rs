@@ -11,6 +11,7 @@ use airlock_model::PluginStep;
 use airlock_sandbox::{DeployRequest, Invocation};
 use airlock_store::{Awaited, JobRecord, OutputRecord};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -113,17 +114,37 @@ fn store_tree(artifacts: &airlock_host::ArtifactStore, dir: &std::path::Path) ->
 
 /// A tree of this host's (a source, a mounted directory) for an agent:
 /// every file put into the artifact store, where the agent fetches it by
-/// digest, and indexed.
+/// digest, and indexed. A tree that never changes (a fetched tool's, a
+/// commit's) is read once for all runs; a source once per run.
 async fn hand_over(shared: &Shared, dir: &Path) -> Result<Vec<OutputRecord>, String> {
-    let (artifacts, dir) = (shared.artifacts.clone(), dir.to_owned());
-    let files = tokio::task::spawn_blocking(move || store_tree(&artifacts, &dir))
+    let lasting = shared.lasting.iter().any(|root| dir.starts_with(root));
+    let known = match lasting {
+        true => shared.handed_over.get(dir),
+        false => shared.handed_in_run.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(dir).cloned(),
+    };
+    if let Some(files) = known {
+        return Ok(files.to_vec());
+    }
+    let (artifacts, at) = (shared.artifacts.clone(), dir.to_owned());
+    let files = tokio::task::spawn_blocking(move || store_tree(&artifacts, &at))
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r)?;
     for f in &files {
         shared.store.index_artifact(&f.sha256, f.size).map_err(|e| e.to_string())?;
     }
-    Ok(files)
+    let files = Arc::new(files);
+    match lasting {
+        true => shared.handed_over.insert(dir.to_owned(), files.clone()),
+        false => {
+            shared
+                .handed_in_run
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(dir.to_owned(), files.clone());
+        }
+    }
+    Ok(files.to_vec())
 }
 
 /// Offers one attempt of `step` to the agents and waits for its result.
