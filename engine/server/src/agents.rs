@@ -190,17 +190,17 @@ async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Bod
     let deadline = Instant::now() + Duration::from_millis(body.wait_ms).min(LONGEST_WAIT);
     let ttl = u64::try_from(app.store.lease_time().as_millis()).unwrap_or(u64::MAX);
     let mut signals = app.store.signals();
+    let claimed = |job: JobRecord| {
+        tracing::info!("job {} claimed by agent {}", job.id, agent.id);
+        if let Ok(spec) = spec_of(&job) {
+            app.claimed(&job.id, &agent.id, spec.log_limit);
+        }
+        json(StatusCode::OK, &Claimed { job: job.id, fence: job.fence, lease_ms: ttl, spec: job.spec })
+    };
     loop {
         let (store, id, pool, labels) = (app.store.clone(), agent.id.clone(), agent.pool.clone(), body.labels.clone());
-        let claimed = tokio::task::spawn_blocking(move || store.claim_job(&id, &pool, &labels, ttl)).await;
-        match claimed {
-            Ok(Ok(Some(job))) => {
-                tracing::info!("job {} claimed by agent {}", job.id, agent.id);
-                if let Ok(spec) = spec_of(&job) {
-                    app.claimed(&job.id, &agent.id, spec.log_limit);
-                }
-                return json(StatusCode::OK, &Claimed { job: job.id, fence: job.fence, lease_ms: ttl, spec: job.spec });
-            }
+        match tokio::task::spawn_blocking(move || store.claim_job(&id, &pool, &labels, ttl)).await {
+            Ok(Ok(Some(job))) => return claimed(job),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", e.to_string()),
@@ -211,24 +211,35 @@ async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Bod
             *r.status_mut() = StatusCode::NO_CONTENT;
             return r;
         }
-        // A new job signals; an expired lease does not, so look again
-        // now and then. Other signals (a job done, a run cancelled) bring
-        // nothing to claim: waking every waiting agent's claim for them
-        // would only make each read the queue again. `Work` comes after
-        // a lost connection to the database, when signals may be lost.
-        let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), async {
+        // A job this server offers meanwhile comes straight to a waiting
+        // claim, already leased to it. A job offered by another server
+        // signals; an expired lease does not, so look again now and then.
+        // Other signals (a job done, a run cancelled) bring nothing to
+        // claim: waking every waiting agent's claim for them would only
+        // make each read the queue again. `Work` comes after a lost
+        // connection to the database, when signals may be lost.
+        let mut waiting = app.store.wait_for_job(&agent.id, &agent.pool, &body.labels);
+        let handed = tokio::time::timeout(left.min(Duration::from_secs(1)), async {
             loop {
-                match signals.recv().await {
-                    Ok(airlock_store::Signal::Job | airlock_store::Signal::Work)
-                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                tokio::select! {
+                    job = waiting.job() => return Some(job),
+                    signal = signals.recv() => match signal {
+                        Ok(airlock_store::Signal::Job | airlock_store::Signal::Work)
+                        | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return None,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Some(waiting.job().await),
+                    },
                 }
             }
         })
         .await;
+        let handed = match handed {
+            Ok(Some(job)) => Some(job),
+            _ => waiting.finish().await,
+        };
+        if let Some(job) = handed {
+            return claimed(job);
+        }
     }
 }
 

@@ -127,9 +127,119 @@ pub enum JobRefusal {
     NotYours(String),
 }
 
+/// An agent's claim waiting in this process for a job.
+struct Waiter {
+    id: u64,
+    agent: String,
+    pool: String,
+    labels: Vec<String>,
+    give: tokio::sync::oneshot::Sender<JobRecord>,
+}
+
+/// The claims waiting in this process, oldest first.
+#[derive(Default)]
+pub(crate) struct Waiting {
+    waiters: std::sync::Mutex<Vec<Waiter>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
+        self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The oldest claim still waiting that `job` fits, taken out.
+    fn take_for(&self, job: &JobRecord) -> Option<Waiter> {
+        let mut waiters = self.lock();
+        waiters.retain(|w| !w.give.is_closed());
+        let i = waiters.iter().position(|w| job.fits(&w.pool, &w.labels))?;
+        Some(waiters.remove(i))
+    }
+}
+
+/// A claim waiting in this process: a job offered here that it fits is
+/// leased to it in the offer's own statement and handed over through
+/// [`job`](Self::job), with no claim of its own. Dropped, it waits no
+/// more.
+pub struct WaitingClaim {
+    recent: std::sync::Arc<crate::Recent>,
+    id: u64,
+    /// Until it answered: a oneshot answers once.
+    taken: Option<tokio::sync::oneshot::Receiver<JobRecord>>,
+}
+
+impl WaitingClaim {
+    /// The job leased to this claim, when one is; never, if none is
+    /// offered here (or the store keeps jobs in sled, where a claim
+    /// costs no round trip and nothing is handed over).
+    pub async fn job(&mut self) -> JobRecord {
+        if let Some(taken) = &mut self.taken {
+            let answer = taken.await;
+            self.taken = None;
+            if let Ok(job) = answer {
+                return job;
+            }
+            // Its offer failed after taking it: other claims go on.
+        }
+        std::future::pending().await
+    }
+}
+
+impl WaitingClaim {
+    /// Stops waiting. If an offer took this claim meanwhile, its job is
+    /// on its way (the offer sends it once its statement is done), and is
+    /// answered: leased to this claim's agent, it must not be dropped.
+    pub async fn finish(mut self) -> Option<JobRecord> {
+        let id = self.id;
+        let waited = {
+            let mut waiters = self.recent.waiting.lock();
+            let before = waiters.len();
+            waiters.retain(|w| w.id != id);
+            waiters.len() != before
+        };
+        if waited {
+            return None;
+        }
+        self.taken.take()?.await.ok()
+    }
+}
+
+impl Drop for WaitingClaim {
+    fn drop(&mut self) {
+        self.recent.waiting.lock().retain(|w| w.id != self.id);
+    }
+}
+
 impl crate::Store {
+    /// Registers a claim of `agent` (of `pool`, with `labels`) that found
+    /// no job and waits for one: on PostgreSQL, a job this process offers
+    /// that it fits goes to it straight away (see [`offer_job`](Self::offer_job)).
+    /// The caller still listens for [`Signal::Job`](crate::Signal::Job),
+    /// for jobs offered elsewhere and leases that run out.
+    pub fn wait_for_job(&self, agent: &str, pool: &str, labels: &[String]) -> WaitingClaim {
+        let (give, taken) = tokio::sync::oneshot::channel();
+        let id = self.recent.waiting.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if matches!(&*self.db, Db::Postgres(_)) {
+            self.recent.waiting.lock().push(Waiter {
+                id,
+                agent: agent.to_owned(),
+                pool: pool.to_owned(),
+                labels: labels.to_vec(),
+                give,
+            });
+        }
+        WaitingClaim { recent: self.recent.clone(), id, taken: Some(taken) }
+    }
+
     /// Offers a job to the agents, replacing one of the same id (an
     /// attempt offered again after its engine stopped), and tells them.
+    ///
+    /// On PostgreSQL, when a claim waits in this process that the job
+    /// fits, the offer leases the job to that claim's agent in the same
+    /// statement and hands it over: the agent has it without a claim of
+    /// its own, which would be another round trip to the database and a
+    /// wake-up on the way. Should that claim have gone meanwhile (its
+    /// agent hung up), the job is let go for any agent.
     pub fn offer_job(&self, job: &JobRecord) -> Result<()> {
         // Offered again, it keeps its fence: an agent that held it before
         // is refused, as after any claim. A job removed and offered anew
@@ -139,6 +249,15 @@ impl crate::Store {
         let floor = self.fence(&job.run).unwrap_or(0) << 32;
         if let Db::Postgres(p) = &*self.db {
             self.recent.awaits(&job.id);
+            if let Some(waiter) = self.recent.waiting.take_for(job) {
+                let ttl = u64::try_from(self.lease_time().as_millis()).unwrap_or(u64::MAX);
+                let leased = p.offer_leased(job, floor, &waiter.agent, now_ms().saturating_add(ttl))?;
+                if let Err(leased) = waiter.give.send(leased) {
+                    p.let_go_job(&leased.id, leased.fence)?;
+                    self.signal_here(&crate::Signal::Job);
+                }
+                return Ok(());
+            }
             p.offer_job(job, floor)?;
             self.signal_here(&crate::Signal::Job);
             return Ok(());
@@ -384,6 +503,73 @@ mod tests {
             assert_eq!(store.claim_job("a3", "pool", &labels(&["linux", "big"]), 60_000).expect("claim"), None);
             store.remove_job(&small).expect("remove");
             assert_eq!(store.jobs().expect("jobs").len(), 1);
+        });
+    }
+
+    /// On PostgreSQL a claim waiting in the process that offers a job it
+    /// fits has the job leased to it by the offer itself, and only it:
+    /// nobody else claims the job, and its agent completes it with the
+    /// fence it was handed. A claim that stopped waiting, or that the job
+    /// does not fit, gets nothing, and the job waits for any agent. A
+    /// claim that stops waiting just as a job is handed to it still gets
+    /// it. On sled nothing is handed over: claims claim as before.
+    #[test]
+    fn a_claim_waiting_here_is_handed_the_job_by_its_offer() {
+        crate::on_each_backend(|store| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let soon = |waiting: &mut WaitingClaim| {
+                rt.block_on(async {
+                    tokio::time::timeout(std::time::Duration::from_millis(200), waiting.job()).await.ok()
+                })
+            };
+            drop(store.wait_for_job("gone", "pool", &labels(&["linux"])));
+            let mut elsewhere = store.wait_for_job("a0", "other-pool", &labels(&["linux"]));
+            let mut waiting = store.wait_for_job("a1", "pool", &labels(&["linux"]));
+            let first = offer(store, "first", &["linux"]);
+            match soon(&mut waiting) {
+                Some(job) => {
+                    assert!(store.is_shared(), "handed over on sled");
+                    assert_eq!(
+                        (job.id.as_str(), job.state, job.agent.as_deref()),
+                        (first.as_str(), JobState::Leased, Some("a1"))
+                    );
+                    let row = store.job(&first).expect("job").expect("there");
+                    assert_eq!((row.state, row.agent.as_deref(), row.fence), (JobState::Leased, Some("a1"), job.fence));
+                    assert!(job.fence >= 1 && job.expires_ms > now_ms());
+                    assert_eq!(store.claim_job("a2", "pool", &labels(&["linux"]), 60_000).expect("claim"), None);
+                    let done = store.complete_job(&first, "a1", job.fence, serde_json::json!("ok")).expect("complete");
+                    assert!(done.is_ok(), "{done:?}");
+                }
+                None => {
+                    assert!(!store.is_shared(), "not handed over on PostgreSQL");
+                    let job = store.claim_job("a1", "pool", &labels(&["linux"]), 60_000).expect("claim").expect("job");
+                    assert_eq!(job.id, first);
+                }
+            }
+            assert_eq!(rt.block_on(waiting.finish()), None);
+            // Nobody waits that it fits: it waits for any agent.
+            let second = offer(store, "second", &["linux"]);
+            assert_eq!(soon(&mut elsewhere), None, "handed to a claim it does not fit");
+            let job = store.claim_job("a2", "pool", &labels(&["linux"]), 60_000).expect("claim").expect("job");
+            assert_eq!(job.id, second);
+            // Handed over just as the claim stops waiting: still its.
+            let waiting = store.wait_for_job("a3", "pool", &labels(&["linux"]));
+            let third = offer(store, "third", &["linux"]);
+            let finished = rt.block_on(waiting.finish());
+            assert_eq!(finished.map(|j| j.id), store.is_shared().then(|| third.clone()));
+            drop(elsewhere);
+            // A job handed to a claim that went meanwhile is let go, for
+            // any agent, unless it changed since.
+            if let Db::Postgres(p) = &*store.db {
+                let job =
+                    JobRecord::new("r1", "fourth", 1, labels(&["linux"]), vec!["pool".into()], serde_json::json!({}));
+                let leased = p.offer_leased(&job, 0, "a4", now_ms() + 60_000).expect("offer");
+                p.let_go_job(&job.id, leased.fence + 1).expect("let go");
+                assert_eq!(store.job(&job.id).expect("job").expect("there").agent.as_deref(), Some("a4"));
+                p.let_go_job(&job.id, leased.fence).expect("let go");
+                let again = store.claim_job("a5", "pool", &labels(&["linux"]), 60_000).expect("claim").expect("job");
+                assert_eq!((again.id, again.fence), (job.id, leased.fence + 1));
+            }
         });
     }
 

@@ -38,7 +38,7 @@ mod tokens;
 
 pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalState, Decision, hash_code, new_code};
 pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
-pub use jobs::{Awaited, JobRecord, JobRefusal, JobState, job_id};
+pub use jobs::{Awaited, JobRecord, JobRefusal, JobState, WaitingClaim, job_id};
 pub use leases::{DEFAULT_LEASE, Lease, LeaseCounts, Signal};
 pub use step_cache::{CacheEntry, TRUSTED_SCOPE, untrusted_scope};
 
@@ -507,6 +507,9 @@ struct Recent {
     /// through this process, as completed (see [`Store::take_done_job`]).
     awaited: std::sync::Mutex<HashSet<String>>,
     done: std::sync::Mutex<HashMap<String, jobs::JobRecord>>,
+    /// Agents' claims waiting in this process for a job to come (see
+    /// [`Store::wait_for_job`]).
+    waiting: jobs::Waiting,
 }
 
 /// At most this many entries in each of [`Recent`]'s maps; past that

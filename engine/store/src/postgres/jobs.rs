@@ -124,6 +124,78 @@ impl PgDb {
         })
     }
 
+    /// [`offer_job`](Self::offer_job), leased at once to `agent` until
+    /// `expires` with a fence above any the job had: what a claim would
+    /// have made of it, in the same statement. No `NOTIFY`: no other
+    /// agent is to claim it. Answers the job as leased.
+    pub(crate) fn offer_leased(&self, job: &JobRecord, floor: u64, agent: &str, expires: u64) -> Result<JobRecord> {
+        let record = crate::encode(job);
+        self.retrying(|| {
+            let (job, record, agent) = (job.clone(), record.clone(), agent.to_owned());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "INSERT INTO airlock_jobs \
+                           (id, run, pools, labels, state, agent, fence, expires_ms, created_ms, record, result) \
+                         VALUES ($1, $2, $3, $4, 'leased', $5, $6, $7, $8, $9, NULL) \
+                         ON CONFLICT (id) DO UPDATE SET run = excluded.run, pools = excluded.pools, \
+                           labels = excluded.labels, state = 'leased', agent = excluded.agent, \
+                           fence = GREATEST(airlock_jobs.fence + 1, excluded.fence), \
+                           expires_ms = excluded.expires_ms, created_ms = excluded.created_ms, \
+                           record = excluded.record, result = NULL \
+                         RETURNING fence",
+                    )
+                    .await?;
+                let base = job.fence.max(floor).saturating_add(1);
+                let row = c
+                    .query_one(
+                        &st,
+                        &[
+                            &job.id,
+                            &job.run,
+                            &job.pools,
+                            &job.labels,
+                            &agent,
+                            &signed(base),
+                            &signed(expires),
+                            &signed(job.created_ms),
+                            &record,
+                        ],
+                    )
+                    .await?;
+                Ok(JobRecord {
+                    state: JobState::Leased,
+                    agent: Some(agent),
+                    fence: row.get::<_, i64>(0).unsigned_abs(),
+                    expires_ms: expires,
+                    result: None,
+                    ..job
+                })
+            })
+        })
+    }
+
+    /// Lets a job leased with `fence` go back to waiting for any agent,
+    /// and tells the agents' servers; a job changed since is left as it is.
+    pub(crate) fn let_go_job(&self, id: &str, fence: u64) -> Result<()> {
+        let payload = crate::leases::payload(&self.origin, &crate::Signal::Job);
+        self.retrying(|| {
+            let (id, payload) = (id.to_owned(), payload.clone());
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "WITH freed AS ( \
+                           UPDATE airlock_jobs SET state = 'waiting', agent = NULL \
+                           WHERE id = $1 AND state = 'leased' AND fence = $2 RETURNING 1) \
+                         SELECT pg_notify($3, $4) FROM freed",
+                    )
+                    .await?;
+                c.execute(&st, &[&id, &signed(fence), &CHANNEL, &payload]).await?;
+                Ok(())
+            })
+        })
+    }
+
     /// A job by id.
     pub(crate) fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         self.retrying(|| {
