@@ -116,8 +116,9 @@ pub struct JobResult {
 /// of a plugin run before starts without loading it again.
 pub type Plugins = std::sync::Mutex<std::collections::HashMap<(String, bool, Vec<String>), airlock_sandbox::Plugin>>;
 
-/// Runs a job in `dir` (made empty first), with every file it names
-/// already in `blobs`; its outputs go into `blobs` too.
+/// Runs a job in `dir`, which is absent or holds only empty `workspace`,
+/// `tmp` and `inputs` directories, with every file it names already in
+/// `blobs`; its outputs go into `blobs` too.
 pub async fn run_job(
     sandbox: &Arc<Sandbox>,
     plugins: &Plugins,
@@ -221,16 +222,12 @@ pub async fn run_job(
 /// by guest path, each a directory of the agent's.
 type LaidOut = (Vec<(String, std::path::PathBuf)>, Vec<(String, std::path::PathBuf)>);
 
-/// Makes `dir` hold an empty workspace and scratch directory, each
-/// input's files (copied from `blobs`, each checked against its digest)
-/// under `inputs/NAME`, and each mount's under `mounts/N`. Answers the
-/// inputs and the mounts for the invocation.
+/// Makes `dir` (absent, or holding only empty directories of a job
+/// before) hold an empty workspace and scratch directory, each input's
+/// files (linked from `blobs`) under `inputs/NAME`, and each mount's
+/// under `mounts/N`. Answers the inputs and the mounts for the
+/// invocation.
 fn lay_out_job(dir: &Path, blobs: &ArtifactStore, spec: &JobSpec) -> Result<LaidOut, String> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
-    }
     for sub in ["workspace", "tmp", "inputs"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| format!("{}: {e}", dir.display()))?;
     }

@@ -362,11 +362,14 @@ async fn complete(app: &App, agent: &Agent, id: &str, log_limit: u64, req: Reque
     // Here or, with a shared object store, uploaded through another
     // server (asking it is a request per output: off the server's threads).
     let outputs: Vec<(String, u64)> = body.result.outputs.iter().map(|o| (o.sha256.clone(), o.size)).collect();
-    let missing = tokio::task::spawn_blocking(move || {
-        outputs.iter().position(|(sha, size)| artifacts.size(sha).ok().flatten() != Some(*size))
-    })
-    .await
-    .unwrap_or(Some(0));
+    let missing = match outputs.is_empty() {
+        true => None,
+        false => tokio::task::spawn_blocking(move || {
+            outputs.iter().position(|(sha, size)| artifacts.size(sha).ok().flatten() != Some(*size))
+        })
+        .await
+        .unwrap_or(Some(0)),
+    };
     if let Some(output) = missing.and_then(|i| body.result.outputs.get(i)) {
         return error(
             StatusCode::UNPROCESSABLE_ENTITY,

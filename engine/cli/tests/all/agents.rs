@@ -670,3 +670,54 @@ fn a_tools_tree_is_read_once_for_every_run_on_agents() {
         "the tool was fetched again"
     );
 }
+
+/// A job that succeeded and left its directory as it came (an empty
+/// workspace, no inputs) hands that directory to the next job, as a
+/// server reuses empty workspaces: making directories is most of what a
+/// short step costs. A job that leaves files, or fails, takes its
+/// directory with it.
+#[test]
+fn an_agent_reuses_the_empty_directory_of_a_job_that_succeeded() {
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let token = user_token(s.path());
+    let policy = policy(&s, &people, &token);
+    let step = |name: &str, needs: &str, args: &str| {
+        format!("  {name}:\n    uses: {}\n    runs_on: [linux]\n    cache: false\n{needs}    args: {args}\n", tick())
+    };
+    s.file(
+        "pipes/quiet.yaml",
+        format!(
+            "name: quiet\nsteps:\n{}{}{}",
+            step("a", "", "[\"1\", \"1\"]"),
+            step("b", "    needs: [a]\n", "[\"1\", \"1\"]"),
+            step("c", "    needs: [b]\n", "[\"1\", \"1\"]")
+        ),
+    );
+    s.file("pipes/busy.yaml", format!("name: busy\nsteps:\n{}", step("a", "", "[\"1\", \"1\", left.txt]")));
+    let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
+    let _worker = Agent::start(&s.path().join("agent-state"), &server.url, &token.token, "a1", &["linux"]);
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let jobs = s.path().join("agent-state/agent/jobs");
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&jobs)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    for _ in 0..2 {
+        let id = submit_run(&agent, &server.url, runner, "quiet.yaml");
+        assert_eq!(wait_for_end(&agent, &server.url, runner, &id)["run"]["state"], "succeeded");
+    }
+    assert_eq!(names(), ["0"], "six jobs one after another, one directory");
+    let id = submit_run(&agent, &server.url, runner, "busy.yaml");
+    assert_eq!(wait_for_end(&agent, &server.url, runner, &id)["run"]["state"], "succeeded");
+    // The job that left a file took the directory with it (in the
+    // background).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names().is_empty() {
+        assert!(Instant::now() < deadline, "a directory with files in it stays: {:?}", names());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

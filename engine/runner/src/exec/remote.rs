@@ -256,10 +256,14 @@ pub(crate) async fn run_on_agent(
     // The server checked each upload against its digest; the outputs are
     // checked again where the steps downstream get them.
     let (artifacts, dest, outputs) = (shared.artifacts.clone(), outputs_dir(shared, name), result.outputs.clone());
-    let laid_out = tokio::task::spawn_blocking(move || lay_out(&artifacts, &dest, &outputs))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+    let laid_out = match outputs.is_empty() {
+        // Nothing to copy: at most an old directory to remove, here.
+        true => lay_out(&artifacts, &dest, &outputs),
+        false => tokio::task::spawn_blocking(move || lay_out(&artifacts, &dest, &outputs))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r),
+    };
     let result = match laid_out {
         Ok(()) => {
             for o in &result.outputs {
