@@ -620,18 +620,7 @@ fn a_tools_tree_is_read_once_for_every_run_on_agents() {
     let people = People::new(&s);
     let token = user_token(s.path());
     let policy = policy(&s, &people, &token);
-    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, bytes) in [("bin/wc.wasm", wasm.as_slice()), ("share/words.txt", b"four words in here\n".as_slice())] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, path, bytes).expect("append");
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gz");
-    let tgz = gz.finish().expect("gz");
+    let tgz = crate::tools::wordcount_tarball();
     let digest = hex::encode(sha2::Sha256::digest(&tgz));
     let url = crate::tools::serve(tgz);
     s.file(

@@ -41,6 +41,23 @@ fn the_fpga_pipeline_makes_a_bitstream_with_tools_fetched_by_digest() {
     assert!(log.contains("Program finished normally"), "{log}");
 }
 
+/// A gzipped tarball of the wordcount tool, as `bin/wc.wasm`, with a
+/// file beside it, `share/words.txt`: "four words in here".
+pub(crate) fn wordcount_tarball() -> Vec<u8> {
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in [("bin/wc.wasm", wasm.as_slice()), ("share/words.txt", b"four words in here\n".as_slice())] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, path, bytes).expect("append");
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gz");
+    gz.finish().expect("gz")
+}
+
 /// A loopback HTTP server that answers every request with `bytes`.
 pub(crate) fn serve(bytes: Vec<u8>) -> String {
     let server = tiny_http::Server::http("127.0.0.1:0").expect("server");
@@ -517,18 +534,7 @@ fn a_tool_from_an_oci_registry_is_pulled_by_its_pinned_layer() {
 #[test]
 fn an_oci_index_leads_to_the_webassembly_image_and_its_archive_layer() {
     let registry = crate::registry::Registry::start();
-    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, bytes) in [("bin/wc.wasm", wasm.as_slice()), ("share/words.txt", b"four words in here\n".as_slice())] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        tar.append_data(&mut h, path, bytes).expect("append");
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut gz, &tar.into_inner().expect("tar")).expect("gz");
-    let tgz = gz.finish().expect("gz");
+    let tgz = wordcount_tarball();
     let oci_config = "application/vnd.oci.image.config.v1+json";
     let layer = "application/vnd.oci.image.layer.v1.tar+gzip";
     let linux = registry.image(
