@@ -183,9 +183,7 @@ impl WaitingClaim {
         }
         std::future::pending().await
     }
-}
 
-impl WaitingClaim {
     /// Stops waiting. If an offer took this claim meanwhile, its job is
     /// on its way (the offer sends it once its statement is done), and is
     /// answered: leased to this claim's agent, it must not be dropped.

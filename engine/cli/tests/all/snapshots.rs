@@ -76,12 +76,13 @@ fn a_run_on_a_server() {
         "pipes/two.yaml",
         format!(
             "name: two\nsteps:\n  a:\n    uses: {tick}\n    args: [\"8\", \"100\", out.txt]\n    outputs: [out.txt]\n  \
-             b:\n    needs: [a]\n    uses: {tick}\n    args: [\"4\", \"100\", no/such/dir/out.txt]\n"
+             b:\n    needs: [a]\n    uses: {tick}\n    args: [\"12\", \"100\", no/such/dir/out.txt]\n"
         ),
     );
-    // `a` runs for most of a second and `b` for almost half of one
-    // before it fails (it cannot write its output), so the client
-    // following the run always sees each running.
+    // `a` runs for most of a second and `b` for more than one before it
+    // fails (it cannot write its output): the client following the run
+    // looks every half second, and sees each running however slow its
+    // answers are under load (with `b` at 0.4 s, a look once came late).
     let server = Server::start(&s.state(), &policy, &s.path().join("pipes"), &[]);
     let (code, stdout, stderr) =
         output(airlock(&s.path().join("client")).env("AIRLOCK_USER_TOKEN", &people.runner.token).args([
