@@ -522,13 +522,13 @@ impl From<CallError> for Failed {
     }
 }
 
-/// Removes a job's directory, in the background. What an agent stopped
-/// before it is done leaves is removed when the agent next starts.
 /// The directories jobs run in, under `jobs/`: each job its own, with
 /// its `workspace/`, `tmp/` and `inputs/`. One a job that succeeded left
 /// empty waits for the next job, as a server's workspaces do: making
 /// directories is most of what a short step costs once many were deleted
-/// (ext4 skips inodes freed lately), here 2 ms of a no-op step's 3.
+/// (ext4 skips inodes freed lately), here 2 ms of a no-op step's 3. The
+/// rest are removed in the background; what an agent stopped before it
+/// was done leaves is removed when the agent next starts.
 struct JobDirs {
     root: PathBuf,
     spare: std::sync::Mutex<Vec<PathBuf>>,
