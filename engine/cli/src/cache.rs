@@ -19,16 +19,11 @@ const TRIM_EVERY: Duration = Duration::from_secs(600);
 /// Keeps `blobs`, a cache of blobs kept elsewhere, to `limit` bytes: now,
 /// and every [`TRIM_EVERY`] until `stop`. A blob used within the last
 /// hour stays whatever the bound.
-pub(crate) fn keep_trimmed(
-    blobs: ArtifactStore,
-    limit: u64,
-    stop: airlock_runner::CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+pub(crate) fn keep_trimmed(blobs: ArtifactStore, limit: u64, stop: airlock_runner::CancellationToken) {
     tokio::spawn(async move {
         loop {
             let store = blobs.clone();
-            let trimmed =
-                tokio::task::spawn_blocking(move || store.trim_cache(limit, airlock_host::artifacts::IN_USE)).await;
+            let trimmed = tokio::task::spawn_blocking(move || store.trim_cache(limit, IN_USE)).await;
             match trimmed {
                 Ok(Ok(t)) if t.removed > 0 => tracing::info!(
                     "artifact cache: removed {} blobs used least recently ({}); {} left ({}, bound {})",
@@ -47,7 +42,7 @@ pub(crate) fn keep_trimmed(
                 () = tokio::time::sleep(TRIM_EVERY) => {}
             }
         }
-    })
+    });
 }
 
 /// The tool cache of this state directory (or AIRLOCK_TOOL_CACHE's).

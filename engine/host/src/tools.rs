@@ -49,7 +49,8 @@ const PARTIAL_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Bytes of fetched tools (files and unpacked trees) kept by default:
 /// the big toolchains several times over.
 pub const DEFAULT_TOOL_CACHE_LIMIT: u64 = 16 << 30;
-/// A tool used this recently is never evicted: a step may be running it.
+/// A tool (or a blob of an artifact cache) used this recently is never
+/// evicted: a step may be running it, or a reader about to open it.
 pub const IN_USE: Duration = Duration::from_secs(3600);
 /// How airlock introduces itself to the servers it fetches from.
 const USER_AGENT: &str = concat!("airlock/", env!("CARGO_PKG_VERSION"));
@@ -219,9 +220,7 @@ impl ToolCache {
     /// Marks a tool used now. The file is read-only; its owner may still
     /// set its times.
     fn touch(&self, sha256: &str) {
-        if let Ok(f) = std::fs::File::open(self.file_of(sha256)) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        let _ = crate::artifacts::touch(&self.file_of(sha256));
     }
 
     /// The tool if the cache has it whole (fetched and, for an archive,

@@ -149,7 +149,7 @@ impl ArtifactStore {
 
     /// The path of a blob on this machine, fetched from the shared object
     /// store (and verified) if it is not here yet. The blob is marked
-    /// used: [`trim_cache`](Self::trim_cache) leaves it for [`IN_USE`] at
+    /// used: [`trim_cache`](Self::trim_cache) leaves it for [`IN_USE`](crate::tools::IN_USE) at
     /// least, so the path stays good for whoever opens it.
     pub fn local(&self, sha256: &str) -> Result<PathBuf, ArtifactError> {
         let path = self.path(sha256)?;
@@ -398,27 +398,26 @@ pub(crate) fn remove_stale(dir: &Path, prefix: &str, untouched: std::time::Durat
 /// (`AIRLOCK_ARTIFACT_CACHE_LIMIT`).
 pub const DEFAULT_CACHE_LIMIT: u64 = 16 << 30;
 
-/// How long a blob used (or stored) is safe from
-/// [`ArtifactStore::trim_cache`] in the engine's own trimming: far longer
-/// than anyone takes between getting a blob's path and opening it.
-pub const IN_USE: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// A use is written down (as the blob's modification time) at most this
 /// often, so reading a blob again and again writes nothing.
 const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Marks the blob at `path` (with `meta`) used now, unless that was
-/// written down lately. A blob is read-only, but its owner may set its
-/// times through a handle opened for reading.
+/// written down lately.
 fn mark_used(path: &Path, meta: &std::fs::Metadata) {
     if meta.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age < TOUCH_EVERY) {
         return;
     }
-    if let Ok(file) = std::fs::File::open(path)
-        && let Err(e) = file.set_modified(std::time::SystemTime::now())
-    {
+    if let Err(e) = touch(path) {
         tracing::debug!(path = %path.display(), "cannot mark a blob used: {e}");
     }
+}
+
+/// Sets the modification time of the file at `path` to now: how the
+/// host's caches write down a use. A cached file is read-only, but its
+/// owner may set its times through a handle opened for reading.
+pub(crate) fn touch(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.set_modified(std::time::SystemTime::now())
 }
 
 /// What [`ArtifactStore::trim_cache`] removed and left.
@@ -553,18 +552,18 @@ mod tests {
 
         // Reading a blob marks it used, so it stays.
         store.local(&old).expect("local");
-        let trimmed = store.trim_cache(10, IN_USE).expect("trim");
+        let trimmed = store.trim_cache(10, crate::tools::IN_USE).expect("trim");
         assert_eq!(trimmed, Trimmed { removed: 2, removed_bytes: 10, kept: 2, kept_bytes: 10 });
         assert!(!store.contains(&oldest) && !store.contains(&older), "the least recently used went first");
         assert!(store.contains(&old) && store.contains(&fresh));
         // Under the bound, nothing goes; over it, nothing in use goes.
-        assert_eq!(store.trim_cache(10, IN_USE).expect("trim").removed, 0);
-        assert_eq!(store.trim_cache(0, IN_USE).expect("trim").removed, 0, "a blob in use was removed");
+        assert_eq!(store.trim_cache(10, crate::tools::IN_USE).expect("trim").removed, 0);
+        assert_eq!(store.trim_cache(0, crate::tools::IN_USE).expect("trim").removed, 0, "a blob in use was removed");
         // Storing the same bytes again is a use too.
         used_ago(&store, &fresh, 2 * hour);
         used_ago(&store, &old, 2 * hour);
         put(b"fresh");
-        let trimmed = store.trim_cache(0, IN_USE).expect("trim");
+        let trimmed = store.trim_cache(0, crate::tools::IN_USE).expect("trim");
         assert_eq!((trimmed.removed, trimmed.kept), (1, 1));
         assert!(store.contains(&fresh) && !store.contains(&old));
         assert_eq!(std::fs::read_dir(&staging).expect("dir").count(), 1, "a partial write was removed");
