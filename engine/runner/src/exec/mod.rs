@@ -106,7 +106,7 @@ pub(crate) struct Shared {
     pub(crate) lasting: Vec<PathBuf>,
     /// Trees handed to agents in this run (its sources), which it takes
     /// as they were when first handed over, as its cache key does.
-    pub(crate) handed_in_run: std::sync::Mutex<HashMap<PathBuf, Arc<Vec<OutputRecord>>>>,
+    pub(crate) handed_in_run: HandedOver,
 }
 
 /// Trees handed to agents, by directory: their files and digests.

@@ -118,11 +118,8 @@ fn store_tree(artifacts: &airlock_host::ArtifactStore, dir: &std::path::Path) ->
 /// commit's) is read once for all runs; a source once per run.
 async fn hand_over(shared: &Shared, dir: &Path) -> Result<Vec<OutputRecord>, String> {
     let lasting = shared.lasting.iter().any(|root| dir.starts_with(root));
-    let known = match lasting {
-        true => shared.handed_over.get(dir),
-        false => shared.handed_in_run.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(dir).cloned(),
-    };
-    if let Some(files) = known {
+    let known = if lasting { &shared.handed_over } else { &shared.handed_in_run };
+    if let Some(files) = known.get(dir) {
         return Ok(files.to_vec());
     }
     let (artifacts, at) = (shared.artifacts.clone(), dir.to_owned());
@@ -133,18 +130,8 @@ async fn hand_over(shared: &Shared, dir: &Path) -> Result<Vec<OutputRecord>, Str
     for f in &files {
         shared.store.index_artifact(&f.sha256, f.size).map_err(|e| e.to_string())?;
     }
-    let files = Arc::new(files);
-    match lasting {
-        true => shared.handed_over.insert(dir.to_owned(), files.clone()),
-        false => {
-            shared
-                .handed_in_run
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(dir.to_owned(), files.clone());
-        }
-    }
-    Ok(files.to_vec())
+    known.insert(dir.to_owned(), Arc::new(files.clone()));
+    Ok(files)
 }
 
 /// Offers one attempt of `step` to the agents and waits for its result.
