@@ -102,7 +102,9 @@ pub(crate) struct Shared {
     pub(crate) released: tokio::sync::Notify,
     /// Trees handed to agents that never change, for every run.
     pub(crate) handed_over: HandedOver,
-    /// Where those trees are: the tool cache, and the checkouts' trees.
+    /// Where those trees are: the tool cache, and the checkouts' trees,
+    /// each as named and as resolved (a mount's directory may come by
+    /// either name).
     pub(crate) lasting: Vec<PathBuf>,
     /// Trees handed to agents in this run (its sources), which it takes
     /// as they were when first handed over, as its cache key does.
@@ -313,7 +315,8 @@ impl Engine {
             handed_over: self.handed_over.clone(),
             lasting: [self.tool_cache.dir().to_owned(), self.state_dir.join("checkouts").join("trees")]
                 .into_iter()
-                .map(|dir| std::fs::canonicalize(&dir).unwrap_or(dir))
+                .flat_map(|dir| [std::fs::canonicalize(&dir).ok(), Some(dir)])
+                .flatten()
                 .collect(),
             handed_in_run: Default::default(),
         });
