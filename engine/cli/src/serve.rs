@@ -22,6 +22,14 @@ pub struct ServeArgs {
     /// [default: `http://` and the address listened on].
     #[arg(long, value_name = "URL", value_parser = parse_public_url)]
     public_url: Option<String>,
+    /// The address the other servers on the same database (`--database`)
+    /// reach this one at, like `http://10.0.0.5:8480`: a server asked for
+    /// the log of a step running here, or the one-time code of an
+    /// approval waiting here, asks this server for it with the caller's
+    /// credential [default: `http://` and the address listened on, unless
+    /// that is 0.0.0.0 or [::]].
+    #[arg(long, value_name = "URL", value_parser = parse_advertised_url)]
+    advertise: Option<String>,
     /// The pipeline files the server runs: submissions name a file in
     /// this directory [default: `pipelines`, if there is one; without it
     /// the server only serves publish targets].
@@ -105,6 +113,20 @@ fn parse_public_url(text: &str) -> Result<String, String> {
             Ok(text.trim_end_matches('/').to_owned())
         }
         _ => Err(format!("`{text}` is not an http(s) URL without credentials, like `https://ci.example.com`")),
+    }
+}
+
+fn parse_advertised_url(text: &str) -> Result<String, String> {
+    match text.strip_prefix("http://") {
+        Some(host)
+            if !host.is_empty() && !host.contains(['@', '/', '?', '#']) && !host.contains(char::is_whitespace) =>
+        {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!(
+            "`{text}` is not a plain `http://HOST:PORT` address (servers reach each other without TLS, \
+             on the network they share)"
+        )),
     }
 }
 
@@ -220,6 +242,17 @@ pub async fn serve(state_dir: &Path, policy: Option<&Path>, args: ServeArgs) -> 
     let listener = std::net::TcpListener::bind(args.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Where the other servers on the database reach this one.
+    let advertised = args.advertise.clone().or_else(|| (!addr.ip().is_unspecified()).then(|| format!("http://{addr}")));
+    match &advertised {
+        Some(url) => engine.store().announce(url)?,
+        None if engine.store().is_shared() => tracing::warn!(
+            "listening on {addr}, the other servers on the database cannot tell where to reach this one: \
+             they show a step's log only once it ended here, and no approval code of this server's runs; \
+             pass `--advertise http://HOST:PORT`"
+        ),
+        None => {}
+    }
     // Runs come from the pipelines directory, from the repositories'
     // webhooks, or both.
     let mut runs = None;

@@ -713,12 +713,12 @@ pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             }
         }
         "submitRun" => submit(app, &user.name, req).await,
-        "getRun" => get_run(app, &var(0), &user.name),
+        "getRun" => get_run(app, &var(0), &user.name, req.headers()).await,
         "cancelRun" => with_runs(app, |q| match q.cancel(&var(0)) {
             Ok(run) => json(StatusCode::OK, &RunOnly { run: (&run).into() }),
             Err(e) => queue_error(&e),
         }),
-        "getLog" => log(app, &var(0), &var(1), req.uri().query()).await,
+        "getLog" => log(app, &var(0), &var(1), &req).await,
         "getProvenance" => provenance(app, &var(0), &var(1)),
         "listArtifacts" => list_artifacts(app, &var(0)),
         "getArtifact" => artifact(app, &var(0)).await,
@@ -895,8 +895,43 @@ pub(crate) fn run_detail(app: &App, id: &str, user: &str) -> Result<RunDetail, R
     })
 }
 
-fn get_run(app: &App, id: &str, user: &str) -> Response<Body> {
-    match run_detail(app, id, user) {
+/// Bytes of a run's detail taken from the server holding it, at most.
+const MAX_FORWARDED_RUN: usize = 8 << 20;
+
+/// [`run_detail`], with the one-time codes this server does not have
+/// asked of the server holding the run (see [`crate::peers`]): the
+/// holder shows them only to the user who may see them.
+pub(crate) async fn run_detail_anywhere(
+    app: &App,
+    id: &str,
+    user: &str,
+    headers: &hyper::HeaderMap,
+) -> Result<RunDetail, Response<Body>> {
+    let mut detail = run_detail(app, id, user)?;
+    let missing = detail.approvals.iter().any(|a| {
+        a.state == views::ApprovalState::Pending && a.requester == user && !detail.codes.contains_key(&a.step)
+    });
+    if missing {
+        let path = format!("/api/v1/runs/{}", crate::peers::segment(&detail.run.id));
+        let credential = crate::peers::Credential::of(headers);
+        if let Some(body) =
+            app.peers.ask_holder(&app.store, &detail.run.id, &path, &credential, MAX_FORWARDED_RUN).await
+        {
+            match serde_json::from_slice::<RunDetail>(&body) {
+                Ok(theirs) => {
+                    for (step, code) in theirs.codes {
+                        detail.codes.entry(step).or_insert(code);
+                    }
+                }
+                Err(e) => tracing::warn!(run = detail.run.id, "the server holding the run answered no run: {e}"),
+            }
+        }
+    }
+    Ok(detail)
+}
+
+async fn get_run(app: &App, id: &str, user: &str, headers: &hyper::HeaderMap) -> Response<Body> {
+    match run_detail_anywhere(app, id, user, headers).await {
         Ok(detail) => json(StatusCode::OK, &detail),
         Err(r) => r,
     }
@@ -994,16 +1029,57 @@ pub(crate) async fn artifact(app: &App, sha256: &str) -> Response<Body> {
     }
 }
 
-/// A step's log from byte `from` on: the stored attempts, then the one
-/// running now; and whether the step has ended. Only bytes from `from`
-/// on are copied, so following a long log costs what it grew by.
+/// Where a step's log is read from: the store, the attempts running on
+/// this server, and the server holding the run, when another one holds
+/// it and the step is running there (see [`crate::peers`]).
+#[derive(Clone)]
+pub(crate) struct LogSource {
+    pub(crate) store: airlock_store::Store,
+    pub(crate) live: Option<airlock_runner::LiveLogs>,
+    pub(crate) peers: crate::peers::Peers,
+    pub(crate) credential: crate::peers::Credential,
+}
+
+/// Bytes of a step's log taken from the server holding its run, at most.
+const MAX_FORWARDED_LOG: usize = 64 << 20;
+
+impl LogSource {
+    /// A step's log from byte `from` on: the stored attempts, then the
+    /// one running now; and whether the step has ended. Only bytes from
+    /// `from` on are copied, so following a long log costs what it grew
+    /// by.
+    pub(crate) async fn read(&self, run: &str, step: &str, from: usize) -> Result<(Vec<u8>, bool), Response<Body>> {
+        let (text, state, here) = log_from(&self.store, self.live.as_ref(), run, step, from)?;
+        if state == airlock_store::StepState::Running && !here {
+            let path = format!(
+                "/api/v1/runs/{}/steps/{}/log?offset={from}",
+                crate::peers::segment(run),
+                crate::peers::segment(step),
+            );
+            if let Some(theirs) =
+                self.peers.ask_holder(&self.store, run, &path, &self.credential, MAX_FORWARDED_LOG).await
+            {
+                // The holder's answer is the stored attempts and its
+                // running one: all of ours and more.
+                if theirs.len() >= text.len() {
+                    return Ok((theirs.into(), false));
+                }
+            }
+        }
+        Ok((text, state.is_final()))
+    }
+}
+
+/// A step's log from byte `from` on as this server knows it: the stored
+/// attempts, then the one running here; the step's state; and whether
+/// the attempt running now runs here.
 fn log_from(
     store: &airlock_store::Store,
     live: Option<&airlock_runner::LiveLogs>,
     run: &str,
     step: &str,
     from: usize,
-) -> Result<(Vec<u8>, bool), Response<Body>> {
+) -> Result<(Vec<u8>, airlock_store::StepState, bool), Response<Body>> {
     let record = store.step(run, step).map_err(|e| store_error(&e))?;
     let stored = store.logs(run, step).map_err(|e| store_error(&e))?;
     let last_stored = stored.last().map(|l| l.attempt).unwrap_or(0);
@@ -1014,22 +1090,26 @@ fn log_from(
         text.extend_from_slice(l.bytes.get(from.saturating_sub(at)..).unwrap_or_default());
         at += l.bytes.len();
     }
+    let mut here = false;
     if let Some((attempt, bytes, _)) = live.and_then(|live| live.read(run, step, from.saturating_sub(at)))
         && attempt > last_stored
     {
         text.extend_from_slice(&bytes);
+        here = true;
     }
-    Ok((text, record.state.is_final()))
+    Ok((text, record.state, here))
 }
 
-async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<Body> {
+async fn log(app: &App, id: &str, step: &str, req: &Request<Incoming>) -> Response<Body> {
     let run = match app.store.find_run(id) {
         Ok(r) => r.id,
         Err(e) => return store_error(&e),
     };
+    let query = req.uri().query();
     let offset: usize = query_value(query, "offset").and_then(|v| v.parse().ok()).unwrap_or(0);
     let follow = query_value(query, "follow") == Some("true");
-    let (first, ended) = match log_from(&app.store, app.live.as_ref(), &run, step, offset) {
+    let source = app.log_source(req.headers());
+    let (first, ended) = match source.read(&run, step, offset).await {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -1044,7 +1124,7 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
     }
     // Follow: send what there is, then what comes, until the step ends.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
-    tokio::spawn(follow_log(app.store.clone(), app.live.clone(), run, step.to_owned(), offset, first, sender));
+    tokio::spawn(follow_log(source, run, step.to_owned(), offset, first, sender));
     text_response(crate::channel_body(receiver))
 }
 
@@ -1053,8 +1133,7 @@ async fn log(app: &App, id: &str, step: &str, query: Option<&str>) -> Response<B
 /// away, whichever is first: a closed connection drops the receiver, and
 /// the poll stops at once rather than when the step ends.
 pub(crate) async fn follow_log(
-    store: airlock_store::Store,
-    live: Option<airlock_runner::LiveLogs>,
+    source: LogSource,
     run: String,
     step: String,
     offset: usize,
@@ -1070,7 +1149,7 @@ pub(crate) async fn follow_log(
             () = sender.closed() => return,
             () = tokio::time::sleep(FOLLOW_POLL) => {}
         }
-        let Ok((more, ended)) = log_from(&store, live.as_ref(), &run, &step, sent) else { return };
+        let Ok((more, ended)) = source.read(&run, &step, sent).await else { return };
         if !more.is_empty() {
             sent += more.len();
             if sender.send(Ok(Frame::data(Bytes::from(more)))).await.is_err() {
@@ -1111,13 +1190,24 @@ mod tests {
         (dir, store, run)
     }
 
+    /// The log as a server that runs nothing reads it.
+    fn source(store: &airlock_store::Store) -> LogSource {
+        LogSource {
+            store: store.clone(),
+            live: None,
+            peers: crate::peers::Peers::default(),
+            credential: crate::peers::Credential::default(),
+        }
+    }
+
     /// Issue 12, item 3: a follower that went away kept its task polling
     /// the store until the step ended, however long that took.
     #[tokio::test]
     async fn a_follower_that_goes_away_stops_the_poll() {
         let (_dir, store, run) = running_step();
         let (sender, receiver) = tokio::sync::mpsc::channel(8);
-        let task = tokio::spawn(follow_log(store, None, run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
+        let task =
+            tokio::spawn(follow_log(source(&store), run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
         drop(receiver);
         // The step runs on; the task must end by itself, promptly.
         let ended = tokio::time::timeout(FOLLOW_POLL * 5, task).await;
@@ -1130,7 +1220,7 @@ mod tests {
         let (_dir, store, run) = running_step();
         let (sender, mut receiver) = tokio::sync::mpsc::channel(8);
         let task =
-            tokio::spawn(follow_log(store.clone(), None, run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
+            tokio::spawn(follow_log(source(&store), run.id.clone(), "s".into(), 0, b"tick 1\n".to_vec(), sender));
         let first = receiver.recv().await.expect("first").expect("data");
         assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"tick 1\n"));
         tokio::time::sleep(FOLLOW_POLL * 3).await;

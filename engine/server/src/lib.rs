@@ -44,6 +44,7 @@ pub mod conn;
 mod hooks;
 pub mod openapi;
 mod pages;
+mod peers;
 pub mod protocol;
 mod publish;
 mod ui;
@@ -110,8 +111,6 @@ pub struct App {
     runs: Option<Arc<airlock_runner::queue::RunQueue>>,
     artifacts: Option<airlock_host::ArtifactStore>,
     live: Option<airlock_runner::LiveLogs>,
-    /// Web sign-ins: sha256 of the cookie's value -> (user, expiry).
-    sessions: Mutex<HashMap<String, (String, u64)>>,
     needs: Mutex<HashMap<String, BTreeMap<String, Vec<String>>>>,
     /// What one client may hold.
     limits: Limits,
@@ -137,6 +136,8 @@ pub struct App {
     /// completion). A completion sent here needs no read of the job
     /// first: the store's change checks the agent and the fence itself.
     claims: Mutex<HashMap<String, (String, u64, std::time::Instant)>>,
+    /// Asks the server holding a run for what only it has.
+    peers: peers::Peers,
 }
 
 impl App {
@@ -150,7 +151,6 @@ impl App {
             runs: None,
             artifacts: None,
             live: None,
-            sessions: Mutex::new(HashMap::new()),
             needs: Mutex::new(HashMap::new()),
             body_budget: Arc::new(tokio::sync::Semaphore::new(Limits::default().body_budget >> 10)),
             limits: Limits::default(),
@@ -162,6 +162,7 @@ impl App {
             agents: indexmap::IndexMap::new(),
             agents_seen: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
+            peers: peers::Peers::default(),
         }
     }
 
@@ -223,6 +224,16 @@ impl App {
         self.users.iter().find(|u| u.token_sha256 == digest)
     }
 
+    /// Where a request with these headers reads a step's log.
+    fn log_source(&self, headers: &hyper::HeaderMap) -> api::LogSource {
+        api::LogSource {
+            store: self.store.clone(),
+            live: self.live.clone(),
+            peers: self.peers.clone(),
+            credential: peers::Credential::of(headers),
+        }
+    }
+
     /// The user a request comes from: its bearer token, or its session
     /// cookie.
     fn authenticate(&self, headers: &hyper::HeaderMap) -> Option<api::Caller> {
@@ -233,12 +244,12 @@ impl App {
             return Some(api::Caller { name: user.name.clone(), roles: user.roles.clone(), by_cookie: false });
         }
         let session = ui::session_cookie(headers)?;
-        let digest = airlock_store::user_token_digest(session);
-        let now = now_ms();
-        let name = {
-            let mut sessions = self.sessions.lock().ok()?;
-            sessions.retain(|_, (_, expires)| *expires > now);
-            sessions.get(&digest)?.0.clone()
+        let name = match self.store.session(&airlock_store::user_token_digest(session)) {
+            Ok(name) => name?,
+            Err(e) => {
+                tracing::warn!("cannot read the sign-ins: {e}");
+                return None;
+            }
         };
         let user = self.users.iter().find(|u| u.name == name)?;
         Some(api::Caller { name, roles: user.roles.clone(), by_cookie: true })
@@ -258,29 +269,24 @@ impl App {
         let user = user.name.clone();
         let session = hex::encode(rand::random::<[u8; 32]>());
         let digest = airlock_store::user_token_digest(&session);
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        sessions.retain(|_, (_, expires)| *expires > now);
-        let theirs: Vec<(String, u64)> =
-            sessions.iter().filter(|(_, (u, _))| *u == user).map(|(k, (_, e))| (k.clone(), *e)).collect();
-        if theirs.len() >= MAX_SESSIONS_PER_USER
-            && let Some((oldest, _)) = theirs.iter().min_by_key(|(_, e)| *e)
-        {
-            sessions.remove(oldest);
+        // The policy names the users, so the store is full only with
+        // more users than MAX_SESSIONS / MAX_SESSIONS_PER_USER.
+        match self.store.start_session(&digest, &user, now_ms() + SESSION_TTL_MS, MAX_SESSIONS_PER_USER, MAX_SESSIONS) {
+            Ok(Ok(())) => Ok(session),
+            Ok(Err(airlock_store::SessionRefusal::Full)) => {
+                Err("the server has as many sign-ins as it keeps; try again later")
+            }
+            Err(e) => {
+                tracing::warn!("cannot record a sign-in: {e}");
+                Err("the server cannot record the sign-in now; try again later")
+            }
         }
-        // The policy names the users, so this is reached only with more
-        // users than MAX_SESSIONS / MAX_SESSIONS_PER_USER.
-        if sessions.len() >= MAX_SESSIONS {
-            return Err("the server has as many sign-ins as it keeps; try again later");
-        }
-        sessions.insert(digest, (user, now + SESSION_TTL_MS));
-        Ok(session)
     }
 
     /// Ends the web session of this cookie value.
     fn sign_out(&self, session: &str) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.remove(&airlock_store::user_token_digest(session));
+        if let Err(e) = self.store.end_session(&airlock_store::user_token_digest(session)) {
+            tracing::warn!("cannot end a sign-in: {e}");
         }
     }
 

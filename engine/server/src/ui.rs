@@ -78,7 +78,7 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             match rest {
                 [] => runs_page(app),
                 ["agents"] => agents_page(app),
-                ["runs", run] => run_page(app, run, &user.name),
+                ["runs", run] => run_page(app, run, &user.name, req.headers()).await,
                 ["runs", run, "steps", step, "log"] => log_page(app, run, step),
                 ["runs", run, "approvals", step] => approval_page(app, run, step, &user),
                 _ => page("Not found", "<p>No such page. <a href=\"/ui\">All runs</a></p>", false),
@@ -359,8 +359,8 @@ fn dag_svg(detail: &RunDetail) -> String {
     svg
 }
 
-fn run_page(app: &App, run: &str, user: &str) -> Response<Body> {
-    let detail = match api::run_detail(app, run, user) {
+async fn run_page(app: &App, run: &str, user: &str, headers: &hyper::HeaderMap) -> Response<Body> {
+    let detail = match api::run_detail_anywhere(app, run, user, headers).await {
         Ok(d) => d,
         Err(_) => return page("Not found", &format!("<p>No run <code>{}</code>.</p>", escape(run)), false),
     };

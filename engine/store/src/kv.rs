@@ -34,10 +34,14 @@ pub(crate) enum Tree {
     /// sled's leases (PostgreSQL keeps them in a table of their own).
     Leases,
     Jobs,
+    /// Where each engine can be reached by the others (see `Store::announce`).
+    Servers,
+    /// Web sign-ins, so that any server knows them.
+    Sessions,
 }
 
 impl Tree {
-    pub(crate) const ALL: [Tree; 15] = [
+    pub(crate) const ALL: [Tree; 17] = [
         Tree::Runs,
         Tree::Steps,
         Tree::Events,
@@ -53,6 +57,8 @@ impl Tree {
         Tree::StepCache,
         Tree::Leases,
         Tree::Jobs,
+        Tree::Servers,
+        Tree::Sessions,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -72,6 +78,8 @@ impl Tree {
             Tree::StepCache => "step_cache",
             Tree::Leases => "leases",
             Tree::Jobs => "jobs",
+            Tree::Servers => "servers",
+            Tree::Sessions => "sessions",
         }
     }
 }

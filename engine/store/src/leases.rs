@@ -338,6 +338,40 @@ impl crate::Store {
         Ok(())
     }
 
+    /// Records where the other engines on this store reach this one
+    /// (an `http://` URL), so a server can ask the one holding a run for
+    /// what only that one has: the log of a step attempt running there,
+    /// the one-time code of an approval it waits for. Called again, it
+    /// replaces the address.
+    pub fn announce(&self, address: &str) -> Result<()> {
+        let (me, _) = self.holder()?;
+        self.db.insert(Tree::Servers, me.as_bytes(), encode(&address))
+    }
+
+    /// Where to reach the engine holding `run`, if that is another engine
+    /// than this one and it said where ([`announce`](Self::announce)).
+    /// A free or expired lease, or a run that ended, has no holder.
+    pub fn holder_elsewhere(&self, run: &str) -> Result<Option<String>> {
+        let (me, _) = self.holder()?;
+        let holder = match &*self.db {
+            Db::Postgres(p) => p.lease_holder(run)?,
+            Db::Sled(_) => match self.db.get(Tree::Leases, run.as_bytes())? {
+                Some(value) => {
+                    let record: LeaseRecord = decode(run.as_bytes(), &value)?;
+                    record.holder.filter(|_| record.expires_ms > now_ms())
+                }
+                None => None,
+            },
+        };
+        match holder {
+            Some(holder) if holder != me => match self.db.get(Tree::Servers, holder.as_bytes())? {
+                Some(value) => decode(holder.as_bytes(), &value).map(Some),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// How many runs wait for an engine (their lease is free, or expired
     /// with the engine that held it), and how many an engine holds now:
     /// the queue's depth and its work under way, over every engine on

@@ -31,6 +31,7 @@ mod jobs;
 mod kv;
 mod leases;
 pub mod postgres;
+mod sessions;
 mod step_cache;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -40,6 +41,7 @@ pub use approvals::{ApprovalArtifact, ApprovalError, ApprovalRecord, ApprovalSta
 pub use deliveries::{DeliveryRecord, DeliveryState, ForgeStatus};
 pub use jobs::{Awaited, JobRecord, JobRefusal, JobState, WaitingClaim, job_id};
 pub use leases::{DEFAULT_LEASE, Lease, LeaseCounts, Signal};
+pub use sessions::SessionRefusal;
 pub use step_cache::{CacheEntry, TRUSTED_SCOPE, untrusted_scope};
 
 pub use tokens::{

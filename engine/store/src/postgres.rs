@@ -593,6 +593,20 @@ impl PgDb {
         })
     }
 
+    /// The engine holding `run` now: its lease's holder, unless the
+    /// lease is free or has expired.
+    pub(crate) fn lease_holder(&self, run: &str) -> Result<Option<String>> {
+        self.retrying(|| {
+            let run = run.to_owned();
+            self.with(move |c| async move {
+                let st = c
+                    .prepare_cached("SELECT holder FROM airlock_leases WHERE run = $1 AND expires_at >= now()")
+                    .await?;
+                Ok(c.query_opt(&st, &[&run]).await?.and_then(|row| row.get::<_, Option<String>>(0)))
+            })
+        })
+    }
+
     /// See [`Store::renew_lease`](crate::Store::renew_lease).
     pub(crate) fn renew_lease(&self, run: &str, holder: &str, fence: u64, ttl: u64) -> Result<bool> {
         self.retrying(|| {

@@ -5,7 +5,7 @@
 
 use crate::database::wait_until_running;
 use crate::server::{People, pipelines, tick};
-use crate::support::{Scratch, Server, call, http, submit_run, wait_for_end};
+use crate::support::{Scratch, Server, approval_code, call, http, submit_run, wait_for_end};
 use airlock_store::testing::TestPostgres;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -235,4 +235,118 @@ fn metrics_show_the_queue_over_every_server_and_each_servers_work() {
     assert_eq!(value("airlock_runs_held_here"), 0.0, "{text}");
     assert_eq!(value("airlock_run_claims_total"), 1.0, "{text}");
     assert_eq!(value("airlock_steps_finished_total{state=succeeded}"), 2.0, "{text}");
+}
+
+/// Issue 16: two things live only in the memory of the server working on
+/// a run, the log of a step attempt running there and the one-time code
+/// of an approval waiting there. Any other server shows them, asking the
+/// holder with the caller's own credential: the code only to the user
+/// who submitted the run, on the API and on the run page (a web sign-in
+/// made on one server holds on every server), and it approves the step.
+#[test]
+fn any_server_shows_a_running_steps_log_and_the_approval_code_of_the_holder() {
+    let pg = TestPostgres::start().expect("a PostgreSQL server");
+    let url = pg.database().expect("a database");
+    let s = Scratch::new();
+    let people = People::new(&s);
+    let policy = s.file(
+        "policy.yaml",
+        format!(
+            "{}groups:\n  approvers: [abe]\nenvironments:\n  www:\n    provider: {{ type: directory, path: www }}\n    \
+             pipelines: [gate]\n    approvals: {{ groups: [approvers], timeout: 10m }}\n",
+            people.yaml()
+        ),
+    );
+    pipelines(&s);
+    s.file(
+        "pipes/gate.yaml",
+        format!(
+            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"60\", \"100\", index.txt]\n    outputs: [index.txt]\n  \
+             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
+            tick()
+        ),
+    );
+    let (agent, runner) = (http(), people.runner.token.as_str());
+    let holder = server(&s, "state-a", &policy, &url, "30s");
+    let id = submit_run(&agent, &holder.url, runner, "gate.yaml");
+    wait_until_running(&agent, &holder.url, runner, &id);
+    let other = server(&s, "state-b", &policy, &url, "30s");
+
+    // The log of the attempt running on the holder, read through the
+    // other server while the step still runs.
+    let log = format!("{}/api/v1/runs/{id}/steps/a/log", other.url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let seen = loop {
+        let (status, text) = call(&agent, "GET", &log, Some(runner), None, &[]).expect("log");
+        assert_eq!(status, 200, "{text}");
+        let (_, detail) =
+            call(&agent, "GET", &format!("{}/api/v1/runs/{id}", other.url), Some(runner), None, &[]).expect("get");
+        assert_eq!(detail["steps"][0]["state"], "running", "step a ended before its log was seen: {detail}");
+        let text = text.as_str().unwrap_or_default().to_owned();
+        if text.starts_with("tick 1\ntick 2\n") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no log of the running step through the other server: {text:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // From an offset, and followed to the end: the same bytes as the
+    // holder's.
+    let (_, rest) = call(&agent, "GET", &format!("{log}?offset=7"), Some(runner), None, &[]).expect("log");
+    assert!(rest.as_str().is_some_and(|r| r.starts_with("tick 2\n")), "{rest}");
+    let (status, followed) =
+        call(&agent, "GET", &format!("{log}?follow=true"), Some(runner), None, &[]).expect("follow");
+    assert_eq!(status, 200);
+    let all: String = (1..=60).map(|i| format!("tick {i}\n")).collect();
+    assert_eq!(followed.as_str(), Some(all.as_str()), "the followed log through the other server");
+    assert!(all.starts_with(&seen));
+
+    // The code, through the other server: to the requester, not to
+    // anyone else.
+    let code = approval_code(&agent, &other.url, runner, &id, "ship");
+    let (_, as_holder) =
+        call(&agent, "GET", &format!("{}/api/v1/runs/{id}", holder.url), Some(runner), None, &[]).expect("get");
+    assert_eq!(as_holder["codes"]["ship"], code.as_str());
+    for someone in [&people.viewer.token, &people.approver.token] {
+        let (_, detail) =
+            call(&agent, "GET", &format!("{}/api/v1/runs/{id}", other.url), Some(someone), None, &[]).expect("get");
+        assert_eq!(detail["codes"], serde_json::json!({}), "the code shown to another user: {detail}");
+    }
+    // The run page of the other server, signed in on the holder.
+    let browser: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let signed = browser
+        .post(&format!("{}/ui/login", holder.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(format!("token={runner}"))
+        .expect("sign in");
+    let cookie = signed
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = browser
+        .get(&format!("{}/ui/runs/{id}", other.url))
+        .header("cookie", &cookie)
+        .call()
+        .expect("run page")
+        .into_body()
+        .read_to_string()
+        .expect("page");
+    assert!(page.contains(&format!(">{code}</code>")), "no code on the other server's run page: {page}");
+
+    // It approves the step, through the other server.
+    let (status, body) = call(
+        &agent,
+        "POST",
+        &format!("{}/api/v1/runs/{id}/approvals/ship", other.url),
+        Some(&people.approver.token),
+        Some(serde_json::json!({"code": code, "approve": true})),
+        &[],
+    )
+    .expect("decide");
+    assert_eq!(status, 200, "{body}");
+    let detail = wait_for_end(&agent, &other.url, runner, &id);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
 }
