@@ -5,15 +5,16 @@
 //! ```sh
 //! bash engine/bench/tools-setup        # wasmtime-py and YoWASP's wheels; Debian's yosys, nextpnr-ice40, fpga-icestorm
 //! cargo build --release -p airlock-cli -p airlock-bench
-//! target/release/tools-vs-native [--warm N]
+//! target/release/tools-vs-native [--cold N] [--warm N]
 //! ```
 //!
 //! The workloads are the steps of `pipelines/fpga.yaml` (Yosys synthesis,
 //! nextpnr-ice40 place and route, icepack) and of `pipelines/python.yaml`
 //! (CPython 3.12 running a package's unit tests), with the very modules
 //! those pipelines pin. For each, every runner runs it cold (its compile
-//! cache empty: the first use of a tool on a machine) and then warm
-//! (median of N runs, default 3), each as its own process, as in CI: wall
+//! cache empty: the first use of a tool on a machine; median of N runs,
+//! default 3, the runners taking turns) and then warm (median of N runs,
+//! default 3), each as its own process, as in CI: wall
 //! time and peak resident memory (of the process tree). airlock runs a
 //! one-step pipeline with `airlock run`, so its figures include opening
 //! the state directory, recording the run and storing the outputs. The
@@ -349,6 +350,12 @@ fn main() -> anyhow::Result<()> {
         None => 3,
     };
     anyhow::ensure!(warm_rounds > 0, "--warm must be at least 1");
+    let cold_rounds: usize = match argv.iter().position(|a| a == "--cold") {
+        Some(i) => argv.get(i + 1).context("--cold N")?.parse().context("--cold N")?,
+        None if smoke => 1,
+        None => 3,
+    };
+    anyhow::ensure!(cold_rounds > 0, "--cold must be at least 1");
     if cfg!(debug_assertions) && !smoke {
         eprintln!("warning: this is a debug build; use `cargo build --release` for figures that mean something");
     }
@@ -411,7 +418,10 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "airlock fetch failed");
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("real toolchains: cold (first use, compiling) and warm (median of {warm_rounds}) wall time and peak RSS");
+    println!(
+        "real toolchains: cold (first use, compiling; median of {cold_rounds}, by turns) and warm (median of \
+         {warm_rounds}) wall time and peak RSS"
+    );
     println!("{cores} cores; airlock {}", airlock.display());
     let header = format!(
         "{:<14} {:<12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>12}",
@@ -449,17 +459,40 @@ fn main() -> anyhow::Result<()> {
             Runner::Native => 1,
             Runner::Airlock => 2,
         });
-        for &runner in &order {
+        let src_of = |runner: Runner| {
             let index = runners.iter().position(|r| *r == runner).expect("runner");
-            let src = if std::ptr::eq(w, &PYTHON) {
+            if std::ptr::eq(w, &PYTHON) {
                 py_src.clone()
             } else if runner == Runner::Airlock && bench.venv.is_some() {
                 inputs[runners.iter().position(|r| *r == Runner::WasmtimePy).expect("py")].clone()
             } else {
                 inputs[index].clone()
-            };
-            let state = bench.next(&format!("state-{}-{}", w.tool, runner.label()));
-            let (cold, out) = bench.run(w, runner, &src, &state)?;
+            }
+        };
+        // Cold runs by turns, each runner once a round with an empty
+        // cache: the machine's speed drifts over minutes, and a ratio of
+        // two runs made back to back cancels most of that drift.
+        let mut colds: Vec<(Runner, Vec<Measured>, PathBuf, PathBuf)> = Vec::new();
+        for _ in 0..cold_rounds {
+            for &runner in &order {
+                let state = bench.next(&format!("state-{}-{}", w.tool, runner.label()));
+                let (cold, out) = bench.run(w, runner, &src_of(runner), &state)?;
+                match colds.iter_mut().find(|c| c.0 == runner) {
+                    Some(c) => {
+                        c.1.push(cold);
+                        (c.2, c.3) = (state, out);
+                    }
+                    None => colds.push((runner, vec![cold], state, out)),
+                }
+            }
+        }
+        let cold_of = |r: Runner| colds.iter().find(|c| c.0 == r).map(|c| c.1.clone()).unwrap_or_default();
+        let (cold_airlock, cold_py) = (cold_of(Runner::Airlock), cold_of(Runner::WasmtimePy));
+        for &runner in &order {
+            let index = runners.iter().position(|r| *r == runner).expect("runner");
+            let src = src_of(runner);
+            let (_, cold, state, out) = colds.iter().find(|c| c.0 == runner).cloned().expect("cold runs");
+            let cold = median(cold);
             let mut warm = Vec::new();
             for _ in 0..warm_rounds {
                 warm.push(bench.run(w, runner, &src, &state)?.0);
@@ -503,13 +536,20 @@ fn main() -> anyhow::Result<()> {
                 mismatches.push(w.tool);
             }
         }
-        if let Some(py) = results.iter().find(|x| x.0 == Runner::WasmtimePy)
-            && let Some(a) = results.iter().find(|x| x.0 == Runner::Airlock)
-        {
+        if !cold_py.is_empty() {
+            let mut ratios: Vec<f64> = cold_airlock
+                .iter()
+                .zip(&cold_py)
+                .map(|(a, p)| a.wall.as_secs_f64() / p.wall.as_secs_f64().max(1e-9))
+                .collect();
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+            ratios.sort_by(f64::total_cmp);
             println!(
-                "{:<14} cold airlock/wasmtime-py {:.2}x",
+                "{:<14} cold airlock/wasmtime-py {:.2}x (median of {} rounds: {})",
                 w.tool,
-                a.1.wall.as_secs_f64() / py.1.wall.as_secs_f64().max(1e-9)
+                ratios[ratios.len() / 2],
+                ratios.len(),
+                each.join(", ")
             );
         }
     }
