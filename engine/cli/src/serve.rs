@@ -27,7 +27,7 @@ pub struct ServeArgs {
     /// the log of a step running here, or the one-time code of an
     /// approval waiting here, asks this server for it with the caller's
     /// credential [default: `http://` and the address listened on, unless
-    /// that is 0.0.0.0 or [::]].
+    /// that is `0.0.0.0` or `[::]`].
     #[arg(long, value_name = "URL", value_parser = parse_advertised_url)]
     advertise: Option<String>,
     /// The pipeline files the server runs: submissions name a file in

@@ -41,10 +41,21 @@ pub(crate) fn segment(text: &str) -> percent_encoding::PercentEncode<'_> {
     percent_encoding::utf8_percent_encode(text, SEGMENT)
 }
 
+/// How long a server that could not be reached is not asked again: a
+/// followed log asks five times a second, and a wrong `--advertise`
+/// would otherwise fill the log with the same warning.
+const QUIET: Duration = Duration::from_secs(30);
+
+/// Servers remembered as out of reach, at most (the map is emptied when
+/// full: there are only as many as there are servers).
+const MAX_QUIET: usize = 64;
+
 /// The client servers ask each other with.
 #[derive(Clone)]
 pub(crate) struct Peers {
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// Addresses that failed, and when.
+    failed: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl Default for Peers {
@@ -56,7 +67,7 @@ impl Default for Peers {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .build(connector);
-        Self { client }
+        Self { client, failed: Default::default() }
     }
 }
 
@@ -98,6 +109,22 @@ impl Peers {
                 return None;
             }
         };
+        self.ask(run, address, path_and_query, headers, limit).await
+    }
+
+    /// `GET path_and_query` from the server at `address`, about `run`,
+    /// with `headers`; unless it failed lately.
+    async fn ask(
+        &self,
+        run: &str,
+        address: String,
+        path_and_query: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        limit: usize,
+    ) -> Option<Bytes> {
+        if self.failed_lately(&address) {
+            return None;
+        }
         let uri = format!("{}{path_and_query}", address.trim_end_matches('/'));
         let mut request = Request::get(&uri).header(FORWARDED, "1");
         for (name, value) in headers {
@@ -123,13 +150,47 @@ impl Peers {
                 None
             }
             Ok(Err(e)) => {
-                tracing::warn!(run, address, "cannot ask the server holding the run: {e}");
+                tracing::warn!(run, address, "cannot ask the server holding the run (not again for {QUIET:?}): {e}");
+                self.failed(address);
                 None
             }
             Err(_) => {
                 tracing::warn!(run, address, "the server holding the run did not answer in {TIMEOUT:?}");
+                self.failed(address);
                 None
             }
         }
+    }
+
+    fn failed_lately(&self, address: &str) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get(address).is_some_and(|at| at.elapsed() < QUIET)
+    }
+
+    fn failed(&self, address: String) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.len() >= MAX_QUIET {
+            failed.clear();
+        }
+        failed.insert(address, std::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A holder that cannot be reached is asked once, not at every poll
+    /// of a followed log.
+    #[tokio::test]
+    async fn a_holder_out_of_reach_is_not_asked_again_at_once() {
+        let peers = Peers::default();
+        // Nothing listens on a port just let go of.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let address = format!("http://127.0.0.1:{port}");
+        assert!(!peers.failed_lately(&address));
+        assert_eq!(peers.ask("r", address.clone(), "/", &[], 1).await, None);
+        assert!(peers.failed_lately(&address), "the failure was not remembered");
+        assert!(!peers.failed_lately("http://127.0.0.1:1"), "another address is asked");
     }
 }
