@@ -581,6 +581,31 @@ mod tests {
         assert_eq!(a.claim_run().expect("claim"), None);
     }
 
+    /// An engine finds the address of the engine holding a run, as that
+    /// one announced it, and only while it holds the run; never its own.
+    #[test]
+    fn the_holder_of_a_run_is_found_where_it_said() {
+        let server = crate::testing::TestPostgres::start().expect("postgres");
+        let url = server.database().expect("database");
+        let (a, b) = (Store::open_postgres(&url).expect("a"), Store::open_postgres(&url).expect("b"));
+        a.identify("engine-a", Duration::from_secs(60));
+        b.identify("engine-b", Duration::from_secs(60));
+        a.announce("http://10.0.0.1:8480").expect("announce");
+        b.announce("http://10.0.0.2:8480").expect("announce");
+        a.announce("http://10.0.0.9:8480").expect("announce again");
+        let run = submit(&a);
+        assert_eq!(b.holder_elsewhere(&run).expect("holder"), None, "a free lease has no holder");
+        let lease = a.claim_run().expect("claim").expect("a run");
+        assert_eq!(b.holder_elsewhere(&run).expect("holder").as_deref(), Some("http://10.0.0.9:8480"));
+        assert_eq!(a.holder_elsewhere(&run).expect("holder"), None, "an engine never asks itself");
+        a.let_go(&lease.run).expect("let go");
+        assert_eq!(b.holder_elsewhere(&run).expect("holder"), None, "a lease let go has no holder");
+        b.claim_run().expect("claim").expect("the run let go");
+        assert_eq!(a.holder_elsewhere(&run).expect("holder").as_deref(), Some("http://10.0.0.2:8480"));
+        b.finish_run(&run, RunState::Succeeded, None).expect("finish");
+        assert_eq!(a.holder_elsewhere(&run).expect("holder"), None, "an ended run has no holder");
+    }
+
     /// A run taken over keeps its history in the order it happened, even
     /// when the engine taking it over took its block of ids before the
     /// engine it takes over from took its own.
