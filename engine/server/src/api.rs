@@ -870,7 +870,7 @@ fn needs_of(run: &RunRecord) -> BTreeMap<String, Vec<String>> {
     }
 }
 
-pub(crate) fn run_detail(app: &App, id: &str, user: &str) -> Result<RunDetail, Response<Body>> {
+fn run_detail(app: &App, id: &str, user: &str) -> Result<RunDetail, Response<Body>> {
     let run = app.store.find_run(id).map_err(|e| store_error(&e))?;
     let steps = app.store.steps(&run).map_err(|e| store_error(&e))?;
     let approvals = app.store.approvals(&run.id).map_err(|e| store_error(&e))?;

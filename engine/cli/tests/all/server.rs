@@ -50,10 +50,16 @@ pub fn tick() -> String {
 /// Writes `pipes/gate.yaml`: step `a` makes `index.txt`, and `ship`
 /// deploys it to environment `www` (which the test's policy defines).
 pub fn gate_pipeline(s: &Scratch) {
+    gate_pipeline_ticking(s, 1, 1);
+}
+
+/// [`gate_pipeline`], with step `a` printing `count` ticks, one every
+/// `interval_ms`.
+pub fn gate_pipeline_ticking(s: &Scratch, count: u32, interval_ms: u32) {
     s.file(
         "pipes/gate.yaml",
         format!(
-            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"1\", \"1\", index.txt]\n    outputs: [index.txt]\n  \
+            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"{count}\", \"{interval_ms}\", index.txt]\n    outputs: [index.txt]\n  \
              ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
             tick()
         ),

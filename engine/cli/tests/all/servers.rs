@@ -4,7 +4,7 @@
 //! nothing when it wakes.
 
 use crate::database::wait_until_running;
-use crate::server::{People, pipelines, tick};
+use crate::server::{People, gate_pipeline_ticking, pipelines, tick};
 use crate::support::{Scratch, Server, approval_code, call, http, submit_run, wait_for_end};
 use airlock_store::testing::TestPostgres;
 use std::path::Path;
@@ -258,14 +258,7 @@ fn any_server_shows_a_running_steps_log_and_the_approval_code_of_the_holder() {
         ),
     );
     pipelines(&s);
-    s.file(
-        "pipes/gate.yaml",
-        format!(
-            "name: gate\nsteps:\n  a:\n    uses: {}\n    args: [\"60\", \"100\", index.txt]\n    outputs: [index.txt]\n  \
-             ship:\n    needs: [a]\n    deploy: {{ environment: www, from: [a] }}\n",
-            tick()
-        ),
-    );
+    gate_pipeline_ticking(&s, 60, 100);
     let (agent, runner) = (http(), people.runner.token.as_str());
     let holder = server(&s, "state-a", &policy, &url, "30s");
     let id = submit_run(&agent, &holder.url, runner, "gate.yaml");
