@@ -14,6 +14,21 @@ pub fn smoke() -> bool {
     std::env::args().any(|a| a == "--smoke")
 }
 
+/// With `-h` or `--help` among the arguments: prints `usage` and exits
+/// (0), before the benchmark does any work. Every benchmark calls it first.
+pub fn help(usage: &str) {
+    if std::env::args().skip(1).any(|a| a == "-h" || a == "--help") {
+        use std::io::Write;
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}\n\n  --smoke    the same work at a tiny size, run once (CI); its figures mean nothing",
+            usage.trim()
+        );
+        std::process::exit(0);
+    }
+}
+
 /// `full`, or `tiny` in a smoke run.
 pub fn scaled(full: usize, tiny: usize) -> usize {
     if smoke() { tiny } else { full }

@@ -27,7 +27,16 @@ fn steps() -> usize {
     airlock_bench::scaled(1000, 20)
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: airlock-bench [NOOP.wasm]
+
+The engine benchmark: compile and cached load of a no-op plugin, per-step
+engine overhead, a 1,000-step chain and fan-out beside spawning /bin/true,
+and the step cache. Build in release mode (debug is ten times slower).";
+
 fn main() -> anyhow::Result<()> {
+    airlock_bench::help(USAGE);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let noop = airlock_bench::positional()
         .first()

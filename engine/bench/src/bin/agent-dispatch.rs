@@ -39,7 +39,16 @@ struct Setup {
     agents: usize,
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: agent-dispatch [--runs N] [--steps N]
+
+Runs of N no-op steps through one `airlock serve` on PostgreSQL and 1, 2
+and 4 agents, beside a single server on sled and on PostgreSQL.
+Defaults: 100 runs of 100 steps. Needs target/release/airlock.";
+
 fn main() -> anyhow::Result<()> {
+    airlock_bench::help(USAGE);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let airlock =
         std::env::var_os("AIRLOCK_BIN").map(PathBuf::from).unwrap_or_else(|| repo.join("target/release/airlock"));

@@ -67,7 +67,15 @@ fn run(cmd: &mut Command) -> anyhow::Result<Duration> {
     Ok(took)
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: publish-vs-rsync [FILES MIB ROUNDS]
+
+`airlock publish` to a loopback server beside rsync to a loopback rsync
+daemon, on the same tree. Defaults: 10008 files, 614 MiB, 3 rounds.";
+
 fn main() -> anyhow::Result<()> {
+    airlock_bench::help(USAGE);
     let args = airlock_bench::positional();
     let smoke = airlock_bench::smoke();
     let files: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 20 } else { 10_008 });

@@ -80,7 +80,15 @@ fn pipeline(noop: &Path) -> String {
     yaml
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: server-load
+
+The server under load: 100 runs of 20 steps submitted through the run API
+at once, with the API's read latency idle and under load.";
+
 fn main() -> anyhow::Result<()> {
+    airlock_bench::help(USAGE);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let noop = repo.join("plugins/target/wasm32-wasip2/release/noop.wasm").canonicalize()?;
     if cfg!(debug_assertions) {

@@ -338,11 +338,21 @@ fn mib(kib: u64) -> String {
     format!("{} MiB", kib / 1024)
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: tools-vs-native [--cold N] [--warm N]
+
+Yosys, nextpnr-ice40, icepack and CPython as airlock steps, beside the same
+modules run by wasmtime-py and beside Debian's native builds: cold (first
+compile) and warm wall time and peak memory. Defaults: 3 cold rounds, by
+turns, and 3 warm runs. Set up first with `bash engine/bench/tools-setup`.";
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.first().map(String::as_str) == Some("--measure") {
         return measure_child(&argv[1..]);
     }
+    airlock_bench::help(USAGE);
     let smoke = airlock_bench::smoke();
     let warm_rounds: usize = match argv.iter().position(|a| a == "--warm") {
         Some(i) => argv.get(i + 1).context("--warm N")?.parse().context("--warm N")?,

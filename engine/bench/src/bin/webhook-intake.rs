@@ -90,7 +90,16 @@ fn first_step(agent: &ureq::Agent, server: &str, token: &str, commit: &str) -> a
     bail!("no step of a run of {commit} started within a minute")
 }
 
+/// What `--help` prints.
+const USAGE: &str = "\
+usage: webhook-intake [ROUNDS DELIVERIES]
+
+From a signed push webhook to the first step of a run, beside
+`git clone --depth 1` of the same commit; then signed deliveries a second.
+Defaults: 15 rounds, 2000 deliveries.";
+
 fn main() -> anyhow::Result<()> {
+    airlock_bench::help(USAGE);
     let args = airlock_bench::positional();
     let smoke = airlock_bench::smoke();
     let rounds: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(if smoke { 1 } else { 15 }).max(1);
