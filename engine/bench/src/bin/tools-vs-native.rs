@@ -12,10 +12,13 @@
 //! nextpnr-ice40 place and route, icepack) and of `pipelines/python.yaml`
 //! (CPython 3.12 running a package's unit tests), with the very modules
 //! those pipelines pin. For each, every runner runs it cold (its compile
-//! cache empty: the first use of a tool on a machine; median of N runs,
-//! default 3, the runners taking turns) and then warm (median of N runs,
-//! default 3), each as its own process, as in CI: wall
-//! time and peak resident memory (of the process tree). airlock runs a
+//! cache empty: the first use of a tool on a machine; `--cold N` rounds,
+//! default 3) and then warm (`--warm N` rounds, default 5), each as its
+//! own process, as in CI: wall time and peak resident memory (of the
+//! process tree). In each round the runners take turns, and a ratio is
+//! the median of the rounds' ratios: a shared VM's speed drifts by a
+//! fifth over minutes, and runs made back to back see the same machine.
+//! airlock runs a
 //! one-step pipeline with `airlock run`, so its figures include opening
 //! the state directory, recording the run and storing the outputs. The
 //! outputs of airlock and of wasmtime-py are compared byte for byte; the
@@ -322,6 +325,18 @@ fn digest_of(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(Sha256::digest(std::fs::read(path).with_context(|| format!("{}", path.display()))?)))
 }
 
+/// The median of the ratios `a[i] / b[i]` of runs made in the same round,
+/// and each ratio; `None` without runs of `b`.
+fn by_turns(a: &[Measured], b: &[Measured]) -> Option<(f64, Vec<f64>)> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    let each: Vec<f64> = a.iter().zip(b).map(|(a, b)| a.wall.as_secs_f64() / b.wall.as_secs_f64().max(1e-9)).collect();
+    let mut sorted = each.clone();
+    sorted.sort_by(f64::total_cmp);
+    Some((sorted[sorted.len() / 2], each))
+}
+
 fn median(mut v: Vec<Measured>) -> Measured {
     v.sort_by_key(|m| m.wall);
     let wall = v[v.len() / 2].wall;
@@ -344,8 +359,9 @@ usage: tools-vs-native [--cold N] [--warm N]
 
 Yosys, nextpnr-ice40, icepack and CPython as airlock steps, beside the same
 modules run by wasmtime-py and beside Debian's native builds: cold (first
-compile) and warm wall time and peak memory. Defaults: 3 cold rounds, by
-turns, and 3 warm runs. Set up first with `bash engine/bench/tools-setup`.";
+compile) and warm wall time and peak memory, the runners taking turns in
+each round. Defaults: 3 cold rounds, 5 warm. Set up first with
+`bash engine/bench/tools-setup`.";
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -357,7 +373,7 @@ fn main() -> anyhow::Result<()> {
     let warm_rounds: usize = match argv.iter().position(|a| a == "--warm") {
         Some(i) => argv.get(i + 1).context("--warm N")?.parse().context("--warm N")?,
         None if smoke => 1,
-        None => 3,
+        None => 5,
     };
     anyhow::ensure!(warm_rounds > 0, "--warm must be at least 1");
     let cold_rounds: usize = match argv.iter().position(|a| a == "--cold") {
@@ -429,8 +445,8 @@ fn main() -> anyhow::Result<()> {
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
-        "real toolchains: cold (first use, compiling; median of {cold_rounds}, by turns) and warm (median of \
-         {warm_rounds}) wall time and peak RSS"
+        "real toolchains: cold (first use, compiling) and warm wall time and peak RSS, median of \
+         {cold_rounds} and {warm_rounds} rounds; ratios are the median of the rounds' ratios (runners by turns)"
     );
     println!("{cores} cores; airlock {}", airlock.display());
     let header = format!(
@@ -496,17 +512,21 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        // Warm runs by turns as well: a warm Yosys run is a second or
+        // two, and on a shared VM two such runs made minutes apart differ
+        // by a fifth.
+        let mut warms: Vec<(Runner, Vec<Measured>)> = order.iter().map(|r| (*r, Vec::new())).collect();
+        for _ in 0..warm_rounds {
+            for (runner, runs) in &mut warms {
+                let state = &colds.iter().find(|c| c.0 == *runner).expect("cold runs").2;
+                runs.push(bench.run(w, *runner, &src_of(*runner), state)?.0);
+            }
+        }
         let cold_of = |r: Runner| colds.iter().find(|c| c.0 == r).map(|c| c.1.clone()).unwrap_or_default();
-        let (cold_airlock, cold_py) = (cold_of(Runner::Airlock), cold_of(Runner::WasmtimePy));
+        let warm_of = |r: Runner| warms.iter().find(|c| c.0 == r).map(|c| c.1.clone()).unwrap_or_default();
         for &runner in &order {
             let index = runners.iter().position(|r| *r == runner).expect("runner");
-            let src = src_of(runner);
-            let (_, cold, state, out) = colds.iter().find(|c| c.0 == runner).cloned().expect("cold runs");
-            let cold = median(cold);
-            let mut warm = Vec::new();
-            for _ in 0..warm_rounds {
-                warm.push(bench.run(w, runner, &src, &state)?.0);
-            }
+            let (_, cold, _, out) = colds.iter().find(|c| c.0 == runner).cloned().expect("cold runs");
             if let Some(name) = w.output {
                 let digest = if runner == Runner::Airlock { std::fs::read_to_string(&out)? } else { digest_of(&out)? };
                 outputs.push((runner, digest));
@@ -514,15 +534,13 @@ fn main() -> anyhow::Result<()> {
                     std::fs::copy(&out, inputs[index].join(name))?;
                 }
             }
-            results.push((runner, cold, median(warm)));
+            results.push((runner, median(cold), median(warm_of(runner))));
         }
-        let warm_of = |r: Runner| results.iter().find(|x| x.0 == r).map(|x| x.2.wall);
         for r in &runners {
             let (_, cold, warm) = results.iter().find(|x| x.0 == *r).expect("result");
-            let ratio = |base: Option<Duration>| match base {
-                Some(b) if *r != Runner::Native && !b.is_zero() => {
-                    format!("{:.2}x", warm.wall.as_secs_f64() / b.as_secs_f64())
-                }
+            // The median of the ratios of runs made back to back.
+            let ratio = |base: Runner| match by_turns(&warm_of(*r), &warm_of(base)) {
+                Some((median, _)) if *r != Runner::Native => format!("{median:.2}x"),
                 _ => "-".to_owned(),
             };
             println!(
@@ -533,8 +551,8 @@ fn main() -> anyhow::Result<()> {
                 mib(cold.rss_kib),
                 secs(warm.wall),
                 mib(warm.rss_kib),
-                if *r == Runner::Airlock { ratio(warm_of(Runner::WasmtimePy)) } else { "-".to_owned() },
-                ratio(warm_of(Runner::Native)),
+                if *r == Runner::Airlock { ratio(Runner::WasmtimePy) } else { "-".to_owned() },
+                ratio(Runner::Native),
             );
         }
         let airlock_out = outputs.iter().find(|o| o.0 == Runner::Airlock).map(|o| o.1.clone());
@@ -546,21 +564,19 @@ fn main() -> anyhow::Result<()> {
                 mismatches.push(w.tool);
             }
         }
-        if !cold_py.is_empty() {
-            let mut ratios: Vec<f64> = cold_airlock
-                .iter()
-                .zip(&cold_py)
-                .map(|(a, p)| a.wall.as_secs_f64() / p.wall.as_secs_f64().max(1e-9))
-                .collect();
-            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
-            ratios.sort_by(f64::total_cmp);
-            println!(
-                "{:<14} cold airlock/wasmtime-py {:.2}x (median of {} rounds: {})",
-                w.tool,
-                ratios[ratios.len() / 2],
-                ratios.len(),
-                each.join(", ")
-            );
+        for (what, airlock, py) in [
+            ("cold", cold_of(Runner::Airlock), cold_of(Runner::WasmtimePy)),
+            ("warm", warm_of(Runner::Airlock), warm_of(Runner::WasmtimePy)),
+        ] {
+            if let Some((median, each)) = by_turns(&airlock, &py) {
+                let each: Vec<String> = each.iter().map(|r| format!("{r:.2}x")).collect();
+                println!(
+                    "{:<14} {what} airlock/wasmtime-py {median:.2}x (median of {} rounds: {})",
+                    w.tool,
+                    each.len(),
+                    each.join(", ")
+                );
+            }
         }
     }
     if !mismatches.is_empty() {
