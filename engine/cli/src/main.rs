@@ -69,7 +69,7 @@ Environment:
   AIRLOCK_COMPILE_CACHE_LIMIT  compiled plugins kept, least recently used dropped first [default: 4GiB]
   AIRLOCK_ARTIFACT_CACHE_LIMIT  blobs a server keeps in front of its bucket, or an agent of its server's [default: 16GiB]
   AIRLOCK_STEP_PROCESS_MIN_SIZE  core modules this big run each in a process of their own, or `off`
-  [default: 8MiB]
+  [default: 256KiB]
   NO_COLOR           disables colour
   RUST_LOG           engine diagnostics on stderr, e.g. RUST_LOG=airlock=debug";
 
@@ -594,7 +594,7 @@ pub(crate) fn open_engine_leased(
         match std::env::var("AIRLOCK_STEP_PROCESS_MIN_SIZE").ok().filter(|v| !v.is_empty()) {
             Some(off) if off == "off" => None,
             Some(text) => Some(airlock_model::parse_size(&text).map_err(|e| {
-                anyhow::anyhow!("AIRLOCK_STEP_PROCESS_MIN_SIZE: {e}; write a size such as 8MiB, or off")
+                anyhow::anyhow!("AIRLOCK_STEP_PROCESS_MIN_SIZE: {e}; write a size such as 256KiB, or off")
             })?),
             None => Some(airlock_sandbox::worker::DEFAULT_MIN_BYTES),
         };
