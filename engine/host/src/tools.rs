@@ -12,6 +12,10 @@
 //!   a file here is always whole and right.
 //! - `trees/HEX/`: the unpacked contents of the archive `sha256/HEX`,
 //!   renamed into place once complete. Files are read-only.
+//! - `sums/HEX/`: the sha256 of a module in that tree, one file per
+//!   module (named by the sha256 of its path), recorded when a run first
+//!   loaded it: later runs load its compiled form by it, without reading
+//!   the module again.
 //! - `partial/`: fetches and unpacks under way, or left by a process that
 //!   was killed; entries older than a day are removed when a cache opens.
 //!
@@ -78,6 +82,11 @@ pub struct Fetched {
     pub tree: Option<PathBuf>,
     /// Bytes fetched just now; `None` when the cache had it.
     pub fetched: Option<u64>,
+    /// The sha256 of `module`, when it is on record: the pinned digest of
+    /// a tool that is one module, or what [`ToolCache::remember_module`]
+    /// recorded for the module in an archive. With it a warm run need not
+    /// read the module at all.
+    pub module_sha256: Option<String>,
 }
 
 impl Fetched {
@@ -209,6 +218,12 @@ impl ToolCache {
                 std::fs::rename(&tree, &gone)?;
                 std::fs::remove_dir_all(&gone)?;
             }
+            // The records of its modules first: a record without its
+            // tree is never read, a tree without records is only slower.
+            let sums = self.sums_of(&entry.sha256);
+            if sums.is_dir() {
+                std::fs::remove_dir_all(&sums)?;
+            }
             std::fs::remove_file(self.file_of(&entry.sha256))?;
             tracing::debug!(tool = entry.sha256, bytes = entry.bytes, "tool evicted from the cache");
             total -= entry.bytes;
@@ -232,14 +247,16 @@ impl ToolCache {
         }
         self.touch(&tool.sha256);
         if tool.module.is_none() && is_module(&file) {
-            return Ok(Some(Fetched { module: Some(file), tree: None, fetched: None }));
+            let module_sha256 = Some(tool.sha256.clone());
+            return Ok(Some(Fetched { module: Some(file), tree: None, fetched: None, module_sha256 }));
         }
         let tree = self.tree_of(&tool.sha256);
         if !tree.is_dir() {
             return Ok(None);
         }
         let module = tool.module.as_deref().map(|m| module_in(name, &tree, m)).transpose()?;
-        Ok(Some(Fetched { module, tree: Some(tree), fetched: None }))
+        let module_sha256 = self.recorded_module(tool);
+        Ok(Some(Fetched { module, tree: Some(tree), fetched: None, module_sha256 }))
     }
 
     /// The tool, fetched and unpacked first if the cache lacks it.
@@ -258,7 +275,8 @@ impl ToolCache {
             }
         }
         if tool.module.is_none() && is_module(&file) {
-            return Ok(Fetched { module: Some(file), tree: None, fetched });
+            let module_sha256 = Some(tool.sha256.clone());
+            return Ok(Fetched { module: Some(file), tree: None, fetched, module_sha256 });
         }
         let tree = self.tree_of(&tool.sha256);
         if !tree.is_dir() {
@@ -279,7 +297,41 @@ impl ToolCache {
             }
         }
         let module = tool.module.as_deref().map(|m| module_in(name, &tree, m)).transpose()?;
-        Ok(Fetched { module, tree: Some(tree), fetched })
+        let module_sha256 = self.recorded_module(tool);
+        Ok(Fetched { module, tree: Some(tree), fetched, module_sha256 })
+    }
+
+    /// Records the sha256 of the `module:` of `tool`, an archive in the
+    /// cache, as whoever loaded it found it, for [`Fetched::module_sha256`].
+    /// The record lives beside the tree, in the cache the host alone
+    /// writes, and goes with the tool when it is evicted. Failing to
+    /// record is only logged: the next run reads the module again.
+    pub fn remember_module(&self, tool: &Tool, sha256: &str) {
+        let Some(module) = &tool.module else { return };
+        if !self.tree_of(&tool.sha256).is_dir() || !is_sha256(sha256) {
+            return;
+        }
+        let dir = self.sums_of(&tool.sha256);
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            let mut file = tempfile::NamedTempFile::new_in(self.dir.join("partial"))?;
+            file.write_all(sha256.as_bytes())?;
+            file.persist(dir.join(sum_name(module))).map_err(|e| e.error).map(drop)
+        });
+        if let Err(e) = written {
+            tracing::warn!("cannot record the sha256 of tool module {module} in {}: {e}", dir.display());
+        }
+    }
+
+    /// The sha256 recorded for the `module:` of `tool`, if any.
+    fn recorded_module(&self, tool: &Tool) -> Option<String> {
+        let module = tool.module.as_deref()?;
+        let text = std::fs::read_to_string(self.sums_of(&tool.sha256).join(sum_name(module))).ok()?;
+        is_sha256(&text).then_some(text)
+    }
+
+    /// Where the sha256 of modules in the archive `sha256/HEX` are kept.
+    fn sums_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join("sums").join(sha256)
     }
 
     fn file_of(&self, sha256: &str) -> PathBuf {
@@ -455,6 +507,17 @@ impl<'a> Incoming<'a> {
 }
 
 /// The module of an unpacked archive, which must be a file in it.
+/// The name of the record of a module's sha256: the sha256 of its path in
+/// the archive, so no path can reach outside the records' directory.
+fn sum_name(module: &str) -> String {
+    hex::encode(Sha256::digest(module.as_bytes()))
+}
+
+/// 64 lowercase hex digits.
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn module_in(name: &str, tree: &Path, module: &str) -> Result<PathBuf, ToolError> {
     let path = tree.join(module);
     match std::fs::symlink_metadata(&path) {
@@ -693,6 +756,16 @@ mod tests {
         // Again, from another cache on the same directory: no request.
         let again = ToolCache::open(dir.path()).expect("cache").fetch("t", &t, &|_| {}).expect("cached");
         assert_eq!((again.fetched, hits.load(Ordering::SeqCst)), (None, 1));
+        // The module's sha256 is on record once whoever loaded it said so
+        // (a tool that is one module is known by its pinned digest).
+        assert_eq!(got.module_sha256, None);
+        let module_sha256 = hex::encode(Sha256::digest(WASM));
+        cache.remember_module(&t, "not a digest");
+        assert_eq!(cache.cached("t", &t).expect("looked").expect("cached").module_sha256, None);
+        cache.remember_module(&t, &module_sha256);
+        assert_eq!(cache.cached("t", &t).expect("looked").expect("cached").module_sha256, Some(module_sha256.clone()));
+        let other = Tool { module: Some("t/share/data.txt".into()), ..t.clone() };
+        assert_eq!(cache.cached("t", &other).expect("looked").expect("cached").module_sha256, None, "per module");
         // Directories that are not there, or are files, are named.
         let e = got.dir("t", "t/shar").expect_err("missing");
         assert_eq!(e.to_string(), "tool `t`: its archive has no directory `t/shar` (it has t/share/, t/tool.wasm)");
@@ -721,6 +794,8 @@ mod tests {
         for t in [&a, &b, &c] {
             cache.fetch("t", t, &|_| {}).expect("fetched");
         }
+        assert_eq!(cache.cached("t", &b).expect("looked").expect("cached").module_sha256.as_ref(), Some(&b.sha256));
+        cache.remember_module(&a, &b.sha256);
         // An archive counts with its unpacked tree.
         let sizes: Vec<(String, u64)> =
             cache.entries().expect("entries").into_iter().map(|e| (e.sha256, e.bytes)).collect();
@@ -739,13 +814,15 @@ mod tests {
         let gone: Vec<String> = cache.evict(of(&b), IN_USE).expect("evicted").into_iter().map(|e| e.sha256).collect();
         assert_eq!(gone, std::slice::from_ref(&a.sha256));
         assert!(!cache.tree_of(&a.sha256).exists(), "its tree went with it");
+        assert!(!cache.sums_of(&a.sha256).exists(), "and the record of its module");
         assert!(std::fs::read_dir(dir.path().join("partial")).expect("partial").next().is_none(), "nothing left over");
         // Used again, a tool is touched; one evicted is fetched again.
         assert!(cache.cached("t", &b).expect("looked").is_some());
         assert!(cache.entries().expect("entries")[0].last_used.elapsed().expect("age") < Duration::from_secs(60));
         let before = hits.load(Ordering::SeqCst);
-        cache.fetch("t", &a, &|_| {}).expect("fetched again");
+        let fetched = cache.fetch("t", &a, &|_| {}).expect("fetched again");
         assert_eq!(hits.load(Ordering::SeqCst), before + 1);
+        assert_eq!(fetched.module_sha256, None, "no record survives its tool");
     }
 
     #[test]

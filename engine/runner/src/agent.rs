@@ -155,7 +155,8 @@ pub async fn run_job(
             };
             let loaded = {
                 let (sandbox, fuel, max) = (sandbox.clone(), spec.fuel_metered, spec.max_plugin_bytes);
-                tokio::task::spawn_blocking(move || sandbox.load_reporting(&path, fuel, &grants, max, &|_| {})).await
+                tokio::task::spawn_blocking(move || sandbox.load_reporting(&path, None, fuel, &grants, max, &|_| {}))
+                    .await
             };
             match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
                 Ok(p) => {

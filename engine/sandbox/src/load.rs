@@ -7,6 +7,8 @@ use crate::{
     MAX_TABLES, MAX_TABLES_PER_MODULE, Sandbox, SandboxError,
 };
 use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wasmtime::Engine;
@@ -93,15 +95,26 @@ impl Sandbox {
         grants: &HostGrants,
         max_bytes: u64,
     ) -> Result<Plugin, SandboxError> {
-        self.load_reporting(path, fuel, grants, max_bytes, &|_| {})
+        self.load_reporting(path, None, fuel, grants, max_bytes, &|_| {})
     }
 
     /// [`Sandbox::load_granted`], calling `compiling` with the plugin's
     /// size just before it is compiled: when the compile cache does not
     /// have it, which for a large tool means a wait worth telling about.
+    ///
+    /// `known` is the file's sha256 when the caller has it on record (the
+    /// tool cache keeps it for the module of a fetched tool). Then, when
+    /// the compiled form is cached, the file is not read at all: a warm
+    /// Yosys run used to read and hash its 66 MiB module only to find the
+    /// key. What runs is still exactly the compiled form of that digest,
+    /// the digest any policy is checked against; a record gone stale (the
+    /// file is not what it says) only means running what was recorded.
+    /// When the compiled form is not cached, the file is read and hashed
+    /// as without `known`.
     pub fn load_reporting(
         &self,
         path: &Path,
+        known: Option<&str>,
         fuel: bool,
         grants: &HostGrants,
         max_bytes: u64,
@@ -112,10 +125,29 @@ impl Sandbox {
         if size > max_bytes {
             return Err(SandboxError::TooLarge { path: path.to_owned(), size, limit: max_bytes });
         }
-        let bytes = std::fs::read(path).map_err(read_error)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(digest) = known {
+            let mut header = [0; 8];
+            let is_component =
+                File::open(path).and_then(|mut f| f.read_exact(&mut header)).ok().and_then(|()| kind_of(&header));
+            if let Some(is_component) = is_component {
+                let kind = self.flavor_kind(is_component, fuel, size);
+                if let Some(plugin) =
+                    self.cached_plugin(digest, &name, is_component, kind, grants).map_err(|e| e.with_path(path))?
+                {
+                    return Ok(plugin);
+                }
+            }
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
         // Messages name the path as the caller gave it.
-        self.load_bytes_reporting(&bytes, &name, fuel, grants, max_bytes, compiling).map_err(|e| e.with_path(path))
+        let plugin = self
+            .load_bytes_reporting(&bytes, &name, fuel, grants, max_bytes, compiling)
+            .map_err(|e| e.with_path(path))?;
+        if known.is_some_and(|k| k != plugin.digest) {
+            tracing::warn!(path = %path.display(), "the recorded sha256 of this file was not its own; used its own");
+        }
+        Ok(plugin)
     }
 
     /// Checks a plugin file without compiling it: that it is WebAssembly
@@ -176,25 +208,20 @@ impl Sandbox {
         if bytes.len() as u64 > max_bytes {
             return Err(SandboxError::TooLarge { path, size: bytes.len() as u64, limit: max_bytes });
         }
-        let is_component = match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => false,
-            Some([0, b'a', b's', b'm', _, _, 1, 0]) => true,
-            _ => return Err(SandboxError::NotWasm { path }),
+        let Some(is_component) = bytes.get(..8).and_then(kind_of) else {
+            return Err(SandboxError::NotWasm { path });
         };
         if !is_component {
             // Seconds or minutes of compiling saved for a module that
             // could never link.
             check_module_imports(&path, bytes)?;
         }
-        let kind = if fuel {
-            FlavorKind::Fueled
-        } else if !is_component && self.step_process.as_ref().is_some_and(|p| bytes.len() as u64 >= p.min_bytes) {
-            FlavorKind::Unchecked
-        } else {
-            FlavorKind::Plain
-        };
+        let kind = self.flavor_kind(is_component, fuel, bytes.len() as u64);
         let flavor = self.flavor(kind);
         let digest = hex::encode(Sha256::digest(bytes));
+        if let Some(plugin) = self.cached_plugin(&digest, name, is_component, kind, grants)? {
+            return Ok(plugin);
+        }
         let compile_error = |e: wasmtime::Error| {
             let message = format!("{e:#}");
             // The pooled engine checks a module's memories and tables
@@ -204,64 +231,96 @@ impl Sandbox {
                 None => SandboxError::Compile { path: path.clone(), message },
             }
         };
-        let cache = self.cache.as_ref();
-        let compiled = if is_component {
+        let (compiled, checked) = if is_component {
+            compiling(bytes.len() as u64);
+            let component = wasmtime::component::Component::new(&flavor.engine, bytes).map_err(compile_error)?;
+            self.store_in_cache(&digest, &flavor.engine, component.serialize());
+            (self.link_component(flavor, &component, &path, grants)?, None)
+        } else {
+            // Before minutes of compiling: a feature left off is found by
+            // validating, in a fraction of the time.
+            let started = std::time::Instant::now();
+            validate_module(&flavor.engine, &path, bytes)?;
+            tracing::debug!(took = ?started.elapsed(), "validated {name}");
+            compiling(bytes.len() as u64);
+            let (module, written) = self.compile_module(flavor, kind, &digest, name, bytes).map_err(compile_error)?;
+            (Self::link_module(flavor, &module, &path)?, written)
+        };
+        Ok(Plugin {
+            compiled: Arc::new(compiled),
+            digest,
+            name: name.to_owned(),
+            from_cache: false,
+            flavor: kind,
+            checked,
+        })
+    }
+
+    /// Which engine a plugin is compiled for: with fuel if asked, for a
+    /// step process if it is a core module that big, else the plain one.
+    fn flavor_kind(&self, is_component: bool, fuel: bool, size: u64) -> FlavorKind {
+        if fuel {
+            FlavorKind::Fueled
+        } else if !is_component && self.step_process.as_ref().is_some_and(|p| size >= p.min_bytes) {
+            FlavorKind::Unchecked
+        } else {
+            FlavorKind::Plain
+        }
+    }
+
+    /// The plugin whose file has sha256 `digest`, from the compile cache,
+    /// linked; `None` if the cache does not have it (or has it damaged).
+    fn cached_plugin(
+        &self,
+        digest: &str,
+        name: &str,
+        is_component: bool,
+        kind: FlavorKind,
+        grants: &HostGrants,
+    ) -> Result<Option<Plugin>, SandboxError> {
+        let Some(cache) = self.cache.as_ref() else { return Ok(None) };
+        let path = PathBuf::from(name);
+        let flavor = self.flavor(kind);
+        let loaded =
+            |e: &wasmtime::Error| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}");
+        let (compiled, checked) = if is_component {
             // SAFETY (the one kind of `unsafe` in airlock): wasmtime runs
             // precompiled code as it finds it. These bytes were produced
             // by `serialize` of an engine with this exact configuration
             // (the cache key says so), written only by us under the state
-            // directory, and their sha256 was checked just now, on the
-            // bytes handed over. wasmtime also checks its version and
-            // settings in the header before using them.
+            // directory, and their sum was checked just now, on the bytes
+            // handed over. wasmtime also checks its version and settings
+            // in the header before using them.
             #[allow(unsafe_code)]
-            let mapped = cache.and_then(|c| c.get_bytes(&digest, &flavor.engine)).and_then(|bytes| {
-                unsafe { wasmtime::component::Component::deserialize(&flavor.engine, bytes) }
-                    .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
-                    .ok()
-            });
-            let from_cache = mapped.is_some();
-            let component = match mapped {
-                Some(c) => c,
-                None => {
-                    compiling(bytes.len() as u64);
-                    let c = wasmtime::component::Component::new(&flavor.engine, bytes).map_err(compile_error)?;
-                    self.store_in_cache(&digest, &flavor.engine, c.serialize());
-                    c
-                }
+            let Some(component) = cache.get_bytes(digest, &flavor.engine).and_then(|bytes| {
+                unsafe { wasmtime::component::Component::deserialize(&flavor.engine, bytes) }.inspect_err(loaded).ok()
+            }) else {
+                return Ok(None);
             };
-            (self.link_component(flavor, &component, &path, grants)?, from_cache, None)
+            (self.link_component(flavor, &component, &path, grants)?, None)
         } else {
             // SAFETY: as for components above, the sum checked on the
             // open file that is then mapped: an entry replaced or evicted
             // meanwhile is not what runs.
-            let mut checked = None;
+            let Some(entry) = cache.get(digest, &flavor.engine) else { return Ok(None) };
+            let id = entry.id;
             #[allow(unsafe_code)]
-            let mapped = cache.and_then(|c| c.get(&digest, &flavor.engine)).and_then(|c| {
-                checked = Some(c.id);
-                unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, c.file) }
-                    .inspect_err(|e| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}"))
-                    .ok()
-            });
-            let from_cache = mapped.is_some();
-            let module = match mapped {
-                Some(m) => m,
-                None => {
-                    // Before minutes of compiling: a feature left off is
-                    // found by validating, in a fraction of the time.
-                    let started = std::time::Instant::now();
-                    validate_module(&flavor.engine, &path, bytes)?;
-                    tracing::debug!(took = ?started.elapsed(), "validated {name}");
-                    compiling(bytes.len() as u64);
-                    let (m, written) =
-                        self.compile_module(flavor, kind, &digest, name, bytes).map_err(compile_error)?;
-                    checked = written;
-                    m
-                }
+            let Some(module) =
+                unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, entry.file) }.inspect_err(loaded).ok()
+            else {
+                return Ok(None);
             };
-            (Self::link_module(flavor, &module, &path)?, from_cache, checked)
+            (Self::link_module(flavor, &module, &path)?, Some(id))
         };
-        let (compiled, from_cache, checked) = compiled;
-        Ok(Plugin { compiled: Arc::new(compiled), digest, name: name.to_owned(), from_cache, flavor: kind, checked })
+        let compiled = Arc::new(compiled);
+        Ok(Some(Plugin {
+            compiled,
+            digest: digest.to_owned(),
+            name: name.to_owned(),
+            from_cache: true,
+            flavor: kind,
+            checked,
+        }))
     }
 
     /// A core module compiled for a step process, from the compile
@@ -464,6 +523,16 @@ fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
 /// Validates a core module with the engine's features, in parallel. A
 /// feature the engine leaves off is [`SandboxError::Unsupported`]; other
 /// invalid code is left for the compiler to report in its words.
+/// Whether a file starting with `header` is a component (`true`) or a
+/// core module (`false`); `None` if it is not WebAssembly.
+fn kind_of(header: &[u8]) -> Option<bool> {
+    match header.get(..8)? {
+        [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(false),
+        [0, b'a', b's', b'm', _, _, 1, 0] => Some(true),
+        _ => None,
+    }
+}
+
 fn validate_module(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     match wasmtime::Module::validate(engine, bytes) {
         Err(e) if crate::error::is_feature_error(&format!("{e:#}")) => {
@@ -567,6 +636,42 @@ mod tests {
     /// Every core module in a step process (never started here).
     fn small_process() -> crate::worker::StepProcess {
         crate::worker::StepProcess { program: "/bin/false".into(), args: Vec::new(), min_bytes: 0 }
+    }
+
+    /// With its sha256 on record and its compiled form cached, a plugin's
+    /// file is not read at all: what loads is the compiled form of that
+    /// digest. Without a record, or with one not in the cache, the file is
+    /// read and its own digest counts.
+    #[test]
+    fn a_plugin_known_by_its_digest_is_not_read_when_compiled_already() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut sandbox = Sandbox::new(Some(dir.path().join("cache"))).expect("engine");
+        let file = dir.path().join("tool.wasm");
+        let module = |export: &str| wat::parse_str(format!(r#"(module (func (export "{export}")))"#)).expect("wat");
+        let load = |sandbox: &Sandbox, known: Option<&str>| {
+            sandbox.load_reporting(&file, known, false, &HostGrants::default(), u64::MAX, &|_| {}).expect("load")
+        };
+        for step_process in [false, true] {
+            if step_process {
+                sandbox.set_step_process(small_process());
+            }
+            std::fs::write(&file, module("_start")).expect("write");
+            let first = load(&sandbox, None);
+            assert_eq!(first.in_own_process(), step_process);
+            // Another module in its place, the first one's digest on record.
+            std::fs::write(&file, module("other")).expect("write");
+            let known = load(&sandbox, Some(&first.digest));
+            assert!(known.from_cache, "from the compile cache");
+            assert_eq!((known.digest.as_str(), known.entries()), (first.digest.as_str(), vec!["_start".to_owned()]));
+            assert!(known.checked.is_some(), "a step process is told the file it maps");
+            // Without the record the file is read: the other module.
+            let read = load(&sandbox, None);
+            assert_ne!(read.digest, first.digest);
+            assert_eq!(read.entries(), vec!["other".to_owned()]);
+            // A record whose compiled form is not cached: read, its own digest.
+            let stale = load(&sandbox, Some(&"0".repeat(64)));
+            assert_eq!(stale.digest, read.digest);
+        }
     }
 
     #[test]

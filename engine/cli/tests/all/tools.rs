@@ -112,6 +112,52 @@ fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
     assert_eq!(s.step("count")["outputs"][0]["path"], "counts.txt");
 }
 
+/// The first run of a tool from an archive records its module's sha256 in
+/// the tool cache; later runs load the compiled form by it without
+/// reading the module (here, a module file changed in the tree is not
+/// what runs).
+#[test]
+fn a_tool_module_is_known_by_its_recorded_digest_after_its_first_run() {
+    let tgz = wordcount_tarball();
+    let url = serve(tgz.clone());
+    let s = Scratch::new();
+    s.file("src/a.txt", "one two three\n");
+    s.pipeline(&format!(
+        "name: t\nsources: {{ src: src }}\ntools:\n  wc:\n    url: {url}\n    sha256: {}\n    module: bin/wc.wasm\nsteps:\n  count:\n    uses: tool:wc\n    mounts: {{ /data: src }}\n    args: [counts.txt, /data/a.txt]\n    outputs: [counts.txt]\n",
+        hex::encode(Sha256::digest(&tgz))
+    ));
+    let cache = s.path().join("tools");
+    let run = || {
+        let (code, _, err) = output(
+            airlock(&s.state())
+                .env("AIRLOCK_TOOL_CACHE", &cache)
+                .args(["run", "--no-cache"])
+                .arg(s.path().join("pipeline.yaml")),
+        );
+        assert_eq!(code, 0, "{err}");
+    };
+    run();
+    let wasm = std::fs::read(plugins().join("wasm32-wasip1/release/wordcount.wasm")).expect("wordcount");
+    let records: Vec<PathBuf> = std::fs::read_dir(cache.join("sums"))
+        .expect("records")
+        .flat_map(|tool| std::fs::read_dir(tool.expect("tool").path()).expect("tool records"))
+        .map(|r| r.expect("record").path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(std::fs::read_to_string(&records[0]).expect("record"), hex::encode(Sha256::digest(&wasm)));
+    // Another module in the tree's place: the compiled form of the
+    // recorded one still runs; the file is not read.
+    let tree = std::fs::read_dir(cache.join("trees")).expect("trees").next().expect("a tree").expect("tree").path();
+    let module = tree.join("bin/wc.wasm");
+    let mut perms = std::fs::metadata(&module).expect("module").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&module, perms).expect("writable");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").expect("replace");
+    run();
+    assert_eq!(s.step("count")["plugin_sha256"], hex::encode(Sha256::digest(&wasm)));
+}
+
 /// The tool cache lists what it holds and keeps to a size: the tools
 /// least recently used go first, one used within the hour never, and a
 /// run fetches what went again.

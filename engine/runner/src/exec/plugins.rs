@@ -1,10 +1,10 @@
 //! Loading a step's plugin once per run, with what its environment grants.
 
 use super::grants::effective_limits;
+use super::tools::Resolved;
 use super::{Progress, Shared};
 use airlock_model::PluginStep;
 use airlock_sandbox::{HostGrants, Plugin, PluginKind};
-use std::path::Path;
 use tokio::sync::OnceCell;
 
 /// Plugins this large take seconds to compile (nextpnr's 2 MiB, three;
@@ -15,10 +15,17 @@ const COMPILE_NOTICE_BYTES: u64 = 1 << 20;
 /// A plugin loaded once per run, or why it could not be.
 pub(crate) type PluginCell = OnceCell<Result<Plugin, String>>;
 
-/// Loads the plugin at `path` for `step` (whose `uses:` names it in
-/// messages).
-pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, path: &Path) -> Result<Plugin, String> {
-    let path = path.to_owned();
+/// Loads the plugin `resolved` names for `step` (whose `uses:` names it
+/// in messages). The sha256 of a tool's module is recorded in the tool
+/// cache the first time, so that later runs need not read the module.
+pub(crate) async fn load_plugin(
+    shared: &Shared,
+    name: &str,
+    step: &PluginStep,
+    resolved: &Resolved,
+) -> Result<Plugin, String> {
+    let path = resolved.plugin.clone();
+    let known = resolved.sha256.clone();
     let fuel = effective_limits(shared, step).fuel.is_some();
     let max_bytes =
         shared.grants.as_ref().and_then(|g| g.grants.limits.plugin).unwrap_or(airlock_model::DEFAULT_PLUGIN_LIMIT);
@@ -31,13 +38,22 @@ pub(crate) async fn load_plugin(shared: &Shared, name: &str, step: &PluginStep, 
         let (p, g) = (path.clone(), grants.clone());
         // Compiling a large tool takes a while, once: say so.
         let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A tool's module whose sha256 is not on record yet: record it.
+        let record = match (&known, &resolved.tool) {
+            (None, Some(tool)) => Some((shared.tool_cache.clone(), shared.tools[tool].clone())),
+            _ => None,
+        };
         let job = super::blocking_reporting(
             move |report| {
-                sandbox.load_reporting(&p, fuel, &g, max_bytes, &|size| {
+                let loaded = sandbox.load_reporting(&p, known.as_deref(), fuel, &g, max_bytes, &|size| {
                     if size >= COMPILE_NOTICE_BYTES {
                         report(size);
                     }
-                })
+                });
+                if let (Ok(plugin), Some((cache, tool))) = (&loaded, &record) {
+                    cache.remember_module(tool, &plugin.digest);
+                }
+                loaded
             },
             |size| {
                 let what = format!("compiling {file} ({}), first use only", airlock_model::format_size(size));

@@ -235,7 +235,7 @@ pub(crate) async fn attempts(
         // not wait for them (they finish in the background, for the caches).
         let prepared = async {
             let resolved = super::tools::resolve(shared, name, step).await.map_err(failed)?;
-            let plugin = load_plugin(shared, name, step, &resolved.plugin).await.map_err(failed)?;
+            let plugin = load_plugin(shared, name, step, &resolved).await.map_err(failed)?;
             Ok::<_, StepError>((resolved, plugin))
         };
         let (resolved, plugin) = tokio::select! {

@@ -15,6 +15,10 @@ pub(crate) type ToolCell = OnceCell<Result<Fetched, String>>;
 pub(crate) struct Resolved {
     /// The module or component to load.
     pub(crate) plugin: PathBuf,
+    /// Its sha256, when the tool cache has it on record.
+    pub(crate) sha256: Option<String>,
+    /// The tool whose module it is, if it is one.
+    pub(crate) tool: Option<String>,
     /// `argv[0]`: the step's own, else the tool's name.
     pub(crate) argv0: Option<String>,
     /// The function a core module starts from: the step's `entry:`, else
@@ -26,7 +30,7 @@ pub(crate) struct Resolved {
 
 /// Resolves a step's plugin and mounts, fetching the tools they name.
 pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> Result<Resolved, String> {
-    let (plugin, argv0, mut mounts) = match step.tool() {
+    let (plugin, sha256, argv0, mut mounts) = match step.tool() {
         Some(tool) => {
             let fetched = fetch(shared, name, tool).await?;
             let def = &shared.tools[tool];
@@ -40,9 +44,9 @@ pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> R
                     "step `{name}`: tool `{tool}` is an archive of files with no `module:` to run; name the WebAssembly file in it with `module:`, or mount the tool (`mounts: {{ /lib: tool:{tool} }}`) for a step that runs another"
                 ));
             };
-            (module, Some(tool.to_owned()), mounts)
+            (module, fetched.module_sha256, Some(tool.to_owned()), mounts)
         }
-        None => (shared.base_dir.join(&step.uses), None, Vec::new()),
+        None => (shared.base_dir.join(&step.uses), None, None, Vec::new()),
     };
     for (guest, from) in &step.mounts {
         let host = match MountFrom::parse(from) {
@@ -62,7 +66,8 @@ pub(crate) async fn resolve(shared: &Shared, name: &str, step: &PluginStep) -> R
     }
     let argv0 = step.argv0.clone().or(argv0);
     let entry = step.entry.clone().or_else(|| step.tool().and_then(|t| shared.tools[t].entry.clone()));
-    Ok(Resolved { plugin, argv0, entry, mounts })
+    let tool = step.tool().map(str::to_owned);
+    Ok(Resolved { plugin, sha256, tool, argv0, entry, mounts })
 }
 
 /// `dir` below `root`, which must be a directory there, not a link
