@@ -506,7 +506,6 @@ impl<'a> Incoming<'a> {
     }
 }
 
-/// The module of an unpacked archive, which must be a file in it.
 /// The name of the record of a module's sha256: the sha256 of its path in
 /// the archive, so no path can reach outside the records' directory.
 fn sum_name(module: &str) -> String {
@@ -518,6 +517,7 @@ fn is_sha256(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The module of an unpacked archive, which must be a file in it.
 fn module_in(name: &str, tree: &Path, module: &str) -> Result<PathBuf, ToolError> {
     let path = tree.join(module);
     match std::fs::symlink_metadata(&path) {

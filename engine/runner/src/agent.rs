@@ -155,8 +155,13 @@ pub async fn run_job(
             };
             let loaded = {
                 let (sandbox, fuel, max) = (sandbox.clone(), spec.fuel_metered, spec.max_plugin_bytes);
-                tokio::task::spawn_blocking(move || sandbox.load_reporting(&path, None, fuel, &grants, max, &|_| {}))
-                    .await
+                // The blob is named by its sha256, checked when it came:
+                // a plugin compiled before is loaded without reading it.
+                let sha256 = spec.plugin.sha256.clone();
+                tokio::task::spawn_blocking(move || {
+                    sandbox.load_reporting(&path, Some(&sha256), fuel, &grants, max, &|_| {})
+                })
+                .await
             };
             match loaded.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
                 Ok(p) => {
