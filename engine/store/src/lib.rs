@@ -631,6 +631,10 @@ impl Store {
     }
 
     fn new_run_id(&self) -> String {
+        #[cfg(test)]
+        if let Some(id) = FORCED_RUN_IDS.with(|ids| ids.borrow_mut().pop()) {
+            return id;
+        }
         let secs = now_ms() / 1000;
         let (days, rem) = (secs / 86_400, secs % 86_400);
         let (y, m, d) = civil_from_days(days as i64);
@@ -671,6 +675,28 @@ impl Store {
         steps: &[String],
         submission: Option<Submission>,
     ) -> Result<(RunRecord, bool)> {
+        // A run id is the second it was made and a random 16-bit suffix:
+        // two runs of the same second take the same id once in 65,536
+        // pairs (a server taking a burst of submissions meets it). The
+        // second then takes another suffix, unseen by the caller.
+        let mut tries = 0;
+        loop {
+            match self.insert_run_once(pipeline, file, params.clone(), steps, submission.clone()) {
+                Err(StoreError::Ambiguous { .. }) if tries < 8 => tries += 1,
+                inserted => return inserted,
+            }
+        }
+    }
+
+    /// [`Store::insert_run`] with one id, `Ambiguous` if another run has it.
+    fn insert_run_once(
+        &self,
+        pipeline: &str,
+        file: &str,
+        params: BTreeMap<String, String>,
+        steps: &[String],
+        submission: Option<Submission>,
+    ) -> Result<(RunRecord, bool)> {
         let key = submission.as_ref().and_then(|s| Some(idempotency_key(&s.requester, s.key.as_deref()?)));
         let run = RunRecord {
             id: self.new_run_id(),
@@ -703,7 +729,7 @@ impl Store {
                 }
                 if tx.get(Tree::Runs, run.id.as_bytes())?.is_some() {
                     // Two runs in the same second with the same random
-                    // suffix: let the caller try again.
+                    // suffix: `insert_run` tries another.
                     return Err(TxError::Abort(StoreError::Ambiguous { prefix: run.id.clone(), count: 2 }));
                 }
                 tx.insert(Tree::Runs, run.id.as_bytes(), encode(&run))?;
@@ -996,6 +1022,13 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The ids the next runs made on this thread take, last first: for
+    /// tests of what two runs of the same id do.
+    static FORCED_RUN_IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Runs `test` on a store of each backend: sled in a temporary
 /// directory, and a new database on a PostgreSQL server of its own.
 #[cfg(test)]
@@ -1105,6 +1138,30 @@ mod tests {
                 assert_eq!(store.find_run("last").expect("last").id, run.id);
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
+        });
+    }
+
+    /// Two runs given the same id (the same second, the same random
+    /// suffix) are both made: the second takes another id.
+    #[test]
+    fn a_run_id_taken_already_is_made_again() {
+        crate::on_each_backend(|store| {
+            let (taken, other) = ("20261207-063455-e4bc", "20261207-063455-0001");
+            FORCED_RUN_IDS.with(|ids| *ids.borrow_mut() = vec![other.into(), taken.into(), taken.into()]);
+            let first = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
+            let submission = Submission {
+                pipeline: "p.yaml".into(),
+                source: String::new(),
+                params: Vec::new(),
+                requester: "ci".into(),
+                key: None,
+                origin: None,
+            };
+            let (second, created) =
+                store.submit_run("p", BTreeMap::new(), &["a".into()], submission).expect("submitted all the same");
+            assert!(created);
+            assert_eq!((first.id.as_str(), second.id.as_str()), (taken, other));
+            assert_eq!(store.find_run(other).expect("found").state, RunState::Queued);
         });
     }
 
