@@ -693,14 +693,7 @@ mod tests {
     fn a_job_offered_anew_after_a_takeover_refuses_the_old_claim() {
         crate::on_each_backend(|store| {
             store.identify("engine", std::time::Duration::from_secs(60));
-            let submission = crate::Submission {
-                pipeline: "p.yaml".into(),
-                source: String::new(),
-                params: Vec::new(),
-                requester: "ci".into(),
-                key: None,
-                origin: None,
-            };
+            let submission = crate::Submission::by("ci");
             let run = store.submit_run("p", Default::default(), &["s".into()], submission).expect("submit").0.id;
             store.claim_run().expect("claim").expect("the run");
             let job = JobRecord::new(&run, "s", 1, Vec::new(), vec!["pool".into()], serde_json::json!({}));

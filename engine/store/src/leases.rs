@@ -506,15 +506,7 @@ mod tests {
     use crate::{RunState, StepState, Store, Submission};
 
     fn submit(store: &Store) -> String {
-        let submission = Submission {
-            pipeline: "p.yaml".into(),
-            source: String::new(),
-            params: Vec::new(),
-            requester: "ci".into(),
-            key: None,
-            origin: None,
-        };
-        store.submit_run("p", Default::default(), &["a".into()], submission).expect("submit").0.id
+        store.submit_run("p", Default::default(), &["a".into()], Submission::by("ci")).expect("submit").0.id
     }
 
     fn start(store: &Store, run: &str) -> crate::Result<crate::StepRecord> {

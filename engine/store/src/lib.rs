@@ -1023,6 +1023,21 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
+impl Submission {
+    /// A submission of `p.yaml` by `requester`, as the store's tests make.
+    pub(crate) fn by(requester: &str) -> Self {
+        Self {
+            pipeline: "p.yaml".into(),
+            source: String::new(),
+            params: Vec::new(),
+            requester: requester.into(),
+            key: None,
+            origin: None,
+        }
+    }
+}
+
+#[cfg(test)]
 thread_local! {
     /// The ids the next runs made on this thread take, last first: for
     /// tests of what two runs of the same id do.
@@ -1108,14 +1123,8 @@ mod tests {
                 std::thread::scope(|s| {
                     for _ in 0..8 {
                         s.spawn(|| {
-                            let submission = Submission {
-                                pipeline: "p.yaml".into(),
-                                source: String::new(),
-                                params: Vec::new(),
-                                requester: "alice".into(),
-                                key: Some(format!("key-{round}")),
-                                origin: None,
-                            };
+                            let submission =
+                                Submission { key: Some(format!("key-{round}")), ..Submission::by("alice") };
                             let (run, new) =
                                 store.submit_run("p", BTreeMap::new(), &["a".into()], submission).expect("submit");
                             made.fetch_add(usize::from(new), std::sync::atomic::Ordering::Relaxed);
@@ -1149,16 +1158,9 @@ mod tests {
             let (taken, other) = ("20261207-063455-e4bc", "20261207-063455-0001");
             FORCED_RUN_IDS.with(|ids| *ids.borrow_mut() = vec![other.into(), taken.into(), taken.into()]);
             let first = store.create_run("p", "p.yaml", BTreeMap::new(), &["a".into()]).expect("run");
-            let submission = Submission {
-                pipeline: "p.yaml".into(),
-                source: String::new(),
-                params: Vec::new(),
-                requester: "ci".into(),
-                key: None,
-                origin: None,
-            };
-            let (second, created) =
-                store.submit_run("p", BTreeMap::new(), &["a".into()], submission).expect("submitted all the same");
+            let (second, created) = store
+                .submit_run("p", BTreeMap::new(), &["a".into()], Submission::by("ci"))
+                .expect("submitted all the same");
             assert!(created);
             assert_eq!((first.id.as_str(), second.id.as_str()), (taken, other));
             assert_eq!(store.find_run(other).expect("found").state, RunState::Queued);
