@@ -86,11 +86,14 @@ pub struct Sandbox {
     cache: Option<CompileCache>,
     step_process: Option<worker::StepProcess>,
     stop_ticker: Arc<AtomicBool>,
+    /// Cache entries still being written.
+    behind: cache::WriteBehind,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
+        self.behind.wait();
     }
 }
 
@@ -120,7 +123,23 @@ impl Sandbox {
                 }
             })
             .map_err(|e| SandboxError::Engine(format!("cannot start the epoch thread: {e}")))?;
-        Ok(Self { plain, fueled, unchecked, cache: cache_dir.map(CompileCache::new), step_process: None, stop_ticker })
+        Ok(Self {
+            plain,
+            fueled,
+            unchecked,
+            cache: cache_dir.map(CompileCache::new),
+            step_process: None,
+            stop_ticker,
+            behind: Default::default(),
+        })
+    }
+
+    /// Waits until the compile cache holds every compiled form this
+    /// sandbox began writing into it. A big tool's code is written behind
+    /// its first step, which maps it from memory meanwhile; dropping the
+    /// sandbox waits too.
+    pub fn wait_for_cache_writes(&self) {
+        self.behind.wait();
     }
 
     /// Bounds the compile cache to `bytes` of compiled code (the default

@@ -1,6 +1,7 @@
 //! Reading, compiling (or finding in the compile cache), checking and
 //! linking a plugin.
 
+use crate::cache::Vouched;
 use crate::link::{ComponentState, Flavor, FlavorKind, ModuleState, bindings};
 use crate::{
     DEFAULT_PLUGIN_LIMIT, GRANTED_INTERFACES, HostGrants, HostInterface, MAX_MEMORIES, MAX_MEMORIES_PER_MODULE,
@@ -42,11 +43,11 @@ pub struct Plugin {
     /// Whether the compiled form came from the cache.
     pub from_cache: bool,
     pub(crate) flavor: FlavorKind,
-    /// The cache file of a mapped core module whose bytes are known to
-    /// be sound (its sum checked, or written from the compiler's output
-    /// by this process): a step process running it need not read it
-    /// again.
-    pub(crate) checked: Option<crate::cache::FileId>,
+    /// Where a mapped core module's code is, known to be sound (the
+    /// cache entry whose sum this process checked, or the compiler's
+    /// output in memory): a step process running it need not read it
+    /// through again.
+    pub(crate) checked: Option<Vouched>,
 }
 
 impl Plugin {
@@ -281,6 +282,7 @@ impl Sandbox {
         let Some(cache) = self.cache.as_ref() else { return Ok(None) };
         let path = PathBuf::from(name);
         let flavor = self.flavor(kind);
+        self.behind.wait_for(digest, &flavor.engine);
         let loaded =
             |e: &wasmtime::Error| tracing::warn!("cannot load a cached compiled plugin, compiling again: {e:#}");
         let (compiled, checked) = if is_component {
@@ -310,7 +312,7 @@ impl Sandbox {
             else {
                 return Ok(None);
             };
-            (Self::link_module(flavor, &module, &path)?, Some(id))
+            (Self::link_module(flavor, &module, &path)?, Some(Vouched::Entry(id)))
         };
         let compiled = Arc::new(compiled);
         Ok(Some(Plugin {
@@ -323,13 +325,17 @@ impl Sandbox {
         }))
     }
 
-    /// A core module compiled for a step process, from the compile
-    /// cache, by the sha256 of its file: what a step process runs.
+    /// A core module compiled for a step process, by the sha256 of its
+    /// file: what a step process runs. `handed` is the engine's sealed
+    /// memory file holding the code, when it has one (a `/proc` path);
+    /// otherwise, or if it cannot be opened, the code comes from the
+    /// compile cache.
     pub(crate) fn load_compiled(
         &self,
         digest: &str,
         name: &str,
         checked: Option<crate::cache::FileId>,
+        handed: Option<&Path>,
     ) -> Result<Plugin, SandboxError> {
         let path = PathBuf::from(name);
         let flavor = self.flavor(FlavorKind::Unchecked);
@@ -339,21 +345,28 @@ impl Sandbox {
                 "its compiled form is not in the compile cache (evicted while the step started?); run the step again"
                     .into(),
         };
-        let cached = self
-            .cache
-            .as_ref()
-            .and_then(|c| match checked {
-                Some(id) => c.get_checked(digest, &flavor.engine, id),
-                None => c.get(digest, &flavor.engine),
-            })
-            .ok_or_else(missing)?;
-        let id = cached.id;
-        // SAFETY: as in `load_bytes_reporting`: written by this engine's
-        // configuration under the state directory, its sum checked on the
-        // open file that is mapped, here or (the same file, still held
-        // open) by the engine that started this process.
+        let (file, id) = match handed.and_then(|p| File::open(p).ok()) {
+            Some(file) => (file, None),
+            None => {
+                let cached = self
+                    .cache
+                    .as_ref()
+                    .and_then(|c| match checked {
+                        Some(id) => c.get_checked(digest, &flavor.engine, id),
+                        None => c.get(digest, &flavor.engine),
+                    })
+                    .ok_or_else(missing)?;
+                (cached.file, Some(cached.id))
+            }
+        };
+        // SAFETY: as in `load_bytes_reporting`: made by this engine's
+        // configuration, and either the sealed memory file the engine
+        // that started this process wrote the compiler's output into, or
+        // an entry written under the state directory whose sum was checked
+        // on the open file that is mapped, here or (the same file, still
+        // held open) by that engine.
         #[allow(unsafe_code)]
-        let module = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, cached.file) }
+        let module = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, file) }
             .map_err(|e| SandboxError::Compile { path: path.clone(), message: format!("{e:#}") })?;
         let compiled = Self::link_module(flavor, &module, &path)?;
         Ok(Plugin {
@@ -362,15 +375,17 @@ impl Sandbox {
             name: name.to_owned(),
             from_cache: true,
             flavor: FlavorKind::Unchecked,
-            checked: Some(id),
+            checked: id.map(Vouched::Entry),
         })
     }
 
     /// Compiles a core module. One for a step process of its own (a big
-    /// tool) is compiled straight into its cache entry and mapped from
-    /// it: no second copy of its code in memory, none serialized again,
-    /// and the entry's identity, returned, spares the step process reading
-    /// it through once more.
+    /// tool) is compiled into a sealed memory file that this engine and
+    /// the tool's step processes map, while its cache entry is written
+    /// behind: the first step need not wait for the disk. Where a memory
+    /// file cannot be made, it is compiled straight into its cache entry
+    /// and mapped from there, and the entry's identity, returned, spares
+    /// the step process reading it through once more.
     fn compile_module(
         &self,
         flavor: &Flavor,
@@ -378,7 +393,7 @@ impl Sandbox {
         digest: &str,
         name: &str,
         bytes: &[u8],
-    ) -> wasmtime::Result<(wasmtime::Module, Option<crate::cache::FileId>)> {
+    ) -> wasmtime::Result<(wasmtime::Module, Option<Vouched>)> {
         let started = std::time::Instant::now();
         let cache = self.cache.as_ref().filter(|_| kind == FlavorKind::Unchecked);
         let Some(cache) = cache else {
@@ -389,6 +404,21 @@ impl Sandbox {
         };
         let code = flavor.engine.precompile_module(bytes)?;
         tracing::debug!(took = ?started.elapsed(), bytes = code.len(), "compiled {name}");
+        match crate::cache::in_memory(name, &code) {
+            Ok(file) => {
+                let mapped = file.try_clone()?;
+                self.behind.put(cache, digest, &flavor.engine, code);
+                // SAFETY: the file holds exactly the bytes this engine's
+                // `precompile_module` made just now, written by this
+                // process into a memory file sealed against writes (only
+                // processes of this user reach it, through `/proc`);
+                // wasmtime checks its version and settings too.
+                #[allow(unsafe_code)]
+                let m = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, mapped) }?;
+                return Ok((m, Some(Vouched::Memory(Arc::new(file)))));
+            }
+            Err(e) => tracing::debug!("cannot hold compiled code in a memory file ({e}); writing the cache first"),
+        }
         let stored = std::time::Instant::now();
         // The step process maps the code from the cache: without an
         // entry there is nothing for it to run.
@@ -408,7 +438,7 @@ impl Sandbox {
         // version and settings too.
         #[allow(unsafe_code)]
         let m = unsafe { wasmtime::Module::deserialize_open_file(&flavor.engine, entry.file) }?;
-        Ok((m, Some(id)))
+        Ok((m, Some(Vouched::Entry(id))))
     }
 
     fn store_in_cache(&self, digest: &str, engine: &Engine, serialized: wasmtime::Result<Vec<u8>>) {
@@ -520,9 +550,6 @@ fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: js })
 }
 
-/// Validates a core module with the engine's features, in parallel. A
-/// feature the engine leaves off is [`SandboxError::Unsupported`]; other
-/// invalid code is left for the compiler to report in its words.
 /// Whether a file starting with `header` is a component (`true`) or a
 /// core module (`false`); `None` if it is not WebAssembly.
 fn kind_of(header: &[u8]) -> Option<bool> {
@@ -533,6 +560,10 @@ fn kind_of(header: &[u8]) -> Option<bool> {
     }
 }
 
+/// Validates a core module with the engine's features, in parallel. A
+/// feature the engine leaves off is
+/// [`SandboxError::Unsupported`]; other invalid code is left for the
+/// compiler to report in its words.
 fn validate_module(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     match wasmtime::Module::validate(engine, bytes) {
         Err(e) if crate::error::is_feature_error(&format!("{e:#}")) => {
@@ -564,6 +595,7 @@ pub(crate) fn check_resources(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[test]
     fn refuses_what_is_not_wasm() {
@@ -606,12 +638,13 @@ mod tests {
         assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
     }
 
-    /// A big tool is compiled straight into its cache entry and mapped
-    /// from there, and the step process is told which file that is, on
-    /// the first use as on later ones; the entry is what the compiler
+    /// A big tool's first use maps the compiler's output from a sealed
+    /// memory file, which its step process is told about, while the cache
+    /// entry is written behind it; later uses map the entry, and the step
+    /// process is told which file that is. The entry is what the compiler
     /// made, by its sum.
     #[test]
-    fn a_tool_for_a_step_process_is_mapped_from_the_entry_it_was_compiled_into() {
+    fn a_tool_for_a_step_process_is_mapped_from_memory_then_from_its_entry() {
         let dir = tempfile::tempdir().expect("dir");
         let cache_dir = dir.path().join("cache");
         let mut sandbox = Sandbox::new(Some(cache_dir.clone())).expect("engine");
@@ -619,18 +652,79 @@ mod tests {
         let bytes = wat::parse_str(r#"(module (memory 1) (func (export "_start")))"#).expect("wat");
         let cold = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("compiled");
         assert!(cold.in_own_process() && !cold.from_cache);
+        let Some(Vouched::Memory(handed)) = &cold.checked else { panic!("not handed in memory: {:?}", cold.checked) };
+        // Sealed: not even this process can change the code under a step.
+        assert!(std::io::Write::write_all(&mut &**handed, b"x").is_err(), "sealed against writes");
+        let mut written = Vec::new();
+        std::io::Read::read_to_end(
+            &mut File::open(format!("/proc/self/fd/{}", handed.as_raw_fd())).expect("open"),
+            &mut written,
+        )
+        .expect("read");
+        sandbox.wait_for_cache_writes();
         let cache = crate::cache::CompileCache::new(&cache_dir);
         let engine = &sandbox.flavor(FlavorKind::Unchecked).engine;
         let entry = cache.get(&cold.digest, engine).expect("a sound entry, by its sum");
-        assert_eq!(cold.checked, Some(entry.id), "the step process is told the file it maps");
+        assert_eq!(
+            std::fs::read(cache_dir.join(format!("{}.cwasm", crate::cache::CompileCache::key(&cold.digest, engine))))
+                .expect("entry"),
+            written,
+            "the same code in memory and on disk"
+        );
+        // What a step process does with each.
+        let by_proc = sandbox
+            .load_compiled(
+                &cold.digest,
+                "tool.wasm",
+                None,
+                Some(Path::new(&format!("/proc/{}/fd/{}", std::process::id(), handed.as_raw_fd()))),
+            )
+            .expect("from memory");
+        assert!(by_proc.checked.is_none(), "not an entry");
         let warm = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("loaded");
         assert!(warm.from_cache);
-        assert_eq!(warm.checked, Some(entry.id));
+        assert!(
+            matches!(warm.checked, Some(Vouched::Entry(id)) if id == entry.id),
+            "the step process is told the file it maps"
+        );
+        let by_entry = sandbox.load_compiled(&cold.digest, "tool.wasm", Some(entry.id), None).expect("from the entry");
+        assert!(matches!(by_entry.checked, Some(Vouched::Entry(id)) if id == entry.id));
         // A plugin for this process is compiled in memory, as before.
         let mut small = Sandbox::new(Some(dir.path().join("other"))).expect("engine");
         small.set_step_process(crate::worker::StepProcess { min_bytes: u64::MAX, ..small_process() });
         let plugin = small.load_bytes(&bytes, "tool.wasm", false).expect("compiled");
         assert!(!plugin.in_own_process() && plugin.checked.is_none());
+    }
+
+    /// A big tool whose compiled code cannot be kept in the cache (here
+    /// the cache's directory cannot be made; in life, a full disk) still
+    /// loads, from memory: failing to cache is not failing to run.
+    #[test]
+    fn a_tool_loads_even_when_its_cache_entry_cannot_be_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("file"), b"").expect("write");
+        let mut sandbox = Sandbox::new(Some(dir.path().join("file").join("cache"))).expect("engine");
+        sandbox.set_step_process(small_process());
+        let bytes = wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat");
+        let plugin = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("loaded from memory");
+        assert!(matches!(plugin.checked, Some(Vouched::Memory(_))));
+        sandbox.wait_for_cache_writes();
+        assert!(sandbox.load_bytes(&bytes, "tool.wasm", false).is_ok_and(|p| !p.from_cache), "compiled again");
+    }
+
+    /// A step loading a tool whose entry is still being written waits
+    /// for the entry rather than compiling the tool again.
+    #[test]
+    fn a_tool_compiled_just_now_is_not_compiled_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut sandbox = Sandbox::new(Some(dir.path().join("cache"))).expect("engine");
+        sandbox.set_step_process(small_process());
+        let bytes = wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat");
+        crate::cache::SLOW_WRITES.store(true, std::sync::atomic::Ordering::Relaxed);
+        let cold = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("compiled");
+        assert!(!cold.from_cache);
+        let again = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("loaded");
+        assert!(again.from_cache, "the entry written behind the first load");
     }
 
     /// Every core module in a step process (never started here).
@@ -658,6 +752,7 @@ mod tests {
             std::fs::write(&file, module("_start")).expect("write");
             let first = load(&sandbox, None);
             assert_eq!(first.in_own_process(), step_process);
+            sandbox.wait_for_cache_writes();
             // Another module in its place, the first one's digest on record.
             std::fs::write(&file, module("other")).expect("write");
             let known = load(&sandbox, Some(&first.digest));

@@ -13,24 +13,28 @@
 //! environment, hands it the step on its stdin (kept open: the process
 //! stops when it closes, so an engine that dies takes its steps with
 //! it), and reads the guest's stdout and stderr from one pipe into the
-//! step's log as it runs. The process loads the compiled module from the
-//! cache (mapped; its sum checked, unless it is the very file the host
-//! checked and keeps mapped), builds the same WASI context as an
-//! in-process step (the same [`Invocation`] fields, the same memory
-//! limit) and runs it. The host keeps the limits it can keep from
-//! outside: at the deadline, on cancel (the process is killed when the
-//! step's future is dropped) or past the disk quota it kills the
-//! process, which ends the guest wherever it is. How the guest ended is
+//! step's log as it runs. The process maps the compiled module: on a
+//! tool's first use from the sealed memory file the host compiled it
+//! into (through `/proc`, while the host writes the cache entry beside
+//! the running step), later from the cache (its sum checked, unless it
+//! is the very file the host checked and keeps mapped). It builds the
+//! same WASI context as an in-process step (the same [`Invocation`]
+//! fields, the same memory limit) and runs it. The host keeps the
+//! limits it can keep from outside: at the deadline, on cancel (the
+//! process is killed when the step's future is dropped) or past the disk
+//! quota it kills the process, which ends the guest wherever it is. How the guest ended is
 //! written to a file in the compile cache, where no guest can write; a
 //! process that ends without one (killed, crashed) is a crash in words.
 //!
 //! The process holds nothing a step may not see: no environment, no
 //! credential, only the step's own directories.
 
+use crate::cache::Vouched;
 use crate::run::Invocation;
 use crate::{Failure, LogSink, Plugin, Sandbox, quota};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -71,6 +75,9 @@ struct Spec {
     digest: String,
     /// The compiled file the host checked and holds open, if it did.
     checked: Option<crate::cache::FileId>,
+    /// The host's sealed memory file with the compiled code, through
+    /// `/proc`, if it has one (the first use of a tool).
+    handed: Option<PathBuf>,
     name: String,
     workspace: PathBuf,
     inputs: Vec<(String, PathBuf)>,
@@ -138,6 +145,9 @@ pub(crate) async fn run(
 ) -> Result<(), Failure> {
     let setup = |what: &str, e: std::io::Error| Failure::Setup(format!("cannot {what} for the step's process: {e}"));
     // In the compile cache: a directory of the host's that no step sees.
+    // On a tool's first use its entry may still be being written, and
+    // the directory with it: made here too.
+    std::fs::create_dir_all(cache_dir).map_err(|e| setup("make the compile cache's directory", e))?;
     let result = tempfile::Builder::new()
         .prefix(RESULT_PREFIX)
         .tempfile_in(cache_dir)
@@ -145,7 +155,16 @@ pub(crate) async fn run(
     let spec = Spec {
         cache_dir: cache_dir.to_owned(),
         digest: plugin.digest.clone(),
-        checked: plugin.checked,
+        checked: match &plugin.checked {
+            Some(Vouched::Entry(id)) => Some(*id),
+            _ => None,
+        },
+        handed: match &plugin.checked {
+            Some(Vouched::Memory(file)) => {
+                Some(PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd())))
+            }
+            _ => None,
+        },
         name: plugin.name.clone(),
         workspace: inv.workspace.clone(),
         inputs: inv.inputs.clone(),
@@ -297,8 +316,9 @@ fn serve(spec: &Spec) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Setup(format!("cannot start the step process's runtime: {e}")))?;
     let sandbox = Sandbox::new(Some(spec.cache_dir.clone())).map_err(|e| Failure::Setup(e.to_string()))?;
-    let plugin =
-        sandbox.load_compiled(&spec.digest, &spec.name, spec.checked).map_err(|e| Failure::Setup(e.to_string()))?;
+    let plugin = sandbox
+        .load_compiled(&spec.digest, &spec.name, spec.checked, spec.handed.as_deref())
+        .map_err(|e| Failure::Setup(e.to_string()))?;
     let mut inv = Invocation::new(spec.workspace.clone());
     inv.inputs = spec.inputs.clone();
     inv.inputs_root = spec.inputs_root.clone();

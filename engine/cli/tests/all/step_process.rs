@@ -88,7 +88,10 @@ fn a_step_in_its_own_process_keeps_its_limits_and_says_how_it_ended() {
 
 /// A step process has no environment (the engine's canary is not in it)
 /// and ends with the engine: after Ctrl-C, and even when the engine is
-/// killed outright, none is left running.
+/// killed outright, none is left running. On the tool's first use it
+/// maps the code from the engine's sealed memory file (through `/proc`,
+/// as the host hands it over); the second time, from the cache entry
+/// written behind it.
 #[test]
 fn a_step_process_sees_no_host_environment_and_dies_with_the_engine() {
     let s = Scratch::new();
@@ -113,6 +116,15 @@ fn a_step_process_sees_no_host_environment_and_dies_with_the_engine() {
         };
         let environ = std::fs::read(format!("/proc/{worker}/environ")).expect("environ");
         assert!(environ.is_empty(), "the step process has an environment: {}", String::from_utf8_lossy(&environ));
+        let code = if signal == "-INT" { "/memfd:airlock-compiled-spin.wasm" } else { ".cwasm" };
+        loop {
+            let maps = std::fs::read_to_string(format!("/proc/{worker}/maps")).unwrap_or_default();
+            if maps.contains(code) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the step process maps no {code}:\n{maps}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let kill = Command::new("kill").arg(signal).arg(engine.id().to_string()).status().expect("kill");
         assert!(kill.success());
         engine.wait().expect("wait");
