@@ -75,6 +75,15 @@ pub(crate) enum Vouched {
     Memory(Arc<File>),
 }
 
+impl Vouched {
+    /// Where another process of this user opens the memory file: its
+    /// descriptor in this process, through `/proc`.
+    pub(crate) fn handed_path(file: &File) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd()))
+    }
+}
+
 /// Puts compiled code in a sealed memory file: where a step process maps
 /// a tool's code from on its first use. On the reference machine this
 /// takes 0.09 s for Yosys's 217 MB of code, where writing them into a

@@ -86,14 +86,13 @@ pub struct Sandbox {
     cache: Option<CompileCache>,
     step_process: Option<worker::StepProcess>,
     stop_ticker: Arc<AtomicBool>,
-    /// Cache entries still being written.
+    /// Cache entries still being written, waited for when it drops.
     behind: cache::WriteBehind,
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
-        self.behind.wait();
     }
 }
 

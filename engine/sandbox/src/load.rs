@@ -561,9 +561,8 @@ fn kind_of(header: &[u8]) -> Option<bool> {
 }
 
 /// Validates a core module with the engine's features, in parallel. A
-/// feature the engine leaves off is
-/// [`SandboxError::Unsupported`]; other invalid code is left for the
-/// compiler to report in its words.
+/// feature the engine leaves off is [`SandboxError::Unsupported`]; other
+/// invalid code is left for the compiler to report in its words.
 fn validate_module(engine: &Engine, path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     match wasmtime::Module::validate(engine, bytes) {
         Err(e) if crate::error::is_feature_error(&format!("{e:#}")) => {
@@ -595,7 +594,6 @@ pub(crate) fn check_resources(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn refuses_what_is_not_wasm() {
@@ -655,12 +653,8 @@ mod tests {
         let Some(Vouched::Memory(handed)) = &cold.checked else { panic!("not handed in memory: {:?}", cold.checked) };
         // Sealed: not even this process can change the code under a step.
         assert!(std::io::Write::write_all(&mut &**handed, b"x").is_err(), "sealed against writes");
-        let mut written = Vec::new();
-        std::io::Read::read_to_end(
-            &mut File::open(format!("/proc/self/fd/{}", handed.as_raw_fd())).expect("open"),
-            &mut written,
-        )
-        .expect("read");
+        let handed_path = Vouched::handed_path(handed);
+        let written = std::fs::read(&handed_path).expect("the memory file, through /proc");
         sandbox.wait_for_cache_writes();
         let cache = crate::cache::CompileCache::new(&cache_dir);
         let engine = &sandbox.flavor(FlavorKind::Unchecked).engine;
@@ -672,14 +666,7 @@ mod tests {
             "the same code in memory and on disk"
         );
         // What a step process does with each.
-        let by_proc = sandbox
-            .load_compiled(
-                &cold.digest,
-                "tool.wasm",
-                None,
-                Some(Path::new(&format!("/proc/{}/fd/{}", std::process::id(), handed.as_raw_fd()))),
-            )
-            .expect("from memory");
+        let by_proc = sandbox.load_compiled(&cold.digest, "tool.wasm", None, Some(&handed_path)).expect("from memory");
         assert!(by_proc.checked.is_none(), "not an entry");
         let warm = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("loaded");
         assert!(warm.from_cache);

@@ -22,9 +22,10 @@
 //! fields, the same memory limit) and runs it. The host keeps the
 //! limits it can keep from outside: at the deadline, on cancel (the
 //! process is killed when the step's future is dropped) or past the disk
-//! quota it kills the process, which ends the guest wherever it is. How the guest ended is
-//! written to a file in the compile cache, where no guest can write; a
-//! process that ends without one (killed, crashed) is a crash in words.
+//! quota it kills the process, which ends the guest wherever it is. How
+//! the guest ended is written to a file in the compile cache, where no
+//! guest can write; a process that ends without one (killed, crashed) is
+//! a crash in words.
 //!
 //! The process holds nothing a step may not see: no environment, no
 //! credential, only the step's own directories.
@@ -34,7 +35,6 @@ use crate::run::Invocation;
 use crate::{Failure, LogSink, Plugin, Sandbox, quota};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -160,9 +160,7 @@ pub(crate) async fn run(
             _ => None,
         },
         handed: match &plugin.checked {
-            Some(Vouched::Memory(file)) => {
-                Some(PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd())))
-            }
+            Some(Vouched::Memory(file)) => Some(Vouched::handed_path(file)),
             _ => None,
         },
         name: plugin.name.clone(),
