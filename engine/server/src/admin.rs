@@ -20,9 +20,9 @@
 //! A decision names its user by their API token, checked against the
 //! policy the engine holds, not by a name the caller could choose.
 
+use crate::conn::RequestBody;
 use crate::{App, Body, error, json, read_json};
 use airlock_store::{Scope, StoreError, TokenRecord, TokenSpec};
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +78,7 @@ pub struct Decide {
 
 const MAX_BODY: usize = 64 << 10;
 
-pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn route(app: &App, req: Request<RequestBody>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches("/admin/v1/").split('/').collect();
     match (req.method().clone(), parts.as_slice()) {
@@ -101,7 +101,7 @@ pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-async fn decide(app: &App, run: &str, step: &str, req: Request<Incoming>) -> Response<Body> {
+async fn decide(app: &App, run: &str, step: &str, req: Request<RequestBody>) -> Response<Body> {
     let body: Decide = match read_json(app, req, MAX_BODY).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -179,7 +179,7 @@ pub(crate) fn revoke_token(app: &App, id: &str) -> Result<TokenRecord, Response<
     })
 }
 
-async fn create(app: &App, req: Request<Incoming>) -> Response<Body> {
+async fn create(app: &App, req: Request<RequestBody>) -> Response<Body> {
     let created = match read_json(app, req, MAX_BODY).await {
         Ok(body) => create_token(app, body),
         Err(r) => return r,

@@ -12,10 +12,10 @@
 //! `digest_mismatch`), and a completion naming an output that is not
 //! there is refused (422 `missing_output`).
 
+use crate::conn::RequestBody;
 use crate::{App, Body, body_error, conn, error, json, read_json};
 use airlock_runner::agent::{JobResult, JobSpec};
 use airlock_store::{JobRecord, JobRefusal, JobState};
-use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ struct Completed {
 }
 
 /// The agent a request comes from, or the refusal.
-fn agent(app: &App, req: &Request<Incoming>) -> Result<Agent, Response<Body>> {
+fn agent(app: &App, req: &Request<RequestBody>) -> Result<Agent, Response<Body>> {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -111,7 +111,7 @@ fn agent(app: &App, req: &Request<Incoming>) -> Result<Agent, Response<Body>> {
 }
 
 /// Answers a request under `/api/v1/agent/`; `parts` is the path after it.
-pub(crate) async fn route(app: &App, parts: &[&str], req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn route(app: &App, parts: &[&str], req: Request<RequestBody>) -> Response<Body> {
     let agent = match agent(app, &req) {
         Ok(a) => a,
         Err(r) => return r,
@@ -171,7 +171,7 @@ fn spec_of(job: &JobRecord) -> Result<JobSpec, Response<Body>> {
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "bad_job", format!("job `{}`: {e}", job.id)))
 }
 
-async fn claim(app: &App, agent: &Agent, req: Request<Incoming>) -> Response<Body> {
+async fn claim(app: &App, agent: &Agent, req: Request<RequestBody>) -> Response<Body> {
     let body: ClaimBody = match read_json(app, req, CLAIM_BYTES).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -258,7 +258,7 @@ async fn fetch(app: &App, job: &JobRecord, sha: &str) -> Response<Body> {
     crate::api::artifact(app, sha).await
 }
 
-async fn upload(app: &App, job: &JobRecord, sha: &str, req: Request<Incoming>) -> Response<Body> {
+async fn upload(app: &App, job: &JobRecord, sha: &str, req: Request<RequestBody>) -> Response<Body> {
     let Some(artifacts) = app.artifacts.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     };
@@ -335,7 +335,7 @@ async fn upload(app: &App, job: &JobRecord, sha: &str, req: Request<Incoming>) -
     }
 }
 
-async fn renew(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incoming>) -> Response<Body> {
+async fn renew(app: &App, agent: &Agent, job: &JobRecord, req: Request<RequestBody>) -> Response<Body> {
     let body: RenewBody = match read_json(app, req, RENEW_BYTES).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -349,7 +349,7 @@ async fn renew(app: &App, agent: &Agent, job: &JobRecord, req: Request<Incoming>
 }
 
 /// Completes job `id`, whose log may be `log_limit` bytes long.
-async fn complete(app: &App, agent: &Agent, id: &str, log_limit: u64, req: Request<Incoming>) -> Response<Body> {
+async fn complete(app: &App, agent: &Agent, id: &str, log_limit: u64, req: Request<RequestBody>) -> Response<Body> {
     let Some(artifacts) = app.artifacts.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     };

@@ -11,12 +11,13 @@
 //!
 //! Errors are JSON with stable codes, as in the publish API.
 
+use crate::conn::RequestBody;
 use crate::views::{self, Approval, RunState, Step, Token};
 use crate::{App, Body, error, full, json};
 use airlock_model::policy::Role;
 use airlock_store::RunRecord;
 use bytes::Bytes;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use schemars::JsonSchema;
@@ -630,7 +631,7 @@ pub fn is_run_api(path: &str) -> bool {
 
 /// Answers a run API request: finds the endpoint, authenticates, checks
 /// the role, then calls the handler.
-pub async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub async fn route(app: &App, req: Request<RequestBody>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let Some((endpoint, vars)) = find(req.method(), &path) else {
         let allowed = allowed_methods(&path);
@@ -821,7 +822,7 @@ fn list_runs(app: &App, query: Option<&str>) -> Response<Body> {
 
 /// The request's `Idempotency-Key`, if it sent one; a bad one is
 /// answered 400.
-pub(crate) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, Response<Body>> {
+pub(crate) fn idempotency_key(req: &Request<RequestBody>) -> Result<Option<String>, Response<Body>> {
     match req.headers().get("idempotency-key").map(|v| v.to_str()) {
         None => Ok(None),
         Some(Ok(k)) if !k.is_empty() && k.len() <= 200 => Ok(Some(k.to_owned())),
@@ -833,7 +834,7 @@ pub(crate) fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>,
     }
 }
 
-async fn submit(app: &App, user: &str, req: Request<Incoming>) -> Response<Body> {
+async fn submit(app: &App, user: &str, req: Request<RequestBody>) -> Response<Body> {
     let Some(queue) = app.runs.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     };
@@ -1100,7 +1101,7 @@ fn log_from(
     Ok((text, record.state, here))
 }
 
-async fn log(app: &App, id: &str, step: &str, req: &Request<Incoming>) -> Response<Body> {
+async fn log(app: &App, id: &str, step: &str, req: &Request<RequestBody>) -> Response<Body> {
     let run = match app.store.find_run(id) {
         Ok(r) => r.id,
         Err(e) => return store_error(&e),
@@ -1162,7 +1163,7 @@ pub(crate) async fn follow_log(
     }
 }
 
-async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<Incoming>) -> Response<Body> {
+async fn decide(app: &App, run: &str, step: &str, user: &str, req: Request<RequestBody>) -> Response<Body> {
     let body: DecideBody = match crate::read_json(app, req, MAX_BODY).await {
         Ok(b) => b,
         Err(r) => return r,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -344,6 +344,59 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 }
 
+/// A request's body as the handlers get it: hyper's, keeping a mark of
+/// whether it was taken to its end.
+///
+/// A handler that answers without reading the body (every refusal
+/// before authentication) leaves bytes on the connection that hyper
+/// cannot always drain: when they arrive after the headers, hyper
+/// gives the connection up, but only after the answer went out saying
+/// it stays open, and a client that sends its next request on it finds
+/// it closed under that request. The mark lets the answer say
+/// `connection: close` instead.
+pub struct RequestBody {
+    inner: Incoming,
+    ended: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; the flag answered is set once it has been read to
+    /// its end (at once for a request without a body).
+    pub(crate) fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let ended = Arc::new(AtomicBool::new(hyper::body::Body::is_end_stream(&inner)));
+        (Self { inner, ended: ended.clone() }, ended)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            self.ended.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub(crate) enum BodyError {
@@ -358,7 +411,7 @@ pub(crate) enum BodyError {
 
 /// The next piece of a request body, waiting at most `timeout` for it;
 /// `None` at its end.
-pub(crate) async fn next_chunk(body: &mut Incoming, timeout: Duration) -> Result<Option<Bytes>, BodyError> {
+pub(crate) async fn next_chunk(body: &mut RequestBody, timeout: Duration) -> Result<Option<Bytes>, BodyError> {
     loop {
         match tokio::time::timeout(timeout, body.frame()).await {
             Err(_) => return Err(BodyError::TimedOut),
@@ -378,7 +431,7 @@ pub(crate) async fn next_chunk(body: &mut Incoming, timeout: Duration) -> Result
 
 /// A whole request body of at most `limit` bytes, arriving within the
 /// limits' body timeout and deadline.
-pub(crate) async fn read_all(body: Incoming, limit: usize, limits: &Limits) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_all(body: RequestBody, limit: usize, limits: &Limits) -> Result<Bytes, BodyError> {
     let mut body = body;
     let read = async {
         let mut all = bytes::BytesMut::new();

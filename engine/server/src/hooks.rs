@@ -18,9 +18,9 @@
 //! `on:` has `manual`. `GET …/deliveries/ID` tells what any delivery
 //! became.
 
+use crate::conn::RequestBody;
 use crate::{App, Body, error, json, read_body};
 use airlock_host::forge::{self, Event, HookError};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -63,7 +63,7 @@ fn no_repository(name: &str) -> Response<Body> {
     )
 }
 
-pub(crate) async fn receive(app: &App, name: &str, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn receive(app: &App, name: &str, req: Request<RequestBody>) -> Response<Body> {
     if req.method() != Method::POST {
         let mut r =
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "a webhook is delivered with POST".into());
@@ -156,7 +156,7 @@ fn full_ref(name: &str) -> Result<String, HookError> {
     forge::checked_branch(name).map(|b| format!("refs/heads/{b}"))
 }
 
-pub(crate) async fn trigger(app: &App, name: &str, user: &str, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn trigger(app: &App, name: &str, user: &str, req: Request<RequestBody>) -> Response<Body> {
     if app.runs.is_none() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_runs", "this server runs no pipelines".into());
     }

@@ -53,9 +53,9 @@ pub mod views;
 use airlock_host::publish::{PublishError, Published, TargetStore};
 use airlock_store::{Store, now_ms};
 use bytes::Bytes;
-use conn::{BodyError, Limits};
+use conn::{BodyError, Limits, RequestBody};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use protocol::ErrorCode;
@@ -420,11 +420,18 @@ where
     let in_flight = conn::InFlight::default();
     let limits = app.limits.clone();
     let io = hyper_util::rt::TokioIo::new(conn::Guarded::new(stream, in_flight.clone(), &limits));
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let app = app.clone();
         let busy = in_flight.begin();
         async move {
-            let response = handle(&app, peer, req).await;
+            let (parts, body) = req.into_parts();
+            let (body, ended) = RequestBody::new(body);
+            let mut response = handle(&app, peer, Request::from_parts(parts, body)).await;
+            // An answer that leaves the body unread ends the connection,
+            // and says so (see `RequestBody`).
+            if !ended.load(std::sync::atomic::Ordering::SeqCst) {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(response.map(|body| conn::Tracked { body, _busy: busy }))
         }
     });
@@ -441,7 +448,7 @@ where
     }
 }
 
-async fn handle(app: &App, peer: Option<SocketAddr>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(app: &App, peer: Option<SocketAddr>, req: Request<RequestBody>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -458,7 +465,7 @@ async fn handle(app: &App, peer: Option<SocketAddr>, req: Request<Incoming>) -> 
     response
 }
 
-async fn route(app: &App, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn route(app: &App, peer: SocketAddr, req: Request<RequestBody>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if api::is_run_api(&path) {
         return api::route(app, req).await;
@@ -561,7 +568,7 @@ fn body_error(e: BodyError) -> Response<Body> {
 /// Reads a JSON body of at most `limit` bytes (see [`read_body`]).
 async fn read_json<T: for<'de> Deserialize<'de>>(
     app: &App,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     limit: usize,
 ) -> Result<T, Response<Body>> {
     let body = read_body(app, req, limit).await?;
@@ -573,7 +580,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
 /// only within the server's body budget: a request that would go over
 /// it is answered 503 at once, so many large bodies at the same time
 /// cannot take the server's memory.
-async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Body>> {
+async fn read_body(app: &App, req: Request<RequestBody>, limit: usize) -> Result<Bytes, Response<Body>> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(body_error(BodyError::TooLarge(limit)));

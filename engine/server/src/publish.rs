@@ -1,5 +1,6 @@
 //! The publish API's handlers: the server side of [`crate::protocol`].
 
+use crate::conn::RequestBody;
 use crate::protocol::{
     BlobsAnswer, BuildInfo, BuildList, CommitAnswer, CommitRequest, ErrorCode, FrameHeader, MissingAnswer,
     MissingRequest, TargetInfo, TargetList,
@@ -10,7 +11,6 @@ use crate::{
 };
 use airlock_host::publish::{Committed, PublishError, TargetStore};
 use airlock_store::{TokenError, TokenUse, now_ms};
-use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use std::net::SocketAddr;
@@ -97,7 +97,13 @@ fn publish_place<'a>(app: &'a App, target_name: &str, build: &str) -> Result<&'a
     Ok(t)
 }
 
-pub(crate) async fn missing(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn missing(
+    app: &App,
+    peer: SocketAddr,
+    t: &str,
+    b: &str,
+    req: Request<RequestBody>,
+) -> Response<Body> {
     let result = async {
         let target = publish_place(app, t, b)?;
         authorize(app, peer, req.headers(), Charge::of(t, b), Check::Charge)?;
@@ -109,7 +115,7 @@ pub(crate) async fn missing(app: &App, peer: SocketAddr, t: &str, b: &str, req: 
     result.await.unwrap_or_else(|r| r)
 }
 
-pub(crate) async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<RequestBody>) -> Response<Body> {
     let result = async {
         let target = publish_place(app, t, b)?;
         let length = req
@@ -147,7 +153,7 @@ pub(crate) async fn blobs(app: &App, peer: SocketAddr, t: &str, b: &str, req: Re
 /// The body is read here, on the async side, so a client that sends
 /// slowly holds no thread; what arrived is written to disk a chunk at a
 /// time on the blocking pool.
-async fn read_frames(app: &App, target: &TargetStore, body: Incoming) -> Result<(u64, u64), Response<Body>> {
+async fn read_frames(app: &App, target: &TargetStore, body: RequestBody) -> Result<(u64, u64), Response<Body>> {
     let mut body = body;
     let timeout = app.limits.body_timeout;
     let (mut stored, mut new) = (0, 0);
@@ -249,7 +255,7 @@ fn frame_len(buffered: &[u8]) -> u64 {
     FrameHeader::decode(buffered).map_or(0, |h| h.len)
 }
 
-pub(crate) async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn commit(app: &App, peer: SocketAddr, t: &str, b: &str, req: Request<RequestBody>) -> Response<Body> {
     let result = async {
         let target = publish_place(app, t, b)?;
         // The token is checked before a byte of the manifest is read, and

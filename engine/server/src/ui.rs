@@ -12,9 +12,9 @@
 //! and never see the cookie.
 
 use crate::api::{self, Need, RunDetail};
+use crate::conn::RequestBody;
 use crate::pages::escape;
 use crate::{App, Body, respond};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::fmt::Write as _;
@@ -39,7 +39,7 @@ pub(crate) fn session_cookie(headers: &hyper::HeaderMap) -> Option<&str> {
 
 const SCRIPT: &str = include_str!("ui.js");
 
-pub(crate) async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn route(app: &App, req: Request<RequestBody>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let parts: Vec<&str> = path.split('/').skip(2).collect();
     match (req.method().clone(), parts.as_slice()) {
@@ -154,7 +154,7 @@ fn login_page(problem: Option<&str>) -> Response<Body> {
     )
 }
 
-async fn sign_in(app: &App, req: Request<Incoming>) -> Response<Body> {
+async fn sign_in(app: &App, req: Request<RequestBody>) -> Response<Body> {
     let body = match crate::conn::read_all(req.into_body(), MAX_FORM, &app.limits).await {
         Ok(b) => b,
         Err(crate::conn::BodyError::TooLarge(_)) => return login_page(Some("the form is too big")),

@@ -270,6 +270,9 @@ impl crate::Store {
     /// A job by id.
     pub fn job(&self, id: &str) -> Result<Option<JobRecord>> {
         if let Db::Postgres(p) = &*self.db {
+            if self.recent.was_taken(id) {
+                return Ok(None);
+            }
             return p.job(id);
         }
         self.db.get(Tree::Jobs, id.as_bytes())?.map(|v| decode(id.as_bytes(), &v)).transpose()
@@ -278,7 +281,9 @@ impl crate::Store {
     /// Every job: waiting, leased and done.
     pub fn jobs(&self) -> Result<Vec<JobRecord>> {
         if let Db::Postgres(p) = &*self.db {
-            return p.jobs();
+            let mut jobs = p.jobs()?;
+            jobs.retain(|j| !self.recent.was_taken(&j.id));
+            return Ok(jobs);
         }
         self.db.all(Tree::Jobs)?.iter().map(|(k, v)| decode(k, v)).collect()
     }
@@ -299,12 +304,19 @@ impl crate::Store {
     /// handed over as it was completed, without asking the database
     /// again, and its row deleted in the background: until then it is a
     /// done job, which no agent can claim, and whose completion came
-    /// before the engine records anything of its result.
+    /// before the engine records anything of its result. To this process
+    /// it is gone at once: taken again, it is [`Awaited::Gone`], and
+    /// [`job`](Self::job) and [`jobs`](Self::jobs) no longer show it.
     pub fn take_done_job(&self, id: &str) -> Result<Awaited> {
         if let Db::Postgres(p) = &*self.db {
             if let Some(job) = self.recent.take(id) {
-                p.forget_done_job(id);
+                let recent = self.recent.clone();
+                let owned = id.to_owned();
+                p.forget_done_job(id, move || recent.deleted(&owned));
                 return Ok(Awaited::Done(Box::new(job)));
+            }
+            if self.recent.was_taken(id) {
+                return Ok(Awaited::Gone);
             }
             let taken = p.take_done_job(id)?;
             if !matches!(taken, Err(true)) {
@@ -654,6 +666,49 @@ mod tests {
             assert_eq!(store.take_done_job(&id).expect("take"), Awaited::Gone);
             assert_eq!(store.job(&id).expect("job"), None);
         });
+    }
+
+    /// On PostgreSQL a job completed through this process is handed over
+    /// from memory and its row deleted behind. Taken again before that
+    /// delete was done, it was handed over a second time (a CI run met
+    /// it); now it is gone to this process at once. Another session
+    /// holds the row here, so the delete behind has to wait.
+    #[test]
+    fn a_job_taken_from_memory_is_gone_before_its_row_is() {
+        let server = crate::testing::TestPostgres::start().expect("a PostgreSQL server for the test");
+        let url = server.database().expect("database");
+        let store = Store::open_postgres(&url).expect("open");
+        let id = offer(&store, "s", &[]);
+        let claimed = store.claim_job("a1", "pool", &[], 60_000).expect("claim").expect("job");
+        assert!(store.complete_job(&id, "a1", claimed.fence, serde_json::json!(1)).expect("complete").is_ok());
+
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let holder = rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(connection);
+            client.batch_execute("BEGIN").await.expect("begin");
+            let held = client
+                .query("SELECT 1 FROM airlock_jobs WHERE id = $1 FOR UPDATE", &[&id])
+                .await
+                .expect("lock the row");
+            assert_eq!(held.len(), 1);
+            client
+        });
+
+        assert!(matches!(store.take_done_job(&id).expect("take"), Awaited::Done(_)));
+        assert_eq!(store.take_done_job(&id).expect("take again"), Awaited::Gone);
+        assert_eq!(store.job(&id).expect("job"), None);
+        assert!(store.jobs().expect("jobs").iter().all(|j| j.id != id));
+        let elsewhere = store.clone_unidentified();
+        assert!(elsewhere.job(&id).expect("job").is_some(), "the row is still held, so still there");
+
+        rt.block_on(holder.batch_execute("ROLLBACK")).expect("let the row go");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while elsewhere.job(&id).expect("job").is_some() {
+            assert!(std::time::Instant::now() < deadline, "the row of a taken job was never deleted");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(store.take_done_job(&id).expect("take after the delete"), Awaited::Gone);
     }
 
     /// Agents claiming from four threads at once get every job exactly

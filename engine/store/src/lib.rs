@@ -509,6 +509,9 @@ struct Recent {
     /// through this process, as completed (see [`Store::take_done_job`]).
     awaited: std::sync::Mutex<HashSet<String>>,
     done: std::sync::Mutex<HashMap<String, jobs::JobRecord>>,
+    /// Jobs handed over from `done` whose rows are still being deleted
+    /// in the background: to this process they are gone already.
+    taken: std::sync::Mutex<HashSet<String>>,
     /// Agents' claims waiting in this process for a job to come (see
     /// [`Store::wait_for_job`]).
     waiting: jobs::Waiting,
@@ -557,6 +560,7 @@ impl Recent {
             awaited.clear();
         }
         awaited.insert(id.to_owned());
+        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
     /// Job `id` was completed through this process: kept for the
@@ -567,16 +571,38 @@ impl Recent {
         }
     }
 
-    /// Job `id`, if it was completed through this process.
+    /// Job `id`, if it was completed through this process; from then
+    /// on it counts as taken until [`Recent::deleted`].
     fn take(&self, id: &str) -> Option<jobs::JobRecord> {
-        self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id)
+        let mut done = self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let job = done.remove(id)?;
+        // Marked while `done` is still held, so no one sees the job in
+        // neither place and asks the database, which still has it.
+        let mut taken = self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if taken.len() >= RECENT {
+            taken.clear();
+        }
+        taken.insert(id.to_owned());
+        Some(job)
+    }
+
+    /// Job `id` was handed over here and its row may still be in the
+    /// database.
+    fn was_taken(&self, id: &str) -> bool {
+        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(id)
+    }
+
+    /// The row of taken job `id` is deleted.
+    fn deleted(&self, id: &str) {
+        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
     /// Job `id` is no longer waited for here (taken back, or completed
-    /// through another process).
+    /// through another process), and its row is gone or going.
     fn forget(&self, id: &str) {
         self.awaited.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         self.done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+        self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 }
 

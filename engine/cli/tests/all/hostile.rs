@@ -194,6 +194,9 @@ fn a_refusal_before_the_body_reaches_a_client_still_sending_it() {
     c.read_to_end(&mut answer).expect("the answer, then the end of the connection");
     let answer = parse(&answer).expect("http");
     assert_eq!((answer.status, answer.json()["error"]["code"].as_str()), (401, Some("token_missing")));
+    // And it says the connection ends with it: a client that kept it for
+    // its next request would find it closed under that request.
+    assert_eq!(answer.header("connection"), Some("close"));
 }
 
 /// A blob upload frame holding `bytes`: digest, length, bytes.

@@ -253,20 +253,22 @@ impl PgDb {
     }
 
     /// Deletes a done job's row in the background: the engine took its
-    /// result from this process's memory. A row left by a failure here
-    /// is a done job, which nothing claims or counts.
-    pub(crate) fn forget_done_job(&self, id: &str) {
+    /// result from this process's memory. `deleted` is called once the
+    /// row is gone. A row left by a failure here is a done job, which
+    /// nothing claims or counts.
+    pub(crate) fn forget_done_job(&self, id: &str, deleted: impl FnOnce() + Send + 'static) {
         let (pool, id) = (self.pool.clone(), id.to_owned());
         self.handle.spawn(async move {
-            let deleted = super::bounded(async {
+            let outcome = super::bounded(async {
                 let c = pool.get().await?;
                 let st = c.prepare_cached("DELETE FROM airlock_jobs WHERE id = $1 AND state = 'done'").await?;
                 c.execute(&st, &[&id]).await?;
                 Ok(())
             })
             .await;
-            if let Err(e) = deleted {
-                tracing::warn!("job {id}: its done row stays in the database: {e}");
+            match outcome {
+                Ok(()) => deleted(),
+                Err(e) => tracing::warn!("job {id}: its done row stays in the database: {e}"),
             }
         });
     }
