@@ -30,7 +30,7 @@ fn attack_more_linear_memories_than_allowed() {
     let lab = Lab::new();
     let r = lab.attack(&format!("uses: {}", lab.wat("two-memories")), &[]);
     r.assert_contained(
-        "plugin `two-memories.wasm` needs more than a step may have: defined memories count of 3 exceeds the per-instance limit of 1",
+        "plugin `two-memories.wasm` needs more than a step may have: it defines 3 linear memories, and the limit is 1",
     );
     assert_eq!(r.step("attack")["attempts"], 0, "refused before it started");
 }

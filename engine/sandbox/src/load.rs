@@ -521,11 +521,13 @@ fn from_a_js_host(import: &str) -> bool {
         .any(|p| import.starts_with(p))
 }
 
-/// Refuses a core module importing anything but WASI preview 1, reading
-/// only its import section: before it is compiled. A module too broken
+/// Refuses, before it is compiled, a core module importing anything but
+/// WASI preview 1 or defining more memories or tables than a step may
+/// have, reading only the sections before its code. A module too broken
 /// to read is left to the compiler, which says what is wrong with it.
 fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     let mut refused = Vec::new();
+    let (mut memories, mut tables) = (0, 0);
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         match payload {
             Ok(wasmparser::Payload::ImportSection(reader)) => {
@@ -535,19 +537,28 @@ fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
                         refused.push(format!("{}::{}", import.module, import.name));
                     }
                 }
-                break;
             }
-            // Imports come before functions: there are none.
+            Ok(wasmparser::Payload::MemorySection(reader)) => memories = reader.count(),
+            Ok(wasmparser::Payload::TableSection(reader)) => tables = reader.count(),
+            // Imports, memories and tables come before functions.
             Ok(wasmparser::Payload::CodeSectionStart { .. } | wasmparser::Payload::End(_)) => break,
             Err(_) => return Ok(()),
             _ => {}
         }
     }
-    if refused.is_empty() {
-        return Ok(());
+    if !refused.is_empty() {
+        let js = refused.iter().any(|i| from_a_js_host(i));
+        return Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: js });
     }
-    let js = refused.iter().any(|i| from_a_js_host(i));
-    Err(SandboxError::NotGranted { path: path.to_owned(), imports: refused, js_host: js })
+    // The same words whichever engine the module is for: the instance
+    // pool would refuse it while compiling, in its own.
+    let needs = wasmtime::ResourcesRequired {
+        num_memories: memories,
+        max_initial_memory_size: None,
+        num_tables: tables,
+        max_initial_table_size: None,
+    };
+    check_resources(path, &needs, MAX_MEMORIES_PER_MODULE, MAX_TABLES_PER_MODULE)
 }
 
 /// Whether a file starting with `header` is a component (`true`) or a
@@ -634,6 +645,33 @@ mod tests {
         assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
         let err = sandbox.load(&file).err().expect("refused");
         assert!(err.to_string().contains("legacy exception-handling proposal"), "{err}");
+    }
+
+    /// Too many memories or tables are refused before compiling, in the
+    /// same words by `airlock validate` and for every engine: the
+    /// instance pool used to refuse them while compiling, in its own.
+    #[test]
+    fn too_many_memories_or_tables_are_refused_in_one_way_before_compiling() {
+        let sandbox = Sandbox::new(None).expect("engine");
+        let dir = tempfile::tempdir().expect("dir");
+        for (wat, detail) in [
+            (
+                r#"(module (memory 1) (memory 1) (func (export "_start")))"#,
+                "it defines 2 linear memories, and the limit is 1",
+            ),
+            (
+                r#"(module (table 1 funcref) (table 1 funcref) (table 1 funcref) (func (export "_start")))"#,
+                "it defines 3 tables, and the limit is 2",
+            ),
+        ] {
+            let file = dir.path().join("greedy.wasm");
+            std::fs::write(&file, wat::parse_str(wat).expect("wat")).expect("write");
+            let want = format!("plugin `{}` needs more than a step may have: {detail}", file.display());
+            assert_eq!(sandbox.check(&file, u64::MAX).expect_err("refused").to_string(), want);
+            for fuel in [false, true] {
+                assert_eq!(sandbox.load_with(&file, fuel).err().expect("refused").to_string(), want);
+            }
+        }
     }
 
     /// A big tool's first use maps the compiler's output from a sealed
