@@ -137,6 +137,9 @@ pub async fn run(state_dir: &Path, policy: Option<&Path>, args: RunArgs) -> anyh
 struct View {
     live: Option<(MultiProgress, ProgressBar)>,
     spinners: HashMap<String, ProgressBar>,
+    /// Without a live display: what each step was last said to be
+    /// preparing, so each piece of work is told once.
+    preparing: HashMap<String, String>,
     color: bool,
 }
 
@@ -153,7 +156,7 @@ impl View {
             total.enable_steady_tick(Duration::from_millis(200));
             (multi, total)
         });
-        Self { live, spinners: HashMap::new(), color: output::color() }
+        Self { live, spinners: HashMap::new(), preparing: HashMap::new(), color: output::color() }
     }
 
     fn line(&self, text: String) {
@@ -163,6 +166,16 @@ impl View {
             }
             None => eprintln!("{text}"),
         }
+    }
+
+    /// Whether `step` is preparing `what` for the first time since it
+    /// last prepared something else; remembers it.
+    fn first_time(&mut self, step: &str, what: &str) -> bool {
+        if self.preparing.get(step).is_some_and(|w| w == what) {
+            return false;
+        }
+        self.preparing.insert(step.to_owned(), what.to_owned());
+        true
     }
 
     fn paint(&self, code: &str, text: &str) -> String {
@@ -206,9 +219,14 @@ impl View {
                 };
                 match self.spinner(step) {
                     Some(spinner) => spinner.set_message(format!("{step}: {what}{amount}")),
-                    // Without a live display, each piece of work once, as it starts.
-                    None if matches!(done, None | Some(0)) => self.line(format!("preparing {step}: {what}")),
-                    None => {}
+                    // Without a live display, each piece of work once, as
+                    // it starts (a download reports its start twice: before
+                    // connecting and once its size is known).
+                    None => {
+                        if self.first_time(step, what) {
+                            self.line(format!("preparing {step}: {what}"));
+                        }
+                    }
                 }
             }
             Progress::StepRetrying { step, attempt, reason, backoff_ms } => {
@@ -333,5 +351,23 @@ impl View {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a live display, a step's preparation is told once per
+    /// piece of work, however often its progress is reported.
+    #[test]
+    fn each_piece_of_preparation_is_told_once() {
+        let mut view = View::new(false, 2);
+        let fetch = "fetching tool `python` from https://example.org/python.tgz";
+        assert!(view.first_time("test", fetch));
+        assert!(!view.first_time("test", fetch), "the same download reported again");
+        assert!(view.first_time("lint", fetch), "another step waiting for the same fetch");
+        assert!(view.first_time("test", "unpacking tool `python`"));
+        assert!(view.first_time("test", "compiling python.wasm (25.1 MiB), first use only"));
     }
 }

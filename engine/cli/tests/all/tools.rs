@@ -110,6 +110,9 @@ fn a_tool_whose_bytes_are_not_the_pinned_ones_never_runs() {
         output(airlock(&s.state()).env("AIRLOCK_TOOL_CACHE", &cache).arg("run").arg(s.path().join("pipeline.yaml")));
     assert_eq!(code, 0, "{err}");
     assert_eq!(s.step("count")["outputs"][0]["path"], "counts.txt");
+    // Without a terminal, the fetch is told once (its start was reported
+    // twice, before connecting and once its size was known).
+    assert_eq!(err.matches("preparing count: fetching tool `wc` from").count(), 1, "{err}");
 }
 
 /// The first run of a tool from an archive records its module's sha256 in
