@@ -133,14 +133,6 @@ impl Sandbox {
         })
     }
 
-    /// Waits until the compile cache holds every compiled form this
-    /// sandbox began writing into it. A big tool's code is written behind
-    /// its first step, which maps it from memory meanwhile; dropping the
-    /// sandbox waits too.
-    pub fn wait_for_cache_writes(&self) {
-        self.behind.wait();
-    }
-
     /// Bounds the compile cache to `bytes` of compiled code (the default
     /// is [`DEFAULT_COMPILE_CACHE_LIMIT`]).
     pub fn set_compile_cache_limit(&mut self, bytes: u64) {

@@ -165,7 +165,7 @@ impl Sandbox {
         let bytes = std::fs::read(path).map_err(read_error)?;
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                check_module_imports(path, &bytes)?;
+                check_before_compiling(path, &bytes)?;
                 validate_module(&self.plain.engine, path, &bytes)
             }
             // Components are small step plugins; compiling one says all.
@@ -215,7 +215,7 @@ impl Sandbox {
         if !is_component {
             // Seconds or minutes of compiling saved for a module that
             // could never link.
-            check_module_imports(&path, bytes)?;
+            check_before_compiling(&path, bytes)?;
         }
         let kind = self.flavor_kind(is_component, fuel, bytes.len() as u64);
         let flavor = self.flavor(kind);
@@ -525,7 +525,7 @@ fn from_a_js_host(import: &str) -> bool {
 /// WASI preview 1 or defining more memories or tables than a step may
 /// have, reading only the sections before its code. A module too broken
 /// to read is left to the compiler, which says what is wrong with it.
-fn check_module_imports(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
+fn check_before_compiling(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
     let mut refused = Vec::new();
     let (mut memories, mut tables) = (0, 0);
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
@@ -693,7 +693,7 @@ mod tests {
         assert!(std::io::Write::write_all(&mut &**handed, b"x").is_err(), "sealed against writes");
         let handed_path = Vouched::handed_path(handed);
         let written = std::fs::read(&handed_path).expect("the memory file, through /proc");
-        sandbox.wait_for_cache_writes();
+        sandbox.behind.wait();
         let cache = crate::cache::CompileCache::new(&cache_dir);
         let engine = &sandbox.flavor(FlavorKind::Unchecked).engine;
         let entry = cache.get(&cold.digest, engine).expect("a sound entry, by its sum");
@@ -733,7 +733,7 @@ mod tests {
         let bytes = wat::parse_str(r#"(module (func (export "_start")))"#).expect("wat");
         let plugin = sandbox.load_bytes(&bytes, "tool.wasm", false).expect("loaded from memory");
         assert!(matches!(plugin.checked, Some(Vouched::Memory(_))));
-        sandbox.wait_for_cache_writes();
+        sandbox.behind.wait();
         assert!(sandbox.load_bytes(&bytes, "tool.wasm", false).is_ok_and(|p| !p.from_cache), "compiled again");
     }
 
@@ -777,7 +777,7 @@ mod tests {
             std::fs::write(&file, module("_start")).expect("write");
             let first = load(&sandbox, None);
             assert_eq!(first.in_own_process(), step_process);
-            sandbox.wait_for_cache_writes();
+            sandbox.behind.wait();
             // Another module in its place, the first one's digest on record.
             std::fs::write(&file, module("other")).expect("write");
             let known = load(&sandbox, Some(&first.digest));

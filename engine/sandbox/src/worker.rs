@@ -152,17 +152,16 @@ pub(crate) async fn run(
         .prefix(RESULT_PREFIX)
         .tempfile_in(cache_dir)
         .map_err(|e| setup("make a result file", e))?;
+    let (checked, handed) = match &plugin.checked {
+        Some(Vouched::Entry(id)) => (Some(*id), None),
+        Some(Vouched::Memory(file)) => (None, Some(Vouched::handed_path(file))),
+        None => (None, None),
+    };
     let spec = Spec {
         cache_dir: cache_dir.to_owned(),
         digest: plugin.digest.clone(),
-        checked: match &plugin.checked {
-            Some(Vouched::Entry(id)) => Some(*id),
-            _ => None,
-        },
-        handed: match &plugin.checked {
-            Some(Vouched::Memory(file)) => Some(Vouched::handed_path(file)),
-            _ => None,
-        },
+        checked,
+        handed,
         name: plugin.name.clone(),
         workspace: inv.workspace.clone(),
         inputs: inv.inputs.clone(),
